@@ -1,0 +1,48 @@
+# numfed — every target bootstraps what it needs on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: test demo proto proto-check lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(BUF):
+	npm install --no-save --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION) >/dev/null
+	$(BUF) --version
+
+# Regenerate the committed Python code and stubs from protos/.
+proto: $(STAMP)
+	PY=$(PY) scripts/genproto.sh
+
+# Fail if the committed generated code differs from a fresh generation.
+proto-check: $(STAMP)
+	rm -rf build/gencheck
+	PY=$(PY) scripts/genproto.sh build/gencheck
+	diff -r -x __pycache__ -x __init__.py build/gencheck/numfed/v1 numfed/v1
+	@echo "generated code is up to date"
+
+lint: $(STAMP) $(BUF)
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: proto-check lint typecheck pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/numfed demo
+
+clean:
+	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

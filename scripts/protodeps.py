@@ -1,0 +1,41 @@
+"""Lay out the third-party .proto files numfed imports, from the installed packages.
+
+googleapis-common-protos ships google/rpc/*.proto and google/api/*.proto; it ships the
+long-running operations contract as ``operations_proto.proto`` although it is registered as
+``google/longrunning/operations.proto``, so it is copied under its registered name. protoc's
+well-known types come from grpc_tools. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import google.api
+import google.longrunning
+import google.rpc
+import grpc_tools
+
+
+def main(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    for pkg, sub in ((google.api, "google/api"), (google.rpc, "google/rpc")):
+        src = Path(list(pkg.__path__)[0])
+        dst = out / sub
+        dst.mkdir(parents=True)
+        for proto in src.glob("*.proto"):
+            shutil.copy(proto, dst / proto.name)
+    lro = out / "google/longrunning"
+    lro.mkdir(parents=True)
+    shutil.copy(
+        Path(list(google.longrunning.__path__)[0]) / "operations_proto.proto",
+        lro / "operations.proto",
+    )
+    wkt = Path(list(grpc_tools.__path__)[0]) / "_proto/google/protobuf"
+    shutil.copytree(wkt, out / "google/protobuf")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
