@@ -1,0 +1,169 @@
+"""Release dispatch: lease due tasks, send each platform its part in batches, record outcomes.
+
+A task is one platform's part of one release job. The dispatcher leases due tasks from the
+store, groups them by platform, sends batches of at most ``max_batch_items`` claims, and records
+each answer in one transaction per batch. A platform that does not answer is retried with
+exponential backoff and jitter until the job's deadline passes. Platforms apply each claim once
+(its claim_id is the idempotency key), so a retry after a lost answer or a gateway crash
+releases nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from gateway.backoff import backoff_seconds
+from gateway.platforms import PlatformLink
+from gateway.results import RETRYABLE_CODES, now_us, result_from_error, result_from_item
+from gateway.store import JobRow, Store, TaskRow, TaskUpdate
+from numfed.config import Limits
+from numfed.errors import Unavailable
+from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+Outcome = gateway_pb2.PlatformOutcome
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        links: Mapping[str, PlatformLink],
+        limits: Limits,
+        owner: str,
+        on_change: Callable[[set[str]], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._links = links
+        self._limits = limits
+        self._owner = owner
+        self._on_change = on_change
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """New work was committed: look for due tasks now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self._store.run(
+                    self._store.claim_due,
+                    self._owner,
+                    now_us(),
+                    int(self._limits.lease_seconds * 1e6),
+                    self._limits.max_batch_items * max(len(self._links), 1),
+                )
+            except Exception:
+                log.exception("leasing release tasks failed; retrying")
+                claimed = []
+            if claimed:
+                self._dispatch(claimed)
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        due = await self._store.run(self._store.next_due_us)
+        wait = 1.0 if due is None else min(max((due - now_us()) / 1e6, 0.01), 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _dispatch(self, claimed: list[tuple[TaskRow, JobRow]]) -> None:
+        by_platform: dict[str, list[tuple[TaskRow, JobRow]]] = defaultdict(list)
+        for task, job in claimed:
+            by_platform[task.platform_id].append((task, job))
+        size = self._limits.max_batch_items
+        for platform_id, work in by_platform.items():
+            for i in range(0, len(work), size):
+                t = asyncio.create_task(self._send(platform_id, work[i : i + size]))
+                self._sends.add(t)
+                t.add_done_callback(self._sends.discard)
+
+    async def _send(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+        link = self._links.get(platform_id)
+        items = [
+            platform_pb2.ReleaseItem(
+                item_id=job.job_id, claim=claim_pb2.Envelope.FromString(job.claim or b"")
+            )
+            for _task, job in work
+        ]
+        updates: list[TaskUpdate]
+        try:
+            if link is None:
+                raise Unavailable("PLATFORM_NOT_CONFIGURED", f"{platform_id} is not configured")
+            results = await link.release(items, self._limits.platform_call_timeout)
+        except (grpc.aio.AioRpcError, Unavailable, ValueError, TimeoutError) as exc:
+            reason = (
+                exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+            )
+            log.info("release batch to %s failed (%s); will retry", platform_id, reason)
+            err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
+            updates = [self._retry_or_expire(task, job, err) for task, job in work]
+        else:
+            at = now_us()
+            updates = []
+            for (task, job), r in zip(work, results, strict=True):
+                if r.status.code in RETRYABLE_CODES:
+                    err = Unavailable("PLATFORM_UNAVAILABLE", r.status.message)
+                    updates.append(self._retry_or_expire(task, job, err))
+                    continue
+                res = result_from_item(
+                    platform_id, r.status, r.released, attempts=task.attempts + 1, at_us=at
+                )
+                updates.append(
+                    TaskUpdate(
+                        job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
+                    )
+                )
+        try:
+            changed = await self._store.run(self._store.record, self._owner, updates, now_us())
+        except Exception:
+            log.exception("recording release outcomes failed; the leases will expire and retry")
+            return
+        if changed:
+            self._on_change(changed)
+        if any(not u.done for u in updates):
+            self.wake()
+
+    def _retry_or_expire(self, task: TaskRow, job: JobRow, err: Unavailable) -> TaskUpdate:
+        now = now_us()
+        delay = backoff_seconds(
+            task.attempts,
+            initial=self._limits.retry_initial_backoff,
+            maximum=self._limits.retry_max_backoff,
+            multiplier=self._limits.retry_multiplier,
+            rng=self._rng,
+        )
+        next_us = now + int(delay * 1e6)
+        expired = next_us >= job.deadline_us
+        res = result_from_error(
+            task.platform_id,
+            err,
+            attempts=task.attempts + 1,
+            outcome=Outcome.PLATFORM_OUTCOME_EXPIRED if expired else None,
+        )
+        return TaskUpdate(
+            job.job_id, task.platform_id, expired, res.outcome, res.SerializeToString(), next_us
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for t in list(self._sends):
+            t.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)

@@ -1,0 +1,19 @@
+"""Which roles may call which gateway RPC (invariant 4: only the roles that need it)."""
+
+from __future__ import annotations
+
+from numfed.identity import Role
+
+__all__ = ["POLICY"]
+
+_SVC = "/numfed.v1.GatewayService/"
+_CARRIER = frozenset({Role.CARRIER})
+_ANY = frozenset({Role.CARRIER, Role.PLATFORM, Role.GATEWAY})
+
+POLICY = {
+    _SVC + "GetTrustBundle": _ANY,
+    _SVC + "QueryBindings": _CARRIER,
+    _SVC + "ReleaseBindings": _CARRIER,
+    _SVC + "GetOperation": _CARRIER,
+    _SVC + "WatchOperation": _CARRIER,
+}

@@ -1,0 +1,33 @@
+"""Keyed pseudonyms: the gateway stores HMAC-SHA256(key, number), never the number itself."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["Pseudonymizer", "load_or_create_key"]
+
+
+class Pseudonymizer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("pseudonym key must have at least 32 bytes")
+        self._key = key
+
+    def __call__(self, number: str) -> str:
+        return hmac.new(self._key, number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Read the pseudonym key, creating a random one (mode 0600) on first start."""
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key

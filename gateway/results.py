@@ -1,0 +1,120 @@
+"""Turn platforms' answers into per-platform results, and jobs into Operations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import status_pb2
+
+from gateway.store import TASK_DONE, JobRow, TaskRow
+from numfed.errors import NumfedError
+from numfed.rpc import error_status
+from numfed.v1 import binding_pb2, gateway_pb2
+
+__all__ = [
+    "RETRYABLE_CODES",
+    "operation",
+    "result_from_error",
+    "result_from_item",
+]
+
+RETRYABLE_CODES = frozenset(
+    c.value[0]
+    for c in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    )
+)
+"""Per-platform failures that a release retries; any other code is the platform's answer."""
+
+Outcome = gateway_pb2.PlatformOutcome
+
+
+def _ts(us: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def now_us() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def result_from_item(
+    platform_id: str,
+    status: status_pb2.Status,
+    bindings: Sequence[binding_pb2.BindingSummary],
+    *,
+    attempts: int,
+    at_us: int,
+) -> gateway_pb2.PlatformResult:
+    """A platform's per-claim answer as a PlatformResult."""
+    if status.code == 0:
+        outcome = Outcome.PLATFORM_OUTCOME_FOUND if bindings else Outcome.PLATFORM_OUTCOME_NONE
+        return gateway_pb2.PlatformResult(
+            platform_id=platform_id,
+            outcome=outcome,
+            bindings=bindings,
+            attempts=attempts,
+            answered_at=_ts(at_us),
+        )
+    outcome = (
+        Outcome.PLATFORM_OUTCOME_UNAVAILABLE
+        if status.code in RETRYABLE_CODES
+        else Outcome.PLATFORM_OUTCOME_REFUSED
+    )
+    return gateway_pb2.PlatformResult(
+        platform_id=platform_id,
+        outcome=outcome,
+        status=status,
+        attempts=attempts,
+        answered_at=_ts(at_us),
+    )
+
+
+def result_from_error(
+    platform_id: str, err: NumfedError, *, attempts: int, outcome: int | None = None
+) -> gateway_pb2.PlatformResult:
+    """A platform that did not answer (down, timed out) as a PlatformResult."""
+    return gateway_pb2.PlatformResult(
+        platform_id=platform_id,
+        outcome=outcome if outcome is not None else Outcome.PLATFORM_OUTCOME_UNAVAILABLE,
+        status=error_status(err),
+        attempts=attempts,
+    )
+
+
+def _task_result(task: TaskRow) -> gateway_pb2.PlatformResult:
+    if task.result:
+        return gateway_pb2.PlatformResult.FromString(task.result)
+    return gateway_pb2.PlatformResult(platform_id=task.platform_id, attempts=task.attempts)
+
+
+def operation(job: JobRow, tasks: Sequence[TaskRow]) -> operations_pb2.Operation:
+    """The job as an AIP-151 Operation: metadata always, response once every platform is done."""
+    results = [_task_result(t) for t in tasks]
+    meta = gateway_pb2.ReleaseMetadata(
+        create_time=_ts(job.created_us),
+        deadline=_ts(job.deadline_us),
+        platforms_done=sum(1 for t in tasks if t.state == TASK_DONE),
+        platforms_total=len(tasks),
+        results=results,
+    )
+    op = operations_pb2.Operation(name=f"operations/{job.job_id}", done=job.done_us is not None)
+    packed = any_pb2.Any()
+    packed.Pack(meta)
+    op.metadata.CopyFrom(packed)
+    if job.done_us is not None:
+        response = any_pb2.Any()
+        response.Pack(gateway_pb2.ReleaseResponse(results=results, done_time=_ts(job.done_us)))
+        op.response.CopyFrom(response)
+    return op

@@ -1,0 +1,64 @@
+"""The gateway's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
+
+Times are integer microseconds since the Unix epoch (UTC) so that SQLite and PostgreSQL compare
+them the same way. Numbers are stored only as keyed pseudonyms (``number_key``); a job keeps the
+signed claim only while it has platforms left to answer.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+release_jobs = Table(
+    "release_jobs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("carrier_id", String(32), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("request_digest", LargeBinary(32), nullable=False),
+    Column("number_key", String(64), nullable=False),
+    Column("purpose", SmallInteger, nullable=False),
+    Column("claim", LargeBinary, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("deadline_us", BigInteger, nullable=False),
+    Column("done_us", BigInteger, nullable=True),
+    UniqueConstraint("carrier_id", "request_id", name="uq_release_jobs_request"),
+)
+
+release_tasks = Table(
+    "release_tasks",
+    metadata,
+    Column("job_id", String(32), ForeignKey("release_jobs.job_id"), primary_key=True),
+    Column("platform_id", String(32), primary_key=True),
+    Column("state", SmallInteger, nullable=False),
+    Column("outcome", SmallInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("result", LargeBinary, nullable=True),
+    Column("updated_us", BigInteger, nullable=False),
+    Index("ix_release_tasks_due", "state", "next_attempt_us"),
+)
+
+portability = Table(
+    "portability",
+    metadata,
+    Column("number_key", String(64), primary_key=True),
+    Column("carrier_id", String(32), nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)

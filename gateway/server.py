@@ -1,0 +1,177 @@
+"""Wire the gateway together from its config and run it (``numfed gateway serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from gateway.authority import Portability
+from gateway.dispatcher import Dispatcher
+from gateway.platforms import PlatformLink
+from gateway.policy import POLICY
+from gateway.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.results import now_us
+from gateway.service import GatewayServicer, TrustFiles
+from gateway.store import Store
+from gateway.watchers import JobWatchers
+from numfed import pki
+from numfed.config import GatewayConfig, Member, load_gateway_config
+from numfed.identity import PeerId, Role
+from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
+from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
+from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
+
+__all__ = ["Gateway", "serve"]
+
+log = logging.getLogger(__name__)
+
+GATEWAY_PEER = PeerId(Role.GATEWAY, "main")
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+@dataclass
+class Gateway:
+    """A running gateway: server, dispatcher and background tasks."""
+
+    config: GatewayConfig
+    store: Store
+    server: ServerHandle
+    dispatcher: Dispatcher
+    links: dict[str, PlatformLink]
+    carrier_channels: dict[str, grpc.aio.Channel]
+    portability: Portability
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @classmethod
+    async def start(cls, config: GatewayConfig) -> Gateway:
+        layout = pki.PkiLayout(config.pki_dir)
+        store = Store(config.database_url)
+        await store.run(store.migrate)
+        # SQLite serves one replica: leases left by a killed process are ours to take back.
+        if store.dialect == "sqlite":
+            await store.run(store.release_leases, None)
+        pseudonym = Pseudonymizer(load_or_create_key(config.state_dir / "pseudonym.key"))
+        now = datetime.now(UTC)
+        trust = load_trusted_state(config.trust_dir, now=now)
+        trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
+        creds = pki.channel_credentials(layout, GATEWAY_PEER)
+        links = {
+            m.id: PlatformLink(
+                m.id,
+                grpc.aio.secure_channel(m.endpoint, creds, options=channel_options()),
+                config.limits,
+            )
+            for m in config.platforms
+        }
+        carrier_channels = {
+            m.id: grpc.aio.secure_channel(m.endpoint, creds, options=channel_options())
+            for m in config.carriers
+        }
+        portability = Portability(await store.run(store.load_portability))
+        seeds = [(pseudonym(n), c) for n, c in config.portability.items()]
+        portability.update(seeds)
+        watchers = JobWatchers()
+        dispatcher = Dispatcher(
+            store=store,
+            links=links,
+            limits=config.limits,
+            owner=f"gw-{secrets.token_hex(6)}",
+            on_change=watchers.notify,
+        )
+        servicer = GatewayServicer(
+            store=store,
+            trust=trust,
+            trust_files=trust_files,
+            links=links,
+            portability=portability,
+            pseudonym=pseudonym,
+            dispatcher=dispatcher,
+            watchers=watchers,
+            limits=config.limits,
+        )
+
+        def register(server: grpc.aio.Server) -> str:
+            gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+            return "numfed.v1.GatewayService"
+
+        handle = await start_server(
+            register=[register],
+            credentials=pki.server_credentials(layout, GATEWAY_PEER),
+            policy=POLICY,
+            bind=config.listen,
+        )
+        gw = cls(config, store, handle, dispatcher, links, carrier_channels, portability)
+        gw.tasks.append(asyncio.create_task(dispatcher.run()))
+        for member in config.carriers:
+            gw.tasks.append(asyncio.create_task(gw._sync_portability(member, pseudonym)))
+        return gw
+
+    async def _sync_portability(self, member: Member, pseudonym: Pseudonymizer) -> None:
+        """Learn which numbers a carrier serves; retry until it answers, then every minute."""
+        stub = carrier_pb2_grpc.CarrierServiceStub(self.carrier_channels[member.id])
+        delay = 0.2
+        while True:
+            try:
+                token = ""
+                entries: list[tuple[str, str]] = []
+                while True:
+                    page = await stub.ListServedNumbers(
+                        carrier_pb2.ListServedNumbersRequest(page_size=5000, page_token=token),
+                        timeout=self.config.limits.default_call_timeout,
+                    )
+                    entries += [(pseudonym(n), member.id) for n in page.numbers]
+                    token = page.next_page_token
+                    if not token:
+                        break
+                self.portability.update(entries)
+                await self.store.run(self.store.put_portability, entries, now_us())
+                log.info("portability: %d numbers served by %s", len(entries), member.id)
+                delay = 60.0
+            except grpc.aio.AioRpcError as exc:
+                log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
+                delay = min(delay * 2, 5.0) if delay < 60 else 0.2
+            await asyncio.sleep(delay)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+        await self.dispatcher.stop()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for link in self.links.values():
+            await link.close()
+        for ch in self.carrier_channels.values():
+            await ch.close()
+        await self.store.run(self.store.release_leases, None)
+        self.store.close()
+
+
+async def serve(config_path: Path) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    gw = await Gateway.start(load_gateway_config(config_path))
+    print(f"gateway listening on port {gw.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    with contextlib.suppress(Exception):
+        await gw.stop()

@@ -1,0 +1,235 @@
+"""GatewayService: the federation's front door for carriers and platforms."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+
+from gateway.authority import Portability, check_claim, select_platforms
+from gateway.batcher import BatchTimeout
+from gateway.dispatcher import Dispatcher
+from gateway.platforms import PlatformLink
+from gateway.results import now_us, operation, result_from_error, result_from_item
+from gateway.store import JobRow, Store
+from gateway.watchers import JobWatchers
+from numfed.claims import Purpose
+from numfed.config import Limits
+from numfed.envelope import Envelope
+from numfed.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from numfed.rpc import current_peer
+from numfed.trust import TrustedState
+from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
+
+__all__ = ["GatewayServicer", "TrustFiles"]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_OPERATION = re.compile(r"^operations/([0-9a-f]{32})$")
+
+QUERY_PURPOSES = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
+RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
+
+
+class TrustFiles:
+    """The signed trust metadata the gateway hands out: root chain and current bundle."""
+
+    def __init__(self, roots: list[claim_pb2.Envelope], bundle: claim_pb2.Envelope) -> None:
+        self.roots = roots
+        self.bundle = bundle
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        trust: TrustedState,
+        trust_files: TrustFiles,
+        links: Mapping[str, PlatformLink],
+        portability: Portability,
+        pseudonym: Callable[[str], str],
+        dispatcher: Dispatcher,
+        watchers: JobWatchers,
+        limits: Limits,
+    ) -> None:
+        self._store = store
+        self._trust = trust
+        self._trust_files = trust_files
+        self._links = links
+        self._portability = portability
+        self._pseudonym = pseudonym
+        self._dispatcher = dispatcher
+        self._watchers = watchers
+        self._limits = limits
+
+    # -- trust --------------------------------------------------------------------------------
+
+    async def GetTrustBundle(
+        self,
+        request: gateway_pb2.GetTrustBundleRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.GetTrustBundleResponse:
+        known = request.known_root_version
+        if known > len(self._trust_files.roots):
+            raise InvalidArgument(
+                "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
+            )
+        return gateway_pb2.GetTrustBundleResponse(
+            roots=self._trust_files.roots[known:], bundle=self._trust_files.bundle
+        )
+
+    # -- query --------------------------------------------------------------------------------
+
+    def _budget(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        remaining = context.time_remaining()
+        budget = self._limits.default_call_timeout if remaining is None else remaining
+        budget -= self._limits.deadline_margin
+        if budget <= 0:
+            raise DeadlineExceeded("NO_TIME_LEFT", "the caller's deadline leaves no time")
+        return min(budget, self._limits.platform_call_timeout)
+
+    async def QueryBindings(
+        self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.QueryBindingsResponse:
+        envelope = Envelope.from_proto(request.claim)
+        check_claim(
+            envelope,
+            caller=current_peer(),
+            trust=self._trust,
+            portability=self._portability,
+            pseudonym=self._pseudonym,
+            purposes=QUERY_PURPOSES,
+            now=datetime.now(UTC),
+        )
+        platform_ids = select_platforms(request.platform_ids, self._links)
+        budget = self._budget(context)
+        results = await asyncio.gather(
+            *(self._query_one(p, request.claim, budget) for p in platform_ids)
+        )
+        return gateway_pb2.QueryBindingsResponse(results=results)
+
+    async def _query_one(
+        self, platform_id: str, claim: claim_pb2.Envelope, budget: float
+    ) -> gateway_pb2.PlatformResult:
+        item = platform_pb2.QueryItem(item_id=secrets.token_hex(8), claim=claim)
+        try:
+            answer = await self._links[platform_id].queries.submit(item, budget)
+        except BatchTimeout:
+            err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
+            return result_from_error(platform_id, err, attempts=1)
+        except grpc.aio.AioRpcError as exc:
+            err = Unavailable(
+                "PLATFORM_UNAVAILABLE",
+                f"{platform_id} did not answer: {exc.code().name}",
+                metadata={"code": exc.code().name},
+            )
+            return result_from_error(platform_id, err, attempts=1)
+        except ValueError as exc:
+            err = Unavailable("PLATFORM_BAD_ANSWER", f"{platform_id}: {exc}")
+            return result_from_error(platform_id, err, attempts=1)
+        return result_from_item(
+            platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
+        )
+
+    # -- release ------------------------------------------------------------------------------
+
+    async def ReleaseBindings(
+        self,
+        request: gateway_pb2.ReleaseBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> operations_pb2.Operation:
+        caller = current_peer()
+        if not _REQUEST_ID.match(request.request_id):
+            raise InvalidArgument(
+                "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
+            )
+        platform_ids = select_platforms(request.platform_ids, self._links)
+        digest = hashlib.sha256(
+            request.claim.SerializeToString(deterministic=True)
+            + b"\x00"
+            + ",".join(platform_ids).encode()
+        ).digest()
+        existing = await self._store.run(self._store.find_job, caller.id, request.request_id)
+        if existing is None:
+            envelope = Envelope.from_proto(request.claim)
+            checked = check_claim(
+                envelope,
+                caller=caller,
+                trust=self._trust,
+                portability=self._portability,
+                pseudonym=self._pseudonym,
+                purposes=RELEASE_PURPOSES,
+                now=datetime.now(UTC),
+            )
+            created = now_us()
+            job = JobRow(
+                job_id=secrets.token_hex(16),
+                carrier_id=caller.id,
+                request_id=request.request_id,
+                request_digest=digest,
+                number_key=checked.number_key,
+                purpose=checked.verified.claim.purpose.value,
+                claim=request.claim.SerializeToString(deterministic=True),
+                created_us=created,
+                deadline_us=created + int(self._limits.release_job_deadline * 1e6),
+                done_us=None,
+            )
+            existing = await self._store.run(self._store.create_job, job, platform_ids)
+            self._dispatcher.wake()
+        if existing.request_digest != digest:
+            raise AlreadyExists(
+                "REQUEST_ID_REUSED",
+                "request_id was used before with a different request",
+                metadata={"request_id": request.request_id},
+            )
+        return await self._operation(existing.job_id)
+
+    async def _operation(self, job_id: str) -> operations_pb2.Operation:
+        found = await self._store.run(self._store.get_job, job_id)
+        if found is None:
+            raise NotFound("OPERATION_NOT_FOUND", "no such operation")
+        return operation(*found)
+
+    async def _own_job(self, name: str) -> str:
+        m = _OPERATION.match(name)
+        if m is None:
+            raise InvalidArgument("BAD_OPERATION_NAME", "name must be operations/<32 hex digits>")
+        found = await self._store.run(self._store.get_job, m.group(1))
+        if found is None or found[0].carrier_id != current_peer().id:
+            raise NotFound("OPERATION_NOT_FOUND", "no such operation")
+        return m.group(1)
+
+    async def GetOperation(
+        self, request: gateway_pb2.GetOperationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> operations_pb2.Operation:
+        return await self._operation(await self._own_job(request.name))
+
+    async def WatchOperation(
+        self,
+        request: gateway_pb2.WatchOperationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        job_id = await self._own_job(request.name)
+        last = b""
+        while True:
+            op = await self._operation(job_id)
+            body = op.SerializeToString(deterministic=True)
+            if body != last:
+                yield op
+                last = body
+            if op.done:
+                return
+            await self._watchers.wait(job_id, 1.0)

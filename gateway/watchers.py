@@ -1,0 +1,32 @@
+"""In-process notification of job changes, for WatchOperation streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable
+
+__all__ = ["JobWatchers"]
+
+
+class JobWatchers:
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def notify(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            for ev in self._events.get(job_id, ()):
+                ev.set()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        """Return when the job changes, or after ``timeout`` (other replicas may change it)."""
+        ev = asyncio.Event()
+        self._events[job_id].add(ev)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout)
+        finally:
+            self._events[job_id].discard(ev)
+            if not self._events[job_id]:
+                del self._events[job_id]

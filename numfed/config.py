@@ -1,0 +1,218 @@
+"""Configuration files (TOML) for each role, read into checked dataclasses.
+
+One file per process. Paths in a file are relative to the file's own folder. Every limit a
+server applies lives in :class:`Limits`, so deadlines and caps come from one place.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from numfed.errors import InvalidArgument
+
+__all__ = [
+    "CarrierConfig",
+    "GatewayConfig",
+    "Limits",
+    "Member",
+    "PlatformConfig",
+    "load_carrier_config",
+    "load_gateway_config",
+    "load_platform_config",
+]
+
+_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
+_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Deadlines, retries and caps. Seconds unless named otherwise."""
+
+    default_call_timeout: float = 5.0
+    """Deadline for a downstream call when the caller set none."""
+    platform_call_timeout: float = 3.0
+    """Longest one call to a platform may take."""
+    deadline_margin: float = 0.05
+    """Time kept back from the caller's deadline to assemble the answer."""
+    release_job_deadline: float = 3600.0
+    """How long the dispatcher retries a platform that has not answered a release."""
+    retry_initial_backoff: float = 0.2
+    retry_max_backoff: float = 30.0
+    retry_multiplier: float = 2.0
+    max_batch_items: int = 500
+    """Most claims in one call to a platform."""
+    max_in_flight_per_platform: int = 4
+    """Calls in flight to one platform at once; more claims wait for the next batch."""
+    lease_seconds: float = 30.0
+    """How long a dispatcher holds a release task before another may take it."""
+    claim_lifetime: float = 600.0
+    """How long a carrier's claims stay valid."""
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> Limits:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise InvalidArgument("BAD_CONFIG", f"unknown limits: {sorted(unknown)}")
+        values = {k: type(getattr(cls(), k))(v) for k, v in raw.items()}
+        limits = cls(**values)
+        for f in fields(limits):
+            if getattr(limits, f.name) <= 0:
+                raise InvalidArgument("BAD_CONFIG", f"limits.{f.name} must be positive")
+        return limits
+
+
+@dataclass(frozen=True)
+class Member:
+    """A carrier or platform as the gateway knows it."""
+
+    id: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: str
+    pki_dir: Path
+    trust_dir: Path
+    state_dir: Path
+    database_url: str
+    carriers: tuple[Member, ...]
+    platforms: tuple[Member, ...]
+    portability: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    gateway_id: str = "main"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    platform_id: str
+    listen: str
+    pki_dir: Path
+    trust_dir: Path
+    state_dir: Path
+    gateway: str
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    seed_scenario: bool = True
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    carrier_id: str
+    listen: str
+    holder_listen: str
+    pki_dir: Path
+    state_dir: Path
+    gateway: str
+    seed_scenario: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument("BAD_CONFIG", f"{path}: {exc}") from exc
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = raw.get(name)
+    if not isinstance(sec, dict):
+        raise InvalidArgument("BAD_CONFIG", f"missing [{name}] section")
+    return sec
+
+
+def _str(sec: dict[str, Any], key: str, where: str) -> str:
+    value = sec.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument("BAD_CONFIG", f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _endpoint(sec: dict[str, Any], key: str, where: str) -> str:
+    value = _str(sec, key, where)
+    if not _ENDPOINT.match(value):
+        raise InvalidArgument("BAD_CONFIG", f"{where}.{key}={value!r} is not HOST:PORT")
+    return value
+
+
+def _ident(sec: dict[str, Any], key: str, where: str) -> str:
+    value = _str(sec, key, where)
+    if not _ID.match(value):
+        raise InvalidArgument("BAD_CONFIG", f"{where}.{key}={value!r} is not a member id")
+    return value
+
+
+def _members(raw: dict[str, Any], name: str) -> tuple[Member, ...]:
+    out = []
+    for entry in raw.get(name, []):
+        out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name)))
+    ids = [m.id for m in out]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("BAD_CONFIG", f"duplicate ids in [[{name}]]")
+    return tuple(out)
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    raw = _read(path)
+    base = path.parent
+    sec = _section(raw, "gateway")
+    state_dir = base / _str(sec, "state_dir", "gateway")
+    url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
+    portability = raw.get("portability", {})
+    if not all(isinstance(v, str) for v in portability.values()):
+        raise InvalidArgument("BAD_CONFIG", "[portability] maps numbers to carrier ids")
+    return GatewayConfig(
+        listen=_endpoint(sec, "listen", "gateway"),
+        pki_dir=base / _str(sec, "pki_dir", "gateway"),
+        trust_dir=base / _str(sec, "trust_dir", "gateway"),
+        state_dir=state_dir,
+        database_url=str(url),
+        carriers=_members(raw, "carrier"),
+        platforms=_members(raw, "platform"),
+        portability=dict(portability),
+        limits=Limits.from_mapping(raw.get("limits", {})),
+    )
+
+
+def load_platform_config(path: Path) -> PlatformConfig:
+    raw = _read(path)
+    base = path.parent
+    sec = _section(raw, "platform")
+    error_rate = float(sec.get("error_rate", 0.0))
+    if not 0.0 <= error_rate <= 1.0:
+        raise InvalidArgument("BAD_CONFIG", "platform.error_rate must be within [0, 1]")
+    return PlatformConfig(
+        platform_id=_ident(sec, "id", "platform"),
+        listen=_endpoint(sec, "listen", "platform"),
+        pki_dir=base / _str(sec, "pki_dir", "platform"),
+        trust_dir=base / _str(sec, "trust_dir", "platform"),
+        state_dir=base / _str(sec, "state_dir", "platform"),
+        gateway=_endpoint(sec, "gateway", "platform"),
+        latency_ms=float(sec.get("latency_ms", 0.0)),
+        error_rate=error_rate,
+        seed_scenario=bool(sec.get("seed_scenario", True)),
+    )
+
+
+def load_carrier_config(path: Path) -> CarrierConfig:
+    raw = _read(path)
+    base = path.parent
+    sec = _section(raw, "carrier")
+    return CarrierConfig(
+        carrier_id=_ident(sec, "id", "carrier"),
+        listen=_endpoint(sec, "listen", "carrier"),
+        holder_listen=_endpoint(sec, "holder_listen", "carrier"),
+        pki_dir=base / _str(sec, "pki_dir", "carrier"),
+        state_dir=base / _str(sec, "state_dir", "carrier"),
+        gateway=_endpoint(sec, "gateway", "carrier"),
+        seed_scenario=bool(sec.get("seed_scenario", True)),
+        limits=Limits.from_mapping(raw.get("limits", {})),
+    )

@@ -1,0 +1,215 @@
+"""The gRPC edge shared by every numfed server and client.
+
+One interceptor per server does the cross-cutting work: it reads the caller's SPIFFE id from its
+mTLS certificate, allows each RPC only for the roles that need it, and maps numfed's domain
+exceptions to a ``google.rpc.Status`` carrying one ``ErrorInfo`` (AIP-193). Handlers raise
+:class:`numfed.errors.NumfedError` and never build statuses themselves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from numfed.errors import ERROR_DOMAIN, NumfedError, PermissionDenied, Unauthenticated
+from numfed.identity import PeerId, Role
+from numfed.pki import peer_identity
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ServerHandle",
+    "current_peer",
+    "error_from_status",
+    "error_status",
+    "ok_status",
+    "start_server",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest message any numfed server or client sends or receives."""
+
+_CODES = {c.name: c for c in grpc.StatusCode}
+_current_peer: contextvars.ContextVar[PeerId] = contextvars.ContextVar("numfed_peer")
+
+
+def current_peer() -> PeerId:
+    """The authenticated caller of the RPC being handled (set by the interceptor)."""
+    try:
+        return _current_peer.get()
+    except LookupError as exc:
+        raise Unauthenticated("NO_PEER_IDENTITY", "no authenticated caller") from exc
+
+
+def error_status(err: NumfedError) -> status_pb2.Status:
+    """A ``google.rpc.Status`` for ``err`` with one ErrorInfo (reason, domain, metadata)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=err.reason, domain=ERROR_DOMAIN, metadata=dict(err.metadata)
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = _CODES.get(err.code, grpc.StatusCode.INTERNAL)
+    return status_pb2.Status(code=code.value[0], message=err.message, details=[detail])
+
+
+def ok_status() -> status_pb2.Status:
+    return status_pb2.Status(code=0)
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo inside a status, if any."""
+    for d in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if d.Unpack(info):
+            return info
+    return None
+
+
+def error_from_status(status: status_pb2.Status) -> NumfedError:
+    """Rebuild a domain exception from a per-item status a peer returned."""
+    from numfed import errors
+
+    info = error_info(status)
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    cls = next(
+        (
+            c
+            for c in vars(errors).values()
+            if isinstance(c, type) and issubclass(c, NumfedError) and c.code == code.name
+        ),
+        NumfedError,
+    )
+    return cls(
+        info.reason if info else code.name, status.message, metadata=info.metadata if info else None
+    )
+
+
+def rpc_error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo a failed call carried in its trailing metadata, if any."""
+    status = rpc_status.from_call(cast(grpc.Call, err))
+    return error_info(status) if status is not None else None
+
+
+Policy = Mapping[str, frozenset[Role]]
+"""Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith("/grpc."):
+            return handler
+        allowed = self._policy.get(method, frozenset())
+
+        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            peer = peer_identity(context)
+            if peer.role not in allowed:
+                raise PermissionDenied(
+                    "ROLE_NOT_ALLOWED",
+                    f"{peer.uri} may not call {method}",
+                    metadata={"method": method, "role": peer.role.value},
+                )
+            _current_peer.set(peer)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    await admit(context)
+                    return await inner(request, context)
+                except NumfedError as err:
+                    await context.abort_with_status(rpc_status.to_status(error_status(err)))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                try:
+                    await admit(context)
+                    async for item in inner_stream(request, context):
+                        yield item
+                except NumfedError as err:
+                    await context.abort_with_status(rpc_status.to_status(error_status(err)))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class ServerHandle:
+    """A started server: its port, health servicer and a graceful stop."""
+
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health: health.aio.HealthServicer
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health
+
+    async def stop(self, grace: float | None = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    *,
+    register: Iterable[Callable[[grpc.aio.Server], str]],
+    credentials: grpc.ServerCredentials,
+    policy: Policy,
+    bind: str = "127.0.0.1:0",
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> ServerHandle:
+    """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
+
+    Each ``register`` callable adds one servicer and returns its full service name. Returns once
+    the server is listening; ``bind`` may use port 0.
+    """
+    server = grpc.aio.server(
+        interceptors=[_Interceptor(policy)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = [reg(server) for reg in register]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_secure_port(bind, credentials)
+    if port == 0:
+        raise RuntimeError(f"could not bind {bind}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return ServerHandle(server, port, health_servicer)
