@@ -1,0 +1,430 @@
+"""The federation's keys and certificates, and the gRPC mTLS helpers that use them.
+
+``init_pki`` writes one directory holding everything a loopback federation needs::
+
+    DIR/ca.pem, DIR/ca.key.pem             federation CA (ECDSA P-256), issues TLS certs
+    DIR/<role>/<id>/cert.pem, key.pem      one TLS server+client certificate per member
+    DIR/root/root-<n>.key.pem              federation root keys (Ed25519) that sign trust files
+    DIR/carrier/<id>/signing.key.pem       each carrier's claim-signing key (Ed25519)
+
+Each TLS certificate names its member by one URI SAN, ``spiffe://numfed/<role>/<id>``, and can
+serve on loopback (DNS ``localhost``, IP ``127.0.0.1``/``::1``) or under its own name
+``<id>.<role>.numfed``, which a client sets as the TLS target name to be sure *which* member it
+reached (see :func:`secure_channel`). Private key files are mode 0600.
+
+Only the helpers at the bottom touch grpc; everything above is plain ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from numfed.envelope import KeyAlgorithm, SigningKey
+from numfed.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from numfed.identity import PeerId, Role
+
+__all__ = [
+    "CertificateAuthority",
+    "PkiLayout",
+    "channel_credentials",
+    "init_pki",
+    "issue_cert",
+    "load_carrier_signer",
+    "load_root_signers",
+    "peer_identity",
+    "secure_channel",
+    "server_credentials",
+]
+
+DEFAULT_CARRIERS = ("cmcc", "cucc", "ctcc")
+DEFAULT_PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
+GATEWAY = PeerId(Role.GATEWAY, "main")
+ROOT_KEYS = 3
+"""Federation root keys made by ``init_pki``; the trust files use a threshold of 2."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""Certificates are valid from this long before ``now`` so peers with slow clocks accept them."""
+
+
+@dataclass(frozen=True)
+class PkiLayout:
+    """Where each file of a PKI directory lives. Paths only; nothing is read or checked."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def ca_path(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.root / "ca.key.pem"
+
+    def member_dir(self, peer: PeerId) -> Path:
+        return self.root / peer.role.value / peer.id
+
+    def cert_path(self, peer: PeerId) -> Path:
+        return self.member_dir(peer) / "cert.pem"
+
+    def key_path(self, peer: PeerId) -> Path:
+        return self.member_dir(peer) / "key.pem"
+
+    def signing_key_path(self, carrier_id: str) -> Path:
+        return self.member_dir(PeerId(Role.CARRIER, carrier_id)) / "signing.key.pem"
+
+    def root_key_path(self, n: int) -> Path:
+        return self.root / "root" / f"root-{n}.key.pem"
+
+    def members(self) -> list[PeerId]:
+        """Every member with a certificate here, gateway first, then carriers and platforms."""
+        found = []
+        for role in Role:
+            base = self.root / role.value
+            if base.is_dir():
+                found += [
+                    PeerId(role, d.name)
+                    for d in sorted(base.iterdir())
+                    if (d / "cert.pem").exists()
+                ]
+        return found
+
+
+def _layout(where: PkiLayout | Path) -> PkiLayout:
+    return where if isinstance(where, PkiLayout) else PkiLayout(where)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise FailedPrecondition("PKI_FILE_MISSING", f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A secret is created 0600 from the start, never readable by others even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """The federation CA: a self-signed P-256 certificate and its key."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def generate(
+        cls, *, now: datetime, validity: timedelta, name: str = "numfed federation CA"
+    ) -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "numfed"),
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def load(cls, where: PkiLayout | Path) -> CertificateAuthority:
+        layout = _layout(where)
+        cert = x509.load_pem_x509_certificate(_read(layout.ca_path))
+        key = serialization.load_pem_private_key(_read(layout.ca_key_path), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise InvalidArgument("BAD_PRIVATE_KEY", f"{layout.ca_key_path} is not a P-256 key")
+        return cls(cert, key)
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _dns_name(peer: PeerId) -> str:
+    # Never resolved, only compared by TLS hostname verification (which accepts "_").
+    return f"{peer.id}.{peer.role.value}.numfed"
+
+
+def issue_cert(
+    ca: CertificateAuthority,
+    peer: PeerId,
+    *,
+    not_before: datetime,
+    not_after: datetime,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A TLS server+client certificate for ``peer`` signed by ``ca`` (a new key unless given).
+
+    The validity window is taken as given, so tests can make expired or not-yet-valid
+    certificates signed by the real CA.
+    """
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "numfed"),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, peer.role.value),
+                    x509.NameAttribute(NameOID.COMMON_NAME, peer.id),
+                ]
+            )
+        )
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(peer.uri),
+                    x509.DNSName(_dns_name(peer)),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _check_ids(kind: str, ids: Sequence[str]) -> None:
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("DUPLICATE_MEMBER_ID", f"{kind} ids repeat: {list(ids)}")
+
+
+def init_pki(
+    directory: Path,
+    *,
+    carriers: Sequence[str] = DEFAULT_CARRIERS,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    now: datetime | None = None,
+    validity: timedelta = timedelta(days=365),
+) -> PkiLayout:
+    """Create a federation CA, TLS certificates for the gateway and every member, the root keys
+    and each carrier's claim-signing key in ``directory``, which must be absent or empty.
+
+    Everything is written to a temporary sibling first and moved into place at the end, so a
+    failure leaves no half-made PKI behind.
+    """
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise FailedPrecondition(
+            "PKI_EXISTS", f"{directory} exists and is not empty; refusing to overwrite it"
+        )
+    if validity <= timedelta(0):
+        raise InvalidArgument("BAD_VALIDITY", "validity must be positive")
+    _check_ids("carrier", carriers)
+    _check_ids("platform", platforms)
+    peers = [
+        GATEWAY,
+        *(PeerId(Role.CARRIER, c) for c in carriers),
+        *(PeerId(Role.PLATFORM, p) for p in platforms),
+    ]
+    now = now or datetime.now(UTC)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        staging.chmod(0o755)
+        layout = PkiLayout(staging)
+        ca = CertificateAuthority.generate(now=now, validity=validity)
+        _write(layout.ca_path, ca.pem)
+        _write(layout.ca_key_path, _private_pem(ca.key), secret=True)
+        for peer in peers:
+            cert, key = issue_cert(ca, peer, not_before=now - CLOCK_SKEW, not_after=now + validity)
+            _write(layout.cert_path(peer), cert.public_bytes(serialization.Encoding.PEM))
+            _write(layout.key_path(peer), _private_pem(key), secret=True)
+        for n in range(1, ROOT_KEYS + 1):
+            _write(layout.root_key_path(n), SigningKey.generate().to_pem(), secret=True)
+        for carrier in carriers:
+            _write(layout.signing_key_path(carrier), SigningKey.generate().to_pem(), secret=True)
+        try:
+            if directory.exists():
+                directory.rmdir()  # empty, checked above; rename cannot replace it portably
+            staging.rename(directory)
+        except OSError as exc:  # another init won the race
+            raise FailedPrecondition(
+                "PKI_EXISTS", f"{directory} was filled while this PKI was made: {exc.strerror}"
+            ) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PkiLayout(directory)
+
+
+def _load_signer(path: Path) -> SigningKey:
+    key = SigningKey.from_pem(_read(path))
+    if key.algorithm is not KeyAlgorithm.ED25519:
+        raise InvalidArgument("BAD_PRIVATE_KEY", f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_root_signers(where: PkiLayout | Path) -> list[SigningKey]:
+    """The federation root keys, ``root-1`` first."""
+    layout = _layout(where)
+    keys = []
+    n = 1
+    while layout.root_key_path(n).exists():
+        keys.append(_load_signer(layout.root_key_path(n)))
+        n += 1
+    if not keys:
+        raise FailedPrecondition("PKI_FILE_MISSING", f"no root keys in {layout.root / 'root'}")
+    return keys
+
+
+def load_carrier_signer(where: PkiLayout | Path, carrier_id: str) -> SigningKey:
+    """The claim-signing key of ``carrier_id``."""
+    return _load_signer(_layout(where).signing_key_path(carrier_id))
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+
+def server_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ServerCredentials:
+    """TLS credentials for serving as ``peer``; every client must present a cert from the CA."""
+    layout = _layout(where)
+    return grpc.ssl_server_credentials(
+        [(_read(layout.key_path(peer)), _read(layout.cert_path(peer)))],
+        root_certificates=_read(layout.ca_path),
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ChannelCredentials:
+    """TLS credentials for calling as ``peer``: its cert and key, and the CA to check servers."""
+    layout = _layout(where)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(layout.ca_path),
+        private_key=_read(layout.key_path(peer)),
+        certificate_chain=_read(layout.cert_path(peer)),
+    )
+
+
+def secure_channel(
+    target: str,
+    where: PkiLayout | Path,
+    peer: PeerId,
+    *,
+    server: PeerId | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """An mTLS ``grpc.aio`` channel to ``target``, calling as ``peer``.
+
+    Any member's certificate is valid for loopback addresses, so with ``server`` given the TLS
+    target name is set to that member's own DNS name and the handshake fails unless the server
+    presents *that* member's certificate.
+    """
+    opts = list(options)
+    if server is not None:
+        opts.append(("grpc.ssl_target_name_override", _dns_name(server)))
+    return grpc.aio.secure_channel(target, channel_credentials(where, peer), options=opts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _peer_from_pem(pem: bytes) -> PeerId:
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise Unauthenticated("NO_PEER_IDENTITY", "peer certificate has no usable SAN") from exc
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        raise Unauthenticated(
+            "BAD_PEER_IDENTITY", f"peer certificate has {len(uris)} URI SANs; exactly 1 required"
+        )
+    return PeerId.parse(uris[0])
+
+
+def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> PeerId:
+    """The caller's identity: the one SPIFFE URI SAN of its verified client certificate.
+
+    grpc puts a certificate in the auth context only after the handshake verified it against
+    the CA, so the certificate here is trusted as is.
+    """
+    auth = context.auth_context()
+    value = auth.get("x509_pem_cert", ())
+    pems = [value] if isinstance(value, bytes) else list(value)
+    if len(pems) != 1:
+        raise Unauthenticated("NO_PEER_IDENTITY", "the caller presented no client certificate")
+    return _peer_from_pem(pems[0])
