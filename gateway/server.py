@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
@@ -34,6 +35,7 @@ __all__ = ["Gateway", "serve"]
 log = logging.getLogger(__name__)
 
 GATEWAY_PEER = PeerId(Role.GATEWAY, "main")
+SERVICE = "numfed.v1.GatewayService"
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -55,6 +57,7 @@ class Gateway:
     carrier_channels: dict[str, grpc.aio.Channel]
     portability: Portability
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    synced: set[str] = field(default_factory=set)
 
     @property
     def port(self) -> int:
@@ -110,7 +113,7 @@ class Gateway:
 
         def register(server: grpc.aio.Server) -> str:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-            return "numfed.v1.GatewayService"
+            return SERVICE
 
         handle = await start_server(
             register=[register],
@@ -119,6 +122,9 @@ class Gateway:
             bind=config.listen,
         )
         gw = cls(config, store, handle, dispatcher, links, carrier_channels, portability)
+        # Ready once every carrier has told us which numbers it serves.
+        if config.carriers:
+            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for member in config.carriers:
             gw.tasks.append(asyncio.create_task(gw._sync_portability(member, pseudonym)))
@@ -144,6 +150,9 @@ class Gateway:
                 self.portability.update(entries)
                 await self.store.run(self.store.put_portability, entries, now_us())
                 log.info("portability: %d numbers served by %s", len(entries), member.id)
+                self.synced.add(member.id)
+                if self.synced >= {m.id for m in self.config.carriers}:
+                    await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)

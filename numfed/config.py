@@ -138,14 +138,14 @@ def _str(sec: dict[str, Any], key: str, where: str) -> str:
 
 def _endpoint(sec: dict[str, Any], key: str, where: str) -> str:
     value = _str(sec, key, where)
-    if not _ENDPOINT.match(value):
+    if not _ENDPOINT.fullmatch(value):
         raise InvalidArgument("BAD_CONFIG", f"{where}.{key}={value!r} is not HOST:PORT")
     return value
 
 
 def _ident(sec: dict[str, Any], key: str, where: str) -> str:
     value = _str(sec, key, where)
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidArgument("BAD_CONFIG", f"{where}.{key}={value!r} is not a member id")
     return value
 

@@ -1,0 +1,363 @@
+"""``numfed demo``: the whole federation on loopback, walked through the holder's journey.
+
+Creates a PKI and trust files, starts the gateway, three carriers and seven platforms as
+separate processes (mTLS, SQLite), then, for numbers recycled once, recycled twice, ported and
+fresh: verifies the holder, queries, releases with live progress, queries again, and checks
+that the current holder's own bindings are untouched. Exits non-zero if any expectation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from numfed import pki
+from numfed.cli import Command
+from numfed.federation import FederationLayout, create_federation
+from numfed.identity import PeerId, Role
+from numfed.scenario import Scenario, demo_scenario
+from numfed.v1 import gateway_pb2, holder_pb2, holder_pb2_grpc
+
+__all__ = ["DEMO", "run_demo"]
+
+Outcome = gateway_pb2.PlatformOutcome
+OUTCOME_NAMES = {
+    Outcome.PLATFORM_OUTCOME_FOUND: "found",
+    Outcome.PLATFORM_OUTCOME_NONE: "none",
+    Outcome.PLATFORM_OUTCOME_UNAVAILABLE: "unavailable",
+    Outcome.PLATFORM_OUTCOME_REFUSED: "refused",
+    Outcome.PLATFORM_OUTCOME_EXPIRED: "expired",
+}
+
+
+class ExpectationFailed(Exception):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextmanager
+def running_federation(layout: FederationLayout, console: Console) -> Iterator[list[Proc]]:
+    """Start every process of ``layout``; stop them all (SIGTERM, then SIGKILL) on exit."""
+    procs: list[Proc] = []
+    logs = layout.root / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(name: str, role: str, config: Path) -> None:
+        log = logs / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        procs.append(Proc(name, popen, log))
+
+    try:
+        for p, cfg in layout.platform_configs.items():
+            spawn(f"platform-{p}", "platform", cfg)
+        for c, cfg in layout.carrier_configs.items():
+            spawn(f"carrier-{c}", "carrier", cfg)
+        spawn("gateway", "gateway", layout.gateway_config)
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in procs:
+            try:
+                proc.popen.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+
+def wait_ready(layout: FederationLayout, procs: list[Proc], timeout: float = 20.0) -> None:
+    """Wait until every server answers health checks as SERVING."""
+    deadline = time.monotonic() + timeout
+    checks: list[tuple[str, PeerId, str]] = [
+        (
+            layout.gateway_endpoint,
+            PeerId(Role.CARRIER, next(iter(layout.carrier_endpoints))),
+            "numfed.v1.GatewayService",
+        ),
+    ]
+    checks += [
+        (e, PeerId(Role.GATEWAY, "main"), "numfed.v1.PlatformService")
+        for e in layout.platform_endpoints.values()
+    ]
+    checks += [
+        (e, PeerId(Role.GATEWAY, "main"), "numfed.v1.CarrierService")
+        for e in layout.carrier_endpoints.values()
+    ]
+    pki_layout = pki.PkiLayout(layout.pki_dir)
+    for endpoint, peer, service in checks:
+        creds = pki.channel_credentials(pki_layout, peer)
+        with grpc.secure_channel(endpoint, creds) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                for proc in procs:
+                    if proc.popen.poll() is not None:
+                        raise ExpectationFailed(
+                            f"{proc.name} exited early:\n{proc.log.read_text()[-2000:]}"
+                        )
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                    if status.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ExpectationFailed(f"{service} at {endpoint} did not become ready")
+                time.sleep(0.1)
+
+
+def read_sms_code(layout: FederationLayout, carrier: str, number: str) -> str:
+    outbox = layout.root / "state" / f"carrier-{carrier}" / "sms-outbox.jsonl"
+    for _ in range(50):
+        if outbox.exists():
+            lines = [json.loads(x) for x in outbox.read_text().splitlines() if x.strip()]
+            mine = [x for x in lines if x["number"] == number]
+            if mine:
+                return str(mine[-1]["code"])
+        time.sleep(0.05)
+    raise ExpectationFailed(f"no SMS code for {number} in {outbox}")
+
+
+class Journey:
+    def __init__(self, layout: FederationLayout, scenario: Scenario, console: Console) -> None:
+        self.layout = layout
+        self.scenario = scenario
+        self.console = console
+        self.failures: list[str] = []
+
+    def expect(self, ok: bool, what: str) -> None:
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        self.console.print(f"  {mark} {what}")
+        if not ok:
+            self.failures.append(what)
+
+    def expected_counts(self, number: str, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        x = self.scenario.histories[number].tenure_start(now)
+        prior: dict[str, int] = {}
+        own: dict[str, int] = {}
+        for b in self.scenario.bindings:
+            if b.number == number:
+                side = prior if b.bound_at < x else own
+                side[b.platform_id] = side.get(b.platform_id, 0) + 1
+        return prior, own
+
+    def table(self, title: str, results: list[gateway_pb2.PlatformResult]) -> None:
+        t = Table(title=title, title_justify="left")
+        t.add_column("platform")
+        t.add_column("outcome")
+        t.add_column("bindings (masked)")
+        t.add_column("count", justify="right")
+        for r in results:
+            labels = ", ".join(f"{b.masked_label}" for b in r.bindings) or "—"
+            count = sum(b.count for b in r.bindings)
+            t.add_row(r.platform_id, OUTCOME_NAMES.get(r.outcome, "?"), labels, str(count))
+        self.console.print(t)
+
+    def walk(self, label: str, number: str) -> None:
+        now = datetime.now(UTC)
+        history = self.scenario.histories[number]
+        carrier = history.carrier_at(now)
+        assert carrier is not None
+        tenure = history.current_tenure(now)
+        assert tenure is not None
+        holder = self.scenario.holders[tenure.holder_id]
+        prior, own = self.expected_counts(number, now)
+        self.console.rule(f"[bold]{label.replace('_', ' ')}[/]: {number} at {carrier}")
+        with grpc.insecure_channel(self.layout.holder_endpoints[carrier]) as channel:
+            stub = holder_pb2_grpc.HolderServiceStub(channel)
+            # A stranger with the wrong details gets nothing.
+            try:
+                stub.StartVerification(
+                    holder_pb2.StartVerificationRequest(
+                        number=number, name="冒名", id_number=holder.id_number
+                    ),
+                    timeout=5,
+                )
+                self.expect(False, "a stranger's verification is refused")
+            except grpc.RpcError as exc:
+                self.expect(
+                    exc.code() == grpc.StatusCode.PERMISSION_DENIED,
+                    f"a stranger's verification is refused ({exc.code().name})",
+                )
+            start = stub.StartVerification(
+                holder_pb2.StartVerificationRequest(
+                    number=number, name=holder.name, id_number=holder.id_number
+                ),
+                timeout=5,
+            )
+            code = read_sms_code(self.layout, carrier, number)
+            session = stub.ConfirmVerification(
+                holder_pb2.ConfirmVerificationRequest(
+                    verification_id=start.verification_id, code=code
+                ),
+                timeout=5,
+            )
+            x = session.tenure_start.ToDatetime(tzinfo=UTC)
+            self.expect(
+                x == tenure.start, f"holder verified by SMS; tenure began {x:%Y-%m-%d %H:%M} (X)"
+            )
+            token = session.session_token
+
+            q = stub.QueryHolderBindings(
+                holder_pb2.QueryHolderBindingsRequest(
+                    session_token=token, scope=holder_pb2.BINDING_SCOPE_PRIOR
+                ),
+                timeout=10,
+            )
+            self.table("Query: bindings left by previous holders (bound before X)", list(q.results))
+            found = {r.platform_id: sum(b.count for b in r.bindings) for r in q.results}
+            self.expect(
+                all(found.get(p, 0) == n for p, n in prior.items())
+                and sum(found.values()) == sum(prior.values()),
+                f"query found all {sum(prior.values())} prior binding(s), {len(prior)} platform(s)",
+            )
+            if prior:
+                self.release(stub, token, prior)
+                q2 = stub.QueryHolderBindings(
+                    holder_pb2.QueryHolderBindingsRequest(
+                        session_token=token, scope=holder_pb2.BINDING_SCOPE_PRIOR
+                    ),
+                    timeout=10,
+                )
+                self.expect(
+                    all(r.outcome == Outcome.PLATFORM_OUTCOME_NONE for r in q2.results),
+                    "query again: clean on every platform",
+                )
+            mine = stub.QueryHolderBindings(
+                holder_pb2.QueryHolderBindingsRequest(
+                    session_token=token, scope=holder_pb2.BINDING_SCOPE_OWN
+                ),
+                timeout=10,
+            )
+            self.table(
+                "The current holder's own bindings (bound at or after X)", list(mine.results)
+            )
+            got = {
+                r.platform_id: sum(b.count for b in r.bindings) for r in mine.results if r.bindings
+            }
+            self.expect(
+                got == own, f"the current holder's {sum(own.values())} own binding(s) are untouched"
+            )
+
+    def release(
+        self, stub: holder_pb2_grpc.HolderServiceStub, token: str, prior: dict[str, int]
+    ) -> None:
+        started = time.monotonic()
+        op = stub.ReleaseHolderBindings(
+            holder_pb2.ReleaseHolderBindingsRequest(
+                session_token=token,
+                scope=holder_pb2.BINDING_SCOPE_PRIOR,
+                request_id=uuid.uuid4().hex,
+            ),
+            timeout=10,
+        )
+        meta = gateway_pb2.ReleaseMetadata()
+        with Progress(
+            TextColumn("  release"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("platforms"),
+            console=self.console,
+        ) as bar:
+            task = bar.add_task("release", total=None)
+            for update in stub.WatchHolderRelease(
+                holder_pb2.WatchHolderReleaseRequest(session_token=token, name=op.name), timeout=30
+            ):
+                update.metadata.Unpack(meta)
+                bar.update(task, total=meta.platforms_total, completed=meta.platforms_done)
+                op = update
+        elapsed = time.monotonic() - started
+        response = gateway_pb2.ReleaseResponse()
+        op.response.Unpack(response)
+        self.table(f"Release {op.name} done in {elapsed:.2f} s", list(response.results))
+        released = {
+            r.platform_id: sum(b.count for b in r.bindings) for r in response.results if r.bindings
+        }
+        self.expect(
+            op.done and released == prior,
+            f"released {sum(prior.values())} prior binding(s); accounts kept",
+        )
+
+
+def run_demo(workdir: Path | None = None, console: Console | None = None) -> int:
+    console = console or Console()
+    started = time.monotonic()
+    root = workdir or Path(tempfile.mkdtemp(prefix="numfed-demo-"))
+    console.print(f"[bold]numfed demo[/] — federation in {root}")
+    layout = create_federation(root)
+    scenario = demo_scenario()
+    journey = Journey(layout, scenario, console)
+    try:
+        with running_federation(layout, console) as procs:
+            wait_ready(layout, procs)
+            t = Table(title="Federation on loopback (mTLS, SQLite)", title_justify="left")
+            for col in ("process", "endpoint", "pid"):
+                t.add_column(col)
+            endpoints = {"gateway": layout.gateway_endpoint}
+            endpoints |= {f"carrier-{c}": e for c, e in layout.carrier_endpoints.items()}
+            endpoints |= {f"platform-{p}": e for p, e in layout.platform_endpoints.items()}
+            for proc in procs:
+                t.add_row(proc.name, endpoints.get(proc.name, ""), str(proc.popen.pid))
+            console.print(t)
+            console.print(f"ready in {time.monotonic() - started:.1f} s")
+            for label, number in scenario.showcase.items():
+                journey.walk(label, number)
+    except (ExpectationFailed, grpc.RpcError) as exc:
+        journey.failures.append(str(exc))
+        console.print(f"[red]demo stopped: {exc}[/]")
+    elapsed = time.monotonic() - started
+    if journey.failures:
+        console.print(
+            f"[red bold]{len(journey.failures)} expectation(s) failed[/] in {elapsed:.1f} s"
+        )
+        return 1
+    console.print(f"[green bold]every expectation held[/] — {elapsed:.1f} s")
+    return 0
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to lay out the federation (default: a temp dir)",
+    )
+
+
+DEMO = Command(
+    "demo",
+    "run the whole federation on loopback through the holder's journey",
+    _configure,
+    lambda args: run_demo(args.workdir),
+)

@@ -1,0 +1,178 @@
+"""Lay out a whole federation on one machine: PKI, signed trust files and one config per process.
+
+Used by ``numfed demo``, the integration tests and the benchmarks. Every process listens on
+loopback; ports are chosen up front so that each config can name its peers.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from numfed import pki
+from numfed.scenario import CARRIERS, PLATFORMS
+from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
+from numfed.trustfiles import write_envelope
+
+__all__ = ["FederationLayout", "create_federation", "free_ports", "write_trust"]
+
+ROOT_THRESHOLD = 2
+CARRIER_PREFIXES = ("+86",)
+"""Mobile number portability is nationwide in China: each carrier may attest any +86 number it
+serves now; the portability registry, not the key's range, decides which."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free at this moment."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_trust(
+    pki_dir: Path,
+    trust_dir: Path,
+    *,
+    now: datetime,
+    carriers: Sequence[str] = CARRIERS,
+    validity: timedelta = timedelta(days=365),
+    bundle_validity: timedelta = timedelta(days=30),
+) -> None:
+    """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key."""
+    signers = pki.load_root_signers(pki_dir)
+    root = Root(
+        version=1,
+        expires_at=now + validity,
+        keys={s.public.key_id: s.public for s in signers},
+        threshold=ROOT_THRESHOLD,
+    )
+    write_envelope(trust_dir / "root-1.pb", sign_root(root, signers[:ROOT_THRESHOLD]))
+    keys = {}
+    for carrier in carriers:
+        public = pki.load_carrier_signer(pki_dir, carrier).public
+        keys[public.key_id] = CarrierKey(
+            key=public,
+            carrier_id=carrier,
+            not_before=now - timedelta(days=1),
+            not_after=now + validity,
+            number_prefixes=CARRIER_PREFIXES,
+        )
+    bundle = TrustBundle(
+        version=1,
+        issued_at=now,
+        expires_at=now + bundle_validity,
+        carrier_keys=keys,
+        revoked_key_ids=frozenset(),
+    )
+    write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
+
+
+@dataclass(frozen=True)
+class FederationLayout:
+    root: Path
+    pki_dir: Path
+    trust_dir: Path
+    gateway_config: Path
+    gateway_endpoint: str
+    carrier_configs: dict[str, Path] = field(default_factory=dict)
+    platform_configs: dict[str, Path] = field(default_factory=dict)
+    carrier_endpoints: dict[str, str] = field(default_factory=dict)
+    holder_endpoints: dict[str, str] = field(default_factory=dict)
+    platform_endpoints: dict[str, str] = field(default_factory=dict)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _section(name: str, values: Mapping[str, object]) -> str:
+    return f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+
+def create_federation(
+    root: Path,
+    *,
+    now: datetime | None = None,
+    carriers: Sequence[str] = CARRIERS,
+    platforms: Sequence[str] = PLATFORMS,
+    database_url: str = "",
+    platform_knobs: Mapping[str, Mapping[str, object]] | None = None,
+    limits: Mapping[str, object] | None = None,
+) -> FederationLayout:
+    """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``."""
+    now = now or datetime.now(UTC)
+    root.mkdir(parents=True, exist_ok=True)
+    pki_dir, trust_dir = root / "pki", root / "trust"
+    pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
+    write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
+    ports = iter(free_ports(1 + 2 * len(carriers) + len(platforms)))
+    gw = f"127.0.0.1:{next(ports)}"
+    layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", gw)
+    limit_text = _section("limits", limits) if limits else ""
+    for c in carriers:
+        layout.carrier_endpoints[c] = f"127.0.0.1:{next(ports)}"
+        layout.holder_endpoints[c] = f"127.0.0.1:{next(ports)}"
+        path = root / f"carrier-{c}.toml"
+        path.write_text(
+            _section(
+                "carrier",
+                {
+                    "id": c,
+                    "listen": layout.carrier_endpoints[c],
+                    "holder_listen": layout.holder_endpoints[c],
+                    "pki_dir": "pki",
+                    "state_dir": f"state/carrier-{c}",
+                    "gateway": gw,
+                },
+            )
+            + limit_text
+        )
+        layout.carrier_configs[c] = path
+    for p in platforms:
+        layout.platform_endpoints[p] = f"127.0.0.1:{next(ports)}"
+        path = root / f"platform-{p}.toml"
+        knobs = dict((platform_knobs or {}).get(p, {}))
+        path.write_text(
+            _section(
+                "platform",
+                {
+                    "id": p,
+                    "listen": layout.platform_endpoints[p],
+                    "pki_dir": "pki",
+                    "trust_dir": "trust",
+                    "state_dir": f"state/platform-{p}",
+                    "gateway": gw,
+                    **knobs,
+                },
+            )
+        )
+        layout.platform_configs[p] = path
+    gateway = {
+        "listen": gw,
+        "pki_dir": "pki",
+        "trust_dir": "trust",
+        "state_dir": "state/gateway",
+    }
+    if database_url:
+        gateway["database_url"] = database_url
+    text = _section("gateway", gateway) + limit_text
+    for c in carriers:
+        text += f'\n[[carrier]]\nid = "{c}"\nendpoint = "{layout.carrier_endpoints[c]}"\n'
+    for p in platforms:
+        text += f'\n[[platform]]\nid = "{p}"\nendpoint = "{layout.platform_endpoints[p]}"\n'
+    layout.gateway_config.write_text(text)
+    return layout
