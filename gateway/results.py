@@ -82,7 +82,11 @@ def result_from_item(
 
 
 def result_from_error(
-    platform_id: str, err: NumfedError, *, attempts: int, outcome: int | None = None
+    platform_id: str,
+    err: NumfedError,
+    *,
+    attempts: int,
+    outcome: gateway_pb2.PlatformOutcome.ValueType | None = None,
 ) -> gateway_pb2.PlatformResult:
     """A platform that did not answer (down, timed out) as a PlatformResult."""
     return gateway_pb2.PlatformResult(

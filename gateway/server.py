@@ -75,17 +75,29 @@ class Gateway:
         now = datetime.now(UTC)
         trust = load_trusted_state(config.trust_dir, now=now)
         trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
-        creds = pki.channel_credentials(layout, GATEWAY_PEER)
+        # Each channel checks that the server is the member it names (not just any member).
         links = {
             m.id: PlatformLink(
                 m.id,
-                grpc.aio.secure_channel(m.endpoint, creds, options=channel_options()),
+                pki.secure_channel(
+                    m.endpoint,
+                    layout,
+                    GATEWAY_PEER,
+                    server=PeerId(Role.PLATFORM, m.id),
+                    options=channel_options(),
+                ),
                 config.limits,
             )
             for m in config.platforms
         }
         carrier_channels = {
-            m.id: grpc.aio.secure_channel(m.endpoint, creds, options=channel_options())
+            m.id: pki.secure_channel(
+                m.endpoint,
+                layout,
+                GATEWAY_PEER,
+                server=PeerId(Role.CARRIER, m.id),
+                options=channel_options(),
+            )
             for m in config.carriers
         }
         portability = Portability(await store.run(store.load_portability))

@@ -29,8 +29,10 @@ __all__ = [
     "ServerHandle",
     "current_peer",
     "error_from_status",
+    "error_info",
     "error_status",
     "ok_status",
+    "rpc_error_info",
     "start_server",
 ]
 
@@ -110,13 +112,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler: Any = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc."):
-            return handler
+            return cast(grpc.RpcMethodHandler[Any, Any] | None, handler)
         allowed = self._policy.get(method, frozenset())
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -130,7 +134,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             _current_peer.set(peer)
 
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
@@ -140,12 +144,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary,
+                cast(Any, unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            inner_stream: Any = handler.unary_stream
 
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -158,11 +162,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
             return grpc.unary_stream_rpc_method_handler(
-                stream,
+                cast(Any, stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return cast(grpc.RpcMethodHandler[Any, Any], handler)
 
 
 class ServerHandle:
