@@ -15,7 +15,7 @@ from numfed import pki
 from numfed.errors import ERROR_DOMAIN, InvalidArgument, NotFound
 from numfed.identity import PeerId, Role
 from numfed.rpc import current_peer, rpc_error_info, start_server
-from numfed.v1 import gateway_pb2, gateway_pb2_grpc
+from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc
 
 SVC = "/numfed.v1.GatewayService/"
 CARRIER = PeerId(Role.CARRIER, "cmcc")
@@ -30,7 +30,7 @@ class Servicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument("UNKNOWN_ROOT_VERSION", "too new", metadata={"known": "7"})
         # Echo the caller so the test can see the interceptor identified it.
         return gateway_pb2.GetTrustBundleResponse(
-            roots=[], bundle={"payload_type": current_peer().uri}
+            roots=[], bundle=claim_pb2.Envelope(payload_type=current_peer().uri)
         )
 
     async def WatchOperation(
@@ -49,7 +49,7 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 async def _server(pki_dir: Path) -> Any:
     def register(server: grpc.aio.Server) -> str:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(Servicer(), server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(Servicer(), server)  # type: ignore[abstract]
         return "numfed.v1.GatewayService"
 
     return await start_server(
@@ -98,7 +98,7 @@ async def test_domain_error_maps_to_status_with_one_error_info(pki_dir: Path) ->
                     gateway_pb2.GetTrustBundleRequest(known_root_version=7), timeout=5
                 )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        status = rpc_status.from_call(e.value)  # type: ignore[arg-type]
+        status = rpc_status.from_call(e.value)
         assert status is not None and len(status.details) == 1
         info = rpc_error_info(e.value)
         assert info is not None
