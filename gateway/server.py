@@ -121,6 +121,7 @@ class Gateway:
             dispatcher=dispatcher,
             watchers=watchers,
             limits=config.limits,
+            carriers=[m.id for m in config.carriers],
         )
 
         def register(server: grpc.aio.Server) -> str:

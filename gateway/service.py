@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +64,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         dispatcher: Dispatcher,
         watchers: JobWatchers,
         limits: Limits,
+        carriers: Collection[str],
     ) -> None:
+        self._carriers = frozenset(carriers)
         self._store = store
         self._trust = trust
         self._trust_files = trust_files
@@ -113,6 +115,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             pseudonym=self._pseudonym,
             purposes=QUERY_PURPOSES,
             now=datetime.now(UTC),
+            carriers=self._carriers,
         )
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
@@ -173,6 +176,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pseudonym=self._pseudonym,
                 purposes=RELEASE_PURPOSES,
                 now=datetime.now(UTC),
+                carriers=self._carriers,
             )
             created = now_us()
             job = JobRow(

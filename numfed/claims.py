@@ -1,0 +1,357 @@
+"""Signed claims: the one statement a carrier makes about a number, and how it is checked.
+
+A :class:`TenureClaim` says "number N has been held by its current holder since X" for one
+purpose; a :class:`RecycledClaim` answers "has N changed holder since D?" with one bit. Both
+check their rules when built, travel as DSSE envelopes with one carrier signature, and are
+verified against a :class:`~numfed.trust.TrustedState` before anything in them is believed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import phonenumbers
+from google.protobuf.message import DecodeError
+
+from numfed.envelope import Envelope, SigningKey, pae, sign
+from numfed.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
+from numfed.timeutil import from_timestamp, require_utc, to_timestamp
+from numfed.trust import CarrierKey, TrustedState
+from numfed.v1 import claim_pb2
+
+__all__ = [
+    "RECYCLED_CLAIM_PAYLOAD_TYPE",
+    "TENURE_CLAIM_PAYLOAD_TYPE",
+    "ClaimPolicy",
+    "Purpose",
+    "RecycledClaim",
+    "TenureClaim",
+    "VerifiedClaim",
+    "VerifiedRecycledClaim",
+    "normalize_number",
+    "sign_claim",
+    "verify_recycled_claim",
+    "verify_tenure_claim",
+]
+
+TENURE_CLAIM_PAYLOAD_TYPE = "application/vnd.numfed.tenure-claim+proto"
+RECYCLED_CLAIM_PAYLOAD_TYPE = "application/vnd.numfed.recycled-claim+proto"
+CLAIM_ID_BYTES = 16
+MAX_BINDING_REFS = 1000
+_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+class Purpose(enum.Enum):
+    """The one use a claim is good for (least privilege)."""
+
+    QUERY_PRIOR = claim_pb2.PURPOSE_QUERY_PRIOR
+    RELEASE_PRIOR = claim_pb2.PURPOSE_RELEASE_PRIOR
+    QUERY_OWN = claim_pb2.PURPOSE_QUERY_OWN
+    RELEASE_OWN = claim_pb2.PURPOSE_RELEASE_OWN
+    HOLDER_PROOF = claim_pb2.PURPOSE_HOLDER_PROOF
+
+
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """How long a claim may live and how far clocks may disagree."""
+
+    max_lifetime: timedelta = timedelta(minutes=30)
+    max_skew: timedelta = timedelta(seconds=60)
+
+
+DEFAULT_POLICY = ClaimPolicy()
+
+
+def normalize_number(number: str) -> str:
+    """``number`` itself if it is a valid number written in E.164, else INVALID_ARGUMENT."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidArgument("MALFORMED_NUMBER", f"{number!r} is not an E.164 number") from exc
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if e164 != number or not phonenumbers.is_valid_number(parsed):
+        raise InvalidArgument("MALFORMED_NUMBER", f"{number!r} is not a valid E.164 number")
+    return e164
+
+
+def _member_id(value: str, what: str) -> str:
+    if not _ID.match(value):
+        raise InvalidArgument("MALFORMED_CLAIM", f"{what} {value!r} is not a member id")
+    return value
+
+
+def _window(issued_at: datetime, expires_at: datetime) -> None:
+    require_utc(issued_at, "issued_at")
+    require_utc(expires_at, "expires_at")
+    if expires_at <= issued_at:
+        raise InvalidArgument("MALFORMED_CLAIM", "expires_at must follow issued_at")
+
+
+@dataclass(frozen=True)
+class TenureClaim:
+    """Number N has been held by its current holder since ``tenure_start`` (X)."""
+
+    number: str
+    carrier_id: str
+    tenure_start: datetime
+    purpose: Purpose
+    issued_at: datetime
+    expires_at: datetime
+    claim_id: bytes
+    binding_refs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        normalize_number(self.number)
+        _member_id(self.carrier_id, "carrier_id")
+        require_utc(self.tenure_start, "tenure_start")
+        _window(self.issued_at, self.expires_at)
+        if self.tenure_start > self.issued_at:
+            raise InvalidArgument("MALFORMED_CLAIM", "tenure_start is after the claim was issued")
+        if len(self.claim_id) != CLAIM_ID_BYTES:
+            raise InvalidArgument("MALFORMED_CLAIM", "claim_id must have 16 bytes")
+        if self.purpose is Purpose.RELEASE_OWN:
+            if not self.binding_refs:
+                raise InvalidArgument(
+                    "NO_BINDINGS_SELECTED", "RELEASE_OWN names the bindings the holder picked"
+                )
+            if len(self.binding_refs) > MAX_BINDING_REFS or len(set(self.binding_refs)) != len(
+                self.binding_refs
+            ):
+                raise InvalidArgument("MALFORMED_CLAIM", "binding_refs repeat or are too many")
+        elif self.binding_refs:
+            raise InvalidArgument("MALFORMED_CLAIM", "only RELEASE_OWN claims name bindings")
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        number: str,
+        carrier_id: str,
+        tenure_start: datetime,
+        purpose: Purpose,
+        now: datetime,
+        lifetime: timedelta = timedelta(minutes=10),
+        binding_refs: tuple[str, ...] = (),
+    ) -> TenureClaim:
+        return cls(
+            number=number,
+            carrier_id=carrier_id,
+            tenure_start=tenure_start,
+            purpose=purpose,
+            issued_at=now,
+            expires_at=now + lifetime,
+            claim_id=secrets.token_bytes(CLAIM_ID_BYTES),
+            binding_refs=tuple(binding_refs),
+        )
+
+    @classmethod
+    def from_proto(cls, pb: claim_pb2.TenureClaim) -> TenureClaim:
+        if pb.purpose == claim_pb2.PURPOSE_UNSPECIFIED:
+            raise InvalidArgument("PURPOSE_UNSPECIFIED", "a claim states its purpose")
+        try:
+            purpose = Purpose(pb.purpose)
+        except ValueError as exc:
+            raise InvalidArgument("MALFORMED_CLAIM", "unknown purpose") from exc
+        for name in ("tenure_start", "issued_at", "expires_at"):
+            if not pb.HasField(name):
+                raise InvalidArgument("MALFORMED_CLAIM", f"claim has no {name}")
+        return cls(
+            number=pb.number,
+            carrier_id=pb.carrier_id,
+            tenure_start=from_timestamp(pb.tenure_start),
+            purpose=purpose,
+            issued_at=from_timestamp(pb.issued_at),
+            expires_at=from_timestamp(pb.expires_at),
+            claim_id=pb.claim_id,
+            binding_refs=tuple(pb.binding_refs),
+        )
+
+    def to_proto(self) -> claim_pb2.TenureClaim:
+        return claim_pb2.TenureClaim(
+            number=self.number,
+            carrier_id=self.carrier_id,
+            tenure_start=to_timestamp(self.tenure_start),
+            purpose=self.purpose.value,
+            issued_at=to_timestamp(self.issued_at),
+            expires_at=to_timestamp(self.expires_at),
+            claim_id=self.claim_id,
+            binding_refs=list(self.binding_refs),
+        )
+
+
+@dataclass(frozen=True)
+class RecycledClaim:
+    """Has N changed holder since ``since``? One signed bit, addressed to one platform."""
+
+    number: str
+    carrier_id: str
+    since: datetime
+    changed: bool
+    platform_id: str
+    issued_at: datetime
+    expires_at: datetime
+    claim_id: bytes = field(default_factory=lambda: secrets.token_bytes(CLAIM_ID_BYTES))
+
+    def __post_init__(self) -> None:
+        normalize_number(self.number)
+        _member_id(self.carrier_id, "carrier_id")
+        _member_id(self.platform_id, "platform_id")
+        require_utc(self.since, "since")
+        _window(self.issued_at, self.expires_at)
+        if len(self.claim_id) != CLAIM_ID_BYTES:
+            raise InvalidArgument("MALFORMED_CLAIM", "claim_id must have 16 bytes")
+
+    @classmethod
+    def from_proto(cls, pb: claim_pb2.RecycledClaim) -> RecycledClaim:
+        for name in ("since", "issued_at", "expires_at"):
+            if not pb.HasField(name):
+                raise InvalidArgument("MALFORMED_CLAIM", f"claim has no {name}")
+        return cls(
+            number=pb.number,
+            carrier_id=pb.carrier_id,
+            since=from_timestamp(pb.since),
+            changed=pb.changed,
+            platform_id=pb.platform_id,
+            issued_at=from_timestamp(pb.issued_at),
+            expires_at=from_timestamp(pb.expires_at),
+            claim_id=pb.claim_id,
+        )
+
+    def to_proto(self) -> claim_pb2.RecycledClaim:
+        return claim_pb2.RecycledClaim(
+            number=self.number,
+            carrier_id=self.carrier_id,
+            since=to_timestamp(self.since),
+            changed=self.changed,
+            platform_id=self.platform_id,
+            issued_at=to_timestamp(self.issued_at),
+            expires_at=to_timestamp(self.expires_at),
+            claim_id=self.claim_id,
+        )
+
+
+def sign_claim(claim: TenureClaim | RecycledClaim, key: SigningKey) -> Envelope:
+    """Sign a claim with a carrier's key."""
+    payload_type = (
+        TENURE_CLAIM_PAYLOAD_TYPE if isinstance(claim, TenureClaim) else RECYCLED_CLAIM_PAYLOAD_TYPE
+    )
+    return sign(payload_type, claim.to_proto().SerializeToString(deterministic=True), [key])
+
+
+@dataclass(frozen=True)
+class VerifiedClaim:
+    claim: TenureClaim
+    key_id: str
+    carrier_id: str
+
+
+@dataclass(frozen=True)
+class VerifiedRecycledClaim:
+    claim: RecycledClaim
+    key_id: str
+    carrier_id: str
+
+
+def _signed_by_carrier(
+    envelope: Envelope, trust: TrustedState, payload_type: str, now: datetime
+) -> tuple[str, CarrierKey]:
+    """Check the payload type and the one carrier signature; return the key that made it."""
+    if envelope.payload_type != payload_type:
+        raise Unauthenticated(
+            "WRONG_PAYLOAD_TYPE",
+            f"expected payload type {payload_type!r}, got {envelope.payload_type!r}",
+        )
+    if len(envelope.signatures) != 1:
+        raise Unauthenticated("ONE_SIGNATURE_REQUIRED", "a claim carries exactly one signature")
+    sig = envelope.signatures[0]
+    key = trust.carrier_key(sig.keyid, now=now)
+    if not key.key.verify_raw(sig.sig, pae(envelope.payload_type, envelope.payload)):
+        raise Unauthenticated("BAD_SIGNATURE", "the claim's signature does not verify")
+    return sig.keyid, key
+
+
+def _check_issuer(key: CarrierKey, carrier_id: str, number: str, issued_at: datetime) -> None:
+    if carrier_id != key.carrier_id:
+        raise PermissionDenied(
+            "CARRIER_KEY_MISMATCH",
+            f"claim for carrier {carrier_id!r} signed with a key of {key.carrier_id!r}",
+        )
+    if not key.covers(number):
+        raise PermissionDenied("KEY_OUT_OF_SCOPE", "the signing key may not attest this number")
+    if not key.valid_at(issued_at):
+        raise Unauthenticated(
+            "KEY_OUT_OF_WINDOW", "the claim was issued outside the key's validity window"
+        )
+
+
+def _check_time(
+    issued_at: datetime, expires_at: datetime, now: datetime, policy: ClaimPolicy
+) -> None:
+    now = require_utc(now, "now")
+    if now > expires_at + policy.max_skew:
+        raise Unauthenticated("CLAIM_EXPIRED", "the claim has expired")
+    if issued_at > now + policy.max_skew:
+        raise Unauthenticated("CLAIM_FROM_FUTURE", "the claim is issued in the future")
+    if expires_at - issued_at > policy.max_lifetime:
+        raise InvalidArgument("CLAIM_LIFETIME_TOO_LONG", "the claim lives longer than allowed")
+
+
+def verify_tenure_claim(
+    envelope: Envelope,
+    trust: TrustedState,
+    *,
+    now: datetime,
+    purposes: Collection[Purpose],
+    policy: ClaimPolicy = DEFAULT_POLICY,
+) -> VerifiedClaim:
+    """Verify signature, issuer, scope, time and purpose; raise the precise error otherwise."""
+    key_id, key = _signed_by_carrier(envelope, trust, TENURE_CLAIM_PAYLOAD_TYPE, now)
+    try:
+        pb = claim_pb2.TenureClaim.FromString(envelope.payload)
+    except DecodeError as exc:
+        raise InvalidArgument("MALFORMED_CLAIM", "claim payload does not parse") from exc
+    try:
+        claim = TenureClaim.from_proto(pb)
+    except InvalidArgument as exc:
+        if exc.reason in {"MALFORMED_NUMBER", "PURPOSE_UNSPECIFIED", "NO_BINDINGS_SELECTED"}:
+            raise
+        raise InvalidArgument("MALFORMED_CLAIM", exc.message) from exc
+    _check_issuer(key, claim.carrier_id, claim.number, claim.issued_at)
+    _check_time(claim.issued_at, claim.expires_at, now, policy)
+    if claim.purpose not in purposes:
+        raise InvalidArgument(
+            "WRONG_PURPOSE",
+            f"a {claim.purpose.name} claim is not accepted here",
+            metadata={"purpose": claim.purpose.name},
+        )
+    return VerifiedClaim(claim, key_id, key.carrier_id)
+
+
+def verify_recycled_claim(
+    envelope: Envelope,
+    trust: TrustedState,
+    *,
+    now: datetime,
+    audience: str,
+    policy: ClaimPolicy = DEFAULT_POLICY,
+) -> VerifiedRecycledClaim:
+    """Verify a recycled-check answer addressed to platform ``audience``."""
+    key_id, key = _signed_by_carrier(envelope, trust, RECYCLED_CLAIM_PAYLOAD_TYPE, now)
+    try:
+        claim = RecycledClaim.from_proto(claim_pb2.RecycledClaim.FromString(envelope.payload))
+    except DecodeError as exc:
+        raise InvalidArgument("MALFORMED_CLAIM", "claim payload does not parse") from exc
+    _check_issuer(key, claim.carrier_id, claim.number, claim.issued_at)
+    _check_time(claim.issued_at, claim.expires_at, now, policy)
+    if claim.platform_id != audience:
+        raise PermissionDenied("WRONG_AUDIENCE", "the answer is addressed to another platform")
+    return VerifiedRecycledClaim(claim, key_id, key.carrier_id)
