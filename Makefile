@@ -32,6 +32,7 @@ proto-check: $(STAMP)
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -22,7 +22,7 @@ def main(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     for pkg, sub in ((google.api, "google/api"), (google.rpc, "google/rpc")):
-        src = Path(list(pkg.__path__)[0])
+        src = Path(next(iter(pkg.__path__)))
         dst = out / sub
         dst.mkdir(parents=True)
         for proto in src.glob("*.proto"):
@@ -30,10 +30,10 @@ def main(out: Path) -> None:
     lro = out / "google/longrunning"
     lro.mkdir(parents=True)
     shutil.copy(
-        Path(list(google.longrunning.__path__)[0]) / "operations_proto.proto",
+        Path(next(iter(google.longrunning.__path__))) / "operations_proto.proto",
         lro / "operations.proto",
     )
-    wkt = Path(list(grpc_tools.__path__)[0]) / "_proto/google/protobuf"
+    wkt = Path(next(iter(grpc_tools.__path__))) / "_proto/google/protobuf"
     shutil.copytree(wkt, out / "google/protobuf")
 
 
