@@ -107,6 +107,8 @@ PKI = Command("pki", "create the federation's keys and certificates", _configure
 COMMANDS: tuple[str, ...] = (
     "numfed.cli:PKI",
     "gateway.cli:GATEWAY",
+    "carrier_adapters.cli:CARRIER",
+    "platform_stubs.cli:PLATFORM",
     "numfed.demo:DEMO",
 )
 """Every subcommand as ``module:attribute``, in the order ``numfed --help`` lists them."""

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "ServerHandle",
     "current_peer",
+    "error_from_rpc",
     "error_from_status",
     "error_info",
     "error_status",
@@ -96,6 +97,14 @@ def error_from_status(status: status_pb2.Status) -> NumfedError:
     )
 
 
+def error_from_rpc(err: grpc.aio.AioRpcError) -> NumfedError:
+    """A peer's failed call as a domain exception with the same code, reason and metadata."""
+    status = rpc_status.from_call(cast(grpc.Call, err))
+    if status is None:
+        status = status_pb2.Status(code=err.code().value[0], message=err.details() or "")
+    return error_from_status(status)
+
+
 def rpc_error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo a failed call carried in its trailing metadata, if any."""
     status = rpc_status.from_call(cast(grpc.Call, err))
@@ -107,7 +116,7 @@ Policy = Mapping[str, frozenset[Role]]
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy | None) -> None:
         self._policy = policy
 
     async def intercept_service(
@@ -120,10 +129,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         handler: Any = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc."):
-            return cast(grpc.RpcMethodHandler[Any, Any] | None, handler)
-        allowed = self._policy.get(method, frozenset())
+            return cast("grpc.RpcMethodHandler[Any, Any] | None", handler)
+        policy = self._policy
+        allowed = policy.get(method, frozenset()) if policy is not None else frozenset()
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if policy is None:
+                return  # a server without mTLS (a carrier's own app channel)
             peer = peer_identity(context)
             if peer.role not in allowed:
                 raise PermissionDenied(
@@ -166,7 +178,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return cast(grpc.RpcMethodHandler[Any, Any], handler)
+        return cast("grpc.RpcMethodHandler[Any, Any]", handler)
 
 
 class ServerHandle:
@@ -187,16 +199,19 @@ class ServerHandle:
 async def start_server(
     *,
     register: Iterable[Callable[[grpc.aio.Server], str]],
-    credentials: grpc.ServerCredentials,
-    policy: Policy,
+    credentials: grpc.ServerCredentials | None,
+    policy: Policy | None,
     bind: str = "127.0.0.1:0",
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
     Each ``register`` callable adds one servicer and returns its full service name. Returns once
-    the server is listening; ``bind`` may use port 0.
+    the server is listening; ``bind`` may use port 0. ``credentials=None, policy=None`` starts a
+    plaintext server without peer identities, for a carrier's own app channel only.
     """
+    if (credentials is None) != (policy is None):
+        raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
     server = grpc.aio.server(
         interceptors=[_Interceptor(policy)],
         options=[
@@ -210,7 +225,10 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    port = server.add_secure_port(bind, credentials)
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {bind}")
     await server.start()

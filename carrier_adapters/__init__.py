@@ -1,0 +1,14 @@
+"""Carrier adapters: the shared base and one adapter per carrier."""
+
+from __future__ import annotations
+
+from carrier_adapters.base import CarrierAdapter
+from carrier_adapters.cmcc import CmccAdapter
+from carrier_adapters.ctcc import CtccAdapter
+from carrier_adapters.cucc import CuccAdapter
+
+__all__ = ["ADAPTERS", "CarrierAdapter"]
+
+ADAPTERS: dict[str, type[CarrierAdapter]] = {
+    a.carrier_id: a for a in (CmccAdapter, CuccAdapter, CtccAdapter)
+}

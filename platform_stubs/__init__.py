@@ -1,0 +1,1 @@
+"""Platform SDK (verify claims, apply releases once, mask answers) and reference platforms."""

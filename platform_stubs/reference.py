@@ -1,0 +1,132 @@
+"""The seven reference platforms: the SDK over a SQLite store seeded with the demo's world."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from numfed import pki
+from numfed.config import PlatformConfig, load_platform_config
+from numfed.identity import PeerId, Role
+from numfed.rpc import ServerHandle, start_server
+from numfed.scenario import PLATFORMS, demo_scenario
+from numfed.v1 import platform_pb2_grpc
+from platform_stubs.rules import Masker
+from platform_stubs.sdk import Knobs, PlatformServicer
+from platform_stubs.store import PlatformStore
+from platform_stubs.trustclient import TrustClient
+
+__all__ = ["REFERENCE_PLATFORMS", "PlatformHandle", "serve", "start_platform"]
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PLATFORMS = PLATFORMS
+SERVICE = "numfed.v1.PlatformService"
+_GATEWAY_ONLY = frozenset({Role.GATEWAY})
+POLICY = {
+    f"/{SERVICE}/BatchQueryBindings": _GATEWAY_ONLY,
+    f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
+}
+
+
+def _masking_secret(state_dir: Path) -> bytes:
+    """The platform's own secret for masked labels and binding refs (created on first start)."""
+    path = state_dir / "masking.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def seed_from_scenario(store: PlatformStore, platform_id: str) -> int:
+    """Seed the demo world's accounts once (a store that has accounts is left alone)."""
+    if not store.is_empty():
+        return 0
+    rows = [
+        (b.account_id, b.nickname, b.number, b.kind, b.bound_at)
+        for b in demo_scenario().bindings_on(platform_id)
+    ]
+    store.seed(rows)
+    return len(rows)
+
+
+@dataclass
+class PlatformHandle:
+    config: PlatformConfig
+    server: ServerHandle
+    servicer: PlatformServicer
+    store: PlatformStore
+    trust: TrustClient
+    tasks: list[asyncio.Task[None]]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.trust.close()
+        self.store.close()
+
+
+async def start_platform(config: PlatformConfig) -> PlatformHandle:
+    """Start a reference platform; healthy once it holds a verified trust bundle."""
+    peer = PeerId(Role.PLATFORM, config.platform_id)
+    store = PlatformStore(config.state_dir / "platform.db")
+    if config.seed_scenario:
+        await store.run(seed_from_scenario, store, config.platform_id)
+    trust = TrustClient(
+        trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
+    )
+    servicer = PlatformServicer(
+        platform_id=config.platform_id,
+        trust=trust,
+        store=store,
+        masker=Masker(_masking_secret(config.state_dir)),
+        knobs=Knobs(latency_ms=config.latency_ms, error_rate=config.error_rate),
+    )
+
+    def register(server: grpc.aio.Server) -> str:
+        platform_pb2_grpc.add_PlatformServiceServicer_to_server(servicer, server)
+        return SERVICE
+
+    handle = await start_server(
+        register=[register],
+        credentials=pki.server_credentials(config.pki_dir, peer),
+        policy=POLICY,
+        bind=config.listen,
+    )
+    await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def ready_when_trusted() -> None:
+        await trust.ready.wait()
+        await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    tasks = [asyncio.create_task(trust.run()), asyncio.create_task(ready_when_trusted())]
+    return PlatformHandle(config, handle, servicer, store, trust, tasks)
+
+
+async def serve(config_path: Path) -> None:
+    handle = await start_platform(load_platform_config(config_path))
+    print(f"platform {handle.config.platform_id} listening on port {handle.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    with contextlib.suppress(Exception):
+        await handle.stop()

@@ -1,0 +1,184 @@
+"""The platform SDK: a PlatformService base that any platform can serve.
+
+It checks each batch, verifies every claim itself against its own trust state (the gateway is
+not trusted), applies the purpose and the ``bound_at < X`` rule, applies each release once per
+claim_id, and answers with masked summaries only. A platform supplies a store (its accounts and
+bindings) and a masking secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.envelope import Envelope
+from numfed.errors import InvalidArgument, NumfedError, Unavailable
+from numfed.rpc import error_status, ok_status
+from numfed.v1 import binding_pb2, platform_pb2, platform_pb2_grpc
+from platform_stubs.rules import Binding, Masker, own, prior, select_own
+from platform_stubs.store import PlatformStore, Selector
+from platform_stubs.trustclient import TrustClient
+
+__all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer"]
+
+MAX_BATCH_ITEMS = 500
+QUERY = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
+RELEASE = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
+KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.items()}
+
+
+@dataclass
+class Knobs:
+    """Fault injection for reference platforms: added latency, error rate, outage."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    outage: bool = False
+
+    async def apply(self, rng: random.Random) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
+        if self.outage or (self.error_rate > 0 and rng.random() < self.error_rate):
+            raise Unavailable("PLATFORM_OUTAGE", "the platform is unavailable (injected)")
+
+
+def _check_batch(item_ids: Sequence[str]) -> None:
+    if not item_ids:
+        raise InvalidArgument("EMPTY_BATCH", "a batch carries at least one item")
+    if len(item_ids) > MAX_BATCH_ITEMS:
+        raise InvalidArgument("BATCH_TOO_LARGE", f"at most {MAX_BATCH_ITEMS} items per batch")
+    if any(not i for i in item_ids) or len(set(item_ids)) != len(item_ids):
+        raise InvalidArgument("BAD_ITEM_IDS", "item_ids must be non-empty and unique")
+
+
+class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
+    def __init__(
+        self,
+        *,
+        platform_id: str,
+        trust: TrustClient,
+        store: PlatformStore,
+        masker: Masker,
+        knobs: Knobs | None = None,
+    ) -> None:
+        self.platform_id = platform_id
+        self.trust = trust
+        self.store = store
+        self.masker = masker
+        self.knobs = knobs or Knobs()
+        self._rng = random.Random()
+
+    def _summaries(
+        self, found: Sequence[Binding], *, with_refs: bool
+    ) -> list[binding_pb2.BindingSummary]:
+        return [
+            binding_pb2.BindingSummary(
+                platform_id=self.platform_id,
+                kind=KINDS.get(b.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
+                masked_label=self.masker.label(b),
+                count=1,
+                binding_ref=self.masker.ref(b) if with_refs else "",
+            )
+            for b in found
+        ]
+
+    def _verify(
+        self, items: Sequence[Any], purposes: Sequence[Purpose]
+    ) -> list[VerifiedClaim | NumfedError]:
+        trust = self.trust.trusted()
+        now = datetime.now(UTC)
+        out: list[VerifiedClaim | NumfedError] = []
+        for item in items:
+            try:
+                env = Envelope.from_proto(item.claim)
+                out.append(verify_tenure_claim(env, trust, now=now, purposes=purposes))
+            except NumfedError as err:
+                out.append(err)
+        return out
+
+    async def BatchQueryBindings(
+        self,
+        request: platform_pb2.BatchQueryBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> platform_pb2.BatchQueryBindingsResponse:
+        _check_batch([i.item_id for i in request.items])
+        await self.knobs.apply(self._rng)
+        verified = self._verify(request.items, QUERY)
+        numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
+        by_number = await self.store.run(self.store.bindings_for, numbers)
+        results = []
+        for item, v in zip(request.items, verified, strict=True):
+            if isinstance(v, NumfedError):
+                results.append(
+                    platform_pb2.QueryItemResult(item_id=item.item_id, status=error_status(v))
+                )
+                continue
+            mine = by_number[v.claim.number]
+            x = v.claim.tenure_start
+            if v.claim.purpose is Purpose.QUERY_PRIOR:
+                found = self._summaries(prior(mine, x), with_refs=False)
+            else:
+                found = self._summaries(own(mine, x), with_refs=True)
+            results.append(
+                platform_pb2.QueryItemResult(
+                    item_id=item.item_id, status=ok_status(), bindings=found
+                )
+            )
+        return platform_pb2.BatchQueryBindingsResponse(results=results)
+
+    def _selector(self, v: VerifiedClaim) -> Selector:
+        x = v.claim.tenure_start
+
+        def select(bindings: list[Binding]) -> tuple[list[int], bytes]:
+            if v.claim.purpose is Purpose.RELEASE_PRIOR:
+                chosen = prior(bindings, x)
+                result = platform_pb2.ReleaseItemResult(
+                    status=ok_status(), released=self._summaries(chosen, with_refs=False)
+                )
+            else:
+                try:
+                    chosen = select_own(bindings, v.claim.binding_refs, x, self.masker)
+                    result = platform_pb2.ReleaseItemResult(
+                        status=ok_status(), released=self._summaries(chosen, with_refs=True)
+                    )
+                except NumfedError as err:
+                    chosen = []
+                    result = platform_pb2.ReleaseItemResult(status=error_status(err))
+            return [b.binding_id for b in chosen], result.SerializeToString()
+
+        return select
+
+    async def BatchReleaseBindings(
+        self,
+        request: platform_pb2.BatchReleaseBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> platform_pb2.BatchReleaseBindingsResponse:
+        _check_batch([i.item_id for i in request.items])
+        await self.knobs.apply(self._rng)
+        verified = self._verify(request.items, RELEASE)
+        work = [
+            (v.claim.claim_id, v.claim.number, self._selector(v))
+            for v in verified
+            if isinstance(v, VerifiedClaim)
+        ]
+        applied = iter(await self.store.run(self.store.apply_releases, work, datetime.now(UTC)))
+        results = []
+        for item, v in zip(request.items, verified, strict=True):
+            if isinstance(v, NumfedError):
+                results.append(
+                    platform_pb2.ReleaseItemResult(item_id=item.item_id, status=error_status(v))
+                )
+                continue
+            done = next(applied)
+            r = platform_pb2.ReleaseItemResult.FromString(done.result)
+            r.item_id = item.item_id
+            r.replayed = done.replayed
+            results.append(r)
+        return platform_pb2.BatchReleaseBindingsResponse(results=results)

@@ -1,0 +1,219 @@
+"""A platform's accounts and bindings on SQLite (SQLAlchemy Core), with releases applied once."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import sqlalchemy as sa
+
+from platform_stubs.rules import Binding
+
+__all__ = ["AppliedRelease", "PlatformStore"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_md = sa.MetaData()
+accounts = sa.Table(
+    "accounts",
+    _md,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("nickname", sa.String(128), nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+)
+bindings = sa.Table(
+    "bindings",
+    _md,
+    sa.Column("binding_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("number", sa.String(20), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("bound_us", sa.BigInteger, nullable=False),
+    sa.Column("released_us", sa.BigInteger, nullable=True),
+    sa.Column("stale", sa.Boolean, nullable=False, default=False),
+)
+applied_releases = sa.Table(
+    "applied_releases",
+    _md,
+    sa.Column("claim_id", sa.LargeBinary(16), primary_key=True),
+    sa.Column("result", sa.LargeBinary, nullable=False),
+    sa.Column("applied_us", sa.BigInteger, nullable=False),
+    sa.Column("replays", sa.Integer, nullable=False, default=0),
+)
+
+
+def _us(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+def _dt(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+@dataclass(frozen=True)
+class AppliedRelease:
+    """One claim's release as applied (or replayed) by the store."""
+
+    claim_id: bytes
+    result: bytes
+    replayed: bool
+
+
+Selector = Callable[[list[Binding]], tuple[list[int], bytes]]
+"""Given the number's bindings, choose the binding ids to release and the result to store."""
+
+
+def _on_connect(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class PlatformStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.SingletonThreadPool)
+        sa.event.listen(self.engine, "connect", _on_connect)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="platform-db")
+        _md.create_all(self.engine)
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()
+
+    def is_empty(self) -> bool:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one() == 0
+
+    def add_account(self, account_id: str, nickname: str, created: datetime) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                sa.insert(accounts).values(
+                    account_id=account_id, nickname=nickname, created_us=_us(created)
+                )
+            )
+
+    def seed(self, rows: Iterable[tuple[str, str, str, str, datetime]]) -> None:
+        """(account_id, nickname, number, kind, bound_at) rows; one account per row."""
+        with self.engine.begin() as c:
+            for account_id, nickname, number, kind, bound_at in rows:
+                c.execute(
+                    sa.insert(accounts).values(
+                        account_id=account_id, nickname=nickname, created_us=_us(bound_at)
+                    )
+                )
+                c.execute(
+                    sa.insert(bindings).values(
+                        account_id=account_id,
+                        number=number,
+                        kind=kind,
+                        bound_us=_us(bound_at),
+                        released_us=None,
+                        stale=False,
+                    )
+                )
+
+    def bindings_for(self, numbers: Sequence[str]) -> dict[str, list[Binding]]:
+        out: dict[str, list[Binding]] = {n: [] for n in numbers}
+        if not numbers:
+            return out
+        with self.engine.connect() as c:
+            for n in numbers:  # one indexed lookup each; IN lists are capped on SQLite
+                out[n] = self._bindings(c, n)
+        return out
+
+    def _bindings(self, c: sa.Connection, number: str) -> list[Binding]:
+        q = (
+            sa.select(bindings, accounts.c.nickname)
+            .join(accounts, accounts.c.account_id == bindings.c.account_id)
+            .where(bindings.c.number == number)
+            .order_by(bindings.c.binding_id)
+        )
+        return [
+            Binding(
+                binding_id=r.binding_id,
+                account_id=r.account_id,
+                nickname=r.nickname,
+                number=r.number,
+                kind=r.kind,
+                bound_at=_dt(r.bound_us) or datetime.min,
+                released_at=_dt(r.released_us),
+                stale=bool(r.stale),
+            )
+            for r in c.execute(q)
+        ]
+
+    def apply_releases(
+        self, work: Sequence[tuple[bytes, str, Selector]], now: datetime
+    ) -> list[AppliedRelease]:
+        """Apply each (claim_id, number, selector) once, all in one transaction.
+
+        A claim applied before is answered from its stored result (``replayed``) and changes
+        nothing; otherwise the selected bindings get ``released_at`` (the account remains).
+        """
+        out: list[AppliedRelease] = []
+        with self.engine.begin() as c:
+            for claim_id, number, select in work:
+                done = c.execute(
+                    sa.select(applied_releases.c.result).where(
+                        applied_releases.c.claim_id == claim_id
+                    )
+                ).first()
+                if done is not None:
+                    c.execute(
+                        sa.update(applied_releases)
+                        .where(applied_releases.c.claim_id == claim_id)
+                        .values(replays=applied_releases.c.replays + 1)
+                    )
+                    out.append(AppliedRelease(claim_id, done.result, True))
+                    continue
+                ids, result = select(self._bindings(c, number))
+                if ids:
+                    c.execute(
+                        sa.update(bindings)
+                        .where(bindings.c.binding_id.in_(ids), bindings.c.released_us.is_(None))
+                        .values(released_us=_us(now))
+                    )
+                c.execute(
+                    sa.insert(applied_releases).values(
+                        claim_id=claim_id, result=result, applied_us=_us(now), replays=0
+                    )
+                )
+                out.append(AppliedRelease(claim_id, result, False))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, and released bindings (for tests and the demo)."""
+        with self.engine.connect() as c:
+            return {
+                "accounts": c.execute(
+                    sa.select(sa.func.count()).select_from(accounts)
+                ).scalar_one(),
+                "bindings": c.execute(
+                    sa.select(sa.func.count()).select_from(bindings)
+                ).scalar_one(),
+                "released": c.execute(
+                    sa.select(sa.func.count())
+                    .select_from(bindings)
+                    .where(bindings.c.released_us.is_not(None))
+                ).scalar_one(),
+                "applied": c.execute(
+                    sa.select(sa.func.count()).select_from(applied_releases)
+                ).scalar_one(),
+                "replays": c.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(applied_releases.c.replays), 0))
+                ).scalar_one(),
+            }
