@@ -58,6 +58,8 @@ class Gateway:
     portability: Portability
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synced: set[str] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once every carrier has told the gateway which numbers it serves."""
 
     @property
     def port(self) -> int:
@@ -138,6 +140,8 @@ class Gateway:
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        else:
+            gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for member in config.carriers:
             gw.tasks.append(asyncio.create_task(gw._sync_portability(member, pseudonym)))
@@ -166,6 +170,7 @@ class Gateway:
                 self.synced.add(member.id)
                 if self.synced >= {m.id for m in self.config.carriers}:
                     await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+                    self.ready.set()
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)

@@ -1,0 +1,98 @@
+"""The holder's journey end to end over real servers: verify, query, release, query again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from numfed.scenario import demo_scenario
+from numfed.v1 import gateway_pb2
+from tests.integration.conftest import Federation
+from tests.integration.holder import OWN, PRIOR, HolderApp, counts, response
+
+Outcome = gateway_pb2.PlatformOutcome
+WORLD = demo_scenario()
+
+
+def expected(number: str) -> tuple[dict[str, int], dict[str, int]]:
+    x = WORLD.histories[number].tenure_start(datetime.now(UTC))
+    prior: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for b in WORLD.bindings:
+        if b.number == number:
+            side = prior if b.bound_at < x else own
+            side[b.platform_id] = side.get(b.platform_id, 0) + 1
+    return prior, own
+
+
+async def holder_app(fed: Federation, number: str) -> HolderApp:
+    now = datetime.now(UTC)
+    history = WORLD.histories[number]
+    carrier = history.carrier_at(now)
+    tenure = history.current_tenure(now)
+    assert carrier is not None and tenure is not None
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{fed.carriers[carrier].holder_port}")
+    state = fed.layout.root / "state" / f"carrier-{carrier}"
+    return await HolderApp.verified(channel, state, number, WORLD.holders[tenure.holder_id])
+
+
+@pytest.mark.parametrize("label", ["recycled_once", "recycled_twice", "ported", "fresh"])
+async def test_holders_journey(federation: Federation, label: str) -> None:
+    number = WORLD.showcase[label]
+    prior, own = expected(number)
+    app = await holder_app(federation, number)
+
+    found = await app.query(PRIOR)
+    assert len(found) == 7
+    assert counts(found) == prior
+
+    op = await app.release(PRIOR)
+    progress = await app.watch(op.name)
+    assert progress[-1].done
+    done = response(progress[-1])
+    assert {r.platform_id for r in done.results} == set(federation.platforms)
+    assert counts(list(done.results)) == prior
+    assert all(
+        r.outcome in (Outcome.PLATFORM_OUTCOME_FOUND, Outcome.PLATFORM_OUTCOME_NONE)
+        for r in done.results
+    )
+
+    again = await app.query(PRIOR)
+    assert counts(again) == {}
+    assert counts(await app.query(OWN)) == own  # the current holder's bindings are untouched
+
+    # Accounts are never deleted: every seeded account is still there.
+    for p, handle in federation.platforms.items():
+        c = handle.store.counts()
+        assert c["accounts"] == len(WORLD.bindings_on(p))
+
+
+async def test_own_release_takes_only_the_selected_binding(federation: Federation) -> None:
+    number = WORLD.showcase["ported"]
+    app = await holder_app(federation, number)
+    mine = await app.query(OWN)
+    refs = [b.binding_ref for r in mine for b in r.bindings]
+    assert len(refs) == 3 and all(refs)
+    op = await app.release(OWN, refs=(refs[0],))
+    last = (await app.watch(op.name))[-1]
+    assert sum(b.count for r in response(last).results for b in r.bindings) == 1
+    assert sum(counts(await app.query(OWN)).values()) == 2
+
+
+async def test_own_release_without_selection_is_refused(federation: Federation) -> None:
+    app = await holder_app(federation, WORLD.showcase["fresh"])
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await app.release(OWN, refs=())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_retried_release_request_is_one_operation(federation: Federation) -> None:
+    app = await holder_app(federation, WORLD.showcase["recycled_twice"])
+    first = await app.release(PRIOR, request_id="same-request")
+    again = await app.release(PRIOR, request_id="same-request")
+    assert again.name == first.name
+    await app.watch(first.name)
+    applied = sum(h.store.counts()["applied"] for h in federation.platforms.values())
+    assert applied == 7  # one application per platform, not two
