@@ -36,17 +36,24 @@ KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.
 
 @dataclass
 class Knobs:
-    """Fault injection for reference platforms: added latency, error rate, outage."""
+    """Fault injection for reference platforms: answer latency, error rate, outage.
+
+    Errors strike before any work; latency delays the answer after the work is done, so a
+    caller that gives up (or dies) meanwhile leaves a release applied but unanswered, the case
+    idempotency exists for.
+    """
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     outage: bool = False
 
-    async def apply(self, rng: random.Random) -> None:
-        if self.latency_ms > 0:
-            await asyncio.sleep(self.latency_ms / 1000)
+    def fail(self, rng: random.Random) -> None:
         if self.outage or (self.error_rate > 0 and rng.random() < self.error_rate):
             raise Unavailable("PLATFORM_OUTAGE", "the platform is unavailable (injected)")
+
+    async def delay(self) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
 
 
 def _check_batch(item_ids: Sequence[str]) -> None:
@@ -109,7 +116,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> platform_pb2.BatchQueryBindingsResponse:
         _check_batch([i.item_id for i in request.items])
-        await self.knobs.apply(self._rng)
+        self.knobs.fail(self._rng)
         verified = self._verify(request.items, QUERY)
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
@@ -131,6 +138,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                     item_id=item.item_id, status=ok_status(), bindings=found
                 )
             )
+        await self.knobs.delay()
         return platform_pb2.BatchQueryBindingsResponse(results=results)
 
     def _selector(self, v: VerifiedClaim) -> Selector:
@@ -161,7 +169,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> platform_pb2.BatchReleaseBindingsResponse:
         _check_batch([i.item_id for i in request.items])
-        await self.knobs.apply(self._rng)
+        self.knobs.fail(self._rng)
         verified = self._verify(request.items, RELEASE)
         work = [
             (v.claim.claim_id, v.claim.number, self._selector(v))
@@ -181,4 +189,5 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             r.item_id = item.item_id
             r.replayed = done.replayed
             results.append(r)
+        await self.knobs.delay()
         return platform_pb2.BatchReleaseBindingsResponse(results=results)
