@@ -205,9 +205,9 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
         assert len(claim_ids) == len(served)
         # The platforms answered the first gateway after it died; the second one's retries were
         # answered from the stored first result instead of being applied again.
-        assert sum(h.store.counts()["replays"] for h in platforms.values()) > 0
+        assert sum(p.store.counts()["replays"] for p in platforms.values()) > 0
     finally:
-        for h in platforms.values():
-            await h.stop(0)
-        for ch_ in carriers.values():
-            await ch_.stop(0)
+        for platform in platforms.values():
+            await platform.stop(0)
+        for carrier in carriers.values():
+            await carrier.stop(0)
