@@ -6,7 +6,7 @@ Names and ID numbers live here and nowhere else in the federation.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from numfed.errors import NotFound
 from numfed.history import EventKind, NumberEvent, NumberHistory
 from numfed.scenario import Holder
+from numfed.timeutil import from_us, to_us
 
 __all__ = ["SubscriberRegistry"]
 
@@ -38,7 +39,7 @@ number_events = sa.Table(
 
 
 def _us(t: datetime) -> int:
-    return int(t.timestamp() * 1_000_000)
+    return to_us(t)
 
 
 class SubscriberRegistry:
@@ -65,7 +66,7 @@ class SubscriberRegistry:
                 events.setdefault(r.number, []).append(
                     NumberEvent(
                         EventKind(r.kind),
-                        datetime.fromtimestamp(r.at_us / 1_000_000, UTC),
+                        from_us(r.at_us),
                         r.carrier_id,
                         r.holder_id,
                     )

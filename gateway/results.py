@@ -13,6 +13,7 @@ from google.rpc import status_pb2
 from gateway.store import TASK_DONE, JobRow, TaskRow
 from numfed.errors import NumfedError
 from numfed.rpc import error_status
+from numfed.timeutil import to_us
 from numfed.v1 import binding_pb2, gateway_pb2
 
 __all__ = [
@@ -46,7 +47,7 @@ def _ts(us: int) -> timestamp_pb2.Timestamp:
 
 
 def now_us() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return to_us(datetime.now(UTC))
 
 
 def result_from_item(

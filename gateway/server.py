@@ -56,6 +56,7 @@ class Gateway:
     links: dict[str, PlatformLink]
     carrier_channels: dict[str, grpc.aio.Channel]
     portability: Portability
+    pseudonym: Pseudonymizer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synced: set[str] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -136,7 +137,7 @@ class Gateway:
             policy=POLICY,
             bind=config.listen,
         )
-        gw = cls(config, store, handle, dispatcher, links, carrier_channels, portability)
+        gw = cls(config, store, handle, dispatcher, links, carrier_channels, portability, pseudonym)
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -144,29 +145,34 @@ class Gateway:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for member in config.carriers:
-            gw.tasks.append(asyncio.create_task(gw._sync_portability(member, pseudonym)))
+            gw.tasks.append(asyncio.create_task(gw._sync_portability(member)))
         return gw
 
-    async def _sync_portability(self, member: Member, pseudonym: Pseudonymizer) -> None:
-        """Learn which numbers a carrier serves; retry until it answers, then every minute."""
+    async def sync_carrier(self, member: Member) -> int:
+        """Ask one carrier which numbers it serves now; record them. Returns how many."""
         stub = carrier_pb2_grpc.CarrierServiceStub(self.carrier_channels[member.id])
+        token = ""
+        entries: list[tuple[str, str]] = []
+        while True:
+            page = await stub.ListServedNumbers(
+                carrier_pb2.ListServedNumbersRequest(page_size=5000, page_token=token),
+                timeout=self.config.limits.default_call_timeout,
+            )
+            entries += [(self.pseudonym(n), member.id) for n in page.numbers]
+            token = page.next_page_token
+            if not token:
+                break
+        self.portability.update(entries)
+        await self.store.run(self.store.put_portability, entries, now_us())
+        return len(entries)
+
+    async def _sync_portability(self, member: Member) -> None:
+        """Learn which numbers a carrier serves; retry until it answers, then every minute."""
         delay = 0.2
         while True:
             try:
-                token = ""
-                entries: list[tuple[str, str]] = []
-                while True:
-                    page = await stub.ListServedNumbers(
-                        carrier_pb2.ListServedNumbersRequest(page_size=5000, page_token=token),
-                        timeout=self.config.limits.default_call_timeout,
-                    )
-                    entries += [(pseudonym(n), member.id) for n in page.numbers]
-                    token = page.next_page_token
-                    if not token:
-                        break
-                self.portability.update(entries)
-                await self.store.run(self.store.put_portability, entries, now_us())
-                log.info("portability: %d numbers served by %s", len(entries), member.id)
+                count = await self.sync_carrier(member)
+                log.info("portability: %d numbers served by %s", count, member.id)
                 self.synced.add(member.id)
                 if self.synced >= {m.id for m in self.config.carriers}:
                     await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)

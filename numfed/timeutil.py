@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
 from numfed.errors import InvalidArgument
 
-__all__ = ["from_timestamp", "require_utc", "to_timestamp"]
+__all__ = ["from_timestamp", "from_us", "require_utc", "to_timestamp", "to_us"]
 
 
 def require_utc(t: datetime, what: str) -> datetime:
@@ -26,3 +26,17 @@ def to_timestamp(t: datetime) -> timestamp_pb2.Timestamp:
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
     """An aware UTC datetime, microsecond precision (nanoseconds below that are dropped)."""
     return ts.ToDatetime(tzinfo=UTC)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(t: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float rounding)."""
+    return (require_utc(t, "timestamp") - EPOCH) // _MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    """The aware UTC datetime ``us`` microseconds after the epoch, exactly."""
+    return EPOCH + timedelta(microseconds=us)

@@ -7,12 +7,13 @@ import concurrent.futures
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
+from numfed.timeutil import from_us, to_us
 from platform_stubs.rules import Binding
 
 __all__ = ["AppliedRelease", "PlatformStore"]
@@ -50,11 +51,11 @@ applied_releases = sa.Table(
 
 
 def _us(t: datetime) -> int:
-    return int(t.timestamp() * 1_000_000)
+    return to_us(t)
 
 
 def _dt(us: int | None) -> datetime | None:
-    return None if us is None else datetime.fromtimestamp(us / 1_000_000, UTC)
+    return None if us is None else from_us(us)
 
 
 @dataclass(frozen=True)
