@@ -168,7 +168,11 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
                     timeout=5,
                 )
                 names.append(op.name)
-        await asyncio.sleep(0.3)  # the first batches are in flight (each platform takes 0.8 s)
+        # Kill once every platform has applied its first batch but not yet answered it (each
+        # platform answers 0.8 s after applying): the answers are lost with the gateway.
+        async with asyncio.timeout(20):
+            while any(p.store.counts()["applied"] == 0 for p in platforms.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         async with pki.secure_channel(
             layout.gateway_endpoint, layout.pki_dir, PeerId(Role.CARRIER, "cmcc")
         ) as ch:
