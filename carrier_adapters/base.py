@@ -8,9 +8,6 @@ number and SMS code stop here.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +27,7 @@ from numfed.errors import InvalidArgument, NotFound
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, error_from_rpc, start_server
 from numfed.scenario import demo_scenario
+from numfed.serving import run_until_signalled
 from numfed.timeutil import to_timestamp
 from numfed.v1 import (
     carrier_pb2,
@@ -320,10 +318,4 @@ async def serve(config_path: Path) -> None:
         f"(federation) and {handle.holder_port} (holder app)",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    with contextlib.suppress(Exception):
-        await handle.stop()
+    await run_until_signalled(handle.stop)

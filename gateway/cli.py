@@ -2,31 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-from pathlib import Path
-
-from numfed.cli import Command
+from numfed.serving import serve_command
 
 __all__ = ["GATEWAY"]
 
-
-def _configure(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    serve = actions.add_parser("serve", help="run the gateway until SIGTERM or Ctrl-C")
-    serve.add_argument("--config", type=Path, required=True, help="gateway TOML config")
-    serve.add_argument("--log-level", default="INFO")
-
-
-def _run(args: argparse.Namespace) -> int:
-    from gateway.server import serve
-
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s gateway %(levelname)s %(message)s"
-    )
-    asyncio.run(serve(args.config))
-    return 0
-
-
-GATEWAY = Command("gateway", "run the federation gateway", _configure, _run)
+GATEWAY = serve_command("gateway", "run the federation gateway", "gateway.server:serve")

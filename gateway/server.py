@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +25,7 @@ from numfed import pki
 from numfed.config import GatewayConfig, Member, load_gateway_config
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
+from numfed.serving import run_until_signalled
 from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
@@ -201,10 +200,4 @@ async def serve(config_path: Path) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     gw = await Gateway.start(load_gateway_config(config_path))
     print(f"gateway listening on port {gw.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    with contextlib.suppress(Exception):
-        await gw.stop()
+    await run_until_signalled(gw.stop)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
 from numfed.rpc import ServerHandle, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
+from numfed.serving import run_until_signalled
 from numfed.v1 import platform_pb2_grpc
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
@@ -123,10 +122,4 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
 async def serve(config_path: Path) -> None:
     handle = await start_platform(load_platform_config(config_path))
     print(f"platform {handle.config.platform_id} listening on port {handle.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    with contextlib.suppress(Exception):
-        await handle.stop()
+    await run_until_signalled(handle.stop)
