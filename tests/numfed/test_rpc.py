@@ -134,3 +134,24 @@ async def test_unlisted_method_is_denied_to_everyone(pki_dir: Path) -> None:
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await handle.stop(0)
+
+
+async def test_health_and_reflection_are_served(pki_dir: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    handle = await _server(pki_dir)
+    try:
+        async with pki.secure_channel(f"127.0.0.1:{handle.port}", pki_dir, PLATFORM) as ch:
+            health = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="numfed.v1.GatewayService"), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            answer = await stream.read()
+        names = {s.name for s in answer.list_services_response.service}
+        assert "numfed.v1.GatewayService" in names and "grpc.health.v1.Health" in names
+    finally:
+        await handle.stop(0)

@@ -1,0 +1,84 @@
+"""Config files: every role's TOML is checked when read, with a precise error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from numfed.config import Limits, load_carrier_config, load_gateway_config, load_platform_config
+from numfed.errors import InvalidArgument
+from numfed.federation import create_federation
+
+GATEWAY = """
+[gateway]
+listen = "127.0.0.1:7000"
+pki_dir = "pki"
+trust_dir = "trust"
+state_dir = "state/gw"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_federation_configs_load(tmp_path: Path) -> None:
+    lay = create_federation(tmp_path / "fed", limits={"platform_call_timeout": 2.5})
+    gw = load_gateway_config(lay.gateway_config)
+    assert [m.id for m in gw.platforms] == [
+        "weibo",
+        "taobao",
+        "douyin",
+        "toutiao",
+        "meituan",
+        "dianping",
+        "xiaomi",
+    ]
+    assert [m.id for m in gw.carriers] == ["cmcc", "cucc", "ctcc"]
+    assert gw.limits.platform_call_timeout == 2.5
+    assert gw.database_url == f"sqlite:///{lay.root / 'state/gateway/gateway.db'}"
+    assert gw.pki_dir == lay.pki_dir  # relative to the config file
+    assert load_carrier_config(lay.carrier_configs["cucc"]).carrier_id == "cucc"
+    assert load_platform_config(lay.platform_configs["xiaomi"]).platform_id == "xiaomi"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "[limits]\nno_such_limit = 1\n",
+        "[limits]\nplatform_call_timeout = -1\n",
+        '[[platform]]\nid = "weibo"\nendpoint = "127.0.0.1:1"\n'
+        '[[platform]]\nid = "weibo"\nendpoint = "127.0.0.1:2"\n',
+        '[[platform]]\nid = "Weibo!"\nendpoint = "127.0.0.1:1"\n',
+        '[[platform]]\nid = "weibo"\nendpoint = "nowhere"\n',
+        '[[carrier]]\nid = "cmcc\\n"\nendpoint = "127.0.0.1:1"\n',
+    ],
+)
+def test_bad_gateway_config_is_refused(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        load_gateway_config(write(tmp_path, GATEWAY + extra))
+    assert e.value.reason == "BAD_CONFIG"
+
+
+def test_missing_section_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        load_gateway_config(write(tmp_path, "[other]\n"))
+    with pytest.raises(InvalidArgument):
+        load_gateway_config(write(tmp_path, "not = toml = at all"))
+    with pytest.raises(InvalidArgument):
+        load_platform_config(
+            write(
+                tmp_path,
+                '[platform]\nid="weibo"\nlisten="127.0.0.1:1"\npki_dir="p"\n'
+                'trust_dir="t"\nstate_dir="s"\ngateway="127.0.0.1:2"\nerror_rate=2\n',
+            )
+        )
+
+
+def test_limits_defaults_are_positive() -> None:
+    limits = Limits()
+    assert limits.platform_call_timeout <= limits.default_call_timeout
+    assert Limits.from_mapping({"max_batch_items": 10}).max_batch_items == 10
