@@ -17,7 +17,7 @@ from numfed.errors import InvalidArgument, PermissionDenied
 from numfed.identity import PeerId, Role
 from numfed.trust import TrustedState
 
-__all__ = ["Portability", "check_claim", "select_platforms"]
+__all__ = ["CheckedClaim", "Portability", "check_claim", "select_platforms"]
 
 
 class Portability:

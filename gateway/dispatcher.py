@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import grpc
 
+from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.platforms import PlatformLink
 from gateway.results import RETRYABLE_CODES, now_us, result_from_error, result_from_item
@@ -42,8 +43,10 @@ class Dispatcher:
         limits: Limits,
         owner: str,
         on_change: Callable[[set[str]], None],
+        audit: Callable[[AuditRecord], None] = lambda _record: None,
         rng: random.Random | None = None,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._links = links
         self._limits = limits
@@ -135,6 +138,18 @@ class Dispatcher:
         except Exception:
             log.exception("recording release outcomes failed; the leases will expire and retry")
             return
+        for u in updates:
+            if u.done and u.job_id in changed:
+                self._audit(
+                    AuditRecord(
+                        now_us(),
+                        "RELEASE_DELIVERY",
+                        f"platform:{platform_id}",
+                        next(j.number_key for _t, j in work if j.job_id == u.job_id),
+                        Outcome.Name(u.outcome),  # type: ignore[arg-type]
+                        {"job": u.job_id},
+                    )
+                )
         if changed:
             self._on_change(changed)
         if any(not u.done for u in updates):

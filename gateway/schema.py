@@ -62,3 +62,17 @@ portability = Table(
     Column("carrier_id", String(32), nullable=False),
     Column("updated_us", BigInteger, nullable=False),
 )
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("actor", String(96), nullable=False),
+    Column("number_key", String(64), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("detail", String, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

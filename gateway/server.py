@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from gateway.audit import AuditWriter
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
 from gateway.platforms import PlatformLink
@@ -56,6 +57,7 @@ class Gateway:
     carrier_channels: dict[str, grpc.aio.Channel]
     portability: Portability
     pseudonym: Pseudonymizer
+    audit: AuditWriter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synced: set[str] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,7 +108,9 @@ class Gateway:
         seeds = [(pseudonym(n), c) for n, c in config.portability.items()]
         portability.update(seeds)
         watchers = JobWatchers()
+        audit = AuditWriter(store.engine, store.run)
         dispatcher = Dispatcher(
+            audit=audit.record,
             store=store,
             links=links,
             limits=config.limits,
@@ -124,6 +128,7 @@ class Gateway:
             watchers=watchers,
             limits=config.limits,
             carriers=[m.id for m in config.carriers],
+            audit=audit,
         )
 
         def register(server: grpc.aio.Server) -> str:
@@ -136,7 +141,18 @@ class Gateway:
             policy=POLICY,
             bind=config.listen,
         )
-        gw = cls(config, store, handle, dispatcher, links, carrier_channels, portability, pseudonym)
+        gw = cls(
+            config,
+            store,
+            handle,
+            dispatcher,
+            links,
+            carrier_channels,
+            portability,
+            pseudonym,
+            audit,
+        )
+        audit.start()
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -185,6 +201,7 @@ class Gateway:
     async def stop(self, grace: float = 2.0) -> None:
         await self.server.stop(grace)
         await self.dispatcher.stop()
+        await self.audit.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

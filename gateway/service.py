@@ -12,8 +12,10 @@ from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
+from google.protobuf.message import DecodeError
 
-from gateway.authority import Portability, check_claim, select_platforms
+from gateway.audit import AuditRecord, AuditWriter
+from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
 from gateway.batcher import BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.platforms import PlatformLink
@@ -28,6 +30,7 @@ from numfed.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    NumfedError,
     Unavailable,
 )
 from numfed.rpc import current_peer
@@ -65,7 +68,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         watchers: JobWatchers,
         limits: Limits,
         carriers: Collection[str],
+        audit: AuditWriter,
     ) -> None:
+        self._audit = audit
         self._carriers = frozenset(carriers)
         self._store = store
         self._trust = trust
@@ -93,6 +98,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             roots=self._trust_files.roots[known:], bundle=self._trust_files.bundle
         )
 
+    # -- claims -------------------------------------------------------------------------------
+
+    def _check(
+        self, claim: claim_pb2.Envelope, purposes: tuple[Purpose, ...], event: str
+    ) -> CheckedClaim:
+        """Check a claim and its authority; audit the verdict either way."""
+        caller = current_peer()
+        try:
+            checked = check_claim(
+                Envelope.from_proto(claim),
+                caller=caller,
+                trust=self._trust,
+                portability=self._portability,
+                pseudonym=self._pseudonym,
+                purposes=purposes,
+                now=datetime.now(UTC),
+                carriers=self._carriers,
+            )
+        except NumfedError as err:
+            self._audit.record(
+                AuditRecord(now_us(), event, caller.uri, self._unverified_key(claim), err.reason)
+            )
+            raise
+        purpose = checked.verified.claim.purpose.name
+        self._audit.record(
+            AuditRecord(
+                now_us(), event, caller.uri, checked.number_key, "ACCEPTED", {"purpose": purpose}
+            )
+        )
+        return checked
+
+    def _unverified_key(self, claim: claim_pb2.Envelope) -> str:
+        """The pseudonym of the number a refused claim names, if it names one at all."""
+        try:
+            number = claim_pb2.TenureClaim.FromString(claim.payload).number
+        except DecodeError:
+            return ""
+        return self._pseudonym(number) if number else ""
+
     # -- query --------------------------------------------------------------------------------
 
     def _budget(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
@@ -106,17 +150,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def QueryBindings(
         self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.QueryBindingsResponse:
-        envelope = Envelope.from_proto(request.claim)
-        check_claim(
-            envelope,
-            caller=current_peer(),
-            trust=self._trust,
-            portability=self._portability,
-            pseudonym=self._pseudonym,
-            purposes=QUERY_PURPOSES,
-            now=datetime.now(UTC),
-            carriers=self._carriers,
-        )
+        self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
         results = await asyncio.gather(
@@ -167,17 +201,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ).digest()
         existing = await self._store.run(self._store.find_job, caller.id, request.request_id)
         if existing is None:
-            envelope = Envelope.from_proto(request.claim)
-            checked = check_claim(
-                envelope,
-                caller=caller,
-                trust=self._trust,
-                portability=self._portability,
-                pseudonym=self._pseudonym,
-                purposes=RELEASE_PURPOSES,
-                now=datetime.now(UTC),
-                carriers=self._carriers,
-            )
+            checked = self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
             created = now_us()
             job = JobRow(
                 job_id=secrets.token_hex(16),
@@ -192,6 +216,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 done_us=None,
             )
             existing = await self._store.run(self._store.create_job, job, platform_ids)
+            self._audit.record(
+                AuditRecord(
+                    now_us(),
+                    "RELEASE_JOB",
+                    caller.uri,
+                    checked.number_key,
+                    "COMMITTED",
+                    {"job": existing.job_id, "platforms": str(len(platform_ids))},
+                )
+            )
             self._dispatcher.wake()
         if existing.request_digest != digest:
             raise AlreadyExists(
