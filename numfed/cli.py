@@ -109,6 +109,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli:GATEWAY",
     "carrier_adapters.cli:CARRIER",
     "platform_stubs.cli:PLATFORM",
+    "gateway.audit_cli:AUDIT",
     "numfed.demo:DEMO",
 )
 """Every subcommand as ``module:attribute``, in the order ``numfed --help`` lists them."""

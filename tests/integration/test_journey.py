@@ -6,7 +6,10 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
+from gateway.audit import read_chain
+from gateway.schema import audit_log
 from numfed.scenario import demo_scenario
 from numfed.v1 import gateway_pb2
 from tests.integration.conftest import Federation
@@ -62,6 +65,14 @@ async def test_holders_journey(federation: Federation, label: str) -> None:
     again = await app.query(PRIOR)
     assert counts(again) == {}
     assert counts(await app.query(OWN)) == own  # the current holder's bindings are untouched
+
+    # Every claim and delivery was audited, under pseudonyms only, in an intact chain.
+    await federation.gateway.audit.flush()
+    report = read_chain(federation.gateway.store.engine)
+    assert report.ok and report.entries >= 4 + 7
+    with federation.gateway.store.engine.connect() as c:
+        logged = " ".join(str(tuple(r)) for r in c.execute(sa.select(audit_log)))
+    assert number not in logged and number[1:] not in logged
 
     # Accounts are never deleted: every seeded account is still there.
     for p, handle in federation.platforms.items():
