@@ -270,6 +270,21 @@ class Journey:
                 got == own, f"the current holder's {sum(own.values())} own binding(s) are untouched"
             )
 
+    def audit(self) -> None:
+        """``numfed audit verify``: the gateway's log is intact."""
+        self.console.rule("[bold]audit[/]")
+        time.sleep(0.2)  # the gateway appends in small groups
+        config = str(self.layout.gateway_config)
+        result = subprocess.run(
+            [sys.executable, "-m", "numfed", "audit", "verify", "--config", config],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.console.print("  $ numfed audit verify --config gateway.toml")
+        self.console.print("  " + result.stdout.strip())
+        self.expect(result.returncode == 0, "the hash-chained audit log verifies")
+
     def release(
         self, stub: holder_pb2_grpc.HolderServiceStub, token: str, prior: dict[str, int]
     ) -> None:
@@ -333,6 +348,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> int
             console.print(f"ready in {time.monotonic() - started:.1f} s")
             for label, number in scenario.showcase.items():
                 journey.walk(label, number)
+            journey.audit()
     except (ExpectationFailed, grpc.RpcError) as exc:
         journey.failures.append(str(exc))
         console.print(f"[red]demo stopped: {exc}[/]")
