@@ -110,6 +110,7 @@ COMMANDS: tuple[str, ...] = (
     "carrier_adapters.cli:CARRIER",
     "platform_stubs.cli:PLATFORM",
     "gateway.audit_cli:AUDIT",
+    "numfed.verify_cli:VERIFY",
     "numfed.demo:DEMO",
 )
 """Every subcommand as ``module:attribute``, in the order ``numfed --help`` lists them."""
