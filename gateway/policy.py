@@ -8,6 +8,7 @@ __all__ = ["POLICY"]
 
 _SVC = "/numfed.v1.GatewayService/"
 _CARRIER = frozenset({Role.CARRIER})
+_PLATFORM = frozenset({Role.PLATFORM})
 _ANY = frozenset({Role.CARRIER, Role.PLATFORM, Role.GATEWAY})
 
 POLICY = {
@@ -16,4 +17,5 @@ POLICY = {
     _SVC + "ReleaseBindings": _CARRIER,
     _SVC + "GetOperation": _CARRIER,
     _SVC + "WatchOperation": _CARRIER,
+    _SVC + "CheckRecycled": _PLATFORM,
 }

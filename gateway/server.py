@@ -129,6 +129,9 @@ class Gateway:
             limits=config.limits,
             carriers=[m.id for m in config.carriers],
             audit=audit,
+            carrier_stubs={
+                c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
+            },
         )
 
         def register(server: grpc.aio.Server) -> str:

@@ -22,7 +22,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store
 from gateway.watchers import JobWatchers
-from numfed.claims import Purpose
+from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import (
@@ -33,9 +33,17 @@ from numfed.errors import (
     NumfedError,
     Unavailable,
 )
-from numfed.rpc import current_peer
+from numfed.ratelimit import RateLimiter
+from numfed.rpc import current_peer, error_from_rpc
 from numfed.trust import TrustedState
-from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
+from numfed.v1 import (
+    carrier_pb2,
+    carrier_pb2_grpc,
+    claim_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    platform_pb2,
+)
 
 __all__ = ["GatewayServicer", "TrustFiles"]
 
@@ -69,8 +77,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limits: Limits,
         carriers: Collection[str],
         audit: AuditWriter,
+        carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
     ) -> None:
         self._audit = audit
+        self._carrier_stubs = carrier_stubs
+        self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
         self._carriers = frozenset(carriers)
         self._store = store
         self._trust = trust
@@ -249,6 +260,43 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if found is None or found[0].carrier_id != current_peer().id:
             raise NotFound("OPERATION_NOT_FOUND", "no such operation")
         return m.group(1)
+
+    # -- recycled check ------------------------------------------------------------------------
+
+    async def CheckRecycled(
+        self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.CheckRecycledResponse:
+        caller = current_peer()
+        number_key = ""
+        try:
+            self._recycled_limit.take(caller.id)
+            number = normalize_number(request.number)
+            if not request.HasField("since"):
+                raise InvalidArgument("MISSING_SINCE", "since is required")
+            number_key = self._pseudonym(number)
+            carrier = self._portability.carrier_for(number_key)
+            if carrier is None or carrier not in self._carrier_stubs:
+                raise NotFound("UNKNOWN_NUMBER", "no carrier of the federation serves the number")
+            try:
+                answer = await self._carrier_stubs[carrier].AnswerRecycledCheck(
+                    carrier_pb2.AnswerRecycledCheckRequest(
+                        number=number, since=request.since, platform_id=caller.id
+                    ),
+                    timeout=self._budget(context),
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise error_from_rpc(exc) from exc
+        except NumfedError as err:
+            self._audit.record(
+                AuditRecord(now_us(), "RECYCLED_CHECK", caller.uri, number_key, err.reason)
+            )
+            raise
+        self._audit.record(
+            AuditRecord(
+                now_us(), "RECYCLED_CHECK", caller.uri, number_key, "ANSWERED", {"carrier": carrier}
+            )
+        )
+        return gateway_pb2.CheckRecycledResponse(answer=answer.answer)
 
     async def GetOperation(
         self, request: gateway_pb2.GetOperationRequest, context: grpc.aio.ServicerContext[Any, Any]

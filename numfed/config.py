@@ -52,6 +52,10 @@ class Limits:
     """How long a dispatcher holds a release task before another may take it."""
     claim_lifetime: float = 600.0
     """How long a carrier's claims stay valid."""
+    recycled_rate: float = 20.0
+    """Recycled checks per second each platform may make (token bucket)."""
+    recycled_burst: float = 40.0
+    """Recycled checks a platform may make at once before the rate applies."""
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:

@@ -42,6 +42,8 @@ class NumfedError(Exception):
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after: float | None = None
+        """Seconds after which a retry may succeed; sent as google.rpc.RetryInfo."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r}, {self.message!r})"

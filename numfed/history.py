@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
+from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
 __all__ = [
     "MIN_QUIET_PERIOD",
@@ -141,6 +141,21 @@ class NumberHistory:
         if not self.events:
             raise NotFound("UNKNOWN_NUMBER", f"{self.number} has no history")
         return self.events[0].at
+
+    def recycled_since(self, since: datetime, now: datetime) -> bool:
+        """The CAMARA Number Recycling answer, with its ranges checked.
+
+        ``since`` in the future, or before the carrier's history of the number begins, cannot
+        be answered truthfully: OUT_OF_RANGE. At or after the current tenure start: False.
+        Before it (a gap with no holder included): True.
+        """
+        if since > now:
+            raise OutOfRange("SINCE_IN_FUTURE", "since is in the future")
+        if since < self.history_start():
+            raise OutOfRange(
+                "SINCE_BEFORE_HISTORY", "since is before the carrier's history of the number"
+            )
+        return self.changed_holder_since(since, now)
 
     def changed_holder_since(self, since: datetime, now: datetime) -> bool:
         """True when the holder at ``now`` is not the one who held it continuously since ``since``.

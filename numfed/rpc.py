@@ -61,8 +61,15 @@ def error_status(err: NumfedError) -> status_pb2.Status:
     )
     detail = any_pb2.Any()
     detail.Pack(info)
+    details = [detail]
+    if err.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(int(err.retry_after * 1000), 1))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
     code = _CODES.get(err.code, grpc.StatusCode.INTERNAL)
-    return status_pb2.Status(code=code.value[0], message=err.message, details=[detail])
+    return status_pb2.Status(code=code.value[0], message=err.message, details=details)
 
 
 def ok_status() -> status_pb2.Status:

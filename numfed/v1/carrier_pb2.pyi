@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from numfed.v1 import claim_pb2 as _claim_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +19,62 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class AnswerRecycledCheckRequest(_message.Message):
+    """AnswerRecycledCheckRequest relays a platform's question."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    PLATFORM_ID_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    platform_id: _builtins.str
+    """The platform that asked; the answer is addressed to it."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """The moment asked about (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        platform_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "platform_id", b"platform_id", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerRecycledCheckRequest: _TypeAlias = AnswerRecycledCheckRequest  # noqa: Y015
+
+@_typing.final
+class AnswerRecycledCheckResponse(_message.Message):
+    """AnswerRecycledCheckResponse is the carrier's signed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answer(self) -> _claim_pb2.Envelope:
+        """Envelope of a RecycledClaim."""
+
+    def __init__(
+        self,
+        *,
+        answer: _claim_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerRecycledCheckResponse: _TypeAlias = AnswerRecycledCheckResponse  # noqa: Y015
 
 @_typing.final
 class ListServedNumbersRequest(_message.Message):

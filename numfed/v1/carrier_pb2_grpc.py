@@ -41,6 +41,11 @@ class CarrierServiceStub:
                 request_serializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.FromString,
                 _registered_method=True)
+        self.AnswerRecycledCheck = channel.unary_unary(
+                '/numfed.v1.CarrierService/AnswerRecycledCheck',
+                request_serializer=numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckResponse.FromString,
+                _registered_method=True)
 
 
 class CarrierServiceServicer:
@@ -57,6 +62,18 @@ class CarrierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnswerRecycledCheck(self, request, context):
+        """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
+        True when `since` is before the current tenure began (a gap with no holder counts as a
+        change), false when it is at or after it; never the date itself. Errors: PERMISSION_DENIED
+        (caller is not the gateway), INVALID_ARGUMENT (malformed number or platform id), NOT_FOUND
+        (the carrier does not serve the number), OUT_OF_RANGE (since in the future, or before the
+        carrier's history of the number begins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CarrierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +81,11 @@ def add_CarrierServiceServicer_to_server(servicer, server):
                     servicer.ListServedNumbers,
                     request_deserializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.SerializeToString,
+            ),
+            'AnswerRecycledCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerRecycledCheck,
+                    request_deserializer=numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,6 +117,33 @@ class CarrierService:
             '/numfed.v1.CarrierService/ListServedNumbers',
             numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.SerializeToString,
             numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerRecycledCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.CarrierService/AnswerRecycledCheck',
+            numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckRequest.SerializeToString,
+            numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

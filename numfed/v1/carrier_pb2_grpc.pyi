@@ -40,6 +40,14 @@ class CarrierServiceStub:
     portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
     INVALID_ARGUMENT (page_size out of range, unknown page_token).
     """
+    AnswerRecycledCheck: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.AnswerRecycledCheckRequest, _carrier_pb2.AnswerRecycledCheckResponse]
+    """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
+    True when `since` is before the current tenure began (a gap with no holder counts as a
+    change), false when it is at or after it; never the date itself. Errors: PERMISSION_DENIED
+    (caller is not the gateway), INVALID_ARGUMENT (malformed number or platform id), NOT_FOUND
+    (the carrier does not serve the number), OUT_OF_RANGE (since in the future, or before the
+    carrier's history of the number begins).
+    """
 
 @_typing.type_check_only
 class CarrierServiceAsyncStub(CarrierServiceStub):
@@ -52,6 +60,14 @@ class CarrierServiceAsyncStub(CarrierServiceStub):
     """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
     portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
     INVALID_ARGUMENT (page_size out of range, unknown page_token).
+    """
+    AnswerRecycledCheck: _aio.UnaryUnaryMultiCallable[_carrier_pb2.AnswerRecycledCheckRequest, _carrier_pb2.AnswerRecycledCheckResponse]  # type: ignore[assignment]
+    """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
+    True when `since` is before the current tenure began (a gap with no holder counts as a
+    change), false when it is at or after it; never the date itself. Errors: PERMISSION_DENIED
+    (caller is not the gateway), INVALID_ARGUMENT (malformed number or platform id), NOT_FOUND
+    (the carrier does not serve the number), OUT_OF_RANGE (since in the future, or before the
+    carrier's history of the number begins).
     """
 
 class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +84,20 @@ class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
         portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
         INVALID_ARGUMENT (page_size out of range, unknown page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerRecycledCheck(
+        self,
+        request: _carrier_pb2.AnswerRecycledCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_carrier_pb2.AnswerRecycledCheckResponse, _abc.Awaitable[_carrier_pb2.AnswerRecycledCheckResponse]]:
+        """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
+        True when `since` is before the current tenure began (a gap with no holder counts as a
+        change), false when it is at or after it; never the date itself. Errors: PERMISSION_DENIED
+        (caller is not the gateway), INVALID_ARGUMENT (malformed number or platform id), NOT_FOUND
+        (the carrier does not serve the number), OUT_OF_RANGE (since in the future, or before the
+        carrier's history of the number begins).
         """
 
 def add_CarrierServiceServicer_to_server(servicer: CarrierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -60,6 +60,58 @@ PLATFORM_OUTCOME_EXPIRED: PlatformOutcome.ValueType  # 5
 Global___PlatformOutcome: _TypeAlias = PlatformOutcome  # noqa: Y015
 
 @_typing.final
+class CheckRecycledRequest(_message.Message):
+    """CheckRecycledRequest is a platform's question about one number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Has the number changed holder since this moment (UTC)?"""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRecycledRequest: _TypeAlias = CheckRecycledRequest  # noqa: Y015
+
+@_typing.final
+class CheckRecycledResponse(_message.Message):
+    """CheckRecycledResponse carries the carrier's signed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answer(self) -> _claim_pb2.Envelope:
+        """Envelope of a RecycledClaim signed by the number's current carrier."""
+
+    def __init__(
+        self,
+        *,
+        answer: _claim_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRecycledResponse: _TypeAlias = CheckRecycledResponse  # noqa: Y015
+
+@_typing.final
 class GetTrustBundleRequest(_message.Message):
     """GetTrustBundleRequest asks for the root chain from a version the caller already trusts."""
 

@@ -63,6 +63,11 @@ class GatewayServiceStub:
                 request_serializer=numfed_dot_v1_dot_gateway__pb2.WatchOperationRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CheckRecycled = channel.unary_unary(
+                '/numfed.v1.GatewayService/CheckRecycled',
+                request_serializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -127,6 +132,18 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckRecycled(self, request, context):
+        """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
+        CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
+        to the calling platform. Platforms only; rate-limited per platform; every call audited.
+        Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
+        number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
+        (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +171,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchOperation,
                     request_deserializer=numfed_dot_v1_dot_gateway__pb2.WatchOperationRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'CheckRecycled': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckRecycled,
+                    request_deserializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -294,6 +316,33 @@ class GatewayService:
             '/numfed.v1.GatewayService/WatchOperation',
             numfed_dot_v1_dot_gateway__pb2.WatchOperationRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckRecycled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.GatewayService/CheckRecycled',
+            numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.SerializeToString,
+            numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,14 @@ class GatewayServiceStub:
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    CheckRecycled: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CheckRecycledRequest, _gateway_pb2.CheckRecycledResponse]
+    """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
+    CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
+    to the calling platform. Platforms only; rate-limited per platform; every call audited.
+    Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
+    number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
+    (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -117,6 +125,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    CheckRecycled: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CheckRecycledRequest, _gateway_pb2.CheckRecycledResponse]  # type: ignore[assignment]
+    """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
+    CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
+    to the calling platform. Platforms only; rate-limited per platform; every call audited.
+    Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
+    number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
+    (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -189,6 +205,20 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def CheckRecycled(
+        self,
+        request: _gateway_pb2.CheckRecycledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CheckRecycledResponse, _abc.Awaitable[_gateway_pb2.CheckRecycledResponse]]:
+        """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
+        CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
+        to the calling platform. Platforms only; rate-limited per platform; every call audited.
+        Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
+        number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
+        (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -46,6 +46,56 @@ BINDING_SCOPE_OWN: BindingScope.ValueType  # 2
 Global___BindingScope: _TypeAlias = BindingScope  # noqa: Y015
 
 @_typing.final
+class IssueHolderProofRequest(_message.Message):
+    """IssueHolderProofRequest asks for a proof of this session's tenure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """From ConfirmVerificationResponse."""
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueHolderProofRequest: _TypeAlias = IssueHolderProofRequest  # noqa: Y015
+
+@_typing.final
+class IssueHolderProofResponse(_message.Message):
+    """IssueHolderProofResponse carries the proof."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """"nfp1." followed by the URL-safe base64 of the signed Envelope."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the proof stops being valid (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueHolderProofResponse: _TypeAlias = IssueHolderProofResponse  # noqa: Y015
+
+@_typing.final
 class StartVerificationRequest(_message.Message):
     """StartVerificationRequest identifies the holder to their own carrier."""
 

@@ -64,6 +64,11 @@ class HolderServiceStub:
                 request_serializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.IssueHolderProof = channel.unary_unary(
+                '/numfed.v1.HolderService/IssueHolderProof',
+                request_serializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofResponse.FromString,
+                _registered_method=True)
 
 
 class HolderServiceServicer:
@@ -123,6 +128,15 @@ class HolderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueHolderProof(self, request, context):
+        """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
+        portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
+        UNAUTHENTICATED (no valid session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HolderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +164,11 @@ def add_HolderServiceServicer_to_server(servicer, server):
                     servicer.WatchHolderRelease,
                     request_deserializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'IssueHolderProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueHolderProof,
+                    request_deserializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -291,6 +310,33 @@ class HolderService:
             '/numfed.v1.HolderService/WatchHolderRelease',
             numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueHolderProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.HolderService/IssueHolderProof',
+            numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.SerializeToString,
+            numfed_dot_v1_dot_holder__pb2.IssueHolderProofResponse.FromString,
             options,
             channel_credentials,
             insecure,

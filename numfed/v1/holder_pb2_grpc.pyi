@@ -68,6 +68,11 @@ class HolderServiceStub:
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    IssueHolderProof: _grpc.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]
+    """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
+    portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
+    UNAUTHENTICATED (no valid session).
+    """
 
 @_typing.type_check_only
 class HolderServiceAsyncStub(HolderServiceStub):
@@ -107,6 +112,11 @@ class HolderServiceAsyncStub(HolderServiceStub):
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    IssueHolderProof: _aio.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]  # type: ignore[assignment]
+    """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
+    portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
+    UNAUTHENTICATED (no valid session).
     """
 
 class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -174,6 +184,17 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def IssueHolderProof(
+        self,
+        request: _holder_pb2.IssueHolderProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_holder_pb2.IssueHolderProofResponse, _abc.Awaitable[_holder_pb2.IssueHolderProofResponse]]:
+        """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
+        portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
+        UNAUTHENTICATED (no valid session).
         """
 
 def add_HolderServiceServicer_to_server(servicer: HolderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numfed.errors import FailedPrecondition, InvalidArgument
+from numfed.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from numfed.history import EventKind, NumberEvent, NumberHistory
 
 A, D, P = EventKind.ASSIGNED, EventKind.DEACTIVATED, EventKind.PORTED
@@ -119,3 +119,36 @@ def test_ports_never_move_tenure_start(h: NumberHistory) -> None:
     else:
         assert h.tenure_start(now) == last_assignment.at
         assert h.carrier_at(now) == h.events[-1].carrier_id
+
+
+class TestRecycledSince:
+    """The CAMARA Number Recycling question, case by case."""
+
+    h = NumberHistory(
+        N,
+        (
+            NumberEvent(A, T, "cmcc", "h1"),
+            NumberEvent(D, T + 100 * DAY, "cmcc"),
+            NumberEvent(A, T + 200 * DAY, "cmcc", "h2"),
+            NumberEvent(P, T + 300 * DAY, "cucc"),
+        ),
+    )
+    now = T + 400 * DAY
+
+    def test_since_at_or_after_tenure_start_is_false(self) -> None:
+        assert self.h.recycled_since(T + 200 * DAY, self.now) is False
+        assert self.h.recycled_since(T + 350 * DAY, self.now) is False  # after the port too
+
+    def test_since_before_tenure_start_is_true(self) -> None:
+        assert self.h.recycled_since(T + 10 * DAY, self.now) is True
+        assert self.h.recycled_since(T + 150 * DAY, self.now) is True  # in the gap
+
+    def test_future_since_is_out_of_range(self) -> None:
+        with pytest.raises(OutOfRange) as e:
+            self.h.recycled_since(self.now + DAY, self.now)
+        assert e.value.reason == "SINCE_IN_FUTURE"
+
+    def test_since_before_history_is_out_of_range(self) -> None:
+        with pytest.raises(OutOfRange) as e:
+            self.h.recycled_since(T - DAY, self.now)
+        assert e.value.reason == "SINCE_BEFORE_HISTORY"
