@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from carrier_adapters.base import CarrierAdapter
+
+__all__ = ["CmccAdapter"]
 
 
 class CmccAdapter(CarrierAdapter):
+    """China Mobile. Quiet period: the 90-day minimum (no carrier figure is known)."""
+
     carrier_id = "cmcc"
     display_name = "China Mobile"
     sms_signature = "【中国移动】"
-    quiet_period = timedelta(days=90)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from carrier_adapters.base import CarrierAdapter
+
+__all__ = ["CtccAdapter"]
 
 
 class CtccAdapter(CarrierAdapter):
+    """China Telecom. Quiet period: the 90-day minimum (no carrier figure is known)."""
+
     carrier_id = "ctcc"
     display_name = "China Telecom"
     sms_signature = "【中国电信】"
-    quiet_period = timedelta(days=90)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from carrier_adapters.base import CarrierAdapter
+
+__all__ = ["CuccAdapter"]
 
 
 class CuccAdapter(CarrierAdapter):
+    """China Unicom. Quiet period: the 90-day minimum (no carrier figure is known)."""
+
     carrier_id = "cucc"
     display_name = "China Unicom"
     sms_signature = "【中国联通】"
-    quiet_period = timedelta(days=90)

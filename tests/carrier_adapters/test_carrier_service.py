@@ -1,69 +1,176 @@
-"""CarrierService over mTLS: served numbers page by page, a port moves the number, X stays."""
+"""CarrierService over mTLS on port 0: served numbers page by page, for the gateway only."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
-from carrier_adapters.base import start_carrier
+from carrier_adapters.carrier_service import page_of
 from numfed import pki
-from numfed.config import load_carrier_config
-from numfed.federation import create_federation
+from numfed.claims import verify_recycled_claim
+from numfed.envelope import Envelope
+from numfed.errors import InvalidArgument, PermissionDenied
 from numfed.identity import PeerId, Role
+from numfed.rpc import rpc_error_info
 from numfed.scenario import demo_scenario
+from numfed.timeutil import to_timestamp
+from numfed.trustfiles import load_trusted_state
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc
+from tests.carrier_adapters.conftest import Running
 
 WORLD = demo_scenario()
+PORTED = WORLD.showcase["ported"]
 
 
-async def test_served_numbers_paging_and_ports(tmp_path: Path) -> None:
-    layout = create_federation(tmp_path / "fed")
-    cmcc = await start_carrier(load_carrier_config(layout.carrier_configs["cmcc"]))
-    cucc = await start_carrier(load_carrier_config(layout.carrier_configs["cucc"]))
-    try:
-        seen: dict[str, list[str]] = {}
-        for name, handle in (("cmcc", cmcc), ("cucc", cucc)):
-            async with pki.secure_channel(
-                f"127.0.0.1:{handle.port}", layout.pki_dir, pki.GATEWAY
-            ) as ch:
-                stub = carrier_pb2_grpc.CarrierServiceStub(ch)
-                token, numbers = "", list[str]()
-                while True:
-                    page = await stub.ListServedNumbers(
-                        carrier_pb2.ListServedNumbersRequest(page_size=7, page_token=token),
-                        timeout=5,
-                    )
-                    assert len(page.numbers) <= 7
-                    numbers += page.numbers
-                    token = page.next_page_token
-                    if not token:
-                        break
-                seen[name] = numbers
-                with pytest.raises(grpc.aio.AioRpcError) as e:
-                    await stub.ListServedNumbers(
-                        carrier_pb2.ListServedNumbersRequest(page_token="nonsense"), timeout=5
-                    )
-                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        now = datetime.now(UTC)
-        expected = sorted(
-            h.number for h in WORLD.histories_served_by("cmcc", now) if h.current_tenure(now)
-        )
-        assert seen["cmcc"] == expected
-        ported = WORLD.showcase["ported"]
-        assert ported in seen["cmcc"] and ported not in seen["cucc"]
-        # X of the ported number is its assignment at cucc, not the port to cmcc.
-        assert cmcc.adapter.current_holder(ported)[3] == datetime(2020, 5, 6, 9, tzinfo=UTC)
-        async with pki.secure_channel(
-            f"127.0.0.1:{cmcc.port}", layout.pki_dir, PeerId(Role.PLATFORM, "weibo")
-        ) as ch:
+async def list_all(running: Running, carrier: str, page_size: int) -> list[str]:
+    port = running.carriers[carrier].port
+    async with pki.secure_channel(
+        f"127.0.0.1:{port}",
+        running.layout.pki_dir,
+        pki.GATEWAY,
+        server=PeerId(Role.CARRIER, carrier),
+    ) as ch:
+        stub = carrier_pb2_grpc.CarrierServiceStub(ch)
+        token, numbers = "", list[str]()
+        while True:
+            page = await stub.ListServedNumbers(
+                carrier_pb2.ListServedNumbersRequest(page_size=page_size, page_token=token),
+                timeout=5,
+            )
+            assert 0 < len(page.numbers) <= page_size
+            numbers += page.numbers
+            token = page.next_page_token
+            if not token:
+                return numbers
+
+
+async def test_served_numbers_page_by_page(running: Running) -> None:
+    now = running.clock()
+    for carrier in ("cmcc", "cucc"):
+        expected = sorted(h.number for h in WORLD.histories_served_by(carrier, now))
+        assert await list_all(running, carrier, 7) == expected
+        assert await list_all(running, carrier, 10_000) == expected
+    cmcc, cucc = await list_all(running, "cmcc", 7), await list_all(running, "cucc", 7)
+    assert PORTED in cmcc and PORTED not in cucc  # a port moves the number to its new carrier
+    # Numbers between holders (quiet period) are served too: the carrier still answers for them.
+    assert any(WORLD.histories[n].current_tenure(now) is None for n in cmcc + cucc)
+
+
+async def test_bad_pages_are_refused(running: Running) -> None:
+    async with pki.secure_channel(
+        f"127.0.0.1:{running.carriers['cmcc'].port}", running.layout.pki_dir, pki.GATEWAY
+    ) as ch:
+        stub = carrier_pb2_grpc.CarrierServiceStub(ch)
+        for request, reason in [
+            (carrier_pb2.ListServedNumbersRequest(page_token="nonsense"), "BAD_PAGE_TOKEN"),
+            (carrier_pb2.ListServedNumbersRequest(page_token="MTIz"), "BAD_PAGE_TOKEN"),
+            (carrier_pb2.ListServedNumbersRequest(page_size=10_001), "BAD_PAGE_SIZE"),
+        ]:
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await carrier_pb2_grpc.CarrierServiceStub(ch).ListServedNumbers(
-                    carrier_pb2.ListServedNumbersRequest(), timeout=5
-                )
-            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    finally:
-        await cmcc.stop(0)
-        await cucc.stop(0)
+                await stub.ListServedNumbers(request, timeout=5)
+            info = rpc_error_info(e.value)
+            assert (e.value.code(), info.reason if info else None) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                reason,
+            )
+
+
+@pytest.mark.parametrize("caller", [PeerId(Role.PLATFORM, "weibo"), PeerId(Role.CARRIER, "cucc")])
+async def test_only_the_gateway_may_list(running: Running, caller: PeerId) -> None:
+    async with pki.secure_channel(
+        f"127.0.0.1:{running.carriers['cmcc'].port}", running.layout.pki_dir, caller
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await carrier_pb2_grpc.CarrierServiceStub(ch).ListServedNumbers(
+                carrier_pb2.ListServedNumbersRequest(), timeout=5
+            )
+    info = rpc_error_info(e.value)
+    assert (e.value.code(), info.reason if info else None) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )
+
+
+def test_keyset_pages_survive_changes_between_pages() -> None:
+    numbers = [f"+8613900000{i:03d}" for i in range(10)]
+    first, token = page_of(numbers, 4, "")
+    assert first == numbers[:4] and token
+    changed = [n for n in numbers if n != numbers[1] and n != numbers[5]]  # one seen, one not
+    second, token = page_of(changed, 4, token)
+    assert second == [numbers[4], numbers[6], numbers[7], numbers[8]]
+    third, token = page_of(changed, 4, token)
+    assert (third, token) == ([numbers[9]], "")
+    assert page_of(numbers, 0, "") == (numbers, "")  # 0 means the default size
+    with pytest.raises(InvalidArgument):
+        page_of(numbers, 10_001, "")
+
+
+async def answer(
+    running: Running,
+    number: str,
+    since: datetime | None,
+    *,
+    carrier: str = "cmcc",
+    platform_id: str = "weibo",
+    caller: PeerId = pki.GATEWAY,
+) -> carrier_pb2.AnswerRecycledCheckResponse:
+    async with pki.secure_channel(
+        f"127.0.0.1:{running.carriers[carrier].port}", running.layout.pki_dir, caller
+    ) as ch:
+        request = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=platform_id)
+        if since is not None:
+            request.since.CopyFrom(to_timestamp(since))
+        response: carrier_pb2.AnswerRecycledCheckResponse = (
+            await carrier_pb2_grpc.CarrierServiceStub(ch).AnswerRecycledCheck(request, timeout=5)
+        )
+        return response
+
+
+async def test_recycled_check_is_one_signed_bit(running: Running) -> None:
+    now = running.clock()
+    trust = load_trusted_state(running.layout.trust_dir, now=now)
+    recycled, x = WORLD.showcase["recycled_once"], datetime(2022, 7, 1, 9, tzinfo=UTC)
+    cases = [
+        (recycled, x - timedelta(seconds=1), True),  # the previous holder's time
+        (recycled, x, False),
+        (recycled, datetime(2024, 1, 1, tzinfo=UTC), False),
+        (PORTED, datetime(2021, 1, 1, tzinfo=UTC), False),  # the port in 2023 is no change
+        (PORTED, datetime(2020, 1, 1, tzinfo=UTC), True),  # the quiet period before X
+    ]
+    for number, since, changed in cases:
+        got = await answer(running, number, since)
+        v = verify_recycled_claim(Envelope.from_proto(got.answer), trust, now=now, audience="weibo")
+        assert (v.carrier_id, v.claim.number, v.claim.since, v.claim.changed) == (
+            "cmcc",
+            number,
+            since,
+            changed,
+        )
+        tenure = WORLD.histories[number].current_tenure(now)
+        assert tenure is not None
+        if since != tenure.start:  # the answer carries the date asked about, never X
+            assert to_timestamp(tenure.start).SerializeToString() not in got.answer.payload
+        with pytest.raises(PermissionDenied):
+            verify_recycled_claim(
+                Envelope.from_proto(got.answer), trust, now=now, audience="taobao"
+            )
+
+
+async def test_recycled_check_refusals(running: Running) -> None:
+    recycled = WORLD.showcase["recycled_once"]
+    now = running.clock()
+    for call, expected in [
+        (answer(running, recycled, now + timedelta(days=1)), "SINCE_IN_FUTURE"),
+        (answer(running, recycled, datetime(2001, 1, 1, tzinfo=UTC)), "SINCE_BEFORE_HISTORY"),
+        (answer(running, recycled, None), "MISSING_SINCE"),
+        (answer(running, recycled, now, platform_id="Bad Id"), "BAD_MEMBER_ID"),
+        (answer(running, "+86 138", now), "MALFORMED_NUMBER"),
+        (answer(running, PORTED, now, carrier="cucc"), "NUMBER_NOT_SERVED"),
+        (answer(running, recycled, now, caller=PeerId(Role.PLATFORM, "weibo")), "ROLE_NOT_ALLOWED"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call
+        info = rpc_error_info(e.value)
+        assert info is not None and info.reason == expected, e.value

@@ -70,8 +70,8 @@ async def test_holders_journey(federation: Federation, label: str) -> None:
     await federation.gateway.audit.flush()
     report = read_chain(federation.gateway.store.engine)
     assert report.ok and report.entries >= 4 + 7
-    with federation.gateway.store.engine.connect() as c:
-        logged = " ".join(str(tuple(r)) for r in c.execute(sa.select(audit_log)))
+    with federation.gateway.store.engine.connect() as conn:
+        logged = " ".join(str(tuple(r)) for r in conn.execute(sa.select(audit_log)))
     assert number not in logged and number[1:] not in logged
 
     # Accounts are never deleted: every seeded account is still there.

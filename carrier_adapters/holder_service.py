@@ -1,0 +1,195 @@
+"""``HolderService``: the carrier's own app channel, where a holder verifies and acts.
+
+The holder's name, ID number and SMS code arrive here and stop here. A verified holder may also
+take away a holder proof: a HOLDER_PROOF claim anyone can check offline. What goes on to the gateway
+is a signed claim (number, carrier, X, purpose, times, claim id, picked binding refs) and the
+platforms to ask; the gateway's answer comes back unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.longrunning import operations_pb2
+
+from carrier_adapters.verification import SESSION_TTL
+from numfed.claims import Purpose, normalize_number
+from numfed.config import Limits
+from numfed.envelope import Envelope
+from numfed.errors import DeadlineExceeded, InvalidArgument, NotFound
+from numfed.proof import encode_proof
+from numfed.rpc import error_from_rpc
+from numfed.timeutil import to_timestamp
+from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, holder_pb2_grpc
+
+if TYPE_CHECKING:
+    from carrier_adapters.base import CarrierAdapter
+
+__all__ = ["HolderServicer"]
+
+T = TypeVar("T")
+PROOF_LIFETIME = timedelta(days=30)
+"""How long a holder proof stays valid; it is carried around, unlike a one-use claim."""
+_ID_NUMBER_LEN = 18
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SCOPES = {
+    holder_pb2.BINDING_SCOPE_PRIOR: (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR),
+    holder_pb2.BINDING_SCOPE_OWN: (Purpose.QUERY_OWN, Purpose.RELEASE_OWN),
+}
+
+
+def _scope(scope: holder_pb2.BindingScope.ValueType) -> tuple[Purpose, Purpose]:
+    """(query purpose, release purpose) of a scope."""
+    if scope not in _SCOPES:
+        raise InvalidArgument("BAD_SCOPE", "scope must be PRIOR or OWN")
+    return _SCOPES[scope]
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: Limits, default: float) -> float:
+    """The gateway call's timeout: the holder's remaining time less a margin, else ``default``."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return default
+    left = remaining - limits.deadline_margin
+    if left <= 0:
+        raise DeadlineExceeded("DEADLINE_TOO_SHORT", "no time left to call the gateway")
+    return left
+
+
+async def _gateway(call: Awaitable[T]) -> T:
+    """Await a gateway call; its failure reaches the holder with the same code and reason."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc) from exc
+
+
+class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
+    def __init__(self, adapter: CarrierAdapter) -> None:
+        self._a = adapter
+
+    async def StartVerification(
+        self,
+        request: holder_pb2.StartVerificationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> holder_pb2.StartVerificationResponse:
+        number = normalize_number(request.number)
+        if len(request.id_number) != _ID_NUMBER_LEN:
+            raise InvalidArgument("MALFORMED_ID_NUMBER", "an ID number has 18 characters")
+        current = self._a.registry.current_holder(number, self._a.clock())
+        vid, expires = self._a.verifier.start(
+            number,
+            request.name,
+            request.id_number,
+            holder_id=current.holder.holder_id,
+            holder_name=current.holder.name,
+            holder_id_number=current.holder.id_number,
+            tenure_start=current.tenure_start,
+        )
+        return holder_pb2.StartVerificationResponse(
+            verification_id=vid, expire_time=to_timestamp(expires)
+        )
+
+    async def ConfirmVerification(
+        self,
+        request: holder_pb2.ConfirmVerificationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> holder_pb2.ConfirmVerificationResponse:
+        session = self._a.verifier.confirm(request.verification_id, request.code)
+        return holder_pb2.ConfirmVerificationResponse(
+            session_token=session.token, tenure_start=to_timestamp(session.tenure_start)
+        )
+
+    async def QueryHolderBindings(
+        self,
+        request: holder_pb2.QueryHolderBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> holder_pb2.QueryHolderBindingsResponse:
+        session = self._a.verifier.session(request.session_token)
+        purpose, _ = _scope(request.scope)
+        claim = self._a.sign(session, purpose)
+        limits = self._a.config.limits
+        answer = await _gateway(
+            self._a.gateway.QueryBindings(
+                gateway_pb2.QueryBindingsRequest(claim=claim, platform_ids=request.platform_ids),
+                timeout=_timeout(context, limits, limits.default_call_timeout),
+            )
+        )
+        return holder_pb2.QueryHolderBindingsResponse(results=answer.results)
+
+    async def ReleaseHolderBindings(
+        self,
+        request: holder_pb2.ReleaseHolderBindingsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> operations_pb2.Operation:
+        session = self._a.verifier.session(request.session_token)
+        if not _REQUEST_ID.match(request.request_id):
+            raise InvalidArgument(
+                "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
+            )
+        _, purpose = _scope(request.scope)
+        refs = tuple(request.binding_refs)
+        if purpose is Purpose.RELEASE_OWN and not refs:
+            raise InvalidArgument(
+                "NO_BINDINGS_SELECTED", "releasing own bindings needs each one picked explicitly"
+            )
+        if purpose is Purpose.RELEASE_PRIOR and refs:
+            raise InvalidArgument("UNEXPECTED_BINDING_REFS", "a prior release names no bindings")
+        body = holder_pb2.ReleaseHolderBindingsRequest(
+            scope=request.scope, binding_refs=refs, platform_ids=request.platform_ids
+        )
+        fingerprint = hashlib.sha256(body.SerializeToString(deterministic=True)).digest()
+        raw = session.release_envelope(
+            request.request_id,
+            fingerprint,
+            lambda: self._a.sign(session, purpose, refs).SerializeToString(deterministic=True),
+        )
+        limits = self._a.config.limits
+        op: operations_pb2.Operation = await _gateway(
+            self._a.gateway.ReleaseBindings(
+                gateway_pb2.ReleaseBindingsRequest(
+                    request_id=request.request_id,
+                    claim=claim_pb2.Envelope.FromString(raw),
+                    platform_ids=request.platform_ids,
+                ),
+                timeout=_timeout(context, limits, limits.default_call_timeout),
+            )
+        )
+        session.operations.add(op.name)
+        return op
+
+    async def IssueHolderProof(
+        self,
+        request: holder_pb2.IssueHolderProofRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> holder_pb2.IssueHolderProofResponse:
+        session = self._a.verifier.session(request.session_token)
+        signed = self._a.sign(session, Purpose.HOLDER_PROOF, lifetime=PROOF_LIFETIME)
+        envelope = Envelope.from_proto(signed)
+        claim = claim_pb2.TenureClaim.FromString(envelope.payload)
+        return holder_pb2.IssueHolderProofResponse(
+            token=encode_proof(envelope), expire_time=claim.expires_at
+        )
+
+    async def WatchHolderRelease(
+        self,
+        request: holder_pb2.WatchHolderReleaseRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        session = self._a.verifier.session(request.session_token)
+        if request.name not in session.operations:
+            raise NotFound("OPERATION_NOT_FOUND", "not an operation of this session")
+        timeout = _timeout(context, self._a.config.limits, SESSION_TTL.total_seconds())
+        call = self._a.gateway.WatchOperation(
+            gateway_pb2.WatchOperationRequest(name=request.name), timeout=timeout
+        )
+        try:
+            async for op in call:
+                yield op
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc

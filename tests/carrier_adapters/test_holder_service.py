@@ -1,0 +1,312 @@
+"""HolderService over a real server: verification, claims the gateway can verify, releases.
+
+The gateway is a recording fake over real mTLS, so each test sees exactly what the adapter sent
+it: a signed claim, and nothing about the holder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.envelope import Envelope
+from numfed.errors import PermissionDenied
+from numfed.history import EventKind, NumberEvent, NumberHistory
+from numfed.identity import PeerId, Role
+from numfed.proof import decode_proof, verify_proof
+from numfed.rpc import rpc_error_info
+from numfed.scenario import Holder, demo_scenario
+from numfed.trustfiles import load_trusted_state
+from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, holder_pb2_grpc
+from tests.carrier_adapters.conftest import Running
+from tests.integration.holder import OWN, PRIOR, HolderApp, sms_code
+
+WORLD = demo_scenario()
+PORTED = WORLD.showcase["ported"]
+X_PORTED = datetime(2020, 5, 6, 9, tzinfo=UTC)  # assigned at cucc; ported to cmcc in 2023
+
+
+def current_holder(number: str) -> Holder:
+    tenure = WORLD.histories[number].current_tenure(datetime.now(UTC))
+    assert tenure is not None
+    return WORLD.holders[tenure.holder_id]
+
+
+@pytest.fixture
+async def channel(running: Running) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.carriers['cmcc'].holder_port}") as ch:
+        yield ch
+
+
+async def verified(running: Running, channel: grpc.aio.Channel, number: str = PORTED) -> HolderApp:
+    return await HolderApp.verified(
+        channel, running.state_dir("cmcc"), number, current_holder(number)
+    )
+
+
+def check(running: Running, claim: claim_pb2.Envelope, *purposes: Purpose) -> VerifiedClaim:
+    now = running.clock()
+    trust = load_trusted_state(running.layout.trust_dir, now=now)
+    return verify_tenure_claim(Envelope.from_proto(claim), trust, now=now, purposes=purposes)
+
+
+async def refused(call: object) -> tuple[grpc.StatusCode, str | None]:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call  # type: ignore[misc]
+    info = rpc_error_info(e.value)
+    return e.value.code(), info.reason if info else None
+
+
+async def test_query_sends_a_claim_the_federation_verifies_and_nothing_else(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    result = gateway_pb2.PlatformResult(
+        platform_id="weibo", outcome=gateway_pb2.PLATFORM_OUTCOME_NONE
+    )
+    running.gateway.results = [result]
+    assert await app.query(PRIOR) == [result]  # the gateway's answer, unchanged
+    assert await app.query(OWN) == [result]
+
+    prior, own = running.gateway.calls
+    for call, purpose in ((prior, Purpose.QUERY_PRIOR), (own, Purpose.QUERY_OWN)):
+        assert call.peer == PeerId(Role.CARRIER, "cmcc")
+        # The holder's deadline (10 s) less a margin; grpc rounds timeouts up on the wire.
+        assert call.time_remaining is not None and 9 < call.time_remaining < 10.5
+        v = check(running, call.request.claim, purpose)  # type: ignore[attr-defined]
+        assert (v.carrier_id, v.claim.number, v.claim.purpose) == ("cmcc", PORTED, purpose)
+        assert v.claim.tenure_start == X_PORTED  # X is the assignment, not the port
+        assert v.claim.expires_at - v.claim.issued_at == timedelta(seconds=600)
+        assert v.claim.binding_refs == ()
+
+    holder = current_holder(PORTED)
+    secrets = [holder.name, holder.id_number, sms_code(running.state_dir("cmcc"), PORTED)]
+    sent = b"".join(c.request.SerializeToString() for c in running.gateway.calls)
+    for secret in secrets:
+        assert secret.encode() not in sent
+
+
+async def test_gateway_call_without_a_holder_deadline_gets_the_default(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    await app.stub.QueryHolderBindings(  # no timeout: the adapter still sets one
+        holder_pb2.QueryHolderBindingsRequest(session_token=app.token, scope=PRIOR)
+    )
+    (call,) = running.gateway.calls
+    default = running.carriers["cmcc"].adapter.config.limits.default_call_timeout
+    assert call.time_remaining is not None and default - 1 < call.time_remaining < default + 0.5
+
+
+async def test_confirm_returns_x_of_a_ported_number(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    stub = holder_pb2_grpc.HolderServiceStub(channel)
+    holder = current_holder(PORTED)
+    start = await stub.StartVerification(
+        holder_pb2.StartVerificationRequest(
+            number=PORTED, name=holder.name, id_number=holder.id_number
+        ),
+        timeout=5,
+    )
+    code = sms_code(running.state_dir("cmcc"), PORTED)
+    session = await stub.ConfirmVerification(
+        holder_pb2.ConfirmVerificationRequest(verification_id=start.verification_id, code=code),
+        timeout=5,
+    )
+    assert session.tenure_start.ToDatetime(tzinfo=UTC) == X_PORTED
+
+
+async def test_verification_refusals_over_the_wire(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    stub = holder_pb2_grpc.HolderServiceStub(channel)
+    holder = current_holder(PORTED)
+
+    def start(number: str, name: str = holder.name, id_number: str = holder.id_number) -> object:
+        return stub.StartVerification(
+            holder_pb2.StartVerificationRequest(number=number, name=name, id_number=id_number),
+            timeout=5,
+        )
+
+    wrong_id = holder.id_number[:-1] + ("0" if holder.id_number[-1] != "0" else "1")
+    assert await refused(start(PORTED, name="冒名")) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "HOLDER_NOT_VERIFIED",
+    )
+    assert await refused(start(PORTED, id_number=wrong_id)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "HOLDER_NOT_VERIFIED",
+    )
+    assert await refused(start(PORTED, id_number="123")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_ID_NUMBER",
+    )
+    assert await refused(start("13012345670")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_NUMBER",
+    )
+    assert await refused(start(WORLD.showcase["fresh"])) == (  # a ctcc number
+        grpc.StatusCode.NOT_FOUND,
+        "UNKNOWN_NUMBER",
+    )
+    assert await refused(
+        stub.ConfirmVerification(
+            holder_pb2.ConfirmVerificationRequest(verification_id="nope", code="123456"), timeout=5
+        )
+    ) == (grpc.StatusCode.NOT_FOUND, "VERIFICATION_NOT_FOUND")
+    assert await refused(
+        stub.QueryHolderBindings(
+            holder_pb2.QueryHolderBindingsRequest(session_token="nope", scope=PRIOR), timeout=5
+        )
+    ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")
+    assert running.gateway.calls == []
+
+
+async def test_the_old_carrier_cannot_verify_a_ported_number(running: Running) -> None:
+    holder = current_holder(PORTED)
+    port = running.carriers["cucc"].holder_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = holder_pb2_grpc.HolderServiceStub(ch)
+        call = stub.StartVerification(
+            holder_pb2.StartVerificationRequest(
+                number=PORTED, name=holder.name, id_number=holder.id_number
+            ),
+            timeout=5,
+        )
+        assert await refused(call) == (grpc.StatusCode.NOT_FOUND, "NUMBER_NOT_SERVED")
+
+
+async def test_release_selection_rules(running: Running, channel: grpc.aio.Channel) -> None:
+    app = await verified(running, channel)
+
+    def release(
+        scope: holder_pb2.BindingScope.ValueType, refs: tuple[str, ...] = (), rid: str = "r1"
+    ) -> Any:
+        return app.stub.ReleaseHolderBindings(
+            holder_pb2.ReleaseHolderBindingsRequest(
+                session_token=app.token, scope=scope, binding_refs=refs, request_id=rid
+            ),
+            timeout=5,
+        )
+
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    assert await refused(release(OWN)) == (bad, "NO_BINDINGS_SELECTED")
+    assert await refused(release(PRIOR, ("wb-1",))) == (bad, "UNEXPECTED_BINDING_REFS")
+    assert await refused(release(holder_pb2.BINDING_SCOPE_UNSPECIFIED)) == (bad, "BAD_SCOPE")
+    assert await refused(release(PRIOR, rid="")) == (bad, "BAD_REQUEST_ID")
+    assert await refused(release(PRIOR, rid="a/b")) == (bad, "BAD_REQUEST_ID")
+    assert running.gateway.calls == []
+
+    op = await release(OWN, ("wb-1", "tb-2"))
+    (sent,) = running.gateway.of("ReleaseBindings")
+    v = check(running, sent.claim, Purpose.RELEASE_OWN)
+    assert v.claim.binding_refs == ("wb-1", "tb-2")
+    assert v.claim.tenure_start == X_PORTED
+    assert op.name == f"operations/{hashlib.sha256(b'r1').hexdigest()[:32]}"
+
+
+async def test_release_retries_reuse_the_envelope_verbatim(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    first = await app.release(PRIOR, request_id="retry-1")
+    running.clock.t += timedelta(minutes=1)  # a new claim would differ in time and id
+    again = await app.release(PRIOR, request_id="retry-1")
+    other = await app.release(PRIOR, request_id="retry-2")
+    sent = running.gateway.of("ReleaseBindings")
+    assert len(sent) == 3 and first.name == again.name != other.name
+    assert sent[0].claim.SerializeToString() == sent[1].claim.SerializeToString()
+    assert sent[2].claim.SerializeToString() != sent[0].claim.SerializeToString()
+    assert check(running, sent[0].claim, Purpose.RELEASE_PRIOR).claim.purpose is (
+        Purpose.RELEASE_PRIOR
+    )
+
+    # The same request_id with another body is refused here, not silently answered.
+    call = app.release(OWN, ("wb-1",), request_id="retry-1")
+    assert await refused(call) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert len(running.gateway.of("ReleaseBindings")) == 3
+
+
+async def test_watch_passes_through_only_this_sessions_operations(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    op = await app.release(PRIOR, request_id="w1")
+    seen = await app.watch(op.name)
+    assert [(o.name, o.done) for o in seen] == [(op.name, False), (op.name, True)]
+    (watched,) = running.gateway.of("WatchOperation")
+    assert watched.name == op.name
+
+    other = await verified(running, channel)  # the same holder, a new session
+    assert await refused(other.watch(op.name)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "OPERATION_NOT_FOUND",
+    )
+    assert await refused(app.watch("operations/" + "0" * 32)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "OPERATION_NOT_FOUND",
+    )
+    assert len(running.gateway.of("WatchOperation")) == 1
+
+
+async def test_gateway_errors_reach_the_holder_with_their_reason(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    running.gateway.fail_with = PermissionDenied("NUMBER_NOT_SERVED", "not served")
+    assert await refused(app.query(PRIOR)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NUMBER_NOT_SERVED",
+    )
+
+
+async def test_no_claim_once_the_holder_has_left(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    now = running.clock()
+    number = "+8613900001111"
+    history = NumberHistory(
+        number,
+        (
+            NumberEvent(EventKind.ASSIGNED, now - timedelta(days=400), "cmcc", "leaver"),
+            NumberEvent(EventKind.DEACTIVATED, now + timedelta(minutes=5), "cmcc"),
+        ),
+    )
+    holder = Holder("leaver", "赵敏", "110101199001011234")
+    running.carriers["cmcc"].adapter.registry.seed([holder], [history])
+    app = await HolderApp.verified(channel, running.state_dir("cmcc"), number, holder)
+    running.clock.t += timedelta(minutes=10)  # the session lives on; the tenure has ended
+    assert await refused(app.query(PRIOR)) == (grpc.StatusCode.NOT_FOUND, "NO_CURRENT_HOLDER")
+    assert running.gateway.calls == []
+
+
+async def test_holder_proof_verifies_offline(running: Running, channel: grpc.aio.Channel) -> None:
+    app = await verified(running, channel)
+    proof = await app.stub.IssueHolderProof(
+        holder_pb2.IssueHolderProofRequest(session_token=app.token), timeout=5
+    )
+    now = running.clock()
+    trust = load_trusted_state(running.layout.trust_dir, now=now)
+    proven = verify_proof(proof.token, trust, now=now + timedelta(days=29))
+    c = proven.claim
+    assert (c.number, c.carrier_id, c.purpose, c.tenure_start) == (
+        PORTED,
+        "cmcc",
+        Purpose.HOLDER_PROOF,
+        X_PORTED,
+    )
+    assert proof.expire_time.ToDatetime(tzinfo=UTC) == c.expires_at == now + timedelta(days=30)
+    holder = current_holder(PORTED)
+    payload = decode_proof(proof.token).payload
+    assert holder.name.encode() not in payload and holder.id_number.encode() not in payload
+    assert running.gateway.calls == []  # a proof is the holder's to carry, not the gateway's
+    assert await refused(
+        app.stub.IssueHolderProof(holder_pb2.IssueHolderProofRequest(session_token="x"), timeout=5)
+    ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")
