@@ -107,3 +107,23 @@ async def test_retried_release_request_is_one_operation(federation: Federation) 
     await app.watch(first.name)
     applied = sum(h.store.counts()["applied"] for h in federation.platforms.values())
     assert applied == 7  # one application per platform, not two
+
+
+async def test_holder_takes_away_a_proof_anyone_can_check_offline(
+    federation: Federation,
+) -> None:
+    from numfed.proof import verify_proof
+    from numfed.trustfiles import load_trusted_state
+    from numfed.v1 import holder_pb2
+
+    number = WORLD.showcase["ported"]
+    app = await holder_app(federation, number)
+    issued = await app.stub.IssueHolderProof(
+        holder_pb2.IssueHolderProofRequest(session_token=app.token), timeout=5
+    )
+    now = datetime.now(UTC)
+    proven = verify_proof(
+        issued.token, load_trusted_state(federation.layout.trust_dir, now=now), now=now
+    )
+    assert proven.claim.number == number
+    assert proven.claim.tenure_start == WORLD.histories[number].tenure_start(now)
