@@ -33,7 +33,7 @@ from numfed.cli import Command
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import Scenario, demo_scenario
-from numfed.v1 import gateway_pb2, holder_pb2, holder_pb2_grpc
+from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
 
 __all__ = ["DEMO", "run_demo"]
 
@@ -270,6 +270,69 @@ class Journey:
                 got == own, f"the current holder's {sum(own.values())} own binding(s) are untouched"
             )
 
+    def recycled(self) -> None:
+        """A platform asks whether a number changed holder since a date: one signed bit."""
+        from numfed.timeutil import to_timestamp
+
+        self.console.rule("[bold]recycled check[/] (platform weibo asks; the carrier answers)")
+        number = self.scenario.showcase["recycled_once"]
+        creds = pki.channel_credentials(self.layout.pki_dir, PeerId(Role.PLATFORM, "weibo"))
+        t = Table(title_justify="left")
+        for col in ("number", "changed holder since", "signed answer"):
+            t.add_column(col)
+        answers = {}
+        with grpc.secure_channel(self.layout.gateway_endpoint, creds) as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            for since in (datetime(2020, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)):
+                answer = stub.CheckRecycled(
+                    gateway_pb2.CheckRecycledRequest(number=number, since=to_timestamp(since)),
+                    timeout=5,
+                )
+                claim = claim_pb2.RecycledClaim.FromString(answer.answer.payload)
+                answers[since.year] = claim.changed
+                t.add_row(number, f"{since:%Y-%m-%d}", f"{claim.changed} (by {claim.carrier_id})")
+        self.console.print(t)
+        self.expect(answers == {2020: True, 2024: False}, "one signed bit per question, never X")
+
+    def proof(self) -> None:
+        """The holder of a ported number takes away a proof anyone can check offline."""
+        self.console.rule("[bold]holder proof[/] (checked offline with numfed verify)")
+        number = self.scenario.showcase["ported"]
+        now = datetime.now(UTC)
+        history = self.scenario.histories[number]
+        tenure = history.current_tenure(now)
+        carrier = history.carrier_at(now)
+        assert tenure is not None and carrier is not None
+        holder = self.scenario.holders[tenure.holder_id]
+        with grpc.insecure_channel(self.layout.holder_endpoints[carrier]) as channel:
+            stub = holder_pb2_grpc.HolderServiceStub(channel)
+            start = stub.StartVerification(
+                holder_pb2.StartVerificationRequest(
+                    number=number, name=holder.name, id_number=holder.id_number
+                ),
+                timeout=5,
+            )
+            code = read_sms_code(self.layout, carrier, number)
+            session = stub.ConfirmVerification(
+                holder_pb2.ConfirmVerificationRequest(
+                    verification_id=start.verification_id, code=code
+                ),
+                timeout=5,
+            )
+            issued = stub.IssueHolderProof(
+                holder_pb2.IssueHolderProofRequest(session_token=session.session_token), timeout=5
+            )
+        trust = str(self.layout.trust_dir)
+        result = subprocess.run(
+            [sys.executable, "-m", "numfed", "verify", issued.token, "--trust", trust],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.console.print(f"  $ numfed verify {issued.token[:24]}… --trust trust/")
+        self.console.print("  " + result.stdout.strip().replace("\n", "\n  "))
+        self.expect(result.returncode == 0, "the proof verifies offline against the trust files")
+
     def audit(self) -> None:
         """``numfed audit verify``: the gateway's log is intact."""
         self.console.rule("[bold]audit[/]")
@@ -348,6 +411,8 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> int
             console.print(f"ready in {time.monotonic() - started:.1f} s")
             for label, number in scenario.showcase.items():
                 journey.walk(label, number)
+            journey.recycled()
+            journey.proof()
             journey.audit()
     except (ExpectationFailed, grpc.RpcError) as exc:
         journey.failures.append(str(exc))
