@@ -8,10 +8,7 @@ SQLite (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so an expired lease can be ta
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -22,11 +19,23 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.schema import portability, release_jobs, release_tasks
+from numfed.db import DbThread, sqlite_engine
 
 __all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_TASK_COLUMNS = (
+    release_tasks.c.job_id,
+    release_tasks.c.platform_id,
+    release_tasks.c.state,
+    release_tasks.c.outcome,
+    release_tasks.c.attempts,
+    release_tasks.c.next_attempt_us,
+    release_tasks.c.result,
+)
+"""The columns a TaskRow holds."""
 
 TASK_PENDING = 0
 TASK_DONE = 1
@@ -69,38 +78,22 @@ class TaskUpdate:
     next_attempt_us: int
 
 
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
 class Store:
     """Jobs, tasks and portability on one database URL."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool)
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine: Engine = sqlite_engine(url)
         else:
             self.engine = sa.create_engine(url, pool_size=4, max_overflow=4)
         self.dialect = self.engine.dialect.name
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="numfed-db")
-
-    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        self._thread = DbThread("gateway-db")
+        self.run = self._thread.run
         """Run one store method on the database thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._thread.close()
         self.engine.dispose()
 
     def migrate(self) -> None:
@@ -131,15 +124,7 @@ class Store:
             if row is None:
                 return None
             tasks = conn.execute(
-                sa.select(
-                    release_tasks.c.job_id,
-                    release_tasks.c.platform_id,
-                    release_tasks.c.state,
-                    release_tasks.c.outcome,
-                    release_tasks.c.attempts,
-                    release_tasks.c.next_attempt_us,
-                    release_tasks.c.result,
-                )
+                sa.select(*_TASK_COLUMNS)
                 .where(release_tasks.c.job_id == job_id)
                 .order_by(release_tasks.c.platform_id)
             ).all()
@@ -197,15 +182,7 @@ class Store:
                 )
             }
             tasks = conn.execute(
-                sa.select(
-                    release_tasks.c.job_id,
-                    release_tasks.c.platform_id,
-                    release_tasks.c.state,
-                    release_tasks.c.outcome,
-                    release_tasks.c.attempts,
-                    release_tasks.c.next_attempt_us,
-                    release_tasks.c.result,
-                ).where(
+                sa.select(*_TASK_COLUMNS).where(
                     release_tasks.c.lease_owner == owner,
                     release_tasks.c.lease_until_us == now_us + lease_us,
                     release_tasks.c.job_id.in_(job_ids),

@@ -32,7 +32,7 @@ from numfed import pki
 from numfed.cli import Command
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
-from numfed.scenario import Scenario, demo_scenario
+from numfed.scenario import Holder, Scenario, demo_scenario
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
 
 __all__ = ["DEMO", "run_demo"]
@@ -149,6 +149,28 @@ def read_sms_code(layout: FederationLayout, carrier: str, number: str) -> str:
     raise ExpectationFailed(f"no SMS code for {number} in {outbox}")
 
 
+def verify_holder(
+    stub: holder_pb2_grpc.HolderServiceStub,
+    layout: FederationLayout,
+    carrier: str,
+    number: str,
+    holder: Holder,
+) -> holder_pb2.ConfirmVerificationResponse:
+    """Name + ID number, then the SMS code from the carrier's outbox: a holder session."""
+    start = stub.StartVerification(
+        holder_pb2.StartVerificationRequest(
+            number=number, name=holder.name, id_number=holder.id_number
+        ),
+        timeout=5,
+    )
+    code = read_sms_code(layout, carrier, number)
+    session: holder_pb2.ConfirmVerificationResponse = stub.ConfirmVerification(
+        holder_pb2.ConfirmVerificationRequest(verification_id=start.verification_id, code=code),
+        timeout=5,
+    )
+    return session
+
+
 class Journey:
     def __init__(self, layout: FederationLayout, scenario: Scenario, console: Console) -> None:
         self.layout = layout
@@ -210,19 +232,7 @@ class Journey:
                     exc.code() == grpc.StatusCode.PERMISSION_DENIED,
                     f"a stranger's verification is refused ({exc.code().name})",
                 )
-            start = stub.StartVerification(
-                holder_pb2.StartVerificationRequest(
-                    number=number, name=holder.name, id_number=holder.id_number
-                ),
-                timeout=5,
-            )
-            code = read_sms_code(self.layout, carrier, number)
-            session = stub.ConfirmVerification(
-                holder_pb2.ConfirmVerificationRequest(
-                    verification_id=start.verification_id, code=code
-                ),
-                timeout=5,
-            )
+            session = verify_holder(stub, self.layout, carrier, number, holder)
             x = session.tenure_start.ToDatetime(tzinfo=UTC)
             self.expect(
                 x == tenure.start, f"holder verified by SMS; tenure began {x:%Y-%m-%d %H:%M} (X)"
@@ -306,19 +316,7 @@ class Journey:
         holder = self.scenario.holders[tenure.holder_id]
         with grpc.insecure_channel(self.layout.holder_endpoints[carrier]) as channel:
             stub = holder_pb2_grpc.HolderServiceStub(channel)
-            start = stub.StartVerification(
-                holder_pb2.StartVerificationRequest(
-                    number=number, name=holder.name, id_number=holder.id_number
-                ),
-                timeout=5,
-            )
-            code = read_sms_code(self.layout, carrier, number)
-            session = stub.ConfirmVerification(
-                holder_pb2.ConfirmVerificationRequest(
-                    verification_id=start.verification_id, code=code
-                ),
-                timeout=5,
-            )
+            session = verify_holder(stub, self.layout, carrier, number, holder)
             issued = stub.IssueHolderProof(
                 holder_pb2.IssueHolderProofRequest(session_token=session.session_token), timeout=5
             )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
+from numfed.db import DbThread, sqlite_engine
 from numfed.timeutil import from_us, to_us
 from platform_stubs.rules import Binding
 
@@ -71,28 +69,15 @@ Selector = Callable[[list[Binding]], tuple[list[int], bytes]]
 """Given the number's bindings, choose the binding ids to release and the result to store."""
 
 
-def _on_connect(dbapi_conn: object, _record: object) -> None:
-    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
 class PlatformStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.SingletonThreadPool)
-        sa.event.listen(self.engine, "connect", _on_connect)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="platform-db")
+        self.engine = sqlite_engine(path)
+        self._thread = DbThread("platform-db")
+        self.run = self._thread.run
         _md.create_all(self.engine)
 
-    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._thread.close()
         self.engine.dispose()
 
     def is_empty(self) -> bool:

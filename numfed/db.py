@@ -1,0 +1,55 @@
+"""Database plumbing shared by every role: SQLite engines in WAL mode, and one DB thread.
+
+Servers run on asyncio; SQLAlchemy is synchronous. Each store runs its work on one worker
+thread of its own, so the event loop never blocks and SQLite sees a single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import sqlalchemy as sa
+
+__all__ = ["DbThread", "sqlite_engine"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _pragmas(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def sqlite_engine(url_or_path: str | Path) -> sa.Engine:
+    """A SQLite engine (WAL, NORMAL sync, busy timeout, foreign keys); creates the folder."""
+    url = url_or_path if isinstance(url_or_path, str) else f"sqlite:///{url_or_path}"
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool)
+    sa.event.listen(engine, "connect", _pragmas)
+    return engine
+
+
+class DbThread:
+    """One worker thread that runs a store's synchronous database work."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
