@@ -89,16 +89,24 @@ def _member_id(value: str, what: str) -> str:
     return value
 
 
+def _utc(obj: object, *names: str) -> None:
+    """Check that a frozen claim's timestamps are aware and store them in UTC."""
+    for name in names:
+        object.__setattr__(obj, name, require_utc(getattr(obj, name), name))
+
+
 def _window(issued_at: datetime, expires_at: datetime) -> None:
-    require_utc(issued_at, "issued_at")
-    require_utc(expires_at, "expires_at")
     if expires_at <= issued_at:
         raise InvalidArgument("MALFORMED_CLAIM", "expires_at must follow issued_at")
 
 
 @dataclass(frozen=True)
 class TenureClaim:
-    """Number N has been held by its current holder since ``tenure_start`` (X)."""
+    """Number N has been held by its current holder since ``tenure_start`` (X).
+
+    The lifetime is not bounded here but by the verifier's :class:`ClaimPolicy`: a holder proof
+    may live for weeks, a query claim for minutes.
+    """
 
     number: str
     carrier_id: str
@@ -112,7 +120,8 @@ class TenureClaim:
     def __post_init__(self) -> None:
         normalize_number(self.number)
         _member_id(self.carrier_id, "carrier_id")
-        require_utc(self.tenure_start, "tenure_start")
+        _utc(self, "tenure_start", "issued_at", "expires_at")
+        object.__setattr__(self, "binding_refs", tuple(self.binding_refs))
         _window(self.issued_at, self.expires_at)
         if self.tenure_start > self.issued_at:
             raise InvalidArgument("MALFORMED_CLAIM", "tenure_start is after the claim was issued")
@@ -142,6 +151,7 @@ class TenureClaim:
         lifetime: timedelta = timedelta(minutes=10),
         binding_refs: tuple[str, ...] = (),
     ) -> TenureClaim:
+        """A claim issued at ``now`` for ``lifetime``, with a fresh random claim_id."""
         return cls(
             number=number,
             carrier_id=carrier_id,
@@ -205,7 +215,7 @@ class RecycledClaim:
         normalize_number(self.number)
         _member_id(self.carrier_id, "carrier_id")
         _member_id(self.platform_id, "platform_id")
-        require_utc(self.since, "since")
+        _utc(self, "since", "issued_at", "expires_at")
         _window(self.issued_at, self.expires_at)
         if len(self.claim_id) != CLAIM_ID_BYTES:
             raise InvalidArgument("MALFORMED_CLAIM", "claim_id must have 16 bytes")
@@ -249,6 +259,8 @@ def sign_claim(claim: TenureClaim | RecycledClaim, key: SigningKey) -> Envelope:
 
 @dataclass(frozen=True)
 class VerifiedClaim:
+    """A tenure claim whose signature, issuer, scope, time and purpose all checked out."""
+
     claim: TenureClaim
     key_id: str
     carrier_id: str
@@ -256,6 +268,8 @@ class VerifiedClaim:
 
 @dataclass(frozen=True)
 class VerifiedRecycledClaim:
+    """A recycled-check answer that verified and is addressed to the expected platform."""
+
     claim: RecycledClaim
     key_id: str
     carrier_id: str

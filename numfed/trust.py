@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from google.protobuf.message import DecodeError
 
@@ -43,6 +44,11 @@ def _bad(reason: str, what: str) -> InvalidArgument:
     return InvalidArgument(reason, what)
 
 
+def _freeze(obj: object, name: str, value: object) -> None:
+    """Replace a field of a frozen dataclass with an immutable copy, so rules checked stay true."""
+    object.__setattr__(obj, name, value)
+
+
 @dataclass(frozen=True)
 class Root:
     """Root metadata: the federation root keys and their threshold."""
@@ -53,7 +59,8 @@ class Root:
     threshold: int
 
     def __post_init__(self) -> None:
-        require_utc(self.expires_at, "root expires_at")
+        _freeze(self, "expires_at", require_utc(self.expires_at, "root expires_at"))
+        _freeze(self, "keys", MappingProxyType(dict(self.keys)))
         if self.version < 1:
             raise _bad("MALFORMED_ROOT", "root version starts at 1")
         if not 1 <= self.threshold <= len(self.keys):
@@ -89,8 +96,9 @@ class CarrierKey:
     number_prefixes: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        require_utc(self.not_before, "not_before")
-        require_utc(self.not_after, "not_after")
+        _freeze(self, "not_before", require_utc(self.not_before, "not_before"))
+        _freeze(self, "not_after", require_utc(self.not_after, "not_after"))
+        _freeze(self, "number_prefixes", tuple(self.number_prefixes))
         if self.not_after <= self.not_before:
             raise _bad("MALFORMED_BUNDLE", "a carrier key's not_after must follow not_before")
         if not _CARRIER.match(self.carrier_id):
@@ -99,10 +107,12 @@ class CarrierKey:
             raise _bad("MALFORMED_BUNDLE", "number prefixes are '+' and digits, at least one")
 
     def covers(self, number: str) -> bool:
+        """True when ``number`` (E.164) starts with one of the key's prefixes."""
         return any(number.startswith(p) for p in self.number_prefixes)
 
     def valid_at(self, t: datetime) -> bool:
-        return self.not_before <= t <= self.not_after
+        """True when ``t`` lies in the key's window [not_before, not_after], both inclusive."""
+        return self.not_before <= require_utc(t, "t") <= self.not_after
 
     @classmethod
     def from_proto(cls, pb: trust_pb2.CarrierKey) -> CarrierKey:
@@ -135,8 +145,10 @@ class TrustBundle:
     revoked_key_ids: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        require_utc(self.issued_at, "bundle issued_at")
-        require_utc(self.expires_at, "bundle expires_at")
+        _freeze(self, "issued_at", require_utc(self.issued_at, "bundle issued_at"))
+        _freeze(self, "expires_at", require_utc(self.expires_at, "bundle expires_at"))
+        _freeze(self, "carrier_keys", MappingProxyType(dict(self.carrier_keys)))
+        _freeze(self, "revoked_key_ids", frozenset(self.revoked_key_ids))
         if self.version < 1:
             raise _bad("MALFORMED_BUNDLE", "bundle version starts at 1")
         if self.expires_at <= self.issued_at:
@@ -169,11 +181,17 @@ class TrustBundle:
 
 
 def sign_root(root: Root, signers: Sequence[SigningKey]) -> Envelope:
+    """Sign root metadata (deterministic bytes) with each of ``signers``.
+
+    A rotation to version n+1 is signed by a threshold of version n's keys and a threshold of
+    its own keys; pass both sets.
+    """
     payload = root.to_proto().SerializeToString(deterministic=True)
     return sign(ROOT_PAYLOAD_TYPE, payload, signers)
 
 
 def sign_bundle(bundle: TrustBundle, signers: Sequence[SigningKey]) -> Envelope:
+    """Sign a trust bundle (deterministic bytes) with a threshold of the current root's keys."""
     payload = bundle.to_proto().SerializeToString(deterministic=True)
     return sign(BUNDLE_PAYLOAD_TYPE, payload, signers)
 
@@ -199,16 +217,24 @@ def _parse_root(envelope: Envelope) -> Root:
 
 
 class TrustedState:
-    """What a verifier trusts now: a root chain from its pin, and the newest bundle it accepted."""
+    """What a verifier trusts now: a root chain from its pin, and the newest bundle it accepted.
+
+    The pin (normally root version 1) is trusted out of band, yet it must still verify with a
+    threshold of its own keys. An expired pin is still a pin: it can rotate to a newer root,
+    but no bundle is accepted while the current root is expired.
+    """
 
     def __init__(self, pinned_root: Envelope, *, now: datetime) -> None:
+        require_utc(now, "now")
+        if pinned_root.payload_type != ROOT_PAYLOAD_TYPE:
+            raise Unauthenticated("WRONG_PAYLOAD_TYPE", f"expected {ROOT_PAYLOAD_TYPE}")
+        # Self-signed: the keys that verify the pin are inside it, so it is parsed first.
         root = _parse_root(pinned_root)
-        # The pin is trusted out of band, but it must still be self-consistent.
         _threshold(pinned_root, root, ROOT_PAYLOAD_TYPE, "ROOT_THRESHOLD_NOT_MET")
         self._root = root
+        self._accepted_roots = {pinned_root.payload}
         self._bundle: TrustBundle | None = None
         self._bundle_envelope: Envelope | None = None
-        del now  # an expired pin is still a pin; expiry is checked wherever it is used
 
     @property
     def root(self) -> Root:
@@ -234,6 +260,7 @@ class TrustedState:
         if new.expires_at <= require_utc(now, "now"):
             raise Unauthenticated("ROOT_EXPIRED", f"root version {new.version} has expired")
         self._root = new
+        self._accepted_roots.add(envelope.payload)
         # The bundle was signed under the old root: keep it only if the new root still signs it.
         old = self._bundle_envelope
         if (
@@ -246,7 +273,11 @@ class TrustedState:
             self._bundle_envelope = None
 
     def update_bundle(self, envelope: Envelope, *, now: datetime) -> None:
-        """Accept the next bundle (version current+1; the first one at any version)."""
+        """Accept the next bundle: version current+1, or any version if none is held yet.
+
+        The bundle held, sent again byte for byte, is a refresh and changes nothing (it must
+        still be unexpired); another bundle at the same version is a rollback.
+        """
         now = require_utc(now, "now")
         if self._root.expires_at <= now:
             raise Unauthenticated("ROOT_EXPIRED", "the trusted root has expired")
@@ -255,6 +286,8 @@ class TrustedState:
             bundle = TrustBundle.from_proto(trust_pb2.TrustBundle.FromString(envelope.payload))
         except DecodeError as exc:
             raise _bad("MALFORMED_BUNDLE", "bundle payload does not parse") from exc
+        if bundle.expires_at <= now:
+            raise Unauthenticated("BUNDLE_EXPIRED", f"bundle version {bundle.version} has expired")
         current, current_envelope = self._bundle, self._bundle_envelope
         if current is not None and current_envelope is not None:
             if envelope.payload == current_envelope.payload:
@@ -269,15 +302,18 @@ class TrustedState:
                     "BUNDLE_FAST_FORWARD",
                     f"bundle version {bundle.version} skips past {current.version + 1}",
                 )
-        if bundle.expires_at <= now:
-            raise Unauthenticated("BUNDLE_EXPIRED", f"bundle version {bundle.version} has expired")
         self._bundle = bundle
         self._bundle_envelope = envelope
 
     def update(self, roots: Sequence[Envelope], bundle: Envelope, *, now: datetime) -> None:
-        """Apply a GetTrustBundle answer: each newer root in order, then the bundle."""
+        """Apply a GetTrustBundle answer: each newer root in order, then the bundle.
+
+        Roots this state has already accepted (byte for byte) are skipped, so asking again
+        for the whole chain is a refresh, not an error.
+        """
         for r in roots:
-            self.update_root(r, now=now)
+            if r.payload not in self._accepted_roots:
+                self.update_root(r, now=now)
         self.update_bundle(bundle, now=now)
 
     def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:

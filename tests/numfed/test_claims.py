@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -236,32 +237,49 @@ def test_malformed_numbers_refused(number: str) -> None:
     assert e.value.reason == "MALFORMED_NUMBER"
 
 
-def test_claim_rules_when_built() -> None:
-    with pytest.raises(InvalidArgument):
-        tenure(lifetime=timedelta(seconds=-1))
-    with pytest.raises(InvalidArgument):
-        replace(tenure(), claim_id=b"short")
-    with pytest.raises(InvalidArgument):
-        replace(tenure(), tenure_start=NOW + timedelta(days=1))
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"expires_at": NOW}, "MALFORMED_CLAIM"),  # not after issued_at
+        ({"claim_id": b"short"}, "MALFORMED_CLAIM"),
+        ({"tenure_start": NOW + timedelta(days=1)}, "MALFORMED_CLAIM"),
+        ({"binding_refs": ("a",)}, "MALFORMED_CLAIM"),  # only RELEASE_OWN names bindings
+        ({"carrier_id": "CMCC"}, "MALFORMED_CLAIM"),
+        ({"number": "+86 139 1234 5678"}, "MALFORMED_NUMBER"),
+        ({"issued_at": NOW.replace(tzinfo=None)}, "NAIVE_TIMESTAMP"),
+        ({"purpose": Purpose.RELEASE_OWN}, "NO_BINDINGS_SELECTED"),
+        ({"purpose": Purpose.RELEASE_OWN, "binding_refs": ("a", "a")}, "MALFORMED_CLAIM"),
+        (
+            {"purpose": Purpose.RELEASE_OWN, "binding_refs": tuple(map(str, range(1001)))},
+            "MALFORMED_CLAIM",
+        ),
+    ],
+)
+def test_claim_rules_when_built(changes: dict[str, Any], why: str) -> None:
     with pytest.raises(InvalidArgument) as e:
-        tenure(purpose=Purpose.RELEASE_OWN)  # no bindings picked
-    assert e.value.reason == "NO_BINDINGS_SELECTED"
-    with pytest.raises(InvalidArgument):
-        replace(tenure(), binding_refs=("a",))  # only RELEASE_OWN names bindings
-    with pytest.raises(InvalidArgument):
-        replace(tenure(), issued_at=NOW.replace(tzinfo=None))
+        replace(tenure(), **changes)
+    assert e.value.reason == why
+
+
+def test_timestamps_are_stored_in_utc() -> None:
+    beijing = timezone(timedelta(hours=8))
+    c = tenure(now=NOW.astimezone(beijing))
+    assert c.issued_at.tzinfo is UTC and c.issued_at == NOW
 
 
 def test_round_trip_keeps_every_field() -> None:
     c = TenureClaim.new(
         number="+8613912345678",
         carrier_id="cmcc",
-        tenure_start=X,
+        tenure_start=X.replace(microsecond=123457),
         purpose=Purpose.RELEASE_OWN,
-        now=NOW,
+        now=NOW.replace(microsecond=999999),
         binding_refs=("r1", "r2"),
     )
     assert TenureClaim.from_proto(c.to_proto()) == c
+    assert TenureClaim.from_proto(c.to_proto()).tenure_start.microsecond == 123457
+    r = RecycledClaim("+8613912345678", "cmcc", X, False, "weibo", NOW, NOW + timedelta(1))
+    assert RecycledClaim.from_proto(r.to_proto()) == r
 
 
 def test_recycled_claim_verifies_for_its_audience_only(fed: Federation) -> None:
@@ -274,3 +292,45 @@ def test_recycled_claim_verifies_for_its_audience_only(fed: Federation) -> None:
     assert e.value.reason == "WRONG_AUDIENCE"
     with pytest.raises(Unauthenticated):
         verify_tenure_claim(env, fed.state(), now=NOW, purposes=ALL)
+
+
+def test_recycled_claim_attacks_refused(fed: Federation) -> None:
+    def recycled(**changes: Any) -> RecycledClaim:
+        c = RecycledClaim(
+            "+8613912345678", "cmcc", X, True, "weibo", NOW, NOW + timedelta(minutes=5)
+        )
+        return replace(c, **changes)
+
+    cases: list[tuple[Envelope, type[NumfedError], str]] = [
+        (
+            sign_claim(recycled(), fed.carrier_keys["cucc"]),
+            PermissionDenied,
+            "CARRIER_KEY_MISMATCH",
+        ),
+        (
+            sign_claim(recycled(number="+8618612345678"), fed.carrier_keys["cmcc"]),
+            PermissionDenied,
+            "KEY_OUT_OF_SCOPE",
+        ),
+        (
+            sign_claim(
+                recycled(issued_at=NOW - timedelta(hours=1), expires_at=NOW - timedelta(minutes=2)),
+                fed.carrier_keys["cmcc"],
+            ),
+            Unauthenticated,
+            "CLAIM_EXPIRED",
+        ),
+        (
+            sign(
+                TENURE_CLAIM_PAYLOAD_TYPE,
+                recycled().to_proto().SerializeToString(),
+                [fed.carrier_keys["cmcc"]],
+            ),
+            Unauthenticated,
+            "WRONG_PAYLOAD_TYPE",
+        ),
+    ]
+    for env, cls, why in cases:
+        with pytest.raises(cls) as e:
+            verify_recycled_claim(env, fed.state(), now=NOW, audience="weibo")
+        assert e.value.reason == why
