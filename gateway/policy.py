@@ -18,4 +18,6 @@ POLICY = {
     _SVC + "GetOperation": _CARRIER,
     _SVC + "WatchOperation": _CARRIER,
     _SVC + "CheckRecycled": _PLATFORM,
+    _SVC + "PublishEvents": _CARRIER,
+    _SVC + "PullEvents": _PLATFORM,
 }

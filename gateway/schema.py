@@ -76,3 +76,23 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+event_batches = Table(
+    "event_batches",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("carrier_id", String(32), nullable=False),
+    Column("received_us", BigInteger, nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+)
+
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("platform_id", String(32), primary_key=True),
+    Column("acked_seq", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)

@@ -15,9 +15,11 @@ from grpc_health.v1 import health_pb2
 from gateway.audit import AuditWriter
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
+from gateway.eventlog import EventLog
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.pusher import EventPusher
 from gateway.results import now_us
 from gateway.service import GatewayServicer, TrustFiles
 from gateway.store import Store
@@ -43,6 +45,11 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+
+
+def wake_all(pushers: list[EventPusher]) -> None:
+    for p in pushers:
+        p.wake()
 
 
 @dataclass
@@ -109,6 +116,12 @@ class Gateway:
         portability.update(seeds)
         watchers = JobWatchers()
         audit = AuditWriter(store.engine, store.run)
+        events = EventLog(store.engine)
+        pushers = [
+            EventPusher(link=links[m.id], events=events, store=store, limits=config.limits)
+            for m in config.platforms
+            if m.events == "push"
+        ]
         dispatcher = Dispatcher(
             audit=audit.record,
             store=store,
@@ -132,6 +145,8 @@ class Gateway:
             carrier_stubs={
                 c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
             },
+            events=events,
+            on_events=lambda: wake_all(pushers),
         )
 
         def register(server: grpc.aio.Server) -> str:
@@ -162,6 +177,7 @@ class Gateway:
         else:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
+        gw.tasks += [asyncio.create_task(p.run()) for p in pushers]
         for member in config.carriers:
             gw.tasks.append(asyncio.create_task(gw._sync_portability(member)))
         return gw

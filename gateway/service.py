@@ -18,6 +18,7 @@ from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
 from gateway.batcher import BatchTimeout
 from gateway.dispatcher import Dispatcher
+from gateway.eventlog import EventLog
 from gateway.platforms import PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store
@@ -31,8 +32,10 @@ from numfed.errors import (
     InvalidArgument,
     NotFound,
     NumfedError,
+    PermissionDenied,
     Unavailable,
 )
+from numfed.events import EventKind, verify_event_batch
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
 from numfed.trust import TrustedState
@@ -40,6 +43,7 @@ from numfed.v1 import (
     carrier_pb2,
     carrier_pb2_grpc,
     claim_pb2,
+    events_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     platform_pb2,
@@ -78,7 +82,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         carriers: Collection[str],
         audit: AuditWriter,
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
+        events: EventLog,
+        on_events: Callable[[], None] = lambda: None,
     ) -> None:
+        self._events = events
+        self._on_events = on_events
         self._audit = audit
         self._carrier_stubs = carrier_stubs
         self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
@@ -297,6 +305,71 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         )
         return gateway_pb2.CheckRecycledResponse(answer=answer.answer)
+
+    # -- lifecycle events ----------------------------------------------------------------------
+
+    async def PublishEvents(
+        self, request: gateway_pb2.PublishEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.PublishEventsResponse:
+        caller = current_peer()
+        envelope = Envelope.from_proto(request.batch)
+        batch = verify_event_batch(envelope, self._trust, now=datetime.now(UTC))
+        if batch.carrier_id != caller.id:
+            raise PermissionDenied("CALLER_NOT_SIGNER", "a carrier publishes its own batches only")
+        ported: list[tuple[str, str]] = []
+        for e in batch.events:
+            key = self._pseudonym(e.number)
+            if e.kind is EventKind.PORTED:
+                if e.to_carrier != caller.id:
+                    raise PermissionDenied(
+                        "NOT_RECEIVING_CARRIER", "the receiving carrier announces a port"
+                    )
+                ported.append((key, caller.id))
+            elif self._portability.carrier_for(key) != caller.id:
+                raise PermissionDenied(
+                    "NUMBER_NOT_SERVED",
+                    f"carrier {caller.id!r} does not serve a number in the batch",
+                )
+        raw = request.batch.SerializeToString(deterministic=True)
+        seq = await self._store.run(
+            self._events.append, caller.id, raw, len(batch.events), now_us()
+        )
+        if ported:
+            self._portability.update(ported)
+            await self._store.run(self._store.put_portability, ported, now_us())
+        self._audit.record(
+            AuditRecord(
+                now_us(),
+                "EVENTS_PUBLISHED",
+                caller.uri,
+                "",
+                "ACCEPTED",
+                {"seq": str(seq), "events": str(len(batch.events))},
+            )
+        )
+        self._on_events()
+        return gateway_pb2.PublishEventsResponse(seq=seq)
+
+    async def PullEvents(
+        self, request: gateway_pb2.PullEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.PullEventsResponse:
+        caller = current_peer()
+        limit = request.max_batches or 20
+        if limit > 100:
+            raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
+        head = await self._store.run(self._events.head)
+        if request.ack_through_seq > head:
+            raise InvalidArgument("ACK_BEYOND_LOG", "ack_through_seq is beyond the event log")
+        cursor = await self._store.run(
+            self._events.ack, caller.id, request.ack_through_seq, now_us()
+        )
+        rows = await self._store.run(self._events.after, cursor, limit)
+        return gateway_pb2.PullEventsResponse(
+            batches=[
+                events_pb2.SequencedBatch(seq=seq, batch=claim_pb2.Envelope.FromString(raw))
+                for seq, raw in rows
+            ]
+        )
 
     async def GetOperation(
         self, request: gateway_pb2.GetOperationRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -77,6 +77,8 @@ class Member:
 
     id: str
     endpoint: str
+    events: str = "push"
+    """Platforms: how lifecycle events reach them, "push" (DeliverEvents) or "poll"."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class PlatformConfig:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     seed_scenario: bool = True
+    events: str = "push"
+    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,10 @@ def _ident(sec: dict[str, Any], key: str, where: str) -> str:
 def _members(raw: dict[str, Any], name: str) -> tuple[Member, ...]:
     out = []
     for entry in raw.get(name, []):
-        out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name)))
+        mode = entry.get("events", "push")
+        if mode not in ("push", "poll"):
+            raise InvalidArgument("BAD_CONFIG", f'{name}.events must be "push" or "poll"')
+        out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name), mode))
     ids = [m.id for m in out]
     if len(set(ids)) != len(ids):
         raise InvalidArgument("BAD_CONFIG", f"duplicate ids in [[{name}]]")
@@ -203,7 +210,15 @@ def load_platform_config(path: Path) -> PlatformConfig:
         latency_ms=float(sec.get("latency_ms", 0.0)),
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
+        events=_events_mode(sec),
     )
+
+
+def _events_mode(sec: dict[str, Any]) -> str:
+    mode = sec.get("events", "push")
+    if mode not in ("push", "poll"):
+        raise InvalidArgument("BAD_CONFIG", 'events must be "push" or "poll"')
+    return str(mode)
 
 
 def load_carrier_config(path: Path) -> CarrierConfig:

@@ -174,5 +174,8 @@ def create_federation(
         text += f'\n[[carrier]]\nid = "{c}"\nendpoint = "{layout.carrier_endpoints[c]}"\n'
     for p in platforms:
         text += f'\n[[platform]]\nid = "{p}"\nendpoint = "{layout.platform_endpoints[p]}"\n'
+        mode = (platform_knobs or {}).get(p, {}).get("events")
+        if mode:
+            text += f'events = "{mode}"\n'
     layout.gateway_config.write_text(text)
     return layout

@@ -19,6 +19,7 @@ from numfed.rpc import ServerHandle, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import platform_pb2_grpc
+from platform_stubs.events import EventPuller
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
 from platform_stubs.store import PlatformStore
@@ -34,6 +35,7 @@ _GATEWAY_ONLY = frozenset({Role.GATEWAY})
 POLICY = {
     f"/{SERVICE}/BatchQueryBindings": _GATEWAY_ONLY,
     f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
+    f"/{SERVICE}/DeliverEvents": _GATEWAY_ONLY,
 }
 
 
@@ -68,6 +70,7 @@ class PlatformHandle:
     store: PlatformStore
     trust: TrustClient
     tasks: list[asyncio.Task[None]]
+    puller: EventPuller | None = None
 
     @property
     def port(self) -> int:
@@ -79,6 +82,8 @@ class PlatformHandle:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.trust.close()
+        if self.puller is not None:
+            await self.puller.close()
         self.store.close()
 
 
@@ -116,7 +121,18 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
         await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     tasks = [asyncio.create_task(trust.run()), asyncio.create_task(ready_when_trusted())]
-    return PlatformHandle(config, handle, servicer, store, trust, tasks)
+    puller = None
+    if config.events == "poll":
+        puller = EventPuller(
+            applier=servicer.events, gateway=config.gateway, pki_dir=config.pki_dir, peer=peer
+        )
+
+        async def pull_when_trusted() -> None:
+            await trust.ready.wait()
+            await puller.run()
+
+        tasks.append(asyncio.create_task(pull_when_trusted()))
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller)
 
 
 async def serve(config_path: Path) -> None:

@@ -22,6 +22,7 @@ from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
 from numfed.rpc import error_status, ok_status
 from numfed.v1 import binding_pb2, platform_pb2, platform_pb2_grpc
+from platform_stubs.events import EventApplier
 from platform_stubs.rules import Binding, Masker, own, prior, select_own
 from platform_stubs.store import PlatformStore, Selector
 from platform_stubs.trustclient import TrustClient
@@ -46,6 +47,8 @@ class Knobs:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     outage: bool = False
+    ack_drop_rate: float = 0.0
+    """Events: fraction of deliveries applied but answered UNAVAILABLE (a lost acknowledgement)."""
 
     def fail(self, rng: random.Random) -> None:
         if self.outage or (self.error_rate > 0 and rng.random() < self.error_rate):
@@ -74,7 +77,9 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         store: PlatformStore,
         masker: Masker,
         knobs: Knobs | None = None,
+        events: EventApplier | None = None,
     ) -> None:
+        self.events = events or EventApplier(trust=trust, store=store)
         self.platform_id = platform_id
         self.trust = trust
         self.store = store
@@ -140,6 +145,19 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             )
         await self.knobs.delay()
         return platform_pb2.BatchQueryBindingsResponse(results=results)
+
+    async def DeliverEvents(
+        self,
+        request: platform_pb2.DeliverEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> platform_pb2.DeliverEventsResponse:
+        if not request.batches:
+            raise InvalidArgument("EMPTY_BATCH", "deliver at least one batch")
+        self.knobs.fail(self._rng)
+        last = await self.events.apply(request.batches)
+        if self.knobs.ack_drop_rate > 0 and self._rng.random() < self.knobs.ack_drop_rate:
+            raise Unavailable("ACK_LOST", "applied, but the acknowledgement is lost (injected)")
+        return platform_pb2.DeliverEventsResponse(ack_through_seq=last)
 
     def _selector(self, v: VerifiedClaim) -> Selector:
         x = v.claim.tenure_start

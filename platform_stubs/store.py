@@ -11,6 +11,7 @@ from typing import ParamSpec, TypeVar
 import sqlalchemy as sa
 
 from numfed.db import DbThread, sqlite_engine
+from numfed.events import EventKind, LifecycleEvent
 from numfed.timeutil import from_us, to_us
 from platform_stubs.rules import Binding
 
@@ -45,6 +46,18 @@ applied_releases = sa.Table(
     sa.Column("result", sa.LargeBinary, nullable=False),
     sa.Column("applied_us", sa.BigInteger, nullable=False),
     sa.Column("replays", sa.Integer, nullable=False, default=0),
+)
+
+
+applied_events = sa.Table(
+    "applied_events",
+    _md,
+    sa.Column("event_id", sa.LargeBinary(16), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("number", sa.String(20), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("applied_us", sa.BigInteger, nullable=False),
+    sa.Column("order", sa.Integer, nullable=False),
 )
 
 
@@ -180,6 +193,73 @@ class PlatformStore:
                 )
                 out.append(AppliedRelease(claim_id, result, False))
         return out
+
+    def apply_events(self, seq: int, events: Sequence[LifecycleEvent], now: datetime) -> int:
+        """Apply one batch's events once each (by event_id), in one transaction.
+
+        REASSIGNED(X): the number's active bindings made before X become stale (an SMS code
+        alone no longer opens them). PENDING_RELEASE(as_of): the number is released from
+        bindings made before as_of, and only those, so a late event never touches a binding
+        a new holder made since. Returns how many events were new.
+        """
+        new = 0
+        with self.engine.begin() as c:
+            order = c.execute(sa.select(sa.func.count()).select_from(applied_events)).scalar_one()
+            for e in events:
+                seen = c.execute(
+                    sa.select(applied_events.c.event_id).where(
+                        applied_events.c.event_id == e.event_id
+                    )
+                ).first()
+                if seen is not None:
+                    continue
+                active = sa.and_(bindings.c.number == e.number, bindings.c.released_us.is_(None))
+                if e.kind is EventKind.REASSIGNED and e.tenure_start is not None:
+                    c.execute(
+                        sa.update(bindings)
+                        .where(active, bindings.c.bound_us < _us(e.tenure_start))
+                        .values(stale=True)
+                    )
+                elif e.kind is EventKind.PENDING_RELEASE and e.as_of is not None:
+                    c.execute(
+                        sa.update(bindings)
+                        .where(active, bindings.c.bound_us < _us(e.as_of))
+                        .values(released_us=_us(now))
+                    )
+                order += 1
+                new += 1
+                c.execute(
+                    sa.insert(applied_events).values(
+                        event_id=e.event_id,
+                        seq=seq,
+                        number=e.number,
+                        kind=e.kind.name,
+                        applied_us=_us(now),
+                        order=order,
+                    )
+                )
+        return new
+
+    def applied_event_ids(self) -> list[bytes]:
+        """Event ids in the order they were applied."""
+        with self.engine.connect() as c:
+            return [
+                bytes(r.event_id)
+                for r in c.execute(
+                    sa.select(applied_events.c.event_id).order_by(applied_events.c.order)
+                )
+            ]
+
+    def login_by_sms(self, number: str, account_id: str) -> bool:
+        """Would an SMS code sent to ``number`` open ``account_id``? Not if the binding is
+        released, or stale because the number has a new holder."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(bindings.c.stale, bindings.c.released_us).where(
+                    bindings.c.number == number, bindings.c.account_id == account_id
+                )
+            ).first()
+        return row is not None and row.released_us is None and not row.stale
 
     def counts(self) -> dict[str, int]:
         """Rows per table, and released bindings (for tests and the demo)."""

@@ -12,6 +12,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
+from numfed.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -58,6 +59,102 @@ PLATFORM_OUTCOME_REFUSED: PlatformOutcome.ValueType  # 4
 PLATFORM_OUTCOME_EXPIRED: PlatformOutcome.ValueType  # 5
 """A release was still unanswered when the job's deadline passed."""
 Global___PlatformOutcome: _TypeAlias = PlatformOutcome  # noqa: Y015
+
+@_typing.final
+class PublishEventsRequest(_message.Message):
+    """PublishEventsRequest carries one signed batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> _claim_pb2.Envelope:
+        """Envelope of an EventBatch signed by the calling carrier."""
+
+    def __init__(
+        self,
+        *,
+        batch: _claim_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsRequest: _TypeAlias = PublishEventsRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventsResponse(_message.Message):
+    """PublishEventsResponse says where the batch stands in the log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The batch's position in the event log."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsResponse: _TypeAlias = PublishEventsResponse  # noqa: Y015
+
+@_typing.final
+class PullEventsRequest(_message.Message):
+    """PullEventsRequest acknowledges and asks for more."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    MAX_BATCHES_FIELD_NUMBER: _builtins.int
+    ack_through_seq: _builtins.int
+    """Every batch with seq <= this has been applied by the platform; 0 acknowledges nothing."""
+    max_batches: _builtins.int
+    """1 to 100 batches; 0 means 20."""
+    def __init__(
+        self,
+        *,
+        ack_through_seq: _builtins.int = ...,
+        max_batches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_through_seq", b"ack_through_seq", "max_batches", b"max_batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullEventsRequest: _TypeAlias = PullEventsRequest  # noqa: Y015
+
+@_typing.final
+class PullEventsResponse(_message.Message):
+    """PullEventsResponse is the next part of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SequencedBatch]:
+        """The next batches after the platform's acknowledged position, in seq order."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[_events_pb2.SequencedBatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullEventsResponse: _TypeAlias = PullEventsResponse  # noqa: Y015
 
 @_typing.final
 class CheckRecycledRequest(_message.Message):

@@ -68,6 +68,16 @@ class GatewayServiceStub:
                 request_serializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.FromString,
                 _registered_method=True)
+        self.PublishEvents = channel.unary_unary(
+                '/numfed.v1.GatewayService/PublishEvents',
+                request_serializer=numfed_dot_v1_dot_gateway__pb2.PublishEventsRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_gateway__pb2.PublishEventsResponse.FromString,
+                _registered_method=True)
+        self.PullEvents = channel.unary_unary(
+                '/numfed.v1.GatewayService/PullEvents',
+                request_serializer=numfed_dot_v1_dot_gateway__pb2.PullEventsRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_gateway__pb2.PullEventsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -144,6 +154,27 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishEvents(self, request, context):
+        """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
+        for delivery to every platform. Carriers only; the caller must have signed the batch and
+        serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+        more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
+        (another carrier's batch, a number the caller does not serve).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullEvents(self, request, context):
+        """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
+        every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
+        Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
+        what was delivered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +207,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.CheckRecycled,
                     request_deserializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.SerializeToString,
+            ),
+            'PublishEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvents,
+                    request_deserializer=numfed_dot_v1_dot_gateway__pb2.PublishEventsRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_gateway__pb2.PublishEventsResponse.SerializeToString,
+            ),
+            'PullEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullEvents,
+                    request_deserializer=numfed_dot_v1_dot_gateway__pb2.PullEventsRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_gateway__pb2.PullEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -343,6 +384,60 @@ class GatewayService:
             '/numfed.v1.GatewayService/CheckRecycled',
             numfed_dot_v1_dot_gateway__pb2.CheckRecycledRequest.SerializeToString,
             numfed_dot_v1_dot_gateway__pb2.CheckRecycledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.GatewayService/PublishEvents',
+            numfed_dot_v1_dot_gateway__pb2.PublishEventsRequest.SerializeToString,
+            numfed_dot_v1_dot_gateway__pb2.PublishEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.GatewayService/PullEvents',
+            numfed_dot_v1_dot_gateway__pb2.PullEventsRequest.SerializeToString,
+            numfed_dot_v1_dot_gateway__pb2.PullEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

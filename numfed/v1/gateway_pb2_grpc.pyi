@@ -81,6 +81,19 @@ class GatewayServiceStub:
     number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
     (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
     """
+    PublishEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]
+    """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
+    for delivery to every platform. Carriers only; the caller must have signed the batch and
+    serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+    more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
+    (another carrier's batch, a number the caller does not serve).
+    """
+    PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
+    """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
+    every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
+    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
+    what was delivered).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -133,6 +146,19 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
     number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
     (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+    """
+    PublishEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]  # type: ignore[assignment]
+    """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
+    for delivery to every platform. Carriers only; the caller must have signed the batch and
+    serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+    more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
+    (another carrier's batch, a number the caller does not serve).
+    """
+    PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
+    """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
+    every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
+    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
+    what was delivered).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -219,6 +245,31 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
         number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
         (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+        """
+
+    @_abc_1.abstractmethod
+    def PublishEvents(
+        self,
+        request: _gateway_pb2.PublishEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PublishEventsResponse, _abc.Awaitable[_gateway_pb2.PublishEventsResponse]]:
+        """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
+        for delivery to every platform. Carriers only; the caller must have signed the batch and
+        serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+        more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
+        (another carrier's batch, a number the caller does not serve).
+        """
+
+    @_abc_1.abstractmethod
+    def PullEvents(
+        self,
+        request: _gateway_pb2.PullEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PullEventsResponse, _abc.Awaitable[_gateway_pb2.PullEventsResponse]]:
+        """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
+        every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
+        Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
+        what was delivered).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

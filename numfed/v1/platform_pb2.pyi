@@ -10,6 +10,7 @@ from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
+from numfed.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,52 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class DeliverEventsRequest(_message.Message):
+    """DeliverEventsRequest carries the next batches for this platform."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SequencedBatch]:
+        """1 to 100 batches in increasing seq order."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[_events_pb2.SequencedBatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsRequest: _TypeAlias = DeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsResponse(_message.Message):
+    """DeliverEventsResponse acknowledges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    ack_through_seq: _builtins.int
+    """Every batch up to this seq has been applied (or refused as unverifiable, which is final)."""
+    def __init__(
+        self,
+        *,
+        ack_through_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_through_seq", b"ack_through_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsResponse: _TypeAlias = DeliverEventsResponse  # noqa: Y015
 
 @_typing.final
 class QueryItem(_message.Message):

@@ -48,6 +48,11 @@ class PlatformServiceStub:
                 request_serializer=numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/numfed.v1.PlatformService/DeliverEvents',
+                request_serializer=numfed_dot_v1_dot_platform__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_platform__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformServiceServicer:
@@ -84,6 +89,16 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
+        batch's carrier signature, applies each event once (by event_id) and acknowledges the
+        highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
+        (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +111,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.BatchReleaseBindings,
                     request_deserializer=numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=numfed_dot_v1_dot_platform__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_platform__pb2.DeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,6 +176,33 @@ class PlatformService:
             '/numfed.v1.PlatformService/BatchReleaseBindings',
             numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsRequest.SerializeToString,
             numfed_dot_v1_dot_platform__pb2.BatchReleaseBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformService/DeliverEvents',
+            numfed_dot_v1_dot_platform__pb2.DeliverEventsRequest.SerializeToString,
+            numfed_dot_v1_dot_platform__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

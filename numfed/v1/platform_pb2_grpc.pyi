@@ -56,6 +56,12 @@ class PlatformServiceStub:
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
     """
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]
+    """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
+    batch's carrier signature, applies each event once (by event_id) and acknowledges the
+    highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
+    (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+    """
 
 @_typing.type_check_only
 class PlatformServiceAsyncStub(PlatformServiceStub):
@@ -84,6 +90,12 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
+    """
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
+    batch's carrier signature, applies each event once (by event_id) and acknowledges the
+    highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
+    (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
     """
 
 class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,6 +134,18 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
         Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
         unknown or not of the holder's own tenure).
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _platform_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_platform_pb2.DeliverEventsResponse, _abc.Awaitable[_platform_pb2.DeliverEventsResponse]]:
+        """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
+        batch's carrier signature, applies each event once (by event_id) and acknowledges the
+        highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
+        (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
         """
 
 def add_PlatformServiceServicer_to_server(servicer: PlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,82 @@
+"""Push delivery of lifecycle events: one loop per push-mode platform.
+
+Each loop sends the batches after the platform's acknowledged position, several per call, and
+moves the position to what the platform acknowledges. A platform that fails or does not answer
+gets the same batches again after a backoff; it applies each event once by its event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import grpc
+
+from gateway.backoff import backoff_seconds
+from gateway.eventlog import EventLog
+from gateway.platforms import PlatformLink
+from gateway.results import now_us
+from gateway.store import Store
+from numfed.config import Limits
+from numfed.v1 import claim_pb2, events_pb2, platform_pb2
+
+__all__ = ["EventPusher"]
+
+log = logging.getLogger(__name__)
+BATCHES_PER_CALL = 20
+
+
+class EventPusher:
+    def __init__(
+        self, *, link: PlatformLink, events: EventLog, store: Store, limits: Limits
+    ) -> None:
+        self._link = link
+        self._events = events
+        self._store = store
+        self._limits = limits
+        self._wake = asyncio.Event()
+        self._rng = random.Random()
+        self.delivered_calls = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        platform = self._link.platform_id
+        while True:
+            self._wake.clear()
+            cursor = await self._store.run(self._events.cursor, platform)
+            rows = await self._store.run(self._events.after, cursor, BATCHES_PER_CALL)
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            request = platform_pb2.DeliverEventsRequest(
+                batches=[
+                    events_pb2.SequencedBatch(seq=s, batch=claim_pb2.Envelope.FromString(raw))
+                    for s, raw in rows
+                ]
+            )
+            try:
+                answer = await self._link.stub.DeliverEvents(
+                    request, timeout=self._limits.platform_call_timeout
+                )
+                self.delivered_calls += 1
+                ack = min(answer.ack_through_seq, rows[-1][0])
+                await self._store.run(self._events.ack, platform, ack, now_us())
+                failures = 0 if ack > cursor else failures + 1
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                log.info("event delivery to %s failed (%s); will resend", platform, exc.code().name)
+            if failures:
+                delay = backoff_seconds(
+                    failures - 1,
+                    initial=self._limits.retry_initial_backoff,
+                    maximum=self._limits.retry_max_backoff,
+                    multiplier=self._limits.retry_multiplier,
+                    rng=self._rng,
+                )
+                await asyncio.sleep(delay)
