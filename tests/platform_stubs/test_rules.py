@@ -80,9 +80,10 @@ def test_refs_are_keyed_stable_and_distinct() -> None:
     assert MASKER.ref(a) == MASKER.ref(replace(a, account_id="other", bound_at=X - S))
     assert MASKER.ref(a) != MASKER.ref(b)
     assert MASKER.ref(a) != Masker(b"n" * 32).ref(a)  # unguessable without the secret
-    assert "41" not in MASKER.ref(a).removeprefix("b_")[:0] + MASKER.ref(a).replace("b_", "", 1)[
-        :0
-    ] or MASKER.ref(a) != "b_41"
+    assert (
+        "41" not in MASKER.ref(a).removeprefix("b_")[:0] + MASKER.ref(a).replace("b_", "", 1)[:0]
+        or MASKER.ref(a) != "b_41"
+    )
 
 
 account_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=24)
@@ -94,9 +95,7 @@ moments = st.datetimes(
 
 
 @settings(max_examples=500, deadline=None)
-@given(
-    st.integers(1, 2**62), account_ids, nicknames, numbers, moments, nicknames, numbers, moments
-)
+@given(st.integers(1, 2**62), account_ids, nicknames, numbers, moments, nicknames, numbers, moments)
 def test_a_masked_label_depends_only_on_a_keyed_hash_of_the_account_and_the_year(
     binding_id: int,
     account_id: str,
