@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,10 +30,12 @@ from rich.table import Table
 
 from numfed import pki
 from numfed.cli import Command
+from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import Holder, Scenario, demo_scenario
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
+from platform_stubs.store import PlatformStore
 
 __all__ = ["DEMO", "run_demo"]
 
@@ -280,6 +282,84 @@ class Journey:
                 got == own, f"the current holder's {sum(own.values())} own binding(s) are untouched"
             )
 
+    def publish(self, carrier: str, events: list[LifecycleEvent]) -> None:
+        """Publish a signed batch as the carrier's operator would."""
+        signer = pki.load_carrier_signer(self.layout.pki_dir, carrier)
+        envelope = sign_event_batch(carrier, events, signer, now=datetime.now(UTC))
+        creds = pki.channel_credentials(self.layout.pki_dir, PeerId(Role.CARRIER, carrier))
+        with grpc.secure_channel(self.layout.gateway_endpoint, creds) as channel:
+            gateway_pb2_grpc.GatewayServiceStub(channel).PublishEvents(
+                gateway_pb2.PublishEventsRequest(batch=envelope.to_proto()), timeout=5
+            )
+
+    def platform_store(self, platform: str) -> PlatformStore:
+        return PlatformStore(self.layout.root / "state" / f"platform-{platform}" / "platform.db")
+
+    def wait_for(self, check: Callable[[], bool], within: float = 10.0) -> bool:
+        deadline = time.monotonic() + within
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def events(self) -> None:
+        """Lifecycle events: platforms clean up before re-release; stale bindings stop takeovers."""
+        now = datetime.now(UTC)
+        free = next(
+            h
+            for h in self.scenario.histories.values()
+            if h.carrier_at(now) == "cmcc"
+            and h.current_tenure(now) is None
+            and any(b.number == h.number for b in self.scenario.bindings)
+        )
+        number = free.number
+        platforms = sorted({b.platform_id for b in self.scenario.bindings if b.number == number})
+        self.console.rule(f"[bold]lifecycle events[/]: {number} is about to be re-released by cmcc")
+        self.publish(
+            "cmcc", [LifecycleEvent.new(number, EventKind.PENDING_RELEASE, now, as_of=now)]
+        )
+
+        def active(p: str) -> int:
+            store = self.platform_store(p)
+            try:
+                return sum(1 for b in store.bindings_for([number])[number] if b.active)
+            finally:
+                store.close()
+
+        cleaned = self.wait_for(lambda: all(active(p) == 0 for p in platforms))
+        t = Table(
+            title="PENDING_RELEASE(as_of=now), pushed to every platform", title_justify="left"
+        )
+        t.add_column("platform")
+        t.add_column("former holders' bindings before", justify="right")
+        t.add_column("after", justify="right")
+        for p in platforms:
+            t.add_row(p, str(before[p]), str(active(p)))
+        self.console.print(t)
+        self.expect(cleaned, "platforms cleaned the number before anyone new gets it")
+
+        number = self.scenario.showcase["recycled_once"]
+        x = self.scenario.histories[number].tenure_start(now)
+        old = next(
+            b for b in self.scenario.bindings_on("weibo") if b.number == number and b.bound_at < x
+        )
+        store = self.platform_store("weibo")
+        try:
+            before = store.login_by_sms(number, old.account_id)
+            self.publish(
+                "cmcc", [LifecycleEvent.new(number, EventKind.REASSIGNED, x, tenure_start=x)]
+            )
+            refused = self.wait_for(lambda: not store.login_by_sms(number, old.account_id))
+        finally:
+            store.close()
+        self.console.print(
+            f"  REASSIGNED({number}, X={x:%Y-%m-%d}): SMS-code login into the previous holder's "
+            f"weibo account: before {'opens' if before else 'refused'}, after "
+            f"{'refused' if refused else 'opens'}"
+        )
+        self.expect(before and refused, "a takeover by SMS code alone is refused")
+
     def recycled(self) -> None:
         """A platform asks whether a number changed holder since a date: one signed bit."""
         from numfed.timeutil import to_timestamp
@@ -407,6 +487,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> int
                 t.add_row(proc.name, endpoints.get(proc.name, ""), str(proc.popen.pid))
             console.print(t)
             console.print(f"ready in {time.monotonic() - started:.1f} s")
+            journey.events()
             for label, number in scenario.showcase.items():
                 journey.walk(label, number)
             journey.recycled()
