@@ -316,9 +316,6 @@ class Journey:
         number = free.number
         platforms = sorted({b.platform_id for b in self.scenario.bindings if b.number == number})
         self.console.rule(f"[bold]lifecycle events[/]: {number} is about to be re-released by cmcc")
-        self.publish(
-            "cmcc", [LifecycleEvent.new(number, EventKind.PENDING_RELEASE, now, as_of=now)]
-        )
 
         def active(p: str) -> int:
             store = self.platform_store(p)
@@ -326,6 +323,10 @@ class Journey:
                 return sum(1 for b in store.bindings_for([number])[number] if b.active)
             finally:
                 store.close()
+
+        before = {p: active(p) for p in platforms}
+        pending = LifecycleEvent.new(number, EventKind.PENDING_RELEASE, now, as_of=now)
+        self.publish("cmcc", [pending])
 
         cleaned = self.wait_for(lambda: all(active(p) == 0 for p in platforms))
         t = Table(
