@@ -324,7 +324,7 @@ class Journey:
             finally:
                 store.close()
 
-        before = {p: active(p) for p in platforms}
+        counts_before = {p: active(p) for p in platforms}
         pending = LifecycleEvent.new(number, EventKind.PENDING_RELEASE, now, as_of=now)
         self.publish("cmcc", [pending])
 
@@ -336,7 +336,7 @@ class Journey:
         t.add_column("former holders' bindings before", justify="right")
         t.add_column("after", justify="right")
         for p in platforms:
-            t.add_row(p, str(before[p]), str(active(p)))
+            t.add_row(p, str(counts_before[p]), str(active(p)))
         self.console.print(t)
         self.expect(cleaned, "platforms cleaned the number before anyone new gets it")
 
