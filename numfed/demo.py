@@ -281,6 +281,12 @@ class Journey:
             self.expect(
                 got == own, f"the current holder's {sum(own.values())} own binding(s) are untouched"
             )
+            if prior.get("labels") or own.get("labels"):
+                self.expect(
+                    got.get("labels", 0) == own.get("labels", 0),
+                    f"caller-ID labels set before X cleared ({prior.get('labels', 0)}); "
+                    f"labels set since kept ({own.get('labels', 0)})",
+                )
 
     def publish(self, carrier: str, events: list[LifecycleEvent]) -> None:
         """Publish a signed batch as the carrier's operator would."""

@@ -52,7 +52,16 @@ __all__ = [
 ]
 
 DEFAULT_CARRIERS = ("cmcc", "cucc", "ctcc")
-DEFAULT_PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
+DEFAULT_PLATFORMS = (
+    "weibo",
+    "taobao",
+    "douyin",
+    "toutiao",
+    "meituan",
+    "dianping",
+    "xiaomi",
+    "labels",
+)
 GATEWAY = PeerId(Role.GATEWAY, "main")
 ROOT_KEYS = 3
 """Federation root keys made by ``init_pki``; the trust files use a threshold of 2."""

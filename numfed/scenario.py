@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 from numfed.history import EventKind, NumberEvent, NumberHistory
 
 __all__ = [
+    "APP_PLATFORMS",
     "CARRIERS",
+    "LABEL_PLATFORM",
     "PLATFORMS",
     "Holder",
     "Scenario",
@@ -23,7 +25,10 @@ __all__ = [
 ]
 
 CARRIERS = ("cmcc", "cucc", "ctcc")
-PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
+APP_PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
+LABEL_PLATFORM = "labels"
+"""A caller-ID service: its "bindings" are labels on numbers (harassment, debt collection)."""
+PLATFORMS = (*APP_PLATFORMS, LABEL_PLATFORM)
 
 _KINDS = {
     "weibo": "ACCOUNT_LOGIN",
@@ -33,6 +38,7 @@ _KINDS = {
     "meituan": "PAYMENT",
     "dianping": "ACCOUNT_RECOVERY",
     "xiaomi": "ACCOUNT_RECOVERY",
+    "labels": "LABEL",
 }
 
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
@@ -117,6 +123,15 @@ class _Builder:
             SeedBinding(platform, acct, nick, number, _KINDS[platform], at, holder_id)
         )
 
+    def label(self, number: str, holder_id: str, display: str, at: datetime) -> None:
+        """A caller-ID label set on the number at ``at`` (its display name is the nickname)."""
+        self._accounts += 1
+        self.bindings.append(
+            SeedBinding(
+                LABEL_PLATFORM, f"lb{self._accounts:07d}", display, number, "LABEL", at, holder_id
+            )
+        )
+
     def bind_during(
         self, number: str, holder_id: str, start: datetime, end: datetime, platforms: list[str]
     ) -> None:
@@ -154,6 +169,10 @@ def demo_scenario(*, extra_numbers: int = 120, seed: int = 2026) -> Scenario:
     )
     b.bind_during(n, h2, x, _utc(2026, 6, 1), ["weibo", "xiaomi"])
     b.bind("dianping", n, h2, x)  # bound at exactly X: the current holder's, never released
+    # Labels the previous holder's debts earned the number, and one the new holder asked for.
+    b.label(n, h1, "催收 (debt collection)", _utc(2021, 11, 3))
+    b.label(n, h1, "骚扰电话 (harassment)", _utc(2022, 2, 14))
+    b.label(n, h2, "快递 (courier)", _utc(2023, 5, 20))
     showcase["recycled_once"] = n
 
     # Recycled twice: two previous holders, both left bindings.
@@ -218,7 +237,9 @@ def demo_scenario(*, extra_numbers: int = 120, seed: int = 2026) -> Scenario:
             hid = b.holder()
             events.append(NumberEvent(A, t, carrier, hid))
             end = t + timedelta(days=b.rng.randrange(200, 2000))
-            b.bind_during(number, hid, t, min(end, _utc(2026, 6, 1)), b.rng.sample(PLATFORMS, 2))
+            b.bind_during(
+                number, hid, t, min(end, _utc(2026, 6, 1)), b.rng.sample(APP_PLATFORMS, 2)
+            )
             if end > _utc(2026, 1, 1):
                 break
             events.append(NumberEvent(D, end, carrier))

@@ -64,7 +64,10 @@ class Masker:
 
     def label(self, b: Binding) -> str:
         """E.g. ``account ***3f9 · since 2019``: no account id, nickname or number."""
-        return f"account ***{self._digest(b'label:', b.account_id)[:3]} · since {b.bound_at.year}"
+        tag = self._digest(b"label:", b.account_id)[:3]
+        if b.kind == "LABEL":
+            return f"caller-ID label ***{tag} · set {b.bound_at.year}"
+        return f"account ***{tag} · since {b.bound_at.year}"
 
 
 def select_own(

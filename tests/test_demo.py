@@ -1,4 +1,4 @@
-"""`numfed demo` end to end: eleven real processes, the holder's journey, exit status 0."""
+"""`numfed demo` end to end: twelve real processes, the holder's journey, exit status 0."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def test_demo_runs_the_journey_and_exits_zero(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
     assert "every expectation held" in result.stdout
     assert "✗" not in result.stdout
-    # Eleven processes ran, each with its own log.
+    # The gateway, three carriers and eight platforms ran, each with its own log.
     logs = list((tmp_path / "fed" / "logs").glob("*.log"))
-    assert len(logs) == 11
+    assert len(logs) == 1 + 3 + 8

@@ -75,7 +75,7 @@ async def test_platforms_receive_the_claim_and_nothing_else(
     finally:
         await fed.stop()
 
-    assert len(captured) >= 7 * 3  # every platform saw queries and releases
+    assert len(captured) >= len(fed.platforms) * 3  # every platform saw queries and releases
     assert len(secrets) >= 12
     for request in captured:
         raw = request.SerializeToString()

@@ -9,6 +9,7 @@ import pytest
 from numfed.config import Limits, load_carrier_config, load_gateway_config, load_platform_config
 from numfed.errors import InvalidArgument
 from numfed.federation import create_federation
+from numfed.scenario import PLATFORMS
 
 GATEWAY = """
 [gateway]
@@ -28,15 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_federation_configs_load(tmp_path: Path) -> None:
     lay = create_federation(tmp_path / "fed", limits={"platform_call_timeout": 2.5})
     gw = load_gateway_config(lay.gateway_config)
-    assert [m.id for m in gw.platforms] == [
-        "weibo",
-        "taobao",
-        "douyin",
-        "toutiao",
-        "meituan",
-        "dianping",
-        "xiaomi",
-    ]
+    assert tuple(m.id for m in gw.platforms) == PLATFORMS
     assert [m.id for m in gw.carriers] == ["cmcc", "cucc", "ctcc"]
     assert gw.limits.platform_call_timeout == 2.5
     assert gw.database_url == f"sqlite:///{lay.root / 'state/gateway/gateway.db'}"

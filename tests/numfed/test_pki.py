@@ -20,7 +20,7 @@ from numfed.identity import PeerId, Role
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CARRIERS = ("cmcc", "cucc", "ctcc")
-PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
+PLATFORMS = ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi", "labels")
 PEERS = [
     PeerId(Role.GATEWAY, "main"),
     *(PeerId(Role.CARRIER, c) for c in CARRIERS),
@@ -55,7 +55,7 @@ def test_init_writes_every_file(layout: pki.PkiLayout) -> None:
         PEERS[4:], key=lambda p: p.id
     )
     assert layout.ca_path == layout.root / "ca.pem"
-    assert layout.cert_path(PEERS[-1]) == layout.root / "platform/xiaomi/cert.pem"
+    assert layout.cert_path(PEERS[-1]) == layout.root / "platform/labels/cert.pem"
     assert layout.key_path(PEERS[1]) == layout.root / "carrier/cmcc/key.pem"
 
 
