@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 
 import grpc
 
+from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.eventlog import EventLog
 from gateway.platforms import PlatformLink
@@ -30,8 +32,15 @@ BATCHES_PER_CALL = 20
 
 class EventPusher:
     def __init__(
-        self, *, link: PlatformLink, events: EventLog, store: Store, limits: Limits
+        self,
+        *,
+        link: PlatformLink,
+        events: EventLog,
+        store: Store,
+        limits: Limits,
+        audit: Callable[[AuditRecord], None] = lambda _record: None,
     ) -> None:
+        self._audit = audit
         self._link = link
         self._events = events
         self._store = store
@@ -67,6 +76,16 @@ class EventPusher:
                 self.delivered_calls += 1
                 ack = min(answer.ack_through_seq, rows[-1][0])
                 await self._store.run(self._events.ack, platform, ack, now_us())
+                if ack > cursor:
+                    self._audit(
+                        AuditRecord(
+                            now_us(),
+                            "EVENT_DELIVERY",
+                            f"platform:{platform}",
+                            outcome="ACKNOWLEDGED",
+                            detail={"through_seq": str(ack), "mode": "push"},
+                        )
+                    )
                 failures = 0 if ack > cursor else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1

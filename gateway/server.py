@@ -118,7 +118,13 @@ class Gateway:
         audit = AuditWriter(store.engine, store.run)
         events = EventLog(store.engine)
         pushers = [
-            EventPusher(link=links[m.id], events=events, store=store, limits=config.limits)
+            EventPusher(
+                link=links[m.id],
+                events=events,
+                store=store,
+                limits=config.limits,
+                audit=audit.record,
+            )
             for m in config.platforms
             if m.events == "push"
         ]

@@ -360,9 +360,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         head = await self._store.run(self._events.head)
         if request.ack_through_seq > head:
             raise InvalidArgument("ACK_BEYOND_LOG", "ack_through_seq is beyond the event log")
+        before = await self._store.run(self._events.cursor, caller.id)
         cursor = await self._store.run(
             self._events.ack, caller.id, request.ack_through_seq, now_us()
         )
+        if cursor > before:
+            self._audit.record(
+                AuditRecord(
+                    now_us(),
+                    "EVENT_DELIVERY",
+                    caller.uri,
+                    outcome="ACKNOWLEDGED",
+                    detail={"through_seq": str(cursor), "mode": "poll"},
+                )
+            )
         rows = await self._store.run(self._events.after, cursor, limit)
         return gateway_pb2.PullEventsResponse(
             batches=[

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
+from gateway.schema import audit_log
 from numfed import pki
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.identity import PeerId, Role
@@ -77,6 +79,15 @@ async def test_every_event_once_in_order_despite_lost_acks_and_a_restart(fed: Fe
         got = await delivered(fed, platform, len(sent))
         assert got == sent, f"{platform}: events missing, repeated or out of order"
     assert fed.platforms["xiaomi"].puller is not None
+    await fed.gateway.audit.flush()
+    with fed.gateway.store.engine.connect() as conn:
+        modes = {
+            r.detail
+            for r in conn.execute(
+                sa.select(audit_log.c.detail).where(audit_log.c.event == "EVENT_DELIVERY")
+            )
+        }
+    assert any('"push"' in m for m in modes) and any('"poll"' in m for m in modes)
 
 
 async def test_reassigned_makes_old_bindings_stale_then_release_removes_them(
