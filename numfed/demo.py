@@ -1,6 +1,6 @@
 """``numfed demo``: the whole federation on loopback, walked through the holder's journey.
 
-Creates a PKI and trust files, starts the gateway, three carriers and seven platforms as
+Creates a PKI and trust files, starts the gateway, three carriers and eight platforms as
 separate processes (mTLS, SQLite), then, for numbers recycled once, recycled twice, ported and
 fresh: verifies the holder, queries, releases with live progress, queries again, and checks
 that the current holder's own bindings are untouched. Exits non-zero if any expectation fails.
