@@ -34,7 +34,7 @@ def test_pki_init_writes_the_pki(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli.main(["pki", "init", str(target)]) == 0
     layout = PkiLayout(target)
     assert layout.ca_path.exists()
-    assert len(layout.members()) == 1 + 3 + 7
+    assert len(layout.members()) == 1 + 3 + 8
     weibo = PeerId(Role.PLATFORM, "weibo")
     assert layout.cert_path(weibo).exists() and layout.key_path(weibo).exists()
     assert (target / "carrier/cmcc/signing.key.pem").exists()
