@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
 from numfed.rpc import error_status, ok_status
-from numfed.v1 import binding_pb2, platform_pb2, platform_pb2_grpc
+from numfed.timeutil import from_timestamp
+from numfed.trust import TrustedState
+from numfed.v1 import binding_pb2, claim_pb2, platform_pb2, platform_pb2_grpc
 from platform_stubs.events import EventApplier
 from platform_stubs.rules import Binding, Masker, own, prior, select_own
 from platform_stubs.store import PlatformStore, Selector
@@ -189,6 +192,15 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
         verified = self._verify(request.items, RELEASE)
+        trust = self.trust.trusted()
+        late = {
+            i: claim_id
+            for i, (item, v) in enumerate(zip(request.items, verified, strict=True))
+            if (claim_id := _expired_release(item.claim, v, trust)) is not None
+        }
+        replays = (
+            await self.store.run(self.store.replay_releases, list(late.values())) if late else {}
+        )
         work = [
             (v.claim.claim_id, v.claim.number, self._selector(v))
             for v in verified
@@ -196,16 +208,43 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         ]
         applied = iter(await self.store.run(self.store.apply_releases, work, datetime.now(UTC)))
         results = []
-        for item, v in zip(request.items, verified, strict=True):
+        for i, (item, v) in enumerate(zip(request.items, verified, strict=True)):
             if isinstance(v, NumfedError):
-                results.append(
-                    platform_pb2.ReleaseItemResult(item_id=item.item_id, status=error_status(v))
-                )
-                continue
-            done = next(applied)
-            r = platform_pb2.ReleaseItemResult.FromString(done.result)
+                stored = replays.get(late.get(i, b""))
+                if stored is None:
+                    results.append(
+                        platform_pb2.ReleaseItemResult(item_id=item.item_id, status=error_status(v))
+                    )
+                    continue
+                r = platform_pb2.ReleaseItemResult.FromString(stored)
+                r.replayed = True
+            else:
+                done = next(applied)
+                r = platform_pb2.ReleaseItemResult.FromString(done.result)
+                r.replayed = done.replayed
             r.item_id = item.item_id
-            r.replayed = done.replayed
             results.append(r)
         await self.knobs.delay()
         return platform_pb2.BatchReleaseBindingsResponse(results=results)
+
+
+def _expired_release(
+    envelope: claim_pb2.Envelope, outcome: VerifiedClaim | NumfedError, trust: TrustedState
+) -> bytes | None:
+    """The claim_id of a release refused only because it has expired, else None.
+
+    The gateway retries a release until its job deadline, which outlives the claim; when the
+    platform applied it but the answer was lost, the retry must get the first result back.
+    CLAIM_EXPIRED comes after the signature, key and issuer checks passed at the current time;
+    verifying again as of the claim's own expiry adds the purpose and lifetime checks. Such a
+    claim is answered from the stored result only, never applied.
+    """
+    if not isinstance(outcome, NumfedError) or outcome.reason != "CLAIM_EXPIRED":
+        return None
+    try:
+        env = Envelope.from_proto(envelope)
+        expires_at = from_timestamp(claim_pb2.TenureClaim.FromString(env.payload).expires_at)
+        v = verify_tenure_claim(env, trust, now=expires_at, purposes=RELEASE)
+    except (NumfedError, DecodeError):
+        return None
+    return v.claim.claim_id

@@ -261,6 +261,30 @@ class PlatformStore:
             ).first()
         return row is not None and row.released_us is None and not row.stale
 
+    def replay_releases(self, claim_ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The stored first results of those claims that were applied, each counted a replay.
+
+        Applies nothing: it answers the retry of a release whose claim expired after it was
+        applied (the first answer was lost); a claim never applied is simply absent.
+        """
+        out: dict[bytes, bytes] = {}
+        with self.engine.begin() as c:
+            for claim_id in dict.fromkeys(claim_ids):
+                row = c.execute(
+                    sa.select(applied_releases.c.result).where(
+                        applied_releases.c.claim_id == claim_id
+                    )
+                ).first()
+                if row is None:
+                    continue
+                c.execute(
+                    sa.update(applied_releases)
+                    .where(applied_releases.c.claim_id == claim_id)
+                    .values(replays=applied_releases.c.replays + 1)
+                )
+                out[claim_id] = row.result
+        return out
+
     def counts(self) -> dict[str, int]:
         """Rows per table, and released bindings (for tests and the demo)."""
         with self.engine.connect() as c:

@@ -3,6 +3,7 @@ own-tenure bindings by ref, and masked labels and refs that say nothing about th
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -80,10 +81,7 @@ def test_refs_are_keyed_stable_and_distinct() -> None:
     assert MASKER.ref(a) == MASKER.ref(replace(a, account_id="other", bound_at=X - S))
     assert MASKER.ref(a) != MASKER.ref(b)
     assert MASKER.ref(a) != Masker(b"n" * 32).ref(a)  # unguessable without the secret
-    assert (
-        "41" not in MASKER.ref(a).removeprefix("b_")[:0] + MASKER.ref(a).replace("b_", "", 1)[:0]
-        or MASKER.ref(a) != "b_41"
-    )
+    assert re.fullmatch(r"b_[0-9a-f]{24}", MASKER.ref(a))  # opaque: not the raw binding id
 
 
 account_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=24)
@@ -114,7 +112,9 @@ def test_a_masked_label_depends_only_on_a_keyed_hash_of_the_account_and_the_year
             assert secret not in ref
     # Nothing but the keyed account hash and the year goes into the label, so the nickname
     # and the number cannot leak through it whatever their value.
-    same_year = other_time.replace(year=bound_at.year)
+    same_year = datetime(bound_at.year, 1, 1, tzinfo=UTC) + timedelta(
+        seconds=other_time.timestamp() % (365 * 86400)
+    )
     twin = replace(b, binding_id=binding_id + 1, nickname=other_nick, number=other_number)
     assert MASKER.label(replace(twin, bound_at=same_year)) == label
     assert label.endswith(f"since {bound_at.year}")
