@@ -23,7 +23,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store
 from gateway.watchers import JobWatchers
-from numfed.claims import Purpose, normalize_number
+from numfed.claims import RELEASE_GRACE, Purpose, normalize_number
 from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import (
@@ -38,6 +38,7 @@ from numfed.errors import (
 from numfed.events import EventKind, verify_event_batch
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
+from numfed.timeutil import to_us
 from numfed.trust import TrustedState
 from numfed.v1 import (
     carrier_pb2,
@@ -231,7 +232,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 purpose=checked.verified.claim.purpose.value,
                 claim=request.claim.SerializeToString(deterministic=True),
                 created_us=created,
-                deadline_us=created + int(self._limits.release_job_deadline * 1e6),
+                # Platforms apply the claim up to RELEASE_GRACE after it expires; not longer.
+                deadline_us=min(
+                    created + int(self._limits.release_job_deadline * 1e6),
+                    to_us(checked.verified.claim.expires_at + RELEASE_GRACE),
+                ),
                 done_us=None,
             )
             existing = await self._store.run(self._store.create_job, job, platform_ids)

@@ -30,6 +30,7 @@ from numfed.v1 import claim_pb2
 
 __all__ = [
     "RECYCLED_CLAIM_PAYLOAD_TYPE",
+    "RELEASE_GRACE",
     "TENURE_CLAIM_PAYLOAD_TYPE",
     "ClaimPolicy",
     "Purpose",
@@ -66,6 +67,15 @@ class ClaimPolicy:
 
     max_lifetime: timedelta = timedelta(minutes=30)
     max_skew: timedelta = timedelta(seconds=60)
+    release_grace: timedelta = timedelta(0)
+    """How long after expiry a RELEASE claim is still applied (platforms: RELEASE_GRACE)."""
+
+
+RELEASE_GRACE = timedelta(hours=1)
+"""A platform still applies a release claim this long after it expired. The gateway accepted
+the claim while it was fresh and retries it until the platform answers; a platform that was down
+for a while must not refuse it then. Safe: a release touches only bindings made before X, and a
+number's next holder comes no sooner than the 90-day quiet period."""
 
 
 DEFAULT_POLICY = ClaimPolicy()
@@ -308,10 +318,14 @@ def _check_issuer(key: CarrierKey, carrier_id: str, number: str, issued_at: date
 
 
 def _check_time(
-    issued_at: datetime, expires_at: datetime, now: datetime, policy: ClaimPolicy
+    issued_at: datetime,
+    expires_at: datetime,
+    now: datetime,
+    policy: ClaimPolicy,
+    grace: timedelta = timedelta(0),
 ) -> None:
     now = require_utc(now, "now")
-    if now > expires_at + policy.max_skew:
+    if now > expires_at + policy.max_skew + grace:
         raise Unauthenticated("CLAIM_EXPIRED", "the claim has expired")
     if issued_at > now + policy.max_skew:
         raise Unauthenticated("CLAIM_FROM_FUTURE", "the claim is issued in the future")
@@ -340,7 +354,9 @@ def verify_tenure_claim(
             raise
         raise InvalidArgument("MALFORMED_CLAIM", exc.message) from exc
     _check_issuer(key, claim.carrier_id, claim.number, claim.issued_at)
-    _check_time(claim.issued_at, claim.expires_at, now, policy)
+    releases = claim.purpose in (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
+    grace = policy.release_grace if releases else timedelta(0)
+    _check_time(claim.issued_at, claim.expires_at, now, policy, grace)
     if claim.purpose not in purposes:
         raise InvalidArgument(
             "WRONG_PURPOSE",

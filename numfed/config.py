@@ -39,8 +39,10 @@ class Limits:
     """Longest one call to a platform may take."""
     deadline_margin: float = 0.05
     """Time kept back from the caller's deadline to assemble the answer."""
-    release_job_deadline: float = 3600.0
-    """How long the dispatcher retries a platform that has not answered a release."""
+    release_job_deadline: float = 86400.0
+    """Longest the dispatcher retries a platform that has not answered a release. A job also
+    stops once platforms would no longer accept its claim (expiry + RELEASE_GRACE), which with
+    the default claim lifetime comes first."""
     retry_initial_backoff: float = 0.2
     retry_max_backoff: float = 30.0
     retry_multiplier: float = 2.0

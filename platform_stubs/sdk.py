@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.claims import RELEASE_GRACE, ClaimPolicy, Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
 from numfed.rpc import error_status, ok_status
@@ -33,6 +33,8 @@ from platform_stubs.trustclient import TrustClient
 __all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer"]
 
 MAX_BATCH_ITEMS = 500
+PLATFORM_POLICY = ClaimPolicy(release_grace=RELEASE_GRACE)
+"""Platforms apply a release the gateway retries after its claim expired, within the grace."""
 QUERY = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.items()}
@@ -113,7 +115,11 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         for item in items:
             try:
                 env = Envelope.from_proto(item.claim)
-                out.append(verify_tenure_claim(env, trust, now=now, purposes=purposes))
+                out.append(
+                    verify_tenure_claim(
+                        env, trust, now=now, purposes=purposes, policy=PLATFORM_POLICY
+                    )
+                )
             except NumfedError as err:
                 out.append(err)
         return out

@@ -82,6 +82,9 @@ class PlatformServiceServicer:
         the number from every binding with bound_at < tenure_start; PURPOSE_RELEASE_OWN removes it
         from the selected own-tenure bindings only. A release never deletes an account, and never
         touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
+        A release claim is still applied up to one hour after it expired (the gateway retries until
+        the platform answers); a claim applied before is answered from its stored first result, and
+        so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
         Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
         unknown or not of the holder's own tenure).
         """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -10,10 +10,11 @@ import sqlalchemy as sa
 
 from gateway.audit import read_chain
 from gateway.schema import audit_log
+from numfed.claims import RELEASE_GRACE
 from numfed.scenario import demo_scenario
 from numfed.v1 import gateway_pb2
 from tests.integration.conftest import Federation
-from tests.integration.holder import OWN, PRIOR, HolderApp, counts, response
+from tests.integration.holder import OWN, PRIOR, HolderApp, counts, metadata, response
 
 Outcome = gateway_pb2.PlatformOutcome
 WORLD = demo_scenario()
@@ -104,6 +105,10 @@ async def test_retried_release_request_is_one_operation(federation: Federation) 
     first = await app.release(PRIOR, request_id="same-request")
     again = await app.release(PRIOR, request_id="same-request")
     assert again.name == first.name
+    # The job retries no longer than platforms accept its claim: expiry + RELEASE_GRACE.
+    meta = metadata(first)
+    span = meta.deadline.ToDatetime() - meta.create_time.ToDatetime()
+    assert span <= timedelta(seconds=600) + RELEASE_GRACE + timedelta(seconds=5)
     await app.watch(first.name)
     applied = sum(h.store.counts()["applied"] for h in federation.platforms.values())
     assert applied == len(federation.platforms)  # one application per platform, not two

@@ -334,3 +334,21 @@ def test_recycled_claim_attacks_refused(fed: Federation) -> None:
         with pytest.raises(cls) as e:
             verify_recycled_claim(env, fed.state(), now=NOW, audience="weibo")
         assert e.value.reason == why
+
+
+def test_release_grace_applies_to_release_claims_only(fed: Federation) -> None:
+    from numfed.claims import RELEASE_GRACE, ClaimPolicy
+
+    late = NOW + timedelta(minutes=40)  # the claim expired 30 minutes ago
+    grace = ClaimPolicy(release_grace=RELEASE_GRACE)
+    release = sign_claim(tenure(purpose=Purpose.RELEASE_PRIOR), fed.carrier_keys["cmcc"])
+    query = sign_claim(tenure(purpose=Purpose.QUERY_PRIOR), fed.carrier_keys["cmcc"])
+    state = fed.state()
+    with pytest.raises(Unauthenticated) as e:  # the gateway's intake: strictly fresh
+        verify_tenure_claim(release, state, now=late, purposes=ALL)
+    assert e.value.reason == "CLAIM_EXPIRED"
+    assert verify_tenure_claim(release, state, now=late, purposes=ALL, policy=grace)
+    with pytest.raises(Unauthenticated):  # a query is never late-tolerant
+        verify_tenure_claim(query, state, now=late, purposes=ALL, policy=grace)
+    with pytest.raises(Unauthenticated):  # nor a release beyond the grace
+        verify_tenure_claim(release, state, now=late + RELEASE_GRACE, purposes=ALL, policy=grace)
