@@ -40,6 +40,7 @@ __all__ = [
     "VerifiedRecycledClaim",
     "normalize_number",
     "sign_claim",
+    "signed_by_carrier",
     "verify_recycled_claim",
     "verify_tenure_claim",
 ]
@@ -285,21 +286,24 @@ class VerifiedRecycledClaim:
     carrier_id: str
 
 
-def _signed_by_carrier(
+def signed_by_carrier(
     envelope: Envelope, trust: TrustedState, payload_type: str, now: datetime
 ) -> tuple[str, CarrierKey]:
-    """Check the payload type and the one carrier signature; return the key that made it."""
+    """Check the payload type and the one carrier signature; return the key that made it.
+
+    Claims and event batches alike carry exactly one signature, by a key of the trust bundle.
+    """
     if envelope.payload_type != payload_type:
         raise Unauthenticated(
             "WRONG_PAYLOAD_TYPE",
             f"expected payload type {payload_type!r}, got {envelope.payload_type!r}",
         )
     if len(envelope.signatures) != 1:
-        raise Unauthenticated("ONE_SIGNATURE_REQUIRED", "a claim carries exactly one signature")
+        raise Unauthenticated("ONE_SIGNATURE_REQUIRED", "exactly one carrier signature is required")
     sig = envelope.signatures[0]
     key = trust.carrier_key(sig.keyid, now=now)
     if not key.key.verify_raw(sig.sig, pae(envelope.payload_type, envelope.payload)):
-        raise Unauthenticated("BAD_SIGNATURE", "the claim's signature does not verify")
+        raise Unauthenticated("BAD_SIGNATURE", "the carrier signature does not verify")
     return sig.keyid, key
 
 
@@ -342,7 +346,7 @@ def verify_tenure_claim(
     policy: ClaimPolicy = DEFAULT_POLICY,
 ) -> VerifiedClaim:
     """Verify signature, issuer, scope, time and purpose; raise the precise error otherwise."""
-    key_id, key = _signed_by_carrier(envelope, trust, TENURE_CLAIM_PAYLOAD_TYPE, now)
+    key_id, key = signed_by_carrier(envelope, trust, TENURE_CLAIM_PAYLOAD_TYPE, now)
     try:
         pb = claim_pb2.TenureClaim.FromString(envelope.payload)
     except DecodeError as exc:
@@ -375,7 +379,7 @@ def verify_recycled_claim(
     policy: ClaimPolicy = DEFAULT_POLICY,
 ) -> VerifiedRecycledClaim:
     """Verify a recycled-check answer addressed to platform ``audience``."""
-    key_id, key = _signed_by_carrier(envelope, trust, RECYCLED_CLAIM_PAYLOAD_TYPE, now)
+    key_id, key = signed_by_carrier(envelope, trust, RECYCLED_CLAIM_PAYLOAD_TYPE, now)
     try:
         claim = RecycledClaim.from_proto(claim_pb2.RecycledClaim.FromString(envelope.payload))
     except DecodeError as exc:

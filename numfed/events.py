@@ -15,8 +15,8 @@ from datetime import datetime
 
 from google.protobuf.message import DecodeError
 
-from numfed.claims import normalize_number
-from numfed.envelope import Envelope, SigningKey, pae, sign
+from numfed.claims import normalize_number, signed_by_carrier
+from numfed.envelope import Envelope, SigningKey, sign
 from numfed.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from numfed.timeutil import from_timestamp, require_utc, to_timestamp
 from numfed.trust import TrustedState
@@ -124,14 +124,7 @@ class VerifiedBatch:
 
 def verify_event_batch(envelope: Envelope, trust: TrustedState, *, now: datetime) -> VerifiedBatch:
     """Verify a batch's one carrier signature, its issuer and scope; parse its events."""
-    if envelope.payload_type != EVENT_BATCH_PAYLOAD_TYPE:
-        raise Unauthenticated("WRONG_PAYLOAD_TYPE", f"expected {EVENT_BATCH_PAYLOAD_TYPE}")
-    if len(envelope.signatures) != 1:
-        raise Unauthenticated("ONE_SIGNATURE_REQUIRED", "a batch carries exactly one signature")
-    sig = envelope.signatures[0]
-    key = trust.carrier_key(sig.keyid, now=now)
-    if not key.key.verify_raw(sig.sig, pae(envelope.payload_type, envelope.payload)):
-        raise Unauthenticated("BAD_SIGNATURE", "the batch's signature does not verify")
+    _keyid, key = signed_by_carrier(envelope, trust, EVENT_BATCH_PAYLOAD_TYPE, now)
     try:
         pb = events_pb2.EventBatch.FromString(envelope.payload)
     except DecodeError as exc:
