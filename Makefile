@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo proto proto-check lint typecheck pytest clean
+.PHONY: test demo bench proto proto-check lint typecheck pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: proto-check lint typecheck pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/numfed demo
+
+# Benchmarks beside their references (not part of `make test`); see docs/benchmarks.md.
+bench: $(STAMP)
+	$(PY) -m bench.fanout --platforms 1,7 --seconds 5
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

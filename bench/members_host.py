@@ -1,0 +1,27 @@
+"""Runs a federation's carriers and platforms in one process, so that a benchmark can measure
+the gateway's own process alone. ``python -m bench.members_host FEDERATION_DIR``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from carrier_adapters.base import start_carrier
+from numfed.config import load_carrier_config, load_platform_config
+from platform_stubs.reference import start_platform
+
+
+async def main(carriers: list[Path], platforms: list[Path]) -> None:
+    handles: list[object] = []
+    for cfg in carriers:
+        handles.append(await start_carrier(load_carrier_config(cfg)))
+    for cfg in platforms:
+        handles.append(await start_platform(load_platform_config(cfg)))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    asyncio.run(main(sorted(root.glob("carrier-*.toml")), sorted(root.glob("platform-*.toml"))))
