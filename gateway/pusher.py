@@ -47,7 +47,6 @@ class EventPusher:
         self._limits = limits
         self._wake = asyncio.Event()
         self._rng = random.Random()
-        self.delivered_calls = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -73,7 +72,6 @@ class EventPusher:
                 answer = await self._link.stub.DeliverEvents(
                     request, timeout=self._limits.platform_call_timeout
                 )
-                self.delivered_calls += 1
                 ack = min(answer.ack_through_seq, rows[-1][0])
                 await self._store.run(self._events.ack, platform, ack, now_us())
                 if ack > cursor:

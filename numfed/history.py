@@ -8,7 +8,6 @@ assigned to them, and a port between carriers does not move it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -164,7 +163,3 @@ class NumberHistory:
         """
         t = self.current_tenure(now)
         return t is None or since < t.start
-
-
-def histories_by_number(histories: Iterable[NumberHistory]) -> dict[str, NumberHistory]:
-    return {h.number: h for h in histories}
