@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.schema import audit_log
+from numfed.db import serialize
 
 __all__ = [
     "GENESIS",
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 """The previous hash of the first entry."""
+
+AUDIT_LOCK = 0x6E756D66_0002
+"""Advisory lock key for appending to the chain (PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ def append(conn: sa.Connection, records: Sequence[AuditRecord]) -> None:
     """Chain ``records`` after the newest entry, inside the caller's transaction."""
     if not records:
         return
+    serialize(conn, AUDIT_LOCK)  # replicas on one PostgreSQL chain one after another
     last = conn.execute(
         sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
     ).first()

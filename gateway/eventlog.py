@@ -3,15 +3,25 @@
 Storage grows with batches + platforms, never batches x platforms. A platform's cursor only
 moves forward, and only on its acknowledgement, so delivery is at-least-once and in log order
 (hence in order per number).
+
+With several replicas on one PostgreSQL, appends take an advisory lock so that sequence numbers
+commit in order (a reader never sees seq 8 before seq 7 and skips 7 for good), and pushing to a
+platform is leased: one replica at a time pushes to it, and another takes over when that
+replica's lease runs out.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.schema import event_batches, event_cursors
+from numfed.db import serialize
 
 __all__ = ["EventLog"]
+
+APPEND_LOCK = 0x6E756D66_0003
+"""Advisory lock key for appending batches (PostgreSQL)."""
 
 
 class EventLog:
@@ -20,6 +30,7 @@ class EventLog:
 
     def append(self, carrier_id: str, envelope: bytes, events: int, now_us: int) -> int:
         with self.engine.begin() as c:
+            serialize(c, APPEND_LOCK)
             res = c.execute(
                 sa.insert(event_batches).values(
                     carrier_id=carrier_id, received_us=now_us, events=events, envelope=envelope
@@ -46,29 +57,58 @@ class EventLog:
             ).scalar_one_or_none()
         return int(got or 0)
 
+    def _ensure_cursor(self, c: sa.Connection, platform_id: str, now_us: int) -> None:
+        """Create the platform's cursor at 0 unless it exists (replicas may race to it)."""
+        insert = (postgresql.insert if c.dialect.name == "postgresql" else sqlite.insert)(
+            event_cursors
+        )
+        c.execute(
+            insert.values(
+                platform_id=platform_id, acked_seq=0, updated_us=now_us
+            ).on_conflict_do_nothing(index_elements=[event_cursors.c.platform_id])
+        )
+
     def ack(self, platform_id: str, through: int, now_us: int) -> int:
         """Move the cursor forward to ``through`` (never back); return the new position."""
+        c_ = event_cursors.c
         with self.engine.begin() as c:
-            current = c.execute(
-                sa.select(event_cursors.c.acked_seq).where(
-                    event_cursors.c.platform_id == platform_id
+            self._ensure_cursor(c, platform_id, now_us)
+            c.execute(
+                sa.update(event_cursors)
+                .where(c_.platform_id == platform_id, c_.acked_seq < through)
+                .values(acked_seq=through, updated_us=now_us)
+            )
+            return int(
+                c.execute(sa.select(c_.acked_seq).where(c_.platform_id == platform_id)).scalar_one()
+            )
+
+    def lease(self, platform_id: str, owner: str, now_us: int, lease_us: int) -> bool:
+        """Hold (or renew) the right to push to ``platform_id``; False while another holds it."""
+        c_ = event_cursors.c
+        with self.engine.begin() as c:
+            self._ensure_cursor(c, platform_id, now_us)
+            got = c.execute(
+                sa.update(event_cursors)
+                .where(
+                    c_.platform_id == platform_id,
+                    sa.or_(
+                        c_.lease_owner.is_(None),
+                        c_.lease_owner == owner,
+                        c_.lease_until_us < now_us,
+                    ),
                 )
-            ).scalar_one_or_none()
-            if current is None:
-                c.execute(
-                    sa.insert(event_cursors).values(
-                        platform_id=platform_id, acked_seq=max(through, 0), updated_us=now_us
-                    )
-                )
-                return max(through, 0)
-            if through > current:
-                c.execute(
-                    sa.update(event_cursors)
-                    .where(event_cursors.c.platform_id == platform_id)
-                    .values(acked_seq=through, updated_us=now_us)
-                )
-                return through
-            return int(current)
+                .values(lease_owner=owner, lease_until_us=now_us + lease_us)
+            )
+            return got.rowcount == 1
+
+    def unlease(self, owner: str) -> None:
+        """Give up every push lease ``owner`` holds (graceful shutdown)."""
+        with self.engine.begin() as c:
+            c.execute(
+                sa.update(event_cursors)
+                .where(event_cursors.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until_us=None)
+            )
 
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         with self.engine.connect() as c:

@@ -3,6 +3,10 @@
 Each loop sends the batches after the platform's acknowledged position, several per call, and
 moves the position to what the platform acknowledges. A platform that fails or does not answer
 gets the same batches again after a backoff; it applies each event once by its event_id.
+
+With several replicas, each loop first leases the platform's cursor (renewing it every round):
+one replica pushes to a platform at a time, and when it dies another takes over once the lease
+runs out.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ class EventPusher:
         events: EventLog,
         store: Store,
         limits: Limits,
+        owner: str,
         audit: Callable[[AuditRecord], None] = lambda _record: None,
     ) -> None:
+        self._owner = owner
         self._audit = audit
         self._link = link
         self._events = events
@@ -54,8 +60,15 @@ class EventPusher:
     async def run(self) -> None:
         failures = 0
         platform = self._link.platform_id
+        lease_us = int(self._limits.lease_seconds * 1e6)
         while True:
             self._wake.clear()
+            held = await self._store.run(
+                self._events.lease, platform, self._owner, now_us(), lease_us
+            )
+            if not held:  # another replica pushes to this platform; be ready to take over
+                await asyncio.sleep(self._limits.lease_seconds / 3)
+                continue
             cursor = await self._store.run(self._events.cursor, platform)
             rows = await self._store.run(self._events.after, cursor, BATCHES_PER_CALL)
             if not rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -52,8 +53,22 @@ release_tasks = Table(
     Column("lease_until_us", BigInteger, nullable=True),
     Column("result", LargeBinary, nullable=True),
     Column("updated_us", BigInteger, nullable=False),
+    Column("lease_from_us", BigInteger, nullable=True),
     Index("ix_release_tasks_due", "state", "next_attempt_us"),
 )
+
+task_leases = Table(
+    "task_leases",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("platform_id", String(32), primary_key=True),
+    Column("owner", String(64), primary_key=True),
+    Column("from_us", BigInteger, primary_key=True),
+    Column("until_us", BigInteger, nullable=False),
+    Column("finished", Boolean, nullable=False),
+)
+"""Every lease a replica was granted on a task, from grant to release, expiry or outcome: the
+database's own record that no task was held by two replicas at once."""
 
 portability = Table(
     "portability",
@@ -95,4 +110,6 @@ event_cursors = Table(
     Column("platform_id", String(32), primary_key=True),
     Column("acked_seq", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
 )

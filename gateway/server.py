@@ -78,11 +78,14 @@ class Gateway:
     async def start(cls, config: GatewayConfig) -> Gateway:
         layout = pki.PkiLayout(config.pki_dir)
         store = Store(config.database_url)
+        store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
         if store.dialect == "sqlite":
-            await store.run(store.release_leases, None)
-        pseudonym = Pseudonymizer(load_or_create_key(config.state_dir / "pseudonym.key"))
+            await store.run(store.release_leases, None, now_us())
+        pseudonym = Pseudonymizer(
+            load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
+        )
         now = datetime.now(UTC)
         trust = load_trusted_state(config.trust_dir, now=now)
         trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
@@ -115,6 +118,7 @@ class Gateway:
         seeds = [(pseudonym(n), c) for n, c in config.portability.items()]
         portability.update(seeds)
         watchers = JobWatchers()
+        owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
         audit = AuditWriter(store.engine, store.run)
         events = EventLog(store.engine)
         pushers = [
@@ -123,6 +127,7 @@ class Gateway:
                 events=events,
                 store=store,
                 limits=config.limits,
+                owner=owner,
                 audit=audit.record,
             )
             for m in config.platforms
@@ -133,7 +138,7 @@ class Gateway:
             store=store,
             links=links,
             limits=config.limits,
-            owner=f"gw-{secrets.token_hex(6)}",
+            owner=owner,
             on_change=watchers.notify,
         )
         servicer = GatewayServicer(
@@ -234,7 +239,7 @@ class Gateway:
             await link.close()
         for ch in self.carrier_channels.values():
             await ch.close()
-        await self.store.run(self.store.release_leases, None)
+        await self.store.run(self.store.release_leases, self.dispatcher.owner, now_us())
         self.store.close()
 
 

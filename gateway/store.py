@@ -2,12 +2,21 @@
 
 SQLAlchemy 2.0 Core at the edge. Every public method is synchronous and runs on the store's
 own single worker thread (:meth:`Store.run`), so the asyncio servers never block on the
-database and SQLite sees one writer. Tasks are leased with an atomic conditional UPDATE on
-SQLite (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so an expired lease can be taken over.
+database and SQLite sees one writer. The same code runs on SQLite (one replica) and on
+PostgreSQL (several replicas sharing one database).
+
+Tasks are leased by one statement: an UPDATE of the due rows that a sub-select picks, with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL (so replicas leasing at the same moment take disjoint
+rows without waiting) and as one atomic conditional UPDATE on SQLite. A lease lasts
+``lease_us``; its holder renews it while the task is in flight (a heartbeat), and any replica
+takes over a lease that expired. Every grant is recorded in ``task_leases``, the database's
+own record that no task was ever held by two replicas at once.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +25,12 @@ from typing import ParamSpec, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.schema import portability, release_jobs, release_tasks
-from numfed.db import DbThread, sqlite_engine
+from gateway.schema import portability, release_jobs, release_tasks, task_leases
+from numfed.db import DbThread, serialize, sqlite_engine
+from numfed.errors import FailedPrecondition
 
 __all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate"]
 
@@ -39,6 +50,9 @@ _TASK_COLUMNS = (
 
 TASK_PENDING = 0
 TASK_DONE = 1
+
+MIGRATION_LOCK = 0x6E756D66_0001
+"""Advisory lock key: replicas starting together migrate one at a time (PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -89,18 +103,48 @@ class Store:
             self.engine = sa.create_engine(url, pool_size=4, max_overflow=4)
         self.dialect = self.engine.dialect.name
         self._thread = DbThread("gateway-db")
+        self._lock_fd: int | None = None
         self.run = self._thread.run
         """Run one store method on the database thread."""
 
     def close(self) -> None:
         self._thread.close()
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def lock_single_replica(self) -> None:
+        """On SQLite, make this process the file's only gateway, or refuse to start.
+
+        SQLite serves one replica: a second gateway on the same file would fight the first for
+        its leases. The lock is an ``flock`` on ``<file>.lock``, dropped when the process ends
+        however it ends, so a killed gateway never blocks its successor. Readers (``numfed
+        audit``) do not take it. PostgreSQL needs no such lock.
+        """
+        if self.dialect != "sqlite" or self._lock_fd is not None:
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return
+        fd = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise FailedPrecondition(
+                "DATABASE_IN_USE",
+                "another gateway replica is running on this SQLite file; "
+                "several replicas need a shared PostgreSQL database_url",
+            ) from exc
+        self._lock_fd = fd
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision (one replica at a time)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self.engine.begin() as conn:
+            serialize(conn, MIGRATION_LOCK)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
@@ -134,8 +178,19 @@ class Store:
         """Insert a job and one pending task per platform in one transaction.
 
         If a job with the same (carrier, request_id) exists already, nothing is written and the
-        existing job is returned, so concurrent retries of one request create one job.
+        existing job is returned, so concurrent retries of one request create one job — also
+        when two replicas take the same request at once: the loser's insert hits the unique
+        key, and it returns the winner's job.
         """
+        try:
+            return self._insert_job(job, platform_ids)
+        except sa.exc.IntegrityError:
+            found = self.find_job(job.carrier_id, job.request_id)
+            if found is None:
+                raise
+            return found
+
+    def _insert_job(self, job: JobRow, platform_ids: Sequence[str]) -> JobRow:
         with self.engine.begin() as conn:
             existing = conn.execute(
                 sa.select(release_jobs).where(
@@ -171,28 +226,21 @@ class Store:
     ) -> list[tuple[TaskRow, JobRow]]:
         """Lease up to ``limit`` due pending tasks for ``owner``; return them with their jobs."""
         with self.engine.begin() as conn:
-            keys = self._lease(conn, owner, now_us, lease_us, limit)
-            if not keys:
+            tasks = self._lease(conn, owner, now_us, lease_us, limit)
+            if not tasks:
                 return []
-            job_ids = sorted({k[0] for k in keys})
+            job_ids = sorted({t.job_id for t in tasks})
             jobs = {
                 r.job_id: JobRow(**r._mapping)
                 for r in conn.execute(
                     sa.select(release_jobs).where(release_jobs.c.job_id.in_(job_ids))
                 )
             }
-            tasks = conn.execute(
-                sa.select(*_TASK_COLUMNS).where(
-                    release_tasks.c.lease_owner == owner,
-                    release_tasks.c.lease_until_us == now_us + lease_us,
-                    release_tasks.c.job_id.in_(job_ids),
-                )
-            ).all()
-        return [(TaskRow(**t._mapping), jobs[t.job_id]) for t in tasks]
+        return [(t, jobs[t.job_id]) for t in tasks]
 
     def _lease(
         self, conn: Connection, owner: str, now_us: int, lease_us: int, limit: int
-    ) -> list[tuple[str, str]]:
+    ) -> list[TaskRow]:
         t = release_tasks
         due = (
             sa.select(t.c.job_id, t.c.platform_id)
@@ -204,25 +252,85 @@ class Store:
             .order_by(t.c.next_attempt_us)
             .limit(limit)
         )
+        # One statement is the lease; the conditions are checked again on the rows it updates,
+        # so a row another replica took meanwhile is not taken twice.
+        update = sa.update(t).values(
+            lease_owner=owner, lease_until_us=now_us + lease_us, lease_from_us=now_us
+        )
         if self.dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        candidates = [(r.job_id, r.platform_id) for r in conn.execute(due)]
-        leased: list[tuple[str, str]] = []
-        for job_id, platform_id in candidates:
-            # The conditional UPDATE is the lease: it succeeds for one replica only.
-            res = conn.execute(
-                sa.update(t)
-                .where(
-                    t.c.job_id == job_id,
-                    t.c.platform_id == platform_id,
-                    t.c.state == TASK_PENDING,
-                    sa.or_(t.c.lease_until_us.is_(None), t.c.lease_until_us < now_us),
-                )
-                .values(lease_owner=owner, lease_until_us=now_us + lease_us)
+            # A materialised CTE runs the locking sub-select exactly once (a sub-select inside
+            # IN may be re-run by the planner, each run skipping rows the last one locked).
+            picked = (
+                due.with_for_update(skip_locked=True)
+                .cte("due")
+                .prefix_with("MATERIALIZED", dialect="postgresql")
             )
-            if res.rowcount == 1:
-                leased.append((job_id, platform_id))
-        return leased
+            update = update.where(
+                t.c.job_id == picked.c.job_id, t.c.platform_id == picked.c.platform_id
+            )
+        else:
+            update = update.where(sa.tuple_(t.c.job_id, t.c.platform_id).in_(due))
+        rows = conn.execute(
+            update.where(
+                t.c.state == TASK_PENDING,
+                sa.or_(t.c.lease_until_us.is_(None), t.c.lease_until_us < now_us),
+            ).returning(*_TASK_COLUMNS)
+        ).all()
+        if rows:
+            conn.execute(
+                sa.insert(task_leases),
+                [
+                    {
+                        "job_id": r.job_id,
+                        "platform_id": r.platform_id,
+                        "owner": owner,
+                        "from_us": now_us,
+                        "until_us": now_us + lease_us,
+                        "finished": False,
+                    }
+                    for r in rows
+                ],
+            )
+        return [TaskRow(**r._mapping) for r in rows]
+
+    def _lease_log(self, owner: str, job_id: str, platform_id: str) -> sa.Update:
+        """An UPDATE of the record of ``owner``'s current lease on one task."""
+        t = release_tasks
+        current = (
+            sa.select(t.c.lease_from_us)
+            .where(t.c.job_id == job_id, t.c.platform_id == platform_id, t.c.lease_owner == owner)
+            .scalar_subquery()
+        )
+        return sa.update(task_leases).where(
+            task_leases.c.job_id == job_id,
+            task_leases.c.platform_id == platform_id,
+            task_leases.c.owner == owner,
+            task_leases.c.from_us == current,
+        )
+
+    def renew(self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int) -> int:
+        """Extend ``owner``'s leases on these tasks (a heartbeat); return how many it still held.
+
+        A lease that already expired is renewed only if nobody took it over meanwhile.
+        """
+        t = release_tasks
+        renewed = 0
+        with self.engine.begin() as conn:
+            for job_id, platform_id in keys:
+                conn.execute(
+                    self._lease_log(owner, job_id, platform_id).values(until_us=now_us + lease_us)
+                )
+                renewed += conn.execute(
+                    sa.update(t)
+                    .where(
+                        t.c.job_id == job_id,
+                        t.c.platform_id == platform_id,
+                        t.c.lease_owner == owner,
+                        t.c.state == TASK_PENDING,
+                    )
+                    .values(lease_until_us=now_us + lease_us)
+                ).rowcount
+        return renewed
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
         """Store dispatch outcomes (only for tasks ``owner`` still leases) in one transaction.
@@ -234,6 +342,11 @@ class Store:
         changed: set[str] = set()
         with self.engine.begin() as conn:
             for u in updates:
+                conn.execute(
+                    self._lease_log(owner, u.job_id, u.platform_id).values(
+                        until_us=now_us, finished=True
+                    )
+                )
                 res = conn.execute(
                     sa.update(t)
                     .where(
@@ -250,6 +363,7 @@ class Store:
                         result=u.result,
                         lease_owner=None,
                         lease_until_us=None,
+                        lease_from_us=None,
                         updated_us=now_us,
                     )
                 )
@@ -269,13 +383,39 @@ class Store:
                     )
         return changed
 
-    def release_leases(self, owner: str | None = None) -> int:
-        """Drop leases (of ``owner``, or every lease when None: a lone SQLite replica starting)."""
-        stmt = sa.update(release_tasks).where(release_tasks.c.lease_owner.is_not(None))
+    def release_leases(self, owner: str | None, now_us: int) -> int:
+        """Drop leases (of ``owner``, or every lease when None: a lone SQLite replica starting).
+
+        Their record ends now, so another replica may take the tasks at once.
+        """
+        t = release_tasks
+        held = t.c.lease_owner.is_not(None)
         if owner is not None:
-            stmt = stmt.where(release_tasks.c.lease_owner == owner)
+            held = sa.and_(held, t.c.lease_owner == owner)
         with self.engine.begin() as conn:
-            return conn.execute(stmt.values(lease_owner=None, lease_until_us=None)).rowcount
+            conn.execute(
+                sa.update(task_leases)
+                .where(
+                    task_leases.c.finished.is_(False),
+                    task_leases.c.until_us > now_us,
+                    sa.tuple_(
+                        task_leases.c.job_id,
+                        task_leases.c.platform_id,
+                        task_leases.c.owner,
+                        task_leases.c.from_us,
+                    ).in_(
+                        sa.select(
+                            t.c.job_id, t.c.platform_id, t.c.lease_owner, t.c.lease_from_us
+                        ).where(held)
+                    ),
+                )
+                .values(until_us=now_us, finished=True)
+            )
+            return conn.execute(
+                sa.update(t)
+                .where(held)
+                .values(lease_owner=None, lease_until_us=None, lease_from_us=None)
+            ).rowcount
 
     def next_due_us(self) -> int | None:
         with self.engine.connect() as conn:
@@ -288,13 +428,22 @@ class Store:
     # -- portability ----------------------------------------------------------------------------
 
     def put_portability(self, entries: Iterable[tuple[str, str]], now_us: int) -> None:
-        rows = [{"number_key": k, "carrier_id": c, "updated_us": now_us} for k, c in entries]
+        # Last writer wins per number; an upsert, so replicas syncing at once never collide.
+        latest = {k: c for k, c in entries}
+        rows = [{"number_key": k, "carrier_id": c, "updated_us": now_us} for k, c in latest.items()]
         if not rows:
             return
+        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(portability)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[portability.c.number_key],
+            set_={
+                "carrier_id": insert.excluded.carrier_id,
+                "updated_us": insert.excluded.updated_us,
+            },
+        )
         with self.engine.begin() as conn:
-            keys = [r["number_key"] for r in rows]
-            conn.execute(sa.delete(portability).where(portability.c.number_key.in_(keys)))
-            conn.execute(sa.insert(portability), rows)
+            for i in range(0, len(rows), 1000):
+                conn.execute(stmt, rows[i : i + 1000])
 
     def load_portability(self) -> dict[str, str]:
         with self.engine.connect() as conn:

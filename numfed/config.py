@@ -95,6 +95,9 @@ class GatewayConfig:
     portability: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     gateway_id: str = "main"
+    pseudonym_key_file: Path | None = None
+    """The HMAC key behind number pseudonyms; every replica of one federation needs the same
+    key. Default: ``pseudonym.key`` in the state directory, created on first start."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,11 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         platforms=_members(raw, "platform"),
         portability=dict(portability),
         limits=Limits.from_mapping(raw.get("limits", {})),
+        pseudonym_key_file=(
+            base / _str(sec, "pseudonym_key_file", "gateway")
+            if "pseudonym_key_file" in sec
+            else state_dir / "pseudonym.key"
+        ),
     )
 
 

@@ -15,7 +15,7 @@ from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-__all__ = ["DbThread", "sqlite_engine"]
+__all__ = ["DbThread", "serialize", "sqlite_engine"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +39,17 @@ def sqlite_engine(url_or_path: str | Path) -> sa.Engine:
     engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool)
     sa.event.listen(engine, "connect", _pragmas)
     return engine
+
+
+def serialize(conn: sa.Connection, key: int) -> None:
+    """Hold a transaction-scoped lock named ``key`` until ``conn``'s transaction ends.
+
+    On PostgreSQL this is an advisory lock, so replicas appending to one sequence (the audit
+    chain, the event log) commit in the order they numbered. SQLite has one writer at a time
+    anyway, so there it does nothing.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 class DbThread:

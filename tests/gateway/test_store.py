@@ -1,14 +1,16 @@
-"""The release job store on a real SQLite file: durable jobs, exclusive leases, outcomes."""
+"""The release job store on SQLite and PostgreSQL: durable jobs, exclusive leases, outcomes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from gateway.schema import release_jobs, release_tasks
+from gateway.schema import release_jobs, release_tasks, task_leases
 from gateway.store import TASK_DONE, JobRow, Store, TaskUpdate
+from numfed.errors import FailedPrecondition
 
 T0 = 1_800_000_000_000_000
 SECOND = 1_000_000
@@ -30,10 +32,11 @@ def job(job_id: str = "a" * 32, request_id: str = "req-1") -> JobRow:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'gw.db'}")
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
     s.migrate()
-    return s
+    yield s
+    s.close()
 
 
 def test_migrations_create_every_table(store: Store) -> None:
@@ -93,7 +96,7 @@ def test_release_leases_frees_everything_on_restart(store: Store) -> None:
     store.create_job(job(), ["weibo"])
     store.claim_due("dead-replica", T0, 3600 * SECOND, 10)
     assert store.claim_due("me", T0 + SECOND, 30 * SECOND, 10) == []
-    assert store.release_leases(None) == 1
+    assert store.release_leases(None, T0 + SECOND) == 1
     assert len(store.claim_due("me", T0 + SECOND, 30 * SECOND, 10)) == 1
 
 
@@ -101,3 +104,110 @@ def test_portability_round_trip(store: Store) -> None:
     store.put_portability([("k1", "cmcc"), ("k2", "cucc")], T0)
     store.put_portability([("k1", "ctcc")], T0 + 1)
     assert store.load_portability() == {"k1": "ctcc", "k2": "cucc"}
+
+
+def test_two_replicas_leasing_at_once_take_disjoint_tasks(db_url: str) -> None:
+    """Replicas leasing in parallel threads never get the same task (SKIP LOCKED / one UPDATE)."""
+    import threading
+
+    setup = Store(db_url)
+    setup.migrate()
+    for i in range(40):
+        setup.create_job(job(f"{i:032x}", f"req-{i}"), ["weibo", "taobao", "douyin"])
+    replicas = [Store(db_url) for _ in range(3)]
+    got: dict[str, list[tuple[str, str]]] = {f"r{i}": [] for i in range(3)}
+    start = threading.Barrier(3)
+
+    def lease(name: str, s: Store) -> None:
+        start.wait()
+        while batch := s.claim_due(name, T0, 30 * SECOND, 7):
+            got[name] += [(t.job_id, t.platform_id) for t, _j in batch]
+
+    threads = [threading.Thread(target=lease, args=(f"r{i}", s)) for i, s in enumerate(replicas)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    every = [k for keys in got.values() for k in keys]
+    assert len(every) == 120 and len(set(every)) == 120
+    with setup.engine.connect() as c:
+        grants = c.execute(sa.select(task_leases)).all()
+    assert len(grants) == 120 and {g.owner for g in grants} <= set(got)
+    for s in [setup, *replicas]:
+        s.close()
+
+
+def test_lease_record_shows_takeover_after_expiry_and_heartbeat(store: Store) -> None:
+    store.create_job(job(), ["weibo"])
+    store.claim_due("A", T0, 10 * SECOND, 10)
+    # A's heartbeat keeps the task: B cannot take it at T0+15s.
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 8 * SECOND, 10 * SECOND) == 1
+    assert store.claim_due("B", T0 + 15 * SECOND, 10 * SECOND, 10) == []
+    # A falls silent; after its lease runs out, B takes over and A's late outcome is refused.
+    taken = store.claim_due("B", T0 + 19 * SECOND, 10 * SECOND, 10)
+    assert len(taken) == 1
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 20 * SECOND, 10 * SECOND) == 0
+    late = TaskUpdate("a" * 32, "weibo", True, 1, b"late", T0)
+    assert store.record("A", [late], T0 + 21 * SECOND) == set()
+    assert store.record("B", [late], T0 + 22 * SECOND) == {"a" * 32}
+    with store.engine.connect() as c:
+        rows = c.execute(sa.select(task_leases).order_by(task_leases.c.from_us)).all()
+    assert [(r.owner, r.from_us, r.until_us, r.finished) for r in rows] == [
+        ("A", T0, T0 + 18 * SECOND, False),
+        ("B", T0 + 19 * SECOND, T0 + 22 * SECOND, True),
+    ]
+
+
+def test_releasing_own_leases_leaves_other_replicas_alone(store: Store) -> None:
+    store.create_job(job(), ["weibo", "taobao"])
+    store.claim_due("A", T0, 30 * SECOND, 1)
+    store.claim_due("B", T0, 30 * SECOND, 1)
+    assert store.release_leases("A", T0 + SECOND) == 1
+    again = store.claim_due("C", T0 + 2 * SECOND, 30 * SECOND, 10)
+    assert len(again) == 1  # only A's task: B's is still held
+    with store.engine.connect() as c:
+        a = c.execute(sa.select(task_leases).where(task_leases.c.owner == "A")).one()
+    assert a.until_us == T0 + SECOND and a.finished
+
+
+def test_concurrent_create_job_across_replicas_makes_one_job(db_url: str) -> None:
+    import threading
+
+    stores = [Store(db_url) for _ in range(2)]
+    stores[0].migrate()
+    results: list[JobRow] = []
+    gate = threading.Barrier(2)
+
+    def create(s: Store, job_id: str) -> None:
+        gate.wait()
+        results.append(s.create_job(job(job_id), ["weibo"]))
+
+    threads = [
+        threading.Thread(target=create, args=(s, c * 32)) for s, c in zip(stores, "ab", strict=True)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) == 2 and results[0].job_id == results[1].job_id
+    with stores[0].engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(release_jobs)).scalar() == 1
+    for s in stores:
+        s.close()
+
+
+def test_portability_upsert_takes_the_last_entry_per_number(store: Store) -> None:
+    store.put_portability([("k1", "cmcc"), ("k1", "cucc")], T0)
+    assert store.load_portability() == {"k1": "cucc"}
+
+
+def test_sqlite_refuses_a_second_replica_on_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    first, second = Store(url), Store(url)
+    first.lock_single_replica()
+    with pytest.raises(FailedPrecondition) as err:
+        second.lock_single_replica()
+    assert err.value.reason == "DATABASE_IN_USE"
+    first.close()
+    second.lock_single_replica()  # the first replica is gone: the file is free again
+    second.close()
