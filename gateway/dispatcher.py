@@ -6,6 +6,16 @@ each answer in one transaction per batch. A platform that does not answer is ret
 exponential backoff and jitter until the job's deadline passes. Platforms apply each claim once
 (its claim_id is the idempotency key), so a retry after a lost answer or a gateway crash
 releases nothing twice.
+
+While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
+the lease), so a slow platform never lets another replica take a task that is still in flight,
+and a replica that dies stops renewing, so its tasks are taken over once the lease runs out.
+It leases no more than its platforms can take: at most ``max_in_flight_per_platform`` batches
+per platform are out at once. A platform whose circuit breaker is open is not called at all;
+its tasks are retried later.
+
+On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
+period), records their outcomes and gives back its leases.
 """
 
 from __future__ import annotations
@@ -56,29 +66,80 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sends: set[asyncio.Task[None]] = set()
+        self._held: set[tuple[str, str]] = set()
+        """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def owner(self) -> str:
+        """This replica's name on its leases."""
+        return self._owner
+
+    @property
+    def in_flight(self) -> int:
+        """Release batches out to platforms right now."""
+        return len(self._sends)
 
     def wake(self) -> None:
         """New work was committed: look for due tasks now."""
         self._wake.set()
 
+    def _capacity(self) -> int:
+        """How many tasks the batches that may still go out can carry."""
+        free = max(len(self._links), 1) * self._limits.max_in_flight_per_platform - len(self._sends)
+        return max(free, 0) * self._limits.max_batch_items
+
     async def run(self) -> None:
+        self._heartbeat = asyncio.create_task(self._renew_forever())
+        try:
+            await self._run()
+        finally:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+
+    async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            try:
-                claimed = await self._store.run(
-                    self._store.claim_due,
-                    self._owner,
-                    now_us(),
-                    int(self._limits.lease_seconds * 1e6),
-                    self._limits.max_batch_items * max(len(self._links), 1),
-                )
-            except Exception:
-                log.exception("leasing release tasks failed; retrying")
-                claimed = []
-            if claimed:
+            limit = self._capacity()
+            claimed: list[tuple[TaskRow, JobRow]] = []
+            if limit > 0:
+                try:
+                    claimed = await self._store.run(
+                        self._store.claim_due,
+                        self._owner,
+                        now_us(),
+                        int(self._limits.lease_seconds * 1e6),
+                        limit,
+                    )
+                except Exception:
+                    log.exception("leasing release tasks failed; retrying")
+            if claimed and not self._stopping:
                 self._dispatch(claimed)
                 continue
+            if claimed:  # stopping while leasing: give them straight back
+                await self._store.run(self._store.release_leases, self._owner, now_us())
+                return
             await self._idle()
+
+    async def _renew_forever(self) -> None:
+        lease_us = int(self._limits.lease_seconds * 1e6)
+        while True:
+            await asyncio.sleep(self._limits.lease_seconds / 3)
+            if not self._held:
+                continue
+            keys = list(self._held)
+            try:
+                kept = await self._store.run(
+                    self._store.renew, self._owner, keys, now_us(), lease_us
+                )
+            except Exception:
+                log.exception("renewing leases failed; will try again")
+                continue
+            if kept < len(keys):
+                log.warning(
+                    "%d of %d leases were lost to other replicas", len(keys) - kept, len(keys)
+                )
 
     async def _idle(self) -> None:
         due = await self._store.run(self._store.next_due_us)
@@ -90,6 +151,7 @@ class Dispatcher:
         by_platform: dict[str, list[tuple[TaskRow, JobRow]]] = defaultdict(list)
         for task, job in claimed:
             by_platform[task.platform_id].append((task, job))
+            self._held.add((job.job_id, task.platform_id))
         size = self._limits.max_batch_items
         for platform_id, work in by_platform.items():
             for i in range(0, len(work), size):
@@ -98,6 +160,17 @@ class Dispatcher:
                 t.add_done_callback(self._sends.discard)
 
     async def _send(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+        try:
+            await self._send_batch(platform_id, work)
+        except Exception:
+            # Never silent: the tasks keep their leases, which expire, and are retried then.
+            log.exception("release batch to %s failed unexpectedly", platform_id)
+        finally:
+            for _task, job in work:
+                self._held.discard((job.job_id, platform_id))
+            self.wake()  # room for another batch
+
+    async def _send_batch(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
         link = self._links.get(platform_id)
         items = [
             platform_pb2.ReleaseItem(
@@ -152,8 +225,6 @@ class Dispatcher:
                 )
         if changed:
             self._on_change(changed)
-        if any(not u.done for u in updates):
-            self.wake()
 
     def _retry_or_expire(self, task: TaskRow, job: JobRow, err: Unavailable) -> TaskUpdate:
         now = now_us()
@@ -176,9 +247,17 @@ class Dispatcher:
             job.job_id, task.platform_id, expired, res.outcome, res.SerializeToString(), next_us
         )
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Take no new tasks; let the batches out finish for up to ``grace`` seconds.
+
+        Batches still out after that are cancelled: their tasks keep their leases, which
+        :meth:`Store.release_leases` gives back (or which expire if the process dies first),
+        and the platforms' idempotency makes the retry harmless.
+        """
         self._stopping = True
         self._wake.set()
+        if self._sends and grace > 0:
+            await asyncio.wait(list(self._sends), timeout=grace)
         for t in list(self._sends):
             t.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)

@@ -19,7 +19,7 @@ from gateway.authority import CheckedClaim, Portability, check_claim, select_pla
 from gateway.batcher import BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
-from gateway.platforms import PlatformLink
+from gateway.platforms import CircuitOpen, PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store
 from gateway.watchers import JobWatchers
@@ -187,6 +187,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except BatchTimeout:
             err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
             return result_from_error(platform_id, err, attempts=1)
+        except CircuitOpen as open_err:
+            return result_from_error(platform_id, open_err, attempts=1)
         except grpc.aio.AioRpcError as exc:
             err = Unavailable(
                 "PLATFORM_UNAVAILABLE",

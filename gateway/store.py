@@ -389,7 +389,7 @@ class Store:
         Their record ends now, so another replica may take the tasks at once.
         """
         t = release_tasks
-        held = t.c.lease_owner.is_not(None)
+        held: sa.ColumnElement[bool] = t.c.lease_owner.is_not(None)
         if owner is not None:
             held = sa.and_(held, t.c.lease_owner == owner)
         with self.engine.begin() as conn:

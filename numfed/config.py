@@ -58,6 +58,10 @@ class Limits:
     """Recycled checks per second each platform may make (token bucket)."""
     recycled_burst: float = 40.0
     """Recycled checks a platform may make at once before the rate applies."""
+    breaker_failures: int = 5
+    """Failed calls in a row that open a platform's circuit breaker."""
+    breaker_cooldown: float = 2.0
+    """How long an open breaker fails calls at once before it lets a probe through."""
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:

@@ -36,13 +36,18 @@ class NumfedError(Exception):
     code = "INTERNAL"
 
     def __init__(
-        self, reason: str, message: str, *, metadata: Mapping[str, str] | None = None
+        self,
+        reason: str,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
-        self.retry_after: float | None = None
+        self.retry_after: float | None = retry_after
         """Seconds after which a retry may succeed; sent as google.rpc.RetryInfo."""
 
     def __repr__(self) -> str:
