@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from gateway.admission import admission
 from gateway.audit import AuditWriter
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
@@ -169,6 +170,7 @@ class Gateway:
             credentials=pki.server_credentials(layout, GATEWAY_PEER),
             policy=POLICY,
             bind=config.listen,
+            admission=admission(config.limits),
         )
         gw = cls(
             config,

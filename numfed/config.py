@@ -62,6 +62,22 @@ class Limits:
     """Failed calls in a row that open a platform's circuit breaker."""
     breaker_cooldown: float = 2.0
     """How long an open breaker fails calls at once before it lets a probe through."""
+    max_concurrent_queries: int = 64
+    """QueryBindings calls the gateway serves at once; more wait in a queue."""
+    max_queued_queries: int = 128
+    """QueryBindings calls that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once."""
+    max_concurrent_releases: int = 32
+    max_queued_releases: int = 128
+    max_concurrent_reads: int = 64
+    """GetOperation, GetTrustBundle and CheckRecycled calls at once."""
+    max_queued_reads: int = 128
+    max_concurrent_events: int = 16
+    """PublishEvents and PullEvents calls at once."""
+    max_queued_events: int = 64
+    max_watches: int = 256
+    """WatchOperation streams open at once."""
+    admission_queue_wait: float = 1.0
+    """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:

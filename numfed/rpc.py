@@ -8,9 +8,13 @@ exceptions to a ``google.rpc.Status`` carrying one ``ErrorInfo`` (AIP-193). Hand
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
@@ -20,12 +24,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from numfed.errors import ERROR_DOMAIN, NumfedError, PermissionDenied, Unauthenticated
+from numfed.errors import (
+    ERROR_DOMAIN,
+    NumfedError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from numfed.identity import PeerId, Role
 from numfed.pki import peer_identity
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "Admission",
+    "RpcClass",
     "ServerHandle",
     "current_peer",
     "error_from_rpc",
@@ -118,13 +130,101 @@ def rpc_error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | N
     return error_info(status) if status is not None else None
 
 
+@dataclass(frozen=True)
+class RpcClass:
+    """How many calls of one class run at once, and how many may wait for a slot (and how long)."""
+
+    name: str
+    concurrency: int
+    queue: int
+    wait: float
+    """Longest a call waits in the queue, in seconds, before it is turned away."""
+
+
+class _Gate:
+    """Admission for one RPC class: a counter and a FIFO of waiters, on the event loop."""
+
+    def __init__(self, cls: RpcClass) -> None:
+        self.cls = cls
+        self.active = 0
+        self.rejected = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _overloaded(self, reason: str, message: str) -> ResourceExhausted:
+        self.rejected += 1
+        return ResourceExhausted(
+            reason,
+            message,
+            metadata={"rpc_class": self.cls.name, "concurrency": str(self.cls.concurrency)},
+            retry_after=max(self.cls.wait / 2, 0.05),
+        )
+
+    async def enter(self) -> None:
+        if self.active < self.cls.concurrency and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.cls.queue:
+            raise self._overloaded(
+                "OVERLOADED", f"too many {self.cls.name} calls at once; retry later"
+            )
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(granted)
+        try:
+            await asyncio.wait_for(asyncio.shield(granted), self.cls.wait)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if granted.done() and not granted.cancelled():
+                self.exit()  # the slot came just as we gave up: pass it on
+            else:
+                granted.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(granted)
+            if isinstance(exc, TimeoutError):
+                raise self._overloaded(
+                    "OVERLOADED_QUEUE_TIMEOUT",
+                    f"no {self.cls.name} slot came free in {self.cls.wait:g} s; retry later",
+                ) from None
+            raise
+
+    def exit(self) -> None:
+        self.active -= 1
+        while self._waiters:
+            nxt = self._waiters.popleft()
+            if not nxt.done():
+                self.active += 1
+                nxt.set_result(None)
+                return
+
+
+class Admission:
+    """Bounded concurrency per RPC class with a small queue; excess calls are turned away fast.
+
+    A call whose class is full waits in a FIFO queue of at most ``queue`` calls for at most
+    ``wait`` seconds; a call that finds the queue full, or waits too long, gets
+    RESOURCE_EXHAUSTED at once with RetryInfo. So a surge costs a bounded amount of memory and
+    never crashes the server; admitted calls still finish in their usual time. Methods not
+    named are not limited (health, reflection).
+    """
+
+    def __init__(self, classes: Iterable[RpcClass], methods: Mapping[str, str]) -> None:
+        self.gates = {c.name: _Gate(c) for c in classes}
+        unknown = set(methods.values()) - set(self.gates)
+        if unknown:
+            raise ValueError(f"methods name unknown RPC classes: {sorted(unknown)}")
+        self._methods = dict(methods)
+
+    def gate(self, method: str) -> _Gate | None:
+        name = self._methods.get(method)
+        return self.gates[name] if name is not None else None
+
+
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, policy: Policy | None) -> None:
+    def __init__(self, policy: Policy | None, admission: Admission | None = None) -> None:
         self._policy = policy
+        self._admission = admission
 
     async def intercept_service(
         self,
@@ -139,6 +239,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             return cast("grpc.RpcMethodHandler[Any, Any] | None", handler)
         policy = self._policy
         allowed = policy.get(method, frozenset()) if policy is not None else frozenset()
+        gate = self._admission.gate(method) if self._admission is not None else None
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if policy is None:
@@ -158,7 +259,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
                     await admit(context)
-                    return await inner(request, context)
+                    if gate is None:
+                        return await inner(request, context)
+                    await gate.enter()
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        gate.exit()
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
@@ -175,8 +282,14 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 try:
                     await admit(context)
-                    async for item in inner_stream(request, context):
-                        yield item
+                    if gate is not None:
+                        await gate.enter()
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    finally:
+                        if gate is not None:
+                            gate.exit()
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
@@ -210,17 +323,19 @@ async def start_server(
     policy: Policy | None,
     bind: str = "127.0.0.1:0",
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    admission: Admission | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
     Each ``register`` callable adds one servicer and returns its full service name. Returns once
-    the server is listening; ``bind`` may use port 0. ``credentials=None, policy=None`` starts a
+    the server is listening; ``bind`` may use port 0. ``admission`` bounds concurrency per RPC
+    class (see :class:`Admission`). ``credentials=None, policy=None`` starts a
     plaintext server without peer identities, for a carrier's own app channel only.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
     server = grpc.aio.server(
-        interceptors=[_Interceptor(policy)],
+        interceptors=[_Interceptor(policy, admission)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
