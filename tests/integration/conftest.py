@@ -58,8 +58,9 @@ async def start_federation(root: Path, **kw: object) -> Federation:
 
 
 @pytest.fixture
-async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
-    fed = await start_federation(tmp_path / "fed")
+async def federation(tmp_path: Path, db_url: str) -> AsyncIterator[Federation]:
+    """The whole federation, once with the gateway on SQLite and once on PostgreSQL."""
+    fed = await start_federation(tmp_path / "fed", database_url=db_url)
     try:
         yield fed
     finally:

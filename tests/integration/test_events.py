@@ -27,8 +27,10 @@ CMCC = PeerId(Role.CARRIER, "cmcc")
 
 
 @pytest.fixture
-async def fed(tmp_path: Path) -> AsyncIterator[Federation]:
-    f = await start_federation(tmp_path / "fed", platform_knobs={"xiaomi": {"events": "poll"}})
+async def fed(tmp_path: Path, db_url: str) -> AsyncIterator[Federation]:
+    f = await start_federation(
+        tmp_path / "fed", platform_knobs={"xiaomi": {"events": "poll"}}, database_url=db_url
+    )
     try:
         yield f
     finally:

@@ -29,8 +29,10 @@ WEIBO = PeerId(Role.PLATFORM, "weibo")
 
 
 @pytest.fixture
-async def fed(tmp_path: Path) -> AsyncIterator[Federation]:
-    f = await start_federation(tmp_path / "fed", limits={"recycled_rate": 0.5, "recycled_burst": 8})
+async def fed(tmp_path: Path, db_url: str) -> AsyncIterator[Federation]:
+    f = await start_federation(
+        tmp_path / "fed", limits={"recycled_rate": 0.5, "recycled_burst": 8}, database_url=db_url
+    )
     try:
         yield f
     finally:

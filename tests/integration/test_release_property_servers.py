@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
@@ -22,7 +23,9 @@ from hypothesis import strategies as st
 
 from numfed.config import Member
 from numfed.history import NumberEvent, NumberHistory
+from numfed.pgtemp import TempPostgres
 from numfed.scenario import Holder
+from tests.conftest import BACKENDS
 from tests.helpers.strategies import binding_times, histories
 from tests.integration.conftest import Federation, start_federation
 from tests.integration.holder import PRIOR, HolderApp
@@ -49,10 +52,17 @@ class Loop:
         self.thread.join(5)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loop, Federation]]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Loop, Federation]]:
     loop = Loop()
-    fed = loop.run(start_federation(tmp_path_factory.mktemp("prop") / "fed"))
+    root = tmp_path_factory.mktemp("prop")
+    url = f"sqlite:///{root / 'gateway.db'}"
+    if request.param == "postgresql":
+        server: TempPostgres = request.getfixturevalue("postgres")
+        url = server.create_database(f"prop_{os.getpid()}")
+    fed = loop.run(start_federation(root / "fed", database_url=url))
     try:
         yield loop, fed
     finally:
