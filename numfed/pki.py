@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import shutil
 import tempfile
@@ -403,11 +404,50 @@ def secure_channel(
     Any member's certificate is valid for loopback addresses, so with ``server`` given the TLS
     target name is set to that member's own DNS name and the handshake fails unless the server
     presents *that* member's certificate.
+
+    ``target`` may list several replicas, ``"10.0.0.1:7000,10.0.0.2:7000"`` (IP addresses), or
+    name one DNS name that resolves to several; calls are spread over them round-robin, and
+    calls to the gateway that are safe to repeat are retried on another replica when one is
+    UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`).
     """
     opts = list(options)
     if server is not None:
         opts.append(("grpc.ssl_target_name_override", _dns_name(server)))
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    if len(parts) > 1:
+        target = "ipv4:" + ",".join(parts)
+    config = GATEWAY_SERVICE_CONFIG if server == GATEWAY else {"loadBalancingConfig": _RR}
+    opts.append(("grpc.service_config", json.dumps(config)))
     return grpc.aio.secure_channel(target, channel_credentials(where, peer), options=opts)
+
+
+_RR: list[dict[str, object]] = [{"round_robin": {}}]
+_IDEMPOTENT = (
+    "GetTrustBundle",  # reads
+    "QueryBindings",
+    "GetOperation",
+    "CheckRecycled",
+    "ReleaseBindings",  # idempotent on its request_id (AIP-155)
+    "PullEvents",  # an acknowledgement only moves forward
+)
+GATEWAY_SERVICE_CONFIG: dict[str, object] = {
+    "loadBalancingConfig": _RR,
+    "methodConfig": [
+        {
+            "name": [{"service": "numfed.v1.GatewayService", "method": m} for m in _IDEMPOTENT],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+"""How members call the gateway: round-robin over its replicas; only calls that are safe to
+repeat are retried, and only on UNAVAILABLE (PublishEvents is not retried by the channel: a
+carrier re-publishes a batch itself, and platforms apply each event once)."""
 
 
 @functools.lru_cache(maxsize=1024)
