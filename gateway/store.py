@@ -1,9 +1,9 @@
 """The gateway's durable state: release jobs and their per-platform tasks, and portability.
 
 SQLAlchemy 2.0 Core at the edge. Every public method is synchronous and runs on the store's
-own single worker thread (:meth:`Store.run`), so the asyncio servers never block on the
-database and SQLite sees one writer. The same code runs on SQLite (one replica) and on
-PostgreSQL (several replicas sharing one database).
+own worker threads (:meth:`Store.run`: one for SQLite, so it sees one writer; several for
+PostgreSQL, so that commits overlap), and the asyncio servers never block on the database.
+The same code runs on SQLite (one replica) and on PostgreSQL (several replicas, one database).
 
 Tasks are leased by one statement: an UPDATE of the due rows that a sub-select picks, with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (so replicas leasing at the same moment take disjoint
@@ -51,6 +51,9 @@ _TASK_COLUMNS = (
 TASK_PENDING = 0
 TASK_DONE = 1
 
+DB_WORKERS = 8
+"""Database threads (and pooled connections) per replica on PostgreSQL; SQLite has one."""
+
 MIGRATION_LOCK = 0x6E756D66_0001
 """Advisory lock key: replicas starting together migrate one at a time (PostgreSQL)."""
 
@@ -97,12 +100,14 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        workers = 1
         if url.startswith("sqlite"):
             self.engine: Engine = sqlite_engine(url)
         else:
-            self.engine = sa.create_engine(url, pool_size=4, max_overflow=4)
+            workers = DB_WORKERS
+            self.engine = sa.create_engine(url, pool_size=DB_WORKERS + 2, max_overflow=4)
         self.dialect = self.engine.dialect.name
-        self._thread = DbThread("gateway-db")
+        self._thread = DbThread("gateway-db", workers)
         self._lock_fd: int | None = None
         self.run = self._thread.run
         """Run one store method on the database thread."""
@@ -269,7 +274,8 @@ class Store:
                 t.c.job_id == picked.c.job_id, t.c.platform_id == picked.c.platform_id
             )
         else:
-            update = update.where(sa.tuple_(t.c.job_id, t.c.platform_id).in_(due))
+            rowids = due.with_only_columns(sa.literal_column("rowid"))
+            update = update.where(sa.literal_column("rowid").in_(rowids))
         rows = conn.execute(
             update.where(
                 t.c.state == TASK_PENDING,
@@ -293,94 +299,129 @@ class Store:
             )
         return [TaskRow(**r._mapping) for r in rows]
 
-    def _lease_log(self, owner: str, job_id: str, platform_id: str) -> sa.Update:
-        """An UPDATE of the record of ``owner``'s current lease on one task."""
+    def _held(
+        self, conn: Connection, owner: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """Of these tasks, those ``owner`` still leases (locked until commit on PostgreSQL),
+        with the start of each lease."""
+        if not keys:
+            return {}
         t = release_tasks
-        current = (
-            sa.select(t.c.lease_from_us)
-            .where(t.c.job_id == job_id, t.c.platform_id == platform_id, t.c.lease_owner == owner)
-            .scalar_subquery()
+        wanted = set(keys)
+        # job_id IN (...) walks the primary key; a row-value IN would scan the table on SQLite.
+        stmt = sa.select(t.c.job_id, t.c.platform_id, t.c.lease_from_us).where(
+            t.c.job_id.in_(sorted({j for j, _p in wanted})),
+            t.c.lease_owner == owner,
+            t.c.state == TASK_PENDING,
         )
-        return sa.update(task_leases).where(
-            task_leases.c.job_id == job_id,
-            task_leases.c.platform_id == platform_id,
-            task_leases.c.owner == owner,
-            task_leases.c.from_us == current,
-        )
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        return {
+            (r.job_id, r.platform_id): int(r.lease_from_us or 0)
+            for r in conn.execute(stmt)
+            if (r.job_id, r.platform_id) in wanted
+        }
 
     def renew(self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int) -> int:
         """Extend ``owner``'s leases on these tasks (a heartbeat); return how many it still held.
 
         A lease that already expired is renewed only if nobody took it over meanwhile.
         """
-        t = release_tasks
-        renewed = 0
+        t, tl = release_tasks, task_leases
+        until = now_us + lease_us
         with self.engine.begin() as conn:
-            for job_id, platform_id in keys:
-                conn.execute(
-                    self._lease_log(owner, job_id, platform_id).values(until_us=now_us + lease_us)
+            held = self._held(conn, owner, list(keys))
+            if not held:
+                return 0
+            params = [{"j": j, "p": p, "f": f, "until": until} for (j, p), f in held.items()]
+            conn.execute(
+                sa.update(t)
+                .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
+                .values(lease_until_us=sa.bindparam("until")),
+                params,
+            )
+            conn.execute(
+                sa.update(tl)
+                .where(
+                    tl.c.job_id == sa.bindparam("j"),
+                    tl.c.platform_id == sa.bindparam("p"),
+                    tl.c.owner == owner,
+                    tl.c.from_us == sa.bindparam("f"),
                 )
-                renewed += conn.execute(
-                    sa.update(t)
-                    .where(
-                        t.c.job_id == job_id,
-                        t.c.platform_id == platform_id,
-                        t.c.lease_owner == owner,
-                        t.c.state == TASK_PENDING,
-                    )
-                    .values(lease_until_us=now_us + lease_us)
-                ).rowcount
-        return renewed
+                .values(until_us=sa.bindparam("until")),
+                params,
+            )
+        return len(held)
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
         """Store dispatch outcomes (only for tasks ``owner`` still leases) in one transaction.
 
         Jobs whose tasks are now all done are marked done and their claim is dropped. Returns
-        the ids of the jobs that changed.
+        the ids of the jobs that changed. Statements are built once and run for all the rows
+        (executemany), so a batch of hundreds of outcomes costs a handful of round trips.
         """
-        t = release_tasks
-        changed: set[str] = set()
+        t, tl = release_tasks, task_leases
+        todo = list(updates)
         with self.engine.begin() as conn:
-            for u in updates:
+            held = self._held(conn, owner, [(u.job_id, u.platform_id) for u in todo])
+            mine = [u for u in todo if (u.job_id, u.platform_id) in held]
+            if not mine:
+                return set()
+            conn.execute(
+                sa.update(t)
+                .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
+                .values(
+                    state=sa.bindparam("st"),
+                    outcome=sa.bindparam("oc"),
+                    attempts=t.c.attempts + 1,
+                    next_attempt_us=sa.bindparam("next"),
+                    result=sa.bindparam("res"),
+                    lease_owner=None,
+                    lease_until_us=None,
+                    lease_from_us=None,
+                    updated_us=now_us,
+                ),
+                [
+                    {
+                        "j": u.job_id,
+                        "p": u.platform_id,
+                        "st": TASK_DONE if u.done else TASK_PENDING,
+                        "oc": u.outcome,
+                        "next": u.next_attempt_us,
+                        "res": u.result,
+                    }
+                    for u in mine
+                ],
+            )
+            conn.execute(
+                sa.update(tl)
+                .where(
+                    tl.c.job_id == sa.bindparam("j"),
+                    tl.c.platform_id == sa.bindparam("p"),
+                    tl.c.owner == owner,
+                    tl.c.from_us == sa.bindparam("f"),
+                )
+                .values(until_us=now_us, finished=True),
+                [
+                    {"j": u.job_id, "p": u.platform_id, "f": held[(u.job_id, u.platform_id)]}
+                    for u in mine
+                ],
+            )
+            changed = {u.job_id for u in mine}
+            still_pending = set(
                 conn.execute(
-                    self._lease_log(owner, u.job_id, u.platform_id).values(
-                        until_us=now_us, finished=True
-                    )
+                    sa.select(t.c.job_id)
+                    .where(t.c.job_id.in_(sorted(changed)), t.c.state == TASK_PENDING)
+                    .group_by(t.c.job_id)
+                ).scalars()
+            )
+            finished = sorted(changed - still_pending)
+            if finished:
+                conn.execute(
+                    sa.update(release_jobs)
+                    .where(release_jobs.c.job_id.in_(finished), release_jobs.c.done_us.is_(None))
+                    .values(done_us=now_us, claim=None)
                 )
-                res = conn.execute(
-                    sa.update(t)
-                    .where(
-                        t.c.job_id == u.job_id,
-                        t.c.platform_id == u.platform_id,
-                        t.c.lease_owner == owner,
-                        t.c.state == TASK_PENDING,
-                    )
-                    .values(
-                        state=TASK_DONE if u.done else TASK_PENDING,
-                        outcome=u.outcome,
-                        attempts=t.c.attempts + 1,
-                        next_attempt_us=u.next_attempt_us,
-                        result=u.result,
-                        lease_owner=None,
-                        lease_until_us=None,
-                        lease_from_us=None,
-                        updated_us=now_us,
-                    )
-                )
-                if res.rowcount == 1:
-                    changed.add(u.job_id)
-            for job_id in changed:
-                pending = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(t)
-                    .where(t.c.job_id == job_id, t.c.state == TASK_PENDING)
-                ).scalar_one()
-                if pending == 0:
-                    conn.execute(
-                        sa.update(release_jobs)
-                        .where(release_jobs.c.job_id == job_id, release_jobs.c.done_us.is_(None))
-                        .values(done_us=now_us, claim=None)
-                    )
         return changed
 
     def release_leases(self, owner: str | None, now_us: int) -> int:

@@ -176,6 +176,16 @@ def _endpoint(sec: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _endpoints(sec: dict[str, Any], key: str, where: str) -> str:
+    """One HOST:PORT, or several comma-separated (gateway replicas, dialled round-robin)."""
+    value = _str(sec, key, where)
+    if not all(_ENDPOINT.fullmatch(part.strip()) for part in value.split(",")):
+        raise InvalidArgument(
+            "BAD_CONFIG", f"{where}.{key}={value!r} is not HOST:PORT[,HOST:PORT...]"
+        )
+    return value
+
+
 def _ident(sec: dict[str, Any], key: str, where: str) -> str:
     value = _str(sec, key, where)
     if not _ID.fullmatch(value):
@@ -236,7 +246,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         pki_dir=base / _str(sec, "pki_dir", "platform"),
         trust_dir=base / _str(sec, "trust_dir", "platform"),
         state_dir=base / _str(sec, "state_dir", "platform"),
-        gateway=_endpoint(sec, "gateway", "platform"),
+        gateway=_endpoints(sec, "gateway", "platform"),
         latency_ms=float(sec.get("latency_ms", 0.0)),
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
@@ -261,7 +271,7 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         holder_listen=_endpoint(sec, "holder_listen", "carrier"),
         pki_dir=base / _str(sec, "pki_dir", "carrier"),
         state_dir=base / _str(sec, "state_dir", "carrier"),
-        gateway=_endpoint(sec, "gateway", "carrier"),
+        gateway=_endpoints(sec, "gateway", "carrier"),
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
     )

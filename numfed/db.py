@@ -53,10 +53,15 @@ def serialize(conn: sa.Connection, key: int) -> None:
 
 
 class DbThread:
-    """One worker thread that runs a store's synchronous database work."""
+    """Worker threads that run a store's synchronous database work.
 
-    def __init__(self, name: str) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+    One thread for SQLite (one writer); a server database like PostgreSQL takes several, each
+    on a connection of its own, so that one transaction waiting for its commit to reach disk
+    does not hold up the others.
+    """
+
+    def __init__(self, name: str, workers: int = 1) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()

@@ -89,6 +89,14 @@ class FederationLayout:
     carrier_endpoints: dict[str, str] = field(default_factory=dict)
     holder_endpoints: dict[str, str] = field(default_factory=dict)
     platform_endpoints: dict[str, str] = field(default_factory=dict)
+    replica_configs: list[Path] = field(default_factory=list)
+    """Every gateway replica's config (the first is ``gateway_config``)."""
+    replica_endpoints: list[str] = field(default_factory=list)
+
+    @property
+    def gateway_target(self) -> str:
+        """What members dial: every replica, comma-separated (round-robin)."""
+        return ",".join(self.replica_endpoints)
 
 
 def _toml(value: object) -> str:
@@ -112,16 +120,29 @@ def create_federation(
     database_url: str = "",
     platform_knobs: Mapping[str, Mapping[str, object]] | None = None,
     limits: Mapping[str, object] | None = None,
+    replicas: int = 1,
 ) -> FederationLayout:
-    """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``."""
+    """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``.
+
+    With ``replicas`` > 1 (which needs a PostgreSQL ``database_url``) it writes one config per
+    gateway replica, ``gateway.toml``, ``gateway-2.toml``, …: same database, same pseudonym
+    key, own port; members dial them all, round-robin.
+    """
+    if replicas > 1 and not database_url.startswith("postgresql"):
+        raise ValueError("several gateway replicas need a PostgreSQL database_url")
     now = now or datetime.now(UTC)
     root.mkdir(parents=True, exist_ok=True)
     pki_dir, trust_dir = root / "pki", root / "trust"
     pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
     write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
-    ports = iter(free_ports(1 + 2 * len(carriers) + len(platforms)))
-    gw = f"127.0.0.1:{next(ports)}"
-    layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", gw)
+    ports = iter(free_ports(replicas + 2 * len(carriers) + len(platforms)))
+    endpoints = [f"127.0.0.1:{next(ports)}" for _ in range(replicas)]
+    layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", endpoints[0])
+    layout.replica_endpoints.extend(endpoints)
+    layout.replica_configs.extend(
+        [root / "gateway.toml", *(root / f"gateway-{i}.toml" for i in range(2, replicas + 1))]
+    )
+    gw = layout.gateway_target
     limit_text = _section("limits", limits) if limits else ""
     for c in carriers:
         layout.carrier_endpoints[c] = f"127.0.0.1:{next(ports)}"
@@ -161,15 +182,7 @@ def create_federation(
             )
         )
         layout.platform_configs[p] = path
-    gateway = {
-        "listen": gw,
-        "pki_dir": "pki",
-        "trust_dir": "trust",
-        "state_dir": "state/gateway",
-    }
-    if database_url:
-        gateway["database_url"] = database_url
-    text = _section("gateway", gateway) + limit_text
+    text = limit_text
     for c in carriers:
         text += f'\n[[carrier]]\nid = "{c}"\nendpoint = "{layout.carrier_endpoints[c]}"\n'
     for p in platforms:
@@ -177,5 +190,17 @@ def create_federation(
         mode = (platform_knobs or {}).get(p, {}).get("events")
         if mode:
             text += f'events = "{mode}"\n'
-    layout.gateway_config.write_text(text)
+    for i, (config, endpoint) in enumerate(
+        zip(layout.replica_configs, layout.replica_endpoints, strict=True), 1
+    ):
+        gateway = {
+            "listen": endpoint,
+            "pki_dir": "pki",
+            "trust_dir": "trust",
+            "state_dir": "state/gateway" if i == 1 else f"state/gateway-{i}",
+            "pseudonym_key_file": "state/gateway/pseudonym.key",
+        }
+        if database_url:
+            gateway["database_url"] = database_url
+        config.write_text(_section("gateway", gateway) + text)
     return layout
