@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -274,7 +274,7 @@ class Store:
                 t.c.job_id == picked.c.job_id, t.c.platform_id == picked.c.platform_id
             )
         else:
-            rowids = due.with_only_columns(sa.literal_column("rowid"))
+            rowids: sa.Select[Any] = due.with_only_columns(sa.literal_column("rowid"))
             update = update.where(sa.literal_column("rowid").in_(rowids))
         rows = conn.execute(
             update.where(
