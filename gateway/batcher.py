@@ -4,7 +4,8 @@ A request goes out at once when nothing is in flight to its platform; otherwise 
 next batch, which leaves when a call returns (or as soon as it is full, while fewer than
 ``max_in_flight`` calls are out). Each request keeps its own deadline: when it passes, that
 request alone fails, and the batch carries on for the others. The batch call's own deadline is
-the latest of its requests'.
+the latest of its requests'. When every caller waiting on a batch in flight has been cancelled
+(gone away), the batch call itself is cancelled: no orphan call is left running downstream.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class _Pending(Generic[Item, Result]):
     item: Item
     future: asyncio.Future[Result]
     deadline: float
+    batch: list[_Pending[Item, Result]] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class Batcher(Generic[Item, Result]):
@@ -66,7 +69,15 @@ class Batcher(Generic[Item, Result]):
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except TimeoutError as exc:
+            # The batch call runs on to its own deadline (the latest of its requests'), so a
+            # platform that never answers is seen to fail (and its breaker counts it).
             raise BatchTimeout("deadline passed before the platform answered") from exc
+        except asyncio.CancelledError:
+            pending.future.cancel()
+            batch, task = pending.batch, pending.task
+            if batch is not None and task is not None and all(p.future.done() for p in batch):
+                task.cancel()  # the caller went away, and nobody else waits for this call
+            raise
         finally:
             if not pending.future.done():
                 pending.future.cancel()
@@ -82,6 +93,8 @@ class Batcher(Generic[Item, Result]):
             self._in_flight += 1
             self.calls += 1
             task = asyncio.create_task(self._run(batch))
+            for p in batch:
+                p.batch, p.task = batch, task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -66,6 +66,7 @@ class Gateway:
     portability: Portability
     pseudonym: Pseudonymizer
     audit: AuditWriter
+    events: EventLog
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synced: set[str] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -182,6 +183,7 @@ class Gateway:
             portability,
             pseudonym,
             audit,
+            events,
         )
         audit.start()
         # Ready once every carrier has told us which numbers it serves.
@@ -231,22 +233,29 @@ class Gateway:
             await asyncio.sleep(delay)
 
     async def stop(self, grace: float = 2.0) -> None:
-        await self.server.stop(grace)
-        await self.dispatcher.stop()
-        await self.audit.stop()
+        """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
+        batches in flight get up to ``grace`` seconds to finish; then the leases this replica
+        holds are given back, so another replica (or the next start) takes over at once."""
+        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.audit.stop()
         for link in self.links.values():
             await link.close()
         for ch in self.carrier_channels.values():
             await ch.close()
-        await self.store.run(self.store.release_leases, self.dispatcher.owner, now_us())
-        self.store.close()
+        owner = self.dispatcher.owner
+        try:
+            await self.store.run(self.store.release_leases, owner, now_us())
+            await self.store.run(self.events.unlease, owner)
+        finally:
+            self.store.close()
 
 
 async def serve(config_path: Path) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
-    gw = await Gateway.start(load_gateway_config(config_path))
+    """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Gateway.stop`)."""
+    config = load_gateway_config(config_path)
+    gw = await Gateway.start(config)
     print(f"gateway listening on port {gw.port}", flush=True)
-    await run_until_signalled(gw.stop)
+    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace))

@@ -78,6 +78,8 @@ class Limits:
     """WatchOperation streams open at once."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
+    shutdown_grace: float = 5.0
+    """On SIGTERM: how long calls and release batches in flight may take to finish."""
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:

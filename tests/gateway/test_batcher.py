@@ -88,3 +88,45 @@ async def test_wrong_result_count_fails_the_batch() -> None:
     b: Batcher[int, str] = Batcher(extra_answer, max_items=10, max_in_flight=1)
     with pytest.raises(RuntimeError, match="2 results for 1 items"):
         await b.submit(1, 1.0)
+
+
+async def test_batch_call_is_cancelled_once_nobody_waits_for_it() -> None:
+    cancelled: list[list[int]] = []
+
+    async def send(items: Sequence[int], timeout: float) -> list[str]:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(list(items))
+            raise
+        return []
+
+    b: Batcher[int, str] = Batcher(send, max_items=10, max_in_flight=1)
+    first = asyncio.create_task(b.submit(1, 30))
+    await settle()
+    second = asyncio.create_task(b.submit(2, 30))  # waits for the next batch
+    await settle()
+    first.cancel()
+    await settle()
+    assert cancelled == [[1]]  # the first call's only caller left: the call is gone
+    assert b.in_flight == 1  # and the waiting request went out in its own call
+    second.cancel()
+    await settle()
+    assert cancelled == [[1], [2]] and b.in_flight == 0
+
+
+async def test_a_shared_batch_call_survives_while_one_caller_still_waits() -> None:
+    p = Platform()
+    b: Batcher[int, str] = Batcher(p.send, max_items=10, max_in_flight=1)
+    blocker = asyncio.create_task(b.submit(0, 30))
+    await settle()
+    x = asyncio.create_task(b.submit(1, 30))
+    y = asyncio.create_task(b.submit(2, 30))
+    await settle()
+    p.gate.set()
+    assert await blocker == "r0"
+    await settle()
+    assert p.batches == [[0], [1, 2]]
+    x.cancel()
+    await settle()
+    assert await y == "r2"
