@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.schema import portability, release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
-from numfed.errors import FailedPrecondition
+from numfed.errors import FailedPrecondition, Unavailable
 
 __all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate"]
 
@@ -109,8 +109,19 @@ class Store:
         self.dialect = self.engine.dialect.name
         self._thread = DbThread("gateway-db", workers)
         self._lock_fd: int | None = None
-        self.run = self._thread.run
-        """Run one store method on the database thread."""
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one store method on a database thread.
+
+        A database that cannot be reached (connection refused or lost) is UNAVAILABLE to the
+        caller, who may retry; nothing was acknowledged, so nothing is lost.
+        """
+        try:
+            return await self._thread.run(fn, *args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise Unavailable(
+                "DATABASE_UNAVAILABLE", "the gateway's database is unavailable; retry later"
+            ) from exc
 
     def close(self) -> None:
         self._thread.close()

@@ -211,3 +211,16 @@ def test_sqlite_refuses_a_second_replica_on_one_file(tmp_path: Path) -> None:
     first.close()
     second.lock_single_replica()  # the first replica is gone: the file is free again
     second.close()
+
+
+async def test_an_unreachable_database_is_unavailable_to_callers() -> None:
+    from numfed.errors import Unavailable
+    from numfed.federation import free_ports
+
+    store = Store(f"postgresql+psycopg://numfed@127.0.0.1:{free_ports(1)[0]}/none")
+    try:
+        with pytest.raises(Unavailable) as err:
+            await store.run(store.find_job, "cmcc", "req-1")
+        assert err.value.reason == "DATABASE_UNAVAILABLE"
+    finally:
+        store.close()
