@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,12 +16,12 @@ from google.protobuf.message import DecodeError
 
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
-from gateway.batcher import BatchTimeout
+from gateway.batcher import Batcher, BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
-from gateway.store import JobRow, Store
+from gateway.store import JobRow, Store, TaskRow
 from gateway.watchers import JobWatchers
 from numfed.claims import RELEASE_GRACE, Purpose, normalize_number
 from numfed.config import Limits
@@ -101,6 +101,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._dispatcher = dispatcher
         self._watchers = watchers
         self._limits = limits
+        # Release jobs are committed in groups: one transaction for the calls that arrive
+        # while the previous commit is under way (one at a time on SQLite, its one writer).
+        self._commits: Batcher[tuple[JobRow, tuple[str, ...]], JobRow] = Batcher(
+            self._commit_jobs,
+            max_items=256,
+            max_in_flight=1 if store.dialect == "sqlite" else 4,
+        )
 
     # -- trust --------------------------------------------------------------------------------
 
@@ -215,51 +222,72 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
-        platform_ids = select_platforms(request.platform_ids, self._links)
+        platform_ids = sorted(select_platforms(request.platform_ids, self._links))
         digest = hashlib.sha256(
             request.claim.SerializeToString(deterministic=True)
             + b"\x00"
             + ",".join(platform_ids).encode()
         ).digest()
-        existing = await self._store.run(self._store.find_job, caller.id, request.request_id)
-        if existing is None:
+        try:
             checked = self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
-            created = now_us()
-            job = JobRow(
-                job_id=secrets.token_hex(16),
-                carrier_id=caller.id,
-                request_id=request.request_id,
-                request_digest=digest,
-                number_key=checked.number_key,
-                purpose=checked.verified.claim.purpose.value,
-                claim=request.claim.SerializeToString(deterministic=True),
-                created_us=created,
-                # Platforms apply the claim up to RELEASE_GRACE after it expires; not longer.
-                deadline_us=min(
-                    created + int(self._limits.release_job_deadline * 1e6),
-                    to_us(checked.verified.claim.expires_at + RELEASE_GRACE),
-                ),
-                done_us=None,
-            )
-            existing = await self._store.run(self._store.create_job, job, platform_ids)
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RELEASE_JOB",
-                    caller.uri,
-                    checked.number_key,
-                    "COMMITTED",
-                    {"job": existing.job_id, "platforms": str(len(platform_ids))},
-                )
-            )
-            self._dispatcher.wake()
-        if existing.request_digest != digest:
+        except NumfedError:
+            # A retry of an accepted request still gets its operation, even once the claim
+            # has expired (AIP-155); anything else is refused for what is wrong with it.
+            existing = await self._store.run(self._store.find_job, caller.id, request.request_id)
+            if existing is None or existing.request_digest != digest:
+                raise
+            return await self._operation(existing.job_id)
+        created = now_us()
+        job = JobRow(
+            job_id=secrets.token_hex(16),
+            carrier_id=caller.id,
+            request_id=request.request_id,
+            request_digest=digest,
+            number_key=checked.number_key,
+            purpose=checked.verified.claim.purpose.value,
+            claim=request.claim.SerializeToString(deterministic=True),
+            created_us=created,
+            # Platforms apply the claim up to RELEASE_GRACE after it expires; not longer.
+            deadline_us=min(
+                created + int(self._limits.release_job_deadline * 1e6),
+                to_us(checked.verified.claim.expires_at + RELEASE_GRACE),
+            ),
+            done_us=None,
+        )
+        try:
+            # Committed (with the jobs of other calls arriving meanwhile) before we answer.
+            stored = await self._commits.submit((job, tuple(platform_ids)), self._budget(context))
+        except BatchTimeout as exc:
+            raise DeadlineExceeded(
+                "COMMIT_TIMEOUT", "the release could not be stored in time; retry it"
+            ) from exc
+        if stored.request_digest != digest:
             raise AlreadyExists(
                 "REQUEST_ID_REUSED",
                 "request_id was used before with a different request",
                 metadata={"request_id": request.request_id},
             )
-        return await self._operation(existing.job_id)
+        if stored.job_id != job.job_id:  # a retry of a request accepted before
+            return await self._operation(stored.job_id)
+        self._audit.record(
+            AuditRecord(
+                now_us(),
+                "RELEASE_JOB",
+                caller.uri,
+                checked.number_key,
+                "COMMITTED",
+                {"job": job.job_id, "platforms": str(len(platform_ids))},
+            )
+        )
+        self._dispatcher.wake()
+        return operation(
+            job, [TaskRow(job.job_id, p, 0, 0, 0, created, None) for p in platform_ids]
+        )
+
+    async def _commit_jobs(
+        self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
+    ) -> list[JobRow]:
+        return await self._store.run(self._store.create_jobs, list(work))
 
     async def _operation(self, job_id: str) -> operations_pb2.Operation:
         found = await self._store.run(self._store.get_job, job_id)

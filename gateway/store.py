@@ -194,48 +194,70 @@ class Store:
         """Insert a job and one pending task per platform in one transaction.
 
         If a job with the same (carrier, request_id) exists already, nothing is written and the
-        existing job is returned, so concurrent retries of one request create one job — also
-        when two replicas take the same request at once: the loser's insert hits the unique
-        key, and it returns the winner's job.
+        existing job is returned, so concurrent retries of one request create one job.
+        """
+        return self.create_jobs([(job, platform_ids)])[0]
+
+    def create_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+        """Create many jobs in one transaction (a group commit); return each one's job.
+
+        Each entry returns the job stored for its (carrier, request_id): the new one, or the one
+        that existed already (also when an earlier entry of the same group created it). When
+        two replicas take the same request at once, the loser's insert hits the unique key and
+        the group is retried entry by entry, each returning the winner's job.
         """
         try:
-            return self._insert_job(job, platform_ids)
+            return self._insert_jobs(work)
         except sa.exc.IntegrityError:
-            found = self.find_job(job.carrier_id, job.request_id)
-            if found is None:
-                raise
-            return found
+            if len(work) == 1:
+                found = self.find_job(work[0][0].carrier_id, work[0][0].request_id)
+                if found is None:
+                    raise
+                return [found]
+            return [self.create_jobs([w])[0] for w in work]
 
-    def _insert_job(self, job: JobRow, platform_ids: Sequence[str]) -> JobRow:
+    def _insert_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+        j = release_jobs
+        keys = {(job.carrier_id, job.request_id) for job, _p in work}
         with self.engine.begin() as conn:
-            existing = conn.execute(
-                sa.select(release_jobs).where(
-                    release_jobs.c.carrier_id == job.carrier_id,
-                    release_jobs.c.request_id == job.request_id,
+            stored = {
+                (r.carrier_id, r.request_id): JobRow(**r._mapping)
+                for r in conn.execute(
+                    sa.select(j).where(
+                        j.c.request_id.in_(sorted({r for _c, r in keys})),
+                    )
                 )
-            ).first()
-            if existing is not None:
-                return JobRow(**existing._mapping)
-            conn.execute(sa.insert(release_jobs).values(**job.__dict__))
-            conn.execute(
-                sa.insert(release_tasks),
-                [
-                    {
-                        "job_id": job.job_id,
-                        "platform_id": p,
-                        "state": TASK_PENDING,
-                        "outcome": 0,
-                        "attempts": 0,
-                        "next_attempt_us": job.created_us,
-                        "lease_owner": None,
-                        "lease_until_us": None,
-                        "result": None,
-                        "updated_us": job.created_us,
-                    }
-                    for p in platform_ids
-                ],
-            )
-        return job
+                if (r.carrier_id, r.request_id) in keys
+            }
+            jobs, tasks = [], []
+            out: list[JobRow] = []
+            for job, platform_ids in work:
+                key = (job.carrier_id, job.request_id)
+                if key not in stored:
+                    stored[key] = job
+                    jobs.append(job.__dict__)
+                    tasks += [
+                        {
+                            "job_id": job.job_id,
+                            "platform_id": p,
+                            "state": TASK_PENDING,
+                            "outcome": 0,
+                            "attempts": 0,
+                            "next_attempt_us": job.created_us,
+                            "lease_owner": None,
+                            "lease_until_us": None,
+                            "lease_from_us": None,
+                            "result": None,
+                            "updated_us": job.created_us,
+                        }
+                        for p in platform_ids
+                    ]
+                out.append(stored[key])
+            if jobs:
+                conn.execute(sa.insert(j), jobs)
+            if tasks:
+                conn.execute(sa.insert(release_tasks), tasks)
+        return out
 
     def claim_due(
         self, owner: str, now_us: int, lease_us: int, limit: int
