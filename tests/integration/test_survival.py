@@ -410,3 +410,30 @@ async def test_ten_times_the_sustainable_rate_sheds_fast_with_bounded_memory(
     # Turned away quickly: at once when the queue is full, after at most the queue wait else.
     assert p99_reject < 500 + 250
     assert max(rss) < RSS_BOUND_MB
+
+
+def test_a_second_gateway_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+    layout = create_federation(tmp_path / "fed")
+    cmd = [sys.executable, "-m", "numfed", "gateway", "serve", "--config"]
+    first = subprocess.Popen(
+        [*cmd, str(layout.gateway_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert first.stdout is not None
+        assert b"listening" in first.stdout.readline()  # it holds the file now
+        second = subprocess.run(
+            [*cmd, str(layout.gateway_config)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert b"DATABASE_IN_USE" in second.stderr or b"another gateway" in second.stderr
+        assert first.poll() is None  # the first one is unaffected
+    finally:
+        first.kill()
+        first.wait()
