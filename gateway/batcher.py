@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchTimeout", "Batcher"]
+__all__ = ["BatchTimeout", "Batcher", "Ticket"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,11 +29,13 @@ class BatchTimeout(Exception):
 
 
 @dataclass
-class _Pending(Generic[Item, Result]):
+class Ticket(Generic[Item, Result]):
+    """One request in a batcher: its item, its future and, once sent, its batch."""
+
     item: Item
     future: asyncio.Future[Result]
     deadline: float
-    batch: list[_Pending[Item, Result]] | None = None
+    batch: list[Ticket[Item, Result]] | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -44,7 +46,7 @@ class Batcher(Generic[Item, Result]):
         self._send = send
         self._max_items = max_items
         self._max_in_flight = max_in_flight
-        self._queue: list[_Pending[Item, Result]] = []
+        self._queue: list[Ticket[Item, Result]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0
@@ -58,29 +60,44 @@ class Batcher(Generic[Item, Result]):
     def queued(self) -> int:
         return len(self._queue)
 
+    def enqueue(self, item: Item, deadline: float) -> Ticket[Item, Result]:
+        """Put ``item`` in the next batch; the ticket's future resolves with the result.
+
+        ``deadline`` is on the event loop's clock. The caller waits on the future itself (many
+        at once, for a fan-out) and must :meth:`abandon` the ticket if it stops waiting.
+        """
+        loop = asyncio.get_running_loop()
+        ticket: Ticket[Item, Result] = Ticket(item, loop.create_future(), deadline)
+        self._queue.append(ticket)
+        self._pump()
+        return ticket
+
+    @staticmethod
+    def abandon(ticket: Ticket[Item, Result], *, cancel_call: bool) -> None:
+        """Stop waiting for ``future``. With ``cancel_call`` (the caller went away) the batch
+        call is cancelled too once nobody waits for it; without (a deadline passed) the call
+        runs on to its own deadline, so that a platform that never answers is seen to fail."""
+        if ticket.future.done():
+            return
+        ticket.future.cancel()
+        if not cancel_call:
+            return
+        batch, task = ticket.batch, ticket.task
+        if batch is not None and task is not None and all(p.future.done() for p in batch):
+            task.cancel()
+
     async def submit(self, item: Item, timeout: float) -> Result:
         """Send ``item`` in the next batch; raise BatchTimeout after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
-        pending: _Pending[Item, Result] = _Pending(
-            item, loop.create_future(), loop.time() + timeout
-        )
-        self._queue.append(pending)
-        self._pump()
+        ticket = self.enqueue(item, loop.time() + timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
         except TimeoutError as exc:
-            # The batch call runs on to its own deadline (the latest of its requests'), so a
-            # platform that never answers is seen to fail (and its breaker counts it).
+            self.abandon(ticket, cancel_call=False)
             raise BatchTimeout("deadline passed before the platform answered") from exc
         except asyncio.CancelledError:
-            pending.future.cancel()
-            batch, task = pending.batch, pending.task
-            if batch is not None and task is not None and all(p.future.done() for p in batch):
-                task.cancel()  # the caller went away, and nobody else waits for this call
+            self.abandon(ticket, cancel_call=True)
             raise
-        finally:
-            if not pending.future.done():
-                pending.future.cancel()
 
     def _pump(self) -> None:
         while self._queue and self._in_flight < self._max_in_flight:
@@ -98,7 +115,7 @@ class Batcher(Generic[Item, Result]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[_Pending[Item, Result]]) -> None:
+    async def _run(self, batch: list[Ticket[Item, Result]]) -> None:
         loop = asyncio.get_running_loop()
         timeout = max(p.deadline for p in batch) - loop.time()
         try:

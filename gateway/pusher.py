@@ -61,15 +61,23 @@ class EventPusher:
         failures = 0
         platform = self._link.platform_id
         lease_us = int(self._limits.lease_seconds * 1e6)
+        renew_us = lease_us // 3
+        renewed_us = 0  # when the lease was last taken or renewed (0: not held)
+        cursor = 0
         while True:
             self._wake.clear()
-            held = await self._store.run(
-                self._events.lease, platform, self._owner, now_us(), lease_us
-            )
-            if not held:  # another replica pushes to this platform; be ready to take over
-                await asyncio.sleep(self._limits.lease_seconds / 3)
-                continue
-            cursor = await self._store.run(self._events.cursor, platform)
+            if now_us() - renewed_us >= renew_us:
+                held = await self._store.run(
+                    self._events.lease, platform, self._owner, now_us(), lease_us
+                )
+                if not held:  # another replica pushes to this platform; ready to take over
+                    renewed_us = 0
+                    await asyncio.sleep(self._limits.lease_seconds / 3)
+                    continue
+                if renewed_us == 0:  # newly ours: the cursor may have moved meanwhile
+                    cursor = await self._store.run(self._events.cursor, platform)
+                renewed_us = now_us()
+            # While we hold the lease nobody else moves this cursor, so ours is current.
             rows = await self._store.run(self._events.after, cursor, BATCHES_PER_CALL)
             if not rows:
                 with contextlib.suppress(TimeoutError):
@@ -87,7 +95,8 @@ class EventPusher:
                 )
                 ack = min(answer.ack_through_seq, rows[-1][0])
                 await self._store.run(self._events.ack, platform, ack, now_us())
-                if ack > cursor:
+                before, cursor = cursor, max(cursor, ack)
+                if ack > before:
                     self._audit(
                         AuditRecord(
                             now_us(),
@@ -97,7 +106,7 @@ class EventPusher:
                             detail={"through_seq": str(ack), "mode": "push"},
                         )
                     )
-                failures = 0 if ack > cursor else failures + 1
+                failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1
                 log.info("event delivery to %s failed (%s); will resend", platform, exc.code().name)

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
-from gateway.batcher import Batcher, BatchTimeout
+from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
@@ -57,6 +57,37 @@ _OPERATION = re.compile(r"^operations/([0-9a-f]{32})$")
 
 QUERY_PURPOSES = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
+
+
+async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> None:
+    """Return when every future is done or ``timeout`` seconds have passed (futures untouched).
+
+    ``asyncio.wait`` does the same, but its per-future checks cost more than the fan-out's own
+    work once there are dozens of platforms.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    remaining = len(futures)
+
+    def one_done(_f: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not done.done():
+            done.set_result(None)
+
+    def expired() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    if remaining == 0:
+        return
+    for f in futures:
+        f.add_done_callback(one_done)
+    timer = loop.call_later(timeout, expired)
+    try:
+        await done
+    finally:
+        timer.cancel()
 
 
 class TrustFiles:
@@ -180,32 +211,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
-        results = await asyncio.gather(
-            *(self._query_one(p, request.claim, budget) for p in platform_ids)
-        )
-        return gateway_pb2.QueryBindingsResponse(results=results)
-
-    async def _query_one(
-        self, platform_id: str, claim: claim_pb2.Envelope, budget: float
-    ) -> gateway_pb2.PlatformResult:
-        item = platform_pb2.QueryItem(item_id=secrets.token_hex(8), claim=claim)
+        # One item, verified once here, joins every platform's next batch; one wait for all.
+        item = platform_pb2.QueryItem(item_id=secrets.token_hex(8), claim=request.claim)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        tickets = [(p, self._links[p].queries.enqueue(item, deadline)) for p in platform_ids]
         try:
-            answer = await self._links[platform_id].queries.submit(item, budget)
-        except BatchTimeout:
+            await _all_done([t.future for _p, t in tickets], budget)
+        except asyncio.CancelledError:  # the caller went away: so do its calls downstream
+            for _p, t in tickets:
+                Batcher.abandon(t, cancel_call=True)
+            raise
+        return gateway_pb2.QueryBindingsResponse(
+            results=[self._query_result(p, t) for p, t in tickets]
+        )
+
+    def _query_result(
+        self,
+        platform_id: str,
+        ticket: Ticket[platform_pb2.QueryItem, platform_pb2.QueryItemResult],
+    ) -> gateway_pb2.PlatformResult:
+        future = ticket.future
+        if not future.done():
+            Batcher.abandon(ticket, cancel_call=False)
             err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
             return result_from_error(platform_id, err, attempts=1)
-        except CircuitOpen as open_err:
-            return result_from_error(platform_id, open_err, attempts=1)
-        except grpc.aio.AioRpcError as exc:
+        exc = future.exception()
+        if isinstance(exc, CircuitOpen):
+            return result_from_error(platform_id, exc, attempts=1)
+        if isinstance(exc, grpc.aio.AioRpcError):
             err = Unavailable(
                 "PLATFORM_UNAVAILABLE",
                 f"{platform_id} did not answer: {exc.code().name}",
                 metadata={"code": exc.code().name},
             )
             return result_from_error(platform_id, err, attempts=1)
-        except ValueError as exc:
+        if isinstance(exc, BatchTimeout | TimeoutError):
+            err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
+            return result_from_error(platform_id, err, attempts=1)
+        if exc is not None:
             err = Unavailable("PLATFORM_BAD_ANSWER", f"{platform_id}: {exc}")
             return result_from_error(platform_id, err, attempts=1)
+        answer = future.result()
         return result_from_item(
             platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
         )

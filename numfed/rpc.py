@@ -225,6 +225,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: Policy | None, admission: Admission | None = None) -> None:
         self._policy = policy
         self._admission = admission
+        self._wrapped: dict[tuple[str, int], Any] = {}
+        """Wrapped handlers, built once per method (and per underlying handler)."""
 
     async def intercept_service(
         self,
@@ -237,6 +239,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc."):
             return cast("grpc.RpcMethodHandler[Any, Any] | None", handler)
+        key = (method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = (handler, self._wrap(method, handler))
+        return cast("grpc.RpcMethodHandler[Any, Any]", wrapped[1])
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         policy = self._policy
         allowed = policy.get(method, frozenset()) if policy is not None else frozenset()
         gate = self._admission.gate(method) if self._admission is not None else None
