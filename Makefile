@@ -46,8 +46,13 @@ demo: $(STAMP)
 	$(VENV)/bin/numfed demo
 
 # Benchmarks beside their references (not part of `make test`); see docs/benchmarks.md.
-bench: $(STAMP)
-	$(PY) -m bench.fanout --platforms 1,7 --seconds 5
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.suite
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

@@ -1,5 +1,7 @@
 """Runs a federation's carriers and platforms in one process, so that a benchmark can measure
-the gateway's own process alone. ``python -m bench.members_host FEDERATION_DIR``."""
+the gateway's own process alone. ``python -m bench.members_host FEDERATION_DIR [PLATFORM ...]``:
+with platform ids given, it hosts only those platforms (``carriers`` stands for the carriers), so
+that a benchmark can give each platform a process of its own."""
 
 from __future__ import annotations
 
@@ -23,5 +25,11 @@ async def main(carriers: list[Path], platforms: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    root = Path(sys.argv[1])
-    asyncio.run(main(sorted(root.glob("carrier-*.toml")), sorted(root.glob("platform-*.toml"))))
+    root, only = Path(sys.argv[1]), sys.argv[2:]
+    if only:
+        carriers = sorted(root.glob("carrier-*.toml")) if "carriers" in only else []
+        platforms = [root / f"platform-{p}.toml" for p in only if p != "carriers"]
+        asyncio.run(main(carriers, platforms))
+    else:
+        carriers = sorted(root.glob("carrier-*.toml"))
+        asyncio.run(main(carriers, sorted(root.glob("platform-*.toml"))))

@@ -1,0 +1,849 @@
+"""Every benchmark of issue 6, each beside its reference, in one run (``make bench``).
+
+Writes ``bench/results/*.json``, ``bench/results/summary.json`` (one object per target:
+name, value, reference, ratio, target, met — ``met`` computed from the figures), PNG plots in
+``bench/results/`` and the results section of ``docs/benchmarks.md``.
+
+    python -m bench.suite            # the full run (under 10 minutes on 2 cores)
+    python -m bench.suite --quick    # every benchmark at tiny size (the smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform as platform_mod
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+
+from bench.fanout import (
+    CMCC,
+    gateway_run,
+    proxy_run,
+    spawn,
+    wait_serving,
+)
+from numfed import pki
+from numfed.claims import Purpose, TenureClaim, sign_claim
+from numfed.cli import Command
+from numfed.envelope import Envelope
+from numfed.events import EventKind, LifecycleEvent, sign_event_batch
+from numfed.federation import FederationLayout, create_federation
+from numfed.pgtemp import PostgresUnavailable, TempPostgres
+from numfed.scenario import APP_PLATFORMS, demo_scenario
+from numfed.v1 import gateway_pb2, gateway_pb2_grpc
+
+RESULTS = Path("bench/results")
+DOC = Path("docs/benchmarks.md")
+WORLD = demo_scenario()
+MARK_START = "<!-- results:start (written by python -m bench.suite) -->"
+MARK_END = "<!-- results:end -->"
+
+
+@dataclass(frozen=True)
+class Size:
+    fanout_ns: tuple[int, ...]
+    fanout_seconds: float
+    in_flight: int
+    latency_queries: int
+    releases: int
+    acceptance: int
+    raw_rows: int
+    verify_rounds: int
+    events: int
+    overload_seconds: float
+
+
+FULL = Size((1, 7, 50, 200), 4.0, 64, 200, 200, 1000, 1000, 3000, 20000, 20.0)
+QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0)
+
+
+def p(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(int(len(s) * q), len(s) - 1)] if s else 0.0
+
+
+def served_now() -> list[tuple[str, datetime]]:
+    now = datetime.now(UTC)
+    return [
+        (h.number, h.tenure_start(now))
+        for h in WORLD.histories_served_by("cmcc", now)
+        if h.current_tenure(now)
+    ]
+
+
+def claim_for(layout: FederationLayout, purpose: Purpose, i: int = 0) -> Any:
+    numbers = served_now()
+    number, start = numbers[i % len(numbers)]
+    claim = TenureClaim.new(
+        number=number,
+        carrier_id="cmcc",
+        tenure_start=start,
+        purpose=purpose,
+        now=datetime.now(UTC),
+    )
+    return sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
+
+
+@dataclass
+class Running:
+    layout: FederationLayout
+    gateway_pid: int
+    channel: grpc.aio.Channel
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub
+
+
+@asynccontextmanager
+async def federation(
+    workdir: Path,
+    name: str,
+    *,
+    platforms: tuple[str, ...] = APP_PLATFORMS,
+    knobs: Mapping[str, Mapping[str, object]] | None = None,
+    limits: Mapping[str, object] | None = None,
+    database_url: str = "",
+    process_per_platform: bool = False,
+) -> AsyncIterator[Running]:
+    """A gateway process, and its carriers and platforms in one other process (or, with
+    ``process_per_platform``, the carriers in one and each platform in a process of its own)."""
+    layout = create_federation(
+        workdir / name,
+        carriers=("cmcc",),
+        platforms=platforms,
+        platform_knobs=knobs,
+        limits=limits,
+        database_url=database_url,
+    )
+    if process_per_platform:
+        hosts = [spawn("bench.members_host", str(layout.root), p) for p in platforms]
+        hosts.append(spawn("bench.members_host", str(layout.root), "carriers"))
+    else:
+        hosts = [spawn("bench.members_host", str(layout.root))]
+    gateway = None
+    try:
+        for h in hosts:
+            assert h.stdout is not None and h.stdout.readline().strip() == "ready"
+        gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
+        wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
+        await asyncio.sleep(1.0)  # platforms fetch their trust bundle
+        async with pki.secure_channel(
+            layout.gateway_endpoint, layout.pki_dir, CMCC, server=pki.GATEWAY
+        ) as ch:
+            yield Running(layout, gateway.pid, ch, gateway_pb2_grpc.GatewayServiceStub(ch))
+    finally:
+        for proc in (gateway, *hosts):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(15)
+
+
+# -- 1 and 8: fan-out and the scale curve ------------------------------------------------------
+
+
+async def bench_fanout(size: Size, workdir: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for n in size.fanout_ns:
+        seconds = size.fanout_seconds
+        rows.append(await proxy_run(n, seconds, size.in_flight))
+        rows.append(await gateway_run(n, seconds, size.in_flight, workdir))
+        g, b = rows[-1], rows[-2]
+        g["cpu_ratio_to_proxy"] = round(g["cpu_ms_per_query"] / b["cpu_ms_per_query"], 3)
+        print(
+            f"  fan-out N={n:>3}: proxy {b['qps']} q/s p99 {b['p99_ms']} ms "
+            f"{b['cpu_ms_per_query']} ms CPU/q | gateway {g['qps']} q/s p99 {g['p99_ms']} ms "
+            f"{g['cpu_ms_per_query']} ms CPU/q (x{g['cpu_ratio_to_proxy']})",
+            flush=True,
+        )
+    return rows
+
+
+# -- 2: one holder's query while every platform takes 20 ms ------------------------------------
+
+
+async def bench_latency(size: Size, workdir: Path) -> dict[str, Any]:
+    knobs = {p: {"latency_ms": 20.0} for p in APP_PLATFORMS}
+    async with federation(workdir, "latency", knobs=knobs, process_per_platform=True) as fed:
+        request = gateway_pb2.QueryBindingsRequest(claim=claim_for(fed.layout, Purpose.QUERY_PRIOR))
+        times: list[float] = []
+        for _ in range(size.latency_queries):
+            t0 = time.monotonic()
+            await fed.stub.QueryBindings(request, timeout=5)
+            times.append((time.monotonic() - t0) * 1000)
+    row = {
+        "platforms": len(APP_PLATFORMS),
+        "platform_latency_ms": 20.0,
+        "queries": len(times),
+        "p50_ms": round(statistics.median(times), 2),
+        "p99_ms": round(p(times, 0.99), 2),
+    }
+    print(f"  latency with 20 ms platforms: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
+    return row
+
+
+# -- 3: release turnaround ---------------------------------------------------------------------
+
+
+async def bench_turnaround(size: Size, workdir: Path) -> dict[str, Any]:
+    async with federation(workdir, "turnaround") as fed:
+        times: list[float] = []
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int) -> None:
+            async with sem:
+                op = await fed.stub.ReleaseBindings(
+                    gateway_pb2.ReleaseBindingsRequest(
+                        request_id=uuid.uuid4().hex,
+                        claim=claim_for(fed.layout, Purpose.RELEASE_PRIOR, i),
+                    ),
+                    timeout=10,
+                )
+                accepted = time.monotonic()
+                call = fed.stub.WatchOperation(
+                    gateway_pb2.WatchOperationRequest(name=op.name), timeout=30
+                )
+                async for update in call:
+                    if update.done:
+                        times.append((time.monotonic() - accepted) * 1000)
+
+        await asyncio.gather(*(one(i) for i in range(size.releases)))
+    row = {
+        "platforms": len(APP_PLATFORMS),
+        "releases": len(times),
+        "p50_ms": round(statistics.median(times), 1),
+        "p99_ms": round(p(times, 0.99), 1),
+    }
+    print(f"  release turnaround: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
+    return row
+
+
+# -- 4: durable acceptance ---------------------------------------------------------------------
+
+
+def raw_core_rate(url: str, rows: int) -> float:
+    """Raw SQLAlchemy Core: one row per transaction, committed, on the same database."""
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    t = sa.Table(
+        f"raw_{uuid.uuid4().hex[:8]}",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+    )
+    if url.startswith("sqlite"):
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _rec: Any) -> None:  # the gateway's own settings
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    meta.create_all(engine)
+    body = b"x" * 400
+    t0 = time.monotonic()
+    for i in range(rows):
+        with engine.begin() as c:
+            c.execute(sa.insert(t).values(id=i, body=body))
+    rate = rows / (time.monotonic() - t0)
+    engine.dispose()
+    return rate
+
+
+async def accept_rate(fed: Running, n: int) -> float:
+    requests = [
+        gateway_pb2.ReleaseBindingsRequest(
+            request_id=uuid.uuid4().hex, claim=claim_for(fed.layout, Purpose.RELEASE_PRIOR, i)
+        )
+        for i in range(n)
+    ]
+    sem = asyncio.Semaphore(64)
+
+    async def one(r: gateway_pb2.ReleaseBindingsRequest) -> None:
+        async with sem:
+            await fed.stub.ReleaseBindings(r, timeout=30)
+
+    await asyncio.gather(*(one(r) for r in requests[: max(n // 10, 1)]))  # warm up
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(r) for r in requests[max(n // 10, 1) :]))
+    return (n - max(n // 10, 1)) / (time.monotonic() - t0)
+
+
+async def bench_acceptance(size: Size, workdir: Path) -> list[dict[str, Any]]:
+    rows = []
+    backends: list[tuple[str, str]] = [("sqlite", f"sqlite:///{workdir / 'raw.db'}")]
+    pg: TempPostgres | None = None
+    try:
+        pg = TempPostgres(workdir / "pg").start()
+        backends.append(("postgresql", pg.create_database("raw")))
+    except PostgresUnavailable as exc:
+        print(f"  (PostgreSQL skipped: {exc})")
+    try:
+        for name, raw_url in backends:
+            raw = raw_core_rate(raw_url, size.raw_rows)
+            url = (
+                f"sqlite:///{workdir / 'accept.db'}"
+                if name == "sqlite"
+                else (pg.create_database("accept") if pg else "")
+            )
+            async with federation(workdir, f"accept-{name}", database_url=url) as fed:
+                rate = await accept_rate(fed, size.acceptance)
+            rows.append(
+                {
+                    "database": name,
+                    "accepted_per_s": round(rate, 1),
+                    "raw_core_commits_per_s": round(raw, 1),
+                    "ratio": round(rate / raw, 3),
+                }
+            )
+            print(
+                f"  durable acceptance on {name}: {rate:.0f} releases/s "
+                f"(raw Core one row per commit: {raw:.0f}/s)"
+            )
+    finally:
+        if pg is not None:
+            pg.stop()
+    return rows
+
+
+# -- 5: claim verification ---------------------------------------------------------------------
+
+
+def bench_verification(size: Size, workdir: Path) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from gateway.authority import Portability, check_claim
+    from gateway.pseudonym import Pseudonymizer
+    from numfed.envelope import pae
+    from numfed.identity import PeerId, Role
+    from numfed.trustfiles import load_trusted_state
+
+    layout = create_federation(workdir / "verify", carriers=("cmcc",), platforms=("weibo",))
+    now = datetime.now(UTC)
+    trust = load_trusted_state(layout.trust_dir, now=now)
+    pseudonym = Pseudonymizer(b"k" * 32)
+    envelopes = [Envelope.from_proto(claim_for(layout, Purpose.QUERY_PRIOR, i)) for i in range(50)]
+    portability = Portability({pseudonym(n): "cmcc" for n, _ in served_now()})
+    caller = PeerId(Role.CARRIER, "cmcc")
+    spki = pki.load_carrier_signer(layout.pki_dir, "cmcc").public.spki
+    public = serialization.load_der_public_key(spki)
+    assert isinstance(public, Ed25519PublicKey)
+    raw = [(e.signatures[0].sig, pae(e.payload_type, e.payload)) for e in envelopes]
+
+    def gateway_path(e: Envelope) -> None:
+        check_claim(
+            e,
+            caller=caller,
+            trust=trust,
+            portability=portability,
+            pseudonym=pseudonym,
+            purposes=(Purpose.QUERY_PRIOR,),
+            now=now,
+            carriers=("cmcc",),
+        )
+
+    def timed(fn: Callable[[int], None]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for i in range(size.verify_rounds):
+                fn(i % 50)
+            best = min(best, (time.process_time() - t0) / size.verify_rounds)
+        return best * 1e6
+
+    ours = timed(lambda i: gateway_path(envelopes[i]))
+    ref = timed(lambda i: public.verify(raw[i][0], raw[i][1]))
+    row = {"gateway_us_per_claim": round(ours, 1), "raw_ed25519_us": round(ref, 1)}
+    row["ratio"] = round(ours / ref, 3)
+    print(f"  claim verification: {ours:.0f} us per claim (raw Ed25519 verify {ref:.0f} us)")
+    return row
+
+
+# -- 6: lifecycle events -----------------------------------------------------------------------
+
+
+async def bench_events(size: Size, workdir: Path) -> dict[str, Any]:
+    per_batch = 200
+    async with federation(workdir, "events") as fed:
+        signer = pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")
+        numbers = [n for n, _ in served_now()]
+        at = datetime.now(UTC) - timedelta(days=1)
+        batches = []
+        for b in range(max(size.events // per_batch, 1)):
+            events = [
+                LifecycleEvent.new(
+                    numbers[(b * per_batch + k) % len(numbers)], EventKind.DEACTIVATED, at
+                )
+                for k in range(per_batch)
+            ]
+            batches.append(sign_event_batch("cmcc", events, signer, now=datetime.now(UTC)))
+        db = sa.create_engine(f"sqlite:///{fed.layout.root / 'state' / 'gateway' / 'gateway.db'}")
+        t0 = time.monotonic()
+        head = 0
+        for env in batches:
+            answer = await fed.stub.PublishEvents(
+                gateway_pb2.PublishEventsRequest(batch=env.to_proto()), timeout=10
+            )
+            head = answer.seq
+        while True:
+            with db.connect() as c:
+                acked = c.execute(sa.text("SELECT platform_id, acked_seq FROM event_cursors")).all()
+            if len(acked) >= len(APP_PLATFORMS) and all(r.acked_seq >= head for r in acked):
+                break
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError("events were not acknowledged within 120 s")
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        db.dispose()
+    total = len(batches) * per_batch
+    row = {
+        "events": total,
+        "platforms": len(APP_PLATFORMS),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(total / elapsed, 1),
+    }
+    print(
+        f"  events: {row['events_per_s']} events/s acknowledged by {len(APP_PLATFORMS)} platforms"
+    )
+    return row
+
+
+# -- 7: overload -------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def bench_overload(size: Size, workdir: Path) -> dict[str, Any]:
+    concurrency, latency_s = 16, 0.2
+    sustainable = concurrency / latency_s
+    limits: dict[str, object] = {
+        "max_concurrent_queries": concurrency,
+        "max_queued_queries": concurrency,
+        "admission_queue_wait": 0.5,
+    }
+    knobs = {p: {"latency_ms": latency_s * 1000} for p in APP_PLATFORMS}
+    timeline: list[dict[str, float]] = []
+    async with federation(workdir, "overload", knobs=knobs, limits=limits) as fed:
+        requests = [
+            gateway_pb2.QueryBindingsRequest(claim=claim_for(fed.layout, Purpose.QUERY_PRIOR, i))
+            for i in range(32)
+        ]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        buckets: dict[int, dict[str, list[float]]] = {}
+
+        async def one(i: int) -> None:
+            t0 = loop.time()
+            b = buckets.setdefault(int(t0 - start), {"ok": [], "rejected": [], "other": []})
+            try:
+                await fed.stub.QueryBindings(requests[i % len(requests)], timeout=10)
+                b["ok"].append((loop.time() - t0) * 1000)
+            except grpc.aio.AioRpcError as exc:
+                key = "rejected" if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED else "other"
+                b[key].append((loop.time() - t0) * 1000)
+
+        rate = 10 * sustainable
+        calls: list[asyncio.Task[None]] = []
+        sent = 0
+        rss: dict[int, float] = {}
+        while (now := loop.time()) - start < size.overload_seconds:
+            while sent < int((now - start) * rate):
+                calls.append(asyncio.create_task(one(sent)))
+                sent += 1
+            rss.setdefault(int(now - start), rss_mb(fed.gateway_pid))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*calls)
+        offered = sent / (loop.time() - start)
+    for sec in sorted(buckets):
+        b = buckets[sec]
+        timeline.append(
+            {
+                "second": sec,
+                "admitted": len(b["ok"]),
+                "rejected": len(b["rejected"]),
+                "other": len(b["other"]),
+                "admitted_p99_ms": round(p(b["ok"], 0.99), 1),
+                "rejection_p99_ms": round(p(b["rejected"], 0.99), 1),
+                "rss_mb": round(rss.get(sec, 0.0), 1),
+            }
+        )
+    ok = [x for b in buckets.values() for x in b["ok"]]
+    rejected = [x for b in buckets.values() for x in b["rejected"]]
+    row = {
+        "sustainable_qps": sustainable,
+        "offered_qps": round(offered, 1),
+        "admitted": len(ok),
+        "rejected": len(rejected),
+        "other_errors": sum(len(b["other"]) for b in buckets.values()),
+        "admitted_p99_ms": round(p(ok, 0.99), 1),
+        "rejection_p99_ms": round(p(rejected, 0.99), 1),
+        "rss_max_mb": round(max(rss.values()), 1),
+        "timeline": timeline,
+    }
+    print(
+        f"  overload at {offered:.0f} q/s (~10x {sustainable:.0f}): {len(ok)} admitted "
+        f"(p99 {row['admitted_p99_ms']} ms), {len(rejected)} rejected (p99 "
+        f"{row['rejection_p99_ms']} ms), RSS max {row['rss_max_mb']} MB"
+    )
+    return row
+
+
+# -- summary, plots, document ------------------------------------------------------------------
+
+
+def target(
+    name: str, value: float, reference: float, target_ratio: float, *, higher_is_better: bool
+) -> dict[str, Any]:
+    ratio = value / reference if reference else float("inf")
+    met = ratio >= target_ratio if higher_is_better else ratio <= target_ratio
+    return {
+        "name": name,
+        "value": round(value, 3),
+        "reference": round(reference, 3),
+        "ratio": round(ratio, 3),
+        "target": (">= " if higher_is_better else "<= ") + f"{target_ratio:g}x reference",
+        "met": bool(met),
+    }
+
+
+def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    by_n = {(row["impl"], row["platforms"]): row for row in r["fanout"]}
+    for n, limit in ((7, 0.5), (50, 0.2), (200, 0.1)):
+        g, b = by_n.get(("gateway", n)), by_n.get(("bare proxy", n))
+        if g and b:
+            out.append(
+                target(
+                    f"fan-out gateway CPU ms/query, N={n} (reference: bare proxy)",
+                    g["cpu_ms_per_query"],
+                    b["cpu_ms_per_query"],
+                    limit,
+                    higher_is_better=False,
+                )
+            )
+    g, b = by_n.get(("gateway", 7)), by_n.get(("bare proxy", 7))
+    if g and b:
+        out.append(
+            target(
+                "fan-out p99 ms, N=7 (reference: bare proxy p99)",
+                g["p99_ms"],
+                b["p99_ms"],
+                1.0,
+                higher_is_better=False,
+            )
+        )
+    lat = r["latency"]
+    out.append(
+        target(
+            "one query with 7 platforms at 20 ms each, p99 ms (reference: slowest platform)",
+            lat["p99_ms"],
+            lat["platform_latency_ms"],
+            1.2,
+            higher_is_better=False,
+        )
+    )
+    out.append(
+        target(
+            "release turnaround p99 ms, 7 platforms (reference: 1 s)",
+            r["turnaround"]["p99_ms"],
+            1000.0,
+            1.0,
+            higher_is_better=False,
+        )
+    )
+    for row in r["acceptance"]:
+        out.append(
+            target(
+                f"durable acceptance releases/s on {row['database']} "
+                "(reference: raw Core one row per commit)",
+                row["accepted_per_s"],
+                row["raw_core_commits_per_s"],
+                0.5,
+                higher_is_better=True,
+            )
+        )
+    v = r["verification"]
+    out.append(
+        target(
+            "claim verification us/claim (reference: raw Ed25519 verify)",
+            v["gateway_us_per_claim"],
+            v["raw_ed25519_us"],
+            1.2,
+            higher_is_better=False,
+        )
+    )
+    out.append(
+        target(
+            "events acknowledged per second at 7 platforms (reference: 2,000/s)",
+            r["events"]["events_per_s"],
+            2000.0,
+            1.0,
+            higher_is_better=True,
+        )
+    )
+    o = r["overload"]
+    out.append(
+        target(
+            "overload: rejection p99 ms at 10x (reference: the 500 ms queue wait)",
+            o["rejection_p99_ms"],
+            500.0,
+            1.0,
+            higher_is_better=False,
+        )
+    )
+    return out
+
+
+def plots(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    rows = r["fanout"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for impl, style in (("gateway", "o-"), ("bare proxy", "s--")):
+        pts = sorted((x["platforms"], x) for x in rows if x["impl"] == impl)
+        ns = [n for n, _ in pts]
+        axes[0].plot(ns, [x["cpu_ms_per_query"] for _, x in pts], style, label=impl)
+        axes[1].plot(ns, [x["p50_ms"] for _, x in pts], style, label=f"{impl} p50")
+        axes[1].plot(ns, [x["p99_ms"] for _, x in pts], style, alpha=0.5, label=f"{impl} p99")
+    for ax, title, unit in (
+        (axes[0], "CPU per query (serving process)", "ms"),
+        (axes[1], "latency, 64 queries in flight", "ms"),
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("platforms N")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scale_curve.png", dpi=110)
+    plt.close(fig)
+    made.append("scale_curve.png")
+
+    tl = r["overload"]["timeline"]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    secs = [x["second"] for x in tl]
+    axes[0].plot(secs, [x["rss_mb"] for x in tl], "o-")
+    axes[0].set_ylabel("gateway RSS (MB)")
+    axes[1].plot(secs, [x["admitted_p99_ms"] for x in tl], "o-", label="admitted p99")
+    axes[1].plot(secs, [x["rejection_p99_ms"] for x in tl], "s-", label="rejection p99")
+    axes[1].set_ylabel("ms")
+    axes[1].legend()
+    axes[2].plot(secs, [x["admitted"] for x in tl], "o-", label="admitted / s")
+    axes[2].plot(secs, [x["rejected"] for x in tl], "s-", label="RESOURCE_EXHAUSTED / s")
+    axes[2].set_ylabel("calls")
+    axes[2].set_xlabel("second of the surge")
+    axes[2].legend()
+    fig.suptitle("QueryBindings at 10x the sustainable rate")
+    fig.tight_layout()
+    fig.savefig(out / "overload.png", dpi=110)
+    plt.close(fig)
+    made.append("overload.png")
+    return made
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import cryptography
+
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform_mod.python_version(),
+        "grpcio": grpc.__version__,
+        "sqlalchemy": sa.__version__,
+        "cryptography": cryptography.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def document(r: dict[str, Any], summary: list[dict[str, Any]]) -> str:
+    m = r["machine"]
+    parts = [
+        MARK_START,
+        "",
+        f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
+        f"grpcio {m['grpcio']}, SQLAlchemy {m['sqlalchemy']}, cryptography "
+        f"{m['cryptography']}; command: `make bench` (`python -m bench.suite`), "
+        f"{r['seconds']:.0f} s in all.",
+        "",
+        "### Targets",
+        "",
+        table(
+            ["target", "value", "reference", "ratio", "target", "met"],
+            [
+                [
+                    s["name"],
+                    s["value"],
+                    s["reference"],
+                    s["ratio"],
+                    s["target"],
+                    "yes" if s["met"] else "**no**",
+                ]
+                for s in summary
+            ],
+        ),
+        "",
+        "### Fan-out (64 queries in flight)",
+        "",
+        table(
+            ["N", "impl", "queries/s", "p50 ms", "p99 ms", "CPU ms/query", "CPU vs proxy"],
+            [
+                [
+                    x["platforms"],
+                    x["impl"],
+                    x["qps"],
+                    x["p50_ms"],
+                    x["p99_ms"],
+                    x["cpu_ms_per_query"],
+                    x.get("cpu_ratio_to_proxy", ""),
+                ]
+                for x in r["fanout"]
+            ],
+        ),
+        "",
+        "![scale curve](../bench/results/scale_curve.png)",
+        "",
+        "### Durable acceptance",
+        "",
+        table(
+            ["database", "releases accepted/s", "raw Core commits/s", "ratio"],
+            [
+                [x["database"], x["accepted_per_s"], x["raw_core_commits_per_s"], x["ratio"]]
+                for x in r["acceptance"]
+            ],
+        ),
+        "",
+        "### Overload",
+        "",
+        f"Offered {r['overload']['offered_qps']} queries/s against a sustainable "
+        f"{r['overload']['sustainable_qps']:.0f}/s: {r['overload']['admitted']} admitted "
+        f"(p99 {r['overload']['admitted_p99_ms']} ms), {r['overload']['rejected']} turned away "
+        f"with RESOURCE_EXHAUSTED (p99 {r['overload']['rejection_p99_ms']} ms), "
+        f"{r['overload']['other_errors']} other errors, gateway RSS at most "
+        f"{r['overload']['rss_max_mb']} MB.",
+        "",
+        "![overload](../bench/results/overload.png)",
+        "",
+        MARK_END,
+    ]
+    return "\n".join(parts)
+
+
+def write_doc(text: str) -> None:
+    old = DOC.read_text() if DOC.exists() else ""
+    if MARK_START in old and MARK_END in old:
+        head, rest = old.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        DOC.write_text(head + text + tail)
+    else:
+        DOC.write_text(old.rstrip() + "\n\n## Results\n\n" + text + "\n")
+
+
+async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
+    r: dict[str, Any] = {"machine": machine()}
+    print("fan-out and scale curve", flush=True)
+    r["fanout"] = await bench_fanout(size, workdir)
+    print("latency under concurrency", flush=True)
+    r["latency"] = await bench_latency(size, workdir)
+    print("release turnaround", flush=True)
+    r["turnaround"] = await bench_turnaround(size, workdir)
+    print("durable acceptance", flush=True)
+    r["acceptance"] = await bench_acceptance(size, workdir)
+    print("claim verification", flush=True)
+    r["verification"] = bench_verification(size, workdir)
+    print("events", flush=True)
+    r["events"] = await bench_events(size, workdir)
+    print("overload", flush=True)
+    r["overload"] = await bench_overload(size, workdir)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
+    _configure(parser)
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="numfed-bench-") as tmp:
+        r = asyncio.run(run_all(QUICK if args.quick else FULL, Path(tmp)))
+    r["seconds"] = time.monotonic() - t0
+    summary = summarize(r)
+    for name in (
+        "fanout",
+        "latency",
+        "turnaround",
+        "acceptance",
+        "verification",
+        "events",
+        "overload",
+    ):
+        (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")
+    (out / "machine.json").write_text(json.dumps(r["machine"], indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    made = plots(r, out)
+    if not args.no_doc:
+        write_doc(document(r, summary))
+    print(f"\n{'target':<95} {'value':>10} {'ref':>10} {'ratio':>7}  met")
+    for s in summary:
+        print(f"{s['name']:<95} {s['value']:>10} {s['reference']:>10} {s['ratio']:>7}  {s['met']}")
+    print(f"\nwrote {out}/*.json, summary.json, {', '.join(made)} in {r['seconds']:.0f} s")
+    return 0
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
+
+
+def _run(args: argparse.Namespace) -> int:
+    argv = ["--out", str(args.out)]
+    argv += ["--quick"] if args.quick else []
+    argv += ["--no-doc"] if args.no_doc else []
+    return main(argv)
+
+
+BENCH = Command(
+    "bench", "run every benchmark beside its reference (from a source checkout)", _configure, _run
+)
+"""``numfed bench``: the same as ``make bench`` once the bench extra is installed."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
