@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import secrets
@@ -476,12 +477,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> AsyncIterator[operations_pb2.Operation]:
         job_id = await self._own_job(request.name)
         last = b""
-        while True:
-            op = await self._operation(job_id)
-            body = op.SerializeToString(deterministic=True)
-            if body != last:
-                yield op
-                last = body
-            if op.done:
-                return
-            await self._watchers.wait(job_id, 1.0)
+        with self._watchers.watching(job_id) as changed:
+            while True:
+                changed.clear()  # before the read: a change after it wakes the wait below
+                op = await self._operation(job_id)
+                body = op.SerializeToString(deterministic=True)
+                if body != last:
+                    yield op
+                    last = body
+                if op.done:
+                    return
+                # Other replicas' changes are not announced here: look again within a second.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 1.0)
