@@ -413,7 +413,7 @@ def bench_verification(size: Size, workdir: Path) -> dict[str, Any]:
 
 async def bench_events(size: Size, workdir: Path) -> dict[str, Any]:
     per_batch = 200
-    async with federation(workdir, "events") as fed:
+    async with federation(workdir, "events", process_per_platform=True) as fed:
         signer = pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")
         numbers = [n for n, _ in served_now()]
         at = datetime.now(UTC) - timedelta(days=1)

@@ -202,17 +202,21 @@ class PlatformStore:
         bindings made before as_of, and only those, so a late event never touches a binding
         a new holder made since. Returns how many events were new.
         """
-        new = 0
         with self.engine.begin() as c:
-            order = c.execute(sa.select(sa.func.count()).select_from(applied_events)).scalar_one()
+            order = c.execute(
+                sa.select(sa.func.coalesce(sa.func.max(applied_events.c.order), 0))
+            ).scalar_one()
+            ids = [e.event_id for e in events]
+            seen = set(
+                c.execute(
+                    sa.select(applied_events.c.event_id).where(applied_events.c.event_id.in_(ids))
+                ).scalars()
+            )
+            rows = []
             for e in events:
-                seen = c.execute(
-                    sa.select(applied_events.c.event_id).where(
-                        applied_events.c.event_id == e.event_id
-                    )
-                ).first()
-                if seen is not None:
+                if e.event_id in seen:
                     continue
+                seen.add(e.event_id)  # a batch naming one event twice applies it once
                 active = sa.and_(bindings.c.number == e.number, bindings.c.released_us.is_(None))
                 if e.kind is EventKind.REASSIGNED and e.tenure_start is not None:
                     c.execute(
@@ -227,17 +231,19 @@ class PlatformStore:
                         .values(released_us=_us(now))
                     )
                 order += 1
-                new += 1
-                c.execute(
-                    sa.insert(applied_events).values(
-                        event_id=e.event_id,
-                        seq=seq,
-                        number=e.number,
-                        kind=e.kind.name,
-                        applied_us=_us(now),
-                        order=order,
-                    )
+                rows.append(
+                    {
+                        "event_id": e.event_id,
+                        "seq": seq,
+                        "number": e.number,
+                        "kind": e.kind.name,
+                        "applied_us": _us(now),
+                        "order": order,
+                    }
                 )
+            if rows:
+                c.execute(sa.insert(applied_events), rows)
+        new = len(rows)
         return new
 
     def applied_event_ids(self) -> list[bytes]:
