@@ -15,12 +15,19 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from numfed.errors import ERROR_DOMAIN, NumfedError, PermissionDenied, Unauthenticated
+from numfed.errors import (
+    ERROR_DOMAIN,
+    InvalidArgument,
+    NumfedError,
+    PermissionDenied,
+    Unauthenticated,
+)
 from numfed.identity import PeerId, Role
 from numfed.pki import peer_identity
 
@@ -122,6 +129,35 @@ Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
 
+class _Unparsed:
+    """Stands in for a request whose bytes do not parse, so the handler refuses it precisely
+    (gRPC itself would answer a failing deserializer with UNKNOWN)."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Unparsed(exc)
+
+    return parse
+
+
+def _parsed(request: Any, method: str) -> Any:
+    if isinstance(request, _Unparsed):
+        raise InvalidArgument(
+            "MALFORMED_REQUEST", f"the request to {method} does not parse: {request.error}"
+        )
+    return request
+
+
 class _Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: Policy | None) -> None:
         self._policy = policy
@@ -158,13 +194,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
                     await admit(context)
-                    return await inner(request, context)
+                    return await inner(_parsed(request, method), context)
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
             return grpc.unary_unary_rpc_method_handler(
                 cast(Any, unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -175,14 +211,14 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 try:
                     await admit(context)
-                    async for item in inner_stream(request, context):
+                    async for item in inner_stream(_parsed(request, method), context):
                         yield item
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
             return grpc.unary_stream_rpc_method_handler(
                 cast(Any, stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
