@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
+from numfed import pki
 from numfed.claims import Purpose
+from numfed.envelope import sign
+from numfed.errors import InvalidArgument
 from numfed.identity import PeerId, Role
-from numfed.v1 import gateway_pb2
+from numfed.timeutil import from_timestamp
+from numfed.v1 import claim_pb2, gateway_pb2
 from tests.fuzz.harness import CARRIER, RPCS, LiveFederation, Outcome, Rpc, rpc_named
 
 CMCC = PeerId(Role.CARRIER, CARRIER)
@@ -37,6 +42,40 @@ def test_a_role_that_is_not_allowed_is_refused_before_parsing(live: LiveFederati
     rpc = rpc_named("GatewayService", "ReleaseBindings")
     out = live.exercise(rpc, WEIBO, b"\xff\xff\xff")
     assert reason(out) == ("PERMISSION_DENIED", "ROLE_NOT_ALLOWED")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(-(2**63), 0), (253_402_300_800, 0), (0, -1), (0, 10**9)],
+)
+def test_timestamp_outside_its_range_is_invalid_argument(seconds: int, nanos: int) -> None:
+    """A Timestamp past year 9999 or with bad nanos raised ValueError (UNKNOWN)."""
+    with pytest.raises(InvalidArgument) as e:
+        from_timestamp(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    assert e.value.reason == "BAD_TIMESTAMP"
+
+
+def test_recycled_check_since_out_of_range(live: LiveFederation) -> None:
+    """The carrier failed with UNKNOWN and the gateway relayed it to the platform as INTERNAL."""
+    req = gateway_pb2.CheckRecycledRequest(
+        number=live.numbers()[2], since=timestamp_pb2.Timestamp(seconds=-(2**63))
+    )
+    out = live.exercise(
+        rpc_named("GatewayService", "CheckRecycled"), WEIBO, req.SerializeToString()
+    )
+    assert reason(out) == ("INVALID_ARGUMENT", "BAD_TIMESTAMP")
+
+
+def test_signed_claim_with_a_timestamp_out_of_range(live: LiveFederation) -> None:
+    """A properly signed claim whose tenure_start cannot be a datetime was UNKNOWN."""
+    env = live.claim(Purpose.QUERY_PRIOR)
+    claim = claim_pb2.TenureClaim.FromString(env.payload)
+    claim.tenure_start.seconds = 2**63 - 1
+    key = pki.load_carrier_signer(live.pki_dir, CARRIER)
+    signed = sign(env.payload_type, claim.SerializeToString(), [key]).to_proto()
+    req = gateway_pb2.QueryBindingsRequest(claim=signed)
+    out = live.exercise(rpc_named("GatewayService", "QueryBindings"), CMCC, req.SerializeToString())
+    assert reason(out) == ("INVALID_ARGUMENT", "MALFORMED_CLAIM")
 
 
 def test_the_state_check_sees_an_accepted_release(live: LiveFederation) -> None:
