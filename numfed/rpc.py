@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest message any numfed server or client sends or receives."""
 
+MAX_ERROR_TEXT = 400
+"""Longest error message or ErrorInfo metadata value sent: messages may quote the input, and
+gRPC clients refuse trailing metadata past 8-16 KiB (RESOURCE_EXHAUSTED, the answer lost)."""
+
 _CODES = {c.name: c for c in grpc.StatusCode}
 _current_peer: contextvars.ContextVar[PeerId] = contextvars.ContextVar("numfed_peer")
 
@@ -61,10 +65,16 @@ def current_peer() -> PeerId:
         raise Unauthenticated("NO_PEER_IDENTITY", "no authenticated caller") from exc
 
 
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 def error_status(err: NumfedError) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``err`` with one ErrorInfo (reason, domain, metadata)."""
     info = error_details_pb2.ErrorInfo(
-        reason=err.reason, domain=ERROR_DOMAIN, metadata=dict(err.metadata)
+        reason=err.reason,
+        domain=ERROR_DOMAIN,
+        metadata={k: _bounded(v) for k, v in err.metadata.items()},
     )
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -76,7 +86,7 @@ def error_status(err: NumfedError) -> status_pb2.Status:
         packed.Pack(retry)
         details.append(packed)
     code = _CODES.get(err.code, grpc.StatusCode.INTERNAL)
-    return status_pb2.Status(code=code.value[0], message=err.message, details=details)
+    return status_pb2.Status(code=code.value[0], message=_bounded(err.message), details=details)
 
 
 def ok_status() -> status_pb2.Status:

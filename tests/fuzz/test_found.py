@@ -17,7 +17,7 @@ from numfed.envelope import sign
 from numfed.errors import InvalidArgument
 from numfed.identity import PeerId, Role
 from numfed.timeutil import from_timestamp
-from numfed.v1 import claim_pb2, gateway_pb2
+from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2
 from tests.fuzz.harness import CARRIER, RPCS, LiveFederation, Outcome, Rpc, rpc_named
 
 CMCC = PeerId(Role.CARRIER, CARRIER)
@@ -76,6 +76,16 @@ def test_signed_claim_with_a_timestamp_out_of_range(live: LiveFederation) -> Non
     req = gateway_pb2.QueryBindingsRequest(claim=signed)
     out = live.exercise(rpc_named("GatewayService", "QueryBindings"), CMCC, req.SerializeToString())
     assert reason(out) == ("INVALID_ARGUMENT", "MALFORMED_CLAIM")
+
+
+def test_an_error_quoting_huge_input_still_reaches_the_caller(live: LiveFederation) -> None:
+    """The error message quoted a 16 KB number; the trailers outgrew the client's limit and
+    the caller got RESOURCE_EXHAUSTED without the status."""
+    req = holder_pb2.StartVerificationRequest(number="9" * 20_000, id_number="1" * 18)
+    rpc = rpc_named("HolderService", "StartVerification")
+    out = live.exercise(rpc, None, req.SerializeToString())
+    assert reason(out) == ("INVALID_ARGUMENT", "MALFORMED_NUMBER")
+    assert out.status is not None and len(out.status.message) < 1000
 
 
 def test_the_state_check_sees_an_accepted_release(live: LiveFederation) -> None:
