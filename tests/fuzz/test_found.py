@@ -88,6 +88,21 @@ def test_an_error_quoting_huge_input_still_reaches_the_caller(live: LiveFederati
     assert out.status is not None and len(out.status.message) < 1000
 
 
+def test_a_release_the_gateway_refuses_leaves_the_session_unchanged(
+    live: LiveFederation,
+) -> None:
+    """The carrier kept the signed claim of a refused release in the holder's session."""
+    req = holder_pb2.ReleaseHolderBindingsRequest(
+        session_token=live.session(),
+        scope=holder_pb2.BINDING_SCOPE_PRIOR,
+        platform_ids=["myspace"],
+        request_id="refused-release",
+    )
+    rpc = rpc_named("HolderService", "ReleaseHolderBindings")
+    out = live.exercise(rpc, None, req.SerializeToString())
+    assert reason(out) == ("INVALID_ARGUMENT", "UNKNOWN_PLATFORM")
+
+
 def test_the_state_check_sees_an_accepted_release(live: LiveFederation) -> None:
     """The "nothing changed" check can fail: an accepted release shows in the snapshot."""
     before = live.snapshot()
