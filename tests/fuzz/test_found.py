@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
 from numfed import pki
-from numfed.claims import Purpose
+from numfed.claims import TENURE_CLAIM_PAYLOAD_TYPE, Purpose
 from numfed.envelope import sign
 from numfed.errors import InvalidArgument
 from numfed.identity import PeerId, Role
@@ -101,6 +101,20 @@ def test_a_release_the_gateway_refuses_leaves_the_session_unchanged(
     rpc = rpc_named("HolderService", "ReleaseHolderBindings")
     out = live.exercise(rpc, None, req.SerializeToString())
     assert reason(out) == ("INVALID_ARGUMENT", "UNKNOWN_PLATFORM")
+
+
+def test_a_refused_claim_naming_a_number_that_is_not_ascii(live: LiveFederation) -> None:
+    """The gateway audits a refused claim under its number's pseudonym, which encoded the
+    unverified number as ASCII: UnicodeEncodeError, UNKNOWN."""
+    payload = claim_pb2.TenureClaim(number="\x80").SerializeToString()
+    env = claim_pb2.Envelope(
+        payload=payload,
+        payload_type=TENURE_CLAIM_PAYLOAD_TYPE,
+        signatures=[claim_pb2.Signature(keyid="x", sig=b"x")],
+    )
+    req = gateway_pb2.QueryBindingsRequest(claim=env)
+    out = live.exercise(rpc_named("GatewayService", "QueryBindings"), CMCC, req.SerializeToString())
+    assert reason(out)[0] == "UNAUTHENTICATED"
 
 
 def test_the_state_check_sees_an_accepted_release(live: LiveFederation) -> None:
