@@ -71,9 +71,27 @@ def _texts(pool: Sequence[str]) -> st.SearchStrategy[str]:
     return st.one_of(parts)
 
 
+MANY_BYTES = 1_000_000
+"""Most bytes one repeated field of copies may take: copies of copies of huge values would
+otherwise multiply into gigabytes."""
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str | bytes):
+        return 4 * len(value)
+    if isinstance(value, Message):
+        return value.ByteSize()
+    return 10
+
+
 def _many(value: st.SearchStrategy[object]) -> st.SearchStrategy[list[object]]:
-    """Hundreds of copies of one value (drawing hundreds of values would exhaust hypothesis)."""
-    return st.tuples(value, st.integers(100, 600)).map(lambda t: [t[0]] * t[1])
+    """Hundreds of copies of one value (drawing hundreds of values would exhaust hypothesis),
+    fewer if the value is large."""
+
+    def copies(t: tuple[object, int]) -> list[object]:
+        return [t[0]] * max(1, min(t[1], MANY_BYTES // max(1, _size(t[0]))))
+
+    return st.tuples(value, st.integers(100, 600)).map(copies)
 
 
 def _bytes() -> st.SearchStrategy[bytes]:
