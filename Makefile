@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(PY) -m bench.fanout --platforms 1,7 --seconds 5
 
 # The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
-FUZZ_EXAMPLES ?= 300
+FUZZ_EXAMPLES ?= 700
 fuzz: $(STAMP)
 	NUMFED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NUMFED_FUZZ_STATS=build/fuzz-stats.json \
 		$(VENV)/bin/pytest -q tests/fuzz
