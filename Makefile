@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench proto proto-check lint typecheck pytest clean
+.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.suite
+
+# The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
+FUZZ_EXAMPLES ?= 700
+fuzz: $(STAMP)
+	NUMFED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NUMFED_FUZZ_STATS=build/fuzz-stats.json \
+		$(VENV)/bin/pytest -q tests/fuzz
+	@echo "calls and status codes per RPC: build/fuzz-stats.json"
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

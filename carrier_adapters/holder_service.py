@@ -21,7 +21,7 @@ from carrier_adapters.verification import SESSION_TTL
 from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
 from numfed.envelope import Envelope
-from numfed.errors import DeadlineExceeded, InvalidArgument, NotFound
+from numfed.errors import DeadlineExceeded, InvalidArgument, NotFound, NumfedError
 from numfed.proof import encode_proof
 from numfed.rpc import error_from_rpc
 from numfed.timeutil import to_timestamp
@@ -36,6 +36,8 @@ T = TypeVar("T")
 PROOF_LIFETIME = timedelta(days=30)
 """How long a holder proof stays valid; it is carried around, unlike a one-use claim."""
 _ID_NUMBER_LEN = 18
+_MAYBE_COMMITTED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
+"""Codes of a gateway call whose outcome is unknown: the release job may exist."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SCOPES = {
     holder_pb2.BINDING_SCOPE_PRIOR: (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR),
@@ -150,16 +152,23 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
             lambda: self._a.sign(session, purpose, refs).SerializeToString(deterministic=True),
         )
         limits = self._a.config.limits
-        op: operations_pb2.Operation = await _gateway(
-            self._a.gateway.ReleaseBindings(
-                gateway_pb2.ReleaseBindingsRequest(
-                    request_id=request.request_id,
-                    claim=claim_pb2.Envelope.FromString(raw),
-                    platform_ids=request.platform_ids,
-                ),
-                timeout=_timeout(context, limits, limits.default_call_timeout),
+        try:
+            op: operations_pb2.Operation = await _gateway(
+                self._a.gateway.ReleaseBindings(
+                    gateway_pb2.ReleaseBindingsRequest(
+                        request_id=request.request_id,
+                        claim=claim_pb2.Envelope.FromString(raw),
+                        platform_ids=request.platform_ids,
+                    ),
+                    timeout=_timeout(context, limits, limits.default_call_timeout),
+                )
             )
-        )
+        except NumfedError as err:
+            # Keep the envelope only if the gateway may have committed the job (a retry must
+            # then send the same claim); a refusal leaves the session as it was.
+            if err.code not in _MAYBE_COMMITTED:
+                session.forget_release(request.request_id)
+            raise
         session.operations.add(op.name)
         return op
 

@@ -132,6 +132,10 @@ class Session:
         self._releases[request_id] = (fingerprint, envelope)
         return envelope
 
+    def forget_release(self, request_id: str) -> None:
+        """Drop the envelope of a release the gateway refused: a refusal changes nothing."""
+        self._releases.pop(request_id, None)
+
 
 class Verifier:
     def __init__(

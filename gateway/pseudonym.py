@@ -18,7 +18,9 @@ class Pseudonymizer:
         self._key = key
 
     def __call__(self, number: str) -> str:
-        return hmac.new(self._key, number.encode("ascii"), hashlib.sha256).hexdigest()
+        """The pseudonym of ``number``; of any string at all, since a refused claim's
+        unverified number is audited by its pseudonym too (UTF-8: the same bytes as ASCII)."""
+        return hmac.new(self._key, number.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def load_or_create_key(path: Path) -> bytes:

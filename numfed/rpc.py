@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -26,6 +27,7 @@ from grpc_status import rpc_status
 
 from numfed.errors import (
     ERROR_DOMAIN,
+    InvalidArgument,
     NumfedError,
     PermissionDenied,
     ResourceExhausted,
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest message any numfed server or client sends or receives."""
 
+MAX_ERROR_TEXT = 400
+"""Longest error message or ErrorInfo metadata value sent: messages may quote the input, and
+gRPC clients refuse trailing metadata past 8-16 KiB (RESOURCE_EXHAUSTED, the answer lost)."""
+
 _CODES = {c.name: c for c in grpc.StatusCode}
 _current_peer: contextvars.ContextVar[PeerId] = contextvars.ContextVar("numfed_peer")
 
@@ -66,10 +72,16 @@ def current_peer() -> PeerId:
         raise Unauthenticated("NO_PEER_IDENTITY", "no authenticated caller") from exc
 
 
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 def error_status(err: NumfedError) -> status_pb2.Status:
     """A ``google.rpc.Status`` for ``err`` with one ErrorInfo (reason, domain, metadata)."""
     info = error_details_pb2.ErrorInfo(
-        reason=err.reason, domain=ERROR_DOMAIN, metadata=dict(err.metadata)
+        reason=err.reason,
+        domain=ERROR_DOMAIN,
+        metadata={k: _bounded(v) for k, v in err.metadata.items()},
     )
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -81,7 +93,7 @@ def error_status(err: NumfedError) -> status_pb2.Status:
         packed.Pack(retry)
         details.append(packed)
     code = _CODES.get(err.code, grpc.StatusCode.INTERNAL)
-    return status_pb2.Status(code=code.value[0], message=err.message, details=details)
+    return status_pb2.Status(code=code.value[0], message=_bounded(err.message), details=details)
 
 
 def ok_status() -> status_pb2.Status:
@@ -221,6 +233,35 @@ Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
 
+class _Unparsed:
+    """Stands in for a request whose bytes do not parse, so the handler refuses it precisely
+    (gRPC itself would answer a failing deserializer with UNKNOWN)."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Unparsed(exc)
+
+    return parse
+
+
+def _parsed(request: Any, method: str) -> Any:
+    if isinstance(request, _Unparsed):
+        raise InvalidArgument(
+            "MALFORMED_REQUEST", f"the request to {method} does not parse: {request.error}"
+        )
+    return request
+
+
 class _Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: Policy | None, admission: Admission | None = None) -> None:
         self._policy = policy
@@ -268,6 +309,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
                     await admit(context)
+                    request = _parsed(request, method)
                     if gate is None:
                         return await inner(request, context)
                     await gate.enter()
@@ -280,7 +322,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 cast(Any, unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -291,6 +333,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 try:
                     await admit(context)
+                    request = _parsed(request, method)
                     if gate is not None:
                         await gate.enter()
                     try:
@@ -304,7 +347,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 cast(Any, stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)

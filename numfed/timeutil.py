@@ -24,8 +24,14 @@ def to_timestamp(t: datetime) -> timestamp_pb2.Timestamp:
 
 
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
-    """An aware UTC datetime, microsecond precision (nanoseconds below that are dropped)."""
-    return ts.ToDatetime(tzinfo=UTC)
+    """An aware UTC datetime, microsecond precision (nanoseconds below that are dropped).
+
+    A Timestamp outside years 1-9999 or with nanos outside [0, 1e9) is INVALID_ARGUMENT.
+    """
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument("BAD_TIMESTAMP", f"not a valid timestamp: {exc}") from exc
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
