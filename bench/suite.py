@@ -195,20 +195,34 @@ async def bench_latency(size: Size, workdir: Path) -> dict[str, Any]:
         batch = platform_pb2.BatchQueryBindingsRequest(
             items=[platform_pb2.QueryItem(item_id="x", claim=claim)]
         )
+        stubs: dict[str, Any] = {}
+        channels = []
         for pid in APP_PLATFORMS:
-            async with pki.secure_channel(
+            ch = pki.secure_channel(
                 fed.layout.platform_endpoints[pid],
                 fed.layout.pki_dir,
                 pki.GATEWAY,
                 server=PeerId(Role.PLATFORM, pid),
-            ) as ch:
-                stub = platform_pb2_grpc.PlatformServiceStub(ch)
+            )
+            channels.append(ch)
+            stubs[pid] = platform_pb2_grpc.PlatformServiceStub(ch)
+            await stubs[pid].BatchQueryBindings(batch, timeout=5)
+        # Each platform alone, one after another.
+        for pid, stub in stubs.items():
+            direct[pid] = []
+            for _ in range(max(size.latency_queries // 4, 3)):
+                t0 = time.monotonic()
                 await stub.BatchQueryBindings(batch, timeout=5)
-                direct[pid] = []
-                for _ in range(max(size.latency_queries // 4, 3)):
-                    t0 = time.monotonic()
-                    await stub.BatchQueryBindings(batch, timeout=5)
-                    direct[pid].append((time.monotonic() - t0) * 1000)
+                direct[pid].append((time.monotonic() - t0) * 1000)
+        # All seven at once, straight from here: the slowest platform's latency while the
+        # others answer too (on the same two cores), with no gateway in between.
+        together: list[float] = []
+        for _ in range(size.latency_queries):
+            t0 = time.monotonic()
+            await asyncio.gather(*(s.BatchQueryBindings(batch, timeout=5) for s in stubs.values()))
+            together.append((time.monotonic() - t0) * 1000)
+        for ch in channels:
+            await ch.close()
     slowest = max(direct, key=lambda k: statistics.median(direct[k]))
     row = {
         "platforms": len(APP_PLATFORMS),
@@ -220,10 +234,13 @@ async def bench_latency(size: Size, workdir: Path) -> dict[str, Any]:
         "slowest_platform_p50_ms": round(statistics.median(direct[slowest]), 2),
         "slowest_platform_p99_ms": round(p(direct[slowest], 0.99), 2),
         "sum_of_platform_p50_ms": round(sum(statistics.median(v) for v in direct.values()), 2),
+        "all_platforms_at_once_direct_p50_ms": round(statistics.median(together), 2),
+        "all_platforms_at_once_direct_p99_ms": round(p(together, 0.99), 2),
     }
     print(
         f"  latency with 20 ms platforms: gateway p50 {row['p50_ms']} ms, p99 {row['p99_ms']} "
-        f"ms; slowest platform alone p50 {row['slowest_platform_p50_ms']} ms "
+        f"ms; slowest platform alone p50 {row['slowest_platform_p50_ms']} ms, all seven called "
+        f"at once directly p50 {row['all_platforms_at_once_direct_p50_ms']} ms "
         f"(their sum: {row['sum_of_platform_p50_ms']} ms)"
     )
     return row
@@ -589,10 +606,10 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
     lat = r["latency"]
     out.append(
         target(
-            "one query, 7 platforms adding 20 ms each, p50 ms "
-            "(reference: the slowest platform called alone, p50)",
+            "one query, 7 platforms adding 20 ms each, p50 ms (reference: the slowest of the "
+            "7 platforms called at once directly, p50)",
             lat["p50_ms"],
-            lat["slowest_platform_p50_ms"],
+            lat["all_platforms_at_once_direct_p50_ms"],
             1.2,
             higher_is_better=False,
         )
