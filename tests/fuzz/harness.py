@@ -142,6 +142,8 @@ class Outcome:
     details: str
     status: status_pb2.Status | None
     responses: int
+    body: bytes = b""
+    """The answer of a unary call that succeeded."""
 
 
 def _identity(b: bytes) -> bytes:
@@ -235,8 +237,8 @@ class LiveFederation:
             unary = ch.unary_unary(
                 rpc.path, request_serializer=_identity, response_deserializer=_identity
             )
-            unary(body, timeout=UNARY_TIMEOUT)
-            return Outcome(grpc.StatusCode.OK, "", None, 1)
+            answer: bytes = unary(body, timeout=UNARY_TIMEOUT)
+            return Outcome(grpc.StatusCode.OK, "", None, 1, answer)
         except grpc.RpcError as exc:
             call = cast(grpc.Call, exc)
             return Outcome(call.code(), call.details() or "", rpc_status.from_call(call), 0)
@@ -287,10 +289,15 @@ class LiveFederation:
                 )
             time.sleep(0.02)
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self, at: datetime | None = None) -> dict[str, object]:
         """What a refused request must not change: gateway jobs, tasks, events, cursors,
         portability; each platform's bindings and applied releases and events; each carrier's
-        SMS outbox, pending verifications, sessions and signed releases."""
+        SMS outbox (one SMS per verification started), and its sessions still valid ``at``
+        with the releases each has signed.
+
+        Not compared: what a refusal updates on purpose (audit log, rate limits, the count of
+        wrong codes that voids a verification) and expired entries the carrier drops."""
+        at = at or datetime.now(UTC)
         out: dict[str, object] = {}
         with self.fed.gateway.store.engine.connect() as c:
             h = hashlib.sha256()
@@ -329,12 +336,10 @@ class LiveFederation:
         for cid, carrier in self.fed.carriers.items():
             v = carrier.adapter.verifier
             outbox = carrier.adapter.config.state_dir / "sms-outbox.jsonl"
-            sessions = list(v._sessions.values())
+            sessions = {t: s for t, s in list(v._sessions.items()) if s.expires > at}
             out[f"carrier:{cid}"] = (
                 outbox.stat().st_size if outbox.exists() else 0,
-                len(v._pending),
-                len(sessions),
-                sum(len(s._releases) for s in sessions),
+                sorted((t, sorted(s._releases)) for t, s in sessions.items()),
             )
         return out
 
@@ -573,14 +578,15 @@ class LiveFederation:
     def exercise(self, rpc: Rpc, peer: PeerId | None, body: bytes) -> Outcome:
         """Send ``body``; assert a precise answer and, when refused, that nothing changed."""
         self.quiesce()
-        before = self.snapshot()
+        at = datetime.now(UTC)
+        before = self.snapshot(at)
         out = self.call(rpc, peer, body)
         self.calls[rpc.id] = self.calls.get(rpc.id, 0) + 1
         codes = self.codes.setdefault(rpc.id, {})
         codes[out.code.name] = codes.get(out.code.name, 0) + 1
         check_outcome(rpc, peer, out, len(body))
         if out.code != grpc.StatusCode.OK:
-            after = self.snapshot()
+            after = self.snapshot(at)
             changed = {k for k in before if before[k] != after[k]}
             assert not changed, f"{rpc.id} refused ({out.code.name}) but changed {changed}"
         return out

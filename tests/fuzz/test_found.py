@@ -17,7 +17,7 @@ from numfed.envelope import sign
 from numfed.errors import InvalidArgument
 from numfed.identity import PeerId, Role
 from numfed.timeutil import from_timestamp
-from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2
+from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, platform_pb2
 from tests.fuzz.harness import CARRIER, RPCS, LiveFederation, Outcome, Rpc, rpc_named
 
 CMCC = PeerId(Role.CARRIER, CARRIER)
@@ -115,6 +115,26 @@ def test_a_refused_claim_naming_a_number_that_is_not_ascii(live: LiveFederation)
     req = gateway_pb2.QueryBindingsRequest(claim=env)
     out = live.exercise(rpc_named("GatewayService", "QueryBindings"), CMCC, req.SerializeToString())
     assert reason(out)[0] == "UNAUTHENTICATED"
+
+
+def test_a_signed_claim_that_expires_in_year_9999(live: LiveFederation) -> None:
+    """Checking a claim's expiry added the clock skew to expires_at: OverflowError, UNKNOWN."""
+    env = live.claim(Purpose.QUERY_PRIOR)
+    claim = claim_pb2.TenureClaim.FromString(env.payload)
+    claim.expires_at.seconds = 253_402_300_799  # 9999-12-31T23:59:59Z
+    key = pki.load_carrier_signer(live.pki_dir, CARRIER)
+    signed = sign(env.payload_type, claim.SerializeToString(), [key]).to_proto()
+    req = platform_pb2.BatchQueryBindingsRequest(
+        items=[platform_pb2.QueryItem(item_id="a", claim=signed)]
+    )
+    rpc = rpc_named("PlatformService", "BatchQueryBindings")
+    out = live.exercise(rpc, PeerId(Role.GATEWAY, "main"), req.SerializeToString())
+    assert out.code == grpc.StatusCode.OK  # the batch is answered; the item is refused
+    answer = platform_pb2.BatchQueryBindingsResponse.FromString(out.body)
+    assert answer.results[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    info = error_details_pb2.ErrorInfo()
+    assert answer.results[0].status.details[0].Unpack(info)
+    assert info.reason == "CLAIM_LIFETIME_TOO_LONG"
 
 
 def test_the_state_check_sees_an_accepted_release(live: LiveFederation) -> None:
