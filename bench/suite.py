@@ -139,7 +139,8 @@ async def federation(
             assert h.stdout is not None and h.stdout.readline().strip() == "ready"
         gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
         wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
-        await asyncio.sleep(1.0)  # platforms fetch their trust bundle
+        for endpoint in layout.platform_endpoints.values():  # each holds a verified bundle
+            wait_serving(endpoint, layout.pki_dir, "numfed.v1.PlatformService")
         async with pki.secure_channel(
             layout.gateway_endpoint, layout.pki_dir, CMCC, server=pki.GATEWAY
         ) as ch:

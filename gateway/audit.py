@@ -153,6 +153,9 @@ class AuditWriter:
         self._queue: list[AuditRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        """One flush at a time: records stay in order even with several database threads, and
+        :meth:`flush` returns only once everything recorded before it is committed."""
 
     def record(self, rec: AuditRecord) -> None:
         self._queue.append(rec)
@@ -163,9 +166,10 @@ class AuditWriter:
             append(conn, records)
 
     async def flush(self) -> None:
-        batch, self._queue = self._queue, []
-        if batch:
-            await self._run(self._append, batch)
+        async with self._flushing:
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._run(self._append, batch)
 
     async def run(self) -> None:
         while True:
