@@ -28,14 +28,21 @@ def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
 
     A Timestamp outside years 1-9999 or with nanos outside [0, 1e9) is INVALID_ARGUMENT.
     """
-    try:
-        return ts.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidArgument("BAD_TIMESTAMP", f"not a valid timestamp: {exc}") from exc
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        raise InvalidArgument(
+            "BAD_TIMESTAMP", f"not a valid timestamp: seconds={seconds} nanos={nanos}"
+        )
+    # The same as Timestamp.ToDatetime, at a fraction of its cost (it is on the claim path).
+    return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MIN_SECONDS = -62_135_596_800
+"""0001-01-01T00:00:00Z"""
+_MAX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z"""
 
 
 def to_us(t: datetime) -> int:
