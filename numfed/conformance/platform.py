@@ -393,8 +393,8 @@ async def batch_per_claim(kit: PlatformKit) -> str:
             claims.append(kit.claim(n, x, Purpose.QUERY_PRIOR, key=kit.keys.revoked))
             expect.append("UNAUTHENTICATED")
         elif kind == 1:
-            claims.append(_forge(kit.claim(n, x, Purpose.QUERY_PRIOR)))
-            expect.append("UNAUTHENTICATED")
+            claims.append(kit.claim(n, x, Purpose.QUERY_PRIOR, key=kit.keys.narrow))
+            expect.append("PERMISSION_DENIED")
         elif kind == 2:
             claims.append(kit.claim(n, x, Purpose.RELEASE_PRIOR))
             expect.append("INVALID_ARGUMENT")

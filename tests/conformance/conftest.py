@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import pytest
 
@@ -13,8 +12,7 @@ from numfed.conformance.report import CheckResult
 from numfed.federation import FederationLayout, create_federation, free_ports
 from numfed.scenario import PLATFORMS
 from platform_stubs.reference import PlatformHandle, start_platform
-
-Breakage = Callable[[PlatformHandle], None]
+from tests.conformance.broken import Breakage
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +24,12 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> FederationLayout:
 class KitRun:
     layout: FederationLayout
 
-    async def run(
-        self, platform_id: str, *, breakage: Breakage | None = None, only: tuple[str, ...] = ()
-    ) -> dict[str, CheckResult]:
-        """Start ``platform_id`` in conformance mode (optionally broken), run the kit, stop."""
+    monkeypatch: pytest.MonkeyPatch
+
+    async def start(
+        self, platform_id: str, breakage: Breakage | None = None
+    ) -> tuple[PlatformHandle, PlatformTarget]:
+        """Start ``platform_id`` in conformance mode (optionally broken) on port 0."""
         (gateway_port,) = free_ports(1)
         config = dataclasses.replace(
             load_platform_config(self.layout.platform_configs[platform_id]),
@@ -39,27 +39,32 @@ class KitRun:
             conformance=True,
         )
         handle = await start_platform(config)
+        if breakage is not None:
+            breakage(handle, self.monkeypatch)
+        target = PlatformTarget(
+            target=f"127.0.0.1:{handle.port}",
+            platform_id=platform_id,
+            pki_dir=self.layout.pki_dir,
+            trust_dir=self.layout.trust_dir,
+            gateway_listen=f"127.0.0.1:{gateway_port}",
+        )
+        return handle, target
+
+    async def run(
+        self, platform_id: str, *, breakage: Breakage | None = None, only: tuple[str, ...] = ()
+    ) -> dict[str, CheckResult]:
+        """Start the platform, run the kit in this process, stop the platform."""
+        handle, target = await self.start(platform_id, breakage)
         try:
-            if breakage is not None:
-                breakage(handle)
-            results = await run_platform_kit(
-                PlatformTarget(
-                    target=f"127.0.0.1:{handle.port}",
-                    platform_id=platform_id,
-                    pki_dir=self.layout.pki_dir,
-                    trust_dir=self.layout.trust_dir,
-                    gateway_listen=f"127.0.0.1:{gateway_port}",
-                ),
-                only=only,
-            )
+            results = await run_platform_kit(target, only=only)
         finally:
             await handle.stop(0)
         return {r.name: r for r in results}
 
 
 @pytest.fixture
-def kit(layout: FederationLayout) -> KitRun:
-    return KitRun(layout)
+def kit(layout: FederationLayout, monkeypatch: pytest.MonkeyPatch) -> KitRun:
+    return KitRun(layout, monkeypatch)
 
 
 def failed(results: dict[str, CheckResult]) -> set[str]:
