@@ -25,54 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from numfed.v1 import binding_pb2 as numfed_dot_v1_dot_binding__pb2
-from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnumfed/v1/conformance.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\"\x13\n\x11ResetStateRequest\"\x14\n\x12ResetStateResponse\"\xf1\x01\n\rSeededBinding\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breleased_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x07 \x01(\x08\x12\x16\n\x0e\x61\x63\x63ount_exists\x18\x08 \x01(\x08\"A\n\x13SeedBindingsRequest\x12*\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x18.numfed.v1.SeededBinding\"\x16\n\x14SeedBindingsResponse\"+\n\x19ListSeededBindingsRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"H\n\x1aListSeededBindingsResponse\x12*\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x18.numfed.v1.SeededBinding\":\n\x14\x43heckSmsLoginRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"(\n\x15\x43heckSmsLoginResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\"\x15\n\x13RefreshTrustRequest\"R\n\x14RefreshTrustResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\x04\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x1a\n\x18ListAppliedEventsRequest\".\n\x19ListAppliedEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\x0c\"p\n\x06Tenure\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncarrier_id\x18\x03 \x01(\t\"\x80\x01\n\x18SeedNumberHistoryRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\"\n\x07tenures\x18\x02 \x03(\x0b\x32\x11.numfed.v1.Tenure\x12\x30\n\x0cported_in_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\x19SeedNumberHistoryResponse\"N\n\x17IssueTenureClaimRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.numfed.v1.Purpose\">\n\x18IssueTenureClaimResponse\x12\"\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope2\x98\x04\n\x12\x43onformanceService\x12I\n\nResetState\x12\x1c.numfed.v1.ResetStateRequest\x1a\x1d.numfed.v1.ResetStateResponse\x12O\n\x0cSeedBindings\x12\x1e.numfed.v1.SeedBindingsRequest\x1a\x1f.numfed.v1.SeedBindingsResponse\x12\x61\n\x12ListSeededBindings\x12$.numfed.v1.ListSeededBindingsRequest\x1a%.numfed.v1.ListSeededBindingsResponse\x12R\n\rCheckSmsLogin\x12\x1f.numfed.v1.CheckSmsLoginRequest\x1a .numfed.v1.CheckSmsLoginResponse\x12O\n\x0cRefreshTrust\x12\x1e.numfed.v1.RefreshTrustRequest\x1a\x1f.numfed.v1.RefreshTrustResponse\x12^\n\x11ListAppliedEvents\x12#.numfed.v1.ListAppliedEventsRequest\x1a$.numfed.v1.ListAppliedEventsResponse2\xd8\x01\n\x19\x43\x61rrierConformanceService\x12^\n\x11SeedNumberHistory\x12#.numfed.v1.SeedNumberHistoryRequest\x1a$.numfed.v1.SeedNumberHistoryResponse\x12[\n\x10IssueTenureClaim\x12\".numfed.v1.IssueTenureClaimRequest\x1a#.numfed.v1.IssueTenureClaimResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnumfed/v1/conformance.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17numfed/v1/binding.proto\"\x13\n\x11ResetStateRequest\"\x14\n\x12ResetStateResponse\"\xf1\x01\n\rSeededBinding\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breleased_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x07 \x01(\x08\x12\x16\n\x0e\x61\x63\x63ount_exists\x18\x08 \x01(\x08\"A\n\x13SeedBindingsRequest\x12*\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x18.numfed.v1.SeededBinding\"\x16\n\x14SeedBindingsResponse\"+\n\x19ListSeededBindingsRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"H\n\x1aListSeededBindingsResponse\x12*\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x18.numfed.v1.SeededBinding\":\n\x14\x43heckSmsLoginRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"(\n\x15\x43heckSmsLoginResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\"\x15\n\x13RefreshTrustRequest\"R\n\x14RefreshTrustResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\x04\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x1a\n\x18ListAppliedEventsRequest\".\n\x19ListAppliedEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\x0c\x32\x98\x04\n\x12\x43onformanceService\x12I\n\nResetState\x12\x1c.numfed.v1.ResetStateRequest\x1a\x1d.numfed.v1.ResetStateResponse\x12O\n\x0cSeedBindings\x12\x1e.numfed.v1.SeedBindingsRequest\x1a\x1f.numfed.v1.SeedBindingsResponse\x12\x61\n\x12ListSeededBindings\x12$.numfed.v1.ListSeededBindingsRequest\x1a%.numfed.v1.ListSeededBindingsResponse\x12R\n\rCheckSmsLogin\x12\x1f.numfed.v1.CheckSmsLoginRequest\x1a .numfed.v1.CheckSmsLoginResponse\x12O\n\x0cRefreshTrust\x12\x1e.numfed.v1.RefreshTrustRequest\x1a\x1f.numfed.v1.RefreshTrustResponse\x12^\n\x11ListAppliedEvents\x12#.numfed.v1.ListAppliedEventsRequest\x1a$.numfed.v1.ListAppliedEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.conformance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESETSTATEREQUEST']._serialized_start=148
-  _globals['_RESETSTATEREQUEST']._serialized_end=167
-  _globals['_RESETSTATERESPONSE']._serialized_start=169
-  _globals['_RESETSTATERESPONSE']._serialized_end=189
-  _globals['_SEEDEDBINDING']._serialized_start=192
-  _globals['_SEEDEDBINDING']._serialized_end=433
-  _globals['_SEEDBINDINGSREQUEST']._serialized_start=435
-  _globals['_SEEDBINDINGSREQUEST']._serialized_end=500
-  _globals['_SEEDBINDINGSRESPONSE']._serialized_start=502
-  _globals['_SEEDBINDINGSRESPONSE']._serialized_end=524
-  _globals['_LISTSEEDEDBINDINGSREQUEST']._serialized_start=526
-  _globals['_LISTSEEDEDBINDINGSREQUEST']._serialized_end=569
-  _globals['_LISTSEEDEDBINDINGSRESPONSE']._serialized_start=571
-  _globals['_LISTSEEDEDBINDINGSRESPONSE']._serialized_end=643
-  _globals['_CHECKSMSLOGINREQUEST']._serialized_start=645
-  _globals['_CHECKSMSLOGINREQUEST']._serialized_end=703
-  _globals['_CHECKSMSLOGINRESPONSE']._serialized_start=705
-  _globals['_CHECKSMSLOGINRESPONSE']._serialized_end=745
-  _globals['_REFRESHTRUSTREQUEST']._serialized_start=747
-  _globals['_REFRESHTRUSTREQUEST']._serialized_end=768
-  _globals['_REFRESHTRUSTRESPONSE']._serialized_start=770
-  _globals['_REFRESHTRUSTRESPONSE']._serialized_end=852
-  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_start=854
-  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_end=880
-  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_start=882
-  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_end=928
-  _globals['_TENURE']._serialized_start=930
-  _globals['_TENURE']._serialized_end=1042
-  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_start=1045
-  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_end=1173
-  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_start=1175
-  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_end=1202
-  _globals['_ISSUETENURECLAIMREQUEST']._serialized_start=1204
-  _globals['_ISSUETENURECLAIMREQUEST']._serialized_end=1282
-  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_start=1284
-  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_end=1346
-  _globals['_CONFORMANCESERVICE']._serialized_start=1349
-  _globals['_CONFORMANCESERVICE']._serialized_end=1885
-  _globals['_CARRIERCONFORMANCESERVICE']._serialized_start=1888
-  _globals['_CARRIERCONFORMANCESERVICE']._serialized_end=2104
+  _globals['_RESETSTATEREQUEST']._serialized_start=125
+  _globals['_RESETSTATEREQUEST']._serialized_end=144
+  _globals['_RESETSTATERESPONSE']._serialized_start=146
+  _globals['_RESETSTATERESPONSE']._serialized_end=166
+  _globals['_SEEDEDBINDING']._serialized_start=169
+  _globals['_SEEDEDBINDING']._serialized_end=410
+  _globals['_SEEDBINDINGSREQUEST']._serialized_start=412
+  _globals['_SEEDBINDINGSREQUEST']._serialized_end=477
+  _globals['_SEEDBINDINGSRESPONSE']._serialized_start=479
+  _globals['_SEEDBINDINGSRESPONSE']._serialized_end=501
+  _globals['_LISTSEEDEDBINDINGSREQUEST']._serialized_start=503
+  _globals['_LISTSEEDEDBINDINGSREQUEST']._serialized_end=546
+  _globals['_LISTSEEDEDBINDINGSRESPONSE']._serialized_start=548
+  _globals['_LISTSEEDEDBINDINGSRESPONSE']._serialized_end=620
+  _globals['_CHECKSMSLOGINREQUEST']._serialized_start=622
+  _globals['_CHECKSMSLOGINREQUEST']._serialized_end=680
+  _globals['_CHECKSMSLOGINRESPONSE']._serialized_start=682
+  _globals['_CHECKSMSLOGINRESPONSE']._serialized_end=722
+  _globals['_REFRESHTRUSTREQUEST']._serialized_start=724
+  _globals['_REFRESHTRUSTREQUEST']._serialized_end=745
+  _globals['_REFRESHTRUSTRESPONSE']._serialized_start=747
+  _globals['_REFRESHTRUSTRESPONSE']._serialized_end=829
+  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_start=831
+  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_end=857
+  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_start=859
+  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_end=905
+  _globals['_CONFORMANCESERVICE']._serialized_start=908
+  _globals['_CONFORMANCESERVICE']._serialized_end=1444
 # @@protoc_insertion_point(module_scope)
