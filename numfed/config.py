@@ -135,6 +135,8 @@ class PlatformConfig:
     seed_scenario: bool = True
     events: str = "push"
     """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
+    conformance: bool = False
+    """Test-only: also serve ConformanceService (seed and read back data) for the kit."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
+        conformance=bool(sec.get("conformance", False)),
     )
 
 

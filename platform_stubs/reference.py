@@ -18,7 +18,8 @@ from numfed.identity import PeerId, Role
 from numfed.rpc import ServerHandle, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
-from numfed.v1 import platform_pb2_grpc
+from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
+from platform_stubs import conformance
 from platform_stubs.events import EventPuller
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
@@ -37,6 +38,12 @@ POLICY = {
     f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
     f"/{SERVICE}/DeliverEvents": _GATEWAY_ONLY,
 }
+CONFORMANCE_POLICY = {
+    f"/{conformance.SERVICE}/{m}": _GATEWAY_ONLY
+    for m in conformance_pb2_grpc.ConformanceServiceServicer.__dict__
+    if m[:1].isupper()
+}
+"""Test-only methods, served in conformance mode alone."""
 
 
 def _masking_secret(state_dir: Path) -> bytes:
@@ -108,10 +115,17 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(servicer, server)
         return SERVICE
 
+    def register_conformance(server: grpc.aio.Server) -> str:
+        conformance_pb2_grpc.add_ConformanceServiceServicer_to_server(
+            conformance.ConformanceServicer(store=store, trust=trust, events=servicer.events),
+            server,
+        )
+        return conformance.SERVICE
+
     handle = await start_server(
-        register=[register],
+        register=[register, register_conformance] if config.conformance else [register],
         credentials=pki.server_credentials(config.pki_dir, peer),
-        policy=POLICY,
+        policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
         bind=config.listen,
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

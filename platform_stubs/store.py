@@ -125,6 +125,44 @@ class PlatformStore:
                     )
                 )
 
+    def reset(self) -> None:
+        """Delete every row (conformance mode only)."""
+        with self.engine.begin() as c:
+            for table in reversed(_md.sorted_tables):
+                c.execute(sa.delete(table))
+
+    def bind(self, rows: Iterable[tuple[str, str, str, str, datetime]]) -> None:
+        """Like :meth:`seed`, but an account that exists already gets one more binding."""
+        with self.engine.begin() as c:
+            for account_id, nickname, number, kind, bound_at in rows:
+                known = c.execute(
+                    sa.select(accounts.c.account_id).where(accounts.c.account_id == account_id)
+                ).first()
+                if known is None:
+                    c.execute(
+                        sa.insert(accounts).values(
+                            account_id=account_id, nickname=nickname, created_us=_us(bound_at)
+                        )
+                    )
+                c.execute(
+                    sa.insert(bindings).values(
+                        account_id=account_id,
+                        number=number,
+                        kind=kind,
+                        bound_us=_us(bound_at),
+                        released_us=None,
+                        stale=False,
+                    )
+                )
+
+    def existing_accounts(self, account_ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(account_ids))
+        if not ids:
+            return set()
+        with self.engine.connect() as c:
+            q = sa.select(accounts.c.account_id).where(accounts.c.account_id.in_(ids))
+            return {r.account_id for r in c.execute(q)}
+
     def bindings_for(self, numbers: Sequence[str]) -> dict[str, list[Binding]]:
         out: dict[str, list[Binding]] = {n: [] for n in numbers}
         if not numbers:
