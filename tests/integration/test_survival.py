@@ -248,7 +248,7 @@ class Outside:
 async def slow_outside(tmp_path: Path) -> AsyncIterator[Outside]:
     layout = create_federation(
         tmp_path / "fed",
-        platform_knobs={p: {"latency_ms": 400.0} for p in ("weibo", "taobao", "douyin")},
+        platform_knobs={p: {"latency_ms": 1000.0} for p in ("weibo", "taobao", "douyin")},
         limits={"shutdown_grace": 10.0},
     )
     o = Outside(layout, tmp_path)
@@ -279,7 +279,9 @@ async def test_sigterm_with_calls_in_flight_fails_none_and_gives_back_every_leas
             asyncio.ensure_future(stub.ReleaseBindings(_release(signer, i), timeout=15))
             for i in range(20)
         ]
-        await asyncio.sleep(0.15)  # the queries now wait on the slow platforms
+        # Let every call reach the gateway (the queries then wait on the slow platforms), even on
+        # a loaded machine, before the signal.
+        await asyncio.sleep(0.8)
         os.kill(o.proc.pid, signal.SIGTERM)
         answers = await asyncio.gather(*queries, *releases, return_exceptions=True)
         failed = [a for a in answers if isinstance(a, BaseException)]
