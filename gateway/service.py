@@ -376,7 +376,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     timeout=self._budget(context),
                 )
             except grpc.aio.AioRpcError as exc:
-                raise error_from_rpc(exc) from exc
+                err = error_from_rpc(exc)
+                if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
+                    # The carrier's own failure is not the platform's fault, nor the gateway's.
+                    raise Unavailable(
+                        "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"
+                    ) from exc
+                raise err from exc
         except NumfedError as err:
             self._audit.record(
                 AuditRecord(now_us(), "RECYCLED_CHECK", caller.uri, number_key, err.reason)

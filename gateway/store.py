@@ -95,6 +95,17 @@ class TaskUpdate:
     next_attempt_us: int
 
 
+def _lease_record(owner: str) -> sa.Update:
+    """UPDATE of ``owner``'s lease records, one row per (j, p, f) parameter set (executemany)."""
+    tl = task_leases
+    return sa.update(tl).where(
+        tl.c.job_id == sa.bindparam("j"),
+        tl.c.platform_id == sa.bindparam("p"),
+        tl.c.owner == owner,
+        tl.c.from_us == sa.bindparam("f"),
+    )
+
+
 class Store:
     """Jobs, tasks and portability on one database URL."""
 
@@ -360,7 +371,7 @@ class Store:
 
         A lease that already expired is renewed only if nobody took it over meanwhile.
         """
-        t, tl = release_tasks, task_leases
+        t = release_tasks
         until = now_us + lease_us
         with self.engine.begin() as conn:
             held = self._held(conn, owner, list(keys))
@@ -373,17 +384,7 @@ class Store:
                 .values(lease_until_us=sa.bindparam("until")),
                 params,
             )
-            conn.execute(
-                sa.update(tl)
-                .where(
-                    tl.c.job_id == sa.bindparam("j"),
-                    tl.c.platform_id == sa.bindparam("p"),
-                    tl.c.owner == owner,
-                    tl.c.from_us == sa.bindparam("f"),
-                )
-                .values(until_us=sa.bindparam("until")),
-                params,
-            )
+            conn.execute(_lease_record(owner).values(until_us=sa.bindparam("until")), params)
         return len(held)
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
@@ -393,7 +394,7 @@ class Store:
         the ids of the jobs that changed. Statements are built once and run for all the rows
         (executemany), so a batch of hundreds of outcomes costs a handful of round trips.
         """
-        t, tl = release_tasks, task_leases
+        t = release_tasks
         todo = list(updates)
         with self.engine.begin() as conn:
             held = self._held(conn, owner, [(u.job_id, u.platform_id) for u in todo])
@@ -427,14 +428,7 @@ class Store:
                 ],
             )
             conn.execute(
-                sa.update(tl)
-                .where(
-                    tl.c.job_id == sa.bindparam("j"),
-                    tl.c.platform_id == sa.bindparam("p"),
-                    tl.c.owner == owner,
-                    tl.c.from_us == sa.bindparam("f"),
-                )
-                .values(until_us=now_us, finished=True),
+                _lease_record(owner).values(until_us=now_us, finished=True),
                 [
                     {"j": u.job_id, "p": u.platform_id, "f": held[(u.job_id, u.platform_id)]}
                     for u in mine

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from numfed.identity import PeerId, Role
 from numfed.scenario import demo_scenario
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc, holder_pb2
 from platform_stubs.reference import PlatformHandle, start_platform
+from tests.helpers.processes import spawn_gateway
 from tests.integration.conftest import Federation
 from tests.integration.holder import PRIOR, metadata, response
 from tests.integration.test_journey import holder_app
@@ -124,20 +124,7 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
     }
 
     def spawn() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "numfed",
-                "gateway",
-                "serve",
-                "--config",
-                str(layout.gateway_config),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / f"gateway-{len(gateway_process)}.log", "wb"),  # noqa: SIM115
-            stdin=subprocess.DEVNULL,
-        )
+        p = spawn_gateway(layout.gateway_config, tmp_path / f"gateway-{len(gateway_process)}.log")
         gateway_process.append(p)
         return p
 

@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -43,6 +42,7 @@ from numfed.pgtemp import TempPostgres
 from numfed.scenario import demo_scenario
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 from platform_stubs.reference import PlatformHandle, start_platform
+from tests.helpers.processes import spawn_gateway
 from tests.integration.test_faults import _wait_serving
 
 WORLD = demo_scenario()
@@ -62,22 +62,8 @@ class Cluster:
     carriers: dict[str, CarrierHandle] = field(default_factory=dict)
 
     def spawn(self, i: int) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"gateway-{i}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "numfed",
-                "gateway",
-                "serve",
-                "--config",
-                str(self.layout.replica_configs[i]),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        log = self.logs / f"gateway-{i}-{time.monotonic_ns()}.log"
+        p = spawn_gateway(self.layout.replica_configs[i], log)
         self.procs[i] = p
         return p
 

@@ -36,6 +36,7 @@ from numfed.scenario import demo_scenario
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 from platform_stubs.reference import PlatformHandle, start_platform
 from platform_stubs.sdk import Knobs
+from tests.helpers.processes import spawn_gateway
 from tests.integration.conftest import Federation, start_federation
 from tests.integration.test_faults import _wait_serving
 
@@ -201,16 +202,6 @@ def rpc_status_reason(result: gateway_pb2.PlatformResult) -> str:
 # -- real gateway processes --------------------------------------------------------------------
 
 
-def _spawn_gateway(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "numfed", "gateway", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-
-
 class Outside:
     """Platforms and carriers in this process; the gateway as a real process."""
 
@@ -226,7 +217,7 @@ class Outside:
             self.platforms[p] = await start_platform(load_platform_config(cfg))
         for c, cfg in self.layout.carrier_configs.items():
             self.carriers[c] = await start_carrier(load_carrier_config(cfg))
-        self.proc = _spawn_gateway(self.layout.gateway_config, self.logs / "gateway.log")
+        self.proc = spawn_gateway(self.layout.gateway_config, self.logs / "gateway.log")
         await asyncio.to_thread(
             _wait_serving, self.layout.gateway_endpoint, self.layout.pki_dir, self.proc
         )
