@@ -13,6 +13,8 @@ timeout taken from the holder's remaining time.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -82,6 +84,9 @@ class CarrierAdapter:
         outbox = SmsOutbox(config.state_dir / "sms-outbox.jsonl", self.sms_signature)
         self.verifier = Verifier(outbox, clock=clock)
         self.signer: SigningKey = pki.load_carrier_signer(config.pki_dir, self.carrier_id)
+        self._request_id_key = hashlib.sha256(
+            b"numfed request ids\0" + self.signer.to_pem()
+        ).digest()
         self.peer = PeerId(Role.CARRIER, self.carrier_id)
         self.channel = pki.secure_channel(
             config.gateway,
@@ -118,6 +123,16 @@ class CarrierAdapter:
             binding_refs=refs,
         )
         return sign_claim(claim, self.signer).to_proto()
+
+    def gateway_request_id(self, holder_id: str, request_id: str) -> str:
+        """The request_id the gateway sees for a holder's own request_id.
+
+        The gateway keys jobs by (carrier, request_id); holders pick their ids themselves, so two
+        holders' ids may collide, and the second would learn that the first used it. A keyed
+        hash of (holder, id) keeps each holder's ids apart and tells the gateway nothing.
+        """
+        mac = hmac.new(self._request_id_key, f"{holder_id}\0{request_id}".encode(), "sha256")
+        return mac.hexdigest()
 
     def answer_recycled(self, number: str, since: datetime, platform_id: str) -> claim_pb2.Envelope:
         """Has ``number`` changed holder since ``since``? One signed bit for ``platform_id``."""

@@ -156,7 +156,9 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
             op: operations_pb2.Operation = await _gateway(
                 self._a.gateway.ReleaseBindings(
                     gateway_pb2.ReleaseBindingsRequest(
-                        request_id=request.request_id,
+                        request_id=self._a.gateway_request_id(
+                            session.holder_id, request.request_id
+                        ),
                         claim=claim_pb2.Envelope.FromString(raw),
                         platform_ids=request.platform_ids,
                     ),

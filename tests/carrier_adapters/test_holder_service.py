@@ -209,7 +209,9 @@ async def test_release_selection_rules(running: Running, channel: grpc.aio.Chann
     v = check(running, sent.claim, Purpose.RELEASE_OWN)
     assert v.claim.binding_refs == ("wb-1", "tb-2")
     assert v.claim.tenure_start == X_PORTED
-    assert op.name == f"operations/{hashlib.sha256(b'r1').hexdigest()[:32]}"
+    # The gateway sees a keyed hash of (holder, request_id), never the holder's own id.
+    assert sent.request_id != "r1" and len(sent.request_id) == 64
+    assert op.name == f"operations/{hashlib.sha256(sent.request_id.encode()).hexdigest()[:32]}"
 
 
 async def test_release_retries_reuse_the_envelope_verbatim(
@@ -310,3 +312,11 @@ async def test_holder_proof_verifies_offline(running: Running, channel: grpc.aio
     assert await refused(
         app.stub.IssueHolderProof(holder_pb2.IssueHolderProofRequest(session_token="x"), timeout=5)
     ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")
+
+
+def test_holders_request_ids_never_meet_at_the_gateway(running: Running) -> None:
+    adapter = running.carriers["cmcc"].adapter
+    mine, theirs = (adapter.gateway_request_id(h, "r1") for h in ("holder-a", "holder-b"))
+    assert mine != theirs  # the same id from two holders: two jobs, and nobody learns anything
+    assert adapter.gateway_request_id("holder-a", "r1") == mine  # a retry finds its job again
+    assert len(mine) == 64 and "holder" not in mine
