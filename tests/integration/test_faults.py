@@ -109,7 +109,7 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
     tmp_path: Path, gateway_process: list[subprocess.Popen[bytes]]
 ) -> None:
     knobs = {
-        p: {"latency_ms": 150.0}
+        p: {"latency_ms": 800.0}
         for p in ("weibo", "taobao", "douyin", "toutiao", "meituan", "dianping", "xiaomi")
     }
     layout = create_federation(
