@@ -110,6 +110,8 @@ class PlatformConfig:
     seed_scenario: bool = True
     events: str = "push"
     """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
+    conformance: bool = False
+    """Test only: also serve PlatformConformanceService for the conformance kit."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class CarrierConfig:
     gateway: str
     seed_scenario: bool = True
     limits: Limits = field(default_factory=Limits)
+    conformance: bool = False
+    """Test only: also serve CarrierConformanceService for the conformance kit."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -213,6 +217,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
+        conformance=bool(sec.get("conformance", False)),
     )
 
 
@@ -236,4 +241,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         gateway=_endpoint(sec, "gateway", "carrier"),
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
+        conformance=bool(sec.get("conformance", False)),
     )

@@ -18,7 +18,12 @@ from numfed.identity import PeerId, Role
 from numfed.rpc import ServerHandle, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
-from numfed.v1 import platform_pb2_grpc
+from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
+from platform_stubs.conformance import (
+    CONFORMANCE_POLICY,
+    CONFORMANCE_SERVICE,
+    PlatformConformanceServicer,
+)
 from platform_stubs.events import EventPuller
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
@@ -87,8 +92,14 @@ class PlatformHandle:
         self.store.close()
 
 
-async def start_platform(config: PlatformConfig) -> PlatformHandle:
-    """Start a reference platform; healthy once it holds a verified trust bundle."""
+async def start_platform(
+    config: PlatformConfig, *, servicer_class: type[PlatformServicer] = PlatformServicer
+) -> PlatformHandle:
+    """Start a reference platform; healthy once it holds a verified trust bundle.
+
+    ``servicer_class`` lets tests start a deliberately broken platform on the same footing.
+    With ``config.conformance`` it also serves PlatformConformanceService (test only).
+    """
     peer = PeerId(Role.PLATFORM, config.platform_id)
     store = PlatformStore(config.state_dir / "platform.db")
     if config.seed_scenario:
@@ -96,7 +107,7 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
     trust = TrustClient(
         trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
     )
-    servicer = PlatformServicer(
+    servicer = servicer_class(
         platform_id=config.platform_id,
         trust=trust,
         store=store,
@@ -108,10 +119,16 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
         platform_pb2_grpc.add_PlatformServiceServicer_to_server(servicer, server)
         return SERVICE
 
+    def register_conformance(server: grpc.aio.Server) -> str:
+        conformance_pb2_grpc.add_PlatformConformanceServiceServicer_to_server(
+            PlatformConformanceServicer(store=store, trust=trust), server
+        )
+        return CONFORMANCE_SERVICE
+
     handle = await start_server(
-        register=[register],
+        register=[register, register_conformance] if config.conformance else [register],
         credentials=pki.server_credentials(config.pki_dir, peer),
-        policy=POLICY,
+        policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
         bind=config.listen,
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
