@@ -112,6 +112,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.audit_cli:AUDIT",
     "numfed.verify_cli:VERIFY",
     "numfed.demo:DEMO",
+    "numfed.conformance.cli:CONFORMANCE",
 )
 """Every subcommand as ``module:attribute``, in the order ``numfed --help`` lists them."""
 
