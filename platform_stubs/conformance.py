@@ -167,7 +167,7 @@ class PlatformConformanceServicer(conformance_pb2_grpc.PlatformConformanceServic
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> conformance_pb2.RefreshTrustBundleResponse:
         try:
-            await self._trust.refresh()
+            await self._trust.refresh(wait_for_ready=True)
             status = ok_status()
         except NumfedError as err:
             status = error_status(err)

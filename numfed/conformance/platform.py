@@ -8,6 +8,7 @@ numbers, so checks do not depend on each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from numfed.conformance.report import CheckFailed, Report, Suite
 from numfed.envelope import Envelope, SigningKey, sign
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.identity import PeerId, Role
-from numfed.rpc import MAX_MESSAGE_BYTES, error_info
+from numfed.rpc import MAX_MESSAGE_BYTES, error_info, rpc_error_info
 from numfed.timeutil import to_timestamp
 from numfed.v1 import (
     binding_pb2,
@@ -40,6 +41,8 @@ __all__ = ["PLATFORM_SUITE", "PlatformKit", "PlatformTarget", "run_platform_kit"
 
 PLATFORM_SUITE: Suite[PlatformKit] = Suite("numfed conformance platform")
 CALL_TIMEOUT = 10.0
+SETUP_PATIENCE = 15.0
+"""How long the kit waits for the platform to reach the kit's gateway at the start."""
 OK = "OK"
 
 
@@ -149,10 +152,24 @@ class PlatformKit:
 
     # --- trust ----------------------------------------------------------------------------
 
-    async def refresh(self) -> conformance_pb2.RefreshTrustBundleResponse:
-        return await self.conformance.RefreshTrustBundle(
-            conformance_pb2.RefreshTrustBundleRequest(), timeout=CALL_TIMEOUT
-        )
+    async def refresh(self, *, patience: float = 0.0) -> conformance_pb2.RefreshTrustBundleResponse:
+        """Have the platform fetch the bundle now; while it answers that it cannot reach the
+        kit's gateway (UNAVAILABLE with an ErrorInfo, not a transport failure), ask again for
+        up to ``patience`` seconds."""
+        deadline = asyncio.get_running_loop().time() + patience
+        while True:
+            try:
+                return await self.conformance.RefreshTrustBundle(
+                    conformance_pb2.RefreshTrustBundleRequest(), timeout=CALL_TIMEOUT
+                )
+            except grpc.aio.AioRpcError as exc:
+                if (
+                    exc.code() is not grpc.StatusCode.UNAVAILABLE
+                    or rpc_error_info(exc) is None
+                    or asyncio.get_running_loop().time() > deadline
+                ):
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _setup(self) -> None:
         """Empty the platform, then have it accept the kit's first bundle (version one past the
@@ -165,7 +182,7 @@ class PlatformKit:
             for _ in range(2):
                 bundle = self.keys.bundle(version, now=_now(), revoke_doomed=False)
                 self._base_envelope = self.gateway.publish(bundle)
-                answer = await self.refresh()
+                answer = await self.refresh(patience=SETUP_PATIENCE)
                 if answer.status.code == 0 and answer.bundle_version == version:
                     self.base_version = version
                     self.setup_ok = True

@@ -131,7 +131,8 @@ class PlatformConformanceServiceServicer:
         """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
         periodic refresh would, and reports the outcome: the platform's own verdict in `status`
         (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
-        Errors: PERMISSION_DENIED, UNAVAILABLE (the gateway did not answer).
+        Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+        kit asks again for a while, since a platform may have started before the kit's gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

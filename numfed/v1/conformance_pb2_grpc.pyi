@@ -67,7 +67,8 @@ class PlatformConformanceServiceStub:
     """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
     periodic refresh would, and reports the outcome: the platform's own verdict in `status`
     (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
-    Errors: PERMISSION_DENIED, UNAVAILABLE (the gateway did not answer).
+    Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+    kit asks again for a while, since a platform may have started before the kit's gateway).
     """
 
 @_typing.type_check_only
@@ -109,7 +110,8 @@ class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
     """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
     periodic refresh would, and reports the outcome: the platform's own verdict in `status`
     (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
-    Errors: PERMISSION_DENIED, UNAVAILABLE (the gateway did not answer).
+    Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+    kit asks again for a while, since a platform may have started before the kit's gateway).
     """
 
 class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -184,7 +186,8 @@ class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
         periodic refresh would, and reports the outcome: the platform's own verdict in `status`
         (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
-        Errors: PERMISSION_DENIED, UNAVAILABLE (the gateway did not answer).
+        Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+        kit asks again for a while, since a platform may have started before the kit's gateway).
         """
 
 def add_PlatformConformanceServiceServicer_to_server(servicer: PlatformConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
