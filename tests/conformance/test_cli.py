@@ -1,4 +1,5 @@
-"""``numfed conformance`` end to end: a platform process, the kit as a process, real exit codes."""
+"""``numfed conformance`` end to end, as a member runs it: ``init``, the member as a process,
+the kit as a process, real exit codes and JUnit XML."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from numfed.conformance import PLATFORM_SUITE
-from numfed.federation import create_federation
+from numfed.conformance import CARRIER_SUITE, PLATFORM_SUITE
+from numfed.federation import free_ports
 from numfed.identity import PeerId, Role
 from numfed.testing.federation import wait_serving
 
@@ -31,48 +32,75 @@ async def _numfed(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def test_platform_kit_as_processes_exit_codes_and_junit(tmp_path: Path) -> None:
-    layout = create_federation(
-        tmp_path / "fed",
-        carriers=(),
-        platforms=("weibo",),
-        platform_knobs={"weibo": {"conformance": True, "seed_scenario": False}},
-    )
-    config = str(layout.platform_configs["weibo"])
-    platform = subprocess.Popen(  # noqa: ASYNC220 (a server for the test's whole length)
-        [sys.executable, "-m", "numfed", "platform", "serve", "--config", config],
+def _serve(role: str, config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _failures(junit: Path) -> list[str]:
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    return [str(c.get("name")) for c in suite.findall("testcase") if c.find("failure") is not None]
+
+
+async def test_platform_init_serve_and_kit_as_processes(tmp_path: Path) -> None:
+    member, kit_gateway = (f"127.0.0.1:{p}" for p in free_ports(2))
+    root = tmp_path / "kit"
+    code, out = await _numfed(
+        "conformance", "init", str(root), "--platform", "weibo",
+        "--listen", member, "--gateway", kit_gateway,
+    )  # fmt: skip
+    assert code == 0, out
+    assert f"--target {member} --platform-id weibo" in out
+    platform = _serve("platform", root / "platform-weibo.toml")
     try:
-        endpoint = layout.platform_endpoints["weibo"]
-        await wait_serving(endpoint, layout.pki_dir, PeerId(Role.PLATFORM, "weibo"))
-        common = ["--target", endpoint, "--platform-id", "weibo", "--pki", str(layout.pki_dir)]
+        await wait_serving(member, root / "pki", PeerId(Role.PLATFORM, "weibo"))
         junit = tmp_path / "kit.xml"
         code, out = await _numfed(
-            "conformance", "platform", *common,
-            "--listen", layout.gateway_endpoint, "--junit", str(junit),
+            "conformance", "platform", "--target", member, "--platform-id", "weibo",
+            "--pki", str(root / "pki"), "--listen", kit_gateway, "--junit", str(junit),
         )  # fmt: skip
         assert code == 0, out
         assert f"{len(PLATFORM_SUITE.names)} of {len(PLATFORM_SUITE.names)} checks passed" in out
-        suite = ET.parse(junit).getroot().find("testsuite")
-        assert suite is not None and suite.get("failures") == "0"
+        assert _failures(junit) == []
 
-        # Another member's certificate answers at the target: the kit refuses to vouch for it.
+        # Another member's name is expected at the target: the kit refuses to vouch for it.
         code, out = await _numfed(
-            "conformance", "platform", "--target", endpoint, "--platform-id", "taobao",
-            "--pki", str(layout.pki_dir), "--listen", layout.gateway_endpoint,
-            "--junit", str(junit),
+            "conformance", "platform", "--target", member, "--platform-id", "taobao",
+            "--pki", str(root / "pki"), "--listen", kit_gateway, "--junit", str(junit),
         )  # fmt: skip
         assert code == 1, out
         assert "not conformant" in out
-        suite = ET.parse(junit).getroot().find("testsuite")
-        assert suite is not None and int(suite.get("failures") or 0) >= 1
-        failed = [c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None]
-        assert "trust_bundle_accepted" in failed
+        assert _failures(junit) == PLATFORM_SUITE.names
     finally:
         platform.send_signal(signal.SIGTERM)
         assert platform.wait(10) == 0
+
+
+async def test_carrier_init_serve_and_kit_as_processes(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    root = tmp_path / "kit"
+    code, out = await _numfed(
+        "conformance", "init", str(root), "--carrier", "ctcc", "--listen", f"127.0.0.1:{port}"
+    )
+    assert code == 0, out
+    carrier = _serve("carrier", root / "carrier-ctcc.toml")
+    try:
+        await wait_serving(f"127.0.0.1:{port}", root / "pki", PeerId(Role.CARRIER, "ctcc"))
+        junit = tmp_path / "kit.xml"
+        code, out = await _numfed(
+            "conformance", "carrier", "--target", f"127.0.0.1:{port}", "--carrier-id", "ctcc",
+            "--pki", str(root / "pki"), "--trust", str(root / "trust"), "--junit", str(junit),
+        )  # fmt: skip
+        assert code == 0, out
+        assert f"{len(CARRIER_SUITE.names)} of {len(CARRIER_SUITE.names)} checks passed" in out
+        assert _failures(junit) == []
+    finally:
+        carrier.send_signal(signal.SIGTERM)
+        assert carrier.wait(10) == 0
 
 
 async def test_unknown_check_is_a_usage_error(tmp_path: Path) -> None:
@@ -82,3 +110,9 @@ async def test_unknown_check_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 2
     assert "UNKNOWN_CHECK" in out
+
+
+async def test_init_refuses_a_bad_member_id(tmp_path: Path) -> None:
+    code, out = await _numfed("conformance", "init", str(tmp_path / "k"), "--platform", "My App")
+    assert code == 2, out
+    assert not (tmp_path / "k").exists()
