@@ -1,7 +1,8 @@
 """numfed's pytest plugin: fixtures that start a whole federation on free loopback ports.
 
-Loaded automatically wherever numfed is installed (``pytest11`` entry point ``numfed``). Needs
-pytest-asyncio. Fixtures:
+Loaded automatically wherever numfed is installed (``pytest11`` entry point ``numfed``). The
+fixtures are async and need pytest-asyncio (numfed's ``test`` extra); without it the plugin
+offers none, so installing numfed never breaks another project's pytest. Fixtures:
 
 ``numfed_federation``
     gateway, three carriers and eight reference platforms in the test's own event loop.
@@ -14,80 +15,21 @@ pytest-asyncio. Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
+import importlib.util
 
-import pytest_asyncio
+__all__: list[str] = []
 
-from numfed.testing.conformance import start_conformance_carrier, start_conformance_platform
-from numfed.testing.federation import (
-    Federation,
-    FederationProcesses,
-    spawn_federation,
-    start_federation,
-)
+if importlib.util.find_spec("pytest_asyncio") is not None:
+    from numfed.testing.fixtures import (
+        numfed_conformance_carrier,
+        numfed_conformance_platform,
+        numfed_federation,
+        numfed_federation_processes,
+    )
 
-__all__ = [
-    "numfed_conformance_carrier",
-    "numfed_conformance_platform",
-    "numfed_federation",
-    "numfed_federation_processes",
-]
-
-
-@pytest_asyncio.fixture
-async def numfed_federation(tmp_path: Path) -> AsyncIterator[Federation]:
-    fed = await start_federation(tmp_path / "numfed-federation")
-    try:
-        yield fed
-    finally:
-        await fed.stop()
-
-
-@pytest_asyncio.fixture
-async def numfed_federation_processes(tmp_path: Path) -> AsyncIterator[FederationProcesses]:
-    fed = await spawn_federation(tmp_path / "numfed-federation")
-    try:
-        yield fed
-    finally:
-        fed.stop_all()
-
-
-Factory = Callable[..., Awaitable[tuple[Any, Any]]]
-
-
-@pytest_asyncio.fixture
-async def numfed_conformance_platform(tmp_path: Path) -> AsyncIterator[Factory]:
-    handles: list[Any] = []
-
-    async def start(platform_id: str, **kw: Any) -> tuple[Any, Any]:
-        handle, target = await start_conformance_platform(
-            tmp_path / f"conformance-platform-{platform_id}-{len(handles)}", platform_id, **kw
-        )
-        handles.append(handle)
-        return handle, target
-
-    try:
-        yield start
-    finally:
-        for h in handles:
-            await h.stop(0)
-
-
-@pytest_asyncio.fixture
-async def numfed_conformance_carrier(tmp_path: Path) -> AsyncIterator[Factory]:
-    handles: list[Any] = []
-
-    async def start(carrier_id: str, **kw: Any) -> tuple[Any, Any]:
-        handle, target = await start_conformance_carrier(
-            tmp_path / f"conformance-carrier-{carrier_id}-{len(handles)}", carrier_id, **kw
-        )
-        handles.append(handle)
-        return handle, target
-
-    try:
-        yield start
-    finally:
-        for h in handles:
-            await h.stop(0)
+    __all__ += [
+        "numfed_conformance_carrier",
+        "numfed_conformance_platform",
+        "numfed_federation",
+        "numfed_federation_processes",
+    ]

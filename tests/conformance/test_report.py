@@ -100,3 +100,9 @@ def test_checks_command_lists_every_check(capsys: pytest.CaptureFixture[str]) ->
 def test_status_codes_in_grpc_are_what_the_kit_names() -> None:
     """The kit reports codes by grpc's names; keep them stable for members' CI parsers."""
     assert grpc.StatusCode.UNAUTHENTICATED.name == "UNAUTHENTICATED"
+
+
+def test_joining_guide_names_every_check() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "joining.md").read_text()
+    for name in PLATFORM_SUITE.names + CARRIER_SUITE.names:
+        assert f"`{name}`" in guide, name
