@@ -34,6 +34,7 @@ __all__ = [
     "FederationProcesses",
     "spawn_federation",
     "start_federation",
+    "wait_serving",
 ]
 
 
