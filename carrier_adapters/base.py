@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,12 +34,19 @@ from numfed.claims import Purpose, RecycledClaim, TenureClaim, sign_claim
 from numfed.config import CarrierConfig, load_carrier_config
 from numfed.envelope import SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
+from numfed.events import LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
 from numfed.scenario import demo_scenario
 from numfed.serving import run_until_signalled
-from numfed.v1 import carrier_pb2_grpc, claim_pb2, gateway_pb2_grpc, holder_pb2_grpc
+from numfed.v1 import (
+    carrier_pb2_grpc,
+    claim_pb2,
+    conformance_pb2_grpc,
+    gateway_pb2_grpc,
+    holder_pb2_grpc,
+)
 
 __all__ = ["CarrierAdapter", "CarrierHandle", "serve", "start_carrier"]
 
@@ -151,6 +158,27 @@ class CarrierAdapter:
         )
         return sign_claim(claim, self.signer).to_proto()
 
+    def issue_claim(
+        self, number: str, purpose: Purpose, refs: tuple[str, ...] = ()
+    ) -> claim_pb2.Envelope:
+        """Conformance mode only: a claim for the number's current holder, unverified."""
+        now = self.clock()
+        current = self.registry.current_holder(number, now)
+        claim = TenureClaim.new(
+            number=number,
+            carrier_id=self.carrier_id,
+            tenure_start=current.tenure_start,
+            purpose=purpose,
+            now=now,
+            lifetime=self.claim_lifetime,
+            binding_refs=refs,
+        )
+        return sign_claim(claim, self.signer).to_proto()
+
+    def sign_events(self, events: Sequence[LifecycleEvent]) -> claim_pb2.Envelope:
+        """A batch of lifecycle events signed as the carrier publishes it."""
+        return sign_event_batch(self.carrier_id, events, self.signer, now=self.clock()).to_proto()
+
     @property
     def claim_lifetime(self) -> timedelta:
         return timedelta(seconds=self.config.limits.claim_lifetime)
@@ -195,12 +223,26 @@ class CarrierHandle:
         await self.adapter.close()
 
 
-async def start_carrier(config: CarrierConfig, *, clock: Clock = _utc_now) -> CarrierHandle:
-    """Start the adapter for ``config.carrier_id`` on both listeners (port 0 allowed)."""
+async def start_carrier(
+    config: CarrierConfig,
+    *,
+    clock: Clock = _utc_now,
+    adapter_class: type[CarrierAdapter] | None = None,
+) -> CarrierHandle:
+    """Start the adapter for ``config.carrier_id`` on both listeners (port 0 allowed).
+
+    ``adapter_class`` lets tests start a deliberately broken carrier. With
+    ``config.conformance`` the federation listener also serves CarrierConformanceService.
+    """
     from carrier_adapters import ADAPTERS
+    from carrier_adapters.conformance import (
+        CONFORMANCE_POLICY,
+        CONFORMANCE_SERVICE,
+        CarrierConformanceServicer,
+    )
 
     _require_loopback(config.holder_listen)
-    kind = ADAPTERS.get(config.carrier_id)
+    kind = adapter_class or ADAPTERS.get(config.carrier_id)
     if kind is None:
         raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")
     adapter = kind(config, clock=clock)
@@ -210,6 +252,12 @@ async def start_carrier(config: CarrierConfig, *, clock: Clock = _utc_now) -> Ca
         carrier_pb2_grpc.add_CarrierServiceServicer_to_server(servicer, server)
         return CARRIER_SERVICE
 
+    def register_conformance(server: grpc.aio.Server) -> str:
+        conformance_pb2_grpc.add_CarrierConformanceServiceServicer_to_server(
+            CarrierConformanceServicer(adapter), server
+        )
+        return CONFORMANCE_SERVICE
+
     def register_holder(server: grpc.aio.Server) -> str:
         holder_pb2_grpc.add_HolderServiceServicer_to_server(HolderServicer(adapter), server)
         return HOLDER_SERVICE
@@ -218,9 +266,11 @@ async def start_carrier(config: CarrierConfig, *, clock: Clock = _utc_now) -> Ca
     try:
         started.append(
             await start_server(
-                register=[register_carrier],
+                register=[register_carrier, register_conformance]
+                if config.conformance
+                else [register_carrier],
                 credentials=pki.server_credentials(config.pki_dir, adapter.peer),
-                policy=POLICY,
+                policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
                 bind=config.listen,
             )
         )

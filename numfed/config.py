@@ -136,7 +136,7 @@ class PlatformConfig:
     events: str = "push"
     """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
     conformance: bool = False
-    """Test-only: also serve ConformanceService (seed and read back data) for the kit."""
+    """Test only: also serve PlatformConformanceService for the conformance kit."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,8 @@ class CarrierConfig:
     gateway: str
     seed_scenario: bool = True
     limits: Limits = field(default_factory=Limits)
+    conformance: bool = False
+    """Test only: also serve CarrierConformanceService for the conformance kit."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -279,4 +281,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         gateway=_endpoints(sec, "gateway", "carrier"),
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
+        conformance=bool(sec.get("conformance", False)),
     )

@@ -1,7 +1,8 @@
-"""Conformance mode: the test-only ConformanceService a reference platform serves to the kit.
+"""A reference platform's conformance mode: ``PlatformConformanceService`` (test only).
 
-Served only when the platform's config says ``conformance = true``; it writes accounts and
-bindings that no holder made, so a platform in production never serves it.
+Served only when the platform's config says ``conformance = true``: the conformance kit seeds
+accounts and bindings at given times through it, reads them back, and asks the platform to
+refresh its trust bundle now. Only the gateway's identity may call it, like PlatformService.
 """
 
 from __future__ import annotations
@@ -9,79 +10,139 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 
 from numfed.claims import normalize_number
-from numfed.errors import InvalidArgument, NumfedError, Unavailable
+from numfed.errors import AlreadyExists, InvalidArgument, NumfedError, Unavailable
+from numfed.identity import Role
 from numfed.rpc import error_status, ok_status
 from numfed.timeutil import from_timestamp, to_timestamp
 from numfed.v1 import binding_pb2, conformance_pb2, conformance_pb2_grpc
-from platform_stubs.events import EventApplier
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
 
-__all__ = ["SERVICE", "ConformanceServicer"]
+__all__ = ["CONFORMANCE_POLICY", "CONFORMANCE_SERVICE", "PlatformConformanceServicer"]
 
-SERVICE = "numfed.v1.ConformanceService"
-MAX_SEED = 500
-_KIND_NAMES = {v: k.removeprefix("BINDING_KIND_") for k, v in binding_pb2.BindingKind.items()}
+CONFORMANCE_SERVICE = "numfed.v1.PlatformConformanceService"
+CONFORMANCE_POLICY = {
+    f"/{CONFORMANCE_SERVICE}/{m}": frozenset({Role.GATEWAY})
+    for m in (
+        "ResetPlatformData",
+        "SeedAccounts",
+        "ReadAccounts",
+        "CheckSmsLogin",
+        "ListAppliedEvents",
+        "RefreshTrustBundle",
+    )
+}
+MAX_READ = 1000
+_KIND_NAMES: dict[int, str] = {
+    int(v): str(k).removeprefix("BINDING_KIND_") for k, v in binding_pb2.BindingKind.items()
+}
+_KIND_VALUES = {name: value for value, name in _KIND_NAMES.items()}
 
 
-class ConformanceServicer(conformance_pb2_grpc.ConformanceServiceServicer):
-    def __init__(self, *, store: PlatformStore, trust: TrustClient, events: EventApplier) -> None:
-        self.store = store
-        self.trust = trust
-        self.events = events
+def _kind(value: int) -> str:
+    if value == binding_pb2.BINDING_KIND_UNSPECIFIED:
+        return "ACCOUNT_LOGIN"
+    name = _KIND_NAMES.get(value)
+    if name is None:
+        raise InvalidArgument("BAD_BINDING_KIND", f"unknown binding kind {value}")
+    return name
 
-    async def ResetState(
+
+def _text(value: str, what: str, limit: int) -> str:
+    if not value or len(value) > limit:
+        raise InvalidArgument("BAD_SEED", f"{what} must have 1 to {limit} characters")
+    return value
+
+
+class PlatformConformanceServicer(conformance_pb2_grpc.PlatformConformanceServiceServicer):
+    def __init__(self, *, store: PlatformStore, trust: TrustClient) -> None:
+        self._store = store
+        self._trust = trust
+
+    async def ResetPlatformData(
         self,
-        request: conformance_pb2.ResetStateRequest,
+        request: conformance_pb2.ResetPlatformDataRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> conformance_pb2.ResetStateResponse:
-        await self.store.run(self.store.reset)
-        return conformance_pb2.ResetStateResponse()
+    ) -> conformance_pb2.ResetPlatformDataResponse:
+        removed = await self._store.run(self._store.reset)
+        return conformance_pb2.ResetPlatformDataResponse(accounts_removed=removed)
 
-    async def SeedBindings(
+    async def SeedAccounts(
         self,
-        request: conformance_pb2.SeedBindingsRequest,
+        request: conformance_pb2.SeedAccountsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> conformance_pb2.SeedBindingsResponse:
-        if not 1 <= len(request.bindings) <= MAX_SEED:
-            raise InvalidArgument("BAD_SEED", f"seed 1 to {MAX_SEED} bindings at once")
-        rows = []
-        for b in request.bindings:
-            if not b.account_id or not b.HasField("bound_at"):
-                raise InvalidArgument("BAD_SEED", "each binding needs an account_id and bound_at")
-            kind = _KIND_NAMES.get(b.kind, "UNSPECIFIED")
-            if kind == "UNSPECIFIED":
-                raise InvalidArgument("BAD_SEED", "each binding needs a kind")
-            number = normalize_number(b.number)
-            rows.append((b.account_id, b.nickname, number, kind, from_timestamp(b.bound_at)))
-        await self.store.run(self.store.bind, rows)
-        return conformance_pb2.SeedBindingsResponse()
-
-    async def ListSeededBindings(
-        self,
-        request: conformance_pb2.ListSeededBindingsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> conformance_pb2.ListSeededBindingsResponse:
-        number = normalize_number(request.number)
-        found = (await self.store.run(self.store.bindings_for, [number]))[number]
-        present = await self.store.run(self.store.existing_accounts, [b.account_id for b in found])
-        out = []
-        for b in found:
-            pb = conformance_pb2.SeededBinding(
-                account_id=b.account_id,
-                nickname=b.nickname,
-                number=b.number,
-                kind=binding_pb2.BindingKind.Value("BINDING_KIND_" + b.kind),
-                bound_at=to_timestamp(b.bound_at),
-                stale=b.stale,
-                account_exists=b.account_id in present,
+    ) -> conformance_pb2.SeedAccountsResponse:
+        accounts = []
+        for a in request.accounts:
+            if not a.HasField("created_at"):
+                raise InvalidArgument("BAD_SEED", "an account needs created_at")
+            accounts.append(
+                (
+                    _text(a.account_id, "account_id", 64),
+                    _text(a.nickname, "nickname", 128),
+                    from_timestamp(a.created_at),
+                )
             )
-            if b.released_at is not None:
-                pb.released_at.CopyFrom(to_timestamp(b.released_at))
-            out.append(pb)
-        return conformance_pb2.ListSeededBindingsResponse(bindings=out)
+        bindings = []
+        for b in request.bindings:
+            if not b.HasField("bound_at"):
+                raise InvalidArgument("BAD_SEED", "a binding needs bound_at")
+            bindings.append(
+                (
+                    _text(b.account_id, "account_id", 64),
+                    normalize_number(b.number),
+                    _kind(b.kind),
+                    from_timestamp(b.bound_at),
+                )
+            )
+        new_ids = {a[0] for a in accounts}
+        if len(new_ids) != len(accounts):
+            raise InvalidArgument("BAD_SEED", "account ids repeat")
+        others = sorted({b[0] for b in bindings} - new_ids)
+        if others:
+            known = await self._store.run(self._store.accounts_with_bindings, others)
+            if any(v is None for v in known.values()):
+                raise InvalidArgument("BAD_SEED", "a binding names an unknown account")
+        try:
+            created = await self._store.run(self._store.seed_accounts, accounts, bindings)
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExists("ACCOUNT_EXISTS", "an account id is already taken") from exc
+        return conformance_pb2.SeedAccountsResponse(bindings_created=created)
+
+    async def ReadAccounts(
+        self,
+        request: conformance_pb2.ReadAccountsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.ReadAccountsResponse:
+        ids = list(request.account_ids)
+        if not 1 <= len(ids) <= MAX_READ:
+            raise InvalidArgument("BAD_READ", f"name 1 to {MAX_READ} account ids")
+        found = await self._store.run(self._store.accounts_with_bindings, ids)
+        out = []
+        for account_id in ids:
+            rows = found[account_id]
+            out.append(
+                conformance_pb2.AccountState(
+                    account_id=account_id,
+                    exists=rows is not None,
+                    bindings=[
+                        conformance_pb2.BindingState(
+                            number=b.number,
+                            kind=binding_pb2.BindingKind.ValueType(
+                                _KIND_VALUES.get(b.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN)
+                            ),
+                            bound_at=to_timestamp(b.bound_at),
+                            released=b.released_at is not None,
+                            stale=b.stale,
+                        )
+                        for b in rows or []
+                    ],
+                )
+            )
+        return conformance_pb2.ReadAccountsResponse(accounts=out)
 
     async def CheckSmsLogin(
         self,
@@ -89,30 +150,30 @@ class ConformanceServicer(conformance_pb2_grpc.ConformanceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> conformance_pb2.CheckSmsLoginResponse:
         number = normalize_number(request.number)
-        allowed = await self.store.run(self.store.login_by_sms, number, request.account_id)
-        return conformance_pb2.CheckSmsLoginResponse(allowed=allowed)
-
-    async def RefreshTrust(
-        self,
-        request: conformance_pb2.RefreshTrustRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> conformance_pb2.RefreshTrustResponse:
-        try:
-            await self.trust.refresh()
-            status = ok_status()
-        except NumfedError as err:
-            status = error_status(err)
-        except grpc.aio.AioRpcError as err:
-            status = error_status(Unavailable("GATEWAY_UNREACHABLE", str(err.details())))
-        bundle = self.trust.state.bundle
-        return conformance_pb2.RefreshTrustResponse(
-            bundle_version=0 if bundle is None else bundle.version, status=status
-        )
+        opens = await self._store.run(self._store.login_by_sms, number, request.account_id)
+        return conformance_pb2.CheckSmsLoginResponse(opens=opens)
 
     async def ListAppliedEvents(
         self,
         request: conformance_pb2.ListAppliedEventsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> conformance_pb2.ListAppliedEventsResponse:
-        ids = await self.store.run(self.store.applied_event_ids)
+        ids = await self._store.run(self._store.applied_event_ids)
         return conformance_pb2.ListAppliedEventsResponse(event_ids=ids)
+
+    async def RefreshTrustBundle(
+        self,
+        request: conformance_pb2.RefreshTrustBundleRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.RefreshTrustBundleResponse:
+        try:
+            await self._trust.refresh(wait_for_ready=True)
+            status = ok_status()
+        except NumfedError as err:
+            status = error_status(err)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable("GATEWAY_UNAVAILABLE", f"no trust bundle: {exc.code().name}") from exc
+        bundle = self._trust.state.bundle
+        return conformance_pb2.RefreshTrustBundleResponse(
+            status=status, bundle_version=bundle.version if bundle is not None else 0
+        )

@@ -19,7 +19,11 @@ from numfed.rpc import ServerHandle, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
-from platform_stubs import conformance
+from platform_stubs.conformance import (
+    CONFORMANCE_POLICY,
+    CONFORMANCE_SERVICE,
+    PlatformConformanceServicer,
+)
 from platform_stubs.events import EventPuller
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
@@ -38,12 +42,6 @@ POLICY = {
     f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
     f"/{SERVICE}/DeliverEvents": _GATEWAY_ONLY,
 }
-CONFORMANCE_POLICY = {
-    f"/{conformance.SERVICE}/{m}": _GATEWAY_ONLY
-    for m in conformance_pb2_grpc.ConformanceServiceServicer.__dict__
-    if m[:1].isupper()
-}
-"""Test-only methods, served in conformance mode alone."""
 
 
 def _masking_secret(state_dir: Path) -> bytes:
@@ -94,8 +92,14 @@ class PlatformHandle:
         self.store.close()
 
 
-async def start_platform(config: PlatformConfig) -> PlatformHandle:
-    """Start a reference platform; healthy once it holds a verified trust bundle."""
+async def start_platform(
+    config: PlatformConfig, *, servicer_class: type[PlatformServicer] = PlatformServicer
+) -> PlatformHandle:
+    """Start a reference platform; healthy once it holds a verified trust bundle.
+
+    ``servicer_class`` lets tests start a deliberately broken platform on the same footing.
+    With ``config.conformance`` it also serves PlatformConformanceService (test only).
+    """
     peer = PeerId(Role.PLATFORM, config.platform_id)
     store = PlatformStore(config.state_dir / "platform.db")
     if config.seed_scenario:
@@ -103,7 +107,7 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
     trust = TrustClient(
         trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
     )
-    servicer = PlatformServicer(
+    servicer = servicer_class(
         platform_id=config.platform_id,
         trust=trust,
         store=store,
@@ -116,11 +120,10 @@ async def start_platform(config: PlatformConfig) -> PlatformHandle:
         return SERVICE
 
     def register_conformance(server: grpc.aio.Server) -> str:
-        conformance_pb2_grpc.add_ConformanceServiceServicer_to_server(
-            conformance.ConformanceServicer(store=store, trust=trust, events=servicer.events),
-            server,
+        conformance_pb2_grpc.add_PlatformConformanceServiceServicer_to_server(
+            PlatformConformanceServicer(store=store, trust=trust), server
         )
-        return conformance.SERVICE
+        return CONFORMANCE_SERVICE
 
     handle = await start_server(
         register=[register, register_conformance] if config.conformance else [register],

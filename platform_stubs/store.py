@@ -125,25 +125,29 @@ class PlatformStore:
                     )
                 )
 
-    def reset(self) -> None:
-        """Delete every row (conformance mode only)."""
+    def reset(self) -> int:
+        """Conformance mode only: remove every account, binding and applied release or event."""
         with self.engine.begin() as c:
-            for table in reversed(_md.sorted_tables):
+            removed = c.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one()
+            for table in (applied_events, applied_releases, bindings, accounts):
                 c.execute(sa.delete(table))
+        return int(removed)
 
-    def bind(self, rows: Iterable[tuple[str, str, str, str, datetime]]) -> None:
-        """Like :meth:`seed`, but an account that exists already gets one more binding."""
+    def seed_accounts(
+        self,
+        new_accounts: Sequence[tuple[str, str, datetime]],
+        new_bindings: Sequence[tuple[str, str, str, datetime]],
+    ) -> int:
+        """Conformance mode only: (account_id, nickname, created) accounts and (account_id,
+        number, kind, bound_at) bindings, all in one transaction; returns bindings created."""
         with self.engine.begin() as c:
-            for account_id, nickname, number, kind, bound_at in rows:
-                known = c.execute(
-                    sa.select(accounts.c.account_id).where(accounts.c.account_id == account_id)
-                ).first()
-                if known is None:
-                    c.execute(
-                        sa.insert(accounts).values(
-                            account_id=account_id, nickname=nickname, created_us=_us(bound_at)
-                        )
+            for account_id, nickname, created in new_accounts:
+                c.execute(
+                    sa.insert(accounts).values(
+                        account_id=account_id, nickname=nickname, created_us=_us(created)
                     )
+                )
+            for account_id, number, kind, bound_at in new_bindings:
                 c.execute(
                     sa.insert(bindings).values(
                         account_id=account_id,
@@ -154,14 +158,42 @@ class PlatformStore:
                         stale=False,
                     )
                 )
+        return len(new_bindings)
 
-    def existing_accounts(self, account_ids: Iterable[str]) -> set[str]:
-        ids = list(dict.fromkeys(account_ids))
-        if not ids:
-            return set()
+    def accounts_with_bindings(self, account_ids: Sequence[str]) -> dict[str, list[Binding] | None]:
+        """Each account's bindings, released ones included; None for an unknown account."""
+        out: dict[str, list[Binding] | None] = {}
         with self.engine.connect() as c:
-            q = sa.select(accounts.c.account_id).where(accounts.c.account_id.in_(ids))
-            return {r.account_id for r in c.execute(q)}
+            known = {
+                r.account_id
+                for r in c.execute(
+                    sa.select(accounts.c.account_id).where(accounts.c.account_id.in_(account_ids))
+                )
+            }
+            rows = c.execute(
+                sa.select(bindings, accounts.c.nickname)
+                .join(accounts, accounts.c.account_id == bindings.c.account_id)
+                .where(bindings.c.account_id.in_(account_ids))
+                .order_by(bindings.c.binding_id)
+            ).all()
+        for a in account_ids:
+            out[a] = [] if a in known else None
+        for r in rows:
+            found = out[r.account_id]
+            assert found is not None
+            found.append(
+                Binding(
+                    binding_id=r.binding_id,
+                    account_id=r.account_id,
+                    nickname=r.nickname,
+                    number=r.number,
+                    kind=r.kind,
+                    bound_at=_dt(r.bound_us) or datetime.min,
+                    released_at=_dt(r.released_us),
+                    stale=bool(r.stale),
+                )
+            )
+        return out
 
     def bindings_for(self, numbers: Sequence[str]) -> dict[str, list[Binding]]:
         out: dict[str, list[Binding]] = {n: [] for n in numbers}

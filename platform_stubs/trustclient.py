@@ -25,6 +25,10 @@ __all__ = ["TrustClient"]
 
 log = logging.getLogger(__name__)
 
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+"""A platform started before its gateway reconnects within 2 s of the gateway coming up (gRPC's
+default backoff grows to two minutes)."""
+
 
 class TrustClient:
     def __init__(self, *, trust_dir: Path, pki_dir: Path, peer: PeerId, gateway: str) -> None:
@@ -33,7 +37,9 @@ class TrustClient:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self.state = TrustedState(Envelope.from_proto(roots[0]), now=datetime.now(UTC))
         self.ready = asyncio.Event()
-        self._channel = pki.secure_channel(gateway, pki_dir, peer, server=pki.GATEWAY)
+        self._channel = pki.secure_channel(
+            gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
+        )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     def trusted(self) -> TrustedState:
@@ -42,10 +48,13 @@ class TrustClient:
             raise Unavailable("NO_TRUST_BUNDLE", "the platform has no trust bundle yet")
         return self.state
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, wait_for_ready: bool = False) -> None:
+        """Fetch and verify the bundle now (``wait_for_ready``: wait up to the call's 5 s for
+        the gateway to come up instead of failing at once)."""
         answer = await self._stub.GetTrustBundle(
             gateway_pb2.GetTrustBundleRequest(known_root_version=self.state.root.version),
             timeout=5,
+            wait_for_ready=wait_for_ready,
         )
         self.state.update(
             [Envelope.from_proto(r) for r in answer.roots],

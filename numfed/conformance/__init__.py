@@ -1,6 +1,27 @@
-"""The conformance kit: checks any platform or carrier runs before it joins the federation.
+"""The conformance kit: proves that a platform or carrier keeps the federation's rules.
 
 ``numfed conformance platform`` plays the gateway and the carriers against a platform;
-``numfed conformance carrier`` checks a carrier's CarrierService. Each prints a table, can
-write JUnit XML, and exits 0 only if every check passes. See docs/joining.md.
+``numfed conformance carrier`` plays the gateway against a carrier adapter. Each runs named
+checks (:mod:`numfed.conformance.platform`, :mod:`numfed.conformance.carrier`) and reports a
+table, optionally a JUnit XML file, and exit code 0 only when every check passes. Test data
+reaches the member through its test-only conformance service
+(``protos/numfed/v1/conformance.proto``).
 """
+
+from numfed.conformance.carrier import CARRIER_SUITE, CarrierTarget, run_carrier_kit
+from numfed.conformance.platform import PLATFORM_SUITE, PlatformTarget, run_platform_kit
+from numfed.conformance.report import Check, Report, Result, render, write_junit
+
+__all__ = [
+    "CARRIER_SUITE",
+    "PLATFORM_SUITE",
+    "CarrierTarget",
+    "Check",
+    "PlatformTarget",
+    "Report",
+    "Result",
+    "render",
+    "run_carrier_kit",
+    "run_platform_kit",
+    "write_junit",
+]

@@ -1,59 +1,35 @@
-"""pytest fixtures that start a whole federation: gateway, carriers, reference platforms.
+"""numfed's pytest plugin: fixtures that start a whole federation on free loopback ports.
 
-Loaded automatically through the ``pytest11`` entry point when numfed is installed (or list
-``pytest_plugins = ["numfed.testing.plugin"]`` in a conftest). Every server uses mTLS on
-loopback with certificates from a fresh ``numfed pki`` in the test's tmp_path.
+Loaded automatically wherever numfed is installed (``pytest11`` entry point ``numfed``). The
+fixtures are async and need pytest-asyncio (numfed's ``test`` extra); without it the plugin
+offers none, so installing numfed never breaks another project's pytest. Fixtures:
 
-* ``numfed_federation`` — the default federation in the test's own event loop.
-* ``numfed_federation_factory`` — ``await factory(carriers=…, platforms=…, …)`` for others.
-* ``numfed_federation_processes`` — the default federation, one process per member.
+``numfed_federation``
+    gateway, three carriers and eight reference platforms in the test's own event loop.
+``numfed_federation_processes``
+    the same, one ``numfed <role> serve`` process each (for tests that kill or restart one).
+``numfed_conformance_platform`` / ``numfed_conformance_carrier``
+    factories: ``await factory("weibo")`` starts one reference member in conformance mode and
+    returns its handle and the target to give ``run_platform_kit`` / ``run_carrier_kit``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+import importlib.util
 
-import pytest
-import pytest_asyncio
+__all__: list[str] = []
 
-from numfed.federation import FederationLayout
-from numfed.testing import Federation, spawn_federation, start_federation
+if importlib.util.find_spec("pytest_asyncio") is not None:
+    from numfed.testing.fixtures import (
+        numfed_conformance_carrier,
+        numfed_conformance_platform,
+        numfed_federation,
+        numfed_federation_processes,
+    )
 
-__all__ = [
-    "numfed_federation",
-    "numfed_federation_factory",
-    "numfed_federation_processes",
-]
-
-FederationFactory = Callable[..., Awaitable[Federation]]
-
-
-@pytest_asyncio.fixture
-async def numfed_federation_factory(tmp_path: Path) -> AsyncIterator[FederationFactory]:
-    """Start federations (keyword arguments as ``numfed.federation.create_federation``)."""
-    started: list[Federation] = []
-
-    async def factory(**kw: object) -> Federation:
-        fed = await start_federation(tmp_path / f"fed-{len(started) + 1}", **kw)
-        started.append(fed)
-        return fed
-
-    try:
-        yield factory
-    finally:
-        for fed in reversed(started):
-            await fed.stop()
-
-
-@pytest_asyncio.fixture
-async def numfed_federation(numfed_federation_factory: FederationFactory) -> Federation:
-    """The default federation (three carriers, eight platforms) in this process."""
-    return await numfed_federation_factory()
-
-
-@pytest.fixture
-def numfed_federation_processes(tmp_path: Path) -> Iterator[FederationLayout]:
-    """The default federation, each member its own ``numfed … serve`` process."""
-    with spawn_federation(tmp_path / "fed") as layout:
-        yield layout
+    __all__ += [
+        "numfed_conformance_carrier",
+        "numfed_conformance_platform",
+        "numfed_federation",
+        "numfed_federation_processes",
+    ]

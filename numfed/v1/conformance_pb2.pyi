@@ -8,8 +8,11 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
+from numfed.v1 import claim_pb2 as _claim_pb2
+from numfed.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,9 +24,37 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _HistoryEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HistoryEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HistoryEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HISTORY_EVENT_KIND_UNSPECIFIED: _HistoryEventKind.ValueType  # 0
+    """Never valid."""
+    HISTORY_EVENT_KIND_ASSIGNED: _HistoryEventKind.ValueType  # 1
+    """The number was assigned to a holder (a tenure begins: X)."""
+    HISTORY_EVENT_KIND_DEACTIVATED: _HistoryEventKind.ValueType  # 2
+    """The holder gave the number up (the tenure ends; the quiet period begins)."""
+    HISTORY_EVENT_KIND_PORTED: _HistoryEventKind.ValueType  # 3
+    """The holder took the number to another carrier (X does not move)."""
+
+class HistoryEventKind(_HistoryEventKind, metaclass=_HistoryEventKindEnumTypeWrapper):
+    """HistoryEventKind is one step in a number's life at the carriers."""
+
+HISTORY_EVENT_KIND_UNSPECIFIED: HistoryEventKind.ValueType  # 0
+"""Never valid."""
+HISTORY_EVENT_KIND_ASSIGNED: HistoryEventKind.ValueType  # 1
+"""The number was assigned to a holder (a tenure begins: X)."""
+HISTORY_EVENT_KIND_DEACTIVATED: HistoryEventKind.ValueType  # 2
+"""The holder gave the number up (the tenure ends; the quiet period begins)."""
+HISTORY_EVENT_KIND_PORTED: HistoryEventKind.ValueType  # 3
+"""The holder took the number to another carrier (X does not move)."""
+Global___HistoryEventKind: _TypeAlias = HistoryEventKind  # noqa: Y015
+
 @_typing.final
-class ResetStateRequest(_message.Message):
-    """ResetStateRequest is empty."""
+class ResetPlatformDataRequest(_message.Message):
+    """ResetPlatformDataRequest asks for an empty platform."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -36,178 +67,282 @@ class ResetStateRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResetStateRequest: _TypeAlias = ResetStateRequest  # noqa: Y015
+Global___ResetPlatformDataRequest: _TypeAlias = ResetPlatformDataRequest  # noqa: Y015
 
 @_typing.final
-class ResetStateResponse(_message.Message):
-    """ResetStateResponse is empty."""
+class ResetPlatformDataResponse(_message.Message):
+    """ResetPlatformDataResponse confirms the reset."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCOUNTS_REMOVED_FIELD_NUMBER: _builtins.int
+    accounts_removed: _builtins.int
+    """How many accounts were removed."""
     def __init__(
         self,
+        *,
+        accounts_removed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_removed", b"accounts_removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResetStateResponse: _TypeAlias = ResetStateResponse  # noqa: Y015
+Global___ResetPlatformDataResponse: _TypeAlias = ResetPlatformDataResponse  # noqa: Y015
 
 @_typing.final
-class SeededBinding(_message.Message):
-    """SeededBinding is one account bound to a number, as seeded or read back."""
+class SeedAccount(_message.Message):
+    """SeedAccount is one test account."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     NICKNAME_FIELD_NUMBER: _builtins.int
-    NUMBER_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    BOUND_AT_FIELD_NUMBER: _builtins.int
-    RELEASED_AT_FIELD_NUMBER: _builtins.int
-    STALE_FIELD_NUMBER: _builtins.int
-    ACCOUNT_EXISTS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The platform's raw account id (test data only)."""
+    """The platform's own account id (up to 64 characters)."""
     nickname: _builtins.str
-    """The account's nickname (test data only)."""
-    number: _builtins.str
-    """The number in E.164 form."""
-    kind: _binding_pb2.BindingKind.ValueType
-    """What the number is bound to."""
-    stale: _builtins.bool
-    """Read back only: the binding is stale (the number has a new holder; no SMS-only login)."""
-    account_exists: _builtins.bool
-    """Read back only: the account itself still exists."""
+    """The account's display name (up to 128 characters)."""
     @_builtins.property
-    def bound_at(self) -> _timestamp_pb2.Timestamp:
-        """When the binding was made (UTC)."""
-
-    @_builtins.property
-    def released_at(self) -> _timestamp_pb2.Timestamp:
-        """Read back only: when the number was released from the account; unset while active."""
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the account was opened (UTC)."""
 
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         nickname: _builtins.str = ...,
-        number: _builtins.str = ...,
-        kind: _binding_pb2.BindingKind.ValueType = ...,
-        bound_at: _timestamp_pb2.Timestamp | None = ...,
-        released_at: _timestamp_pb2.Timestamp | None = ...,
-        stale: _builtins.bool = ...,
-        account_exists: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "released_at", b"released_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_exists", b"account_exists", "account_id", b"account_id", "bound_at", b"bound_at", "kind", b"kind", "nickname", b"nickname", "number", b"number", "released_at", b"released_at", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "nickname", b"nickname"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SeededBinding: _TypeAlias = SeededBinding  # noqa: Y015
+Global___SeedAccount: _TypeAlias = SeedAccount  # noqa: Y015
 
 @_typing.final
-class SeedBindingsRequest(_message.Message):
-    """SeedBindingsRequest carries the bindings to add."""
+class SeedBinding(_message.Message):
+    """SeedBinding binds a number to an account from a given moment."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    BINDINGS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """An account of this request or already seeded."""
+    number: _builtins.str
+    """The number in E.164 form."""
+    kind: _binding_pb2.BindingKind.ValueType
+    """What the number is bound to; BINDING_KIND_UNSPECIFIED means BINDING_KIND_ACCOUNT_LOGIN."""
     @_builtins.property
-    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeededBinding]:
-        """1 to 500 bindings; released_at, stale and account_exists are ignored."""
+    def bound_at(self) -> _timestamp_pb2.Timestamp:
+        """When the number was bound (UTC): the `bound_at` that releases compare with X."""
 
     def __init__(
         self,
         *,
-        bindings: _abc.Iterable[Global___SeededBinding] | None = ...,
+        account_id: _builtins.str = ...,
+        number: _builtins.str = ...,
+        kind: _binding_pb2.BindingKind.ValueType = ...,
+        bound_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bound_at", b"bound_at", "kind", b"kind", "number", b"number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SeedBindingsRequest: _TypeAlias = SeedBindingsRequest  # noqa: Y015
+Global___SeedBinding: _TypeAlias = SeedBinding  # noqa: Y015
 
 @_typing.final
-class SeedBindingsResponse(_message.Message):
-    """SeedBindingsResponse is empty."""
+class SeedAccountsRequest(_message.Message):
+    """SeedAccountsRequest carries accounts and bindings to create."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedAccount]:
+        """New accounts."""
+
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedBinding]:
+        """New bindings, of accounts above or seeded before."""
+
     def __init__(
         self,
+        *,
+        accounts: _abc.Iterable[Global___SeedAccount] | None = ...,
+        bindings: _abc.Iterable[Global___SeedBinding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "bindings", b"bindings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SeedBindingsResponse: _TypeAlias = SeedBindingsResponse  # noqa: Y015
+Global___SeedAccountsRequest: _TypeAlias = SeedAccountsRequest  # noqa: Y015
 
 @_typing.final
-class ListSeededBindingsRequest(_message.Message):
-    """ListSeededBindingsRequest names one number."""
+class SeedAccountsResponse(_message.Message):
+    """SeedAccountsResponse confirms the seed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDINGS_CREATED_FIELD_NUMBER: _builtins.int
+    bindings_created: _builtins.int
+    """How many bindings were created."""
+    def __init__(
+        self,
+        *,
+        bindings_created: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings_created", b"bindings_created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeedAccountsResponse: _TypeAlias = SeedAccountsResponse  # noqa: Y015
+
+@_typing.final
+class ReadAccountsRequest(_message.Message):
+    """ReadAccountsRequest names the accounts to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 1,000 account ids."""
+
+    def __init__(
+        self,
+        *,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAccountsRequest: _TypeAlias = ReadAccountsRequest  # noqa: Y015
+
+@_typing.final
+class BindingState(_message.Message):
+    """BindingState is one binding as the platform holds it now."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """The number in E.164 form."""
+    kind: _binding_pb2.BindingKind.ValueType
+    """What the number is bound to."""
+    released: _builtins.bool
+    """True once a release removed the number from the account."""
+    stale: _builtins.bool
+    """True once a REASSIGNED event marked the binding as older than the number's current holder."""
+    @_builtins.property
+    def bound_at(self) -> _timestamp_pb2.Timestamp:
+        """When the number was bound (UTC)."""
+
     def __init__(
         self,
         *,
         number: _builtins.str = ...,
+        kind: _binding_pb2.BindingKind.ValueType = ...,
+        bound_at: _timestamp_pb2.Timestamp | None = ...,
+        released: _builtins.bool = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "kind", b"kind", "number", b"number", "released", b"released", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListSeededBindingsRequest: _TypeAlias = ListSeededBindingsRequest  # noqa: Y015
+Global___BindingState: _TypeAlias = BindingState  # noqa: Y015
 
 @_typing.final
-class ListSeededBindingsResponse(_message.Message):
-    """ListSeededBindingsResponse lists the number's bindings in the order they were seeded."""
+class AccountState(_message.Message):
+    """AccountState is one account as the platform holds it now."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EXISTS_FIELD_NUMBER: _builtins.int
     BINDINGS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account id asked about."""
+    exists: _builtins.bool
+    """False when the platform has no such account (a release must never delete one)."""
     @_builtins.property
-    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeededBinding]:
-        """Every binding of the number, released or not."""
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___BindingState]:
+        """Every binding of the account, released ones included."""
 
     def __init__(
         self,
         *,
-        bindings: _abc.Iterable[Global___SeededBinding] | None = ...,
+        account_id: _builtins.str = ...,
+        exists: _builtins.bool = ...,
+        bindings: _abc.Iterable[Global___BindingState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bindings", b"bindings", "exists", b"exists"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListSeededBindingsResponse: _TypeAlias = ListSeededBindingsResponse  # noqa: Y015
+Global___AccountState: _TypeAlias = AccountState  # noqa: Y015
+
+@_typing.final
+class ReadAccountsResponse(_message.Message):
+    """ReadAccountsResponse holds one state per account id, in the order asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountState]:
+        """One state per account id."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___AccountState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAccountsResponse: _TypeAlias = ReadAccountsResponse  # noqa: Y015
 
 @_typing.final
 class CheckSmsLoginRequest(_message.Message):
-    """CheckSmsLoginRequest names one account and number."""
+    """CheckSmsLoginRequest names a number and an account."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The number in E.164 form."""
+    """The number the SMS code would go to, in E.164 form."""
     account_id: _builtins.str
-    """The account's raw id."""
+    """The account the code would open."""
     def __init__(
         self,
         *,
@@ -224,74 +359,29 @@ Global___CheckSmsLoginRequest: _TypeAlias = CheckSmsLoginRequest  # noqa: Y015
 
 @_typing.final
 class CheckSmsLoginResponse(_message.Message):
-    """CheckSmsLoginResponse answers."""
+    """CheckSmsLoginResponse is the platform's answer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ALLOWED_FIELD_NUMBER: _builtins.int
-    allowed: _builtins.bool
-    """True when an SMS code sent to the number alone would open the account."""
+    OPENS_FIELD_NUMBER: _builtins.int
+    opens: _builtins.bool
+    """True when the SMS code alone would open the account."""
     def __init__(
         self,
         *,
-        allowed: _builtins.bool = ...,
+        opens: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["opens", b"opens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckSmsLoginResponse: _TypeAlias = CheckSmsLoginResponse  # noqa: Y015
 
 @_typing.final
-class RefreshTrustRequest(_message.Message):
-    """RefreshTrustRequest is empty."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RefreshTrustRequest: _TypeAlias = RefreshTrustRequest  # noqa: Y015
-
-@_typing.final
-class RefreshTrustResponse(_message.Message):
-    """RefreshTrustResponse reports the platform's trust state after one fetch."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
-    STATUS_FIELD_NUMBER: _builtins.int
-    bundle_version: _builtins.int
-    """The version of the bundle the platform holds now; 0 when it holds none."""
-    @_builtins.property
-    def status(self) -> _status_pb2.Status:
-        """OK when the fetched bundle was accepted (or was the one held), else why it was refused."""
-
-    def __init__(
-        self,
-        *,
-        bundle_version: _builtins.int = ...,
-        status: _status_pb2.Status | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "status", b"status"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RefreshTrustResponse: _TypeAlias = RefreshTrustResponse  # noqa: Y015
-
-@_typing.final
 class ListAppliedEventsRequest(_message.Message):
-    """ListAppliedEventsRequest is empty."""
+    """ListAppliedEventsRequest asks for the applied events."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -308,14 +398,14 @@ Global___ListAppliedEventsRequest: _TypeAlias = ListAppliedEventsRequest  # noqa
 
 @_typing.final
 class ListAppliedEventsResponse(_message.Message):
-    """ListAppliedEventsResponse lists applied events."""
+    """ListAppliedEventsResponse lists them."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """16-byte event ids in the order the platform applied them."""
+        """The event_id of each applied event, in the order applied."""
 
     def __init__(
         self,
@@ -329,3 +419,298 @@ class ListAppliedEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAppliedEventsResponse: _TypeAlias = ListAppliedEventsResponse  # noqa: Y015
+
+@_typing.final
+class RefreshTrustBundleRequest(_message.Message):
+    """RefreshTrustBundleRequest asks for an immediate refresh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshTrustBundleRequest: _TypeAlias = RefreshTrustBundleRequest  # noqa: Y015
+
+@_typing.final
+class RefreshTrustBundleResponse(_message.Message):
+    """RefreshTrustBundleResponse reports the refresh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
+    bundle_version: _builtins.int
+    """The version of the bundle the platform holds after the refresh; 0 when none."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the fetched bundle was accepted (or was the one held), else why it was refused."""
+
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        bundle_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshTrustBundleResponse: _TypeAlias = RefreshTrustBundleResponse  # noqa: Y015
+
+@_typing.final
+class HistoryEvent(_message.Message):
+    """HistoryEvent is one step; `carrier_id` serves the number after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CARRIER_ID_FIELD_NUMBER: _builtins.int
+    HOLDER_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___HistoryEventKind.ValueType
+    """What happened."""
+    carrier_id: _builtins.str
+    """The carrier serving the number after the event."""
+    holder_id: _builtins.str
+    """ASSIGNED only: the holder the number went to."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___HistoryEventKind.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        carrier_id: _builtins.str = ...,
+        holder_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "carrier_id", b"carrier_id", "holder_id", b"holder_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryEvent: _TypeAlias = HistoryEvent  # noqa: Y015
+
+@_typing.final
+class TestSubscriber(_message.Message):
+    """TestSubscriber is a subscriber of the carrier under test."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    holder_id: _builtins.str
+    """The carrier's holder id (up to 32 characters)."""
+    name: _builtins.str
+    """Real name (test data)."""
+    id_number: _builtins.str
+    """ID number (test data, 18 characters)."""
+    def __init__(
+        self,
+        *,
+        holder_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        id_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder_id", b"holder_id", "id_number", b"id_number", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestSubscriber: _TypeAlias = TestSubscriber  # noqa: Y015
+
+@_typing.final
+class NumberHistory(_message.Message):
+    """NumberHistory is the whole known history of one number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEvent]:
+        """Its events in time order."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        events: _abc.Iterable[Global___HistoryEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NumberHistory: _TypeAlias = NumberHistory  # noqa: Y015
+
+@_typing.final
+class SeedNumberHistoryRequest(_message.Message):
+    """SeedNumberHistoryRequest carries histories and subscribers to record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    HISTORIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscribers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestSubscriber]:
+        """The carrier's own subscribers among the holders."""
+
+    @_builtins.property
+    def histories(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumberHistory]:
+        """One history per number."""
+
+    def __init__(
+        self,
+        *,
+        subscribers: _abc.Iterable[Global___TestSubscriber] | None = ...,
+        histories: _abc.Iterable[Global___NumberHistory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["histories", b"histories", "subscribers", b"subscribers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeedNumberHistoryRequest: _TypeAlias = SeedNumberHistoryRequest  # noqa: Y015
+
+@_typing.final
+class SeedNumberHistoryResponse(_message.Message):
+    """SeedNumberHistoryResponse confirms the seed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBERS_RECORDED_FIELD_NUMBER: _builtins.int
+    numbers_recorded: _builtins.int
+    """How many numbers were recorded."""
+    def __init__(
+        self,
+        *,
+        numbers_recorded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["numbers_recorded", b"numbers_recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeedNumberHistoryResponse: _TypeAlias = SeedNumberHistoryResponse  # noqa: Y015
+
+@_typing.final
+class IssueTenureClaimRequest(_message.Message):
+    """IssueTenureClaimRequest asks for a claim."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    BINDING_REFS_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    purpose: _claim_pb2.Purpose.ValueType
+    """The claim's purpose."""
+    @_builtins.property
+    def binding_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """RELEASE_OWN only: the binding refs selected."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        purpose: _claim_pb2.Purpose.ValueType = ...,
+        binding_refs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_refs", b"binding_refs", "number", b"number", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueTenureClaimRequest: _TypeAlias = IssueTenureClaimRequest  # noqa: Y015
+
+@_typing.final
+class IssueTenureClaimResponse(_message.Message):
+    """IssueTenureClaimResponse is the signed claim."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claim(self) -> _claim_pb2.Envelope:
+        """Envelope of a TenureClaim."""
+
+    def __init__(
+        self,
+        *,
+        claim: _claim_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueTenureClaimResponse: _TypeAlias = IssueTenureClaimResponse  # noqa: Y015
+
+@_typing.final
+class IssueEventBatchRequest(_message.Message):
+    """IssueEventBatchRequest names the events to sign."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.LifecycleEvent]:
+        """1 to 500 events."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.LifecycleEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueEventBatchRequest: _TypeAlias = IssueEventBatchRequest  # noqa: Y015
+
+@_typing.final
+class IssueEventBatchResponse(_message.Message):
+    """IssueEventBatchResponse is the signed batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> _claim_pb2.Envelope:
+        """Envelope of an EventBatch."""
+
+    def __init__(
+        self,
+        *,
+        batch: _claim_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueEventBatchResponse: _TypeAlias = IssueEventBatchResponse  # noqa: Y015

@@ -25,12 +25,15 @@ if _version_not_supported:
     )
 
 
-class ConformanceServiceStub:
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceServiceStub:
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
     def __init__(self, channel):
@@ -39,148 +42,156 @@ class ConformanceServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.ResetState = channel.unary_unary(
-                '/numfed.v1.ConformanceService/ResetState',
-                request_serializer=numfed_dot_v1_dot_conformance__pb2.ResetStateRequest.SerializeToString,
-                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetStateResponse.FromString,
+        self.ResetPlatformData = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/ResetPlatformData',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataResponse.FromString,
                 _registered_method=True)
-        self.SeedBindings = channel.unary_unary(
-                '/numfed.v1.ConformanceService/SeedBindings',
-                request_serializer=numfed_dot_v1_dot_conformance__pb2.SeedBindingsRequest.SerializeToString,
-                response_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedBindingsResponse.FromString,
+        self.SeedAccounts = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/SeedAccounts',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.SeedAccountsRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedAccountsResponse.FromString,
                 _registered_method=True)
-        self.ListSeededBindings = channel.unary_unary(
-                '/numfed.v1.ConformanceService/ListSeededBindings',
-                request_serializer=numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsRequest.SerializeToString,
-                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsResponse.FromString,
+        self.ReadAccounts = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/ReadAccounts',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.ReadAccountsRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ReadAccountsResponse.FromString,
                 _registered_method=True)
         self.CheckSmsLogin = channel.unary_unary(
-                '/numfed.v1.ConformanceService/CheckSmsLogin',
+                '/numfed.v1.PlatformConformanceService/CheckSmsLogin',
                 request_serializer=numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginResponse.FromString,
                 _registered_method=True)
-        self.RefreshTrust = channel.unary_unary(
-                '/numfed.v1.ConformanceService/RefreshTrust',
-                request_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustRequest.SerializeToString,
-                response_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustResponse.FromString,
-                _registered_method=True)
         self.ListAppliedEvents = channel.unary_unary(
-                '/numfed.v1.ConformanceService/ListAppliedEvents',
+                '/numfed.v1.PlatformConformanceService/ListAppliedEvents',
                 request_serializer=numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsResponse.FromString,
                 _registered_method=True)
+        self.RefreshTrustBundle = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/RefreshTrustBundle',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.FromString,
+                _registered_method=True)
 
 
-class ConformanceServiceServicer:
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceServiceServicer:
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
-    def ResetState(self, request, context):
-        """ResetState deletes every account, binding, applied release and applied event.
-        Errors: PERMISSION_DENIED (caller is not the gateway).
+    def ResetPlatformData(self, request, context):
+        """ResetPlatformData removes every account, binding, applied release and applied event, so a
+        run starts from nothing. Errors: PERMISSION_DENIED (caller is not the gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SeedBindings(self, request, context):
-        """SeedBindings adds accounts (when new) and binds each to its number at bound_at.
-        Errors: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT (empty, malformed
-        number or account id, bound_at unset).
+    def SeedAccounts(self, request, context):
+        """SeedAccounts creates accounts and binds numbers to them at the given times, all or nothing.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number, missing time, binding of an
+        account not in the request or the store), ALREADY_EXISTS (an account id is taken).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListSeededBindings(self, request, context):
-        """ListSeededBindings reads back every binding of one number, released or not, with raw
-        account ids (the kit compares them with what it seeded). Errors: PERMISSION_DENIED,
-        INVALID_ARGUMENT (malformed number).
+    def ReadAccounts(self, request, context):
+        """ReadAccounts reads accounts back with the state of each of their bindings.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no account ids, or more than 1,000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckSmsLogin(self, request, context):
-        """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account.
+        """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account:
+        not when the binding is released, nor when it is stale because the number has a new holder.
         Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RefreshTrust(self, request, context):
-        """RefreshTrust makes the platform fetch the trust bundle from its gateway now and reports the
-        bundle version it holds afterwards and whether the fetched bundle was accepted.
-        Errors: PERMISSION_DENIED.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ListAppliedEvents(self, request, context):
-        """ListAppliedEvents lists the lifecycle event ids the platform applied, in the order applied.
-        Errors: PERMISSION_DENIED.
+        """ListAppliedEvents lists the lifecycle events applied since the last reset, in the order
+        they were applied. Errors: PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshTrustBundle(self, request, context):
+        """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
+        periodic refresh would, and reports the outcome: the platform's own verdict in `status`
+        (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
+        Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+        kit asks again for a while, since a platform may have started before the kit's gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ConformanceServiceServicer_to_server(servicer, server):
+def add_PlatformConformanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'ResetState': grpc.unary_unary_rpc_method_handler(
-                    servicer.ResetState,
-                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetStateRequest.FromString,
-                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ResetStateResponse.SerializeToString,
+            'ResetPlatformData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPlatformData,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataResponse.SerializeToString,
             ),
-            'SeedBindings': grpc.unary_unary_rpc_method_handler(
-                    servicer.SeedBindings,
-                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedBindingsRequest.FromString,
-                    response_serializer=numfed_dot_v1_dot_conformance__pb2.SeedBindingsResponse.SerializeToString,
+            'SeedAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SeedAccounts,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedAccountsRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.SeedAccountsResponse.SerializeToString,
             ),
-            'ListSeededBindings': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListSeededBindings,
-                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsRequest.FromString,
-                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsResponse.SerializeToString,
+            'ReadAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAccounts,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ReadAccountsRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ReadAccountsResponse.SerializeToString,
             ),
             'CheckSmsLogin': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckSmsLogin,
                     request_deserializer=numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginResponse.SerializeToString,
             ),
-            'RefreshTrust': grpc.unary_unary_rpc_method_handler(
-                    servicer.RefreshTrust,
-                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustRequest.FromString,
-                    response_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustResponse.SerializeToString,
-            ),
             'ListAppliedEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAppliedEvents,
                     request_deserializer=numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsResponse.SerializeToString,
             ),
+            'RefreshTrustBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshTrustBundle,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'numfed.v1.ConformanceService', rpc_method_handlers)
+            'numfed.v1.PlatformConformanceService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('numfed.v1.ConformanceService', rpc_method_handlers)
+    server.add_registered_method_handlers('numfed.v1.PlatformConformanceService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class ConformanceService:
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceService:
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
     @staticmethod
-    def ResetState(request,
+    def ResetPlatformData(request,
             target,
             options=(),
             channel_credentials=None,
@@ -193,9 +204,9 @@ class ConformanceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/numfed.v1.ConformanceService/ResetState',
-            numfed_dot_v1_dot_conformance__pb2.ResetStateRequest.SerializeToString,
-            numfed_dot_v1_dot_conformance__pb2.ResetStateResponse.FromString,
+            '/numfed.v1.PlatformConformanceService/ResetPlatformData',
+            numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.ResetPlatformDataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,7 +218,7 @@ class ConformanceService:
             _registered_method=True)
 
     @staticmethod
-    def SeedBindings(request,
+    def SeedAccounts(request,
             target,
             options=(),
             channel_credentials=None,
@@ -220,9 +231,9 @@ class ConformanceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/numfed.v1.ConformanceService/SeedBindings',
-            numfed_dot_v1_dot_conformance__pb2.SeedBindingsRequest.SerializeToString,
-            numfed_dot_v1_dot_conformance__pb2.SeedBindingsResponse.FromString,
+            '/numfed.v1.PlatformConformanceService/SeedAccounts',
+            numfed_dot_v1_dot_conformance__pb2.SeedAccountsRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.SeedAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,7 +245,7 @@ class ConformanceService:
             _registered_method=True)
 
     @staticmethod
-    def ListSeededBindings(request,
+    def ReadAccounts(request,
             target,
             options=(),
             channel_credentials=None,
@@ -247,9 +258,9 @@ class ConformanceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/numfed.v1.ConformanceService/ListSeededBindings',
-            numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsRequest.SerializeToString,
-            numfed_dot_v1_dot_conformance__pb2.ListSeededBindingsResponse.FromString,
+            '/numfed.v1.PlatformConformanceService/ReadAccounts',
+            numfed_dot_v1_dot_conformance__pb2.ReadAccountsRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.ReadAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -274,36 +285,9 @@ class ConformanceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/numfed.v1.ConformanceService/CheckSmsLogin',
+            '/numfed.v1.PlatformConformanceService/CheckSmsLogin',
             numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginRequest.SerializeToString,
             numfed_dot_v1_dot_conformance__pb2.CheckSmsLoginResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RefreshTrust(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/numfed.v1.ConformanceService/RefreshTrust',
-            numfed_dot_v1_dot_conformance__pb2.RefreshTrustRequest.SerializeToString,
-            numfed_dot_v1_dot_conformance__pb2.RefreshTrustResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -328,9 +312,211 @@ class ConformanceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/numfed.v1.ConformanceService/ListAppliedEvents',
+            '/numfed.v1.PlatformConformanceService/ListAppliedEvents',
             numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsRequest.SerializeToString,
             numfed_dot_v1_dot_conformance__pb2.ListAppliedEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshTrustBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/RefreshTrustBundle',
+            numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CarrierConformanceServiceStub:
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SeedNumberHistory = channel.unary_unary(
+                '/numfed.v1.CarrierConformanceService/SeedNumberHistory',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryResponse.FromString,
+                _registered_method=True)
+        self.IssueTenureClaim = channel.unary_unary(
+                '/numfed.v1.CarrierConformanceService/IssueTenureClaim',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimResponse.FromString,
+                _registered_method=True)
+        self.IssueEventBatch = channel.unary_unary(
+                '/numfed.v1.CarrierConformanceService/IssueEventBatch',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.IssueEventBatchRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.IssueEventBatchResponse.FromString,
+                _registered_method=True)
+
+
+class CarrierConformanceServiceServicer:
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    def SeedNumberHistory(self, request, context):
+        """SeedNumberHistory records the history of numbers (assignments, deactivations, ports between
+        carriers) and the carrier's own subscribers among their holders, all or nothing.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (events out of order, a reassignment within the
+        quiet period, a history this carrier never served), ALREADY_EXISTS (a number or holder is
+        already recorded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueTenureClaim(self, request, context):
+        """IssueTenureClaim signs a claim for the number's current holder exactly as the carrier would
+        after verifying that holder, skipping the verification. Errors: PERMISSION_DENIED,
+        INVALID_ARGUMENT (malformed number, purpose unspecified or RELEASE_OWN without refs),
+        NOT_FOUND (the carrier does not serve the number, or it has no holder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueEventBatch(self, request, context):
+        """IssueEventBatch signs a batch of lifecycle events exactly as the carrier would publish it.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no events, more than 500, malformed event).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CarrierConformanceServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SeedNumberHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.SeedNumberHistory,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryResponse.SerializeToString,
+            ),
+            'IssueTenureClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueTenureClaim,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimResponse.SerializeToString,
+            ),
+            'IssueEventBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueEventBatch,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.IssueEventBatchRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.IssueEventBatchResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'numfed.v1.CarrierConformanceService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('numfed.v1.CarrierConformanceService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CarrierConformanceService:
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    @staticmethod
+    def SeedNumberHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.CarrierConformanceService/SeedNumberHistory',
+            numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.SeedNumberHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueTenureClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.CarrierConformanceService/IssueTenureClaim',
+            numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.IssueTenureClaimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueEventBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.CarrierConformanceService/IssueEventBatch',
+            numfed_dot_v1_dot_conformance__pb2.IssueEventBatchRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.IssueEventBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,122 +26,134 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class ConformanceServiceStub:
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceServiceStub:
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> ConformanceServiceAsyncStub: ...
-    ResetState: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ResetStateRequest, _conformance_pb2.ResetStateResponse]
-    """ResetState deletes every account, binding, applied release and applied event.
-    Errors: PERMISSION_DENIED (caller is not the gateway).
+    def __new__(cls, channel: _aio.Channel) -> PlatformConformanceServiceAsyncStub: ...
+    ResetPlatformData: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ResetPlatformDataRequest, _conformance_pb2.ResetPlatformDataResponse]
+    """ResetPlatformData removes every account, binding, applied release and applied event, so a
+    run starts from nothing. Errors: PERMISSION_DENIED (caller is not the gateway).
     """
-    SeedBindings: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.SeedBindingsRequest, _conformance_pb2.SeedBindingsResponse]
-    """SeedBindings adds accounts (when new) and binds each to its number at bound_at.
-    Errors: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT (empty, malformed
-    number or account id, bound_at unset).
+    SeedAccounts: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.SeedAccountsRequest, _conformance_pb2.SeedAccountsResponse]
+    """SeedAccounts creates accounts and binds numbers to them at the given times, all or nothing.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number, missing time, binding of an
+    account not in the request or the store), ALREADY_EXISTS (an account id is taken).
     """
-    ListSeededBindings: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ListSeededBindingsRequest, _conformance_pb2.ListSeededBindingsResponse]
-    """ListSeededBindings reads back every binding of one number, released or not, with raw
-    account ids (the kit compares them with what it seeded). Errors: PERMISSION_DENIED,
-    INVALID_ARGUMENT (malformed number).
+    ReadAccounts: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ReadAccountsRequest, _conformance_pb2.ReadAccountsResponse]
+    """ReadAccounts reads accounts back with the state of each of their bindings.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no account ids, or more than 1,000).
     """
     CheckSmsLogin: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.CheckSmsLoginRequest, _conformance_pb2.CheckSmsLoginResponse]
-    """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account.
+    """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account:
+    not when the binding is released, nor when it is stale because the number has a new holder.
     Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number).
     """
-    RefreshTrust: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.RefreshTrustRequest, _conformance_pb2.RefreshTrustResponse]
-    """RefreshTrust makes the platform fetch the trust bundle from its gateway now and reports the
-    bundle version it holds afterwards and whether the fetched bundle was accepted.
-    Errors: PERMISSION_DENIED.
-    """
     ListAppliedEvents: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ListAppliedEventsRequest, _conformance_pb2.ListAppliedEventsResponse]
-    """ListAppliedEvents lists the lifecycle event ids the platform applied, in the order applied.
-    Errors: PERMISSION_DENIED.
+    """ListAppliedEvents lists the lifecycle events applied since the last reset, in the order
+    they were applied. Errors: PERMISSION_DENIED.
+    """
+    RefreshTrustBundle: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.RefreshTrustBundleRequest, _conformance_pb2.RefreshTrustBundleResponse]
+    """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
+    periodic refresh would, and reports the outcome: the platform's own verdict in `status`
+    (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
+    Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+    kit asks again for a while, since a platform may have started before the kit's gateway).
     """
 
 @_typing.type_check_only
-class ConformanceServiceAsyncStub(ConformanceServiceStub):
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ResetState: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ResetStateRequest, _conformance_pb2.ResetStateResponse]  # type: ignore[assignment]
-    """ResetState deletes every account, binding, applied release and applied event.
-    Errors: PERMISSION_DENIED (caller is not the gateway).
+    ResetPlatformData: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ResetPlatformDataRequest, _conformance_pb2.ResetPlatformDataResponse]  # type: ignore[assignment]
+    """ResetPlatformData removes every account, binding, applied release and applied event, so a
+    run starts from nothing. Errors: PERMISSION_DENIED (caller is not the gateway).
     """
-    SeedBindings: _aio.UnaryUnaryMultiCallable[_conformance_pb2.SeedBindingsRequest, _conformance_pb2.SeedBindingsResponse]  # type: ignore[assignment]
-    """SeedBindings adds accounts (when new) and binds each to its number at bound_at.
-    Errors: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT (empty, malformed
-    number or account id, bound_at unset).
+    SeedAccounts: _aio.UnaryUnaryMultiCallable[_conformance_pb2.SeedAccountsRequest, _conformance_pb2.SeedAccountsResponse]  # type: ignore[assignment]
+    """SeedAccounts creates accounts and binds numbers to them at the given times, all or nothing.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number, missing time, binding of an
+    account not in the request or the store), ALREADY_EXISTS (an account id is taken).
     """
-    ListSeededBindings: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ListSeededBindingsRequest, _conformance_pb2.ListSeededBindingsResponse]  # type: ignore[assignment]
-    """ListSeededBindings reads back every binding of one number, released or not, with raw
-    account ids (the kit compares them with what it seeded). Errors: PERMISSION_DENIED,
-    INVALID_ARGUMENT (malformed number).
+    ReadAccounts: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ReadAccountsRequest, _conformance_pb2.ReadAccountsResponse]  # type: ignore[assignment]
+    """ReadAccounts reads accounts back with the state of each of their bindings.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no account ids, or more than 1,000).
     """
     CheckSmsLogin: _aio.UnaryUnaryMultiCallable[_conformance_pb2.CheckSmsLoginRequest, _conformance_pb2.CheckSmsLoginResponse]  # type: ignore[assignment]
-    """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account.
+    """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account:
+    not when the binding is released, nor when it is stale because the number has a new holder.
     Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number).
     """
-    RefreshTrust: _aio.UnaryUnaryMultiCallable[_conformance_pb2.RefreshTrustRequest, _conformance_pb2.RefreshTrustResponse]  # type: ignore[assignment]
-    """RefreshTrust makes the platform fetch the trust bundle from its gateway now and reports the
-    bundle version it holds afterwards and whether the fetched bundle was accepted.
-    Errors: PERMISSION_DENIED.
-    """
     ListAppliedEvents: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ListAppliedEventsRequest, _conformance_pb2.ListAppliedEventsResponse]  # type: ignore[assignment]
-    """ListAppliedEvents lists the lifecycle event ids the platform applied, in the order applied.
-    Errors: PERMISSION_DENIED.
+    """ListAppliedEvents lists the lifecycle events applied since the last reset, in the order
+    they were applied. Errors: PERMISSION_DENIED.
+    """
+    RefreshTrustBundle: _aio.UnaryUnaryMultiCallable[_conformance_pb2.RefreshTrustBundleRequest, _conformance_pb2.RefreshTrustBundleResponse]  # type: ignore[assignment]
+    """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
+    periodic refresh would, and reports the outcome: the platform's own verdict in `status`
+    (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
+    Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+    kit asks again for a while, since a platform may have started before the kit's gateway).
     """
 
-class ConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ConformanceService is TEST-ONLY. A platform serves it only in conformance mode (reference
-    platforms: `conformance = true` in the [platform] section of their config), on the same mTLS
-    port as PlatformService, to the gateway identity only, so that `numfed conformance platform`
-    can seed test data and read it back. A platform in production never serves it: it writes
-    accounts and bindings that no holder made.
+class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
+    """TEST ONLY. The conformance services let the conformance kit (`numfed conformance`) put test
+    data into a member and read it back. A member serves them only in conformance mode
+    (`conformance = true` in its config), never in production: they bypass holder verification
+    and write accounts directly. Like the member's federation services they are served over mTLS
+    and answer only the gateway's identity (spiffe://numfed/gateway/<id>), which the kit presents.
+
+    PlatformConformanceService is served by a platform in conformance mode, beside its
+    PlatformService on the same listener.
     """
 
     @_abc_1.abstractmethod
-    def ResetState(
+    def ResetPlatformData(
         self,
-        request: _conformance_pb2.ResetStateRequest,
+        request: _conformance_pb2.ResetPlatformDataRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conformance_pb2.ResetStateResponse, _abc.Awaitable[_conformance_pb2.ResetStateResponse]]:
-        """ResetState deletes every account, binding, applied release and applied event.
-        Errors: PERMISSION_DENIED (caller is not the gateway).
+    ) -> _typing.Union[_conformance_pb2.ResetPlatformDataResponse, _abc.Awaitable[_conformance_pb2.ResetPlatformDataResponse]]:
+        """ResetPlatformData removes every account, binding, applied release and applied event, so a
+        run starts from nothing. Errors: PERMISSION_DENIED (caller is not the gateway).
         """
 
     @_abc_1.abstractmethod
-    def SeedBindings(
+    def SeedAccounts(
         self,
-        request: _conformance_pb2.SeedBindingsRequest,
+        request: _conformance_pb2.SeedAccountsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conformance_pb2.SeedBindingsResponse, _abc.Awaitable[_conformance_pb2.SeedBindingsResponse]]:
-        """SeedBindings adds accounts (when new) and binds each to its number at bound_at.
-        Errors: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT (empty, malformed
-        number or account id, bound_at unset).
+    ) -> _typing.Union[_conformance_pb2.SeedAccountsResponse, _abc.Awaitable[_conformance_pb2.SeedAccountsResponse]]:
+        """SeedAccounts creates accounts and binds numbers to them at the given times, all or nothing.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number, missing time, binding of an
+        account not in the request or the store), ALREADY_EXISTS (an account id is taken).
         """
 
     @_abc_1.abstractmethod
-    def ListSeededBindings(
+    def ReadAccounts(
         self,
-        request: _conformance_pb2.ListSeededBindingsRequest,
+        request: _conformance_pb2.ReadAccountsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conformance_pb2.ListSeededBindingsResponse, _abc.Awaitable[_conformance_pb2.ListSeededBindingsResponse]]:
-        """ListSeededBindings reads back every binding of one number, released or not, with raw
-        account ids (the kit compares them with what it seeded). Errors: PERMISSION_DENIED,
-        INVALID_ARGUMENT (malformed number).
+    ) -> _typing.Union[_conformance_pb2.ReadAccountsResponse, _abc.Awaitable[_conformance_pb2.ReadAccountsResponse]]:
+        """ReadAccounts reads accounts back with the state of each of their bindings.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no account ids, or more than 1,000).
         """
 
     @_abc_1.abstractmethod
@@ -150,19 +162,9 @@ class ConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conformance_pb2.CheckSmsLoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conformance_pb2.CheckSmsLoginResponse, _abc.Awaitable[_conformance_pb2.CheckSmsLoginResponse]]:
-        """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account.
+        """CheckSmsLogin answers whether an SMS code sent to the number alone would open the account:
+        not when the binding is released, nor when it is stale because the number has a new holder.
         Errors: PERMISSION_DENIED, INVALID_ARGUMENT (malformed number).
-        """
-
-    @_abc_1.abstractmethod
-    def RefreshTrust(
-        self,
-        request: _conformance_pb2.RefreshTrustRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_conformance_pb2.RefreshTrustResponse, _abc.Awaitable[_conformance_pb2.RefreshTrustResponse]]:
-        """RefreshTrust makes the platform fetch the trust bundle from its gateway now and reports the
-        bundle version it holds afterwards and whether the fetched bundle was accepted.
-        Errors: PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -171,8 +173,115 @@ class ConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conformance_pb2.ListAppliedEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conformance_pb2.ListAppliedEventsResponse, _abc.Awaitable[_conformance_pb2.ListAppliedEventsResponse]]:
-        """ListAppliedEvents lists the lifecycle event ids the platform applied, in the order applied.
-        Errors: PERMISSION_DENIED.
+        """ListAppliedEvents lists the lifecycle events applied since the last reset, in the order
+        they were applied. Errors: PERMISSION_DENIED.
         """
 
-def add_ConformanceServiceServicer_to_server(servicer: ConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+    @_abc_1.abstractmethod
+    def RefreshTrustBundle(
+        self,
+        request: _conformance_pb2.RefreshTrustBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.RefreshTrustBundleResponse, _abc.Awaitable[_conformance_pb2.RefreshTrustBundleResponse]]:
+        """RefreshTrustBundle makes the platform fetch the trust bundle from the gateway now, as its
+        periodic refresh would, and reports the outcome: the platform's own verdict in `status`
+        (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
+        Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
+        kit asks again for a while, since a platform may have started before the kit's gateway).
+        """
+
+def add_PlatformConformanceServiceServicer_to_server(servicer: PlatformConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CarrierConformanceServiceStub:
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CarrierConformanceServiceAsyncStub: ...
+    SeedNumberHistory: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.SeedNumberHistoryRequest, _conformance_pb2.SeedNumberHistoryResponse]
+    """SeedNumberHistory records the history of numbers (assignments, deactivations, ports between
+    carriers) and the carrier's own subscribers among their holders, all or nothing.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (events out of order, a reassignment within the
+    quiet period, a history this carrier never served), ALREADY_EXISTS (a number or holder is
+    already recorded).
+    """
+    IssueTenureClaim: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.IssueTenureClaimRequest, _conformance_pb2.IssueTenureClaimResponse]
+    """IssueTenureClaim signs a claim for the number's current holder exactly as the carrier would
+    after verifying that holder, skipping the verification. Errors: PERMISSION_DENIED,
+    INVALID_ARGUMENT (malformed number, purpose unspecified or RELEASE_OWN without refs),
+    NOT_FOUND (the carrier does not serve the number, or it has no holder).
+    """
+    IssueEventBatch: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.IssueEventBatchRequest, _conformance_pb2.IssueEventBatchResponse]
+    """IssueEventBatch signs a batch of lifecycle events exactly as the carrier would publish it.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no events, more than 500, malformed event).
+    """
+
+@_typing.type_check_only
+class CarrierConformanceServiceAsyncStub(CarrierConformanceServiceStub):
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SeedNumberHistory: _aio.UnaryUnaryMultiCallable[_conformance_pb2.SeedNumberHistoryRequest, _conformance_pb2.SeedNumberHistoryResponse]  # type: ignore[assignment]
+    """SeedNumberHistory records the history of numbers (assignments, deactivations, ports between
+    carriers) and the carrier's own subscribers among their holders, all or nothing.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (events out of order, a reassignment within the
+    quiet period, a history this carrier never served), ALREADY_EXISTS (a number or holder is
+    already recorded).
+    """
+    IssueTenureClaim: _aio.UnaryUnaryMultiCallable[_conformance_pb2.IssueTenureClaimRequest, _conformance_pb2.IssueTenureClaimResponse]  # type: ignore[assignment]
+    """IssueTenureClaim signs a claim for the number's current holder exactly as the carrier would
+    after verifying that holder, skipping the verification. Errors: PERMISSION_DENIED,
+    INVALID_ARGUMENT (malformed number, purpose unspecified or RELEASE_OWN without refs),
+    NOT_FOUND (the carrier does not serve the number, or it has no holder).
+    """
+    IssueEventBatch: _aio.UnaryUnaryMultiCallable[_conformance_pb2.IssueEventBatchRequest, _conformance_pb2.IssueEventBatchResponse]  # type: ignore[assignment]
+    """IssueEventBatch signs a batch of lifecycle events exactly as the carrier would publish it.
+    Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no events, more than 500, malformed event).
+    """
+
+class CarrierConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
+    """CarrierConformanceService is served by a carrier adapter in conformance mode, beside its
+    CarrierService on the same listener.
+    """
+
+    @_abc_1.abstractmethod
+    def SeedNumberHistory(
+        self,
+        request: _conformance_pb2.SeedNumberHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.SeedNumberHistoryResponse, _abc.Awaitable[_conformance_pb2.SeedNumberHistoryResponse]]:
+        """SeedNumberHistory records the history of numbers (assignments, deactivations, ports between
+        carriers) and the carrier's own subscribers among their holders, all or nothing.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (events out of order, a reassignment within the
+        quiet period, a history this carrier never served), ALREADY_EXISTS (a number or holder is
+        already recorded).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueTenureClaim(
+        self,
+        request: _conformance_pb2.IssueTenureClaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.IssueTenureClaimResponse, _abc.Awaitable[_conformance_pb2.IssueTenureClaimResponse]]:
+        """IssueTenureClaim signs a claim for the number's current holder exactly as the carrier would
+        after verifying that holder, skipping the verification. Errors: PERMISSION_DENIED,
+        INVALID_ARGUMENT (malformed number, purpose unspecified or RELEASE_OWN without refs),
+        NOT_FOUND (the carrier does not serve the number, or it has no holder).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueEventBatch(
+        self,
+        request: _conformance_pb2.IssueEventBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.IssueEventBatchResponse, _abc.Awaitable[_conformance_pb2.IssueEventBatchResponse]]:
+        """IssueEventBatch signs a batch of lifecycle events exactly as the carrier would publish it.
+        Errors: PERMISSION_DENIED, INVALID_ARGUMENT (no events, more than 500, malformed event).
+        """
+
+def add_CarrierConformanceServiceServicer_to_server(servicer: CarrierConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

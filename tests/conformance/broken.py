@@ -1,164 +1,256 @@
-"""Deliberately broken platforms: a reference platform with one rule broken, for the kit to catch.
+"""Deliberately broken members, each breaking one rule the conformance kit checks.
 
-Each breakage changes one running reference platform in place (its servicer, store or trust
-state), the way a member's own code might get that rule wrong.
+Each is the reference member with one realistic mistake, named by what it gets wrong. The
+mapping to the one check that must catch it is ``BROKEN_PLATFORMS`` / ``BROKEN_CARRIERS``.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
+from google.protobuf.message import DecodeError
 
-from numfed.envelope import Envelope
-from numfed.events import EventKind, LifecycleEvent, VerifiedBatch
-from numfed.trust import CarrierKey, TrustBundle
-from numfed.v1 import events_pb2, trust_pb2
+from carrier_adapters.base import CarrierAdapter
+from carrier_adapters.cmcc import CmccAdapter
+from numfed.claims import (
+    Purpose,
+    RecycledClaim,
+    TenureClaim,
+    VerifiedClaim,
+    sign_claim,
+    verify_tenure_claim,
+)
+from numfed.envelope import Envelope, SigningKey, VerifyKey
+from numfed.errors import NotFound, NumfedError
+from numfed.events import LifecycleEvent, sign_event_batch
+from numfed.history import EventKind as HistoryKind
+from numfed.identity import PeerId, Role
+from numfed.rpc import ok_status
+from numfed.trust import CarrierKey, TrustedState
+from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 from platform_stubs import sdk
-from platform_stubs.reference import PlatformHandle
-from platform_stubs.rules import Binding, Masker
-from platform_stubs.store import accounts, applied_releases, bindings
+from platform_stubs.events import EventApplier
+from platform_stubs.rules import Binding
+from platform_stubs.sdk import PlatformServicer
+from platform_stubs.store import Selector, applied_events, applied_releases
 
-Breakage = Callable[[PlatformHandle, pytest.MonkeyPatch], None]
-
-
-def releases_at_x(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Uses bound_at <= X for prior-holder bindings."""
-
-    def prior(found: Iterable[Binding], tenure_start: datetime) -> list[Binding]:
-        return [b for b in found if b.active and b.bound_at <= tenure_start]
-
-    mp.setattr(sdk, "prior", prior)
+# --- platforms --------------------------------------------------------------------------------
 
 
-class _AnySignature:
+class ReleasesAtX(PlatformServicer):
+    """Releases bindings with bound_at <= X: the current holder's binding made at X goes too."""
+
+    def _selector(self, v: VerifiedClaim) -> Selector:
+        x = v.claim.tenure_start
+
+        def select(bindings: list[Binding]) -> tuple[list[int], bytes]:
+            chosen = [b for b in bindings if b.active and b.bound_at <= x]
+            result = platform_pb2.ReleaseItemResult(
+                status=ok_status(), released=self._summaries(chosen, with_refs=False)
+            )
+            return [b.binding_id for b in chosen], result.SerializeToString()
+
+        return select
+
+
+@dataclass(frozen=True)
+class _AlwaysVerifies(VerifyKey):
     def verify_raw(self, sig: bytes, message: bytes) -> bool:
         return True
 
 
-class _LaxState:
-    """Looks keys up (revocation, scope, window) but never checks a signature."""
+class _NoSignatureTrust:
+    """Looks keys up (revocation, scope and window still apply) but never checks a signature."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: TrustedState) -> None:
         self._inner = inner
 
     def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:
-        key: CarrierKey = copy.copy(self._inner.carrier_key(key_id, now=now))
-        object.__setattr__(key, "key", _AnySignature())
-        return key
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        k = self._inner.carrier_key(key_id, now=now)
+        gullible = _AlwaysVerifies(k.key.key_id, k.key.algorithm, k.key.spki, k.key._key)
+        return replace(k, key=gullible)
 
 
-class _LaxTrust:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+class SkipsSignatureCheck(PlatformServicer):
+    """Finds the claim's key in the bundle but never verifies the signature with it."""
 
-    def trusted(self) -> Any:
-        return _LaxState(self._inner.trusted())
-
-
-def skips_claim_signatures(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(p.servicer, "trust", _LaxTrust(p.trust))
-
-
-class _LeakyMasker(Masker):
-    def label(self, b: Binding) -> str:
-        return f"account {b.account_id} · since {b.bound_at.year}"
-
-
-def leaks_account_id(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(p.servicer, "masker", _LeakyMasker(b"0123456789abcdef0123"))
-
-
-def applies_replay_twice(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Forgets which claims it applied before applying a batch."""
-    store = p.store
-    original = store.apply_releases
-
-    def apply_releases(work: Sequence[Any], now: datetime) -> Any:
-        with store.engine.begin() as c:
-            c.execute(sa.delete(applied_releases))
-        return original(work, now)
-
-    mp.setattr(store, "apply_releases", apply_releases)
-
-
-def deletes_accounts(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Deletes the account (and its bindings) once its number is released."""
-    store = p.store
-    original = store.apply_releases
-
-    def apply_releases(work: Sequence[Any], now: datetime) -> Any:
-        out = original(work, now)
-        with store.engine.begin() as c:
-            released = [
-                r.account_id
-                for r in c.execute(
-                    sa.select(bindings.c.account_id).where(bindings.c.released_us.is_not(None))
+    def _verify(
+        self, items: Sequence[Any], purposes: Sequence[Purpose]
+    ) -> list[VerifiedClaim | NumfedError]:
+        trust: Any = _NoSignatureTrust(self.trust.trusted())
+        now = datetime.now(UTC)
+        out: list[VerifiedClaim | NumfedError] = []
+        for item in items:
+            try:
+                out.append(
+                    verify_tenure_claim(
+                        Envelope.from_proto(item.claim),
+                        trust,
+                        now=now,
+                        purposes=purposes,
+                        policy=sdk.PLATFORM_POLICY,
+                    )
                 )
-            ]
-            c.execute(sa.delete(bindings).where(bindings.c.account_id.in_(released)))
-            c.execute(sa.delete(accounts).where(accounts.c.account_id.in_(released)))
+            except NumfedError as err:
+                out.append(err)
         return out
 
-    mp.setattr(store, "apply_releases", apply_releases)
+
+class LeaksAccountId(PlatformServicer):
+    """Puts the raw account id into the summary's label."""
+
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> list[Any]:
+        summaries = super()._summaries(found, with_refs=with_refs)
+        for s, b in zip(summaries, found, strict=True):
+            s.masked_label = f"account {b.account_id}"
+        return summaries
 
 
-def skips_event_signatures(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Parses event batches without verifying them."""
+class AppliesReplayTwice(PlatformServicer):
+    """Forgets which release claims it applied, so a retried claim is applied again."""
 
-    def verify_event_batch(envelope: Envelope, trust: Any, *, now: datetime) -> VerifiedBatch:
-        pb = events_pb2.EventBatch.FromString(envelope.payload)
-        events = tuple(LifecycleEvent.from_proto(e) for e in pb.events)
-        return VerifiedBatch(pb.carrier_id, now, events)
+    async def BatchReleaseBindings(
+        self, request: platform_pb2.BatchReleaseBindingsRequest, context: Any
+    ) -> platform_pb2.BatchReleaseBindingsResponse:
+        ids = []
+        for item in request.items:
+            try:
+                ids.append(claim_pb2.TenureClaim.FromString(item.claim.payload).claim_id)
+            except DecodeError:
+                continue
+        store = self.store
 
-    mp.setattr("platform_stubs.events.verify_event_batch", verify_event_batch)
+        def forget() -> None:
+            with store.engine.begin() as c:
+                c.execute(sa.delete(applied_releases).where(applied_releases.c.claim_id.in_(ids)))
 
-
-def ignores_reassigned(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Records REASSIGNED events but never marks old bindings stale."""
-    store = p.store
-    original = store.apply_events
-
-    def apply_events(seq: int, events: Sequence[LifecycleEvent], now: datetime) -> int:
-        plain = [
-            dataclasses.replace(e, kind=EventKind.DEACTIVATED, tenure_start=None)
-            if e.kind is EventKind.REASSIGNED
-            else e
-            for e in events
-        ]
-        return original(seq, plain, now)
-
-    mp.setattr(store, "apply_events", apply_events)
+        await store.run(forget)
+        return await super().BatchReleaseBindings(request, context)
 
 
-def accepts_rollback(p: PlatformHandle, mp: pytest.MonkeyPatch) -> None:
-    """Takes whatever bundle the gateway serves, checking only its root signatures."""
-    state = p.trust.state
+class _ForgetfulEvents(EventApplier):
+    async def apply(self, batches: Sequence[events_pb2.SequencedBatch]) -> int:
+        ids = []
+        for b in batches:
+            payload = Envelope.from_proto(b.batch).payload
+            ids += [e.event_id for e in events_pb2.EventBatch.FromString(payload).events]
+        store = self._store
 
-    def update_bundle(envelope: Envelope, *, now: datetime) -> None:
-        bundle = TrustBundle.from_proto(trust_pb2.TrustBundle.FromString(envelope.payload))
-        state._bundle = bundle  # deliberately broken
-        state._bundle_envelope = envelope
+        def forget() -> None:
+            with store.engine.begin() as c:
+                c.execute(sa.delete(applied_events).where(applied_events.c.event_id.in_(ids)))
 
-    mp.setattr(state, "update_bundle", update_bundle)
+        await store.run(forget)
+        return await super().apply(batches)
 
 
-BROKEN: dict[str, tuple[Breakage, str]] = {
-    "releases_at_x": (releases_at_x, "release.at_or_after_x_kept"),
-    "skips_claim_signatures": (skips_claim_signatures, "claims.forged"),
-    "leaks_account_id": (leaks_account_id, "summaries.masked"),
-    "applies_replay_twice": (applies_replay_twice, "release.replay_once"),
-    "deletes_accounts": (deletes_accounts, "release.prior_released"),
-    "skips_event_signatures": (skips_event_signatures, "events.forged_refused"),
-    "ignores_reassigned": (ignores_reassigned, "events.stale_sms_login"),
-    "accepts_rollback": (accepts_rollback, "trust.rollback_refused"),
+class AppliesEventTwice(PlatformServicer):
+    """Does not remember applied event ids, so a re-delivered event is applied again."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events = _ForgetfulEvents(trust=self.trust, store=self.store)
+
+
+class _NoStaleEvents(EventApplier):
+    async def apply(self, batches: Sequence[events_pb2.SequencedBatch]) -> int:
+        kept = []
+        for b in batches:
+            payload = Envelope.from_proto(b.batch).payload
+            kinds = {e.kind for e in events_pb2.EventBatch.FromString(payload).events}
+            if events_pb2.LIFECYCLE_KIND_REASSIGNED not in kinds:
+                kept.append(b)
+        await super().apply(kept)
+        return batches[-1].seq if batches else 0
+
+
+class IgnoresReassigned(PlatformServicer):
+    """Acknowledges REASSIGNED events without marking older bindings stale."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events = _NoStaleEvents(trust=self.trust, store=self.store)
+
+
+BROKEN_PLATFORMS: dict[str, tuple[type[PlatformServicer], str]] = {
+    "releases_at_x": (ReleasesAtX, "release_keeps_binding_at_x"),
+    "skips_signature_check": (SkipsSignatureCheck, "forged_claim_refused"),
+    "leaks_account_id": (LeaksAccountId, "summaries_masked"),
+    "applies_replay_twice": (AppliesReplayTwice, "replayed_release_applied_once"),
+    "applies_event_twice": (AppliesEventTwice, "events_applied_once"),
+    "ignores_reassigned": (IgnoresReassigned, "stale_binding_refuses_sms_login"),
 }
-"""Each broken platform, and the one check that must fail for it."""
+"""Broken platform -> (its servicer, the one check that must fail)."""
+
+
+# --- carriers ---------------------------------------------------------------------------------
+
+
+class PortMovesX(CmccAdapter):
+    """Takes X from the latest assignment *or port*, so a port resets the holder's tenure."""
+
+    def issue_claim(
+        self, number: str, purpose: Purpose, refs: tuple[str, ...] = ()
+    ) -> claim_pb2.Envelope:
+        now = self.clock()
+        self.registry.current_holder(number, now)  # same refusals as the reference
+        x = max(
+            e.at
+            for e in self.registry.history(number).events
+            if e.kind in (HistoryKind.ASSIGNED, HistoryKind.PORTED) and e.at <= now
+        )
+        claim = TenureClaim.new(
+            number=number,
+            carrier_id=self.carrier_id,
+            tenure_start=x,
+            purpose=purpose,
+            now=now,
+            lifetime=self.claim_lifetime,
+            binding_refs=refs,
+        )
+        return sign_claim(claim, self.signer).to_proto()
+
+
+class ChangedAtX(CmccAdapter):
+    """Answers the recycled check with ``since <= X``: a platform asking about X itself is told
+    the number changed holder, though the holder has had it since then."""
+
+    def answer_recycled(self, number: str, since: datetime, platform_id: str) -> claim_pb2.Envelope:
+        now = self.clock()
+        history = self.registry.history(number)
+        if history.carrier_at(now) != self.carrier_id:
+            raise NotFound("NUMBER_NOT_SERVED", "this carrier does not serve the number")
+        history.recycled_since(since, now)  # same range errors as the reference
+        tenure = history.current_tenure(now)
+        changed = tenure is None or since <= tenure.start
+        claim = RecycledClaim(
+            number=number,
+            carrier_id=self.carrier_id,
+            since=since,
+            changed=changed,
+            platform_id=PeerId(Role.PLATFORM, platform_id).id,
+            issued_at=now,
+            expires_at=now + self.claim_lifetime,
+        )
+        return sign_claim(claim, self.signer).to_proto()
+
+
+class SignsEventsWithStaleKey(CmccAdapter):
+    """Signs event batches with an old key that is no longer in the trust bundle."""
+
+    _old_key = SigningKey.generate()
+
+    def sign_events(self, events: Sequence[LifecycleEvent]) -> claim_pb2.Envelope:
+        return sign_event_batch(self.carrier_id, events, self._old_key, now=self.clock()).to_proto()
+
+
+BROKEN_CARRIERS: dict[str, tuple[type[CarrierAdapter], str]] = {
+    "port_moves_x": (PortMovesX, "port_keeps_tenure_start"),
+    "changed_at_x": (ChangedAtX, "recycled_check_cases"),
+    "signs_events_with_stale_key": (SignsEventsWithStaleKey, "event_batch_signed"),
+}
+"""Broken carrier (all cmcc) -> (its adapter, the one check that must fail)."""

@@ -1,0 +1,440 @@
+"""The carrier kit: play the gateway against a carrier adapter's CarrierService.
+
+The kit seeds number histories (a reassignment after the quiet period, a port in, a port out, a
+number given up) through the carrier's test-only ``CarrierConformanceService``, then checks what
+the carrier signs: claims and event batches must verify under the federation's trust bundle, X
+must be the current holder's assignment (a port does not move it), and each recycled-check case
+must get its one right bit or its precise error.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from numfed import pki
+from numfed.claims import Purpose, verify_recycled_claim, verify_tenure_claim
+from numfed.conformance.report import CheckFailed, Report, Suite
+from numfed.envelope import Envelope
+from numfed.errors import InvalidArgument
+from numfed.events import EventKind, LifecycleEvent, verify_event_batch
+from numfed.identity import PeerId, Role
+from numfed.timeutil import to_timestamp
+from numfed.trust import TrustedState
+from numfed.trustfiles import load_trusted_state
+from numfed.v1 import (
+    carrier_pb2,
+    carrier_pb2_grpc,
+    claim_pb2,
+    conformance_pb2,
+    conformance_pb2_grpc,
+)
+
+__all__ = ["CARRIER_SUITE", "CarrierKit", "CarrierTarget", "run_carrier_kit"]
+
+CARRIER_SUITE: Suite[CarrierKit] = Suite("numfed conformance carrier")
+CALL_TIMEOUT = 10.0
+AUDIENCE = "conformance"
+"""The platform id the kit asks recycled checks for."""
+OTHER_CARRIER = "kit-other"
+"""The carrier on the other side of the kit's ports."""
+_KIND = conformance_pb2.HistoryEventKind
+
+
+@dataclass(frozen=True)
+class CarrierTarget:
+    """Where the carrier listens, who it is, the PKI that issued its certificate and the trust
+    files (root and bundle) that carry its signing keys."""
+
+    target: str
+    carrier_id: str
+    pki_dir: Path
+    trust_dir: Path
+
+
+@dataclass(frozen=True)
+class World:
+    """The histories the kit seeded; every time is a whole second."""
+
+    reassigned: str
+    """Held by one subscriber from t0, given up at t1, held by another from t2 (X)."""
+    ported_in: str
+    """Assigned at another carrier at p0 (X), ported to this carrier at p1."""
+    ported_out: str
+    """Assigned here at p0, ported to another carrier at p1."""
+    given_up: str
+    """Assigned here at t0, given up at t1; nobody holds it."""
+    t0: datetime
+    t1: datetime
+    t2: datetime
+    p0: datetime
+    p1: datetime
+
+
+def _second(t: datetime) -> datetime:
+    return t.replace(microsecond=0)
+
+
+def _event(kind: int, at: datetime, carrier: str, holder: str = "") -> conformance_pb2.HistoryEvent:
+    return conformance_pb2.HistoryEvent(
+        kind=kind,  # type: ignore[arg-type]
+        at=to_timestamp(at),
+        carrier_id=carrier,
+        holder_id=holder,
+    )
+
+
+class CarrierKit:
+    def __init__(self, target: CarrierTarget) -> None:
+        self.t = target
+        self._channels: list[grpc.aio.Channel] = []
+        server = PeerId(Role.CARRIER, target.carrier_id)
+        self.carrier = carrier_pb2_grpc.CarrierServiceStub(self._channel(pki.GATEWAY, server))
+        self.conformance = conformance_pb2_grpc.CarrierConformanceServiceStub(
+            self._channel(pki.GATEWAY, server)
+        )
+        self._world: World | None = None
+        self.seed_error = ""
+
+    def _channel(self, peer: PeerId, server: PeerId) -> grpc.aio.Channel:
+        channel = pki.secure_channel(self.t.target, self.t.pki_dir, peer, server=server)
+        self._channels.append(channel)
+        return channel
+
+    async def __aenter__(self) -> CarrierKit:
+        try:
+            self._world = await self._seed()
+        except grpc.aio.AioRpcError as exc:
+            self.seed_error = f"seeding failed: {exc.code().name}: {exc.details()}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    @property
+    def world(self) -> World:
+        if self._world is None:
+            raise CheckFailed(self.seed_error or "no test data")
+        return self._world
+
+    def trust(self) -> TrustedState:
+        return load_trusted_state(self.t.trust_dir, now=datetime.now(UTC))
+
+    def number(self) -> str:
+        return f"+86139{secrets.randbelow(10**8):08d}"
+
+    async def _seed(self) -> World:
+        me = self.t.carrier_id
+        now = _second(datetime.now(UTC))
+        t0, t1 = now - timedelta(days=1500), now - timedelta(days=900)
+        t2 = now - timedelta(days=400)
+        p0, p1 = now - timedelta(days=700), now - timedelta(days=200)
+        w = World(self.number(), self.number(), self.number(), self.number(), t0, t1, t2, p0, p1)
+        tag = secrets.token_hex(4)
+        holders = [f"kit{tag}{i}" for i in range(5)]
+        subscribers = [
+            conformance_pb2.TestSubscriber(
+                holder_id=h, name=f"测试{i}", id_number=f"11010119900101{1000 + i}"
+            )
+            for i, h in enumerate(holders)
+        ]
+        histories = [
+            conformance_pb2.NumberHistory(
+                number=w.reassigned,
+                events=[
+                    _event(_KIND.HISTORY_EVENT_KIND_ASSIGNED, t0, me, holders[0]),
+                    _event(_KIND.HISTORY_EVENT_KIND_DEACTIVATED, t1, me),
+                    _event(_KIND.HISTORY_EVENT_KIND_ASSIGNED, t2, me, holders[1]),
+                ],
+            ),
+            conformance_pb2.NumberHistory(
+                number=w.ported_in,
+                events=[
+                    _event(_KIND.HISTORY_EVENT_KIND_ASSIGNED, p0, OTHER_CARRIER, holders[2]),
+                    _event(_KIND.HISTORY_EVENT_KIND_PORTED, p1, me),
+                ],
+            ),
+            conformance_pb2.NumberHistory(
+                number=w.ported_out,
+                events=[
+                    _event(_KIND.HISTORY_EVENT_KIND_ASSIGNED, p0, me, holders[3]),
+                    _event(_KIND.HISTORY_EVENT_KIND_PORTED, p1, OTHER_CARRIER),
+                ],
+            ),
+            conformance_pb2.NumberHistory(
+                number=w.given_up,
+                events=[
+                    _event(_KIND.HISTORY_EVENT_KIND_ASSIGNED, t0, me, holders[4]),
+                    _event(_KIND.HISTORY_EVENT_KIND_DEACTIVATED, t1, me),
+                ],
+            ),
+        ]
+        await self.conformance.SeedNumberHistory(
+            conformance_pb2.SeedNumberHistoryRequest(subscribers=subscribers, histories=histories),
+            timeout=CALL_TIMEOUT,
+        )
+        return w
+
+    async def issue(self, number: str, purpose: Purpose) -> claim_pb2.Envelope:
+        answer = await self.conformance.IssueTenureClaim(
+            conformance_pb2.IssueTenureClaimRequest(number=number, purpose=purpose.value),
+            timeout=CALL_TIMEOUT,
+        )
+        return answer.claim
+
+    async def recycled(
+        self, number: str, since: datetime
+    ) -> carrier_pb2.AnswerRecycledCheckResponse:
+        return await self.carrier.AnswerRecycledCheck(
+            carrier_pb2.AnswerRecycledCheckRequest(
+                number=number, since=to_timestamp(since), platform_id=AUDIENCE
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+
+
+async def _refused(call: object, code: grpc.StatusCode, what: str) -> str:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is not code:
+            raise CheckFailed(f"{what}: {exc.code().name}, not {code.name}") from None
+        return exc.code().name
+    raise CheckFailed(f"{what}: answered, not {code.name}")
+
+
+check = CARRIER_SUITE.check
+
+
+@check(
+    "claim_verifies_under_bundle",
+    "Each claim the carrier signs carries one signature by a key of the trust bundle, for its "
+    "own carrier id, the number asked and the purpose asked.",
+    "Platforms verify every claim themselves; a claim that does not verify is worthless.",
+)
+async def claim_verifies_under_bundle(kit: CarrierKit) -> str:
+    w = kit.world
+    trust = kit.trust()
+    done = []
+    for purpose in (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR, Purpose.QUERY_OWN):
+        env = await kit.issue(w.reassigned, purpose)
+        v = verify_tenure_claim(
+            Envelope.from_proto(env), trust, now=datetime.now(UTC), purposes=[purpose]
+        )
+        if v.claim.carrier_id != kit.t.carrier_id or v.carrier_id != kit.t.carrier_id:
+            raise CheckFailed(f"the claim speaks for {v.claim.carrier_id!r}")
+        if v.claim.number != w.reassigned:
+            raise CheckFailed("the claim names another number")
+        done.append(purpose.name)
+    return f"{', '.join(done)} claims verify"
+
+
+@check(
+    "tenure_start_matches_history",
+    "X in a claim is the moment the number was assigned to its current holder, not the first "
+    "holder's, nor the deactivation.",
+    "Platforms release exactly the bindings made before X; a wrong X hits the wrong holder.",
+)
+async def tenure_start_matches_history(kit: CarrierKit) -> str:
+    w = kit.world
+    env = await kit.issue(w.reassigned, Purpose.QUERY_PRIOR)
+    x = verify_tenure_claim(
+        Envelope.from_proto(env), kit.trust(), now=datetime.now(UTC), purposes=[Purpose.QUERY_PRIOR]
+    ).claim.tenure_start
+    if x != w.t2:
+        raise CheckFailed(
+            f"X is {x.isoformat()}; the current holder's tenure began {w.t2.isoformat()}"
+        )
+    return f"X = {x.date()}"
+
+
+@check(
+    "port_keeps_tenure_start",
+    "For a number ported in, X is still its assignment at the previous carrier; the port does "
+    "not move it.",
+    "A port changes the carrier, not the holder: with X at the port, the holder's own accounts "
+    "made before it would be released.",
+)
+async def port_keeps_tenure_start(kit: CarrierKit) -> str:
+    w = kit.world
+    env = await kit.issue(w.ported_in, Purpose.QUERY_PRIOR)
+    x = verify_tenure_claim(
+        Envelope.from_proto(env), kit.trust(), now=datetime.now(UTC), purposes=[Purpose.QUERY_PRIOR]
+    ).claim.tenure_start
+    if x != w.p0:
+        raise CheckFailed(
+            f"X is {x.isoformat()}; the holder was assigned the number {w.p0.isoformat()} "
+            f"(ported in {w.p1.isoformat()})"
+        )
+    return f"X = {x.date()}, the assignment before the port"
+
+
+@check(
+    "no_claim_without_current_holder",
+    "The carrier signs no claim for a number it no longer serves (ported out) or that nobody "
+    "holds (given up): NOT_FOUND.",
+    "A carrier may attest only numbers it serves now, for the holder it has now.",
+)
+async def no_claim_without_current_holder(kit: CarrierKit) -> str:
+    w = kit.world
+    await _refused(
+        kit.issue(w.ported_out, Purpose.QUERY_PRIOR), grpc.StatusCode.NOT_FOUND, "ported out"
+    )
+    await _refused(
+        kit.issue(w.given_up, Purpose.QUERY_PRIOR), grpc.StatusCode.NOT_FOUND, "given up"
+    )
+    return "both refused with NOT_FOUND"
+
+
+@check(
+    "recycled_check_cases",
+    "AnswerRecycledCheck says true exactly when `since` is before the current tenure began (a "
+    "gap counts), false from X on (a port is no change), and refuses future or pre-history dates "
+    "with OUT_OF_RANGE and numbers it does not serve with NOT_FOUND.",
+    "Platforms decide from this one bit whether to distrust a number; each wrong bit either "
+    "locks out a holder or lets a stranger in.",
+)
+async def recycled_check_cases(kit: CarrierKit) -> str:
+    w = kit.world
+    trust = kit.trust()
+    day = timedelta(days=1)
+    cases = [
+        ("since the current tenure began", w.reassigned, w.t2, False),
+        ("during the current tenure", w.reassigned, w.t2 + day, False),
+        ("during the gap between holders", w.reassigned, w.t1 + day, True),
+        ("during the previous holder's tenure", w.reassigned, w.t0 + day, True),
+        ("before a port, same holder", w.ported_in, w.p0 + day, False),
+        ("after a port", w.ported_in, w.p1 + day, False),
+    ]
+    for what, number, since, expected in cases:
+        answer = await kit.recycled(number, since)
+        v = verify_recycled_claim(
+            Envelope.from_proto(answer.answer), trust, now=datetime.now(UTC), audience=AUDIENCE
+        )
+        if v.claim.number != number or v.claim.since != since:
+            raise CheckFailed(f"{what}: the answer is about another number or date")
+        if v.claim.changed is not expected:
+            raise CheckFailed(f"{what}: answered changed={v.claim.changed}, expected {expected}")
+    errors = [
+        (
+            "a date in the future",
+            w.reassigned,
+            datetime.now(UTC) + day,
+            grpc.StatusCode.OUT_OF_RANGE,
+        ),
+        ("a date before the history", w.reassigned, w.t0 - day, grpc.StatusCode.OUT_OF_RANGE),
+        ("a number ported out", w.ported_out, w.p0 + day, grpc.StatusCode.NOT_FOUND),
+        ("an unknown number", kit.number(), w.t0, grpc.StatusCode.NOT_FOUND),
+    ]
+    for what, number, since, code in errors:
+        await _refused(kit.recycled(number, since), code, what)
+    return f"{len(cases)} answers right and signed, {len(errors)} refusals precise"
+
+
+@check(
+    "served_numbers_listed",
+    "ListServedNumbers lists every number the carrier serves now (held, or in its quiet "
+    "period) and no number ported away.",
+    "The gateway's portability registry, which decides who may attest a number, is seeded from it.",
+)
+async def served_numbers_listed(kit: CarrierKit) -> str:
+    w = kit.world
+    served: set[str] = set()
+    token = ""
+    for _ in range(1000):
+        page = await kit.carrier.ListServedNumbers(
+            carrier_pb2.ListServedNumbersRequest(page_size=500, page_token=token),
+            timeout=CALL_TIMEOUT,
+        )
+        served.update(page.numbers)
+        token = page.next_page_token
+        if not token:
+            break
+    missing = {w.reassigned, w.ported_in, w.given_up} - served
+    if missing:
+        raise CheckFailed(f"{len(missing)} served numbers are not listed")
+    if w.ported_out in served:
+        raise CheckFailed("a number ported to another carrier is still listed")
+    return f"{len(served)} numbers listed, the ported-out one not among them"
+
+
+@check(
+    "event_batch_signed",
+    "A lifecycle event batch carries one signature by a key of the trust bundle, names the "
+    "carrier, and holds exactly the events published.",
+    "Platforms apply events on the carrier's word alone; an unverifiable batch is ignored.",
+)
+async def event_batch_signed(kit: CarrierKit) -> str:
+    w = kit.world
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [
+        LifecycleEvent.new(w.reassigned, EventKind.REASSIGNED, now, tenure_start=w.t2),
+        LifecycleEvent.new(w.given_up, EventKind.PENDING_RELEASE, now, as_of=now),
+        LifecycleEvent.new(w.ported_in, EventKind.DEACTIVATED, now),
+    ]
+    answer = await kit.conformance.IssueEventBatch(
+        conformance_pb2.IssueEventBatchRequest(events=[e.to_proto() for e in events]),
+        timeout=CALL_TIMEOUT,
+    )
+    v = verify_event_batch(Envelope.from_proto(answer.batch), kit.trust(), now=datetime.now(UTC))
+    if v.carrier_id != kit.t.carrier_id:
+        raise CheckFailed(f"the batch speaks for {v.carrier_id!r}")
+    if list(v.events) != events:
+        raise CheckFailed("the signed batch does not hold exactly the events asked for")
+    return f"{len(events)} events, signature verifies"
+
+
+@check(
+    "gateway_only",
+    "CarrierService and the conformance service answer only the gateway's mTLS identity; any "
+    "other member gets PERMISSION_DENIED.",
+    "Recycled checks are rate-limited and audited at the gateway; a direct call would skip both.",
+)
+async def gateway_only(kit: CarrierKit) -> str:
+    me = PeerId(Role.CARRIER, kit.t.carrier_id)
+    channel = kit._channel(me, me)
+    w = kit.world
+    await _refused(
+        carrier_pb2_grpc.CarrierServiceStub(channel).AnswerRecycledCheck(
+            carrier_pb2.AnswerRecycledCheckRequest(
+                number=w.reassigned, since=to_timestamp(w.t2), platform_id=AUDIENCE
+            ),
+            timeout=CALL_TIMEOUT,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "CarrierService",
+    )
+    await _refused(
+        conformance_pb2_grpc.CarrierConformanceServiceStub(channel).IssueTenureClaim(
+            conformance_pb2.IssueTenureClaimRequest(
+                number=w.reassigned, purpose=Purpose.QUERY_PRIOR.value
+            ),
+            timeout=CALL_TIMEOUT,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "conformance service",
+    )
+    return f"{me.uri} refused on both services"
+
+
+async def run_carrier_kit(
+    target: CarrierTarget, *, only: tuple[str, ...] = (), timeout: float = 30.0
+) -> Report:
+    """Run the carrier checks (those named in ``only``, if given) against ``target``."""
+    unknown = sorted(set(only) - set(CARRIER_SUITE.names))
+    if unknown:
+        raise InvalidArgument("UNKNOWN_CHECK", f"no such carrier checks: {unknown}")
+    report = Report(CARRIER_SUITE.name, f"{target.carrier_id} at {target.target}")
+    async with CarrierKit(target) as kit:
+        return await CARRIER_SUITE.run(kit, report, only=only, timeout=timeout)

@@ -1,0 +1,178 @@
+"""Whole federations for tests: in this process, or one process per member.
+
+:func:`start_federation` runs the gateway, the carriers and the platforms as grpc.aio servers in
+the test's own event loop (fast; a test can reach into any member). :func:`spawn_federation`
+runs each as its own ``numfed <role> serve`` process, the way production runs them (slower; for
+tests that kill or restart members). Both lay the federation out with
+:func:`numfed.federation.create_federation` on free loopback ports, with real mTLS and SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from carrier_adapters.base import CarrierHandle, start_carrier
+from gateway.server import Gateway
+from numfed import pki
+from numfed.config import load_carrier_config, load_gateway_config, load_platform_config
+from numfed.federation import FederationLayout, create_federation
+from numfed.identity import PeerId, Role
+from platform_stubs.reference import PlatformHandle, start_platform
+
+__all__ = [
+    "Federation",
+    "FederationProcesses",
+    "spawn_federation",
+    "start_federation",
+    "wait_serving",
+]
+
+
+@dataclass
+class Federation:
+    """A federation running in this process."""
+
+    layout: FederationLayout
+    gateway: Gateway
+    carriers: dict[str, CarrierHandle] = field(default_factory=dict)
+    platforms: dict[str, PlatformHandle] = field(default_factory=dict)
+
+    async def restart_platform(self, platform_id: str) -> PlatformHandle:
+        config = load_platform_config(self.layout.platform_configs[platform_id])
+        handle = await start_platform(config)
+        await asyncio.wait_for(handle.trust.ready.wait(), 10)
+        self.platforms[platform_id] = handle
+        return handle
+
+    async def stop(self) -> None:
+        await self.gateway.stop(0)
+        for c in self.carriers.values():
+            await c.stop(0)
+        for p in self.platforms.values():
+            await p.stop(0)
+
+
+async def start_federation(root: Path, **kw: object) -> Federation:
+    """Lay out a federation in ``root`` (``kw`` go to ``create_federation``) and start it here.
+
+    Returns once the gateway is ready and every platform holds a verified trust bundle.
+    """
+    layout = create_federation(root, **kw)  # type: ignore[arg-type]
+    platforms = {
+        p: await start_platform(load_platform_config(cfg))
+        for p, cfg in layout.platform_configs.items()
+    }
+    carriers = {
+        c: await start_carrier(load_carrier_config(cfg))
+        for c, cfg in layout.carrier_configs.items()
+    }
+    gw = await Gateway.start(load_gateway_config(layout.gateway_config))
+    fed = Federation(layout, gw, carriers, platforms)
+    async with asyncio.timeout(20):
+        await gw.ready.wait()
+        for p in platforms.values():
+            await p.trust.ready.wait()
+    return fed
+
+
+@dataclass
+class FederationProcesses:
+    """A federation with one ``numfed`` process per member."""
+
+    layout: FederationLayout
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """"gateway", "carrier-<id>", "platform-<id>" -> its process."""
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal one member and wait for it to exit; returns its exit code."""
+        proc = self.processes[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            try:
+                self.stop(name)
+            except subprocess.TimeoutExpired:
+                self.stop(name, signal.SIGKILL)
+
+
+async def wait_serving(
+    endpoint: str, pki_dir: Path, server: PeerId, service: str = "", timeout: float = 20.0
+) -> None:
+    """Poll the gRPC health service at ``endpoint`` (mTLS, as the gateway) until SERVING."""
+    async with asyncio.timeout(timeout):
+        while True:
+            channel = pki.secure_channel(endpoint, pki_dir, pki.GATEWAY, server=server)
+            try:
+                answer = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                )
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            finally:
+                await channel.close()
+            await asyncio.sleep(0.1)
+
+
+def _spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+async def spawn_federation(
+    root: Path,
+    *,
+    carriers: Sequence[str] | None = None,
+    platforms: Sequence[str] | None = None,
+    **kw: object,
+) -> FederationProcesses:
+    """Lay out a federation in ``root`` and start each member as its own process.
+
+    Returns once every platform and the gateway answer health checks as SERVING; each
+    process's output goes to ``root/logs/<name>.log``. Call ``stop_all()`` when done.
+    """
+    if carriers is not None:
+        kw["carriers"] = tuple(carriers)
+    if platforms is not None:
+        kw["platforms"] = tuple(platforms)
+    layout = create_federation(root, **kw)  # type: ignore[arg-type]
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    fed = FederationProcesses(layout)
+    try:
+        for c, cfg in layout.carrier_configs.items():
+            fed.processes[f"carrier-{c}"] = _spawn("carrier", cfg, logs / f"carrier-{c}.log")
+        for p, cfg in layout.platform_configs.items():
+            fed.processes[f"platform-{p}"] = _spawn("platform", cfg, logs / f"platform-{p}.log")
+        fed.processes["gateway"] = _spawn("gateway", layout.gateway_config, logs / "gateway.log")
+        await wait_serving(
+            layout.gateway_endpoint, layout.pki_dir, pki.GATEWAY, "numfed.v1.GatewayService"
+        )
+        waits: Mapping[str, str] = layout.platform_endpoints
+        for p, endpoint in waits.items():
+            await wait_serving(
+                endpoint, layout.pki_dir, PeerId(Role.PLATFORM, p), "numfed.v1.PlatformService"
+            )
+    except BaseException:
+        fed.stop_all()
+        raise
+    return fed
