@@ -111,12 +111,10 @@ async def test_hanging_and_failing_platforms_leave_the_others_alone_and_the_brea
             )
         assert links["weibo"].breaker.state is BreakerState.OPEN
         assert links["taobao"].breaker.state is BreakerState.OPEN
-        # Open: the hanging platform holds nothing; a query answers at once, weibo fails fast.
-        t0 = time.monotonic()
+        # Open: the hanging platform holds nothing; weibo fails fast, without being called.
         resp = await stub.QueryBindings(_claim(signer, Purpose.QUERY_PRIOR), timeout=5)
-        assert time.monotonic() - t0 < 0.4
         weibo = next(r for r in resp.results if r.platform_id == "weibo")
-        assert "circuit" in weibo.status.message or "failed repeatedly" in weibo.status.message
+        assert rpc_status_reason(weibo) == "PLATFORM_CIRCUIT_OPEN"
         assert links["weibo"].queries.in_flight == 0
         # A release: the healthy platforms finish it; the two broken ones stay pending.
         op = await stub.ReleaseBindings(_release(signer, 0), timeout=5)
@@ -157,7 +155,7 @@ async def test_deadlines_follow_the_caller_and_cancelling_cancels_downstream(
     fed = await start_federation(
         tmp_path / "fed",
         platform_knobs={"weibo": HANG},
-        limits={"platform_call_timeout": 30.0, "breaker_failures": 100},
+        limits={"platform_call_timeout": 30.0, "breaker_failures": 100, "deadline_margin": 0.5},
     )
     try:
         signer = pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")
@@ -166,16 +164,16 @@ async def test_deadlines_follow_the_caller_and_cancelling_cancels_downstream(
             fed.layout.gateway_endpoint, fed.layout.pki_dir, CMCC, server=pki.GATEWAY
         ) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
-            # The caller allows 0.8 s: the answer comes inside it, weibo marked as timed out.
-            t0 = time.monotonic()
-            resp = await stub.QueryBindings(_claim(signer, Purpose.QUERY_PRIOR), timeout=0.8)
-            assert time.monotonic() - t0 < 0.8
+            # The caller allows 2 s: the answer comes inside it (else this call would fail with
+            # DEADLINE_EXCEEDED), weibo marked as timed out.
+            resp = await stub.QueryBindings(_claim(signer, Purpose.QUERY_PRIOR), timeout=2.0)
             late = next(r for r in resp.results if r.platform_id == "weibo")
             assert late.outcome == Outcome.PLATFORM_OUTCOME_UNAVAILABLE
             assert rpc_status_reason(late) == "PLATFORM_TIMEOUT"
-            # ... and the call to weibo went with it, though weibo's own limit was 30 s.
-            await asyncio.sleep(0.1)
-            assert weibo.queries.in_flight == 0
+            # ... and the call to weibo ended with it, though weibo's own limit was 30 s.
+            async with asyncio.timeout(2):
+                while weibo.queries.in_flight:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
             # The caller sets no deadline and cancels: the downstream call is cancelled too.
             call = stub.QueryBindings(_claim(signer, Purpose.QUERY_PRIOR))
             async with asyncio.timeout(5):
