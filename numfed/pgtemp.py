@@ -7,6 +7,11 @@ runs as the ``postgres`` system user (Debian's package creates it), in a private
 own under the system temporary directory (which that user can reach, unlike a root-only test
 folder); the folder is removed on stop.
 
+The server never outlives the process that started it: a watchdog process holds the read end of
+a pipe whose write end only this process has. When this process ends in any way (``stop``, an
+exception, SIGKILL), the pipe closes, and the watchdog stops the server (immediate shutdown) and
+removes its folder. A killed test run leaves no PostgreSQL behind.
+
     with TempPostgres(tmp / "pg") as pg:
         url = pg.create_database("gw1")   # postgresql+psycopg://...
 """
@@ -20,6 +25,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +35,20 @@ __all__ = ["PostgresUnavailable", "TempPostgres", "find_bin_dir"]
 
 SEARCH = ("/usr/lib/postgresql/*/bin",)
 """Where Debian's ``postgresql`` package puts the server binaries (one folder per version)."""
+
+
+_WATCHDOG = """
+import shutil, subprocess, sys
+pg_ctl, data, private, as_postgres = sys.argv[1:5]
+sys.stdin.buffer.read()  # returns when the starting process closes the pipe or dies
+cmd = [pg_ctl, "-D", data, "-m", "immediate", "stop"]
+if as_postgres == "1":
+    cmd = ["runuser", "-u", "postgres", "--", *cmd]
+subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+if private:
+    shutil.rmtree(private, ignore_errors=True)
+"""
+"""Runs beside the server: waits for EOF on stdin, then stops the server (see module doc)."""
 
 
 class PostgresUnavailable(RuntimeError):
@@ -73,6 +93,7 @@ class TempPostgres:
         self.data = self.directory / "data"
         self.user = user
         self.port = 0
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -127,6 +148,7 @@ class TempPostgres:
             ]
         )
         log = self.directory / "server.log"
+        self._start_watchdog()
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -140,6 +162,37 @@ class TempPostgres:
         )
         self._wait_ready()
         return self
+
+    def _start_watchdog(self) -> None:
+        """Start the process that stops the server once this one is gone (see module doc)."""
+        if self._watchdog is not None:
+            return
+        self._watchdog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                str(self.bin / "pg_ctl"),
+                str(self.data),
+                str(self.directory) if self._private else "",
+                "1" if self._as_postgres else "0",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the test run must not stop it before cleanup
+        )
+
+    def _stop_watchdog(self) -> None:
+        dog, self._watchdog = self._watchdog, None
+        if dog is None:
+            return
+        assert dog.stdin is not None
+        dog.stdin.close()
+        try:
+            dog.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            dog.kill()
 
     def _wait_ready(self, timeout: float = 30) -> None:
         end = time.monotonic() + timeout
@@ -169,6 +222,7 @@ class TempPostgres:
             with contextlib.suppress(PostgresUnavailable, subprocess.TimeoutExpired):
                 self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
             self.port = 0
+        self._stop_watchdog()
         if self._private:
             shutil.rmtree(self.directory, ignore_errors=True)
 

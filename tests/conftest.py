@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from hypothesis import settings
 
@@ -23,6 +24,18 @@ from numfed.pgtemp import PostgresUnavailable, TempPostgres
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Initialise grpc's asyncio layer once for the whole test process.
+
+    grpc shuts that layer down when its last aio object is garbage-collected, and the shutdown
+    can hang joining its poller thread (grpc/grpc#22365) when that happens in the middle of a
+    run, e.g. while pytest drops a test's fixtures. Holding one reference from the start means
+    the shutdown never runs mid-run; the process exit ends it.
+    """
+    grpc.aio.init_grpc_aio()
+
 
 BACKENDS = ["sqlite", "postgresql"]
 _names = itertools.count(1)

@@ -17,7 +17,18 @@ from __future__ import annotations
 
 import importlib.util
 
+import grpc
+import pytest
+
 __all__: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Initialise grpc's asyncio layer once per test process, so that its shutdown (which can
+    hang joining the poller thread, grpc/grpc#22365) never runs when the last aio object of a
+    test is garbage-collected mid-run."""
+    grpc.aio.init_grpc_aio()
+
 
 if importlib.util.find_spec("pytest_asyncio") is not None:
     from numfed.testing.fixtures import (
