@@ -383,6 +383,7 @@ def bench_verification(size: Size, workdir: Path) -> dict[str, Any]:
     from gateway.pseudonym import Pseudonymizer
     from numfed.envelope import pae
     from numfed.identity import PeerId, Role
+    from numfed.portability import NumberPlan
     from numfed.trustfiles import load_trusted_state
 
     layout = create_federation(workdir / "verify", carriers=("cmcc",), platforms=("weibo",))
@@ -390,7 +391,11 @@ def bench_verification(size: Size, workdir: Path) -> dict[str, Any]:
     trust = load_trusted_state(layout.trust_dir, now=now)
     pseudonym = Pseudonymizer(b"k" * 32)
     envelopes = [Envelope.from_proto(claim_for(layout, Purpose.QUERY_PRIOR, i)) for i in range(50)]
-    portability = Portability({pseudonym(n): "cmcc" for n, _ in served_now()})
+    portability = Portability(
+        NumberPlan.from_bundle(trust.bundle),
+        pseudonym,
+        {pseudonym(n): "cmcc" for n, _ in served_now()},
+    )
     caller = PeerId(Role.CARRIER, "cmcc")
     spki = pki.load_carrier_signer(layout.pki_dir, "cmcc").public.spki
     public = serialization.load_der_public_key(spki)

@@ -34,7 +34,7 @@ from numfed.claims import Purpose, RecycledClaim, TenureClaim, sign_claim
 from numfed.config import CarrierConfig, load_carrier_config
 from numfed.envelope import SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
-from numfed.events import LifecycleEvent, sign_event_batch
+from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
@@ -56,7 +56,7 @@ CARRIER_SERVICE = "numfed.v1.CarrierService"
 HOLDER_SERVICE = "numfed.v1.HolderService"
 POLICY = {
     f"/{CARRIER_SERVICE}/{method}": frozenset({Role.GATEWAY})
-    for method in ("ListServedNumbers", "AnswerRecycledCheck")
+    for method in ("ListServedNumbers", "ListPortHalves", "AnswerRecycledCheck")
 }
 """Who may call what on the federation listener: the gateway, and only the gateway."""
 
@@ -174,6 +174,34 @@ class CarrierAdapter:
             binding_refs=refs,
         )
         return sign_claim(claim, self.signer).to_proto()
+
+    def port_halves(self) -> list[LifecycleEvent]:
+        """This carrier's half of every port it took part in, as donor or recipient, up to now.
+
+        Each half is a PORTED event whose event_id derives from its fields and this carrier, so
+        the same half always carries the same id (platforms apply an event once by its id). The
+        number moves for the federation only once the other carrier's half is in too
+        (docs/authority.md).
+        """
+        now = self.clock()
+        halves = []
+        for history in self.registry.histories():
+            for at, donor, recipient in history.ports():
+                if at > now or self.carrier_id not in (donor, recipient):
+                    continue
+                seed = f"numfed port half\0{history.number}\0{donor}\0{recipient}\0{at.isoformat()}"
+                event_id = hashlib.sha256(f"{seed}\0{self.carrier_id}".encode()).digest()[:16]
+                halves.append(
+                    LifecycleEvent(
+                        event_id,
+                        history.number,
+                        EventKind.PORTED,
+                        at,
+                        from_carrier=donor,
+                        to_carrier=recipient,
+                    )
+                )
+        return halves
 
     def sign_events(self, events: Sequence[LifecycleEvent]) -> claim_pb2.Envelope:
         """A batch of lifecycle events signed as the carrier publishes it."""

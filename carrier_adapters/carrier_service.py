@@ -15,6 +15,7 @@ import grpc
 
 from numfed.claims import normalize_number
 from numfed.errors import InvalidArgument
+from numfed.events import MAX_EVENTS_PER_BATCH
 from numfed.timeutil import from_timestamp
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc
 
@@ -25,6 +26,7 @@ __all__ = ["CarrierServicer", "page_of"]
 
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
+MAX_HALVES_PAGE = MAX_EVENTS_PER_BATCH
 
 
 def _token(last: str) -> str:
@@ -67,6 +69,31 @@ class CarrierServicer(carrier_pb2_grpc.CarrierServiceServicer):
         numbers = self._a.registry.served_numbers(self._a.clock())
         page, token = page_of(numbers, request.page_size, request.page_token)
         return carrier_pb2.ListServedNumbersResponse(numbers=page, next_page_token=token)
+
+    async def ListPortHalves(
+        self,
+        request: carrier_pb2.ListPortHalvesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> carrier_pb2.ListPortHalvesResponse:
+        if request.page_size > MAX_HALVES_PAGE:
+            raise InvalidArgument("BAD_PAGE_SIZE", f"page_size is at most {MAX_HALVES_PAGE}")
+        size = request.page_size or MAX_HALVES_PAGE
+        halves = sorted(self._a.port_halves(), key=lambda e: (e.number, e.at))
+        if request.page_token:
+            # Keyset on the number: the halves of one number always share a page or follow it.
+            last = _after(request.page_token)
+            halves = [h for h in halves if h.number > last]
+        page = halves[:size]
+        more = len(halves) > size
+        if more:  # end the page on a number boundary, so the next page starts after it
+            cut = page[-1].number
+            page = [h for h in page if h.number != cut] or page
+        answer = carrier_pb2.ListPortHalvesResponse(
+            next_page_token=_token(page[-1].number) if more else ""
+        )
+        if page:
+            answer.batch.CopyFrom(self._a.sign_events(page))
+        return answer
 
     async def AnswerRecycledCheck(
         self,

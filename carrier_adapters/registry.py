@@ -161,6 +161,10 @@ class SubscriberRegistry:
             raise AlreadyExists("ALREADY_RECORDED", "a subscriber or number is known") from exc
         self._load()
 
+    def histories(self) -> list[NumberHistory]:
+        """Every number this carrier knows, sorted by number."""
+        return [self._histories[n] for n in sorted(self._histories)]
+
     def history(self, number: str) -> NumberHistory:
         h = self._histories.get(number)
         if h is None:

@@ -2,7 +2,8 @@
 
 A platform verifies every claim itself; the gateway checks too, so that a bad claim changes
 nothing and never reaches a platform. The signing carrier must be the caller, and the caller
-must serve the number now (portability registry).
+must serve the number now: its range holder, unless a port both carriers signed moved it
+(docs/authority.md).
 """
 
 from __future__ import annotations
@@ -15,28 +16,52 @@ from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, PermissionDenied
 from numfed.identity import PeerId, Role
+from numfed.portability import NumberPlan
 from numfed.trust import TrustedState
 
 __all__ = ["CheckedClaim", "Portability", "check_claim", "select_platforms"]
 
 
 class Portability:
-    """number pseudonym -> the carrier serving it now."""
+    """Who serves each number, for the claim path: the numbering plan, and the ports completed
+    so far (number pseudonym -> recipient), mirrored in memory from the ``number_ports`` table.
 
-    def __init__(self, entries: Mapping[str, str] | None = None) -> None:
-        self._by_key: dict[str, str] = dict(entries or {})
+    Event authority is judged against the database (:mod:`numfed.portstate`); this mirror only
+    spares the claim path a database read. ``seq`` is the last event batch whose completed ports
+    it holds, so a replica can catch up on ports completed through another one.
+    """
 
-    def set(self, number_key: str, carrier_id: str) -> None:
-        self._by_key[number_key] = carrier_id
+    def __init__(
+        self,
+        plan: NumberPlan,
+        pseudonym: Callable[[str], str],
+        ported: Mapping[str, str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self._pseudonym = pseudonym
+        self._ported: dict[str, str] = dict(ported or {})
+        self.seq = 0
 
-    def update(self, entries: Iterable[tuple[str, str]]) -> None:
-        self._by_key.update(entries)
+    def apply(self, ported: Iterable[tuple[str, str, int]]) -> None:
+        """Take every port completed after ``seq``, read in seq order from the database:
+        (number pseudonym, serving carrier, seq that completed it)."""
+        for key, carrier, seq in ported:
+            self._ported[key] = carrier
+            self.seq = max(self.seq, seq)
 
-    def carrier_for(self, number_key: str) -> str | None:
-        return self._by_key.get(number_key)
+    def record(self, number_key: str, carrier_id: str) -> None:
+        """A port this replica just completed. ``seq`` stays, so the next :meth:`apply` still
+        reads the ports other replicas completed before it."""
+        self._ported[number_key] = carrier_id
+
+    def carrier_for(self, number: str) -> str | None:
+        """The carrier serving ``number`` now, or None when no carrier does."""
+        ported = self._ported.get(self._pseudonym(number)) if self._ported else None
+        return ported if ported is not None else self.plan.range_holder(number)
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        """How many numbers have been ported."""
+        return len(self._ported)
 
 
 @dataclass(frozen=True)
@@ -70,7 +95,7 @@ def check_claim(
             f"claim signed for carrier {verified.carrier_id!r}, presented by {caller.id!r}",
         )
     key = pseudonym(verified.claim.number)
-    serving = portability.carrier_for(key)
+    serving = portability.carrier_for(verified.claim.number)
     if serving != caller.id:
         raise PermissionDenied(
             "NUMBER_NOT_SERVED",

@@ -32,7 +32,7 @@ import grpc
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.platforms import PlatformLink
-from gateway.results import RETRYABLE_CODES, now_us, result_from_error, result_from_item
+from gateway.results import now_us, result_from_error, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
 from numfed.errors import Unavailable
@@ -194,7 +194,7 @@ class Dispatcher:
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
-                if r.status.code in RETRYABLE_CODES:
+                if retryable(r.status):
                     err = Unavailable("PLATFORM_UNAVAILABLE", r.status.message)
                     updates.append(self._retry_or_expire(task, job, err))
                     continue

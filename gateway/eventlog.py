@@ -12,13 +12,21 @@ replica's lease runs out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import overload
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.schema import event_batches, event_cursors
 from numfed.db import serialize
 
-__all__ = ["EventLog"]
+__all__ = ["Authorize", "EventLog"]
+
+Authorize = Callable[[sa.Connection], Callable[[int], None] | None]
+"""Judges a batch inside the append transaction, under the append lock: raises to refuse it,
+returns None to append nothing (it would change nothing), or a function that writes what the
+batch changes once its seq is known."""
 
 APPEND_LOCK = 0x6E756D66_0003
 """Advisory lock key for appending batches (PostgreSQL)."""
@@ -28,17 +36,43 @@ class EventLog:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def append(self, carrier_id: str, envelope: bytes, events: int, now_us: int) -> int:
+    @overload
+    def append(self, carrier_id: str, envelope: bytes, events: int, now_us: int) -> int: ...
+
+    @overload
+    def append(
+        self, carrier_id: str, envelope: bytes, events: int, now_us: int, authorize: Authorize
+    ) -> int | None: ...
+
+    def append(
+        self,
+        carrier_id: str,
+        envelope: bytes,
+        events: int,
+        now_us: int,
+        authorize: Authorize | None = None,
+    ) -> int | None:
+        """Append one signed batch; return its seq (None when ``authorize`` declined it).
+
+        ``authorize`` runs first in the same transaction, so what it reads is the state after
+        every batch before this one, and what it writes commits with the batch or not at all.
+        """
         with self.engine.begin() as c:
             serialize(c, APPEND_LOCK)
+            after = authorize(c) if authorize is not None else None
+            if authorize is not None and after is None:
+                return None
             res = c.execute(
                 sa.insert(event_batches).values(
                     carrier_id=carrier_id, received_us=now_us, events=events, envelope=envelope
                 )
             )
-            seq = res.inserted_primary_key
-            assert seq is not None
-            return int(seq[0])
+            key = res.inserted_primary_key
+            assert key is not None
+            seq = int(key[0])
+            if after is not None:
+                after(seq)
+            return seq
 
     def head(self) -> int:
         with self.engine.connect() as c:

@@ -12,15 +12,17 @@ from google.rpc import status_pb2
 
 from gateway.store import TASK_DONE, JobRow, TaskRow
 from numfed.errors import NumfedError
-from numfed.rpc import error_status
+from numfed.rpc import error_info, error_status
 from numfed.timeutil import to_us
 from numfed.v1 import binding_pb2, gateway_pb2
 
 __all__ = [
     "RETRYABLE_CODES",
+    "STALE_VERIFIER_REASONS",
     "operation",
     "result_from_error",
     "result_from_item",
+    "retryable",
 ]
 
 RETRYABLE_CODES = frozenset(
@@ -36,6 +38,21 @@ RETRYABLE_CODES = frozenset(
     )
 )
 """Per-platform failures that a release retries; any other code is the platform's answer."""
+
+STALE_VERIFIER_REASONS = frozenset({"NUMBER_NOT_SERVED"})
+"""Refusals that may be the platform's own staleness rather than a verdict on the claim: a
+platform behind on the event log has not yet seen the port that made the claim's carrier the
+serving one (docs/authority.md). The gateway checked the same rule against the whole log, so
+these are retried like an unavailable platform, never taken as final."""
+
+
+def retryable(status: status_pb2.Status) -> bool:
+    """Whether a per-claim answer is a failure to retry rather than the platform's verdict."""
+    if status.code in RETRYABLE_CODES:
+        return True
+    info = error_info(status)
+    return info is not None and info.reason in STALE_VERIFIER_REASONS
+
 
 Outcome = gateway_pb2.PlatformOutcome
 
@@ -70,7 +87,7 @@ def result_from_item(
         )
     outcome = (
         Outcome.PLATFORM_OUTCOME_UNAVAILABLE
-        if status.code in RETRYABLE_CODES
+        if retryable(status)
         else Outcome.PLATFORM_OUTCOME_REFUSED
     )
     return gateway_pb2.PlatformResult(

@@ -22,6 +22,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from numfed.portstate import port_tables
+
 metadata = MetaData()
 
 release_jobs = Table(
@@ -70,13 +72,9 @@ task_leases = Table(
 """Every lease a replica was granted on a task, from grant to release, expiry or outcome: the
 database's own record that no task was held by two replicas at once."""
 
-portability = Table(
-    "portability",
-    metadata,
-    Column("number_key", String(64), primary_key=True),
-    Column("carrier_id", String(32), nullable=False),
-    Column("updated_us", BigInteger, nullable=False),
-)
+number_ports, port_halves = port_tables(metadata)
+"""Who serves which number beyond the numbering plan: completed ports and pending halves, by
+number pseudonym (numfed/portstate.py, docs/authority.md)."""
 
 audit_log = Table(
     "audit_log",

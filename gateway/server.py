@@ -13,23 +13,31 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.admission import admission
-from gateway.audit import AuditWriter
+from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.publisher import EventPublisher
 from gateway.pusher import EventPusher
 from gateway.results import now_us
+from gateway.schema import number_ports, port_halves
 from gateway.service import GatewayServicer, TrustFiles
 from gateway.store import Store
 from gateway.watchers import JobWatchers
 from numfed import pki
 from numfed.config import GatewayConfig, Member, load_gateway_config
+from numfed.envelope import Envelope
+from numfed.errors import NumfedError, PermissionDenied
+from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.portability import NumberPlan
+from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
 from numfed.serving import run_until_signalled
+from numfed.trust import TrustedState
 from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
@@ -67,8 +75,13 @@ class Gateway:
     pseudonym: Pseudonymizer
     audit: AuditWriter
     events: EventLog
+    publisher: EventPublisher
+    ports: PortStore
+    trust: TrustedState
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synced: set[str] = field(default_factory=set)
+    _halves_from: set[str] = field(default_factory=set)
+    _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
 
@@ -116,9 +129,9 @@ class Gateway:
             )
             for m in config.carriers
         }
-        portability = Portability(await store.run(store.load_portability))
-        seeds = [(pseudonym(n), c) for n, c in config.portability.items()]
-        portability.update(seeds)
+        ports = PortStore((number_ports, port_halves), pseudonym)
+        portability = Portability(NumberPlan.from_bundle(trust.bundle), pseudonym)
+        portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
         audit = AuditWriter(store.engine, store.run)
@@ -143,6 +156,15 @@ class Gateway:
             owner=owner,
             on_change=watchers.notify,
         )
+        publisher = EventPublisher(
+            store=store,
+            events=events,
+            ports=ports,
+            portability=portability,
+            pseudonym=pseudonym,
+            audit=audit.record,
+            on_events=lambda: wake_all(pushers),
+        )
         servicer = GatewayServicer(
             store=store,
             trust=trust,
@@ -159,7 +181,7 @@ class Gateway:
                 c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
             },
             events=events,
-            on_events=lambda: wake_all(pushers),
+            publisher=publisher,
         )
 
         def register(server: grpc.aio.Server) -> str:
@@ -184,6 +206,9 @@ class Gateway:
             pseudonym,
             audit,
             events,
+            publisher,
+            ports,
+            trust,
         )
         audit.start()
         # Ready once every carrier has told us which numbers it serves.
@@ -194,34 +219,95 @@ class Gateway:
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         gw.tasks += [asyncio.create_task(p.run()) for p in pushers]
         for member in config.carriers:
-            gw.tasks.append(asyncio.create_task(gw._sync_portability(member)))
+            gw.tasks.append(asyncio.create_task(gw._sync_carrier_forever(member)))
+        gw.tasks.append(asyncio.create_task(gw._follow_ports()))
         return gw
 
     async def sync_carrier(self, member: Member) -> int:
-        """Ask one carrier which numbers it serves now; record them. Returns how many."""
+        """Take a carrier's signed port halves, then (once every carrier's halves are in)
+        compare what it says it serves with who serves each number. Returns how many numbers
+        the carrier claims but does not serve (disputes: logged and audited, never applied)."""
+        await self._take_port_halves(member)
+        self._halves_from.add(member.id)
+        if self._halves_from >= {m.id for m in self.config.carriers}:
+            self._all_halves.set()
+        await self._all_halves.wait()  # a port's other half may come from a later carrier
+        await self._refresh_ports()  # another replica may have completed ports meanwhile
+        return await self._count_disputes(member)
+
+    async def _count_disputes(self, member: Member) -> int:
         stub = carrier_pb2_grpc.CarrierServiceStub(self.carrier_channels[member.id])
         token = ""
-        entries: list[tuple[str, str]] = []
+        disputed = listed = 0
         while True:
             page = await stub.ListServedNumbers(
                 carrier_pb2.ListServedNumbersRequest(page_size=5000, page_token=token),
                 timeout=self.config.limits.default_call_timeout,
             )
-            entries += [(self.pseudonym(n), member.id) for n in page.numbers]
+            listed += len(page.numbers)
+            disputed += sum(1 for n in page.numbers if self.portability.carrier_for(n) != member.id)
             token = page.next_page_token
             if not token:
                 break
-        self.portability.update(entries)
-        await self.store.run(self.store.put_portability, entries, now_us())
-        return len(entries)
+        if disputed:
+            log.warning(
+                "portability: %s lists %d of %d numbers that another carrier serves "
+                "(a port without both carriers' halves?)",
+                member.id,
+                disputed,
+                listed,
+            )
+            self.audit.record(
+                AuditRecord(
+                    now_us(),
+                    "PORTABILITY_DISPUTE",
+                    PeerId(Role.CARRIER, member.id).uri,
+                    outcome="NOT_APPLIED",
+                    detail={"numbers": str(disputed), "listed": str(listed)},
+                )
+            )
+        return disputed
 
-    async def _sync_portability(self, member: Member) -> None:
-        """Learn which numbers a carrier serves; retry until it answers, then every minute."""
+    async def _take_port_halves(self, member: Member) -> None:
+        """Judge and log every signed port half the carrier holds that the gateway lacks."""
+        stub = carrier_pb2_grpc.CarrierServiceStub(self.carrier_channels[member.id])
+        actor = PeerId(Role.CARRIER, member.id).uri
+        token = ""
+        while True:
+            page = await stub.ListPortHalves(
+                carrier_pb2.ListPortHalvesRequest(page_token=token),
+                timeout=self.config.limits.default_call_timeout,
+            )
+            if page.HasField("batch"):
+                try:
+                    envelope = Envelope.from_proto(page.batch)
+                    batch = verify_event_batch(envelope, self.trust, now=datetime.now(UTC))
+                    if batch.carrier_id != member.id or any(
+                        e.kind is not EventKind.PORTED for e in batch.events
+                    ):
+                        raise PermissionDenied(
+                            "NOT_PORT_HALVES", "a sync answer holds the carrier's own halves only"
+                        )
+                    raw = page.batch.SerializeToString(deterministic=True)
+                    await self.publisher.publish(batch, raw, actor=actor, only_if_changed=True)
+                except NumfedError as err:
+                    log.warning(
+                        "port halves from %s refused: %s %s", member.id, err.reason, err.message
+                    )
+                    self.audit.record(
+                        AuditRecord(now_us(), "PORT_HALVES", actor, outcome=err.reason)
+                    )
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def _sync_carrier_forever(self, member: Member) -> None:
+        """Sync with a carrier; retry until it answers, then every minute."""
         delay = 0.2
         while True:
             try:
-                count = await self.sync_carrier(member)
-                log.info("portability: %d numbers served by %s", count, member.id)
+                disputed = await self.sync_carrier(member)
+                log.info("carrier %s synced (%d disputed numbers)", member.id, disputed)
                 self.synced.add(member.id)
                 if self.synced >= {m.id for m in self.config.carriers}:
                     await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -231,6 +317,21 @@ class Gateway:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
             await asyncio.sleep(delay)
+
+    async def _refresh_ports(self) -> None:
+        """Mirror ports completed through other replicas into the claim path's view."""
+        fresh = await self.store.run(
+            self.ports.read_completed, self.store.engine, self.portability.seq
+        )
+        self.portability.apply(fresh)
+
+    async def _follow_ports(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.limits.portability_refresh)
+            try:
+                await self._refresh_ports()
+            except NumfedError as err:
+                log.info("reading completed ports failed (%s); retrying", err.reason)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release

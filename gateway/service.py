@@ -21,6 +21,7 @@ from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
+from gateway.publisher import EventPublisher
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow
 from gateway.watchers import JobWatchers
@@ -36,7 +37,7 @@ from numfed.errors import (
     PermissionDenied,
     Unavailable,
 )
-from numfed.events import EventKind, verify_event_batch
+from numfed.events import verify_event_batch
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
 from numfed.timeutil import to_us
@@ -116,10 +117,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         audit: AuditWriter,
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
-        on_events: Callable[[], None] = lambda: None,
+        publisher: EventPublisher,
     ) -> None:
         self._events = events
-        self._on_events = on_events
+        self._publisher = publisher
         self._audit = audit
         self._carrier_stubs = carrier_stubs
         self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
@@ -365,7 +366,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if not request.HasField("since"):
                 raise InvalidArgument("MISSING_SINCE", "since is required")
             number_key = self._pseudonym(number)
-            carrier = self._portability.carrier_for(number_key)
+            carrier = self._portability.carrier_for(number)
             if carrier is None or carrier not in self._carrier_stubs:
                 raise NotFound("UNKNOWN_NUMBER", "no carrier of the federation serves the number")
             try:
@@ -405,38 +406,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         batch = verify_event_batch(envelope, self._trust, now=datetime.now(UTC))
         if batch.carrier_id != caller.id:
             raise PermissionDenied("CALLER_NOT_SIGNER", "a carrier publishes its own batches only")
-        ported: list[tuple[str, str]] = []
-        for e in batch.events:
-            key = self._pseudonym(e.number)
-            if e.kind is EventKind.PORTED:
-                if e.to_carrier != caller.id:
-                    raise PermissionDenied(
-                        "NOT_RECEIVING_CARRIER", "the receiving carrier announces a port"
-                    )
-                ported.append((key, caller.id))
-            elif self._portability.carrier_for(key) != caller.id:
-                raise PermissionDenied(
-                    "NUMBER_NOT_SERVED",
-                    f"carrier {caller.id!r} does not serve a number in the batch",
-                )
         raw = request.batch.SerializeToString(deterministic=True)
-        seq = await self._store.run(
-            self._events.append, caller.id, raw, len(batch.events), now_us()
-        )
-        if ported:
-            self._portability.update(ported)
-            await self._store.run(self._store.put_portability, ported, now_us())
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "EVENTS_PUBLISHED",
-                caller.uri,
-                "",
-                "ACCEPTED",
-                {"seq": str(seq), "events": str(len(batch.events))},
-            )
-        )
-        self._on_events()
+        seq = await self._publisher.publish(batch, raw, actor=caller.uri)
+        assert seq is not None  # only a sync skips batches that change nothing
         return gateway_pb2.PublishEventsResponse(seq=seq)
 
     async def PullEvents(

@@ -1,4 +1,4 @@
-"""The gateway's durable state: release jobs and their per-platform tasks, and portability.
+"""The gateway's durable state: release jobs and their per-platform tasks.
 
 SQLAlchemy 2.0 Core at the edge. Every public method is synchronous and runs on the store's
 own worker threads (:meth:`Store.run`: one for SQLite, so it sees one writer; several for
@@ -25,10 +25,9 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.schema import portability, release_jobs, release_tasks, task_leases
+from gateway.schema import release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
@@ -107,7 +106,7 @@ def _lease_record(owner: str) -> sa.Update:
 
 
 class Store:
-    """Jobs, tasks and portability on one database URL."""
+    """Jobs and tasks on one database URL."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -492,27 +491,3 @@ class Store:
                     release_tasks.c.state == TASK_PENDING
                 )
             ).scalar_one_or_none()
-
-    # -- portability ----------------------------------------------------------------------------
-
-    def put_portability(self, entries: Iterable[tuple[str, str]], now_us: int) -> None:
-        # Last writer wins per number; an upsert, so replicas syncing at once never collide.
-        latest = {k: c for k, c in entries}
-        rows = [{"number_key": k, "carrier_id": c, "updated_us": now_us} for k, c in latest.items()]
-        if not rows:
-            return
-        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(portability)
-        stmt = insert.on_conflict_do_update(
-            index_elements=[portability.c.number_key],
-            set_={
-                "carrier_id": insert.excluded.carrier_id,
-                "updated_us": insert.excluded.updated_us,
-            },
-        )
-        with self.engine.begin() as conn:
-            for i in range(0, len(rows), 1000):
-                conn.execute(stmt, rows[i : i + 1000])
-
-    def load_portability(self) -> dict[str, str]:
-        with self.engine.connect() as conn:
-            return {r.number_key: r.carrier_id for r in conn.execute(sa.select(portability))}

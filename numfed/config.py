@@ -80,6 +80,8 @@ class Limits:
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
+    portability_refresh: float = 1.0
+    """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:
@@ -114,7 +116,6 @@ class GatewayConfig:
     database_url: str
     carriers: tuple[Member, ...]
     platforms: tuple[Member, ...]
-    portability: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     gateway_id: str = "main"
     pseudonym_key_file: Path | None = None
@@ -218,9 +219,12 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     sec = _section(raw, "gateway")
     state_dir = base / _str(sec, "state_dir", "gateway")
     url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
-    portability = raw.get("portability", {})
-    if not all(isinstance(v, str) for v in portability.values()):
-        raise InvalidArgument("BAD_CONFIG", "[portability] maps numbers to carrier ids")
+    if "portability" in raw:
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "[portability] is gone: who serves a number comes from the numbering plan in the "
+            "trust bundle and from ports both carriers signed (docs/authority.md)",
+        )
     return GatewayConfig(
         listen=_endpoint(sec, "listen", "gateway"),
         pki_dir=base / _str(sec, "pki_dir", "gateway"),
@@ -229,7 +233,6 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         database_url=str(url),
         carriers=_members(raw, "carrier"),
         platforms=_members(raw, "platform"),
-        portability=dict(portability),
         limits=Limits.from_mapping(raw.get("limits", {})),
         pseudonym_key_file=(
             base / _str(sec, "pseudonym_key_file", "gateway")

@@ -64,6 +64,8 @@ class LifecycleEvent:
             raise InvalidArgument("MALFORMED_EVENT", "tenure_start is set on REASSIGNED only")
         if (self.kind is EventKind.PORTED) != bool(self.from_carrier and self.to_carrier):
             raise InvalidArgument("MALFORMED_EVENT", "from/to carriers are set on PORTED only")
+        if self.kind is EventKind.PORTED and self.from_carrier == self.to_carrier:
+            raise InvalidArgument("MALFORMED_EVENT", "a port moves a number to another carrier")
 
     @classmethod
     def new(cls, number: str, kind: EventKind, at: datetime, **kw: object) -> LifecycleEvent:

@@ -6,6 +6,7 @@ loopback; ports are chosen up front so that each config can name its peers.
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,26 +18,70 @@ from numfed.scenario import CARRIERS, PLATFORMS
 from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
 from numfed.trustfiles import write_envelope
 
-__all__ = ["FederationLayout", "create_federation", "free_ports", "write_trust"]
+__all__ = [
+    "NUMBER_RANGES",
+    "FederationLayout",
+    "create_federation",
+    "free_ports",
+    "number_plan",
+    "write_trust",
+]
 
 ROOT_THRESHOLD = 2
 CARRIER_PREFIXES = ("+86",)
-"""Mobile number portability is nationwide in China: each carrier may attest any +86 number it
-serves now; the portability registry, not the key's range, decides which."""
+"""Mobile number portability is nationwide in China: each carrier's key may attest any +86
+number. Which carrier serves a number is decided by the numbering plan and the completed ports
+(docs/authority.md), never by the key's scope."""
+
+NUMBER_RANGES: dict[str, tuple[str, ...]] = {
+    carrier: tuple(f"+86{block}" for block in blocks.split())
+    for carrier, blocks in {
+        "cmcc": "134 135 136 137 138 139 147 148 150 151 152 157 158 159 172 178 182 183 184 187"
+        " 188 195 197 198",
+        "cucc": "130 131 132 145 146 155 156 166 167 171 175 176 185 186 196",
+        "ctcc": "133 149 153 173 174 177 180 181 189 190 191 193 199",
+    }.items()
+}
+"""The demo numbering plan: the mobile number blocks China's numbering plan allocates to each
+of the three carriers (three-digit blocks after +86), written into the signed trust bundle."""
+
+
+def number_plan(carriers: Sequence[str]) -> dict[str, str]:
+    """prefix -> range holder for ``carriers`` (carriers the demo plan does not know get none)."""
+    return {prefix: c for c in carriers for prefix in NUMBER_RANGES.get(c, ())}
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections and to bind(port 0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports free at this moment."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct loopback ports free at this moment, chosen below the ephemeral range.
+
+    A port picked by binding port 0 comes from the kernel's ephemeral range, which is also where
+    every outgoing connection (gRPC clients, database connections) takes its local port, so one
+    can take it between this call and the member's own bind. Ports below that range are handed
+    out by no one; picking them at random keeps concurrent federations on one machine apart.
+    """
+    high = max(_ephemeral_low() - 1, 2048)
+    low = max(high - 12000, 1025)
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    while len(chosen) < n:
+        port = rng.randint(low, high)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def write_trust(
@@ -47,8 +92,10 @@ def write_trust(
     carriers: Sequence[str] = CARRIERS,
     validity: timedelta = timedelta(days=365),
     bundle_validity: timedelta = timedelta(days=30),
+    number_ranges: Mapping[str, str] | None = None,
 ) -> None:
-    """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key."""
+    """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key and the
+    numbering plan (``number_ranges``, prefix -> carrier; default :func:`number_plan`)."""
     signers = pki.load_root_signers(pki_dir)
     root = Root(
         version=1,
@@ -73,6 +120,7 @@ def write_trust(
         expires_at=now + bundle_validity,
         carrier_keys=keys,
         revoked_key_ids=frozenset(),
+        number_ranges=number_plan(carriers) if number_ranges is None else number_ranges,
     )
     write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
 

@@ -136,6 +136,16 @@ class NumberHistory:
             carrier = e.carrier_id
         return carrier
 
+    def ports(self) -> list[tuple[datetime, str, str]]:
+        """Every port of the number: (when, donor, recipient), in time order."""
+        out: list[tuple[datetime, str, str]] = []
+        carrier: str | None = None
+        for e in self.events:
+            if e.kind is EventKind.PORTED and carrier is not None:
+                out.append((e.at, carrier, e.carrier_id))
+            carrier = e.carrier_id
+        return out
+
     def history_start(self) -> datetime:
         if not self.events:
             raise NotFound("UNKNOWN_NUMBER", f"{self.number} has no history")

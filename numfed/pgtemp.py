@@ -75,9 +75,9 @@ def find_bin_dir() -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from numfed.federation import free_ports
+
+    return free_ports(1)[0]
 
 
 class TempPostgres:

@@ -136,19 +136,28 @@ class CarrierKey:
 
 @dataclass(frozen=True)
 class TrustBundle:
-    """The carrier keys of the federation at one version."""
+    """The carrier keys of the federation at one version, and its numbering plan.
+
+    ``number_ranges`` maps an E.164 prefix to the carrier the block is allocated to (its number
+    range holder): a number's serving carrier until a port moves it (docs/authority.md).
+    """
 
     version: int
     issued_at: datetime
     expires_at: datetime
     carrier_keys: Mapping[str, CarrierKey]
     revoked_key_ids: frozenset[str] = field(default_factory=frozenset)
+    number_ranges: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _freeze(self, "issued_at", require_utc(self.issued_at, "bundle issued_at"))
         _freeze(self, "expires_at", require_utc(self.expires_at, "bundle expires_at"))
         _freeze(self, "carrier_keys", MappingProxyType(dict(self.carrier_keys)))
         _freeze(self, "revoked_key_ids", frozenset(self.revoked_key_ids))
+        _freeze(self, "number_ranges", MappingProxyType(dict(self.number_ranges)))
+        for prefix, carrier in self.number_ranges.items():
+            if not _PREFIX.fullmatch(prefix) or not _CARRIER.fullmatch(carrier):
+                raise _bad("MALFORMED_BUNDLE", f"bad number range {prefix!r} -> {carrier!r}")
         if self.version < 1:
             raise _bad("MALFORMED_BUNDLE", "bundle version starts at 1")
         if self.expires_at <= self.issued_at:
@@ -162,12 +171,16 @@ class TrustBundle:
         by_id = {k.key.key_id: k for k in keys}
         if len(by_id) != len(keys):
             raise _bad("MALFORMED_BUNDLE", "a carrier key is listed twice")
+        ranges = {r.prefix: r.carrier_id for r in pb.number_ranges}
+        if len(ranges) != len(pb.number_ranges):
+            raise _bad("MALFORMED_BUNDLE", "a number range is listed twice")
         return cls(
             pb.version,
             from_timestamp(pb.issued_at),
             from_timestamp(pb.expires_at),
             by_id,
             frozenset(pb.revoked_key_ids),
+            ranges,
         )
 
     def to_proto(self) -> trust_pb2.TrustBundle:
@@ -177,6 +190,10 @@ class TrustBundle:
             expires_at=to_timestamp(self.expires_at),
             carrier_keys=[self.carrier_keys[k].to_proto() for k in sorted(self.carrier_keys)],
             revoked_key_ids=sorted(self.revoked_key_ids),
+            number_ranges=[
+                trust_pb2.NumberRange(prefix=p, carrier_id=self.number_ranges[p])
+                for p in sorted(self.number_ranges)
+            ],
         )
 
 

@@ -20,6 +20,7 @@ from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId
+from numfed.portability import NumberPlan
 from numfed.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
@@ -42,16 +43,23 @@ class EventApplier:
         if seqs != sorted(set(seqs)):
             raise InvalidArgument("BATCHES_OUT_OF_ORDER", "batches must come in increasing seq")
         trust = self._trust.trusted()
+        plan = NumberPlan.from_bundle(trust.bundle)
         last = 0
         for b in batches:
             now = datetime.now(UTC)
             try:
                 verified = verify_event_batch(Envelope.from_proto(b.batch), trust, now=now)
+                await self._store.run(
+                    self._store.apply_events,
+                    b.seq,
+                    verified.carrier_id,
+                    verified.events,
+                    now,
+                    plan,
+                )
             except NumfedError as err:
                 log.warning("event batch %d refused: %s %s", b.seq, err.reason, err.message)
                 self.refused.append(b.seq)
-            else:
-                await self._store.run(self._store.apply_events, b.seq, verified.events, now)
             last = b.seq
         return last
 

@@ -1,7 +1,9 @@
 """The platform SDK: a PlatformService base that any platform can serve.
 
 It checks each batch, verifies every claim itself against its own trust state (the gateway is
-not trusted), applies the purpose and the ``bound_at < X`` rule, applies each release once per
+not trusted), checks that the claim's carrier serves the number as far as the platform has seen
+the event log (the numbering plan and the ports both carriers signed, docs/authority.md),
+applies the purpose and the ``bound_at < X`` rule, applies each release once per
 claim_id, and answers with masked summaries only. A platform supplies a store (its accounts and
 bindings) and a masking secret.
 """
@@ -20,7 +22,8 @@ from google.protobuf.message import DecodeError
 
 from numfed.claims import RELEASE_GRACE, ClaimPolicy, Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
-from numfed.errors import InvalidArgument, NumfedError, Unavailable
+from numfed.errors import InvalidArgument, NumfedError, PermissionDenied, Unavailable
+from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
 from numfed.timeutil import from_timestamp
 from numfed.trust import TrustedState
@@ -124,6 +127,29 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                 out.append(err)
         return out
 
+    async def _served(
+        self, verified: list[VerifiedClaim | NumfedError]
+    ) -> list[VerifiedClaim | NumfedError]:
+        """Refuse, per item, a claim whose carrier does not serve its number (as far as this
+        platform has seen the event log). The gateway checks the same, but is not trusted; a
+        platform that is behind on events answers NUMBER_NOT_SERVED, which the gateway's
+        dispatcher retries."""
+        numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
+        if not numbers:
+            return verified
+        plan = NumberPlan.from_bundle(self.trust.trusted().bundle)
+        serving = await self.store.run(self.store.serving_carriers, numbers, plan)
+        return [
+            v
+            if not isinstance(v, VerifiedClaim) or serving[v.claim.number] == v.carrier_id
+            else PermissionDenied(
+                "NUMBER_NOT_SERVED",
+                f"carrier {v.carrier_id!r} does not serve this number",
+                metadata={"carrier": v.carrier_id},
+            )
+            for v in verified
+        ]
+
     async def BatchQueryBindings(
         self,
         request: platform_pb2.BatchQueryBindingsRequest,
@@ -131,7 +157,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchQueryBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = self._verify(request.items, QUERY)
+        verified = await self._served(self._verify(request.items, QUERY))
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
         results = []
@@ -197,7 +223,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchReleaseBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = self._verify(request.items, RELEASE)
+        verified = await self._served(self._verify(request.items, RELEASE))
         trust = self.trust.trusted()
         late = {
             i: claim_id

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from numfed.db import DbThread, sqlite_engine
 from numfed.events import EventKind, LifecycleEvent
+from numfed.portability import NumberPlan, serving_carrier
+from numfed.portstate import PortStore, port_tables
 from numfed.timeutil import from_us, to_us
 from platform_stubs.rules import Binding
 
@@ -61,6 +63,10 @@ applied_events = sa.Table(
 )
 
 
+port_state_tables = port_tables(_md)
+"""Completed ports and pending halves, by number: who serves each number (docs/authority.md)."""
+
+
 def _us(t: datetime) -> int:
     return to_us(t)
 
@@ -87,6 +93,7 @@ class PlatformStore:
         self.engine = sqlite_engine(path)
         self._thread = DbThread("platform-db")
         self.run = self._thread.run
+        self.ports = PortStore(port_state_tables)
         _md.create_all(self.engine)
 
     def close(self) -> None:
@@ -264,8 +271,21 @@ class PlatformStore:
                 out.append(AppliedRelease(claim_id, result, False))
         return out
 
-    def apply_events(self, seq: int, events: Sequence[LifecycleEvent], now: datetime) -> int:
-        """Apply one batch's events once each (by event_id), in one transaction.
+    def apply_events(
+        self,
+        seq: int,
+        signer: str,
+        events: Sequence[LifecycleEvent],
+        now: datetime,
+        plan: NumberPlan,
+    ) -> int:
+        """Judge one batch signed by carrier ``signer``, then apply its events once each (by
+        event_id), in one transaction.
+
+        The batch is judged first, against the ports this platform has seen (docs/authority.md):
+        PORTED halves move a number once both carriers' are in; every other event must come
+        from the number's serving carrier, or PermissionDenied is raised and nothing of the
+        batch is applied. The gateway judges the same way, but a platform does not trust it.
 
         REASSIGNED(X): the number's active bindings made before X become stale (an SMS code
         alone no longer opens them). PENDING_RELEASE(as_of): the number is released from
@@ -273,6 +293,8 @@ class PlatformStore:
         a new holder made since. Returns how many events were new.
         """
         with self.engine.begin() as c:
+            judgement = self.ports.judge(c, signer, events, plan)
+            self.ports.save(c, judgement, seq, _us(now))
             order = c.execute(
                 sa.select(sa.func.coalesce(sa.func.max(applied_events.c.order), 0))
             ).scalar_one()
@@ -315,6 +337,12 @@ class PlatformStore:
                 c.execute(sa.insert(applied_events), rows)
         new = len(rows)
         return new
+
+    def serving_carriers(self, numbers: Sequence[str], plan: NumberPlan) -> dict[str, str | None]:
+        """Who serves each of ``numbers`` as far as this platform has seen the event log."""
+        with self.engine.connect() as c:
+            states = self.ports.load(c, numbers)
+        return {n: serving_carrier(n, states.get(n), plan) for n in numbers}
 
     def applied_event_ids(self) -> list[bytes]:
         """Event ids in the order they were applied."""

@@ -70,7 +70,10 @@ class TestKeys:
             self.doomed.key_id: entry(self.doomed, ("+86",)),
         }
         revoked = frozenset({self.doomed.key_id}) if revoke_doomed else frozenset()
-        return TrustBundle(version, now, now + timedelta(days=1), keys, revoked)
+        # The kit's carrier holds the whole +86 range: every number the kit seeds is its own.
+        return TrustBundle(
+            version, now, now + timedelta(days=1), keys, revoked, {"+86": TEST_CARRIER}
+        )
 
 
 class _TrustServicer(gateway_pb2_grpc.GatewayServiceServicer):

@@ -54,6 +54,18 @@ class Federation:
         self.platforms[platform_id] = handle
         return handle
 
+    async def events_settled(self, timeout: float = 20.0) -> None:
+        """Wait until every platform has acknowledged the whole event log so far (the port
+        halves the gateway took from the carriers at start, say)."""
+        gw = self.gateway
+        async with asyncio.timeout(timeout):
+            while True:
+                head = await gw.store.run(gw.events.head)
+                acked = [await gw.store.run(gw.events.cursor, p) for p in self.platforms]
+                if all(a >= head for a in acked):
+                    return
+                await asyncio.sleep(0.05)
+
     async def stop(self) -> None:
         await self.gateway.stop(0)
         for c in self.carriers.values():
@@ -62,26 +74,43 @@ class Federation:
             await p.stop(0)
 
 
-async def start_federation(root: Path, **kw: object) -> Federation:
+async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> Federation:
     """Lay out a federation in ``root`` (``kw`` go to ``create_federation``) and start it here.
 
-    Returns once the gateway is ready and every platform holds a verified trust bundle.
+    Returns once the gateway is ready, every platform holds a verified trust bundle, and (with
+    ``settle``; pass False when a platform is made to fail) every platform has acknowledged
+    the event log so far (the carriers' port halves).
     """
     layout = create_federation(root, **kw)  # type: ignore[arg-type]
-    platforms = {
-        p: await start_platform(load_platform_config(cfg))
-        for p, cfg in layout.platform_configs.items()
-    }
-    carriers = {
-        c: await start_carrier(load_carrier_config(cfg))
-        for c, cfg in layout.carrier_configs.items()
-    }
-    gw = await Gateway.start(load_gateway_config(layout.gateway_config))
+    platforms: dict[str, PlatformHandle] = {}
+    carriers: dict[str, CarrierHandle] = {}
+    gw: Gateway | None = None
+    try:
+        for p, cfg in layout.platform_configs.items():
+            platforms[p] = await start_platform(load_platform_config(cfg))
+        for c, cfg in layout.carrier_configs.items():
+            carriers[c] = await start_carrier(load_carrier_config(cfg))
+        gw = await Gateway.start(load_gateway_config(layout.gateway_config))
+        async with asyncio.timeout(20):
+            await gw.ready.wait()
+            for handle in platforms.values():
+                await handle.trust.ready.wait()
+    except BaseException:
+        # Stop whatever started, so no server is left to grpc's garbage-collection shutdown.
+        if gw is not None:
+            await gw.stop(0)
+        for carrier in carriers.values():
+            await carrier.stop(0)
+        for platform in platforms.values():
+            await platform.stop(0)
+        raise
     fed = Federation(layout, gw, carriers, platforms)
-    async with asyncio.timeout(20):
-        await gw.ready.wait()
-        for p in platforms.values():
-            await p.trust.ready.wait()
+    try:
+        if settle:
+            await fed.events_settled()
+    except BaseException:
+        await fed.stop()
+        raise
     return fed
 
 

@@ -129,3 +129,59 @@ class ListServedNumbersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListServedNumbersResponse: _TypeAlias = ListServedNumbersResponse  # noqa: Y015
+
+@_typing.final
+class ListPortHalvesRequest(_message.Message):
+    """ListPortHalvesRequest asks for one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1 to 500 events per page (one signed batch); 0 means 500."""
+    page_token: _builtins.str
+    """Empty for the first page, else next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPortHalvesRequest: _TypeAlias = ListPortHalvesRequest  # noqa: Y015
+
+@_typing.final
+class ListPortHalvesResponse(_message.Message):
+    """ListPortHalvesResponse is one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def batch(self) -> _claim_pb2.Envelope:
+        """Envelope of an EventBatch of PORTED events signed by the carrier; unset when it has none.
+        Each half's event_id is derived from its fields, so the same half always has the same id.
+        """
+
+    def __init__(
+        self,
+        *,
+        batch: _claim_pb2.Envelope | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPortHalvesResponse: _TypeAlias = ListPortHalvesResponse  # noqa: Y015

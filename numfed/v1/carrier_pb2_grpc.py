@@ -41,6 +41,11 @@ class CarrierServiceStub:
                 request_serializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.FromString,
                 _registered_method=True)
+        self.ListPortHalves = channel.unary_unary(
+                '/numfed.v1.CarrierService/ListPortHalves',
+                request_serializer=numfed_dot_v1_dot_carrier__pb2.ListPortHalvesRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_carrier__pb2.ListPortHalvesResponse.FromString,
+                _registered_method=True)
         self.AnswerRecycledCheck = channel.unary_unary(
                 '/numfed.v1.CarrierService/AnswerRecycledCheck',
                 request_serializer=numfed_dot_v1_dot_carrier__pb2.AnswerRecycledCheckRequest.SerializeToString,
@@ -54,9 +59,21 @@ class CarrierServiceServicer:
     """
 
     def ListServedNumbers(self, request, context):
-        """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
-        portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
-        INVALID_ARGUMENT (page_size out of range, unknown page_token).
+        """ListServedNumbers pages through the numbers the carrier serves now. It is not authority:
+        the gateway only compares it with who serves each number by the numbering plan and the
+        completed ports, and reports disagreements. Errors: PERMISSION_DENIED (caller is not the
+        gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPortHalves(self, request, context):
+        """ListPortHalves pages through the carrier's signed halves of every port it took part in, as
+        donor or as recipient (PORTED events in EventBatches it signed), so that ports made before
+        the federation, or while the carrier was away, reach the gateway and the platforms. The
+        gateway judges them exactly like PublishEvents. Errors: PERMISSION_DENIED (caller is not the
+        gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +98,11 @@ def add_CarrierServiceServicer_to_server(servicer, server):
                     servicer.ListServedNumbers,
                     request_deserializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.SerializeToString,
+            ),
+            'ListPortHalves': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPortHalves,
+                    request_deserializer=numfed_dot_v1_dot_carrier__pb2.ListPortHalvesRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_carrier__pb2.ListPortHalvesResponse.SerializeToString,
             ),
             'AnswerRecycledCheck': grpc.unary_unary_rpc_method_handler(
                     servicer.AnswerRecycledCheck,
@@ -117,6 +139,33 @@ class CarrierService:
             '/numfed.v1.CarrierService/ListServedNumbers',
             numfed_dot_v1_dot_carrier__pb2.ListServedNumbersRequest.SerializeToString,
             numfed_dot_v1_dot_carrier__pb2.ListServedNumbersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPortHalves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.CarrierService/ListPortHalves',
+            numfed_dot_v1_dot_carrier__pb2.ListPortHalvesRequest.SerializeToString,
+            numfed_dot_v1_dot_carrier__pb2.ListPortHalvesResponse.FromString,
             options,
             channel_credentials,
             insecure,

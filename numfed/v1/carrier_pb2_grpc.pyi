@@ -36,9 +36,17 @@ class CarrierServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CarrierServiceAsyncStub: ...
     ListServedNumbers: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.ListServedNumbersRequest, _carrier_pb2.ListServedNumbersResponse]
-    """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
-    portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
-    INVALID_ARGUMENT (page_size out of range, unknown page_token).
+    """ListServedNumbers pages through the numbers the carrier serves now. It is not authority:
+    the gateway only compares it with who serves each number by the numbering plan and the
+    completed ports, and reports disagreements. Errors: PERMISSION_DENIED (caller is not the
+    gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
+    """
+    ListPortHalves: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.ListPortHalvesRequest, _carrier_pb2.ListPortHalvesResponse]
+    """ListPortHalves pages through the carrier's signed halves of every port it took part in, as
+    donor or as recipient (PORTED events in EventBatches it signed), so that ports made before
+    the federation, or while the carrier was away, reach the gateway and the platforms. The
+    gateway judges them exactly like PublishEvents. Errors: PERMISSION_DENIED (caller is not the
+    gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
     """
     AnswerRecycledCheck: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.AnswerRecycledCheckRequest, _carrier_pb2.AnswerRecycledCheckResponse]
     """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
@@ -57,9 +65,17 @@ class CarrierServiceAsyncStub(CarrierServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListServedNumbers: _aio.UnaryUnaryMultiCallable[_carrier_pb2.ListServedNumbersRequest, _carrier_pb2.ListServedNumbersResponse]  # type: ignore[assignment]
-    """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
-    portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
-    INVALID_ARGUMENT (page_size out of range, unknown page_token).
+    """ListServedNumbers pages through the numbers the carrier serves now. It is not authority:
+    the gateway only compares it with who serves each number by the numbering plan and the
+    completed ports, and reports disagreements. Errors: PERMISSION_DENIED (caller is not the
+    gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
+    """
+    ListPortHalves: _aio.UnaryUnaryMultiCallable[_carrier_pb2.ListPortHalvesRequest, _carrier_pb2.ListPortHalvesResponse]  # type: ignore[assignment]
+    """ListPortHalves pages through the carrier's signed halves of every port it took part in, as
+    donor or as recipient (PORTED events in EventBatches it signed), so that ports made before
+    the federation, or while the carrier was away, reach the gateway and the platforms. The
+    gateway judges them exactly like PublishEvents. Errors: PERMISSION_DENIED (caller is not the
+    gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
     """
     AnswerRecycledCheck: _aio.UnaryUnaryMultiCallable[_carrier_pb2.AnswerRecycledCheckRequest, _carrier_pb2.AnswerRecycledCheckResponse]  # type: ignore[assignment]
     """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
@@ -81,9 +97,23 @@ class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _carrier_pb2.ListServedNumbersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_carrier_pb2.ListServedNumbersResponse, _abc.Awaitable[_carrier_pb2.ListServedNumbersResponse]]:
-        """ListServedNumbers pages through the numbers the carrier serves now; the gateway seeds its
-        portability registry from it. Errors: PERMISSION_DENIED (caller is not the gateway),
-        INVALID_ARGUMENT (page_size out of range, unknown page_token).
+        """ListServedNumbers pages through the numbers the carrier serves now. It is not authority:
+        the gateway only compares it with who serves each number by the numbering plan and the
+        completed ports, and reports disagreements. Errors: PERMISSION_DENIED (caller is not the
+        gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def ListPortHalves(
+        self,
+        request: _carrier_pb2.ListPortHalvesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_carrier_pb2.ListPortHalvesResponse, _abc.Awaitable[_carrier_pb2.ListPortHalvesResponse]]:
+        """ListPortHalves pages through the carrier's signed halves of every port it took part in, as
+        donor or as recipient (PORTED events in EventBatches it signed), so that ports made before
+        the federation, or while the carrier was away, reach the gateway and the platforms. The
+        gateway judges them exactly like PublishEvents. Errors: PERMISSION_DENIED (caller is not the
+        gateway), INVALID_ARGUMENT (page_size out of range, unknown page_token).
         """
 
     @_abc_1.abstractmethod

@@ -38,7 +38,12 @@ class _LifecycleKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Lifecyc
     LIFECYCLE_KIND_REASSIGNED: _LifecycleKind.ValueType  # 3
     """A new holder's tenure began at tenure_start: bindings older than it are stale."""
     LIFECYCLE_KIND_PORTED: _LifecycleKind.ValueType  # 4
-    """The number moved from from_carrier to to_carrier; the holder and X are unchanged."""
+    """One half of a port from from_carrier (the donor) to to_carrier (the recipient); the holder
+    and X are unchanged. The donor and the recipient each publish one PORTED event with the same
+    number, from_carrier, to_carrier and `at`; the number moves to the recipient only once both
+    halves are in, and until then the donor serves it. A half comes only from the donor or the
+    recipient, and only while the donor serves the number. See docs/authority.md.
+    """
 
 class LifecycleKind(_LifecycleKind, metaclass=_LifecycleKindEnumTypeWrapper):
     """LifecycleKind is what happened to a number."""
@@ -54,12 +59,21 @@ before as_of (never "all bindings of N").
 LIFECYCLE_KIND_REASSIGNED: LifecycleKind.ValueType  # 3
 """A new holder's tenure began at tenure_start: bindings older than it are stale."""
 LIFECYCLE_KIND_PORTED: LifecycleKind.ValueType  # 4
-"""The number moved from from_carrier to to_carrier; the holder and X are unchanged."""
+"""One half of a port from from_carrier (the donor) to to_carrier (the recipient); the holder
+and X are unchanged. The donor and the recipient each publish one PORTED event with the same
+number, from_carrier, to_carrier and `at`; the number moves to the recipient only once both
+halves are in, and until then the donor serves it. A half comes only from the donor or the
+recipient, and only while the donor serves the number. See docs/authority.md.
+"""
 Global___LifecycleKind: _TypeAlias = LifecycleKind  # noqa: Y015
 
 @_typing.final
 class LifecycleEvent(_message.Message):
-    """LifecycleEvent is one step in a number's life, as its carrier announces it."""
+    """LifecycleEvent is one step in a number's life, as its carrier announces it. Every kind but
+    PORTED comes only from the number's serving carrier at that point of the event log (its range
+    holder, or the recipient of its last completed port); verifiers judge the events of the log in
+    seq order and, within a batch, in order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -78,9 +92,11 @@ class LifecycleEvent(_message.Message):
     kind: Global___LifecycleKind.ValueType
     """What happened."""
     from_carrier: _builtins.str
-    """PORTED only: the carrier that served the number before."""
+    """PORTED only: the donor, which serves the number until the port completes."""
     to_carrier: _builtins.str
-    """PORTED only: the carrier that serves it now (the publisher)."""
+    """PORTED only: the recipient, which serves the number once the port completes. Differs from
+    from_carrier; the publisher is one of the two.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When it happened (UTC)."""

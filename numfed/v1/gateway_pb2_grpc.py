@@ -156,10 +156,15 @@ class GatewayServiceServicer:
 
     def PublishEvents(self, request, context):
         """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
-        for delivery to every platform. Carriers only; the caller must have signed the batch and
-        serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+        for delivery to every platform. Carriers only; the caller must have signed the batch. The
+        events are judged in order against who serves each number at that point of the log: a
+        PORTED half only from its donor or recipient while the donor serves the number (the number
+        moves when both halves are in), every other event only from the serving carrier. One
+        refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
         more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-        (another carrier's batch, a number the caller does not serve).
+        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
+        caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
+        PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,10 +83,15 @@ class GatewayServiceStub:
     """
     PublishEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
-    for delivery to every platform. Carriers only; the caller must have signed the batch and
-    serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+    for delivery to every platform. Carriers only; the caller must have signed the batch. The
+    events are judged in order against who serves each number at that point of the log: a
+    PORTED half only from its donor or recipient while the donor serves the number (the number
+    moves when both halves are in), every other event only from the serving carrier. One
+    refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
     more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-    (another carrier's batch, a number the caller does not serve).
+    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
+    caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
+    PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
     """
     PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
@@ -149,10 +154,15 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     PublishEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]  # type: ignore[assignment]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
-    for delivery to every platform. Carriers only; the caller must have signed the batch and
-    serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+    for delivery to every platform. Carriers only; the caller must have signed the batch. The
+    events are judged in order against who serves each number at that point of the log: a
+    PORTED half only from its donor or recipient while the donor serves the number (the number
+    moves when both halves are in), every other event only from the serving carrier. One
+    refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
     more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-    (another carrier's batch, a number the caller does not serve).
+    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
+    caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
+    PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
     """
     PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
@@ -254,10 +264,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PublishEventsResponse, _abc.Awaitable[_gateway_pb2.PublishEventsResponse]]:
         """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
-        for delivery to every platform. Carriers only; the caller must have signed the batch and
-        serve every number in it (PORTED: the receiving carrier). Errors: INVALID_ARGUMENT (empty or
+        for delivery to every platform. Carriers only; the caller must have signed the batch. The
+        events are judged in order against who serves each number at that point of the log: a
+        PORTED half only from its donor or recipient while the donor serves the number (the number
+        moves when both halves are in), every other event only from the serving carrier. One
+        refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
         more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-        (another carrier's batch, a number the caller does not serve).
+        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
+        caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
+        PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
         """
 
     @_abc_1.abstractmethod

@@ -177,6 +177,7 @@ class TrustBundle(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     CARRIER_KEYS_FIELD_NUMBER: _builtins.int
     REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    NUMBER_RANGES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Grows by exactly one per published bundle; a verifier refuses an older, equal or skipped one."""
     @_builtins.property
@@ -195,6 +196,14 @@ class TrustBundle(_message.Message):
     def revoked_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keys withdrawn before their window ended; anything they signed is refused."""
 
+    @_builtins.property
+    def number_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumberRange]:
+        """The numbering plan: which carrier each block of numbers is allocated to. A number's serving
+        carrier is the holder of the longest range that matches it, until a port moves it (a PORTED
+        event from both the donor and the recipient, see LifecycleKind). A number in no range has
+        no serving carrier and cannot be attested. Prefixes are unique. See docs/authority.md.
+        """
+
     def __init__(
         self,
         *,
@@ -203,11 +212,40 @@ class TrustBundle(_message.Message):
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         carrier_keys: _abc.Iterable[Global___CarrierKey] | None = ...,
         revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        number_ranges: _abc.Iterable[Global___NumberRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
+
+@_typing.final
+class NumberRange(_message.Message):
+    """NumberRange is one block of numbers and the carrier it is allocated to: the block's number
+    range holder (3GPP TS 23.066), as the numbering-plan authority assigned it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    CARRIER_ID_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """E.164 prefix of the block, e.g. "+86138" ('+' and 1 to 15 digits)."""
+    carrier_id: _builtins.str
+    """The carrier the block is allocated to, e.g. "cmcc"."""
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        carrier_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_id", b"carrier_id", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NumberRange: _TypeAlias = NumberRange  # noqa: Y015

@@ -29,7 +29,14 @@ from grpc_status import rpc_status
 
 from carrier_adapters.base import POLICY as CARRIER_POLICY
 from gateway.policy import POLICY as GATEWAY_POLICY
-from gateway.schema import event_batches, event_cursors, portability, release_jobs, release_tasks
+from gateway.schema import (
+    event_batches,
+    event_cursors,
+    number_ports,
+    port_halves,
+    release_jobs,
+    release_tasks,
+)
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
@@ -310,10 +317,11 @@ class LiveFederation:
                 for row in c.execute(q.order_by(*q.selected_columns)).all():
                     h.update(repr(tuple(row)).encode())
             out["gateway"] = h.hexdigest()
-            # The carriers' periodic sync rewrites who serves a known number; a new row is ours.
-            out["portability"] = c.execute(
-                sa.select(sa.func.count()).select_from(portability)
-            ).scalar_one()
+            # Who serves each number changes only through ports both carriers signed.
+            for table in (number_ports, port_halves):
+                for row in c.execute(sa.select(table).order_by(*table.primary_key)).all():
+                    h.update(repr(tuple(row)).encode())
+            out["ports"] = h.hexdigest()
         stale = sa.cast(bindings.c.stale, sa.Integer)
         for p, handle in self.fed.platforms.items():
             with handle.store.engine.connect() as c:
@@ -510,6 +518,9 @@ class LiveFederation:
             first = carrier_pb2.ListServedNumbersRequest(page_size=3)
             page = self._carrier_page(first)
             yield carrier_pb2.ListServedNumbersRequest(page_size=3, page_token=page)
+        elif name == "CarrierService.ListPortHalves":
+            yield carrier_pb2.ListPortHalvesRequest(page_size=1)
+            yield carrier_pb2.ListPortHalvesRequest()
         elif name == "CarrierService.AnswerRecycledCheck":
             yield carrier_pb2.AnswerRecycledCheckRequest(
                 number=numbers[2], since=since, platform_id=PLATFORM

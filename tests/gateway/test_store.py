@@ -41,7 +41,13 @@ def store(db_url: str) -> Iterator[Store]:
 
 def test_migrations_create_every_table(store: Store) -> None:
     names = set(sa.inspect(store.engine).get_table_names())
-    assert {"release_jobs", "release_tasks", "portability", "alembic_version"} <= names
+    assert {
+        "release_jobs",
+        "release_tasks",
+        "number_ports",
+        "port_halves",
+        "alembic_version",
+    } <= names
 
 
 def test_create_job_is_idempotent_on_carrier_and_request_id(store: Store) -> None:
@@ -98,12 +104,6 @@ def test_release_leases_frees_everything_on_restart(store: Store) -> None:
     assert store.claim_due("me", T0 + SECOND, 30 * SECOND, 10) == []
     assert store.release_leases(None, T0 + SECOND) == 1
     assert len(store.claim_due("me", T0 + SECOND, 30 * SECOND, 10)) == 1
-
-
-def test_portability_round_trip(store: Store) -> None:
-    store.put_portability([("k1", "cmcc"), ("k2", "cucc")], T0)
-    store.put_portability([("k1", "ctcc")], T0 + 1)
-    assert store.load_portability() == {"k1": "ctcc", "k2": "cucc"}
 
 
 def test_two_replicas_leasing_at_once_take_disjoint_tasks(db_url: str) -> None:
@@ -194,11 +194,6 @@ def test_concurrent_create_job_across_replicas_makes_one_job(db_url: str) -> Non
         assert c.execute(sa.select(sa.func.count()).select_from(release_jobs)).scalar() == 1
     for s in stores:
         s.close()
-
-
-def test_portability_upsert_takes_the_last_entry_per_number(store: Store) -> None:
-    store.put_portability([("k1", "cmcc"), ("k1", "cucc")], T0)
-    assert store.load_portability() == {"k1": "cucc"}
 
 
 def test_sqlite_refuses_a_second_replica_on_one_file(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ class Federation:
             "expires_at": NOW + timedelta(days=30),
             "carrier_keys": self.bundle.carrier_keys,
             "revoked_key_ids": self.bundle.revoked_key_ids,
+            "number_ranges": self.bundle.number_ranges,
         }
         fields.update(changes)
         return TrustBundle(**fields)  # type: ignore[arg-type]
@@ -70,7 +71,8 @@ def make_federation(*, ecdsa_carrier: str | None = None) -> Federation:
         for c in PREFIXES
     }
     entries = {k.key_id: carrier_entry(k, c, PREFIXES[c]) for c, k in carrier_keys.items()}
-    bundle = TrustBundle(1, NOW, NOW + timedelta(days=30), entries, frozenset())
+    ranges = {p: c for c, prefixes in PREFIXES.items() for p in prefixes}
+    bundle = TrustBundle(1, NOW, NOW + timedelta(days=30), entries, frozenset(), ranges)
     return Federation(
         root_keys,
         carrier_keys,

@@ -64,10 +64,7 @@ class Fed:
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> FederationLayout:
     root = tmp_path_factory.mktemp("fed")
-    lay = create_federation(root)
-    with lay.gateway_config.open("a") as f:
-        f.write(f'\n[portability]\n"{CMCC_NUMBER}" = "cmcc"\n"{CUCC_NUMBER}" = "cucc"\n')
-    return lay
+    return create_federation(root)
 
 
 @pytest.fixture

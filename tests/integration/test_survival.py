@@ -72,6 +72,7 @@ def _release(signer: SigningKey, i: int) -> gateway_pb2.ReleaseBindingsRequest:
 async def shaky(tmp_path: Path, db_url: str) -> AsyncIterator[Federation]:
     fed = await start_federation(
         tmp_path / "fed",
+        settle=False,
         database_url=db_url,
         platform_knobs={"weibo": HANG, "taobao": {"error_rate": 1.0}},
         limits={
@@ -154,6 +155,7 @@ async def test_deadlines_follow_the_caller_and_cancelling_cancels_downstream(
 ) -> None:
     fed = await start_federation(
         tmp_path / "fed",
+        settle=False,
         platform_knobs={"weibo": HANG},
         limits={"platform_call_timeout": 30.0, "breaker_failures": 100, "deadline_margin": 0.5},
     )
