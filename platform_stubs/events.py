@@ -18,9 +18,10 @@ import grpc
 from numfed import pki
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError
-from numfed.events import verify_event_batch
+from numfed.events import VerifiedBatch, verify_event_batch
 from numfed.identity import PeerId
-from numfed.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+from numfed.trust import TrustedState
+from numfed.v1 import claim_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
 
@@ -46,7 +47,7 @@ class EventApplier:
         for b in batches:
             now = datetime.now(UTC)
             try:
-                verified = verify_event_batch(Envelope.from_proto(b.batch), trust, now=now)
+                verified = self._verify(b.batch, trust, now)
             except NumfedError as err:
                 log.warning("event batch %d refused: %s %s", b.seq, err.reason, err.message)
                 self.refused.append(b.seq)
@@ -54,6 +55,14 @@ class EventApplier:
                 await self._store.run(self._store.apply_events, b.seq, verified.events, now)
             last = b.seq
         return last
+
+    def _verify(
+        self, batch: claim_pb2.Envelope, trust: TrustedState, now: datetime
+    ) -> VerifiedBatch:
+        """Verify one signed batch: its signature, and that the key belongs to the carrier the
+        batch names (PLAT-CLAIM-KEY-CARRIER), covers its numbers and was valid when it was
+        signed."""
+        return verify_event_batch(Envelope.from_proto(batch), trust, now=now)
 
 
 class EventPuller:
