@@ -40,6 +40,7 @@ __all__ = [
     "VerifiedClaim",
     "VerifiedRecycledClaim",
     "normalize_number",
+    "require_key_of",
     "sign_claim",
     "signed_by_carrier",
     "verify_recycled_claim",
@@ -308,6 +309,8 @@ def signed_by_carrier(
     """Check the payload type and the one carrier signature; return the key that made it.
 
     Claims and event batches alike carry exactly one signature, by a key of the trust bundle.
+    The caller then parses the payload and calls :func:`require_key_of` with the carrier it
+    names before believing anything in it.
     """
     if envelope.payload_type != payload_type:
         raise Unauthenticated(
@@ -323,12 +326,27 @@ def signed_by_carrier(
     return sig.keyid, key
 
 
-def _check_issuer(key: CarrierKey, carrier_id: str, number: str, issued_at: datetime) -> None:
+def require_key_of(key: CarrierKey, carrier_id: str) -> None:
+    """Rule PLAT-CLAIM-KEY-CARRIER: what a carrier signs speaks for that carrier only.
+
+    A signed claim or event batch is believed only when the trust bundle lists the key that
+    signed it for ``carrier_id``, the carrier the signed payload itself names. The key's number
+    prefixes do not settle this: with number portability each carrier's key may cover a whole
+    country code, so one carrier's key covers every claim another carrier could make. Nor may a
+    verifier take the carrier from anywhere else (the envelope's keyid, call metadata, the
+    gateway). Every verifier of carrier-signed data, platform or gateway, calls this; otherwise
+    PERMISSION_DENIED ``CARRIER_KEY_MISMATCH``, with the rule id in the ErrorInfo's metadata.
+    """
     if carrier_id != key.carrier_id:
         raise PermissionDenied(
             "CARRIER_KEY_MISMATCH",
-            f"claim for carrier {carrier_id!r} signed with a key of {key.carrier_id!r}",
+            f"signed for carrier {carrier_id[:40]!r} with a key of carrier {key.carrier_id!r}",
+            metadata={"rule": "PLAT-CLAIM-KEY-CARRIER"},
         )
+
+
+def _check_issuer(key: CarrierKey, carrier_id: str, number: str, issued_at: datetime) -> None:
+    require_key_of(key, carrier_id)
     if not key.covers(number):
         raise PermissionDenied("KEY_OUT_OF_SCOPE", "the signing key may not attest this number")
     if not key.valid_at(issued_at):

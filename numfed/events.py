@@ -15,7 +15,7 @@ from datetime import datetime
 
 from google.protobuf.message import DecodeError
 
-from numfed.claims import normalize_number, signed_by_carrier
+from numfed.claims import normalize_number, require_key_of, signed_by_carrier
 from numfed.envelope import Envelope, SigningKey, sign
 from numfed.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from numfed.timeutil import from_timestamp, require_utc, to_timestamp
@@ -131,8 +131,7 @@ def verify_event_batch(envelope: Envelope, trust: TrustedState, *, now: datetime
         pb = events_pb2.EventBatch.FromString(envelope.payload)
     except DecodeError as exc:
         raise InvalidArgument("MALFORMED_BATCH", "batch payload does not parse") from exc
-    if pb.carrier_id != key.carrier_id:
-        raise PermissionDenied("CARRIER_KEY_MISMATCH", "batch signed with another carrier's key")
+    require_key_of(key, pb.carrier_id)
     if not 1 <= len(pb.events) <= MAX_EVENTS_PER_BATCH:
         raise InvalidArgument("BAD_BATCH_SIZE", f"1 to {MAX_EVENTS_PER_BATCH} events per batch")
     issued_at = from_timestamp(pb.issued_at)

@@ -18,10 +18,11 @@ import grpc
 from numfed import pki
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError
-from numfed.events import verify_event_batch
+from numfed.events import VerifiedBatch, verify_event_batch
 from numfed.identity import PeerId
 from numfed.portability import NumberPlan
-from numfed.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+from numfed.trust import TrustedState
+from numfed.v1 import claim_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
 
@@ -48,7 +49,7 @@ class EventApplier:
         for b in batches:
             now = datetime.now(UTC)
             try:
-                verified = verify_event_batch(Envelope.from_proto(b.batch), trust, now=now)
+                verified = self._verify(b.batch, trust, now)
                 await self._store.run(
                     self._store.apply_events,
                     b.seq,
@@ -62,6 +63,14 @@ class EventApplier:
                 self.refused.append(b.seq)
             last = b.seq
         return last
+
+    def _verify(
+        self, batch: claim_pb2.Envelope, trust: TrustedState, now: datetime
+    ) -> VerifiedBatch:
+        """Verify one signed batch: its signature, and that the key belongs to the carrier the
+        batch names (PLAT-CLAIM-KEY-CARRIER), covers its numbers and was valid when it was
+        signed."""
+        return verify_event_batch(Envelope.from_proto(batch), trust, now=now)
 
 
 class EventPuller:

@@ -29,6 +29,8 @@ SERVICE = "numfed.v1.GatewayService"
 POLICY = {f"/{SERVICE}/GetTrustBundle": frozenset({Role.GATEWAY, Role.CARRIER, Role.PLATFORM})}
 TEST_CARRIER = "cmcc"
 """The carrier id the kit's test keys belong to (any member id would do)."""
+OTHER_CARRIER = "cucc"
+"""A second carrier, with a key of its own that covers the same numbers (number portability)."""
 NARROW_PREFIX = "+86150"
 """The one prefix the kit's narrow key may attest; the kit's numbers never start with it."""
 
@@ -44,21 +46,20 @@ class TestKeys:
     """Trusted at first, revoked by the kit's second bundle."""
     stranger: SigningKey
     """Never in any bundle."""
+    other: SigningKey
+    """OTHER_CARRIER's key, for all of +86 like ``good``: valid, in scope, never revoked."""
 
     @classmethod
     def generate(cls) -> TestKeys:
-        return cls(
-            SigningKey.generate(),
-            SigningKey.generate(),
-            SigningKey.generate(),
-            SigningKey.generate(),
-        )
+        return cls(*(SigningKey.generate() for _ in range(5)))
 
     def bundle(self, version: int, *, now: datetime, revoke_doomed: bool) -> TrustBundle:
-        def entry(key: SigningKey, prefixes: tuple[str, ...]) -> CarrierKey:
+        def entry(
+            key: SigningKey, prefixes: tuple[str, ...], carrier_id: str = TEST_CARRIER
+        ) -> CarrierKey:
             return CarrierKey(
                 key.public,
-                TEST_CARRIER,
+                carrier_id,
                 now - timedelta(days=1),
                 now + timedelta(days=30),
                 prefixes,
@@ -68,6 +69,7 @@ class TestKeys:
             self.good.key_id: entry(self.good, ("+86",)),
             self.narrow.key_id: entry(self.narrow, (NARROW_PREFIX,)),
             self.doomed.key_id: entry(self.doomed, ("+86",)),
+            self.other.key_id: entry(self.other, ("+86",), OTHER_CARRIER),
         }
         revoked = frozenset({self.doomed.key_id}) if revoke_doomed else frozenset()
         # The kit's carrier holds the whole +86 range: every number the kit seeds is its own.

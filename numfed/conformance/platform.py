@@ -20,7 +20,13 @@ from google.protobuf.message import Message
 
 from numfed import pki
 from numfed.claims import TENURE_CLAIM_PAYLOAD_TYPE, Purpose, TenureClaim, sign_claim
-from numfed.conformance.gateway import TEST_CARRIER, KitGateway, TestKeys, start_kit_gateway
+from numfed.conformance.gateway import (
+    OTHER_CARRIER,
+    TEST_CARRIER,
+    KitGateway,
+    TestKeys,
+    start_kit_gateway,
+)
 from numfed.conformance.report import CheckFailed, Report, Suite
 from numfed.envelope import Envelope, SigningKey, sign
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
@@ -299,12 +305,15 @@ class PlatformKit:
         x: datetime,
         *,
         key: SigningKey | None = None,
+        carrier_id: str = TEST_CARRIER,
         issued: datetime | None = None,
         lifetime: timedelta = timedelta(minutes=10),
     ) -> claim_pb2.Envelope:
+        """A claim naming ``carrier_id``, signed by ``key`` (the kit's good key of TEST_CARRIER
+        unless given)."""
         claim = TenureClaim.new(
             number=number,
-            carrier_id=TEST_CARRIER,
+            carrier_id=carrier_id,
             tenure_start=x,
             purpose=purpose,
             now=issued or _now(),
@@ -351,8 +360,13 @@ class PlatformKit:
 
     # --- events ---------------------------------------------------------------------------
 
-    def batch(self, *events: LifecycleEvent, key: SigningKey | None = None) -> claim_pb2.Envelope:
-        return sign_event_batch(TEST_CARRIER, events, key or self.keys.good, now=_now()).to_proto()
+    def batch(
+        self,
+        *events: LifecycleEvent,
+        key: SigningKey | None = None,
+        carrier_id: str = TEST_CARRIER,
+    ) -> claim_pb2.Envelope:
+        return sign_event_batch(carrier_id, events, key or self.keys.good, now=_now()).to_proto()
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -391,14 +405,17 @@ def _same_items(sent: list[str], got: list[str]) -> None:
         raise CheckFailed(f"results do not answer the items one by one in order: {got} for {sent}")
 
 
-def expect(status: object, code: str, what: str) -> None:
-    """The per-item status must have ``code`` (and, when refused, one ErrorInfo)."""
+def expect(status: object, code: str, what: str, *, reason: str | None = None) -> None:
+    """The per-item status must have ``code`` (and, when refused, one ErrorInfo, whose reason
+    is ``reason`` if given)."""
     got = _code(status)
     if got != code:
         detail = f" ({_reason(status)})" if got != OK else ""
         raise CheckFailed(f"{what}: expected {code}, got {got}{detail}")
     if code != OK and error_info(status) is None:
         raise CheckFailed(f"{what}: refused with {code} but without a google.rpc.ErrorInfo")
+    if reason is not None and _reason(status) != reason:
+        raise CheckFailed(f"{what}: refused with {code} {_reason(status)}, not {reason}")
 
 
 def _count(result: platform_pb2.QueryItemResult | platform_pb2.ReleaseItemResult) -> int:
@@ -562,6 +579,74 @@ async def out_of_range_key_refused(kit: PlatformKit) -> str:
     if await kit.released(s.accounts["before"], s.number):
         raise CheckFailed("an out-of-range key released a binding")
     return f"refused ({_reason(r.status)})"
+
+
+@check(
+    "carrier_key_mismatch_refused",
+    "PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the key that signed it "
+    "belongs to the carrier it names. Signed with another carrier's key (valid, in scope, not "
+    "revoked), a claim is refused item by item with PERMISSION_DENIED (CARRIER_KEY_MISMATCH) "
+    "and changes nothing; an event batch is never applied.",
+    "With number portability every carrier's key covers every number: a platform that checks "
+    "only the key's prefixes lets each carrier, or anyone with one leaked key, speak for all.",
+)
+async def carrier_key_mismatch_refused(kit: PlatformKit) -> str:
+    s = await kit.seed()
+    control = await kit.seed(at=False, after=False)
+    mismatched = [
+        (f"a claim naming {OTHER_CARRIER} signed by a {TEST_CARRIER} key", OTHER_CARRIER, None),
+        (
+            f"a claim naming {TEST_CARRIER} signed by a {OTHER_CARRIER} key",
+            TEST_CARRIER,
+            kit.keys.other,
+        ),
+    ]
+    queries = await kit.query(
+        *(
+            kit.claim(s.number, Purpose.QUERY_PRIOR, s.x, carrier_id=c, key=k)
+            for _, c, k in mismatched
+        )
+    )
+    for (what, _, _), q in zip(mismatched, queries, strict=True):
+        expect(q.status, "PERMISSION_DENIED", f"query: {what}", reason="CARRIER_KEY_MISMATCH")
+        if q.bindings:
+            raise CheckFailed(f"query: {what}: bindings were listed")
+    releases = await kit.release(
+        *(
+            kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x, carrier_id=c, key=k)
+            for _, c, k in mismatched
+        ),
+        kit.claim(control.number, Purpose.RELEASE_PRIOR, control.x),
+    )
+    for (what, _, _), r in zip(mismatched, releases[:-1], strict=True):
+        expect(r.status, "PERMISSION_DENIED", f"release: {what}", reason="CARRIER_KEY_MISMATCH")
+        if r.released:
+            raise CheckFailed(f"release: {what}: bindings are reported released")
+    expect(releases[-1].status, OK, "a valid release in the same batch")
+    after = await kit.read(*s.accounts.values())
+    for role, account_id in s.accounts.items():
+        state = after[account_id]
+        if not state.exists or any(b.released or b.stale for b in state.bindings):
+            raise CheckFailed(f"a mismatched release changed the account bound {role} X")
+    if not await kit.released(control.accounts["before"], control.number):
+        raise CheckFailed("the valid release in the same batch was not applied")
+
+    e = await kit.seed(at=False, after=False)
+    batches = []
+    for _, carrier_id, key in mismatched:
+        event = LifecycleEvent.new(e.number, EventKind.PENDING_RELEASE, _now(), as_of=e.x)
+        batches.append((kit.next_seq(), kit.batch(event, carrier_id=carrier_id, key=key), event))
+    ack = await kit.deliver(*((seq, batch) for seq, batch, _ in batches))
+    if await kit.released(e.accounts["before"], e.number):
+        raise CheckFailed("an event batch signed by another carrier's key was applied")
+    applied = set(await kit.applied_events())
+    if any(event.event_id in applied for _, _, event in batches):
+        raise CheckFailed("an event of a mismatched batch is listed as applied")
+    if ack.ack_through_seq != batches[-1][0]:
+        raise CheckFailed(
+            f"acknowledged {ack.ack_through_seq}, not {batches[-1][0]}: they would come back"
+        )
+    return "2 queries and 2 releases refused (CARRIER_KEY_MISMATCH), 2 batches not applied"
 
 
 @check(

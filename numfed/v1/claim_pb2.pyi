@@ -78,7 +78,11 @@ class TenureClaim(_message.Message):
     number: _builtins.str
     """The number in E.164 form, e.g. "+8613800138000"."""
     carrier_id: _builtins.str
-    """The attesting carrier, e.g. "cmcc". Must be the carrier that serves the number now."""
+    """The attesting carrier, e.g. "cmcc". Must be the carrier that serves the number now, and the
+    carrier the trust bundle lists the signing key for (rule PLAT-CLAIM-KEY-CARRIER): a claim
+    signed by another carrier's key is refused with PERMISSION_DENIED (CARRIER_KEY_MISMATCH),
+    whatever numbers that key may attest.
+    """
     purpose: Global___Purpose.ValueType
     """The one use this claim is good for."""
     claim_id: _builtins.bytes
@@ -143,7 +147,10 @@ class RecycledClaim(_message.Message):
     number: _builtins.str
     """The number in E.164 form."""
     carrier_id: _builtins.str
-    """The carrier that serves the number now and signs this answer."""
+    """The carrier that serves the number now and signs this answer; the trust bundle must list the
+    signing key for it (rule PLAT-CLAIM-KEY-CARRIER), or the asking platform refuses the answer
+    with PERMISSION_DENIED (CARRIER_KEY_MISMATCH).
+    """
     changed: _builtins.bool
     """True when the number changed holder (or had none) at any moment after `since`."""
     platform_id: _builtins.str

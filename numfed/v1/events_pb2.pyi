@@ -141,7 +141,10 @@ class EventBatch(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     carrier_id: _builtins.str
-    """The publishing carrier."""
+    """The publishing carrier; the trust bundle must list the signing key for it (rule
+    PLAT-CLAIM-KEY-CARRIER). A batch signed by another carrier's key is refused with
+    PERMISSION_DENIED (CARRIER_KEY_MISMATCH) and never applied.
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the carrier signed the batch (UTC)."""

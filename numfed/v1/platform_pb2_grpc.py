@@ -30,6 +30,11 @@ class PlatformServiceStub:
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     def __init__(self, channel):
@@ -60,6 +65,11 @@ class PlatformServiceServicer:
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     def BatchQueryBindings(self, request, context):
@@ -69,8 +79,10 @@ class PlatformServiceServicer:
         Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
         (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
         Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
-        revoked or out of window, expired or future claim), PERMISSION_DENIED (key may not attest the
-        number), INVALID_ARGUMENT (malformed claim, wrong purpose).
+        revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
+        key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
+        the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
+        purpose).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,9 +106,11 @@ class PlatformServiceServicer:
 
     def DeliverEvents(self, request, context):
         """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
-        batch's carrier signature, applies each event once (by event_id) and acknowledges the
-        highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
-        (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+        batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
+        PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
+        seq it has applied; the gateway sends the rest again. A batch that does not verify is never
+        applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+        not the gateway), INVALID_ARGUMENT (batches out of order).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +147,11 @@ class PlatformService:
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     @staticmethod

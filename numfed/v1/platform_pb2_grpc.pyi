@@ -31,6 +31,11 @@ class PlatformServiceStub:
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     @_typing.overload
@@ -44,8 +49,10 @@ class PlatformServiceStub:
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
-    revoked or out of window, expired or future claim), PERMISSION_DENIED (key may not attest the
-    number), INVALID_ARGUMENT (malformed claim, wrong purpose).
+    revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
+    key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
+    the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
+    purpose).
     """
     BatchReleaseBindings: _grpc.UnaryUnaryMultiCallable[_platform_pb2.BatchReleaseBindingsRequest, _platform_pb2.BatchReleaseBindingsResponse]
     """BatchReleaseBindings applies each claim of the batch on its own, at most once per claim_id: a
@@ -61,9 +68,11 @@ class PlatformServiceStub:
     """
     DeliverEvents: _grpc.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]
     """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
-    batch's carrier signature, applies each event once (by event_id) and acknowledges the
-    highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
-    (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+    batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
+    PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
+    seq it has applied; the gateway sends the rest again. A batch that does not verify is never
+    applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+    not the gateway), INVALID_ARGUMENT (batches out of order).
     """
 
 @_typing.type_check_only
@@ -72,6 +81,11 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -82,8 +96,10 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
-    revoked or out of window, expired or future claim), PERMISSION_DENIED (key may not attest the
-    number), INVALID_ARGUMENT (malformed claim, wrong purpose).
+    revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
+    key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
+    the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
+    purpose).
     """
     BatchReleaseBindings: _aio.UnaryUnaryMultiCallable[_platform_pb2.BatchReleaseBindingsRequest, _platform_pb2.BatchReleaseBindingsResponse]  # type: ignore[assignment]
     """BatchReleaseBindings applies each claim of the batch on its own, at most once per claim_id: a
@@ -99,9 +115,11 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     """
     DeliverEvents: _aio.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]  # type: ignore[assignment]
     """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
-    batch's carrier signature, applies each event once (by event_id) and acknowledges the
-    highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
-    (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+    batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
+    PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
+    seq it has applied; the gateway sends the rest again. A batch that does not verify is never
+    applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+    not the gateway), INVALID_ARGUMENT (batches out of order).
     """
 
 class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -109,6 +127,11 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
+    key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
+    EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
+    every carrier's key may cover every number), and the carrier is never taken from anywhere
+    else (the envelope's keyid, call metadata, the gateway).
     """
 
     @_abc_1.abstractmethod
@@ -123,8 +146,10 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
         (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
         Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
-        revoked or out of window, expired or future claim), PERMISSION_DENIED (key may not attest the
-        number), INVALID_ARGUMENT (malformed claim, wrong purpose).
+        revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
+        key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
+        the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
+        purpose).
         """
 
     @_abc_1.abstractmethod
@@ -152,9 +177,11 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_platform_pb2.DeliverEventsResponse, _abc.Awaitable[_platform_pb2.DeliverEventsResponse]]:
         """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
-        batch's carrier signature, applies each event once (by event_id) and acknowledges the
-        highest seq it has applied; the gateway sends the rest again. Errors: PERMISSION_DENIED
-        (caller is not the gateway), INVALID_ARGUMENT (batches out of order).
+        batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
+        PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
+        seq it has applied; the gateway sends the rest again. A batch that does not verify is never
+        applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+        not the gateway), INVALID_ARGUMENT (batches out of order).
         """
 
 def add_PlatformServiceServicer_to_server(servicer: PlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from carrier_adapters.base import CarrierAdapter
 from carrier_adapters.cmcc import CmccAdapter
@@ -26,7 +26,7 @@ from numfed.claims import (
 )
 from numfed.envelope import Envelope, SigningKey, VerifyKey
 from numfed.errors import NotFound, NumfedError
-from numfed.events import LifecycleEvent, sign_event_batch
+from numfed.events import LifecycleEvent, VerifiedBatch, sign_event_batch, verify_event_batch
 from numfed.history import EventKind as HistoryKind
 from numfed.identity import PeerId, Role
 from numfed.rpc import ok_status
@@ -98,6 +98,72 @@ class SkipsSignatureCheck(PlatformServicer):
             except NumfedError as err:
                 out.append(err)
         return out
+
+
+class _KeysOfNamedCarrier:
+    """Looks keys up (signature, revocation, scope and window still apply) but takes every key
+    for one of ``carrier_id``, the carrier the signed object names: PLAT-CLAIM-KEY-CARRIER
+    skipped, nothing else."""
+
+    def __init__(self, inner: TrustedState, carrier_id: str) -> None:
+        self._inner = inner
+        self._carrier_id = carrier_id
+
+    def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:
+        return replace(self._inner.carrier_key(key_id, now=now), carrier_id=self._carrier_id)
+
+
+def _named_carrier(trust: TrustedState, payload: bytes, message: type[Message]) -> Any:
+    """``trust`` as a platform sees it that believes the carrier id in ``payload``."""
+    try:
+        carrier_id = message.FromString(payload).carrier_id  # type: ignore[attr-defined]
+    except DecodeError:
+        return trust
+    return _KeysOfNamedCarrier(trust, carrier_id) if carrier_id else trust
+
+
+class TrustsClaimedCarrier(PlatformServicer):
+    """Believes the carrier a claim names, whichever carrier's key of the bundle signed it."""
+
+    def _verify(
+        self, items: Sequence[Any], purposes: Sequence[Purpose]
+    ) -> list[VerifiedClaim | NumfedError]:
+        trust = self.trust.trusted()
+        now = datetime.now(UTC)
+        out: list[VerifiedClaim | NumfedError] = []
+        for item in items:
+            try:
+                env = Envelope.from_proto(item.claim)
+                out.append(
+                    verify_tenure_claim(
+                        env,
+                        _named_carrier(trust, env.payload, claim_pb2.TenureClaim),
+                        now=now,
+                        purposes=purposes,
+                        policy=sdk.PLATFORM_POLICY,
+                    )
+                )
+            except NumfedError as err:
+                out.append(err)
+        return out
+
+
+class _BatchCarrierBelieved(EventApplier):
+    def _verify(
+        self, batch: claim_pb2.Envelope, trust: TrustedState, now: datetime
+    ) -> VerifiedBatch:
+        env = Envelope.from_proto(batch)
+        named = _named_carrier(trust, env.payload, events_pb2.EventBatch)
+        return verify_event_batch(env, named, now=now)
+
+
+class TrustsBatchCarrier(PlatformServicer):
+    """Believes the carrier an event batch names, whichever carrier's key of the bundle signed
+    it (claims are checked right)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events = _BatchCarrierBelieved(trust=self.trust, store=self.store)
 
 
 class LeaksAccountId(PlatformServicer):
@@ -179,6 +245,8 @@ class IgnoresReassigned(PlatformServicer):
 BROKEN_PLATFORMS: dict[str, tuple[type[PlatformServicer], str]] = {
     "releases_at_x": (ReleasesAtX, "release_keeps_binding_at_x"),
     "skips_signature_check": (SkipsSignatureCheck, "forged_claim_refused"),
+    "trusts_claimed_carrier": (TrustsClaimedCarrier, "carrier_key_mismatch_refused"),
+    "trusts_batch_carrier": (TrustsBatchCarrier, "carrier_key_mismatch_refused"),
     "leaks_account_id": (LeaksAccountId, "summaries_masked"),
     "applies_replay_twice": (AppliesReplayTwice, "replayed_release_applied_once"),
     "applies_event_twice": (AppliesEventTwice, "events_applied_once"),

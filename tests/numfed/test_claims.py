@@ -15,13 +15,14 @@ from numfed.claims import (
     RecycledClaim,
     TenureClaim,
     normalize_number,
+    require_key_of,
     sign_claim,
     verify_recycled_claim,
     verify_tenure_claim,
 )
 from numfed.envelope import MAX_ENVELOPE_BYTES, Envelope, Signature, SigningKey, sign
 from numfed.errors import InvalidArgument, NumfedError, PermissionDenied, Unauthenticated
-from numfed.trust import sign_bundle
+from numfed.trust import TrustedState, sign_bundle
 from numfed.v1 import claim_pb2
 from tests.helpers.federation import NOW, Federation, carrier_entry, make_federation
 
@@ -123,6 +124,48 @@ def test_key_outside_number_range_refused(fed: Federation) -> None:
 def test_claim_signed_by_other_carriers_key_refused(fed: Federation) -> None:
     env = sign_claim(tenure(carrier="cmcc"), fed.carrier_keys["cucc"])
     refused(fed, env, PermissionDenied, "CARRIER_KEY_MISMATCH")
+
+
+def covering_all_of_86(fed: Federation) -> TrustedState:
+    """The demo's bundle: with number portability every carrier's key covers all of +86."""
+    keys = {k.key_id: carrier_entry(k, c, ("+86",)) for c, k in fed.carrier_keys.items()}
+    s = fed.state()
+    s.update_bundle(sign_bundle(fed.next_bundle(carrier_keys=keys), fed.root_keys[:2]), now=NOW)
+    return s
+
+
+def test_require_key_of_names_the_rule(fed: Federation) -> None:
+    key = fed.bundle.carrier_keys[fed.carrier_keys["cmcc"].key_id]
+    require_key_of(key, "cmcc")
+    with pytest.raises(PermissionDenied) as e:
+        require_key_of(key, "cucc")
+    assert e.value.reason == "CARRIER_KEY_MISMATCH"
+    assert e.value.metadata == {"rule": "PLAT-CLAIM-KEY-CARRIER"}
+
+
+@pytest.mark.parametrize("kind", ["tenure", "recycled"])
+def test_a_key_covering_the_number_speaks_for_its_own_carrier_only(
+    fed: Federation, kind: str
+) -> None:
+    """PLAT-CLAIM-KEY-CARRIER: cmcc's key covers a number in cucc's range (portability), so
+    scope does not refuse a claim naming cucc signed with it; the carrier check must."""
+    trust = covering_all_of_86(fed)
+    number = "+8618612345678"
+
+    def verify(carrier: str, signer: str) -> str:
+        if kind == "tenure":
+            env = sign_claim(tenure(number, carrier), fed.carrier_keys[signer])
+            return verify_tenure_claim(env, trust, now=NOW, purposes=ALL).carrier_id
+        answer = RecycledClaim(number, carrier, X, True, "weibo", NOW, NOW + timedelta(minutes=5))
+        env = sign_claim(answer, fed.carrier_keys[signer])
+        return verify_recycled_claim(env, trust, now=NOW, audience="weibo").carrier_id
+
+    assert verify("cmcc", "cmcc") == "cmcc"  # the key covers the number
+    for carrier, signer in (("cucc", "cmcc"), ("cmcc", "cucc"), ("ctcc", "cmcc")):
+        with pytest.raises(PermissionDenied) as e:
+            verify(carrier, signer)
+        assert e.value.reason == "CARRIER_KEY_MISMATCH", (carrier, signer)
+        assert e.value.metadata["rule"] == "PLAT-CLAIM-KEY-CARRIER"
 
 
 def test_key_outside_validity_window_refused(fed: Federation) -> None:

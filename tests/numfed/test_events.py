@@ -16,7 +16,8 @@ from numfed.events import (
     sign_event_batch,
     verify_event_batch,
 )
-from tests.helpers.federation import NOW, Federation, make_federation
+from numfed.trust import sign_bundle
+from tests.helpers.federation import NOW, Federation, carrier_entry, make_federation
 
 N = "+8613912345678"
 
@@ -58,6 +59,23 @@ def test_forged_batch_refused(fed: Federation) -> None:
 def test_batch_for_another_carrier_refused(fed: Federation) -> None:
     env = sign_event_batch("cmcc", events(), fed.carrier_keys["cucc"], now=NOW)
     refused(fed, env, PermissionDenied, "CARRIER_KEY_MISMATCH")
+
+
+def test_a_key_covering_the_numbers_speaks_for_its_own_carrier_only(fed: Federation) -> None:
+    """PLAT-CLAIM-KEY-CARRIER with portability: every key covers all of +86, so only the
+    carrier check refuses a batch naming one carrier signed with another's key."""
+    keys = {k.key_id: carrier_entry(k, c, ("+86",)) for c, k in fed.carrier_keys.items()}
+    trust = fed.state()
+    trust.update_bundle(sign_bundle(fed.next_bundle(carrier_keys=keys), fed.root_keys[:2]), now=NOW)
+    number = "+8618612345678"  # in cucc's range in the other tests
+    ok = sign_event_batch("cmcc", events(number=number), fed.carrier_keys["cmcc"], now=NOW)
+    assert verify_event_batch(ok, trust, now=NOW).carrier_id == "cmcc"
+    for carrier, signer in (("cucc", "cmcc"), ("cmcc", "cucc")):
+        env = sign_event_batch(carrier, events(number=number), fed.carrier_keys[signer], now=NOW)
+        with pytest.raises(PermissionDenied) as e:
+            verify_event_batch(env, trust, now=NOW)
+        assert e.value.reason == "CARRIER_KEY_MISMATCH"
+        assert e.value.metadata == {"rule": "PLAT-CLAIM-KEY-CARRIER"}
 
 
 def test_number_outside_the_keys_range_refused(fed: Federation) -> None:

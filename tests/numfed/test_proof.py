@@ -11,7 +11,7 @@ from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.cli import main
 from numfed.envelope import Envelope
-from numfed.errors import InvalidArgument, Unauthenticated
+from numfed.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from numfed.federation import FederationLayout, create_federation, write_trust
 from numfed.proof import decode_proof, encode_proof, verify_proof
 from numfed.trust import TrustBundle, sign_bundle
@@ -32,11 +32,12 @@ def token(
     *,
     now: datetime | None = None,
     lifetime: timedelta = timedelta(days=30),
+    carrier_id: str = "cmcc",
 ) -> str:
     now = now or datetime.now(UTC)
     claim = TenureClaim.new(
         number=NUMBER,
-        carrier_id="cmcc",
+        carrier_id=carrier_id,
         tenure_start=X,
         purpose=Purpose.HOLDER_PROOF,
         now=now,
@@ -72,6 +73,18 @@ def test_tampered_proof_refused(layout: FederationLayout) -> None:
     assert e.value.reason == "BAD_SIGNATURE"
     with pytest.raises(InvalidArgument):
         decode_proof("nfp1.@@@")
+
+
+def test_a_proof_naming_another_carrier_refused(layout: FederationLayout) -> None:
+    """PLAT-CLAIM-KEY-CARRIER offline: cmcc's key covers all of +86, but a proof it signs that
+    names cucc proves nothing (in the CLI either)."""
+    other = token(layout, carrier_id="cucc")
+    now = datetime.now(UTC)
+    with pytest.raises(PermissionDenied) as e:
+        verify_proof(other, load_trusted_state(layout.trust_dir, now=now), now=now)
+    assert e.value.reason == "CARRIER_KEY_MISMATCH"
+    assert e.value.metadata == {"rule": "PLAT-CLAIM-KEY-CARRIER"}
+    assert main(["verify", other, "--trust", str(layout.trust_dir)]) == 2
 
 
 def test_expired_proof_refused(layout: FederationLayout) -> None:

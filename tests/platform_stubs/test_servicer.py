@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from numfed.claims import ClaimPolicy, Purpose
+from numfed.claims import ClaimPolicy, Purpose, TenureClaim, sign_claim
 from numfed.envelope import Envelope, SigningKey
 from numfed.identity import PeerId, Role
 from numfed.rpc import error_info, rpc_error_info
@@ -198,6 +198,49 @@ async def test_release_prior_applies_once_and_keeps_the_current_holder(running: 
     assert counts["released"] == len(PRIOR_N1)
     assert counts["applied"] == 1 and counts["replays"] == 1
     assert counts["accounts"] == len(ROWS)  # release never deletes an account
+
+
+async def test_a_release_in_another_carriers_name_is_refused_and_never_replayed(
+    running: Running,
+) -> None:
+    """PLAT-CLAIM-KEY-CARRIER on the release path. Every key here covers all of +86, so only
+    the carrier check stops cmcc's key releasing in cucc's name, also when the claim copies the
+    claim_id of a release applied before and expired past the grace (the replay path)."""
+    await running.seed(ROWS)
+    cmcc = running.signer("cmcc")
+    now = datetime.now(UTC)
+    applied = TenureClaim.new(
+        number=N1, carrier_id="cmcc", tenure_start=X1, purpose=Purpose.RELEASE_PRIOR, now=now
+    )
+    copied = replace(
+        applied,
+        carrier_id="cucc",
+        issued_at=now - timedelta(hours=3),
+        expires_at=now - timedelta(hours=3) + timedelta(minutes=10),
+    )
+    items = [
+        ("copied", sign_claim(copied, cmcc)),
+        (
+            "n2",
+            signed(
+                cmcc, number=N2, tenure_start=X2, carrier_id="cucc", purpose=Purpose.RELEASE_PRIOR
+            ),
+        ),
+    ]
+    async with running.channel() as ch:
+        stub = platform_stub(ch)
+        first = await stub.BatchReleaseBindings(
+            release([("applied", sign_claim(applied, cmcc))]), timeout=TIMEOUT
+        )
+        assert outcome(first.results[0].status) == OK
+        answer = await stub.BatchReleaseBindings(release(items), timeout=TIMEOUT)
+    for r in answer.results:
+        assert outcome(r.status) == code(grpc.StatusCode.PERMISSION_DENIED, "CARRIER_KEY_MISMATCH")
+        info = error_info(r.status)
+        assert info is not None and info.metadata["rule"] == "PLAT-CLAIM-KEY-CARRIER"
+        assert not r.replayed and list(r.released) == []
+    assert await active(running, N2) == {"wb2000000001", "wb2000000002"}
+    assert running.platform.store.counts()["replays"] == 0
 
 
 async def test_own_release_takes_only_the_selected_own_bindings(running: Running) -> None:
