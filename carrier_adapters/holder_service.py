@@ -38,7 +38,7 @@ PROOF_LIFETIME = timedelta(days=30)
 _ID_NUMBER_LEN = 18
 _MAYBE_COMMITTED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 """Codes of a gateway call whose outcome is unknown: the release job may exist."""
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCOPES = {
     holder_pb2.BINDING_SCOPE_PRIOR: (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR),
     holder_pb2.BINDING_SCOPE_OWN: (Purpose.QUERY_OWN, Purpose.RELEASE_OWN),
@@ -130,7 +130,7 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> operations_pb2.Operation:
         session = self._a.verifier.session(request.session_token)
-        if not _REQUEST_ID.match(request.request_id):
+        if not _REQUEST_ID.fullmatch(request.request_id):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )

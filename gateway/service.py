@@ -53,8 +53,8 @@ from numfed.v1 import (
 
 __all__ = ["GatewayServicer", "TrustFiles"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_OPERATION = re.compile(r"^operations/([0-9a-f]{32})$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OPERATION = re.compile(r"operations/([0-9a-f]{32})")
 
 QUERY_PURPOSES = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
@@ -266,7 +266,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> operations_pb2.Operation:
         caller = current_peer()
-        if not _REQUEST_ID.match(request.request_id):
+        if not _REQUEST_ID.fullmatch(request.request_id):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
@@ -344,7 +344,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return operation(*found)
 
     async def _own_job(self, name: str) -> str:
-        m = _OPERATION.match(name)
+        m = _OPERATION.fullmatch(name)
         if m is None:
             raise InvalidArgument("BAD_OPERATION_NAME", "name must be operations/<32 hex digits>")
         found = await self._store.run(self._store.get_job, m.group(1))

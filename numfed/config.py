@@ -25,8 +25,8 @@ __all__ = [
     "load_platform_config",
 ]
 
-_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_ID = re.compile(r"[a-z0-9_-]{1,32}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,17 @@ class Limits:
         unknown = set(raw) - known
         if unknown:
             raise InvalidArgument("BAD_CONFIG", f"unknown limits: {sorted(unknown)}")
-        values = {k: type(getattr(cls(), k))(v) for k, v in raw.items()}
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            # TOML numbers only: int("1_000"), float(" 12 ") or int("١٢") would take text too.
+            kind = type(getattr(defaults, k))
+            ok = (int, float) if kind is float else (int,)
+            if isinstance(v, bool) or not isinstance(v, ok):
+                raise InvalidArgument(
+                    "BAD_CONFIG", f"limits.{k} must be a {kind.__name__}, not {v!r}"[:200]
+                )
+            values[k] = kind(v)
         limits = cls(**values)
         for f in fields(limits):
             if getattr(limits, f.name) <= 0:
@@ -192,6 +202,14 @@ def _endpoints(sec: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _number(sec: dict[str, Any], key: str, where: str, default: float = 0.0) -> float:
+    """A TOML number (not text: float() would take " 12 ", "1_0" and other scripts' digits)."""
+    value = sec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument("BAD_CONFIG", f"{where}.{key} must be a number")
+    return float(value)
+
+
 def _ident(sec: dict[str, Any], key: str, where: str) -> str:
     value = _str(sec, key, where)
     if not _ID.fullmatch(value):
@@ -243,7 +261,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
     raw = _read(path)
     base = path.parent
     sec = _section(raw, "platform")
-    error_rate = float(sec.get("error_rate", 0.0))
+    error_rate = _number(sec, "error_rate", "platform")
     if not 0.0 <= error_rate <= 1.0:
         raise InvalidArgument("BAD_CONFIG", "platform.error_rate must be within [0, 1]")
     return PlatformConfig(
@@ -253,7 +271,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         trust_dir=base / _str(sec, "trust_dir", "platform"),
         state_dir=base / _str(sec, "state_dir", "platform"),
         gateway=_endpoints(sec, "gateway", "platform"),
-        latency_ms=float(sec.get("latency_ms", 0.0)),
+        latency_ms=_number(sec, "latency_ms", "platform"),
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
