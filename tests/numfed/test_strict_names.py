@@ -106,3 +106,17 @@ def test_root_files_are_named_with_ascii_digits_only(tmp_path: Path) -> None:
     with pytest.raises(NumfedError) as e:
         read_roots(lay.trust_dir)
     assert e.value.reason == "TRUST_FILES_GAP"
+
+
+def test_a_holder_proof_with_stray_characters_is_malformed(tmp_path: Path) -> None:
+    from numfed.proof import decode_proof
+    from tests.numfed.test_proof import token
+
+    lay = create_federation(tmp_path / "fed", carriers=("cmcc",), platforms=("weibo",))
+    good = token(lay)
+    assert decode_proof(good) == decode_proof(f"  {good}\n")  # pasted with whitespace around
+    body = good.removeprefix("nfp1.")
+    for bad in (f"nfp1.{body[:10]}\n{body[10:]}", f"nfp1.{body[:10]}!{body[10:]}", good + "+"):
+        with pytest.raises(InvalidArgument) as e:
+            decode_proof(bad)
+        assert e.value.reason == "MALFORMED_PROOF"
