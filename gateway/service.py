@@ -22,7 +22,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
 from gateway.results import now_us, operation, result_from_error, result_from_item
-from gateway.store import JobRow, Store, TaskRow
+from gateway.store import JobRow, Store, TaskRow, claim_digest
 from gateway.watchers import JobWatchers
 from numfed.claims import RELEASE_GRACE, Purpose, normalize_number
 from numfed.config import Limits
@@ -301,6 +301,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 to_us(checked.verified.claim.expires_at + RELEASE_GRACE),
             ),
             done_us=None,
+            claim_digest=claim_digest(caller.id, checked.verified.claim.claim_id),
         )
         try:
             # Committed (with the jobs of other calls arriving meanwhile) before we answer.
@@ -309,14 +310,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise DeadlineExceeded(
                 "COMMIT_TIMEOUT", "the release could not be stored in time; retry it"
             ) from exc
-        if stored.request_digest != digest:
-            raise AlreadyExists(
-                "REQUEST_ID_REUSED",
-                "request_id was used before with a different request",
-                metadata={"request_id": request.request_id},
-            )
-        if stored.job_id != job.job_id:  # a retry of a request accepted before
-            return await self._operation(stored.job_id)
+        if stored.job_id != job.job_id:
+            if stored.carrier_id == caller.id and stored.request_id == request.request_id:
+                if stored.request_digest != digest:
+                    raise AlreadyExists(
+                        "REQUEST_ID_REUSED",
+                        "request_id was used before with a different request",
+                        metadata={"request_id": request.request_id},
+                    )
+                return await self._operation(stored.job_id)  # a retry of an accepted request
+            raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
         self._audit.record(
             AuditRecord(
                 now_us(),
@@ -330,6 +333,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._dispatcher.wake()
         return operation(
             job, [TaskRow(job.job_id, p, 0, 0, 0, created, None) for p in platform_ids]
+        )
+
+    def _claim_used(
+        self, caller_uri: str, number_key: str, stored: JobRow, carrier_id: str
+    ) -> AlreadyExists:
+        """A release claim that made a job already, sent again under another request_id."""
+        self._audit.record(
+            AuditRecord(now_us(), "RELEASE_JOB", caller_uri, number_key, "CLAIM_ALREADY_USED")
+        )
+        # The digest covers the signing carrier, so the job found is the caller's own: naming
+        # it tells the caller nothing about another carrier's work.
+        metadata = {"operation": f"operations/{stored.job_id}"}
+        if stored.carrier_id != carrier_id:
+            metadata = {}
+        return AlreadyExists(
+            "CLAIM_ALREADY_USED",
+            "this release claim was used for a job already; a new release needs a new claim",
+            metadata=metadata,
         )
 
     async def _commit_jobs(

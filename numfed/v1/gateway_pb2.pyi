@@ -374,12 +374,17 @@ class ReleaseBindingsRequest(_message.Message):
     CLAIM_FIELD_NUMBER: _builtins.int
     PLATFORM_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-chosen id (a UUID, 1 to 64 characters [A-Za-z0-9_-]) making retries safe (AIP-155): a
-    repeat with the same body returns the same operation.
+    """Client-chosen id (a UUID, 1 to 64 characters [A-Za-z0-9_-], the whole string; nothing before
+    or after, not even a newline) making retries safe (AIP-155): a repeat with the same body
+    returns the same operation, even once the claim has expired. The same request_id with
+    another body is ALREADY_EXISTS REQUEST_ID_REUSED.
     """
     @_builtins.property
     def claim(self) -> _claim_pb2.Envelope:
-        """A signed TenureClaim of purpose PURPOSE_RELEASE_PRIOR or PURPOSE_RELEASE_OWN."""
+        """A signed TenureClaim of purpose PURPOSE_RELEASE_PRIOR or PURPOSE_RELEASE_OWN. A claim is good
+        for one job: sent again under another request_id it is ALREADY_EXISTS CLAIM_ALREADY_USED,
+        and a new release needs a new claim.
+        """
 
     @_builtins.property
     def platform_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -44,7 +44,8 @@ class GatewayServiceStub:
     """
     QueryBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-    call bounded by the caller's deadline, and answers per platform. Carriers only.
+    call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+    read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
@@ -54,7 +55,11 @@ class GatewayServiceStub:
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
     then dispatches to each platform with retries until it answers or the job deadline passes.
     Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-    Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+    One release claim makes at most one job, whatever request_id it comes with.
+    Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+    ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+    CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+    metadata "operation" names that job, which is the caller's own).
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -110,7 +115,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     QueryBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]  # type: ignore[assignment]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-    call bounded by the caller's deadline, and answers per platform. Carriers only.
+    call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+    read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
@@ -120,7 +126,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
     then dispatches to each platform with retries until it answers or the job deadline passes.
     Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-    Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+    One release claim makes at most one job, whatever request_id it comes with.
+    Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+    ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+    CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+    metadata "operation" names that job, which is the caller's own).
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -185,7 +195,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.QueryBindingsResponse, _abc.Awaitable[_gateway_pb2.QueryBindingsResponse]]:
         """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-        call bounded by the caller's deadline, and answers per platform. Carriers only.
+        call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+        read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
         Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
         or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
         claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
@@ -201,7 +212,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
         then dispatches to each platform with retries until it answers or the job deadline passes.
         Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-        Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+        One release claim makes at most one job, whatever request_id it comes with.
+        Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+        ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+        CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+        metadata "operation" names that job, which is the caller's own).
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
