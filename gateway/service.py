@@ -467,12 +467,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limit = request.max_batches or 20
         if limit > 100:
             raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
-        head = await self._store.run(self._events.head)
-        if request.ack_through_seq > head:
-            raise InvalidArgument("ACK_BEYOND_LOG", "ack_through_seq is beyond the event log")
-        before = await self._store.run(self._events.cursor, caller.id)
-        cursor = await self._store.run(
-            self._events.ack, caller.id, request.ack_through_seq, now_us()
+        # One transaction: an acknowledgement beyond what was delivered to this platform is
+        # ACK_BEYOND_DELIVERED and changes nothing; what is returned is recorded as delivered.
+        before, cursor, rows = await self._store.run(
+            self._events.pull, caller.id, request.ack_through_seq, limit, now_us()
         )
         if cursor > before:
             self._audit.record(
@@ -484,7 +482,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     detail={"through_seq": str(cursor), "mode": "poll"},
                 )
             )
-        rows = await self._store.run(self._events.after, cursor, limit)
         return gateway_pb2.PullEventsResponse(
             batches=[
                 events_pb2.SequencedBatch(seq=seq, batch=claim_pb2.Envelope.FromString(raw))

@@ -115,7 +115,11 @@ class PullEventsRequest(_message.Message):
     ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     MAX_BATCHES_FIELD_NUMBER: _builtins.int
     ack_through_seq: _builtins.int
-    """Every batch with seq <= this has been applied by the platform; 0 acknowledges nothing."""
+    """Every batch with seq <= this has been applied by the platform; 0 acknowledges nothing. At
+    most the highest seq delivered to this platform (returned by PullEvents, or sent to it by
+    push and answered), kept by the gateway across replicas and restarts; beyond it the call is
+    INVALID_ARGUMENT ACK_BEYOND_DELIVERED and changes nothing.
+    """
     max_batches: _builtins.int
     """1 to 100 batches; 0 means 20."""
     def __init__(

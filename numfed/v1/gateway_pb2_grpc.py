@@ -173,8 +173,9 @@ class GatewayServiceServicer:
     def PullEvents(self, request, context):
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-        what was delivered).
+        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+        nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,8 +96,9 @@ class GatewayServiceStub:
     PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-    what was delivered).
+    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+    nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded).
     """
 
 @_typing.type_check_only
@@ -167,8 +168,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-    what was delivered).
+    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+    nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -283,8 +285,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.PullEventsResponse, _abc.Awaitable[_gateway_pb2.PullEventsResponse]]:
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-        what was delivered).
+        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+        nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

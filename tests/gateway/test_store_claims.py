@@ -9,10 +9,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+import gateway.store as gateway_store
 from gateway.schema import release_jobs, release_tasks
 from gateway.store import JobRow, Store, claim_digest
 from tests.gateway.test_store import job
@@ -92,3 +94,57 @@ def test_two_replicas_committing_one_claim_at_once_make_one_job(
         # The unrelated release of each group is stored whatever happened to the other entry.
         assert got_a[1].request_id == f"a-{round_}-x" and got_b[1].request_id == f"b-{round_}-x"
         assert counts(a) == (3 * (round_ + 1), 3 * (round_ + 1))
+
+
+def test_migration_0006_backfills_claim_digests_and_what_was_delivered(db_url: str) -> None:
+    """An 0004 database with jobs and cursors upgrades in place: each claim that still has a job
+    gets its digest (the oldest job keeps it), and a cursor's delivered position is the log's
+    head, so a poll platform holding unacknowledged batches is not refused its acknowledgement.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.schema import event_batches, event_cursors
+    from numfed.v1 import claim_pb2
+
+    store = Store(db_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option(
+            "script_location", str(Path(gateway_store.__file__).parent / "migrations")
+        )
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004")
+        claim_id = b"K" * 16
+        envelope = claim_pb2.Envelope(
+            payload=claim_pb2.TenureClaim(carrier_id="cmcc", claim_id=claim_id).SerializeToString()
+        ).SerializeToString()
+        old = {k: v for k, v in job().__dict__.items() if k != "claim_digest"}
+        rows = [
+            {**old, "job_id": "a" * 32, "request_id": "r-1", "claim": envelope, "created_us": 1},
+            {**old, "job_id": "b" * 32, "request_id": "r-2", "claim": envelope, "created_us": 2},
+            {**old, "job_id": "c" * 32, "request_id": "r-3", "claim": None, "done_us": 3},
+        ]
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(release_jobs), rows)
+            conn.execute(
+                sa.insert(event_batches),
+                [{"carrier_id": "cmcc", "received_us": 1, "events": 1, "envelope": b"x"}] * 3,
+            )
+            conn.execute(
+                sa.insert(event_cursors),
+                [{"platform_id": "xiaomi", "acked_seq": 1, "updated_us": 1}],
+            )
+        store.migrate()
+        with store.engine.connect() as conn:
+            digests = dict(
+                conn.execute(sa.select(release_jobs.c.job_id, release_jobs.c.claim_digest)).all()
+            )
+            cursor = conn.execute(
+                sa.select(event_cursors.c.acked_seq, event_cursors.c.delivered_seq)
+            ).one()
+        assert digests == {"a" * 32: claim_digest("cmcc", claim_id), "b" * 32: None, "c" * 32: None}
+        assert tuple(cursor) == (1, 3)
+    finally:
+        store.close()

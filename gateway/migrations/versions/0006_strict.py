@@ -66,8 +66,11 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("delivered_seq", sa.BigInteger, nullable=False, server_default="0")
         )
-    # Whatever a platform acknowledged was delivered to it.
-    op.execute("UPDATE event_cursors SET delivered_seq = acked_seq")
+    # What was delivered before this revision is not known: the log's head bounds it. (A poll
+    # platform holding batches it has not acknowledged yet must not be refused their ack.)
+    op.execute(
+        "UPDATE event_cursors SET delivered_seq = (SELECT COALESCE(MAX(seq), 0) FROM event_batches)"
+    )
 
 
 def downgrade() -> None:
