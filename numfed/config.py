@@ -76,10 +76,26 @@ class Limits:
     max_queued_events: int = 64
     max_watches: int = 256
     """WatchOperation streams open at once."""
+    max_watches_per_caller: int = 0
+    """WatchOperation streams one caller (one peer SPIFFE id) may hold open at once; past it,
+    RESOURCE_EXHAUSTED ``CALLER_OVERLOADED``. 0 (the default): a quarter of ``max_watches``."""
+    caller_share: float = 0.5
+    """Share of each other RPC class's slots, running plus queued (``max_concurrent_*`` +
+    ``max_queued_*``), that one caller may hold at once; past it, RESOURCE_EXHAUSTED
+    ``CALLER_OVERLOADED``. At 0.5 a lone caller can still use every running slot of a class
+    but never fill its queue. At most 1."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
+
+    def __post_init__(self) -> None:
+        if self.max_watches_per_caller == 0:
+            object.__setattr__(self, "max_watches_per_caller", max(self.max_watches // 4, 1))
+
+    def per_caller(self, concurrency: int, queue: int) -> int:
+        """Calls of one class (running plus queued) one caller may hold: its ``caller_share``."""
+        return max(int(self.caller_share * (concurrency + queue)), 1)
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:
@@ -102,6 +118,12 @@ class Limits:
         for f in fields(limits):
             if getattr(limits, f.name) <= 0:
                 raise InvalidArgument("BAD_CONFIG", f"limits.{f.name} must be positive")
+        if limits.caller_share > 1:
+            raise InvalidArgument("BAD_CONFIG", "limits.caller_share is at most 1")
+        if limits.max_watches_per_caller > limits.max_watches:
+            raise InvalidArgument(
+                "BAD_CONFIG", "limits.max_watches_per_caller is at most limits.max_watches"
+            )
         return limits
 
 
