@@ -35,7 +35,8 @@ __all__ = ["HolderServicer"]
 T = TypeVar("T")
 PROOF_LIFETIME = timedelta(days=30)
 """How long a holder proof stays valid; it is carried around, unlike a one-use claim."""
-_ID_NUMBER_LEN = 18
+_ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]")
+"""A resident ID number: 17 ASCII digits and a check character (no other script's digits)."""
 _MAYBE_COMMITTED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 """Codes of a gateway call whose outcome is unknown: the release job may exist."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -81,8 +82,10 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> holder_pb2.StartVerificationResponse:
         number = normalize_number(request.number)
-        if len(request.id_number) != _ID_NUMBER_LEN:
-            raise InvalidArgument("MALFORMED_ID_NUMBER", "an ID number has 18 characters")
+        if not _ID_NUMBER.fullmatch(request.id_number):
+            raise InvalidArgument(
+                "MALFORMED_ID_NUMBER", "an ID number is 17 digits 0-9 and a check digit (0-9 or X)"
+            )
         current = self._a.registry.current_holder(number, self._a.clock())
         vid, expires = self._a.verifier.start(
             number,

@@ -13,9 +13,15 @@ import pytest
 
 from numfed import pki
 from numfed.rpc import rpc_error_info
-from numfed.v1 import carrier_pb2, carrier_pb2_grpc, holder_pb2
+from numfed.v1 import carrier_pb2, carrier_pb2_grpc, holder_pb2, holder_pb2_grpc
 from tests.carrier_adapters.conftest import Running
-from tests.carrier_adapters.test_holder_service import channel, refused, verified
+from tests.carrier_adapters.test_holder_service import (
+    PORTED,
+    channel,
+    current_holder,
+    refused,
+    verified,
+)
 from tests.integration.holder import PRIOR
 
 __all__ = ["channel"]  # a fixture, imported for pytest
@@ -78,3 +84,32 @@ async def test_page_tokens_are_taken_only_as_written(running: Running) -> None:
                 INVALID,
                 "BAD_PAGE_TOKEN",
             ), repr(bad)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "{body}\n",  # 17 digits and a newline: 18 characters
+        "{arabic}",  # the right digits in Arabic-Indic script
+        "{fullwidth}",
+    ],
+)
+async def test_id_number_is_ascii_digits_only(
+    running: Running, channel: grpc.aio.Channel, shape: str
+) -> None:
+    holder = current_holder(PORTED)
+    body = holder.id_number[:17]
+    id_number = shape.format(
+        body=body,
+        arabic="".join(chr(ord("٠") + int(d)) for d in holder.id_number[:17]) + "0",
+        fullwidth="".join(chr(ord("０") + int(d)) for d in holder.id_number[:17]) + "0",
+    )
+    assert len(id_number) == 18
+    verifier = running.carriers["cmcc"].adapter.verifier
+    before = verifier.sizes()
+    call = holder_pb2_grpc.HolderServiceStub(channel).StartVerification(
+        holder_pb2.StartVerificationRequest(number=PORTED, name=holder.name, id_number=id_number),
+        timeout=5,
+    )
+    assert await refused(call) == (INVALID, "MALFORMED_ID_NUMBER")
+    assert verifier.sizes() == before  # no code sent, none of the number's tries used
