@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import re
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,6 +28,7 @@ __all__ = ["CarrierServicer", "page_of"]
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 MAX_HALVES_PAGE = MAX_EVENTS_PER_BATCH
+_TOKEN_NUMBER = re.compile(r"\+[0-9]{1,15}")
 
 
 def _token(last: str) -> str:
@@ -34,11 +36,14 @@ def _token(last: str) -> str:
 
 
 def _after(token: str) -> str:
+    """The number a page token names. Only a token this service wrote is accepted: base64
+    decoding skips stray characters and ``str.isdigit`` takes any script's digits, so the token
+    must be the exact encoding of a ``+`` and ASCII digits."""
     try:
         last = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
     except (binascii.Error, UnicodeError, ValueError) as exc:
         raise InvalidArgument("BAD_PAGE_TOKEN", "unknown page_token") from exc
-    if not (last.startswith("+") and last[1:].isdigit() and len(last) <= 16):
+    if not _TOKEN_NUMBER.fullmatch(last) or _token(last) != token:
         raise InvalidArgument("BAD_PAGE_TOKEN", "unknown page_token")
     return last
 

@@ -35,10 +35,11 @@ __all__ = ["HolderServicer"]
 T = TypeVar("T")
 PROOF_LIFETIME = timedelta(days=30)
 """How long a holder proof stays valid; it is carried around, unlike a one-use claim."""
-_ID_NUMBER_LEN = 18
+_ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]")
+"""A resident ID number: 17 ASCII digits and a check character (no other script's digits)."""
 _MAYBE_COMMITTED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 """Codes of a gateway call whose outcome is unknown: the release job may exist."""
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCOPES = {
     holder_pb2.BINDING_SCOPE_PRIOR: (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR),
     holder_pb2.BINDING_SCOPE_OWN: (Purpose.QUERY_OWN, Purpose.RELEASE_OWN),
@@ -81,8 +82,10 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> holder_pb2.StartVerificationResponse:
         number = normalize_number(request.number)
-        if len(request.id_number) != _ID_NUMBER_LEN:
-            raise InvalidArgument("MALFORMED_ID_NUMBER", "an ID number has 18 characters")
+        if not _ID_NUMBER.fullmatch(request.id_number):
+            raise InvalidArgument(
+                "MALFORMED_ID_NUMBER", "an ID number is 17 digits 0-9 and a check digit (0-9 or X)"
+            )
         current = self._a.registry.current_holder(number, self._a.clock())
         vid, expires = self._a.verifier.start(
             number,
@@ -130,7 +133,7 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> operations_pb2.Operation:
         session = self._a.verifier.session(request.session_token)
-        if not _REQUEST_ID.match(request.request_id):
+        if not _REQUEST_ID.fullmatch(request.request_id):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )

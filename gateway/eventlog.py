@@ -2,7 +2,9 @@
 
 Storage grows with batches + platforms, never batches x platforms. A platform's cursor only
 moves forward, and only on its acknowledgement, so delivery is at-least-once and in log order
-(hence in order per number).
+(hence in order per number). Beside the cursor the log keeps the highest seq delivered to the
+platform (what PullEvents returned, or what an answered DeliverEvents call carried): a
+platform can acknowledge only batches it was delivered, never ones it has not seen.
 
 With several replicas on one PostgreSQL, appends take an advisory lock so that sequence numbers
 commit in order (a reader never sees seq 8 before seq 7 and skips 7 for good), and pushing to a
@@ -20,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.schema import event_batches, event_cursors
 from numfed.db import serialize
+from numfed.errors import InvalidArgument
 
 __all__ = ["Authorize", "EventLog"]
 
@@ -102,19 +105,77 @@ class EventLog:
             ).on_conflict_do_nothing(index_elements=[event_cursors.c.platform_id])
         )
 
-    def ack(self, platform_id: str, through: int, now_us: int) -> int:
-        """Move the cursor forward to ``through`` (never back); return the new position."""
-        c_ = event_cursors.c
+    def delivered(self, platform_id: str) -> int:
+        """The highest seq delivered to the platform (0: nothing yet)."""
+        with self.engine.connect() as c:
+            got = c.execute(
+                sa.select(event_cursors.c.delivered_seq).where(
+                    event_cursors.c.platform_id == platform_id
+                )
+            ).scalar_one_or_none()
+        return int(got or 0)
+
+    def ack(self, platform_id: str, through: int, now_us: int, *, delivered: int = 0) -> int:
+        """Record delivery through ``delivered`` (push: what an answered call carried), then
+        move the cursor forward to ``through`` (never back); return the new position.
+
+        ``through`` beyond what was ever delivered to the platform is INVALID_ARGUMENT
+        ``ACK_BEYOND_DELIVERED`` and changes nothing.
+        """
         with self.engine.begin() as c:
-            self._ensure_cursor(c, platform_id, now_us)
+            acked, _ = self._acknowledge(c, platform_id, through, now_us, delivered)
+            return max(acked, through)
+
+    def pull(
+        self, platform_id: str, through: int, limit: int, now_us: int
+    ) -> tuple[int, int, list[tuple[int, bytes]]]:
+        """Poll delivery in one transaction: acknowledge through ``through`` (as :meth:`ack`),
+        then take up to ``limit`` batches after the cursor and record them as delivered.
+
+        Returns (cursor before, cursor after, [(seq, envelope)]).
+        """
+        with self.engine.begin() as c:
+            before, delivered = self._acknowledge(c, platform_id, through, now_us, 0)
+            cursor = max(before, through)
+            rows = self._after(c, cursor, limit)
+            if rows and rows[-1][0] > delivered:
+                self._mark_delivered(c, platform_id, rows[-1][0])
+            return before, cursor, rows
+
+    def _acknowledge(
+        self, c: sa.Connection, platform_id: str, through: int, now_us: int, delivered: int
+    ) -> tuple[int, int]:
+        """Check and apply an acknowledgement; return (acked before, delivered)."""
+        c_ = event_cursors.c
+        self._ensure_cursor(c, platform_id, now_us)
+        if delivered:
+            self._mark_delivered(c, platform_id, delivered)
+        row = c.execute(
+            sa.select(c_.acked_seq, c_.delivered_seq).where(c_.platform_id == platform_id)
+        ).one()
+        if through > row.delivered_seq:
+            # Raised inside the transaction: the cursor row made above is rolled back too.
+            raise InvalidArgument(
+                "ACK_BEYOND_DELIVERED",
+                f"ack_through_seq {through} is beyond what was delivered to this platform "
+                f"({row.delivered_seq})",
+                metadata={"delivered_seq": str(row.delivered_seq)},
+            )
+        if through > row.acked_seq:
             c.execute(
                 sa.update(event_cursors)
                 .where(c_.platform_id == platform_id, c_.acked_seq < through)
                 .values(acked_seq=through, updated_us=now_us)
             )
-            return int(
-                c.execute(sa.select(c_.acked_seq).where(c_.platform_id == platform_id)).scalar_one()
-            )
+        return int(row.acked_seq), int(row.delivered_seq)
+
+    def _mark_delivered(self, c: sa.Connection, platform_id: str, seq: int) -> None:
+        c_ = event_cursors.c
+        c.execute(
+            sa.update(event_cursors)
+            .where(c_.platform_id == platform_id, c_.delivered_seq < seq)
+            .values(delivered_seq=seq)
+        )
 
     def lease(self, platform_id: str, owner: str, now_us: int, lease_us: int) -> bool:
         """Hold (or renew) the right to push to ``platform_id``; False while another holds it."""
@@ -146,10 +207,14 @@ class EventLog:
 
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         with self.engine.connect() as c:
-            rows = c.execute(
-                sa.select(event_batches.c.seq, event_batches.c.envelope)
-                .where(event_batches.c.seq > seq)
-                .order_by(event_batches.c.seq)
-                .limit(limit)
-            ).all()
+            return self._after(c, seq, limit)
+
+    @staticmethod
+    def _after(c: sa.Connection, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = c.execute(
+            sa.select(event_batches.c.seq, event_batches.c.envelope)
+            .where(event_batches.c.seq > seq)
+            .order_by(event_batches.c.seq)
+            .limit(limit)
+        ).all()
         return [(int(r.seq), bytes(r.envelope)) for r in rows]

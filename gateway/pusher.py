@@ -1,8 +1,10 @@
 """Push delivery of lifecycle events: one loop per push-mode platform.
 
 Each loop sends the batches after the platform's acknowledged position, several per call, and
-moves the position to what the platform acknowledges. A platform that fails or does not answer
-gets the same batches again after a backoff; it applies each event once by its event_id.
+moves the position to what the platform acknowledges, never beyond what that call carried (an
+answer acknowledging more moves nothing and the batches are sent again). A platform that fails
+or does not answer gets the same batches again after a backoff; it applies each event once by
+its event_id.
 
 With several replicas, each loop first leases the platform's cursor (renewing it every round):
 one replica pushes to a platform at a time, and when it dies another takes over once the lease
@@ -89,12 +91,36 @@ class EventPusher:
                     for s, raw in rows
                 ]
             )
+            sent = rows[-1][0]
             try:
                 answer = await self._link.stub.DeliverEvents(
                     request, timeout=self._limits.platform_call_timeout
                 )
-                ack = min(answer.ack_through_seq, rows[-1][0])
-                await self._store.run(self._events.ack, platform, ack, now_us())
+                ack = answer.ack_through_seq
+                if ack > sent:
+                    # Acknowledging batches this call did not carry is a broken answer: what
+                    # was sent counts as delivered, the cursor stays, and the batches go again.
+                    await self._store.run(
+                        self._events.ack, platform, cursor, now_us(), delivered=sent
+                    )
+                    self._audit(
+                        AuditRecord(
+                            now_us(),
+                            "EVENT_DELIVERY",
+                            f"platform:{platform}",
+                            outcome="ACK_BEYOND_DELIVERED",
+                            detail={"ack_through_seq": str(ack), "sent_through_seq": str(sent)},
+                        )
+                    )
+                    log.warning(
+                        "%s acknowledged through %d, but was sent batches through %d only",
+                        platform,
+                        ack,
+                        sent,
+                    )
+                    ack = cursor
+                else:
+                    await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
                 before, cursor = cursor, max(cursor, ack)
                 if ack > before:
                     self._audit(

@@ -39,7 +39,11 @@ release_jobs = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("deadline_us", BigInteger, nullable=False),
     Column("done_us", BigInteger, nullable=True),
+    Column("claim_digest", LargeBinary(32), nullable=True),
     UniqueConstraint("carrier_id", "request_id", name="uq_release_jobs_request"),
+    # One release claim, one job: SHA-256 of (carrier, claim_id), unique (NULL for jobs made
+    # before revision 0006 whose claim was already dropped).
+    Index("uq_release_jobs_claim", "claim_digest", unique=True),
 )
 
 release_tasks = Table(
@@ -110,4 +114,8 @@ event_cursors = Table(
     Column("updated_us", BigInteger, nullable=False),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until_us", BigInteger, nullable=True),
+    Column("delivered_seq", BigInteger, nullable=False, server_default="0"),
 )
+"""``acked_seq``: what the platform acknowledged; ``delivered_seq``: the highest seq the gateway
+delivered to it (returned by PullEvents, or sent in a DeliverEvents call that was answered). A
+platform can acknowledge only what it was delivered: ``acked_seq <= delivered_seq``."""

@@ -23,7 +23,7 @@ from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
 from gateway.publisher import EventPublisher
 from gateway.results import now_us, operation, result_from_error, result_from_item
-from gateway.store import JobRow, Store, TaskRow
+from gateway.store import JobRow, Store, TaskRow, claim_digest
 from gateway.watchers import JobWatchers
 from numfed.claims import RELEASE_GRACE, Purpose, normalize_number
 from numfed.config import Limits
@@ -54,8 +54,8 @@ from numfed.v1 import (
 
 __all__ = ["GatewayServicer", "TrustFiles"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_OPERATION = re.compile(r"^operations/([0-9a-f]{32})$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OPERATION = re.compile(r"operations/([0-9a-f]{32})")
 
 QUERY_PURPOSES = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
@@ -267,7 +267,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> operations_pb2.Operation:
         caller = current_peer()
-        if not _REQUEST_ID.match(request.request_id):
+        if not _REQUEST_ID.fullmatch(request.request_id):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
@@ -302,6 +302,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 to_us(checked.verified.claim.expires_at + RELEASE_GRACE),
             ),
             done_us=None,
+            claim_digest=claim_digest(caller.id, checked.verified.claim.claim_id),
         )
         try:
             # Committed (with the jobs of other calls arriving meanwhile) before we answer.
@@ -310,14 +311,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise DeadlineExceeded(
                 "COMMIT_TIMEOUT", "the release could not be stored in time; retry it"
             ) from exc
-        if stored.request_digest != digest:
-            raise AlreadyExists(
-                "REQUEST_ID_REUSED",
-                "request_id was used before with a different request",
-                metadata={"request_id": request.request_id},
-            )
-        if stored.job_id != job.job_id:  # a retry of a request accepted before
-            return await self._operation(stored.job_id)
+        if stored.job_id != job.job_id:
+            if stored.carrier_id == caller.id and stored.request_id == request.request_id:
+                if stored.request_digest != digest:
+                    raise AlreadyExists(
+                        "REQUEST_ID_REUSED",
+                        "request_id was used before with a different request",
+                        metadata={"request_id": request.request_id},
+                    )
+                return await self._operation(stored.job_id)  # a retry of an accepted request
+            raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
         self._audit.record(
             AuditRecord(
                 now_us(),
@@ -333,6 +336,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             job, [TaskRow(job.job_id, p, 0, 0, 0, created, None) for p in platform_ids]
         )
 
+    def _claim_used(
+        self, caller_uri: str, number_key: str, stored: JobRow, carrier_id: str
+    ) -> AlreadyExists:
+        """A release claim that made a job already, sent again under another request_id."""
+        self._audit.record(
+            AuditRecord(now_us(), "RELEASE_JOB", caller_uri, number_key, "CLAIM_ALREADY_USED")
+        )
+        # The digest covers the signing carrier, so the job found is the caller's own: naming
+        # it tells the caller nothing about another carrier's work.
+        metadata = {"operation": f"operations/{stored.job_id}"}
+        if stored.carrier_id != carrier_id:
+            metadata = {}
+        return AlreadyExists(
+            "CLAIM_ALREADY_USED",
+            "this release claim was used for a job already; a new release needs a new claim",
+            metadata=metadata,
+        )
+
     async def _commit_jobs(
         self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
     ) -> list[JobRow]:
@@ -345,7 +366,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return operation(*found)
 
     async def _own_job(self, name: str) -> str:
-        m = _OPERATION.match(name)
+        m = _OPERATION.fullmatch(name)
         if m is None:
             raise InvalidArgument("BAD_OPERATION_NAME", "name must be operations/<32 hex digits>")
         found = await self._store.run(self._store.get_job, m.group(1))
@@ -418,12 +439,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limit = request.max_batches or 20
         if limit > 100:
             raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
-        head = await self._store.run(self._events.head)
-        if request.ack_through_seq > head:
-            raise InvalidArgument("ACK_BEYOND_LOG", "ack_through_seq is beyond the event log")
-        before = await self._store.run(self._events.cursor, caller.id)
-        cursor = await self._store.run(
-            self._events.ack, caller.id, request.ack_through_seq, now_us()
+        # One transaction: an acknowledgement beyond what was delivered to this platform is
+        # ACK_BEYOND_DELIVERED and changes nothing; what is returned is recorded as delivered.
+        before, cursor, rows = await self._store.run(
+            self._events.pull, caller.id, request.ack_through_seq, limit, now_us()
         )
         if cursor > before:
             self._audit.record(
@@ -435,7 +454,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     detail={"through_seq": str(cursor), "mode": "poll"},
                 )
             )
-        rows = await self._store.run(self._events.after, cursor, limit)
         return gateway_pb2.PullEventsResponse(
             batches=[
                 events_pb2.SequencedBatch(seq=seq, batch=claim_pb2.Envelope.FromString(raw))

@@ -16,6 +16,7 @@ own record that no task was ever held by two replicas at once.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from gateway.schema import release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
-__all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate"]
+__all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +70,18 @@ class JobRow:
     created_us: int
     deadline_us: int
     done_us: int | None
+    claim_digest: bytes | None = None
+    """:func:`claim_digest` of the job's claim: one release claim makes at most one job."""
+
+
+def claim_digest(carrier_id: str, claim_id: bytes) -> bytes:
+    """The key that makes a release claim good for one job: SHA-256 of (carrier, claim_id).
+
+    The signing carrier is part of it, so a claim id can only ever meet the same carrier's job.
+    """
+    return hashlib.sha256(
+        b"numfed/release-claim\x00" + carrier_id.encode() + b"\x00" + claim_id
+    ).digest()
 
 
 @dataclass(frozen=True)
@@ -200,27 +213,40 @@ class Store:
             ).all()
         return JobRow(**row._mapping), [TaskRow(**t._mapping) for t in tasks]
 
+    def find_job_by_claim(self, digest: bytes) -> JobRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(release_jobs).where(release_jobs.c.claim_digest == digest)
+            ).first()
+        return JobRow(**row._mapping) if row else None
+
     def create_job(self, job: JobRow, platform_ids: Sequence[str]) -> JobRow:
         """Insert a job and one pending task per platform in one transaction.
 
-        If a job with the same (carrier, request_id) exists already, nothing is written and the
-        existing job is returned, so concurrent retries of one request create one job.
+        If a job with the same (carrier, request_id) exists already, or one made from the same
+        claim (``claim_digest``), nothing is written and the existing job is returned, so
+        concurrent retries of one request, or one claim sent twice, create one job.
         """
         return self.create_jobs([(job, platform_ids)])[0]
 
     def create_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
         """Create many jobs in one transaction (a group commit); return each one's job.
 
-        Each entry returns the job stored for its (carrier, request_id): the new one, or the one
-        that existed already (also when an earlier entry of the same group created it). When
-        two replicas take the same request at once, the loser's insert hits the unique key and
-        the group is retried entry by entry, each returning the winner's job.
+        Each entry returns the job stored for its (carrier, request_id) or else for its
+        ``claim_digest``: the new one, or the one that existed already (also when an earlier
+        entry of the same group created it). The caller tells a retry from a reused claim by
+        the returned job's request. When two replicas take the same request or claim at once,
+        the loser's insert hits a unique key and the group is retried entry by entry, each
+        returning the winner's job: a conflict costs its own entry, never the group.
         """
         try:
             return self._insert_jobs(work)
         except sa.exc.IntegrityError:
             if len(work) == 1:
-                found = self.find_job(work[0][0].carrier_id, work[0][0].request_id)
+                job = work[0][0]
+                found = self.find_job(job.carrier_id, job.request_id)
+                if found is None and job.claim_digest is not None:
+                    found = self.find_job_by_claim(job.claim_digest)
                 if found is None:
                     raise
                 return [found]
@@ -229,6 +255,7 @@ class Store:
     def _insert_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
         j = release_jobs
         keys = {(job.carrier_id, job.request_id) for job, _p in work}
+        digests = {job.claim_digest for job, _p in work if job.claim_digest is not None}
         with self.engine.begin() as conn:
             stored = {
                 (r.carrier_id, r.request_id): JobRow(**r._mapping)
@@ -239,12 +266,23 @@ class Store:
                 )
                 if (r.carrier_id, r.request_id) in keys
             }
+            by_claim: dict[bytes, JobRow] = {}
+            if digests:
+                by_claim = {
+                    bytes(r.claim_digest): JobRow(**r._mapping)
+                    for r in conn.execute(sa.select(j).where(j.c.claim_digest.in_(sorted(digests))))
+                }
             jobs, tasks = [], []
             out: list[JobRow] = []
             for job, platform_ids in work:
                 key = (job.carrier_id, job.request_id)
+                if key not in stored and job.claim_digest in by_claim:
+                    out.append(by_claim[job.claim_digest])  # the claim made a job already
+                    continue
                 if key not in stored:
                     stored[key] = job
+                    if job.claim_digest is not None:
+                        by_claim[job.claim_digest] = job
                     jobs.append(job.__dict__)
                     tasks += [
                         {

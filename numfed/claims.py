@@ -51,7 +51,7 @@ TENURE_CLAIM_PAYLOAD_TYPE = "application/vnd.numfed.tenure-claim+proto"
 RECYCLED_CLAIM_PAYLOAD_TYPE = "application/vnd.numfed.recycled-claim+proto"
 CLAIM_ID_BYTES = 16
 MAX_BINDING_REFS = 1000
-_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
+_ID = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 class Purpose(enum.Enum):
@@ -112,7 +112,7 @@ def _valid_e164(number: str) -> str:
 
 
 def _member_id(value: str, what: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidArgument("MALFORMED_CLAIM", f"{what} {value!r} is not a member id")
     return value
 

@@ -25,8 +25,8 @@ __all__ = [
     "load_platform_config",
 ]
 
-_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_ID = re.compile(r"[a-z0-9_-]{1,32}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class Limits:
     max_queued_events: int = 64
     max_watches: int = 256
     """WatchOperation streams open at once."""
+    max_watches_per_caller: int = 0
+    """WatchOperation streams one caller (one peer SPIFFE id) may hold open at once; past it,
+    RESOURCE_EXHAUSTED ``CALLER_OVERLOADED``. 0 (the default): a quarter of ``max_watches``."""
+    caller_share: float = 0.5
+    """Share of each other RPC class's slots, running plus queued (``max_concurrent_*`` +
+    ``max_queued_*``), that one caller may hold at once; past it, RESOURCE_EXHAUSTED
+    ``CALLER_OVERLOADED``. At 0.5 a lone caller can still use every running slot of a class
+    but never fill its queue. At most 1."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
@@ -83,17 +91,41 @@ class Limits:
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
 
+    def __post_init__(self) -> None:
+        if self.max_watches_per_caller == 0:
+            object.__setattr__(self, "max_watches_per_caller", max(self.max_watches // 4, 1))
+
+    def per_caller(self, concurrency: int, queue: int) -> int:
+        """Calls of one class (running plus queued) one caller may hold: its ``caller_share``."""
+        return max(int(self.caller_share * (concurrency + queue)), 1)
+
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Limits:
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise InvalidArgument("BAD_CONFIG", f"unknown limits: {sorted(unknown)}")
-        values = {k: type(getattr(cls(), k))(v) for k, v in raw.items()}
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            # TOML numbers only: int("1_000"), float(" 12 ") or int("١٢") would take text too.
+            kind = type(getattr(defaults, k))
+            ok = (int, float) if kind is float else (int,)
+            if isinstance(v, bool) or not isinstance(v, ok):
+                raise InvalidArgument(
+                    "BAD_CONFIG", f"limits.{k} must be a {kind.__name__}, not {v!r}"[:200]
+                )
+            values[k] = kind(v)
         limits = cls(**values)
         for f in fields(limits):
             if getattr(limits, f.name) <= 0:
                 raise InvalidArgument("BAD_CONFIG", f"limits.{f.name} must be positive")
+        if limits.caller_share > 1:
+            raise InvalidArgument("BAD_CONFIG", "limits.caller_share is at most 1")
+        if limits.max_watches_per_caller > limits.max_watches:
+            raise InvalidArgument(
+                "BAD_CONFIG", "limits.max_watches_per_caller is at most limits.max_watches"
+            )
         return limits
 
 
@@ -193,6 +225,14 @@ def _endpoints(sec: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _number(sec: dict[str, Any], key: str, where: str, default: float = 0.0) -> float:
+    """A TOML number (not text: float() would take " 12 ", "1_0" and other scripts' digits)."""
+    value = sec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument("BAD_CONFIG", f"{where}.{key} must be a number")
+    return float(value)
+
+
 def _ident(sec: dict[str, Any], key: str, where: str) -> str:
     value = _str(sec, key, where)
     if not _ID.fullmatch(value):
@@ -246,7 +286,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
     raw = _read(path)
     base = path.parent
     sec = _section(raw, "platform")
-    error_rate = float(sec.get("error_rate", 0.0))
+    error_rate = _number(sec, "error_rate", "platform")
     if not 0.0 <= error_rate <= 1.0:
         raise InvalidArgument("BAD_CONFIG", "platform.error_rate must be within [0, 1]")
     return PlatformConfig(
@@ -256,7 +296,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         trust_dir=base / _str(sec, "trust_dir", "platform"),
         state_dir=base / _str(sec, "state_dir", "platform"),
         gateway=_endpoints(sec, "gateway", "platform"),
-        latency_ms=float(sec.get("latency_ms", 0.0)),
+        latency_ms=_number(sec, "latency_ms", "platform"),
         error_rate=error_rate,
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),

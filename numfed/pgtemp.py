@@ -22,6 +22,7 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,12 @@ class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server binaries here, or the server would not start."""
 
 
+def _major_version(bin_dir: str) -> int:
+    """The PostgreSQL major version a ``.../<version>/bin`` folder names (0 if none)."""
+    name = Path(bin_dir).parent.name
+    return int(name) if re.fullmatch(r"[0-9]{1,4}", name) else 0
+
+
 def find_bin_dir() -> Path:
     """The newest PostgreSQL server bin folder (``NUMFED_PG_BIN`` overrides)."""
     env = os.environ.get("NUMFED_PG_BIN")
@@ -63,7 +70,7 @@ def find_bin_dir() -> Path:
     else:
         candidates = sorted(
             (d for pattern in SEARCH for d in glob.glob(pattern)),
-            key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0,
+            key=_major_version,
             reverse=True,
         )
     for d in candidates:

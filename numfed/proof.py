@@ -38,7 +38,8 @@ def decode_proof(token: str) -> Envelope:
         raise InvalidArgument("NOT_A_PROOF", f"a holder proof starts with {PREFIX!r}")
     body = token[len(PREFIX) :]
     try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        # validate: a character outside the alphabet is an error, not skipped (one spelling).
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
         return Envelope.from_proto(claim_pb2.Envelope.FromString(raw))
     except (binascii.Error, ValueError, DecodeError) as exc:
         raise InvalidArgument("MALFORMED_PROOF", "the proof does not decode") from exc

@@ -151,27 +151,92 @@ class RpcClass:
     queue: int
     wait: float
     """Longest a call waits in the queue, in seconds, before it is turned away."""
+    per_caller: int | None = None
+    """Most calls of the class one caller (one peer SPIFFE id) may hold at once, running or
+    queued; None: no per-caller cap."""
+
+
+def _caller() -> str | None:
+    """The SPIFFE id of the call being handled (None on a server without peer identities)."""
+    peer = _current_peer.get(None)
+    return peer.uri if peer is not None else None
 
 
 class _Gate:
-    """Admission for one RPC class: a counter and a FIFO of waiters, on the event loop."""
+    """Admission for one RPC class: a counter and a FIFO of waiters, on the event loop, and a
+    count per caller of the calls it holds (running or queued), dropped when it reaches zero."""
 
     def __init__(self, cls: RpcClass) -> None:
         self.cls = cls
         self.active = 0
         self.rejected = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._held: dict[str, int] = {}
+        """caller -> calls of this class it has running or queued (no entry at zero)."""
 
-    def _overloaded(self, reason: str, message: str) -> ResourceExhausted:
+    def held_by(self, caller: str) -> int:
+        return self._held.get(caller, 0)
+
+    @property
+    def callers(self) -> int:
+        """Callers holding at least one call of this class (the per-caller memory in use)."""
+        return len(self._held)
+
+    def _overloaded(
+        self, reason: str, message: str, metadata: dict[str, str] | None = None
+    ) -> ResourceExhausted:
         self.rejected += 1
         return ResourceExhausted(
             reason,
             message,
-            metadata={"rpc_class": self.cls.name, "concurrency": str(self.cls.concurrency)},
+            metadata=metadata
+            or {"rpc_class": self.cls.name, "concurrency": str(self.cls.concurrency)},
             retry_after=max(self.cls.wait / 2, 0.05),
         )
 
-    async def enter(self) -> None:
+    async def enter(self, caller: str | None = None) -> str | None:
+        """Take a slot, or wait in the queue for one, or raise RESOURCE_EXHAUSTED at once.
+
+        ``caller`` (default: the authenticated peer of the call being handled) may hold at most
+        ``per_caller`` calls of the class; past that, ``CALLER_OVERLOADED`` before it takes any
+        of the class's room, so one caller cannot fill the slots or the queue of the others.
+        Returns the caller charged for the call (None if none), to hand back to :meth:`exit`.
+        """
+        caller = caller if caller is not None else _caller()
+        cap = self.cls.per_caller
+        if caller is None or cap is None:
+            await self._take_slot()
+            return None
+        held = self._held.get(caller, 0)
+        if held >= cap:
+            raise self._overloaded(
+                "CALLER_OVERLOADED",
+                f"too many {self.cls.name} calls from this caller at once; retry later",
+                {"rpc_class": self.cls.name, "per_caller": str(cap)},
+            )
+        self._held[caller] = held + 1
+        try:
+            await self._take_slot()
+        except BaseException:
+            self._release(caller)
+            raise
+        return caller
+
+    def exit(self, charged: str | None = None) -> None:
+        """Give the slot back; ``charged`` is what :meth:`enter` returned."""
+        self._pass_slot()
+        self._release(charged)
+
+    def _release(self, caller: str | None) -> None:
+        if caller is None:
+            return
+        held = self._held.get(caller, 0) - 1
+        if held > 0:
+            self._held[caller] = held
+        else:
+            self._held.pop(caller, None)
+
+    async def _take_slot(self) -> None:
         if self.active < self.cls.concurrency and not self._waiters:
             self.active += 1
             return
@@ -185,7 +250,7 @@ class _Gate:
             await asyncio.wait_for(asyncio.shield(granted), self.cls.wait)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if granted.done() and not granted.cancelled():
-                self.exit()  # the slot came just as we gave up: pass it on
+                self._pass_slot()  # the slot came just as we gave up: pass it on
             else:
                 granted.cancel()
                 with contextlib.suppress(ValueError):
@@ -197,7 +262,7 @@ class _Gate:
                 ) from None
             raise
 
-    def exit(self) -> None:
+    def _pass_slot(self) -> None:
         self.active -= 1
         while self._waiters:
             nxt = self._waiters.popleft()
@@ -213,8 +278,12 @@ class Admission:
     A call whose class is full waits in a FIFO queue of at most ``queue`` calls for at most
     ``wait`` seconds; a call that finds the queue full, or waits too long, gets
     RESOURCE_EXHAUSTED at once with RetryInfo. So a surge costs a bounded amount of memory and
-    never crashes the server; admitted calls still finish in their usual time. Methods not
-    named are not limited (health, reflection).
+    never crashes the server; admitted calls still finish in their usual time. Limits hold per
+    caller as well as in total: a caller holding ``per_caller`` calls of a class (running or
+    queued) gets RESOURCE_EXHAUSTED ``CALLER_OVERLOADED`` for the next, so one member cannot
+    take every slot of a class from the others. Bookkeeping is O(1) per call, and memory per
+    class grows only with the callers holding calls at that moment. Methods not named are not
+    limited (health, reflection).
     """
 
     def __init__(self, classes: Iterable[RpcClass], methods: Mapping[str, str]) -> None:
@@ -312,11 +381,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     request = _parsed(request, method)
                     if gate is None:
                         return await inner(request, context)
-                    await gate.enter()
+                    charged = await gate.enter()
                     try:
                         return await inner(request, context)
                     finally:
-                        gate.exit()
+                        gate.exit(charged)
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 
@@ -334,14 +403,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 try:
                     await admit(context)
                     request = _parsed(request, method)
-                    if gate is not None:
-                        await gate.enter()
+                    charged = await gate.enter() if gate is not None else None
                     try:
                         async for item in inner_stream(request, context):
                             yield item
                     finally:
                         if gate is not None:
-                            gate.exit()
+                            gate.exit(charged)
                 except NumfedError as err:
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
 

@@ -36,8 +36,8 @@ __all__ = [
 
 ROOT_PAYLOAD_TYPE = "application/vnd.numfed.root+proto"
 BUNDLE_PAYLOAD_TYPE = "application/vnd.numfed.trust-bundle+proto"
-_PREFIX = re.compile(r"^\+[0-9]{1,15}$")
-_CARRIER = re.compile(r"^[a-z0-9_-]{1,32}$")
+_PREFIX = re.compile(r"\+[0-9]{1,15}")
+_CARRIER = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 def _bad(reason: str, what: str) -> InvalidArgument:
@@ -101,9 +101,9 @@ class CarrierKey:
         _freeze(self, "number_prefixes", tuple(self.number_prefixes))
         if self.not_after <= self.not_before:
             raise _bad("MALFORMED_BUNDLE", "a carrier key's not_after must follow not_before")
-        if not _CARRIER.match(self.carrier_id):
+        if not _CARRIER.fullmatch(self.carrier_id):
             raise _bad("MALFORMED_BUNDLE", f"bad carrier id {self.carrier_id!r}")
-        if not self.number_prefixes or not all(_PREFIX.match(p) for p in self.number_prefixes):
+        if not self.number_prefixes or not all(_PREFIX.fullmatch(p) for p in self.number_prefixes):
             raise _bad("MALFORMED_BUNDLE", "number prefixes are '+' and digits, at least one")
 
     def covers(self, number: str) -> bool:

@@ -18,7 +18,7 @@ from numfed.v1 import claim_pb2
 
 __all__ = ["load_trusted_state", "read_bundle", "read_roots", "write_envelope"]
 
-_ROOT = re.compile(r"^root-(\d+)\.pb$")
+_ROOT = re.compile(r"root-([1-9][0-9]{0,8})\.pb")
 
 
 def write_envelope(path: Path, envelope: Envelope) -> None:
@@ -43,7 +43,7 @@ def read_roots(trust_dir: Path) -> list[claim_pb2.Envelope]:
     found = sorted(
         (int(m.group(1)), p)
         for p in trust_dir.glob("root-*.pb")
-        if (m := _ROOT.match(p.name)) is not None
+        if (m := _ROOT.fullmatch(p.name)) is not None
     )
     if [v for v, _ in found] != list(range(1, len(found) + 1)):
         raise FailedPrecondition("TRUST_FILES_GAP", f"{trust_dir}: root files must run 1..n")

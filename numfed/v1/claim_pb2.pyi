@@ -37,7 +37,10 @@ class _PurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Purpose.Value
     PURPOSE_RELEASE_OWN: _Purpose.ValueType  # 4
     """Release the own-tenure bindings the holder selected one by one (binding_refs)."""
     PURPOSE_HOLDER_PROOF: _Purpose.ValueType  # 5
-    """A portable proof "this number has been held by its current holder since tenure_start"."""
+    """A portable proof "this number has been held by its current holder since tenure_start".
+    Shown to anyone, as often as the holder likes; never accepted as a query or release claim
+    (INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform).
+    """
 
 class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper):
     """Purpose binds a claim to one use (least privilege). A platform refuses a claim whose purpose
@@ -55,7 +58,10 @@ PURPOSE_QUERY_OWN: Purpose.ValueType  # 3
 PURPOSE_RELEASE_OWN: Purpose.ValueType  # 4
 """Release the own-tenure bindings the holder selected one by one (binding_refs)."""
 PURPOSE_HOLDER_PROOF: Purpose.ValueType  # 5
-"""A portable proof "this number has been held by its current holder since tenure_start"."""
+"""A portable proof "this number has been held by its current holder since tenure_start".
+Shown to anyone, as often as the holder likes; never accepted as a query or release claim
+(INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform).
+"""
 Global___Purpose: _TypeAlias = Purpose  # noqa: Y015
 
 @_typing.final
@@ -86,7 +92,9 @@ class TenureClaim(_message.Message):
     purpose: Global___Purpose.ValueType
     """The one use this claim is good for."""
     claim_id: _builtins.bytes
-    """16 random bytes; names the claim for idempotency and audit."""
+    """16 random bytes; names the claim for idempotency and audit. A release claim makes at most
+    one job at the gateway and is applied at most once by each platform.
+    """
     @_builtins.property
     def tenure_start(self) -> _timestamp_pb2.Timestamp:
         """The moment the current holder's tenure began (UTC). A port between carriers does not move it."""

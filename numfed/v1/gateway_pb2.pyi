@@ -115,7 +115,11 @@ class PullEventsRequest(_message.Message):
     ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     MAX_BATCHES_FIELD_NUMBER: _builtins.int
     ack_through_seq: _builtins.int
-    """Every batch with seq <= this has been applied by the platform; 0 acknowledges nothing."""
+    """Every batch with seq <= this has been applied by the platform; 0 acknowledges nothing. At
+    most the highest seq delivered to this platform (returned by PullEvents, or sent to it by
+    push and answered), kept by the gateway across replicas and restarts; beyond it the call is
+    INVALID_ARGUMENT ACK_BEYOND_DELIVERED and changes nothing.
+    """
     max_batches: _builtins.int
     """1 to 100 batches; 0 means 20."""
     def __init__(
@@ -374,12 +378,17 @@ class ReleaseBindingsRequest(_message.Message):
     CLAIM_FIELD_NUMBER: _builtins.int
     PLATFORM_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-chosen id (a UUID, 1 to 64 characters [A-Za-z0-9_-]) making retries safe (AIP-155): a
-    repeat with the same body returns the same operation.
+    """Client-chosen id (a UUID, 1 to 64 characters [A-Za-z0-9_-], the whole string; nothing before
+    or after, not even a newline) making retries safe (AIP-155): a repeat with the same body
+    returns the same operation, even once the claim has expired. The same request_id with
+    another body is ALREADY_EXISTS REQUEST_ID_REUSED.
     """
     @_builtins.property
     def claim(self) -> _claim_pb2.Envelope:
-        """A signed TenureClaim of purpose PURPOSE_RELEASE_PRIOR or PURPOSE_RELEASE_OWN."""
+        """A signed TenureClaim of purpose PURPOSE_RELEASE_PRIOR or PURPOSE_RELEASE_OWN. A claim is good
+        for one job: sent again under another request_id it is ALREADY_EXISTS CLAIM_ALREADY_USED,
+        and a new release needs a new claim.
+        """
 
     @_builtins.property
     def platform_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -30,7 +30,11 @@ GRPC_VERSION: str
 class GatewayServiceStub:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
+    (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
+    CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
+    as well as in total); ErrorInfo metadata "rpc_class" names the class.
     """
 
     @_typing.overload
@@ -44,17 +48,22 @@ class GatewayServiceStub:
     """
     QueryBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-    call bounded by the caller's deadline, and answers per platform. Carriers only.
+    call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+    read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
-    unknown platform), RESOURCE_EXHAUSTED (overloaded), DEADLINE_EXCEEDED.
+    unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
     """
     ReleaseBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
     then dispatches to each platform with retries until it answers or the job deadline passes.
     Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-    Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+    One release claim makes at most one job, whatever request_id it comes with.
+    Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+    ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+    CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+    metadata "operation" names that job, which is the caller's own).
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -68,7 +77,10 @@ class GatewayServiceStub:
     """
     WatchOperation: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchOperationRequest, _operations_pb2.Operation]
     """WatchOperation streams the operation each time its progress changes, ending after the
-    operation is done. Errors: as GetOperation.
+    operation is done. A stream holds its admission slot while open: a caller may hold a share
+    of them (the gateway's limits.max_watches_per_caller, default a quarter of
+    limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
+    that share.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -96,15 +108,20 @@ class GatewayServiceStub:
     PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-    what was delivered).
+    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+    nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
     """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
+    (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
+    CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
+    as well as in total); ErrorInfo metadata "rpc_class" names the class.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -115,17 +132,22 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     QueryBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]  # type: ignore[assignment]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-    call bounded by the caller's deadline, and answers per platform. Carriers only.
+    call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+    read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
-    unknown platform), RESOURCE_EXHAUSTED (overloaded), DEADLINE_EXCEEDED.
+    unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
     """
     ReleaseBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
     then dispatches to each platform with retries until it answers or the job deadline passes.
     Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-    Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+    One release claim makes at most one job, whatever request_id it comes with.
+    Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+    ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+    CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+    metadata "operation" names that job, which is the caller's own).
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -139,7 +161,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     WatchOperation: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """WatchOperation streams the operation each time its progress changes, ending after the
-    operation is done. Errors: as GetOperation.
+    operation is done. A stream holds its admission slot while open: a caller may hold a share
+    of them (the gateway's limits.max_watches_per_caller, default a quarter of
+    limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
+    that share.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -167,14 +192,19 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-    what was delivered).
+    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+    nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
+    (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
+    CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
+    as well as in total); ErrorInfo metadata "rpc_class" names the class.
     """
 
     @_abc_1.abstractmethod
@@ -195,11 +225,12 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.QueryBindingsResponse, _abc.Awaitable[_gateway_pb2.QueryBindingsResponse]]:
         """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
-        call bounded by the caller's deadline, and answers per platform. Carriers only.
+        call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
+        read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
         Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
         or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
         claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
-        unknown platform), RESOURCE_EXHAUSTED (overloaded), DEADLINE_EXCEEDED.
+        unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
         """
 
     @_abc_1.abstractmethod
@@ -211,7 +242,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
         then dispatches to each platform with retries until it answers or the job deadline passes.
         Idempotent on request_id. Carriers only. metadata: ReleaseMetadata; response: ReleaseResponse.
-        Errors: as QueryBindings, plus ALREADY_EXISTS (request_id reused with a different body).
+        One release claim makes at most one job, whatever request_id it comes with.
+        Errors: as QueryBindings, plus INVALID_ARGUMENT BAD_REQUEST_ID (request_id malformed),
+        ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
+        CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
+        metadata "operation" names that job, which is the caller's own).
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -237,7 +272,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operations_pb2.Operation], _abc.AsyncIterator[_operations_pb2.Operation]]:
         """WatchOperation streams the operation each time its progress changes, ending after the
-        operation is done. Errors: as GetOperation.
+        operation is done. A stream holds its admission slot while open: a caller may hold a share
+        of them (the gateway's limits.max_watches_per_caller, default a quarter of
+        limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
+        that share.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -283,8 +321,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.PullEventsResponse, _abc.Awaitable[_gateway_pb2.PullEventsResponse]]:
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT (max_batches out of range, ack_through_seq beyond
-        what was delivered).
+        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
+        nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

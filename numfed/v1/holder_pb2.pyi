@@ -109,7 +109,9 @@ class StartVerificationRequest(_message.Message):
     name: _builtins.str
     """The holder's real name as registered with the carrier."""
     id_number: _builtins.str
-    """The holder's 18-character resident ID number."""
+    """The holder's resident ID number: 17 ASCII digits and a check digit (0-9 or X); anything
+    else is INVALID_ARGUMENT MALFORMED_ID_NUMBER and uses none of the number's verifications.
+    """
     def __init__(
         self,
         *,
@@ -279,7 +281,9 @@ class ReleaseHolderBindingsRequest(_message.Message):
     scope: Global___BindingScope.ValueType
     """PRIOR releases every binding made before the tenure began; OWN releases the selected ones."""
     request_id: _builtins.str
-    """Idempotency key (AIP-155), 1 to 64 characters [A-Za-z0-9_-]."""
+    """Idempotency key (AIP-155), 1 to 64 characters [A-Za-z0-9_-], the whole string (no
+    trailing newline); anything else is INVALID_ARGUMENT BAD_REQUEST_ID.
+    """
     @_builtins.property
     def binding_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OWN only: the binding_refs the holder picked, one by one. Must be empty for PRIOR."""

@@ -54,7 +54,10 @@ class DeliverEventsResponse(_message.Message):
 
     ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     ack_through_seq: _builtins.int
-    """Every batch up to this seq has been applied (or refused as unverifiable, which is final)."""
+    """Every batch up to this seq has been applied (or refused as unverifiable, which is final). At
+    most the last seq of this call's batches: an answer acknowledging more is broken, moves
+    nothing, and the same batches are sent again.
+    """
     def __init__(
         self,
         *,

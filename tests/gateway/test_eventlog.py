@@ -29,7 +29,7 @@ def test_cursor_moves_forward_only(store: Store) -> None:
     log = EventLog(store.engine)
     for i in range(3):
         assert log.append("cmcc", b"batch%d" % i, 1, T0) == i + 1
-    assert log.ack("weibo", 2, T0) == 2
+    assert log.ack("weibo", 2, T0, delivered=3) == 2
     assert log.ack("weibo", 1, T0) == 2  # never back
     assert [s for s, _ in log.after(log.cursor("weibo"), 10)] == [3]
 

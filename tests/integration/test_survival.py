@@ -409,11 +409,13 @@ async def test_ten_times_the_sustainable_rate_sheds_fast_with_bounded_memory(
     # shed, and admitted work went on throughout the surge, to its last third.
     assert codes["RESOURCE_EXHAUSTED"] > codes["OK"] > 0
     assert max(admitted_at) > OVERLOAD_SECONDS * 2 / 3
-    assert set(reasons) <= {"OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT"}
+    assert set(reasons) <= {"OVERLOADED", "CALLER_OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT"}
     # Turned away quickly, told without a clock: almost every excess call was refused on
-    # arrival (OVERLOADED: the queue was full), not after waiting in the queue. The latencies
+    # arrival (OVERLOADED: the queue was full; CALLER_OVERLOADED: the one carrier driving the
+    # surge held its share of the class), not after waiting in the queue. The latencies
     # printed above are measured properly by the overload benchmark (docs/benchmarks.md).
-    assert reasons["OVERLOADED"] >= 0.9 * codes["RESOURCE_EXHAUSTED"]
+    on_arrival = reasons["OVERLOADED"] + reasons["CALLER_OVERLOADED"]
+    assert on_arrival >= 0.9 * codes["RESOURCE_EXHAUSTED"]
     assert max(rss) < RSS_BOUND_MB
 
 
