@@ -19,7 +19,7 @@ from numfed.claims import RecycledQuestion
 from numfed.config import Limits
 from numfed.errors import ResourceExhausted
 
-__all__ = ["PROBE_BUDGET_REASON", "ProbeBudget", "candidate_days"]
+__all__ = ["PROBE_BUDGET_REASON", "ProbeBudget", "candidate_days", "refused_day"]
 
 PROBE_BUDGET_REASON = "RECYCLED_PROBE_BUDGET"
 
@@ -79,3 +79,16 @@ def candidate_days(question: RecycledQuestion) -> frozenset[date]:
         with contextlib.suppress(OverflowError):  # year 1 and year 9999 have one neighbour
             out.add(utc_day + delta)
     return frozenset(out)
+
+
+def refused_day(question: RecycledQuestion, metadata: Mapping[str, str]) -> date:
+    """The day a carrier's OUT_OF_RANGE refusal of ``question`` was about: the specified date,
+    or for ``since`` the day the refusal's metadata names (a carrier that names none is taken at
+    the UTC day of ``since``)."""
+    if question.specified_date is not None:
+        return question.specified_date
+    assert question.since is not None
+    try:
+        return date.fromisoformat(metadata.get("specified_date", ""))
+    except ValueError:
+        return question.since.astimezone(UTC).date()

@@ -21,7 +21,7 @@ from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
-from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days
+from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow
 from gateway.watchers import JobWatchers
@@ -90,16 +90,6 @@ async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> N
         await done
     finally:
         timer.cancel()
-
-
-def _refused_day(err: NumfedError, question: RecycledQuestion) -> date:
-    """The day a carrier's OUT_OF_RANGE about a ``since`` question was for (its metadata says;
-    a carrier that does not say is taken at the UTC day of ``since``)."""
-    try:
-        return date.fromisoformat(err.metadata.get("specified_date", ""))
-    except ValueError:
-        assert question.since is not None
-        return question.since.astimezone(UTC).date()
 
 
 class TrustFiles:
@@ -439,7 +429,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"
                 ) from exc
             if err.code == "OUT_OF_RANGE" and err.reason.endswith("_BEFORE_HISTORY"):
-                day = question.specified_date or _refused_day(err, question)
+                day = refused_day(question, err.metadata)
                 await self._spend(platform_id, number_key, day)
             raise err from exc
         try:

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days
+from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from numfed.claims import RecycledQuestion
 from numfed.config import Limits
 from numfed.errors import InvalidArgument, ResourceExhausted
@@ -61,3 +61,10 @@ def test_a_question_names_exactly_one_of_its_fields() -> None:
     with pytest.raises(InvalidArgument) as e:
         RecycledQuestion(specified_date=D1, since=datetime(2020, 1, 1, tzinfo=UTC))
     assert e.value.reason == "SINCE_AND_SPECIFIED_DATE"
+
+
+def test_a_refusal_is_about_the_day_asked_or_the_day_the_carrier_names() -> None:
+    assert refused_day(RecycledQuestion(specified_date=D1), {"specified_date": "1999-01-01"}) == D1
+    since = RecycledQuestion(since=datetime(2022, 6, 30, 20, tzinfo=UTC))
+    assert refused_day(since, {"specified_date": "2022-07-01"}) == date(2022, 7, 1)
+    assert refused_day(since, {}) == date(2022, 6, 30)
