@@ -19,7 +19,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,7 +30,7 @@ from carrier_adapters.holder_service import HolderServicer
 from carrier_adapters.registry import SubscriberRegistry, seed_from_scenario
 from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
-from numfed.claims import Purpose, RecycledClaim, TenureClaim, sign_claim
+from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
 from numfed.config import CarrierConfig, load_carrier_config
 from numfed.envelope import SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -77,6 +77,9 @@ class CarrierAdapter:
     quiet_period: ClassVar[timedelta] = MIN_QUIET_PERIOD
     """How long the carrier keeps a deactivated number before reassigning it; its registry
     refuses records that reassign sooner."""
+    time_zone: ClassVar[tzinfo] = UTC
+    """The zone whose calendar days the recycled check answers about (``specified_date``);
+    each carrier states its own (a ``zoneinfo.ZoneInfo``)."""
 
     def __init__(self, config: CarrierConfig, *, clock: Clock = _utc_now) -> None:
         if config.carrier_id != self.carrier_id:
@@ -141,20 +144,29 @@ class CarrierAdapter:
         mac = hmac.new(self._request_id_key, f"{holder_id}\0{request_id}".encode(), "sha256")
         return mac.hexdigest()
 
-    def answer_recycled(self, number: str, since: datetime, platform_id: str) -> claim_pb2.Envelope:
-        """Has ``number`` changed holder since ``since``? One signed bit for ``platform_id``."""
+    def answer_recycled(
+        self, number: str, question: RecycledQuestion, platform_id: str
+    ) -> claim_pb2.Envelope:
+        """Has ``number`` changed holder after the end of the day asked about (in the carrier's
+        time zone)? One signed bit for ``platform_id``, stating the day; never a time of day."""
         now = self.clock()
         history = self.registry.history(number)
         if history.carrier_at(now) != self.carrier_id:
             raise NotFound("NUMBER_NOT_SERVED", "this carrier does not serve the number")
+        if question.specified_date is not None:
+            answer = history.recycled_after(question.specified_date, self.time_zone, now)
+        else:
+            assert question.since is not None
+            answer = history.recycled_since(question.since, self.time_zone, now)
         claim = RecycledClaim(
             number=number,
             carrier_id=self.carrier_id,
-            since=since,
-            changed=history.recycled_since(since, now),
+            since=answer.as_of,
+            changed=answer.changed,
             platform_id=PeerId(Role.PLATFORM, platform_id).id,
             issued_at=now,
             expires_at=now + self.claim_lifetime,
+            specified_date=answer.day,
         )
         return sign_claim(claim, self.signer).to_proto()
 

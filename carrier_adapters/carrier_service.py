@@ -1,7 +1,8 @@
 """``CarrierService``: what the gateway asks a carrier (mTLS, gateway only).
 
 Which numbers the carrier serves (the gateway's portability registry), and a platform's
-recycled check relayed by the gateway: one signed bit, never the date.
+recycled check relayed by the gateway: one signed bit about a calendar day, never the date the
+holder's tenure began.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from numfed.claims import normalize_number
+from numfed.claims import RecycledQuestion, normalize_number
 from numfed.errors import InvalidArgument
 from numfed.events import MAX_EVENTS_PER_BATCH
-from numfed.timeutil import from_timestamp
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc
 
 if TYPE_CHECKING:
@@ -106,7 +106,6 @@ class CarrierServicer(carrier_pb2_grpc.CarrierServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> carrier_pb2.AnswerRecycledCheckResponse:
         number = normalize_number(request.number)
-        if not request.HasField("since"):
-            raise InvalidArgument("MISSING_SINCE", "since is required")
-        answer = self._a.answer_recycled(number, from_timestamp(request.since), request.platform_id)
+        question = RecycledQuestion.from_request(request)
+        answer = self._a.answer_recycled(number, question, request.platform_id)
         return carrier_pb2.AnswerRecycledCheckResponse(answer=answer)

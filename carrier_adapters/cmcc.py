@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from carrier_adapters.base import CarrierAdapter
 
 __all__ = ["CmccAdapter"]
@@ -13,3 +15,4 @@ class CmccAdapter(CarrierAdapter):
     carrier_id = "cmcc"
     display_name = "China Mobile"
     sms_signature = "【中国移动】"
+    time_zone = ZoneInfo("Asia/Shanghai")  # China Standard Time, UTC+8

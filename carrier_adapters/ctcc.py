@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from carrier_adapters.base import CarrierAdapter
 
 __all__ = ["CtccAdapter"]
@@ -13,3 +15,4 @@ class CtccAdapter(CarrierAdapter):
     carrier_id = "ctcc"
     display_name = "China Telecom"
     sms_signature = "【中国电信】"
+    time_zone = ZoneInfo("Asia/Shanghai")  # China Standard Time, UTC+8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from carrier_adapters.base import CarrierAdapter
 
 __all__ = ["CuccAdapter"]
@@ -13,3 +15,4 @@ class CuccAdapter(CarrierAdapter):
     carrier_id = "cucc"
     display_name = "China Unicom"
     sms_signature = "【中国联通】"
+    time_zone = ZoneInfo("Asia/Shanghai")  # China Standard Time, UTC+8

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -79,6 +80,19 @@ database's own record that no task was held by two replicas at once."""
 number_ports, port_halves = port_tables(metadata)
 """Who serves which number beyond the numbering plan: completed ports and pending halves, by
 number pseudonym (numfed/portstate.py, docs/authority.md)."""
+
+recycled_asked_dates = Table(
+    "recycled_asked_dates",
+    metadata,
+    Column("platform_id", String(32), primary_key=True),
+    Column("number_key", String(64), primary_key=True),
+    Column("specified_date", Date, primary_key=True),
+    Column("asked_us", BigInteger, nullable=False),
+)
+"""The days each platform asked the recycled check about, per number: the probe budget's memory
+(``gateway/probing.py``). ``asked_us`` is when the platform first asked about the day in the
+current window; a day whose window passed is dropped the next time the platform asks about the
+number, so a (platform, number) keeps at most a budget's worth of rows."""
 
 audit_log = Table(
     "audit_log",

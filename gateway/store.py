@@ -1,4 +1,5 @@
-"""The gateway's durable state: release jobs and their per-platform tasks.
+"""The gateway's durable state: release jobs and their per-platform tasks, and the days
+platforms asked the recycled check about.
 
 SQLAlchemy 2.0 Core at the edge. Every public method is synchronous and runs on the store's
 own worker threads (:meth:`Store.run`: one for SQLite, so it sees one writer; several for
@@ -20,6 +21,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -28,7 +30,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.schema import release_jobs, release_tasks, task_leases
+from gateway.probing import ProbeBudget
+from gateway.schema import recycled_asked_dates, release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
@@ -56,6 +59,12 @@ DB_WORKERS = 8
 
 MIGRATION_LOCK = 0x6E756D66_0001
 """Advisory lock key: replicas starting together migrate one at a time (PostgreSQL)."""
+
+
+def _probe_lock(platform_id: str, number_key: str) -> int:
+    """Advisory lock key of one (platform, number)'s probe budget: a signed 64-bit hash."""
+    digest = hashlib.sha256(f"recycled\0{platform_id}\0{number_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -529,3 +538,51 @@ class Store:
                     release_tasks.c.state == TASK_PENDING
                 )
             ).scalar_one_or_none()
+
+    # -- recycled-check probe budget ----------------------------------------------------------
+
+    def asked_dates(self, platform_id: str, number_key: str) -> dict[date, int]:
+        """The days ``platform_id`` asked about this number, each with when it first asked (µs)."""
+        a = recycled_asked_dates
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(a.c.specified_date, a.c.asked_us).where(
+                    a.c.platform_id == platform_id, a.c.number_key == number_key
+                )
+            ).all()
+        return {r.specified_date: r.asked_us for r in rows}
+
+    def spend_asked_date(
+        self, platform_id: str, number_key: str, day: date, now_us: int, budget: ProbeBudget
+    ) -> None:
+        """Count ``day`` against the platform's budget for this number, or raise
+        RESOURCE_EXHAUSTED (RECYCLED_PROBE_BUDGET) and record nothing.
+
+        Check and record are one transaction, taken one at a time per (platform, number): on
+        PostgreSQL under an advisory lock, so replicas asking at once never both take the last
+        date; on SQLite by its single writer (one replica, one database thread). Days whose
+        window has passed are dropped here, so a pair keeps at most a budget's worth of rows.
+        """
+        a = recycled_asked_dates
+        pair = sa.and_(a.c.platform_id == platform_id, a.c.number_key == number_key)
+        with self.engine.begin() as conn:
+            serialize(conn, _probe_lock(platform_id, number_key))
+            asked = {
+                r.specified_date: r.asked_us
+                for r in conn.execute(sa.select(a.c.specified_date, a.c.asked_us).where(pair))
+            }
+            budget.check(asked, [day], now_us)
+            live = budget.live(asked, now_us)
+            if day in live:
+                return
+            stale = sorted(set(asked) - set(live))
+            if stale:
+                conn.execute(sa.delete(a).where(pair, a.c.specified_date.in_(stale)))
+            conn.execute(
+                sa.insert(a).values(
+                    platform_id=platform_id,
+                    number_key=number_key,
+                    specified_date=day,
+                    asked_us=now_us,
+                )
+            )

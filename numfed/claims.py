@@ -1,7 +1,8 @@
 """Signed claims: the one statement a carrier makes about a number, and how it is checked.
 
 A :class:`TenureClaim` says "number N has been held by its current holder since X" for one
-purpose; a :class:`RecycledClaim` answers "has N changed holder since D?" with one bit. Both
+purpose; a :class:`RecycledClaim` answers "has N changed holder after the end of day D?" (a
+:class:`RecycledQuestion`) with one bit. Both
 check their rules when built, travel as DSSE envelopes with one carrier signature, and are
 verified against a :class:`~numfed.trust.TrustedState` before anything in them is believed.
 """
@@ -14,7 +15,7 @@ import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import phonenumbers
 from google.protobuf.message import DecodeError
@@ -25,9 +26,9 @@ from numfed.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from numfed.timeutil import from_timestamp, require_utc, to_timestamp
+from numfed.timeutil import from_date, from_timestamp, require_utc, to_date, to_timestamp
 from numfed.trust import CarrierKey, TrustedState
-from numfed.v1 import claim_pb2
+from numfed.v1 import carrier_pb2, claim_pb2, gateway_pb2
 
 __all__ = [
     "RECYCLED_CLAIM_PAYLOAD_TYPE",
@@ -36,6 +37,7 @@ __all__ = [
     "ClaimPolicy",
     "Purpose",
     "RecycledClaim",
+    "RecycledQuestion",
     "TenureClaim",
     "VerifiedClaim",
     "VerifiedRecycledClaim",
@@ -227,8 +229,55 @@ class TenureClaim:
 
 
 @dataclass(frozen=True)
+class RecycledQuestion:
+    """What a platform asks: has the number changed holder after the end of a calendar day?
+
+    Exactly one of ``specified_date`` (the day, in the serving carrier's time zone) and the
+    deprecated ``since`` (a moment; the carrier answers for the day that contains it) is set.
+    """
+
+    specified_date: date | None = None
+    since: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.specified_date is None and self.since is None:
+            raise InvalidArgument("MISSING_SPECIFIED_DATE", "specified_date is required")
+        if self.specified_date is not None and self.since is not None:
+            raise InvalidArgument(
+                "SINCE_AND_SPECIFIED_DATE", "set specified_date or the deprecated since, not both"
+            )
+        if self.since is not None:
+            _utc(self, "since")
+
+    @classmethod
+    def from_request(
+        cls, pb: gateway_pb2.CheckRecycledRequest | carrier_pb2.AnswerRecycledCheckRequest
+    ) -> RecycledQuestion:
+        """The question of a CheckRecycled or AnswerRecycledCheck request (BAD_DATE,
+        BAD_TIMESTAMP for a field that holds no date or moment)."""
+        return cls(
+            specified_date=from_date(pb.specified_date) if pb.HasField("specified_date") else None,
+            since=from_timestamp(pb.since) if pb.HasField("since") else None,
+        )
+
+    def fill(
+        self, pb: gateway_pb2.CheckRecycledRequest | carrier_pb2.AnswerRecycledCheckRequest
+    ) -> None:
+        """Set the question's field on a request."""
+        if self.specified_date is not None:
+            pb.specified_date.CopyFrom(to_date(self.specified_date))
+        if self.since is not None:
+            pb.since.CopyFrom(to_timestamp(self.since))
+
+
+@dataclass(frozen=True)
 class RecycledClaim:
-    """Has N changed holder since ``since``? One signed bit, addressed to one platform."""
+    """Has N changed holder after the end of ``specified_date``? One signed bit for one platform.
+
+    ``specified_date`` is a calendar day in the carrier's time zone; ``since`` (deprecated on the
+    wire) is the moment the answer is for: the end of that day, or the signing time if the day
+    has not ended. Neither ever tells the tenure start.
+    """
 
     number: str
     carrier_id: str
@@ -237,6 +286,7 @@ class RecycledClaim:
     platform_id: str
     issued_at: datetime
     expires_at: datetime
+    specified_date: date
     claim_id: bytes = field(default_factory=lambda: secrets.token_bytes(CLAIM_ID_BYTES))
 
     def __post_init__(self) -> None:
@@ -250,9 +300,13 @@ class RecycledClaim:
 
     @classmethod
     def from_proto(cls, pb: claim_pb2.RecycledClaim) -> RecycledClaim:
-        for name in ("since", "issued_at", "expires_at"):
+        for name in ("since", "issued_at", "expires_at", "specified_date"):
             if not pb.HasField(name):
                 raise InvalidArgument("MALFORMED_CLAIM", f"claim has no {name}")
+        try:
+            specified_date = from_date(pb.specified_date)
+        except InvalidArgument as exc:
+            raise InvalidArgument("MALFORMED_CLAIM", exc.message) from exc
         return cls(
             number=pb.number,
             carrier_id=pb.carrier_id,
@@ -261,6 +315,7 @@ class RecycledClaim:
             platform_id=pb.platform_id,
             issued_at=from_timestamp(pb.issued_at),
             expires_at=from_timestamp(pb.expires_at),
+            specified_date=specified_date,
             claim_id=pb.claim_id,
         )
 
@@ -273,6 +328,7 @@ class RecycledClaim:
             platform_id=self.platform_id,
             issued_at=to_timestamp(self.issued_at),
             expires_at=to_timestamp(self.expires_at),
+            specified_date=to_date(self.specified_date),
             claim_id=self.claim_id,
         )
 

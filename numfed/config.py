@@ -58,6 +58,12 @@ class Limits:
     """Recycled checks per second each platform may make (token bucket)."""
     recycled_burst: float = 40.0
     """Recycled checks a platform may make at once before the rate applies."""
+    recycled_distinct_dates: int = 3
+    """Distinct dates one platform may ask the recycled check about for one number per
+    ``recycled_budget_period``; a date asked already in the period costs nothing."""
+    recycled_budget_period: float = 365 * 86400.0
+    """The window (seconds) of ``recycled_distinct_dates``: a date counts for this long after
+    the platform first asked about it."""
     breaker_failures: int = 5
     """Failed calls in a row that open a platform's circuit breaker."""
     breaker_cooldown: float = 2.0

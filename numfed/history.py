@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
@@ -18,7 +18,9 @@ __all__ = [
     "EventKind",
     "NumberEvent",
     "NumberHistory",
+    "RecycledAnswer",
     "Tenure",
+    "day_end",
 ]
 
 MIN_QUIET_PERIOD = timedelta(days=90)
@@ -57,6 +59,22 @@ class Tenure:
 
     def covers(self, t: datetime) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
+
+
+def day_end(day: date, zone: tzinfo) -> datetime:
+    """The end of ``day`` in ``zone``: the midnight that starts the next day, in UTC."""
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class RecycledAnswer:
+    """The answer to "has the number changed holder after the end of ``day``?"."""
+
+    day: date
+    """The calendar day asked about, in the carrier's time zone."""
+    as_of: datetime
+    """The moment the answer is for: the end of ``day``, or now if ``day`` has not ended."""
+    changed: bool
 
 
 @dataclass(frozen=True)
@@ -151,20 +169,40 @@ class NumberHistory:
             raise NotFound("UNKNOWN_NUMBER", f"{self.number} has no history")
         return self.events[0].at
 
-    def recycled_since(self, since: datetime, now: datetime) -> bool:
-        """The CAMARA Number Recycling answer, with its ranges checked.
+    def recycled_after(
+        self, day: date, zone: tzinfo, now: datetime, *, asked: str = "SPECIFIED_DATE"
+    ) -> RecycledAnswer:
+        """The CAMARA Number Recycling answer for a calendar day in the carrier's ``zone``.
 
-        ``since`` in the future, or before the carrier's history of the number begins, cannot
-        be answered truthfully: OUT_OF_RANGE. At or after the current tenure start: False.
-        Before it (a gap with no holder included): True.
+        True when the holder now is not the one who held the number at the end of ``day`` (a
+        moment without a holder in between counts as a change): the answer moves only at the
+        midnights of ``zone``, so it never tells a time of day. For the carrier's today it is the
+        answer as of ``now``. A day after today, or one that ended before the carrier's history
+        of the number begins, cannot be answered truthfully: OUT_OF_RANGE, with reasons named
+        after the field the platform ``asked`` with, and the day in the error's metadata.
+        """
+        metadata = {"specified_date": day.isoformat()}
+        if day > now.astimezone(zone).date():
+            raise OutOfRange(f"{asked}_IN_FUTURE", f"{day} is after today", metadata=metadata)
+        as_of = min(day_end(day, zone), now)
+        if as_of < self.history_start():
+            raise OutOfRange(
+                f"{asked}_BEFORE_HISTORY",
+                f"{day} ended before the carrier's history of the number",
+                metadata=metadata,
+            )
+        return RecycledAnswer(day, as_of, self.changed_holder_since(as_of, now))
+
+    def recycled_since(self, since: datetime, zone: tzinfo, now: datetime) -> RecycledAnswer:
+        """The deprecated question "changed since ``since``?", answered for the day in ``zone``
+        that contains ``since`` (:meth:`recycled_after`): nothing finer than a day.
+
+        ``since`` in the future is OUT_OF_RANGE (SINCE_IN_FUTURE); the other refusals are
+        those of :meth:`recycled_after`, named SINCE_….
         """
         if since > now:
             raise OutOfRange("SINCE_IN_FUTURE", "since is in the future")
-        if since < self.history_start():
-            raise OutOfRange(
-                "SINCE_BEFORE_HISTORY", "since is before the carrier's history of the number"
-            )
-        return self.changed_holder_since(since, now)
+        return self.recycled_after(since.astimezone(zone).date(), zone, now, asked="SINCE")
 
     def changed_holder_since(self, since: datetime, now: datetime) -> bool:
         """True when the holder at ``now`` is not the one who held it continuously since ``since``.

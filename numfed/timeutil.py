@@ -1,14 +1,24 @@
-"""UTC timestamps: aware datetimes inside, protobuf Timestamps on the wire."""
+"""UTC timestamps: aware datetimes inside, protobuf Timestamps on the wire; calendar dates as
+``datetime.date`` inside and ``google.type.Date`` on the wire."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
+from google.type import date_pb2
 
 from numfed.errors import InvalidArgument
 
-__all__ = ["from_timestamp", "from_us", "require_utc", "to_timestamp", "to_us"]
+__all__ = [
+    "from_date",
+    "from_timestamp",
+    "from_us",
+    "require_utc",
+    "to_date",
+    "to_timestamp",
+    "to_us",
+]
 
 
 def require_utc(t: datetime, what: str) -> datetime:
@@ -53,3 +63,21 @@ def to_us(t: datetime) -> int:
 def from_us(us: int) -> datetime:
     """The aware UTC datetime ``us`` microseconds after the epoch, exactly."""
     return EPOCH + timedelta(microseconds=us)
+
+
+def to_date(d: date) -> date_pb2.Date:
+    return date_pb2.Date(year=d.year, month=d.month, day=d.day)
+
+
+def from_date(pb: date_pb2.Date) -> date:
+    """The calendar day ``pb`` names; INVALID_ARGUMENT / BAD_DATE unless it is a full, real date.
+
+    google.type.Date lets year, month or day be 0 for partial dates (a birthday, a card's expiry
+    month); numfed asks about whole days, so each must be set, and the day must exist.
+    """
+    try:
+        return date(pb.year, pb.month, pb.day)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            "BAD_DATE", f"not a calendar date: year={pb.year} month={pb.month} day={pb.day}"
+        ) from exc

@@ -1,9 +1,10 @@
 """Lay out the third-party .proto files numfed imports, from the installed packages.
 
-googleapis-common-protos ships google/rpc/*.proto and google/api/*.proto; it ships the
-long-running operations contract as ``operations_proto.proto`` although it is registered as
-``google/longrunning/operations.proto``, so it is copied under its registered name. protoc's
-well-known types come from grpc_tools. Nothing is downloaded.
+googleapis-common-protos ships google/api/*.proto, google/rpc/*.proto and google/type/*.proto
+(google.type.Date for calendar dates); it ships the long-running operations contract as
+``operations_proto.proto`` although it is registered as ``google/longrunning/operations.proto``,
+so it is copied under its registered name. protoc's well-known types come from grpc_tools.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from pathlib import Path
 import google.api
 import google.longrunning
 import google.rpc
+import google.type
 import grpc_tools
 
 
 def main(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
-    for pkg, sub in ((google.api, "google/api"), (google.rpc, "google/rpc")):
+    for pkg, sub in (
+        (google.api, "google/api"),
+        (google.rpc, "google/rpc"),
+        (google.type, "google/type"),
+    ):
         src = Path(next(iter(pkg.__path__)))
         dst = out / sub
         dst.mkdir(parents=True)

@@ -4,14 +4,14 @@ The kit seeds number histories (a reassignment after the quiet period, a port in
 number given up) through the carrier's test-only ``CarrierConformanceService``, then checks what
 the carrier signs: claims and event batches must verify under the federation's trust bundle, X
 must be the current holder's assignment (a port does not move it), and each recycled-check case
-must get its one right bit or its precise error.
+(a calendar day) must get its one right bit or its precise error.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -24,7 +24,8 @@ from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument
 from numfed.events import EventKind, LifecycleEvent, verify_event_batch
 from numfed.identity import PeerId, Role
-from numfed.timeutil import to_timestamp
+from numfed.rpc import error_from_rpc
+from numfed.timeutil import to_date, to_timestamp
 from numfed.trust import TrustedState
 from numfed.trustfiles import load_trusted_state
 from numfed.v1 import (
@@ -59,7 +60,8 @@ class CarrierTarget:
 
 @dataclass(frozen=True)
 class World:
-    """The histories the kit seeded; every time is a whole second."""
+    """The histories the kit seeded; every time is 12:00 UTC, so that in any time zone from
+    UTC-11 to UTC+11 (Asia/Shanghai is UTC+8) it falls on the same calendar day as in UTC."""
 
     reassigned: str
     """Held by one subscriber from t0, given up at t1, held by another from t2 (X)."""
@@ -76,8 +78,8 @@ class World:
     p1: datetime
 
 
-def _second(t: datetime) -> datetime:
-    return t.replace(microsecond=0)
+def _noon(t: datetime) -> datetime:
+    return t.replace(hour=12, minute=0, second=0, microsecond=0)
 
 
 def _event(kind: int, at: datetime, carrier: str, holder: str = "") -> conformance_pb2.HistoryEvent:
@@ -136,7 +138,7 @@ class CarrierKit:
 
     async def _seed(self) -> World:
         me = self.t.carrier_id
-        now = _second(datetime.now(UTC))
+        now = _noon(datetime.now(UTC) - timedelta(days=1))
         t0, t1 = now - timedelta(days=1500), now - timedelta(days=900)
         t2 = now - timedelta(days=400)
         p0, p1 = now - timedelta(days=700), now - timedelta(days=200)
@@ -194,14 +196,14 @@ class CarrierKit:
         return answer.claim
 
     async def recycled(
-        self, number: str, since: datetime
+        self, number: str, day: date | None = None, *, since: datetime | None = None
     ) -> carrier_pb2.AnswerRecycledCheckResponse:
-        return await self.carrier.AnswerRecycledCheck(
-            carrier_pb2.AnswerRecycledCheckRequest(
-                number=number, since=to_timestamp(since), platform_id=AUDIENCE
-            ),
-            timeout=CALL_TIMEOUT,
-        )
+        request = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=AUDIENCE)
+        if day is not None:
+            request.specified_date.CopyFrom(to_date(day))
+        if since is not None:
+            request.since.CopyFrom(to_timestamp(since))
+        return await self.carrier.AnswerRecycledCheck(request, timeout=CALL_TIMEOUT)
 
 
 async def _refused(call: object, code: grpc.StatusCode, what: str) -> str:
@@ -299,9 +301,10 @@ async def no_claim_without_current_holder(kit: CarrierKit) -> str:
 
 @check(
     "recycled_check_cases",
-    "AnswerRecycledCheck says true exactly when `since` is before the current tenure began (a "
-    "gap counts), false from X on (a port is no change), and refuses future or pre-history dates "
-    "with OUT_OF_RANGE and numbers it does not serve with NOT_FOUND.",
+    "AnswerRecycledCheck says true exactly when the current tenure began after the end of the "
+    "day asked about (a gap counts), false from the day X fell on (a port is no change), answers "
+    "the deprecated `since` for its day, and refuses future or pre-history days with "
+    "OUT_OF_RANGE (naming the day) and numbers it does not serve with NOT_FOUND.",
     "Platforms decide from this one bit whether to distrust a number; each wrong bit either "
     "locks out a holder or lets a stranger in.",
 )
@@ -310,36 +313,56 @@ async def recycled_check_cases(kit: CarrierKit) -> str:
     trust = kit.trust()
     day = timedelta(days=1)
     cases = [
-        ("since the current tenure began", w.reassigned, w.t2, False),
-        ("during the current tenure", w.reassigned, w.t2 + day, False),
-        ("during the gap between holders", w.reassigned, w.t1 + day, True),
-        ("during the previous holder's tenure", w.reassigned, w.t0 + day, True),
-        ("before a port, same holder", w.ported_in, w.p0 + day, False),
-        ("after a port", w.ported_in, w.p1 + day, False),
+        ("the day the current tenure began", w.reassigned, w.t2.date(), False),
+        ("the day before it", w.reassigned, w.t2.date() - day, True),
+        ("during the current tenure", w.reassigned, w.t2.date() + day, False),
+        ("during the gap between holders", w.reassigned, w.t1.date() + day, True),
+        ("during the previous holder's tenure", w.reassigned, w.t0.date() + day, True),
+        ("before a port, same holder", w.ported_in, w.p0.date() + day, False),
+        ("after a port", w.ported_in, w.p1.date() + day, False),
     ]
-    for what, number, since, expected in cases:
-        answer = await kit.recycled(number, since)
+    for what, number, asked, expected in cases:
+        answer = await kit.recycled(number, asked)
         v = verify_recycled_claim(
             Envelope.from_proto(answer.answer), trust, now=datetime.now(UTC), audience=AUDIENCE
         )
-        if v.claim.number != number or v.claim.since != since:
+        if v.claim.number != number or v.claim.specified_date != asked:
             raise CheckFailed(f"{what}: the answer is about another number or date")
         if v.claim.changed is not expected:
             raise CheckFailed(f"{what}: answered changed={v.claim.changed}, expected {expected}")
+    # The deprecated since, an hour before X: answered for X's day, so not a change.
+    answer = await kit.recycled(w.reassigned, since=w.t2 - timedelta(hours=1))
+    v = verify_recycled_claim(
+        Envelope.from_proto(answer.answer), trust, now=datetime.now(UTC), audience=AUDIENCE
+    )
+    if (v.claim.specified_date, v.claim.changed) != (w.t2.date(), False):
+        raise CheckFailed("since an hour before X: not answered for X's day")
     errors = [
         (
-            "a date in the future",
+            "a day in the future",  # after today in every time zone
             w.reassigned,
-            datetime.now(UTC) + day,
+            datetime.now(UTC).date() + 2 * day,
             grpc.StatusCode.OUT_OF_RANGE,
         ),
-        ("a date before the history", w.reassigned, w.t0 - day, grpc.StatusCode.OUT_OF_RANGE),
-        ("a number ported out", w.ported_out, w.p0 + day, grpc.StatusCode.NOT_FOUND),
-        ("an unknown number", kit.number(), w.t0, grpc.StatusCode.NOT_FOUND),
+        ("a day before the history", w.reassigned, w.t0.date() - day, grpc.StatusCode.OUT_OF_RANGE),
+        ("a number ported out", w.ported_out, w.p0.date() + day, grpc.StatusCode.NOT_FOUND),
+        ("an unknown number", kit.number(), w.t0.date(), grpc.StatusCode.NOT_FOUND),
     ]
-    for what, number, since, code in errors:
-        await _refused(kit.recycled(number, since), code, what)
-    return f"{len(cases)} answers right and signed, {len(errors)} refusals precise"
+    for what, number, asked, code in errors:
+        await _refused(kit.recycled(number, asked), code, what)
+    early = w.t0 - 2 * day
+    try:
+        await kit.recycled(w.reassigned, since=early)
+    except grpc.aio.AioRpcError as exc:
+        err = error_from_rpc(exc)
+        named = err.metadata.get("specified_date")
+        if (err.code, named) != ("OUT_OF_RANGE", early.date().isoformat()):
+            raise CheckFailed(
+                f"a since before the history: {err.code} naming day {named}"
+            ) from None
+    else:
+        raise CheckFailed("a since before the history: answered, not OUT_OF_RANGE")
+    return f"{len(cases) + 1} answers right and signed, {len(errors) + 1} refusals precise"
 
 
 @check(

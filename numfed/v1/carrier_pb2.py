@@ -23,28 +23,29 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17numfed/v1/carrier.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15numfed/v1/claim.proto\"l\n\x1a\x41nswerRecycledCheckRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bplatform_id\x18\x03 \x01(\t\"B\n\x1b\x41nswerRecycledCheckResponse\x12#\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"A\n\x18ListServedNumbersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"E\n\x19ListServedNumbersResponse\x12\x0f\n\x07numbers\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x15ListPortHalvesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x16ListPortHalvesResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x02\n\x0e\x43\x61rrierService\x12^\n\x11ListServedNumbers\x12#.numfed.v1.ListServedNumbersRequest\x1a$.numfed.v1.ListServedNumbersResponse\x12U\n\x0eListPortHalves\x12 .numfed.v1.ListPortHalvesRequest\x1a!.numfed.v1.ListPortHalvesResponse\x12\x64\n\x13\x41nswerRecycledCheck\x12%.numfed.v1.AnswerRecycledCheckRequest\x1a&.numfed.v1.AnswerRecycledCheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17numfed/v1/carrier.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x15numfed/v1/claim.proto\"\x97\x01\n\x1a\x41nswerRecycledCheckRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bplatform_id\x18\x03 \x01(\t\x12)\n\x0especified_date\x18\x04 \x01(\x0b\x32\x11.google.type.Date\"B\n\x1b\x41nswerRecycledCheckResponse\x12#\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"A\n\x18ListServedNumbersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"E\n\x19ListServedNumbersResponse\x12\x0f\n\x07numbers\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x15ListPortHalvesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x16ListPortHalvesResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x02\n\x0e\x43\x61rrierService\x12^\n\x11ListServedNumbers\x12#.numfed.v1.ListServedNumbersRequest\x1a$.numfed.v1.ListServedNumbersResponse\x12U\n\x0eListPortHalves\x12 .numfed.v1.ListPortHalvesRequest\x1a!.numfed.v1.ListPortHalvesResponse\x12\x64\n\x13\x41nswerRecycledCheck\x12%.numfed.v1.AnswerRecycledCheckRequest\x1a&.numfed.v1.AnswerRecycledCheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.carrier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANSWERRECYCLEDCHECKREQUEST']._serialized_start=94
-  _globals['_ANSWERRECYCLEDCHECKREQUEST']._serialized_end=202
-  _globals['_ANSWERRECYCLEDCHECKRESPONSE']._serialized_start=204
-  _globals['_ANSWERRECYCLEDCHECKRESPONSE']._serialized_end=270
-  _globals['_LISTSERVEDNUMBERSREQUEST']._serialized_start=272
-  _globals['_LISTSERVEDNUMBERSREQUEST']._serialized_end=337
-  _globals['_LISTSERVEDNUMBERSRESPONSE']._serialized_start=339
-  _globals['_LISTSERVEDNUMBERSRESPONSE']._serialized_end=408
-  _globals['_LISTPORTHALVESREQUEST']._serialized_start=410
-  _globals['_LISTPORTHALVESREQUEST']._serialized_end=472
-  _globals['_LISTPORTHALVESRESPONSE']._serialized_start=474
-  _globals['_LISTPORTHALVESRESPONSE']._serialized_end=559
-  _globals['_CARRIERSERVICE']._serialized_start=562
-  _globals['_CARRIERSERVICE']._serialized_end=863
+  _globals['_ANSWERRECYCLEDCHECKREQUEST']._serialized_start=119
+  _globals['_ANSWERRECYCLEDCHECKREQUEST']._serialized_end=270
+  _globals['_ANSWERRECYCLEDCHECKRESPONSE']._serialized_start=272
+  _globals['_ANSWERRECYCLEDCHECKRESPONSE']._serialized_end=338
+  _globals['_LISTSERVEDNUMBERSREQUEST']._serialized_start=340
+  _globals['_LISTSERVEDNUMBERSREQUEST']._serialized_end=405
+  _globals['_LISTSERVEDNUMBERSRESPONSE']._serialized_start=407
+  _globals['_LISTSERVEDNUMBERSRESPONSE']._serialized_end=476
+  _globals['_LISTPORTHALVESREQUEST']._serialized_start=478
+  _globals['_LISTPORTHALVESREQUEST']._serialized_end=540
+  _globals['_LISTPORTHALVESRESPONSE']._serialized_start=542
+  _globals['_LISTPORTHALVESRESPONSE']._serialized_end=627
+  _globals['_CARRIERSERVICE']._serialized_start=630
+  _globals['_CARRIERSERVICE']._serialized_end=931
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
 import builtins as _builtins
 import sys
@@ -22,20 +23,29 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AnswerRecycledCheckRequest(_message.Message):
-    """AnswerRecycledCheckRequest relays a platform's question."""
+    """AnswerRecycledCheckRequest relays a platform's question. Exactly one of specified_date and since
+    is set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     PLATFORM_ID_FIELD_NUMBER: _builtins.int
+    SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """The number in E.164 form."""
     platform_id: _builtins.str
     """The platform that asked; the answer is addressed to it."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """The moment asked about (UTC)."""
+        """Deprecated: use specified_date. The moment asked about (UTC); answered for the day, in the
+        carrier's time zone, that contains it.
+        """
+
+    @_builtins.property
+    def specified_date(self) -> _date_pb2.Date:
+        """The calendar day asked about, in the carrier's time zone."""
 
     def __init__(
         self,
@@ -43,10 +53,11 @@ class AnswerRecycledCheckRequest(_message.Message):
         number: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         platform_id: _builtins.str = ...,
+        specified_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "platform_id", b"platform_id", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "platform_id", b"platform_id", "since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

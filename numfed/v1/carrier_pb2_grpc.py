@@ -80,12 +80,17 @@ class CarrierServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AnswerRecycledCheck(self, request, context):
-        """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder since `since`?
-        True when `since` is before the current tenure began (a gap with no holder counts as a
-        change), false when it is at or after it; never the date itself. Errors: PERMISSION_DENIED
-        (caller is not the gateway), INVALID_ARGUMENT (malformed number or platform id), NOT_FOUND
-        (the carrier does not serve the number), OUT_OF_RANGE (since in the future, or before the
-        carrier's history of the number begins).
+        """AnswerRecycledCheck signs a RecycledClaim: has the number changed holder after the end of
+        specified_date in this carrier's time zone? True when the current tenure began after that day
+        ended (a gap with no holder counts as a change), false when the holder at the end of that day
+        holds it still; for the carrier's today, as of now. Never the tenure start nor a time of day.
+        A request with the deprecated `since` is answered for the carrier-zone day containing it.
+        Errors: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT (malformed number or
+        platform id; neither or both of specified_date and since; BAD_DATE), NOT_FOUND (the carrier
+        does not serve the number), OUT_OF_RANGE (SPECIFIED_DATE_IN_FUTURE / SINCE_IN_FUTURE: after
+        the carrier's today; SPECIFIED_DATE_BEFORE_HISTORY / SINCE_BEFORE_HISTORY: the day ended
+        before the carrier's history of the number began; each with ErrorInfo metadata
+        "specified_date", the day asked about as YYYY-MM-DD).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

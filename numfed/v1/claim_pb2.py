@@ -23,23 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15numfed/v1/claim.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x02\n\x0bTenureClaim\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12\x30\n\x0ctenure_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07purpose\x18\x04 \x01(\x0e\x32\x12.numfed.v1.Purpose\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63laim_id\x18\x07 \x01(\x0c\x12\x14\n\x0c\x62inding_refs\x18\x08 \x03(\t\"\xf5\x01\n\rRecycledClaim\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hanged\x18\x04 \x01(\x08\x12\x13\n\x0bplatform_id\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63laim_id\x18\x08 \x01(\x0c\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"[\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12(\n\nsignatures\x18\x03 \x03(\x0b\x32\x14.numfed.v1.Signature*\xa0\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13PURPOSE_QUERY_PRIOR\x10\x01\x12\x19\n\x15PURPOSE_RELEASE_PRIOR\x10\x02\x12\x15\n\x11PURPOSE_QUERY_OWN\x10\x03\x12\x17\n\x13PURPOSE_RELEASE_OWN\x10\x04\x12\x18\n\x14PURPOSE_HOLDER_PROOF\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15numfed/v1/claim.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"\x8f\x02\n\x0bTenureClaim\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12\x30\n\x0ctenure_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07purpose\x18\x04 \x01(\x0e\x32\x12.numfed.v1.Purpose\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63laim_id\x18\x07 \x01(\x0c\x12\x14\n\x0c\x62inding_refs\x18\x08 \x03(\t\"\xa0\x02\n\rRecycledClaim\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hanged\x18\x04 \x01(\x08\x12\x13\n\x0bplatform_id\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63laim_id\x18\x08 \x01(\x0c\x12)\n\x0especified_date\x18\t \x01(\x0b\x32\x11.google.type.Date\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"[\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12(\n\nsignatures\x18\x03 \x03(\x0b\x32\x14.numfed.v1.Signature*\xa0\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13PURPOSE_QUERY_PRIOR\x10\x01\x12\x19\n\x15PURPOSE_RELEASE_PRIOR\x10\x02\x12\x15\n\x11PURPOSE_QUERY_OWN\x10\x03\x12\x17\n\x13PURPOSE_RELEASE_OWN\x10\x04\x12\x18\n\x14PURPOSE_HOLDER_PROOF\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.claim_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PURPOSE']._serialized_start=726
-  _globals['_PURPOSE']._serialized_end=886
-  _globals['_TENURECLAIM']._serialized_start=70
-  _globals['_TENURECLAIM']._serialized_end=341
-  _globals['_RECYCLEDCLAIM']._serialized_start=344
-  _globals['_RECYCLEDCLAIM']._serialized_end=589
-  _globals['_SIGNATURE']._serialized_start=591
-  _globals['_SIGNATURE']._serialized_end=630
-  _globals['_ENVELOPE']._serialized_start=632
-  _globals['_ENVELOPE']._serialized_end=723
+  _globals['_PURPOSE']._serialized_start=793
+  _globals['_PURPOSE']._serialized_end=953
+  _globals['_TENURECLAIM']._serialized_start=94
+  _globals['_TENURECLAIM']._serialized_end=365
+  _globals['_RECYCLEDCLAIM']._serialized_start=368
+  _globals['_RECYCLEDCLAIM']._serialized_end=656
+  _globals['_SIGNATURE']._serialized_start=658
+  _globals['_SIGNATURE']._serialized_end=697
+  _globals['_ENVELOPE']._serialized_start=699
+  _globals['_ENVELOPE']._serialized_end=790
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import date_pb2 as _date_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -137,9 +138,17 @@ Global___TenureClaim: _TypeAlias = TenureClaim  # noqa: Y015
 
 @_typing.final
 class RecycledClaim(_message.Message):
-    """RecycledClaim answers a platform's question "has number N changed holder since `since`?" with
-    one signed bit, never the tenure start. payload_type
+    """RecycledClaim answers a platform's question "has number N changed holder after the end of
+    specified_date?" with one signed bit, never the tenure start. payload_type
     "application/vnd.numfed.recycled-claim+proto".
+
+    What it tells: whether the holder now is the one who held the number at the end of that
+    calendar day in the carrier's time zone (the CAMARA Number Recycling `specifiedDate`), nothing
+    finer than a day. A platform asks about one number on at most a few distinct dates a month (the
+    gateway's probe budget), so bisecting for the day the tenure began takes months, and no answer
+    ever tells a time of day. A change within the day itself is not reported: the number's previous
+    holder left it at least the quiet period (90 days) before, so no one who verified the number on
+    that day lost it the same day.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -152,6 +161,7 @@ class RecycledClaim(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CLAIM_ID_FIELD_NUMBER: _builtins.int
+    SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """The number in E.164 form."""
     carrier_id: _builtins.str
@@ -160,14 +170,17 @@ class RecycledClaim(_message.Message):
     with PERMISSION_DENIED (CARRIER_KEY_MISMATCH).
     """
     changed: _builtins.bool
-    """True when the number changed holder (or had none) at any moment after `since`."""
+    """True when the number changed holder (or had none) after the end of specified_date."""
     platform_id: _builtins.str
     """The platform that asked; the answer is addressed to it alone."""
     claim_id: _builtins.bytes
     """16 random bytes naming the answer."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """The date the platform asked about (UTC)."""
+        """Deprecated: read specified_date. The moment the answer is for (UTC): the end of
+        specified_date in the carrier's time zone (the midnight that starts the next day), or
+        issued_at if that day has not ended yet. True means the holder changed after it.
+        """
 
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
@@ -176,6 +189,12 @@ class RecycledClaim(_message.Message):
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the answer stops being valid (UTC)."""
+
+    @_builtins.property
+    def specified_date(self) -> _date_pb2.Date:
+        """The calendar day the answer is for, in the carrier's time zone; a request with the deprecated
+        `since` is answered for the day that contains it.
+        """
 
     def __init__(
         self,
@@ -188,10 +207,11 @@ class RecycledClaim(_message.Message):
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         claim_id: _builtins.bytes = ...,
+        specified_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_id", b"carrier_id", "changed", b"changed", "claim_id", b"claim_id", "expires_at", b"expires_at", "issued_at", b"issued_at", "number", b"number", "platform_id", b"platform_id", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_id", b"carrier_id", "changed", b"changed", "claim_id", b"claim_id", "expires_at", b"expires_at", "issued_at", b"issued_at", "number", b"number", "platform_id", b"platform_id", "since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

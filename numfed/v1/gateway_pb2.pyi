@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
+from google.type import date_pb2 as _date_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
 from numfed.v1 import events_pb2 as _events_pb2
@@ -162,27 +163,40 @@ Global___PullEventsResponse: _TypeAlias = PullEventsResponse  # noqa: Y015
 
 @_typing.final
 class CheckRecycledRequest(_message.Message):
-    """CheckRecycledRequest is a platform's question about one number."""
+    """CheckRecycledRequest is a platform's question about one number. Exactly one of specified_date
+    and since is set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """The number in E.164 form."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """Has the number changed holder since this moment (UTC)?"""
+        """Deprecated: use specified_date. Answered as of the end of the day, in the serving carrier's
+        time zone, that contains this moment (UTC): the same answer as specified_date set to that day,
+        so precision below a day is not answered.
+        """
+
+    @_builtins.property
+    def specified_date(self) -> _date_pb2.Date:
+        """Has the number changed holder after the end of this calendar day, in the serving carrier's
+        time zone (Asia/Shanghai for cmcc, cucc and ctcc)? A full date: year, month and day all set.
+        """
 
     def __init__(
         self,
         *,
         number: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        specified_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "since", b"since", "specified_date", b"specified_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

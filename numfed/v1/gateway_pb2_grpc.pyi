@@ -86,12 +86,29 @@ class GatewayServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CheckRecycled: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CheckRecycledRequest, _gateway_pb2.CheckRecycledResponse]
-    """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
-    CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
-    to the calling platform. Platforms only; rate-limited per platform; every call audited.
-    Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
-    number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
-    (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+    """CheckRecycled asks the number's current carrier whether N changed holder after the end of a
+    calendar day (the CAMARA Number Recycling question, `specifiedDate`) and returns the carrier's
+    signed one-bit answer, addressed to the calling platform. Platforms only; rate-limited per
+    platform; every call audited.
+
+    What a platform can learn: one bit per date, about whole days in the serving carrier's time
+    zone (Asia/Shanghai for cmcc, cucc and ctcc), never a time of day and never the tenure start
+    itself. Each platform may ask about one number with at most `limits.recycled_distinct_dates`
+    (default 3) distinct dates per `limits.recycled_budget_period` (default 30 days), counted per
+    (platform, number) across every gateway replica and restart; asking again about a date already
+    asked in the period costs nothing and gets the same bit while the holder is the same. A date
+    before the carrier's history of the number also costs its date (the refusal tells that the
+    history began after that day). So no call tells a time of day, and bisecting for the day a
+    tenure began halves the range at most three times per period: on a 10-year history the day
+    takes 12 distinct dates, at least 90 days of asking with the defaults (docs/architecture.md,
+    Flow 5, has the arithmetic; a longer period slows it further).
+
+    Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
+    BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
+    OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
+    number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
+    platform asked about this number on too many distinct dates in the period; both with a
+    google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
     """
     PublishEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
@@ -170,12 +187,29 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CheckRecycled: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CheckRecycledRequest, _gateway_pb2.CheckRecycledResponse]  # type: ignore[assignment]
-    """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
-    CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
-    to the calling platform. Platforms only; rate-limited per platform; every call audited.
-    Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
-    number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
-    (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+    """CheckRecycled asks the number's current carrier whether N changed holder after the end of a
+    calendar day (the CAMARA Number Recycling question, `specifiedDate`) and returns the carrier's
+    signed one-bit answer, addressed to the calling platform. Platforms only; rate-limited per
+    platform; every call audited.
+
+    What a platform can learn: one bit per date, about whole days in the serving carrier's time
+    zone (Asia/Shanghai for cmcc, cucc and ctcc), never a time of day and never the tenure start
+    itself. Each platform may ask about one number with at most `limits.recycled_distinct_dates`
+    (default 3) distinct dates per `limits.recycled_budget_period` (default 30 days), counted per
+    (platform, number) across every gateway replica and restart; asking again about a date already
+    asked in the period costs nothing and gets the same bit while the holder is the same. A date
+    before the carrier's history of the number also costs its date (the refusal tells that the
+    history began after that day). So no call tells a time of day, and bisecting for the day a
+    tenure began halves the range at most three times per period: on a 10-year history the day
+    takes 12 distinct dates, at least 90 days of asking with the defaults (docs/architecture.md,
+    Flow 5, has the arithmetic; a longer period slows it further).
+
+    Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
+    BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
+    OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
+    number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
+    platform asked about this number on too many distinct dates in the period; both with a
+    google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
     """
     PublishEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]  # type: ignore[assignment]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
@@ -287,12 +321,29 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.CheckRecycledRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CheckRecycledResponse, _abc.Awaitable[_gateway_pb2.CheckRecycledResponse]]:
-        """CheckRecycled asks the number's current carrier whether N changed holder since `since` (the
-        CAMARA Number Recycling question) and returns the carrier's signed one-bit answer, addressed
-        to the calling platform. Platforms only; rate-limited per platform; every call audited.
-        Errors: INVALID_ARGUMENT (malformed number, no since), NOT_FOUND (no carrier serves the
-        number), OUT_OF_RANGE (since in the future or before the carrier's history), RESOURCE_EXHAUSTED
-        (rate limit; google.rpc.RetryInfo says when to retry), UNAVAILABLE (the carrier did not answer).
+        """CheckRecycled asks the number's current carrier whether N changed holder after the end of a
+        calendar day (the CAMARA Number Recycling question, `specifiedDate`) and returns the carrier's
+        signed one-bit answer, addressed to the calling platform. Platforms only; rate-limited per
+        platform; every call audited.
+
+        What a platform can learn: one bit per date, about whole days in the serving carrier's time
+        zone (Asia/Shanghai for cmcc, cucc and ctcc), never a time of day and never the tenure start
+        itself. Each platform may ask about one number with at most `limits.recycled_distinct_dates`
+        (default 3) distinct dates per `limits.recycled_budget_period` (default 30 days), counted per
+        (platform, number) across every gateway replica and restart; asking again about a date already
+        asked in the period costs nothing and gets the same bit while the holder is the same. A date
+        before the carrier's history of the number also costs its date (the refusal tells that the
+        history began after that day). So no call tells a time of day, and bisecting for the day a
+        tenure began halves the range at most three times per period: on a 10-year history the day
+        takes 12 distinct dates, at least 90 days of asking with the defaults (docs/architecture.md,
+        Flow 5, has the arithmetic; a longer period slows it further).
+
+        Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
+        BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
+        OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
+        number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
+        platform asked about this number on too many distinct dates in the period; both with a
+        google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
         """
 
     @_abc_1.abstractmethod

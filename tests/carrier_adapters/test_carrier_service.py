@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+from google.type import date_pb2
 
 from carrier_adapters.carrier_service import page_of
 from numfed import pki
@@ -15,13 +17,14 @@ from numfed.errors import InvalidArgument, PermissionDenied
 from numfed.identity import PeerId, Role
 from numfed.rpc import rpc_error_info
 from numfed.scenario import demo_scenario
-from numfed.timeutil import to_timestamp
+from numfed.timeutil import to_date, to_timestamp
 from numfed.trustfiles import load_trusted_state
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc
 from tests.carrier_adapters.conftest import Running
 
 WORLD = demo_scenario()
 PORTED = WORLD.showcase["ported"]
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 async def list_all(running: Running, carrier: str, page_size: int) -> list[str]:
@@ -110,8 +113,9 @@ def test_keyset_pages_survive_changes_between_pages() -> None:
 async def answer(
     running: Running,
     number: str,
-    since: datetime | None,
+    since: datetime | None = None,
     *,
+    day: date | date_pb2.Date | None = None,
     carrier: str = "cmcc",
     platform_id: str = "weibo",
     caller: PeerId = pki.GATEWAY,
@@ -122,53 +126,69 @@ async def answer(
         request = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=platform_id)
         if since is not None:
             request.since.CopyFrom(to_timestamp(since))
+        if day is not None:
+            request.specified_date.CopyFrom(day if isinstance(day, date_pb2.Date) else to_date(day))
         response: carrier_pb2.AnswerRecycledCheckResponse = (
             await carrier_pb2_grpc.CarrierServiceStub(ch).AnswerRecycledCheck(request, timeout=5)
         )
         return response
 
 
-async def test_recycled_check_is_one_signed_bit(running: Running) -> None:
+async def test_recycled_check_is_one_signed_bit_about_a_day(running: Running) -> None:
     now = running.clock()
     trust = load_trusted_state(running.layout.trust_dir, now=now)
+    # X is 2022-07-01T09:00Z, 17:00 in Shanghai: the holder at the end of 2022-07-01 holds it now.
     recycled, x = WORLD.showcase["recycled_once"], datetime(2022, 7, 1, 9, tzinfo=UTC)
     cases = [
-        (recycled, x - timedelta(seconds=1), True),  # the previous holder's time
-        (recycled, x, False),
-        (recycled, datetime(2024, 1, 1, tzinfo=UTC), False),
-        (PORTED, datetime(2021, 1, 1, tzinfo=UTC), False),  # the port in 2023 is no change
-        (PORTED, datetime(2020, 1, 1, tzinfo=UTC), True),  # the quiet period before X
+        (recycled, date(2022, 6, 30), True),  # ended with the previous holder's quiet period
+        (recycled, date(2022, 7, 1), False),
+        (recycled, date(2024, 1, 1), False),
+        (PORTED, date(2021, 1, 1), False),  # the port in 2023 is no change
+        (PORTED, date(2020, 1, 1), True),  # the quiet period before X
     ]
-    for number, since, changed in cases:
-        got = await answer(running, number, since)
+    for number, day, changed in cases:
+        got = await answer(running, number, day=day)
         v = verify_recycled_claim(Envelope.from_proto(got.answer), trust, now=now, audience="weibo")
-        assert (v.carrier_id, v.claim.number, v.claim.since, v.claim.changed) == (
+        assert (v.carrier_id, v.claim.number, v.claim.specified_date, v.claim.changed) == (
             "cmcc",
             number,
-            since,
+            day,
             changed,
         )
+        # The answer is for the end of the day in Shanghai, never X or a time of day.
+        assert v.claim.since == datetime.combine(day, time(), SHANGHAI) + timedelta(days=1)
         tenure = WORLD.histories[number].current_tenure(now)
         assert tenure is not None
-        if since != tenure.start:  # the answer carries the date asked about, never X
-            assert to_timestamp(tenure.start).SerializeToString() not in got.answer.payload
+        assert to_timestamp(tenure.start).SerializeToString() not in got.answer.payload
         with pytest.raises(PermissionDenied):
             verify_recycled_claim(
                 Envelope.from_proto(got.answer), trust, now=now, audience="taobao"
             )
+    # The deprecated since: one second before X is X's day in Shanghai, so no longer a change.
+    got = await answer(running, recycled, x - timedelta(seconds=1))
+    v = verify_recycled_claim(Envelope.from_proto(got.answer), trust, now=now, audience="weibo")
+    assert (v.claim.specified_date, v.claim.changed) == (date(2022, 7, 1), False)
 
 
 async def test_recycled_check_refusals(running: Running) -> None:
     recycled = WORLD.showcase["recycled_once"]
     now = running.clock()
+    today = now.astimezone(SHANGHAI).date()
     for call, expected in [
+        (answer(running, recycled, day=today + timedelta(days=1)), "SPECIFIED_DATE_IN_FUTURE"),
+        (answer(running, recycled, day=date(2001, 1, 1)), "SPECIFIED_DATE_BEFORE_HISTORY"),
         (answer(running, recycled, now + timedelta(days=1)), "SINCE_IN_FUTURE"),
         (answer(running, recycled, datetime(2001, 1, 1, tzinfo=UTC)), "SINCE_BEFORE_HISTORY"),
-        (answer(running, recycled, None), "MISSING_SINCE"),
-        (answer(running, recycled, now, platform_id="Bad Id"), "BAD_MEMBER_ID"),
-        (answer(running, "+86 138", now), "MALFORMED_NUMBER"),
-        (answer(running, PORTED, now, carrier="cucc"), "NUMBER_NOT_SERVED"),
-        (answer(running, recycled, now, caller=PeerId(Role.PLATFORM, "weibo")), "ROLE_NOT_ALLOWED"),
+        (answer(running, recycled), "MISSING_SPECIFIED_DATE"),
+        (answer(running, recycled, now, day=today), "SINCE_AND_SPECIFIED_DATE"),
+        (answer(running, recycled, day=date_pb2.Date(year=2022, month=2, day=29)), "BAD_DATE"),
+        (answer(running, recycled, day=today, platform_id="Bad Id"), "BAD_MEMBER_ID"),
+        (answer(running, "+86 138", day=today), "MALFORMED_NUMBER"),
+        (answer(running, PORTED, day=today, carrier="cucc"), "NUMBER_NOT_SERVED"),
+        (
+            answer(running, recycled, day=today, caller=PeerId(Role.PLATFORM, "weibo")),
+            "ROLE_NOT_ALLOWED",
+        ),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await call

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from carrier_adapters.cmcc import CmccAdapter
 from numfed.claims import (
     Purpose,
     RecycledClaim,
+    RecycledQuestion,
     TenureClaim,
     VerifiedClaim,
     sign_claim,
@@ -28,6 +29,7 @@ from numfed.envelope import Envelope, SigningKey, VerifyKey
 from numfed.errors import NotFound, NumfedError
 from numfed.events import LifecycleEvent, VerifiedBatch, sign_event_batch, verify_event_batch
 from numfed.history import EventKind as HistoryKind
+from numfed.history import day_end
 from numfed.identity import PeerId, Role
 from numfed.rpc import ok_status
 from numfed.trust import CarrierKey, TrustedState
@@ -283,26 +285,33 @@ class PortMovesX(CmccAdapter):
         return sign_claim(claim, self.signer).to_proto()
 
 
-class ChangedAtX(CmccAdapter):
-    """Answers the recycled check with ``since <= X``: a platform asking about X itself is told
-    the number changed holder, though the holder has had it since then."""
+class ChangedOnDayOfX(CmccAdapter):
+    """Answers the recycled check as of the start of the day asked about, not its end: a platform
+    asking about the day the tenure began is told the number changed holder, though the holder at
+    the end of that day holds it still."""
 
-    def answer_recycled(self, number: str, since: datetime, platform_id: str) -> claim_pb2.Envelope:
+    def answer_recycled(
+        self, number: str, question: RecycledQuestion, platform_id: str
+    ) -> claim_pb2.Envelope:
         now = self.clock()
         history = self.registry.history(number)
         if history.carrier_at(now) != self.carrier_id:
             raise NotFound("NUMBER_NOT_SERVED", "this carrier does not serve the number")
-        history.recycled_since(since, now)  # same range errors as the reference
-        tenure = history.current_tenure(now)
-        changed = tenure is None or since <= tenure.start
+        if question.specified_date is not None:
+            answer = history.recycled_after(question.specified_date, self.time_zone, now)
+        else:
+            assert question.since is not None
+            answer = history.recycled_since(question.since, self.time_zone, now)
+        start = day_end(answer.day - timedelta(days=1), self.time_zone)
         claim = RecycledClaim(
             number=number,
             carrier_id=self.carrier_id,
-            since=since,
-            changed=changed,
+            since=start,
+            changed=history.changed_holder_since(start, now),
             platform_id=PeerId(Role.PLATFORM, platform_id).id,
             issued_at=now,
             expires_at=now + self.claim_lifetime,
+            specified_date=answer.day,
         )
         return sign_claim(claim, self.signer).to_proto()
 
@@ -318,7 +327,7 @@ class SignsEventsWithStaleKey(CmccAdapter):
 
 BROKEN_CARRIERS: dict[str, tuple[type[CarrierAdapter], str]] = {
     "port_moves_x": (PortMovesX, "port_keeps_tenure_start"),
-    "changed_at_x": (ChangedAtX, "recycled_check_cases"),
+    "changed_on_day_of_x": (ChangedOnDayOfX, "recycled_check_cases"),
     "signs_events_with_stale_key": (SignsEventsWithStaleKey, "event_batch_signed"),
 }
 """Broken carrier (all cmcc) -> (its adapter, the one check that must fail)."""

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -44,7 +44,7 @@ from numfed.history import EventKind as HistoryKind
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES
 from numfed.scenario import demo_scenario
-from numfed.timeutil import to_timestamp
+from numfed.timeutil import to_date, to_timestamp
 from numfed.v1 import (
     carrier_pb2,
     claim_pb2,
@@ -484,6 +484,7 @@ class LiveFederation:
     def _make_seeds(self, rpc: Rpc) -> Iterable[Message]:
         numbers = self.numbers()
         since = to_timestamp(datetime(2020, 1, 1, tzinfo=UTC))
+        day = to_date(date(2020, 1, 1))
         name = rpc.id
         if name == "GatewayService.GetTrustBundle":
             yield gateway_pb2.GetTrustBundleRequest()
@@ -507,6 +508,7 @@ class LiveFederation:
         elif name == "GatewayService.WatchOperation":
             yield gateway_pb2.WatchOperationRequest(name=self.operation)
         elif name == "GatewayService.CheckRecycled":
+            yield gateway_pb2.CheckRecycledRequest(number=numbers[2], specified_date=day)
             yield gateway_pb2.CheckRecycledRequest(number=numbers[2], since=since)
         elif name == "GatewayService.PublishEvents":
             for kind in EventKind:
@@ -522,6 +524,9 @@ class LiveFederation:
             yield carrier_pb2.ListPortHalvesRequest(page_size=1)
             yield carrier_pb2.ListPortHalvesRequest()
         elif name == "CarrierService.AnswerRecycledCheck":
+            yield carrier_pb2.AnswerRecycledCheckRequest(
+                number=numbers[2], specified_date=day, platform_id=PLATFORM
+            )
             yield carrier_pb2.AnswerRecycledCheckRequest(
                 number=numbers[2], since=since, platform_id=PLATFORM
             )

@@ -156,7 +156,9 @@ def test_a_key_covering_the_number_speaks_for_its_own_carrier_only(
         if kind == "tenure":
             env = sign_claim(tenure(number, carrier), fed.carrier_keys[signer])
             return verify_tenure_claim(env, trust, now=NOW, purposes=ALL).carrier_id
-        answer = RecycledClaim(number, carrier, X, True, "weibo", NOW, NOW + timedelta(minutes=5))
+        answer = RecycledClaim(
+            number, carrier, X, True, "weibo", NOW, NOW + timedelta(minutes=5), X.date()
+        )
         env = sign_claim(answer, fed.carrier_keys[signer])
         return verify_recycled_claim(env, trust, now=NOW, audience="weibo").carrier_id
 
@@ -321,12 +323,16 @@ def test_round_trip_keeps_every_field() -> None:
     )
     assert TenureClaim.from_proto(c.to_proto()) == c
     assert TenureClaim.from_proto(c.to_proto()).tenure_start.microsecond == 123457
-    r = RecycledClaim("+8613912345678", "cmcc", X, False, "weibo", NOW, NOW + timedelta(1))
+    r = RecycledClaim(
+        "+8613912345678", "cmcc", X, False, "weibo", NOW, NOW + timedelta(1), X.date()
+    )
     assert RecycledClaim.from_proto(r.to_proto()) == r
 
 
 def test_recycled_claim_verifies_for_its_audience_only(fed: Federation) -> None:
-    c = RecycledClaim("+8613912345678", "cmcc", X, True, "weibo", NOW, NOW + timedelta(minutes=5))
+    c = RecycledClaim(
+        "+8613912345678", "cmcc", X, True, "weibo", NOW, NOW + timedelta(minutes=5), X.date()
+    )
     env = sign_claim(c, fed.carrier_keys["cmcc"])
     v = verify_recycled_claim(env, fed.state(), now=NOW, audience="weibo")
     assert v.claim.changed is True
@@ -340,7 +346,7 @@ def test_recycled_claim_verifies_for_its_audience_only(fed: Federation) -> None:
 def test_recycled_claim_attacks_refused(fed: Federation) -> None:
     def recycled(**changes: Any) -> RecycledClaim:
         c = RecycledClaim(
-            "+8613912345678", "cmcc", X, True, "weibo", NOW, NOW + timedelta(minutes=5)
+            "+8613912345678", "cmcc", X, True, "weibo", NOW, NOW + timedelta(minutes=5), X.date()
         )
         return replace(c, **changes)
 

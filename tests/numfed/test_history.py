@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numfed.errors import FailedPrecondition, InvalidArgument, OutOfRange
-from numfed.history import EventKind, NumberEvent, NumberHistory
+from numfed.history import EventKind, NumberEvent, NumberHistory, day_end
 
 A, D, P = EventKind.ASSIGNED, EventKind.DEACTIVATED, EventKind.PORTED
 T = datetime(2015, 1, 1, tzinfo=UTC)
@@ -121,8 +122,14 @@ def test_ports_never_move_tenure_start(h: NumberHistory) -> None:
         assert h.carrier_at(now) == h.events[-1].carrier_id
 
 
-class TestRecycledSince:
-    """The CAMARA Number Recycling question, case by case."""
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class TestRecycledAfter:
+    """The CAMARA Number Recycling question about a calendar day, case by case.
+
+    T is 2015-01-01T00:00Z, 08:00 in Shanghai: every event below falls at 08:00 local time.
+    """
 
     h = NumberHistory(
         N,
@@ -134,21 +141,54 @@ class TestRecycledSince:
         ),
     )
     now = T + 400 * DAY
+    x_day = (T + 200 * DAY).date()
 
-    def test_since_at_or_after_tenure_start_is_false(self) -> None:
-        assert self.h.recycled_since(T + 200 * DAY, self.now) is False
-        assert self.h.recycled_since(T + 350 * DAY, self.now) is False  # after the port too
+    def changed(self, day: date) -> bool:
+        return self.h.recycled_after(day, SHANGHAI, self.now).changed
 
-    def test_since_before_tenure_start_is_true(self) -> None:
-        assert self.h.recycled_since(T + 10 * DAY, self.now) is True
-        assert self.h.recycled_since(T + 150 * DAY, self.now) is True  # in the gap
+    def test_the_day_of_tenure_start_and_after_is_false(self) -> None:
+        assert self.changed(self.x_day) is False  # held at the end of that day
+        assert self.changed(self.x_day + 150 * DAY) is False  # after the port too
 
-    def test_future_since_is_out_of_range(self) -> None:
+    def test_days_before_the_tenure_start_are_true(self) -> None:
+        assert self.changed(self.x_day - DAY) is True
+        assert self.changed(T.date() + 10 * DAY) is True
+        assert self.changed(T.date() + 150 * DAY) is True  # in the gap
+
+    def test_the_answer_is_for_the_end_of_the_day_in_the_carriers_zone(self) -> None:
+        a = self.h.recycled_after(self.x_day, SHANGHAI, self.now)
+        assert a.as_of == day_end(self.x_day, SHANGHAI) == datetime(2015, 7, 20, 16, tzinfo=UTC)
+        # In UTC the tenure starts at 00:00 on that day, so the day before already ends with it.
+        assert self.h.recycled_after(self.x_day - DAY, UTC, self.now).changed is False
+
+    def test_today_is_answered_as_of_now(self) -> None:
+        a = self.h.recycled_after(self.now.astimezone(SHANGHAI).date(), SHANGHAI, self.now)
+        assert (a.as_of, a.changed) == (self.now, False)
+
+    def test_a_day_after_today_is_out_of_range(self) -> None:
+        tomorrow = self.now.astimezone(SHANGHAI).date() + DAY
         with pytest.raises(OutOfRange) as e:
-            self.h.recycled_since(self.now + DAY, self.now)
+            self.h.recycled_after(tomorrow, SHANGHAI, self.now)
+        assert e.value.reason == "SPECIFIED_DATE_IN_FUTURE"
+
+    def test_a_day_that_ended_before_the_history_is_out_of_range(self) -> None:
+        with pytest.raises(OutOfRange) as e:
+            self.h.recycled_after(T.date() - DAY, SHANGHAI, self.now)
+        assert e.value.reason == "SPECIFIED_DATE_BEFORE_HISTORY"
+        assert e.value.metadata == {"specified_date": "2014-12-31"}
+        assert self.changed(T.date()) is True  # the history's first day is answered
+
+    def test_since_is_answered_for_its_day_nothing_finer(self) -> None:
+        x = T + 200 * DAY
+        for since in (x - timedelta(hours=7), x - timedelta(seconds=1), x, x + timedelta(hours=15)):
+            a = self.h.recycled_since(since, SHANGHAI, self.now)
+            assert (a.day, a.changed) == (self.x_day, False), since
+        assert self.h.recycled_since(x - timedelta(hours=9), SHANGHAI, self.now).changed is True
+
+    def test_since_refusals_keep_their_names(self) -> None:
+        with pytest.raises(OutOfRange) as e:
+            self.h.recycled_since(self.now + timedelta(seconds=1), SHANGHAI, self.now)
         assert e.value.reason == "SINCE_IN_FUTURE"
-
-    def test_since_before_history_is_out_of_range(self) -> None:
         with pytest.raises(OutOfRange) as e:
-            self.h.recycled_since(T - DAY, self.now)
+            self.h.recycled_since(T - timedelta(hours=9), SHANGHAI, self.now)
         assert e.value.reason == "SINCE_BEFORE_HISTORY"
