@@ -406,7 +406,6 @@ def bench_verification(size: Size, workdir: Path) -> dict[str, Any]:
             pseudonym=pseudonym,
             purposes=(Purpose.QUERY_PRIOR,),
             now=now,
-            carriers=("cmcc",),
         )
 
     def timed(fn: Callable[[int], None]) -> float:

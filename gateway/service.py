@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,7 +112,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         dispatcher: Dispatcher,
         watchers: JobWatchers,
         limits: Limits,
-        carriers: Collection[str],
         audit: AuditWriter,
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
@@ -123,7 +122,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._audit = audit
         self._carrier_stubs = carrier_stubs
         self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
-        self._carriers = frozenset(carriers)
         self._store = store
         self._trust = trust
         self._trust_files = trust_files
@@ -173,7 +171,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pseudonym=self._pseudonym,
                 purposes=purposes,
                 now=datetime.now(UTC),
-                carriers=self._carriers,
             )
         except NumfedError as err:
             self._audit.record(

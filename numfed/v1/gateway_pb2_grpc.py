@@ -29,7 +29,11 @@ if _version_not_supported:
 class GatewayServiceStub:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     def __init__(self, channel):
@@ -83,7 +87,11 @@ class GatewayServiceStub:
 class GatewayServiceServicer:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     def GetTrustBundle(self, request, context):
@@ -229,7 +237,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 class GatewayService:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     @staticmethod

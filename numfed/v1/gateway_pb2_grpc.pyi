@@ -30,7 +30,11 @@ GRPC_VERSION: str
 class GatewayServiceStub:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     @_typing.overload
@@ -99,7 +103,11 @@ class GatewayServiceStub:
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -164,7 +172,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason.
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role.
     """
 
     @_abc_1.abstractmethod
