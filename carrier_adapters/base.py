@@ -37,7 +37,7 @@ from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
+from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, SoleGateway, start_server
 from numfed.scenario import demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import (
@@ -312,6 +312,8 @@ async def start_carrier(
                 credentials=pki.server_credentials(config.pki_dir, adapter.peer),
                 policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
                 bind=config.listen,
+                members=SoleGateway(pki.GATEWAY),
+                revocations=pki.RevocationList(config.pki_dir),
             )
         )
         started.append(

@@ -79,15 +79,13 @@ def check_claim(
     pseudonym: Callable[[str], str],
     purposes: Collection[Purpose],
     now: datetime,
-    carriers: Collection[str],
 ) -> CheckedClaim:
-    """Verify a carrier's claim and its authority, or raise the precise error."""
+    """Verify a carrier's claim and its authority, or raise the precise error.
+
+    That the caller is a member at all is checked at the edge, before any handler runs
+    (:mod:`gateway.membership`)."""
     if caller.role is not Role.CARRIER:
         raise PermissionDenied("ROLE_NOT_ALLOWED", "only carriers present tenure claims")
-    if caller.id not in carriers:
-        raise PermissionDenied(
-            "UNKNOWN_MEMBER", f"carrier {caller.id!r} is not a member of this federation"
-        )
     verified = verify_tenure_claim(envelope, trust, now=now, purposes=purposes)
     if verified.carrier_id != caller.id:
         raise PermissionDenied(

@@ -1,4 +1,8 @@
-"""Which roles may call which gateway RPC (invariant 4: only the roles that need it)."""
+"""Which roles may call which gateway RPC (invariant 4: only the roles that need it).
+
+The edge applies it after checking that the caller is a member at all (see
+:mod:`gateway.membership`): a peer that is not gets UNKNOWN_MEMBER whatever its role.
+"""
 
 from __future__ import annotations
 

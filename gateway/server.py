@@ -1,10 +1,19 @@
-"""Wire the gateway together from its config and run it (``numfed gateway serve``)."""
+"""Wire the gateway together from its config and run it (``numfed gateway serve``).
+
+Members come and go while it runs: the config file is watched (see :mod:`gateway.membership`)
+and each member's link, event pusher, carrier channel and portability sync are started and
+stopped one member at a time. The edge serves only the members in force, and refuses
+certificates on the CA's revocation list.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +26,7 @@ from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
+from gateway.membership import ConfigWatcher, Membership, MembershipChange
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
@@ -56,9 +66,31 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
-def wake_all(pushers: list[EventPusher]) -> None:
+def wake_all(pushers: Iterable[EventPusher]) -> None:
     for p in pushers:
         p.wake()
+
+
+def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
+    # Each channel checks that the server is the member it names (not just any member).
+    channel = pki.secure_channel(
+        member.endpoint,
+        config.pki_dir,
+        GATEWAY_PEER,
+        server=PeerId(Role.PLATFORM, member.id),
+        options=channel_options(),
+    )
+    return PlatformLink(member.id, channel, config.limits)
+
+
+def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
+    return pki.secure_channel(
+        member.endpoint,
+        config.pki_dir,
+        GATEWAY_PEER,
+        server=PeerId(Role.CARRIER, member.id),
+        options=channel_options(),
+    )
 
 
 @dataclass
@@ -78,7 +110,14 @@ class Gateway:
     publisher: EventPublisher
     ports: PortStore
     trust: TrustedState
+    membership: Membership
+    revocations: pki.RevocationList
+    carrier_stubs: dict[str, carrier_pb2_grpc.CarrierServiceAsyncStub]
+    pushers: dict[str, EventPusher]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    member_tasks: dict[PeerId, asyncio.Task[None]] = field(default_factory=dict)
+    """Per member: a platform's event pusher, a carrier's portability sync."""
+    watcher: ConfigWatcher | None = None
     synced: set[str] = field(default_factory=set)
     _halves_from: set[str] = field(default_factory=set)
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,31 +143,15 @@ class Gateway:
         now = datetime.now(UTC)
         trust = load_trusted_state(config.trust_dir, now=now)
         trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
-        # Each channel checks that the server is the member it names (not just any member).
-        links = {
-            m.id: PlatformLink(
-                m.id,
-                pki.secure_channel(
-                    m.endpoint,
-                    layout,
-                    GATEWAY_PEER,
-                    server=PeerId(Role.PLATFORM, m.id),
-                    options=channel_options(),
-                ),
-                config.limits,
-            )
-            for m in config.platforms
+        links = {m.id: _platform_link(config, m) for m in config.platforms}
+        carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
+        carrier_stubs = {
+            c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
-        carrier_channels = {
-            m.id: pki.secure_channel(
-                m.endpoint,
-                layout,
-                GATEWAY_PEER,
-                server=PeerId(Role.CARRIER, m.id),
-                options=channel_options(),
-            )
-            for m in config.carriers
-        }
+        membership = Membership(
+            GATEWAY_PEER, [m.id for m in config.carriers], [m.id for m in config.platforms]
+        )
+        revocations = pki.RevocationList(layout)
         ports = PortStore((number_ports, port_halves), pseudonym)
         portability = Portability(NumberPlan.from_bundle(trust.bundle), pseudonym)
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
@@ -136,18 +159,7 @@ class Gateway:
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
         audit = AuditWriter(store.engine, store.run)
         events = EventLog(store.engine)
-        pushers = [
-            EventPusher(
-                link=links[m.id],
-                events=events,
-                store=store,
-                limits=config.limits,
-                owner=owner,
-                audit=audit.record,
-            )
-            for m in config.platforms
-            if m.events == "push"
-        ]
+        pushers: dict[str, EventPusher] = {}
         dispatcher = Dispatcher(
             audit=audit.record,
             store=store,
@@ -163,7 +175,7 @@ class Gateway:
             portability=portability,
             pseudonym=pseudonym,
             audit=audit.record,
-            on_events=lambda: wake_all(pushers),
+            on_events=lambda: wake_all(pushers.values()),
         )
         servicer = GatewayServicer(
             store=store,
@@ -175,11 +187,8 @@ class Gateway:
             dispatcher=dispatcher,
             watchers=watchers,
             limits=config.limits,
-            carriers=[m.id for m in config.carriers],
             audit=audit,
-            carrier_stubs={
-                c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
-            },
+            carrier_stubs=carrier_stubs,
             events=events,
             publisher=publisher,
         )
@@ -194,21 +203,27 @@ class Gateway:
             policy=POLICY,
             bind=config.listen,
             admission=admission(config.limits),
+            members=membership,
+            revocations=revocations,
         )
         gw = cls(
-            config,
-            store,
-            handle,
-            dispatcher,
-            links,
-            carrier_channels,
-            portability,
-            pseudonym,
-            audit,
-            events,
-            publisher,
-            ports,
-            trust,
+            config=config,
+            store=store,
+            server=handle,
+            dispatcher=dispatcher,
+            links=links,
+            carrier_channels=carrier_channels,
+            portability=portability,
+            pseudonym=pseudonym,
+            audit=audit,
+            events=events,
+            membership=membership,
+            revocations=revocations,
+            carrier_stubs=carrier_stubs,
+            pushers=pushers,
+            publisher=publisher,
+            ports=ports,
+            trust=trust,
         )
         audit.start()
         # Ready once every carrier has told us which numbers it serves.
@@ -217,11 +232,108 @@ class Gateway:
         else:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
-        gw.tasks += [asyncio.create_task(p.run()) for p in pushers]
-        for member in config.carriers:
-            gw.tasks.append(asyncio.create_task(gw._sync_carrier_forever(member)))
+        for platform in config.platforms:
+            gw._start_pusher(platform)
+        for carrier in config.carriers:
+            gw._start_sync(carrier)
+        if config.source is not None:
+            gw.watcher = ConfigWatcher(config.source, config, gw.apply_members)
+            gw.tasks.append(asyncio.create_task(gw.watcher.run()))
         gw.tasks.append(asyncio.create_task(gw._follow_ports()))
         return gw
+
+    # -- members -------------------------------------------------------------------------------
+
+    def _start_pusher(self, member: Member) -> None:
+        if member.events != "push":
+            return  # a polling platform calls PullEvents itself
+        pusher = EventPusher(
+            link=self.links[member.id],
+            events=self.events,
+            store=self.store,
+            limits=self.config.limits,
+            owner=self.dispatcher.owner,
+            audit=self.audit.record,
+        )
+        self.pushers[member.id] = pusher
+        self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
+
+    def _start_sync(self, member: Member) -> None:
+        task = asyncio.create_task(self._sync_carrier_forever(member))
+        self.member_tasks[PeerId(Role.CARRIER, member.id)] = task
+
+    async def _stop_task(self, peer: PeerId) -> None:
+        task = self.member_tasks.pop(peer, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _add_platform(self, member: Member) -> None:
+        self.links[member.id] = _platform_link(self.config, member)
+        self._start_pusher(member)
+
+    async def _remove_platform(self, platform_id: str) -> None:
+        """No more queries, releases or event pushes to it; calls out to it are cancelled."""
+        link = self.links.pop(platform_id, None)
+        self.pushers.pop(platform_id, None)
+        await self._stop_task(PeerId(Role.PLATFORM, platform_id))
+        if link is not None:
+            await link.close()
+
+    def _add_carrier(self, member: Member) -> None:
+        channel = _carrier_channel(self.config, member)
+        self.carrier_channels[member.id] = channel
+        self.carrier_stubs[member.id] = carrier_pb2_grpc.CarrierServiceStub(channel)
+        self._start_sync(member)
+
+    async def _remove_carrier(self, carrier_id: str) -> None:
+        """No more recycled checks or portability syncs to it."""
+        self.carrier_stubs.pop(carrier_id, None)
+        channel = self.carrier_channels.pop(carrier_id, None)
+        await self._stop_task(PeerId(Role.CARRIER, carrier_id))
+        self.synced.discard(carrier_id)
+        if channel is not None:
+            await channel.close()
+
+    async def apply_members(self, new: GatewayConfig, change: MembershipChange) -> None:
+        """Serve and call the members of ``new``: removed members are refused at once, then
+        their links, pushers and syncs stop; added members are called first, then served."""
+        staying = [m.id for m in self.config.carriers if m.id not in change.carriers.removed]
+        kept = [m.id for m in self.config.platforms if m.id not in change.platforms.removed]
+        self.membership.set(carriers=staying, platforms=kept)
+        for carrier_id in change.carriers.removed:
+            await self._remove_carrier(carrier_id)
+        for platform_id in change.platforms.removed:
+            await self._remove_platform(platform_id)
+        for member in change.carriers.changed:
+            await self._remove_carrier(member.id)
+        for member in change.platforms.changed:
+            await self._remove_platform(member.id)
+        self.config = dataclasses.replace(
+            self.config, carriers=new.carriers, platforms=new.platforms
+        )
+        for member in change.carriers.added + change.carriers.changed:
+            self._add_carrier(member)
+        for member in change.platforms.added + change.platforms.changed:
+            self._add_platform(member)
+        self.membership.set(
+            carriers=[m.id for m in new.carriers], platforms=[m.id for m in new.platforms]
+        )
+        if self._halves_from >= {m.id for m in new.carriers}:
+            self._all_halves.set()  # the carrier still missing may be the one removed
+        await self._mark_ready_if_synced()
+
+    def reload(self) -> None:
+        """Re-read the config file and the revocation list now (SIGHUP)."""
+        if self.watcher is not None:
+            self.watcher.reload()
+        self.revocations.refresh()
+
+    async def _mark_ready_if_synced(self) -> None:
+        if self.synced >= {m.id for m in self.config.carriers}:
+            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            self.ready.set()
 
     async def sync_carrier(self, member: Member) -> int:
         """Take a carrier's signed port halves, then (once every carrier's halves are in)
@@ -309,9 +421,7 @@ class Gateway:
                 disputed = await self.sync_carrier(member)
                 log.info("carrier %s synced (%d disputed numbers)", member.id, disputed)
                 self.synced.add(member.id)
-                if self.synced >= {m.id for m in self.config.carriers}:
-                    await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-                    self.ready.set()
+                await self._mark_ready_if_synced()
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
@@ -338,9 +448,10 @@ class Gateway:
         batches in flight get up to ``grace`` seconds to finish; then the leases this replica
         holds are given back, so another replica (or the next start) takes over at once."""
         await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
-        for t in self.tasks:
+        tasks = self.tasks + list(self.member_tasks.values())
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.audit.stop()
         for link in self.links.values():
             await link.close()
@@ -359,4 +470,4 @@ async def serve(config_path: Path) -> None:
     config = load_gateway_config(config_path)
     gw = await Gateway.start(config)
     print(f"gateway listening on port {gw.port}", flush=True)
-    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace))
+    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload)

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -114,7 +114,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         dispatcher: Dispatcher,
         watchers: JobWatchers,
         limits: Limits,
-        carriers: Collection[str],
         audit: AuditWriter,
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
@@ -126,7 +125,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._carrier_stubs = carrier_stubs
         self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
         self._probes = ProbeBudget.from_limits(limits)
-        self._carriers = frozenset(carriers)
         self._store = store
         self._trust = trust
         self._trust_files = trust_files
@@ -176,7 +174,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pseudonym=self._pseudonym,
                 purposes=purposes,
                 now=datetime.now(UTC),
-                carriers=self._carriers,
             )
         except NumfedError as err:
             self._audit.record(

@@ -159,6 +159,8 @@ class GatewayConfig:
     pseudonym_key_file: Path | None = None
     """The HMAC key behind number pseudonyms; every replica of one federation needs the same
     key. Default: ``pseudonym.key`` in the state directory, created on first start."""
+    source: Path | None = None
+    """The file this config was read from; the gateway re-reads it when it changes."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             if "pseudonym_key_file" in sec
             else state_dir / "pseudonym.key"
         ),
+        source=path,
     )
 
 

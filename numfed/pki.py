@@ -6,23 +6,30 @@
     DIR/<role>/<id>/cert.pem, key.pem      one TLS server+client certificate per member
     DIR/root/root-<n>.key.pem              federation root keys (Ed25519) that sign trust files
     DIR/carrier/<id>/signing.key.pem       each carrier's claim-signing key (Ed25519)
+    DIR/ca-crl.pem                         the CA's revocation list, once a certificate is revoked
 
 Each TLS certificate names its member by one URI SAN, ``spiffe://numfed/<role>/<id>``, and can
 serve on loopback (DNS ``localhost``, IP ``127.0.0.1``/``::1``) or under its own name
 ``<id>.<role>.numfed``, which a client sets as the TLS target name to be sure *which* member it
 reached (see :func:`secure_channel`). Private key files are mode 0600.
 
+:func:`revoke` puts a member's certificate on the CA-signed revocation list; every server reads
+that list through a :class:`RevocationList` and refuses a revoked certificate before its expiry.
+
 Only the helpers at the bottom touch grpc; everything above is plain ``cryptography``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,24 +37,30 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
+from cryptography import exceptions, x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from numfed.envelope import KeyAlgorithm, SigningKey
-from numfed.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from numfed.errors import FailedPrecondition, InvalidArgument, NumfedError, Unauthenticated
 from numfed.identity import PeerId, Role
 
 __all__ = [
     "CertificateAuthority",
     "PkiLayout",
+    "Revocation",
+    "RevocationList",
     "channel_credentials",
     "init_pki",
     "issue_cert",
     "load_carrier_signer",
+    "load_crl",
     "load_root_signers",
+    "peer_certificate",
+    "peer_from_pem",
     "peer_identity",
+    "revoke",
     "secure_channel",
     "server_credentials",
 ]
@@ -69,6 +82,8 @@ ROOT_KEYS = 3
 CLOCK_SKEW = timedelta(minutes=5)
 """Certificates are valid from this long before ``now`` so peers with slow clocks accept them."""
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PkiLayout:
@@ -86,6 +101,10 @@ class PkiLayout:
     @property
     def ca_key_path(self) -> Path:
         return self.root / "ca.key.pem"
+
+    @property
+    def crl_path(self) -> Path:
+        return self.root / "ca-crl.pem"
 
     def member_dir(self, peer: PeerId) -> Path:
         return self.root / peer.role.value / peer.id
@@ -368,6 +387,195 @@ def load_carrier_signer(where: PkiLayout | Path, carrier_id: str) -> SigningKey:
     return _load_signer(_layout(where).signing_key_path(carrier_id))
 
 
+# --- revocation -------------------------------------------------------------------------------
+
+
+def load_crl(data: bytes, ca: x509.Certificate) -> x509.CertificateRevocationList:
+    """Parse a PEM revocation list and check that ``ca`` issued and signed it.
+
+    Raises ``InvalidArgument`` (``BAD_CRL``) for anything else: a list that does not parse,
+    names another issuer, carries no CRL number, or whose signature does not verify.
+    """
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError as exc:
+        raise InvalidArgument("BAD_CRL", f"not a PEM revocation list: {exc}") from exc
+    if crl.issuer != ca.subject:
+        raise InvalidArgument("BAD_CRL", f"issued by {crl.issuer.rfc4514_string()}, not the CA")
+    public = ca.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(public):
+        raise InvalidArgument("BAD_CRL", "its signature does not verify with the CA's key")
+    _crl_number(crl)
+    return crl
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound as exc:
+        raise InvalidArgument("BAD_CRL", "the list has no CRL number") from exc
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` so that a reader sees the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What :func:`revoke` did."""
+
+    peer: PeerId
+    serial: int
+    crl_number: int
+    revoked: int
+    """Certificates the list now names."""
+    already: bool
+    """The certificate was on the list before; nothing was written."""
+
+
+def revoke(where: PkiLayout | Path, peer: PeerId, *, now: datetime | None = None) -> Revocation:
+    """Put ``peer``'s certificate (``DIR/<role>/<id>/cert.pem``) on the CA's revocation list.
+
+    Needs the CA key. The new list keeps every earlier entry, has the next CRL number, and
+    replaces ``DIR/ca-crl.pem`` atomically; revoking a certificate twice changes nothing. An
+    existing list that the CA did not sign is refused (``BAD_CRL``), not overwritten.
+    """
+    layout = _layout(where)
+    ca = CertificateAuthority.load(layout)
+    cert = x509.load_pem_x509_certificate(_read(layout.cert_path(peer)))
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, exceptions.InvalidSignature) as exc:
+        raise FailedPrecondition(
+            "NOT_ISSUED_BY_CA", f"{layout.cert_path(peer)} was not issued by this CA"
+        ) from exc
+    serial = cert.serial_number
+    entries: list[x509.RevokedCertificate] = []
+    number = 0
+    if layout.crl_path.exists():
+        current = load_crl(_read(layout.crl_path), ca.cert)
+        entries = list(current)
+        number = _crl_number(current)
+        if any(e.serial_number == serial for e in entries):
+            return Revocation(peer, serial, number, len(entries), already=True)
+    now = now or datetime.now(UTC)
+    entries.append(
+        x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+    )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(max(ca.cert.not_valid_after_utc, now))
+        .add_extension(x509.CRLNumber(number + 1), critical=False)
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca.key, hashes.SHA256())
+    _write_atomically(layout.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    return Revocation(peer, serial, number + 1, len(entries), already=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def _serial_from_pem(pem: bytes) -> int:
+    try:
+        return x509.load_pem_x509_certificate(pem).serial_number
+    except ValueError as exc:
+        raise Unauthenticated("NO_PEER_IDENTITY", "peer certificate does not parse") from exc
+
+
+class RevocationList:
+    """The CA's revocation list as a server applies it, re-read when its file changes.
+
+    :meth:`check` looks at the file at most once per ``recheck`` seconds (one ``stat``) and
+    loads it only when it changed. A list replaces the one in force only if the CA in
+    ``ca.pem`` signed it and its CRL number is not lower; anything else is logged once and
+    ignored, and the list in force stays (so does it when the file is deleted). Until a list
+    appears, nothing is revoked. Each distinct certificate is parsed once.
+    """
+
+    def __init__(self, where: PkiLayout | Path, *, recheck: float = 1.0) -> None:
+        layout = _layout(where)
+        self.path = layout.crl_path
+        self._ca = x509.load_pem_x509_certificate(_read(layout.ca_path))
+        self._recheck = recheck
+        self._serials: frozenset[int] = frozenset()
+        self._number = -1
+        """CRL number in force; -1 while there is none."""
+        self._seen: tuple[int, int, int] | None = None
+        """(mtime, size, inode) of the file last looked at."""
+        self._next_look = 0.0
+        self.refresh()
+
+    @property
+    def crl_number(self) -> int | None:
+        """The CRL number in force, None before any list was loaded."""
+        return self._number if self._number >= 0 else None
+
+    def __len__(self) -> int:
+        return len(self._serials)
+
+    def refresh(self) -> None:
+        """Look at the file now, and load it if it changed since the last look."""
+        self._next_look = time.monotonic() + self._recheck
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._seen is not None and self._number >= 0:
+                log.warning("%s was removed; the revocation list in force stays", self.path)
+            self._seen = None
+            return
+        except OSError as exc:
+            log.warning(
+                "cannot look at %s (%s); the revocation list in force stays", self.path, exc
+            )
+            return
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            crl = load_crl(self.path.read_bytes(), self._ca)
+        except (OSError, NumfedError) as exc:
+            log.warning("ignoring %s (%s); the revocation list in force stays", self.path, exc)
+            return
+        number = _crl_number(crl)
+        if number < self._number:
+            log.warning(
+                "ignoring %s: CRL number %d is older than %d in force",
+                self.path,
+                number,
+                self._number,
+            )
+            return
+        self._serials = frozenset(e.serial_number for e in crl)
+        self._number = number
+        log.info("revocation list %d in force: %d certificates revoked", number, len(self._serials))
+
+    def check(self, pem: bytes) -> None:
+        """Raise ``Unauthenticated`` (``CERTIFICATE_REVOKED``) if the PEM certificate is revoked."""
+        if time.monotonic() >= self._next_look:
+            self.refresh()
+        if self._serials and (serial := _serial_from_pem(pem)) in self._serials:
+            raise Unauthenticated(
+                "CERTIFICATE_REVOKED",
+                "the caller's certificate is revoked",
+                metadata={"serial": f"{serial:x}"},
+            )
+
+
 # --- gRPC -------------------------------------------------------------------------------------
 
 
@@ -451,7 +659,8 @@ carrier re-publishes a batch itself, and platforms apply each event once)."""
 
 
 @functools.lru_cache(maxsize=1024)
-def _peer_from_pem(pem: bytes) -> PeerId:
+def peer_from_pem(pem: bytes) -> PeerId:
+    """The identity a verified PEM certificate names: its one SPIFFE URI SAN (parsed once)."""
     try:
         cert = x509.load_pem_x509_certificate(pem)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -465,15 +674,23 @@ def _peer_from_pem(pem: bytes) -> PeerId:
     return PeerId.parse(uris[0])
 
 
-def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> PeerId:
-    """The caller's identity: the one SPIFFE URI SAN of its verified client certificate.
+def peer_certificate(
+    context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+) -> bytes:
+    """The caller's client certificate (PEM), as the TLS handshake verified it.
 
     grpc puts a certificate in the auth context only after the handshake verified it against
-    the CA, so the certificate here is trusted as is.
+    the CA, so the certificate here is trusted as is (revocation aside: see
+    :class:`RevocationList`).
     """
     auth = context.auth_context()
     value = auth.get("x509_pem_cert", ())
     pems = [value] if isinstance(value, bytes) else list(value)
     if len(pems) != 1:
         raise Unauthenticated("NO_PEER_IDENTITY", "the caller presented no client certificate")
-    return _peer_from_pem(pems[0])
+    return pems[0]
+
+
+def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> PeerId:
+    """The caller's identity: the one SPIFFE URI SAN of its verified client certificate."""
+    return peer_from_pem(peer_certificate(context))

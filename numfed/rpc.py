@@ -1,9 +1,11 @@
 """The gRPC edge shared by every numfed server and client.
 
-One interceptor per server does the cross-cutting work: it reads the caller's SPIFFE id from its
-mTLS certificate, allows each RPC only for the roles that need it, and maps numfed's domain
-exceptions to a ``google.rpc.Status`` carrying one ``ErrorInfo`` (AIP-193). Handlers raise
-:class:`numfed.errors.NumfedError` and never build statuses themselves.
+One interceptor per server does the cross-cutting work: it refuses a revoked client certificate
+(UNAUTHENTICATED ``CERTIFICATE_REVOKED``), reads the caller's SPIFFE id from the certificate,
+serves members only (PERMISSION_DENIED ``UNKNOWN_MEMBER``), allows each RPC only for the roles that
+need it, and maps numfed's domain exceptions to a ``google.rpc.Status`` carrying one
+``ErrorInfo`` (AIP-193). Handlers raise :class:`numfed.errors.NumfedError` and never build
+statuses themselves. Health and reflection get the first two checks too, but no role policy.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,13 +37,15 @@ from numfed.errors import (
     Unauthenticated,
 )
 from numfed.identity import PeerId, Role
-from numfed.pki import peer_identity
+from numfed.pki import RevocationList, peer_certificate, peer_from_pem
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "Admission",
+    "Members",
     "RpcClass",
     "ServerHandle",
+    "SoleGateway",
     "current_peer",
     "error_from_rpc",
     "error_from_status",
@@ -301,6 +306,22 @@ class Admission:
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
+Members = Container[PeerId]
+"""The peers a server serves at all: the gateway's live :class:`gateway.membership.Membership`,
+or :class:`SoleGateway` for a platform or carrier; asked once per call."""
+
+
+@dataclass(frozen=True)
+class SoleGateway:
+    """Members as a platform or a carrier knows them: of the gateway role, only the federation's
+    gateway (the one it dials itself). It holds no member list, so peers of other roles are
+    left to the role policy, which refuses them with ROLE_NOT_ALLOWED."""
+
+    gateway: PeerId
+
+    def __contains__(self, peer: object) -> bool:
+        return isinstance(peer, PeerId) and (peer.role is not Role.GATEWAY or peer == self.gateway)
+
 
 class _Unparsed:
     """Stands in for a request whose bytes do not parse, so the handler refuses it precisely
@@ -332,9 +353,18 @@ def _parsed(request: Any, method: str) -> Any:
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, policy: Policy | None, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy | None,
+        admission: Admission | None = None,
+        *,
+        members: Members | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._policy = policy
         self._admission = admission
+        self._members = members
+        self._revocations = revocations
         self._wrapped: dict[tuple[str, int], Any] = {}
         """Wrapped handlers, built once per method (and per underlying handler)."""
 
@@ -347,13 +377,67 @@ class _Interceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler: Any = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith("/grpc."):
+        unchecked = self._members is None and self._revocations is None
+        if handler is None or (method.startswith("/grpc.") and unchecked):
             return cast("grpc.RpcMethodHandler[Any, Any] | None", handler)
         key = (method, id(handler))
         wrapped = self._wrapped.get(key)
         if wrapped is None:
-            wrapped = self._wrapped[key] = (handler, self._wrap(method, handler))
+            wrap = self._guard if method.startswith("/grpc.") else self._wrap
+            wrapped = self._wrapped[key] = (handler, wrap(method, handler))
         return cast("grpc.RpcMethodHandler[Any, Any]", wrapped[1])
+
+    def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerId:
+        """The caller, if it may be served at all: a certificate not revoked, naming a member."""
+        pem = peer_certificate(context)
+        if self._revocations is not None:
+            self._revocations.check(pem)
+        peer = peer_from_pem(pem)
+        if self._members is not None and peer not in self._members:
+            raise PermissionDenied(
+                "UNKNOWN_MEMBER",
+                f"{peer.uri} is not a member of this federation",
+                metadata={"peer": peer.uri},
+            )
+        return peer
+
+    def _guard(self, method: str, handler: Any) -> Any:
+        """Health and reflection: served to members with valid certificates, whatever their role."""
+        identify = self._identify
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            try:
+                identify(context)
+            except NumfedError as err:
+                await context.abort_with_status(rpc_status.to_status(error_status(err)))
+
+        def guarded(inner: Any) -> Any:
+            if inspect.isasyncgenfunction(inner):
+
+                async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                    await check(context)
+                    async for item in inner(request, context):
+                        yield item
+
+                return stream
+
+            async def call(request: Any, context: Any) -> Any:
+                await check(context)
+                return await inner(request, context)
+
+            return call
+
+        serdes = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(guarded(handler.unary_unary), **serdes)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(guarded(handler.unary_stream), **serdes)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(guarded(handler.stream_unary), **serdes)
+        return grpc.stream_stream_rpc_method_handler(guarded(handler.stream_stream), **serdes)
 
     def _wrap(self, method: str, handler: Any) -> Any:
         policy = self._policy
@@ -363,7 +447,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if policy is None:
                 return  # a server without mTLS (a carrier's own app channel)
-            peer = peer_identity(context)
+            peer = self._identify(context)
             if peer.role not in allowed:
                 raise PermissionDenied(
                     "ROLE_NOT_ALLOWED",
@@ -444,18 +528,25 @@ async def start_server(
     bind: str = "127.0.0.1:0",
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     admission: Admission | None = None,
+    members: Members | None = None,
+    revocations: RevocationList | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
     Each ``register`` callable adds one servicer and returns its full service name. Returns once
     the server is listening; ``bind`` may use port 0. ``admission`` bounds concurrency per RPC
-    class (see :class:`Admission`). ``credentials=None, policy=None`` starts a
+    class (see :class:`Admission`). ``members`` are the peers served at all (every other
+    caller: PERMISSION_DENIED ``UNKNOWN_MEMBER``), ``revocations`` the CA's revocation list
+    (a revoked certificate: UNAUTHENTICATED ``CERTIFICATE_REVOKED``); both apply to every
+    method, health and reflection included. ``credentials=None, policy=None`` starts a
     plaintext server without peer identities, for a carrier's own app channel only.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
+    if credentials is None and (members is not None or revocations is not None):
+        raise ValueError("a server without mTLS has no peers to check")
     server = grpc.aio.server(
-        interceptors=[_Interceptor(policy, admission)],
+        interceptors=[_Interceptor(policy, admission, members=members, revocations=revocations)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -16,12 +16,17 @@ from numfed.cli import Command
 __all__ = ["run_until_signalled", "serve_command"]
 
 
-async def run_until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
-    """Wait for SIGTERM or SIGINT, then stop gracefully."""
+async def run_until_signalled(
+    stop: Callable[[], Awaitable[None]], *, on_hangup: Callable[[], None] | None = None
+) -> None:
+    """Wait for SIGTERM or SIGINT, then stop gracefully; on SIGHUP call ``on_hangup`` (if
+    given: re-read configuration) and keep running."""
     signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled.set)
+    if on_hangup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await signalled.wait()
     with contextlib.suppress(Exception):
         await stop()

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from numfed import pki
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
-from numfed.rpc import ServerHandle, start_server
+from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
@@ -130,6 +130,8 @@ async def start_platform(
         credentials=pki.server_credentials(config.pki_dir, peer),
         policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
         bind=config.listen,
+        members=SoleGateway(pki.GATEWAY),
+        revocations=pki.RevocationList(config.pki_dir),
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class CarrierServiceStub:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     def __init__(self, channel):
@@ -55,7 +57,9 @@ class CarrierServiceStub:
 
 class CarrierServiceServicer:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     def ListServedNumbers(self, request, context):
@@ -124,7 +128,9 @@ def add_CarrierServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CarrierService:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     @staticmethod

@@ -28,7 +28,9 @@ GRPC_VERSION: str
 
 class CarrierServiceStub:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     @_typing.overload
@@ -65,7 +67,9 @@ class CarrierServiceStub:
 @_typing.type_check_only
 class CarrierServiceAsyncStub(CarrierServiceStub):
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -98,7 +102,9 @@ class CarrierServiceAsyncStub(CarrierServiceStub):
 
 class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>).
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED).
     """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,11 @@ if _version_not_supported:
 class GatewayServiceStub:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
@@ -87,7 +91,11 @@ class GatewayServiceStub:
 class GatewayServiceServicer:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
@@ -268,7 +276,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 class GatewayService:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller

@@ -30,7 +30,11 @@ GRPC_VERSION: str
 class GatewayServiceStub:
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
@@ -134,7 +138,11 @@ class GatewayServiceStub:
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
@@ -234,7 +242,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the federation's front door, called by carriers (spiffe://numfed/carrier/<id>)
     and platforms (spiffe://numfed/platform/<id>). Every error carries one google.rpc.ErrorInfo
-    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC may also be refused
+    with domain "numfed.dev" and an UPPER_SNAKE reason. Every RPC first checks the caller, before
+    any other work: UNAUTHENTICATED with reason CERTIFICATE_REVOKED when its certificate is on the
+    federation CA's revocation list; PERMISSION_DENIED with reason UNKNOWN_MEMBER when it is not a
+    member in the gateway's configuration now (a stranger, or a removed member); PERMISSION_DENIED
+    with reason ROLE_NOT_ALLOWED when the RPC is not for its role. Every RPC may also be refused
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class PlatformServiceStub:
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
@@ -62,7 +64,9 @@ class PlatformServiceStub:
 
 class PlatformServiceServicer:
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
@@ -144,7 +148,9 @@ def add_PlatformServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PlatformService:
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the

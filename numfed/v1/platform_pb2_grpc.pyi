@@ -28,7 +28,9 @@ GRPC_VERSION: str
 
 class PlatformServiceStub:
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
@@ -78,7 +80,9 @@ class PlatformServiceStub:
 @_typing.type_check_only
 class PlatformServiceAsyncStub(PlatformServiceStub):
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
@@ -124,7 +128,9 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
 
 class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     """PlatformService is served by every platform and called only by the gateway (mTLS identity
-    spiffe://numfed/gateway/<id>). Each request carries a batch of holders' claims: the gateway
+    spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
+    UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
+    with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
