@@ -34,7 +34,7 @@ from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import Holder, Scenario, demo_scenario
-from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
+from numfed.v1 import gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
 from platform_stubs.store import PlatformStore
 
 __all__ = ["DEMO", "run_demo"]
@@ -368,26 +368,40 @@ class Journey:
         self.expect(before and refused, "a takeover by SMS code alone is refused")
 
     def recycled(self) -> None:
-        """A platform asks whether a number changed holder since a date: one signed bit."""
-        from numfed.timeutil import to_timestamp
+        """A platform asks whether a number changed holder since a day: one signed bit, which
+        the platform verifies itself before it believes it."""
+        from google.type import date_pb2
+
+        from numfed.claims import verify_recycled_claim
+        from numfed.envelope import Envelope
+        from numfed.trustfiles import load_trusted_state
 
         self.console.rule("[bold]recycled check[/] (platform weibo asks; the carrier answers)")
         number = self.scenario.showcase["recycled_once"]
         creds = pki.channel_credentials(self.layout.pki_dir, PeerId(Role.PLATFORM, "weibo"))
+        trust = load_trusted_state(self.layout.trust_dir, now=datetime.now(UTC))
         t = Table(title_justify="left")
-        for col in ("number", "changed holder since", "signed answer"):
+        for col in ("number", "changed holder after the end of", "signed answer"):
             t.add_column(col)
         answers = {}
         with grpc.secure_channel(self.layout.gateway_endpoint, creds) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-            for since in (datetime(2020, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)):
+            for year in (2020, 2024):
                 answer = stub.CheckRecycled(
-                    gateway_pb2.CheckRecycledRequest(number=number, since=to_timestamp(since)),
+                    gateway_pb2.CheckRecycledRequest(
+                        number=number, specified_date=date_pb2.Date(year=year, month=1, day=1)
+                    ),
                     timeout=5,
                 )
-                claim = claim_pb2.RecycledClaim.FromString(answer.answer.payload)
-                answers[since.year] = claim.changed
-                t.add_row(number, f"{since:%Y-%m-%d}", f"{claim.changed} (by {claim.carrier_id})")
+                verified = verify_recycled_claim(
+                    Envelope.from_proto(answer.answer),
+                    trust,
+                    now=datetime.now(UTC),
+                    audience="weibo",
+                )
+                changed = verified.claim.changed
+                answers[year] = changed
+                t.add_row(number, f"{year}-01-01", f"{changed} (signed by {verified.carrier_id})")
         self.console.print(t)
         self.expect(answers == {2020: True, 2024: False}, "one signed bit per question, never X")
 
