@@ -20,3 +20,14 @@ async def federation(tmp_path: Path, db_url: str) -> AsyncIterator[Federation]:
         yield fed
     finally:
         await fed.stop()
+
+
+@pytest.fixture
+async def sqlite_federation(tmp_path: Path) -> AsyncIterator[Federation]:
+    """The whole federation with the gateway on SQLite only (for what does not depend on the
+    gateway's database)."""
+    fed = await start_federation(tmp_path / "fed")
+    try:
+        yield fed
+    finally:
+        await fed.stop()

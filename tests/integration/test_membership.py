@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from numfed.v1 import (
     platform_pb2_grpc,
 )
 from tests.helpers.certs import issue_member
-from tests.integration.conftest import Federation, start_federation
+from tests.integration.conftest import Federation
 from tests.integration.holder import PRIOR, response
 from tests.integration.members import eventually, outcome, without_member
 from tests.integration.test_journey import holder_app
@@ -61,13 +61,8 @@ REFUSED = "PERMISSION_DENIED UNKNOWN_MEMBER"
 
 
 @pytest.fixture
-async def fed(tmp_path: Path) -> AsyncIterator[Federation]:
-    """A federation on SQLite (for what does not depend on the database)."""
-    f = await start_federation(tmp_path / "fed")
-    try:
-        yield f
-    finally:
-        await f.stop()
+def fed(sqlite_federation: Federation) -> Federation:
+    return sqlite_federation
 
 
 def cmcc_claim(fed: Federation, purpose: Purpose) -> claim_pb2.Envelope:

@@ -9,7 +9,6 @@ ignored, and the list in force stays.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from numfed import cli, pki
 from numfed.identity import PeerId, Role
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, platform_pb2, platform_pb2_grpc
 from tests.helpers.certs import crl_signed_by
-from tests.integration.conftest import Federation, start_federation
+from tests.integration.conftest import Federation
 from tests.integration.members import eventually, outcome
 
 WEIBO = PeerId(Role.PLATFORM, "weibo")
@@ -28,12 +27,8 @@ REVOKED = "UNAUTHENTICATED CERTIFICATE_REVOKED"
 
 
 @pytest.fixture
-async def fed(tmp_path: Path) -> AsyncIterator[Federation]:
-    f = await start_federation(tmp_path / "fed")
-    try:
-        yield f
-    finally:
-        await f.stop()
+def fed(sqlite_federation: Federation) -> Federation:
+    return sqlite_federation
 
 
 def revoke(fed: Federation, peer: PeerId) -> None:
