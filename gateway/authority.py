@@ -39,25 +39,33 @@ class Portability:
     ) -> None:
         self.plan = plan
         self._pseudonym = pseudonym
-        self._ported: dict[str, str] = dict(ported or {})
+        self._ported: dict[str, tuple[str, int]] = {k: (c, 0) for k, c in (ported or {}).items()}
+        """number pseudonym -> (serving carrier, seq of the batch that completed the port)."""
         self.seq = 0
 
     def apply(self, ported: Iterable[tuple[str, str, int]]) -> None:
         """Take every port completed after ``seq``, read in seq order from the database:
         (number pseudonym, serving carrier, seq that completed it)."""
         for key, carrier, seq in ported:
-            self._ported[key] = carrier
+            self._take(key, carrier, seq)
             self.seq = max(self.seq, seq)
 
-    def record(self, number_key: str, carrier_id: str) -> None:
-        """A port this replica just completed. ``seq`` stays, so the next :meth:`apply` still
-        reads the ports other replicas completed before it."""
-        self._ported[number_key] = carrier_id
+    def record(self, number_key: str, carrier_id: str, seq: int) -> None:
+        """A port this replica just completed in batch ``seq``. ``seq`` (the watermark) stays,
+        so the next :meth:`apply` still reads what other replicas completed before it."""
+        self._take(number_key, carrier_id, seq)
+
+    def _take(self, key: str, carrier: str, seq: int) -> None:
+        # A newer port of the same number may already be here (another replica's, read by
+        # the follower before this replica's own publish returned): never go back to an older.
+        held = self._ported.get(key)
+        if held is None or held[1] <= seq:
+            self._ported[key] = (carrier, seq)
 
     def carrier_for(self, number: str) -> str | None:
         """The carrier serving ``number`` now, or None when no carrier does."""
         ported = self._ported.get(self._pseudonym(number)) if self._ported else None
-        return ported if ported is not None else self.plan.range_holder(number)
+        return ported[0] if ported is not None else self.plan.range_holder(number)
 
     def __len__(self) -> int:
         """How many numbers have been ported."""

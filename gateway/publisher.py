@@ -50,15 +50,19 @@ class EventPublisher:
         """Judge and append ``batch`` (``raw``: its envelope's bytes); return its seq.
 
         Raises PermissionDenied (nothing changes) when its signer may not publish one of its
-        events. With ``only_if_changed`` a batch that would change no port state is not
-        appended and None is returned (the sync re-reads halves the gateway already has).
+        events. With ``only_if_changed`` (the sync, which re-reads the carrier's history) a
+        batch that would change no port state is not appended and None is returned; without it
+        (PublishEvents) the batch is judged as published now (``live``: a new port half only
+        while its donor serves the number).
         """
         plan = self._portability.plan
         at = now_us()
         judged: list[Judgement] = []
 
         def authorize(conn: sa.Connection) -> Callable[[int], None] | None:
-            judgement = self._ports.judge(conn, batch.carrier_id, batch.events, plan)
+            judgement = self._ports.judge(
+                conn, batch.carrier_id, batch.events, plan, live=not only_if_changed
+            )
             if only_if_changed and not judgement.changed:
                 return None
             judged.append(judgement)
@@ -71,7 +75,7 @@ class EventPublisher:
             return None
         completed = judged[0].completed
         for number, port in completed:
-            self._portability.record(self._pseudonym(number), port.to_carrier)
+            self._portability.record(self._pseudonym(number), port.to_carrier, seq)
         for number, port in completed:
             self._audit(
                 AuditRecord(

@@ -60,6 +60,22 @@ class EventPusher:
         self._wake.set()
 
     async def run(self) -> None:
+        """Push until cancelled. A database error or anything else unexpected is logged and the
+        push starts over (the lease and cursor are read again): one failure never ends delivery
+        to a platform for the life of the process."""
+        while True:
+            try:
+                await self._push()
+            except Exception as exc:
+                log.warning(
+                    "pushing events to %s failed (%s: %s); starting over",
+                    self._link.platform_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                await asyncio.sleep(1.0)
+
+    async def _push(self) -> None:
         failures = 0
         platform = self._link.platform_id
         lease_us = int(self._limits.lease_seconds * 1e6)

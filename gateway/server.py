@@ -240,6 +240,7 @@ class Gateway:
             gw.watcher = ConfigWatcher(config.source, config, gw.apply_members)
             gw.tasks.append(asyncio.create_task(gw.watcher.run()))
         gw.tasks.append(asyncio.create_task(gw._follow_ports()))
+        gw.tasks.append(asyncio.create_task(gw._serve_after_wait()))
         return gw
 
     # -- members -------------------------------------------------------------------------------
@@ -343,7 +344,10 @@ class Gateway:
         self._halves_from.add(member.id)
         if self._halves_from >= {m.id for m in self.config.carriers}:
             self._all_halves.set()
-        await self._all_halves.wait()  # a port's other half may come from a later carrier
+        # A port's other half may come from a later carrier; one that never answers holds
+        # nobody up for longer than carrier_sync_wait.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_halves.wait(), self.config.limits.carrier_sync_wait)
         await self._refresh_ports()  # another replica may have completed ports meanwhile
         return await self._count_disputes(member)
 
@@ -414,7 +418,8 @@ class Gateway:
                 return
 
     async def _sync_carrier_forever(self, member: Member) -> None:
-        """Sync with a carrier; retry until it answers, then every minute."""
+        """Sync with a carrier; retry until it answers, then every minute. Nothing a carrier
+        answers ends this loop: a bad answer is logged and tried again later."""
         delay = 0.2
         while True:
             try:
@@ -426,7 +431,26 @@ class Gateway:
             except grpc.aio.AioRpcError as exc:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
+            except Exception as exc:  # a carrier's bad answer or a database error: retry
+                log.warning(
+                    "sync with carrier %s failed (%s: %s); retrying",
+                    member.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                delay = 5.0
             await asyncio.sleep(delay)
+
+    async def _serve_after_wait(self) -> None:
+        """Serve once every carrier has synced, or after carrier_sync_wait at the latest: one
+        carrier that never answers must not keep the federation down. Until a carrier's halves
+        are in, claims for numbers ported to it are refused (NUMBER_NOT_SERVED): safe."""
+        await asyncio.sleep(self.config.limits.carrier_sync_wait)
+        if not self.ready.is_set():
+            missing = sorted({m.id for m in self.config.carriers} - self.synced)
+            log.warning("serving without a sync from %s (not reachable yet)", ", ".join(missing))
+            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            self.ready.set()
 
     async def _refresh_ports(self) -> None:
         """Mirror ports completed through other replicas into the claim path's view."""
@@ -440,8 +464,8 @@ class Gateway:
             await asyncio.sleep(self.config.limits.portability_refresh)
             try:
                 await self._refresh_ports()
-            except NumfedError as err:
-                log.info("reading completed ports failed (%s); retrying", err.reason)
+            except Exception as exc:  # the database may be away for a while: try again
+                log.info("reading completed ports failed (%s); retrying", exc)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release

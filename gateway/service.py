@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from numfed.errors import (
     Unavailable,
 )
 from numfed.events import verify_event_batch
+from numfed.identity import PeerId, Role
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
 from numfed.timeutil import from_date, to_us
@@ -54,6 +56,8 @@ from numfed.v1 import (
 )
 
 __all__ = ["GatewayServicer", "TrustFiles"]
+
+log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _OPERATION = re.compile(r"operations/([0-9a-f]{32})")
@@ -464,9 +468,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return answer.answer, day
 
     async def _spend(self, platform_id: str, number_key: str, day: date) -> None:
-        await self._store.run(
+        pooled = await self._store.run(
             self._store.spend_asked_date, platform_id, number_key, day, now_us(), self._probes
         )
+        if pooled is not None and pooled[0] > self._limits.recycled_probing_alert:
+            # Each platform is within its own budget; together they could pool their bits.
+            days, platforms = pooled
+            self._audit.record(
+                AuditRecord(
+                    now_us(),
+                    "RECYCLED_CHECK",
+                    PeerId(Role.PLATFORM, platform_id).uri,
+                    number_key,
+                    "PROBING_SUSPECTED",
+                    {"distinct_days": str(days), "platforms": str(platforms)},
+                )
+            )
+            log.warning(
+                "recycled check: %d platforms asked about one number on %d distinct days "
+                "(possible pooled probing; audited)",
+                platforms,
+                days,
+            )
 
     # -- lifecycle events ----------------------------------------------------------------------
 

@@ -554,9 +554,13 @@ class Store:
 
     def spend_asked_date(
         self, platform_id: str, number_key: str, day: date, now_us: int, budget: ProbeBudget
-    ) -> None:
+    ) -> tuple[int, int] | None:
         """Count ``day`` against the platform's budget for this number, or raise
         RESOURCE_EXHAUSTED (RECYCLED_PROBE_BUDGET) and record nothing.
+
+        Returns None when the platform had asked about ``day`` already, else how many distinct
+        days all platforms together asked about this number within the window, and how many
+        platforms asked: what colluding platforms could pool (the caller audits it).
 
         Check and record are one transaction, taken one at a time per (platform, number): on
         PostgreSQL under an advisory lock, so replicas asking at once never both take the last
@@ -574,7 +578,7 @@ class Store:
             budget.check(asked, [day], now_us)
             live = budget.live(asked, now_us)
             if day in live:
-                return
+                return None
             stale = sorted(set(asked) - set(live))
             if stale:
                 conn.execute(sa.delete(a).where(pair, a.c.specified_date.in_(stale)))
@@ -586,3 +590,10 @@ class Store:
                     asked_us=now_us,
                 )
             )
+            pooled = conn.execute(
+                sa.select(
+                    sa.func.count(sa.distinct(a.c.specified_date)),
+                    sa.func.count(sa.distinct(a.c.platform_id)),
+                ).where(a.c.number_key == number_key, a.c.asked_us > now_us - budget.period_us)
+            ).one()
+            return int(pooled[0]), int(pooled[1])

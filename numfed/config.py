@@ -64,6 +64,10 @@ class Limits:
     recycled_budget_period: float = 365 * 86400.0
     """The window (seconds) of ``recycled_distinct_dates``: a date counts for this long after
     the platform first asked about it."""
+    recycled_probing_alert: int = 6
+    """Distinct days all platforms together may ask about one number within the budget period
+    before each further day is audited as PROBING_SUSPECTED: platforms that pool their budgets
+    are seen, though each stays within its own."""
     breaker_failures: int = 5
     """Failed calls in a row that open a platform's circuit breaker."""
     breaker_cooldown: float = 2.0
@@ -94,6 +98,9 @@ class Limits:
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
+    carrier_sync_wait: float = 30.0
+    """At start, how long the gateway waits for every carrier's first sync (port halves and
+    served numbers) before it serves anyway; a carrier that never answers holds nobody up."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
 

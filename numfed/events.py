@@ -8,6 +8,7 @@ named in the batch, covers every number in it, and was valid when the batch was 
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 EVENT_BATCH_PAYLOAD_TYPE = "application/vnd.numfed.event-batch+proto"
+_MEMBER_ID = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_EVENTS_PER_BATCH = 500
 
 
@@ -64,8 +66,14 @@ class LifecycleEvent:
             raise InvalidArgument("MALFORMED_EVENT", "tenure_start is set on REASSIGNED only")
         if (self.kind is EventKind.PORTED) != bool(self.from_carrier and self.to_carrier):
             raise InvalidArgument("MALFORMED_EVENT", "from/to carriers are set on PORTED only")
-        if self.kind is EventKind.PORTED and self.from_carrier == self.to_carrier:
-            raise InvalidArgument("MALFORMED_EVENT", "a port moves a number to another carrier")
+        if self.kind is EventKind.PORTED:
+            for carrier in (self.from_carrier, self.to_carrier):
+                if not _MEMBER_ID.fullmatch(carrier):
+                    raise InvalidArgument(
+                        "MALFORMED_EVENT", f"{carrier[:40]!r} is not a carrier id"
+                    )
+            if self.from_carrier == self.to_carrier:
+                raise InvalidArgument("MALFORMED_EVENT", "a port moves a number to another carrier")
 
     @classmethod
     def new(cls, number: str, kind: EventKind, at: datetime, **kw: object) -> LifecycleEvent:

@@ -148,13 +148,20 @@ def judge(
     events: Sequence[LifecycleEvent],
     states: Mapping[str, NumberState],
     plan: NumberPlan,
+    *,
+    live: bool = False,
 ) -> Judgement:
     """Judge a batch signed by carrier ``signer``, event by event in order.
 
     ``states`` holds what the verifier knows of the batch's numbers (absent: nothing beyond the
     plan). Returns the new state of every number the batch changes; raises PermissionDenied
-    (``NOT_PORT_PARTY`` or ``NUMBER_NOT_SERVED``) at the first event ``signer`` may not
-    publish, in which case nothing of the batch may be applied.
+    (``NOT_PORT_PARTY``, ``NUMBER_NOT_SERVED``, ``PORT_DONOR_NOT_SERVING``) at the first event
+    ``signer`` may not publish, in which case nothing of the batch may be applied.
+
+    ``live`` is the gateway's rule for a carrier publishing now (PublishEvents): a new port half
+    is taken only while its donor serves the number, so no carrier can leave pre-signed halves
+    for numbers nobody offered it. History (a sync's halves, the event log replayed by a
+    platform) may arrive in any order, so there a half waits for the port before it.
     """
     current = dict(states)
     changed: dict[str, NumberState] = {}
@@ -169,6 +176,13 @@ def judge(
                     metadata={"carrier": signer},
                 )
             half = PortHalf(to_us(e.at), e.from_carrier, e.to_carrier, signer)
+            history = state.port is not None and half.at_us <= state.port.at_us
+            if live and not history and serving_carrier(e.number, state, plan) != e.from_carrier:
+                raise PermissionDenied(
+                    "PORT_DONOR_NOT_SERVING",
+                    f"carrier {e.from_carrier!r} does not serve the number it would give away",
+                    metadata={"carrier": e.from_carrier},
+                )
             new = _add_half(state, half)
             if new is state:
                 continue

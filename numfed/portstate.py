@@ -127,10 +127,12 @@ class PortStore:
         signer: str,
         events: Sequence[LifecycleEvent],
         plan: NumberPlan,
+        *,
+        live: bool = False,
     ) -> Judgement:
         """Judge a batch against the state in the database (raises PermissionDenied)."""
         states = self.load(conn, sorted({e.number for e in events}))
-        return judge(signer, events, states, plan)
+        return judge(signer, events, states, plan, live=live)
 
     def read_completed(self, engine: sa.Engine, seq: int) -> list[tuple[str, str, int]]:
         """(number pseudonym, serving carrier, seq) of every port completed after batch ``seq``."""

@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest message any numfed server or client sends or receives."""
 
+STREAM_RECHECK = 1.0
+"""Seconds between checks that the caller of an open stream is still a member (see
+``_Interceptor._still_served``)."""
+
 MAX_ERROR_TEXT = 400
 """Longest error message or ErrorInfo metadata value sent: messages may quote the input, and
 gRPC clients refuse trailing metadata past 8-16 KiB (RESOURCE_EXHAUSTED, the answer lost)."""
@@ -401,6 +405,40 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             )
         return peer
 
+    async def _still_served(
+        self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        """``items``, for as long as the caller may still be served: a stream outlives the check
+        made when it opened, so the caller's certificate and membership are checked again before
+        each message and at least every ``STREAM_RECHECK`` seconds; a member removed or revoked
+        meanwhile loses its open streams (UNKNOWN_MEMBER, CERTIFICATE_REVOKED) at once."""
+        if self._members is None and self._revocations is None:
+            async for item in items:
+                yield item
+            return
+        iterator = aiter(items)
+        pending: asyncio.Future[Any] = asyncio.ensure_future(anext(iterator))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=STREAM_RECHECK)
+                self._identify(context)
+                if not done:
+                    continue
+                try:
+                    item = pending.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+                pending = asyncio.ensure_future(anext(iterator))
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
     def _guard(self, method: str, handler: Any) -> Any:
         """Health and reflection: served to members with valid certificates, whatever their role."""
         identify = self._identify
@@ -489,7 +527,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     request = _parsed(request, method)
                     charged = await gate.enter() if gate is not None else None
                     try:
-                        async for item in inner_stream(request, context):
+                        async for item in self._still_served(
+                            inner_stream(request, context), context
+                        ):
                             yield item
                     finally:
                         if gate is not None:

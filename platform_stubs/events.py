@@ -94,6 +94,8 @@ class EventPuller:
                     continue
             except (grpc.aio.AioRpcError, NumfedError) as exc:
                 log.info("pulling events failed (%s); retrying", exc)
+            except Exception as exc:  # e.g. the platform's database: log, and try again
+                log.warning("pulling events failed (%s: %s); retrying", type(exc).__name__, exc)
             await asyncio.sleep(idle)
 
     async def close(self) -> None:

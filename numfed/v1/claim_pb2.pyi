@@ -144,8 +144,8 @@ class RecycledClaim(_message.Message):
 
     What it tells: whether the holder now is the one who held the number at the end of that
     calendar day in the carrier's time zone (the CAMARA Number Recycling `specifiedDate`), nothing
-    finer than a day. A platform asks about one number on at most a few distinct dates a month (the
-    gateway's probe budget), so bisecting for the day the tenure began takes months, and no answer
+    finer than a day. A platform asks about one number on at most a few distinct dates a year (the
+    gateway's probe budget), so bisecting for the day the tenure began takes years, and no answer
     ever tells a time of day. A change within the day itself is not reported: the number's previous
     holder left it at least the quiet period (90 days) before, so no one who verified the number on
     that day lost it the same day.

@@ -175,14 +175,18 @@ class GatewayServiceServicer:
         What a platform can learn: one bit per date, about whole days in the serving carrier's time
         zone (Asia/Shanghai for cmcc, cucc and ctcc), never a time of day and never the tenure start
         itself. Each platform may ask about one number with at most `limits.recycled_distinct_dates`
-        (default 3) distinct dates per `limits.recycled_budget_period` (default 30 days), counted per
+        (default 3) distinct dates per `limits.recycled_budget_period` (default 365 days), counted per
         (platform, number) across every gateway replica and restart; asking again about a date already
         asked in the period costs nothing and gets the same bit while the holder is the same. A date
         before the carrier's history of the number also costs its date (the refusal tells that the
         history began after that day). So no call tells a time of day, and bisecting for the day a
         tenure began halves the range at most three times per period: on a 10-year history the day
-        takes 12 distinct dates, at least 90 days of asking with the defaults (docs/architecture.md,
-        Flow 5, has the arithmetic; a longer period slows it further).
+        takes 12 distinct dates, three years of asking with the defaults (docs/architecture.md, Flow
+        5, has the arithmetic). Platforms that pool their bits each spend their own budget: k of them
+        learn 3k bits at once. That is not refused (a per-number cap would let one platform spend
+        every other platform's checks), but past `limits.recycled_probing_alert` (default 6)
+        distinct dates asked about one number by all platforms together, each further date is
+        audited as PROBING_SUSPECTED.
 
         Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
         BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),

@@ -4,6 +4,7 @@ own certificate, and read what every verifier now believes."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -50,9 +51,21 @@ def signed_batch(
 
 
 def half(number: str, donor: str, recipient: str, at: datetime) -> LifecycleEvent:
-    return LifecycleEvent.new(
-        number, EventKind.PORTED, at, from_carrier=donor, to_carrier=recipient
-    )
+    """A PORTED half as a lying carrier writes it: built without the checks the honest code
+    path makes on construction, so a malformed one reaches the verifier as signed bytes."""
+    event = object.__new__(LifecycleEvent)
+    for name, value in {
+        "event_id": secrets.token_bytes(16),
+        "number": number,
+        "kind": EventKind.PORTED,
+        "at": at,
+        "as_of": None,
+        "tenure_start": None,
+        "from_carrier": donor,
+        "to_carrier": recipient,
+    }.items():
+        object.__setattr__(event, name, value)
+    return event
 
 
 def tenure_claim(

@@ -197,3 +197,18 @@ def test_a_number_moves_only_when_donor_and_recipient_have_both_signed(
                 p = state.port
                 assert (n, p.from_carrier, p.to_carrier, p.at_us, p.from_carrier) in signed
                 assert (n, p.from_carrier, p.to_carrier, p.at_us, p.to_carrier) in signed
+
+
+def test_a_live_half_is_taken_only_while_its_donor_serves_the_number() -> None:
+    """PublishEvents judges halves as published now: nobody leaves pre-signed halves for a
+    number its named donor does not serve. History (a sync, a platform replaying the log) may
+    still arrive in any order."""
+    with pytest.raises(PermissionDenied) as e:
+        judge("ctcc", [port(N, "cucc", "ctcc")], {}, PLAN, live=True)
+    assert e.value.reason == "PORT_DONOR_NOT_SERVING"
+    assert judge("ctcc", [port(N, "cucc", "ctcc")], {}, PLAN).changed  # as history: pending
+    done = judge("cmcc", [port(N, "cmcc", "cucc")], {}, PLAN, live=True)
+    done = judge("cucc", [port(N, "cmcc", "cucc")], done.states, PLAN, live=True)
+    assert serving_carrier(N, done.states[N], PLAN) == "cucc"
+    again = judge("cmcc", [port(N, "cmcc", "cucc")], done.states, PLAN, live=True)
+    assert not again.changed  # a repeat of the completed port is harmless, even live
