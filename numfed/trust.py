@@ -6,6 +6,11 @@ each with a validity window and the number prefixes it may attest) is signed by 
 the current root's keys; its version must grow by exactly one and it expires, so neither a
 rollback, a fast-forward nor a freeze goes unnoticed. Each key id counts once toward a threshold,
 and key ids are derived from the keys, so one key cannot pose as two.
+
+Every key of a root or a bundle is checked to be a proper key of its algorithm when the root or
+bundle is parsed (:func:`numfed.envelope.check_public_key`): one bad key refuses the whole root
+or bundle (INVALID_ARGUMENT ``BAD_PUBLIC_KEY``, the key named in the metadata), so that every
+verifier, whatever its curve library, reads the same keys from the same signed bytes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,18 @@ def _freeze(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _key_from_proto(pb: trust_pb2.PublicKey, where: str) -> VerifyKey:
+    """A root or carrier key, checked; a bad one refuses all of ``where`` (the root or bundle)."""
+    try:
+        return VerifyKey.from_proto(pb)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            exc.reason,
+            f"{where} holds a key that is refused: {exc.message}",
+            metadata={"in": where, "key_id": pb.key_id[:16]},
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Root:
     """Root metadata: the federation root keys and their threshold."""
@@ -70,7 +87,7 @@ class Root:
 
     @classmethod
     def from_proto(cls, pb: trust_pb2.RootMetadata) -> Root:
-        keys = [VerifyKey.from_proto(k) for k in pb.keys]
+        keys = [_key_from_proto(k, "root") for k in pb.keys]
         by_id = {k.key_id: k for k in keys}
         if len(by_id) != len(keys):
             raise _bad("MALFORMED_ROOT", "a root key is listed twice")
@@ -117,7 +134,7 @@ class CarrierKey:
     @classmethod
     def from_proto(cls, pb: trust_pb2.CarrierKey) -> CarrierKey:
         return cls(
-            VerifyKey.from_proto(pb.key),
+            _key_from_proto(pb.key, "bundle"),
             pb.carrier_id,
             from_timestamp(pb.not_before),
             from_timestamp(pb.not_after),

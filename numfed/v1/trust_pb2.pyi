@@ -48,6 +48,16 @@ Global___KeyAlgorithm: _TypeAlias = KeyAlgorithm  # noqa: Y015
 class PublicKey(_message.Message):
     """PublicKey is a verification key. Its key_id is derived from the key itself, so one key can
     never count twice toward a threshold under two names.
+
+    Every key is checked to be a proper key of its algorithm before anything is verified with it,
+    where roots and bundles are built and wherever they are verified: an Ed25519 key must be
+    canonically encoded (y below p, no negative zero), on the curve and in the prime-order
+    subgroup, so never the identity nor another small-order point (libsodium's blocklist and
+    more); a P-256 key must be a point on the curve other than the point at infinity, under the
+    named curve (no explicit parameters). A RootMetadata or TrustBundle holding one key that fails
+    is refused as a whole with INVALID_ARGUMENT, reason BAD_PUBLIC_KEY (ErrorInfo metadata "in":
+    "root" or "bundle", "key_id": the key's first 16 hex digits), so that every verifier reads the
+    same keys from the same signed bytes whatever its curve library.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -60,7 +70,10 @@ class PublicKey(_message.Message):
     algorithm: Global___KeyAlgorithm.ValueType
     """The scheme this key verifies."""
     public_key_spki: _builtins.bytes
-    """The key as a DER SubjectPublicKeyInfo."""
+    """The key as a DER SubjectPublicKeyInfo, in its one encoding: the algorithm's own OID
+    (id-Ed25519; id-ecPublicKey with the named curve prime256v1), a P-256 point uncompressed,
+    nothing after it. Another spelling of a key (a compressed point, say) is BAD_PUBLIC_KEY.
+    """
     def __init__(
         self,
         *,
