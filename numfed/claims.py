@@ -49,6 +49,7 @@ __all__ = [
     "VerifiedClaim",
     "VerifiedRecycledClaim",
     "normalize_number",
+    "require_in_plan",
     "require_key_of",
     "sign_claim",
     "signed_by_carrier",
@@ -116,11 +117,14 @@ number's next holder comes no sooner than the 90-day quiet period."""
 
 
 def normalize_number(number: str) -> str:
-    """``number`` itself if it is a valid number written in E.164, else INVALID_ARGUMENT.
+    """``number`` itself if it is written in E.164, else INVALID_ARGUMENT ``MALFORMED_NUMBER``.
 
-    Full validation (libphonenumber's metadata) costs about as much as checking a signature,
-    so the verdict on each of the last 64k well-formed numbers is remembered: a number is
-    checked once however many claims, events and platforms name it.
+    Syntax only: '+', a country code libphonenumber knows, and a length possible for it. Which
+    numbers exist is the carriers' word, the numbering plan in the signed trust bundle
+    (:func:`require_in_plan`), never the library's snapshot of allocated blocks, which lags
+    behind the carriers (it refused all of +86 149 while ctcc used it). The verdict on each of
+    the last 64k well-formed numbers is remembered: a number is parsed once however many claims,
+    events and platforms name it.
     """
     if len(number) > 32 or not _E164_SHAPE.fullmatch(number):
         raise InvalidArgument("MALFORMED_NUMBER", f"{number[:40]!r} is not an E.164 number")
@@ -137,9 +141,28 @@ def _valid_e164(number: str) -> str:
     except phonenumbers.NumberParseException as exc:
         raise InvalidArgument("MALFORMED_NUMBER", f"{number!r} is not an E.164 number") from exc
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    if e164 != number or not phonenumbers.is_valid_number(parsed):
-        raise InvalidArgument("MALFORMED_NUMBER", f"{number!r} is not a valid E.164 number")
+    if e164 != number:
+        raise InvalidArgument("MALFORMED_NUMBER", f"{number!r} is not written in E.164")
+    if phonenumbers.is_possible_number_with_reason(parsed) != _POSSIBLE:
+        raise InvalidArgument(
+            "MALFORMED_NUMBER",
+            f"{number!r} has no length a number of +{parsed.country_code} can have",
+        )
     return e164
+
+
+_POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
+"""A whole number (not one dialled locally only) of a length its country code allows."""
+
+
+def require_in_plan(bundle: TrustBundle, number: str) -> None:
+    """``number`` lies in a range of the federation's numbering plan (the trust bundle's
+    ``number_ranges``); else PERMISSION_DENIED ``NUMBER_NOT_IN_PLAN``: no carrier serves it, so
+    no carrier may attest it, whatever its signing key covers."""
+    if not any(number.startswith(prefix) for prefix in bundle.number_ranges):
+        raise PermissionDenied(
+            "NUMBER_NOT_IN_PLAN", "the number lies in no range of the federation's numbering plan"
+        )
 
 
 def _member_id(value: str, what: str) -> str:
@@ -438,8 +461,9 @@ def require_key_of(key: CarrierKey, carrier_id: str) -> None:
         )
 
 
-def _check_issuer(key: CarrierKey, carrier_id: str, number: str) -> None:
+def _check_issuer(key: CarrierKey, bundle: TrustBundle, carrier_id: str, number: str) -> None:
     require_key_of(key, carrier_id)
+    require_in_plan(bundle, number)
     if not key.covers(number):
         raise PermissionDenied("KEY_OUT_OF_SCOPE", "the signing key may not attest this number")
 
@@ -489,7 +513,7 @@ def verify_tenure_claim(
         if exc.reason in {"MALFORMED_NUMBER", "PURPOSE_UNSPECIFIED", "NO_BINDINGS_SELECTED"}:
             raise
         raise InvalidArgument("MALFORMED_CLAIM", exc.message) from exc
-    _check_issuer(key, claim.carrier_id, claim.number)
+    _check_issuer(key, bundle, claim.carrier_id, claim.number)
     releases = claim.purpose in (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
     grace = policy.release_grace if releases else timedelta(0)
     _check_time(key, claim.issued_at, claim.expires_at, now, policy, grace)
@@ -519,7 +543,7 @@ def verify_recycled_claim(
         claim = RecycledClaim.from_proto(claim_pb2.RecycledClaim.FromString(envelope.payload))
     except DecodeError as exc:
         raise InvalidArgument("MALFORMED_CLAIM", "claim payload does not parse") from exc
-    _check_issuer(key, claim.carrier_id, claim.number)
+    _check_issuer(key, bundle, claim.carrier_id, claim.number)
     _check_time(key, claim.issued_at, claim.expires_at, now, policy)
     check_happened(claim.since, claim.issued_at, now, skew=policy.max_skew, field="since")
     if claim.platform_id != audience:

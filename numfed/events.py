@@ -2,8 +2,9 @@
 
 A carrier signs one :class:`EventBatch` of up to 500 events (one signature per batch). Platforms
 verify the batch against the trust bundle like a claim: the signing key belongs to the carrier
-named in the batch, covers every number in it, and was valid when the batch was issued; and the
-batch's times are compared with the verifier's clock (:mod:`numfed.timecheck`).
+named in the batch, covers every number in it (each in the numbering plan), and was valid when
+the batch was issued; and the batch's times are compared with the verifier's clock
+(:mod:`numfed.timecheck`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from numfed.claims import (
     normalize_number,
+    require_in_plan,
     require_key_of,
     signed_by_carrier,
     trusted_bundle,
@@ -167,6 +169,7 @@ def verify_event_batch(
     check_key_window(key, issued_at, now, skew=skew, grace=grace)
     events = tuple(LifecycleEvent.from_proto(e) for e in pb.events)
     for e in events:
+        require_in_plan(bundle, e.number)
         if not key.covers(e.number):
             raise PermissionDenied("KEY_OUT_OF_SCOPE", "the key may not speak for this number")
         for name, t in e.times():

@@ -93,7 +93,11 @@ class TenureClaim(_message.Message):
     CLAIM_ID_FIELD_NUMBER: _builtins.int
     BINDING_REFS_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The number in E.164 form, e.g. "+8613800138000"."""
+    """The number in E.164 form, e.g. "+8613800138000". Checked for syntax only (a known country
+    code, a possible length; otherwise INVALID_ARGUMENT MALFORMED_NUMBER); whether it exists is
+    the carriers' word: it must lie in a range of the trust bundle's numbering plan, or the claim
+    is refused with PERMISSION_DENIED NUMBER_NOT_IN_PLAN.
+    """
     carrier_id: _builtins.str
     """The attesting carrier, e.g. "cmcc". Must be the carrier that serves the number now, and the
     carrier the trust bundle lists the signing key for (rule PLAT-CLAIM-KEY-CARRIER): a claim
@@ -183,7 +187,9 @@ class RecycledClaim(_message.Message):
     CLAIM_ID_FIELD_NUMBER: _builtins.int
     SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The number in E.164 form."""
+    """The number in E.164 form; in a range of the trust bundle's numbering plan (PERMISSION_DENIED
+    NUMBER_NOT_IN_PLAN otherwise).
+    """
     carrier_id: _builtins.str
     """The carrier that serves the number now and signs this answer; the trust bundle must list the
     signing key for it (rule PLAT-CLAIM-KEY-CARRIER), or the asking platform refuses the answer

@@ -94,7 +94,9 @@ class LifecycleEvent(_message.Message):
     event_id: _builtins.bytes
     """16 random bytes; platforms apply each event once."""
     number: _builtins.str
-    """The number in E.164 form."""
+    """The number in E.164 form; in a range of the trust bundle's numbering plan, or the batch is
+    PERMISSION_DENIED NUMBER_NOT_IN_PLAN.
+    """
     kind: Global___LifecycleKind.ValueType
     """What happened."""
     from_carrier: _builtins.str

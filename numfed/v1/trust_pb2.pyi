@@ -224,7 +224,10 @@ class TrustBundle(_message.Message):
         """The numbering plan: which carrier each block of numbers is allocated to. A number's serving
         carrier is the holder of the longest range that matches it, until a port moves it (a PORTED
         event from both the donor and the recipient, see LifecycleKind). A number in no range has
-        no serving carrier and cannot be attested. Prefixes are unique. See docs/authority.md.
+        no serving carrier and cannot be attested: a claim, recycled answer or event about it is
+        refused with PERMISSION_DENIED, reason NUMBER_NOT_IN_PLAN, by the gateway and by every
+        platform. Which numbers exist is the carriers' word here, never a phone-number library's
+        snapshot (that is used for syntax only). Prefixes are unique. See docs/authority.md.
         """
 
     @_builtins.property
