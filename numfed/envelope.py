@@ -5,6 +5,10 @@ exactly as they travel and are parsed only after a signature verifies. Ed25519 i
 default; ECDSA P-256 with SHA-256 (raw r||s, 64 bytes) is accepted. A key's id is derived from
 the key itself (SHA-256 of its SubjectPublicKeyInfo), so one key cannot count twice toward a
 threshold under two names.
+
+Every :class:`VerifyKey` is checked to be a proper key of its algorithm when it is built
+(:func:`check_public_key`, :mod:`numfed.keycheck`), before any signature is verified with it,
+and a key read from the wire must be written in its one DER encoding.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from numfed.errors import InvalidArgument, Unauthenticated
+from numfed.keycheck import ed25519_key_problem
 from numfed.v1 import claim_pb2, trust_pb2
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "SigningKey",
     "VerificationResult",
     "VerifyKey",
+    "check_public_key",
     "key_id_for",
     "key_map",
     "pae",
@@ -69,28 +75,87 @@ class KeyAlgorithm(enum.Enum):
     ECDSA_P256_SHA256 = trust_pb2.KEY_ALGORITHM_ECDSA_P256_SHA256
 
 
+_PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+
+def _spki_of(key: _PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _bad_key(message: str) -> InvalidArgument:
+    return InvalidArgument("BAD_PUBLIC_KEY", message)
+
+
+def _check_loaded(key: object, algorithm: KeyAlgorithm) -> _PublicKey:
+    """``key`` as a public key of ``algorithm``, or BAD_PUBLIC_KEY saying what is wrong."""
+    if algorithm is KeyAlgorithm.ED25519:
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise _bad_key("key is not an Ed25519 key")
+        problem = ed25519_key_problem(
+            key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+        if problem is not None:
+            raise _bad_key(f"not a proper Ed25519 public key: {problem}")
+        return key
+    # cryptography refuses on load a point off the curve, a coordinate not below p and the point
+    # at infinity; P-256's cofactor is 1, so no subgroup check is due.
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
+        raise _bad_key("key is not a P-256 key")
+    return key
+
+
+def check_public_key(algorithm: KeyAlgorithm, spki: bytes) -> None:
+    """Refuse ``spki`` unless it is a proper public key of ``algorithm`` in its one encoding.
+
+    Call it wherever a key enters a root or a trust bundle; every verifier checks the same when
+    it parses one (:meth:`VerifyKey.from_spki`). ``spki`` is a DER SubjectPublicKeyInfo, written
+    exactly as numfed writes it: the algorithm's own OID (Ed25519, or id-ecPublicKey with the
+    named curve P-256, never explicit parameters), P-256 points uncompressed, nothing after it.
+    Ed25519: canonical, on the curve, in the prime-order subgroup, not the identity (no
+    small-order point). P-256: on the curve, not the point at infinity. Otherwise
+    INVALID_ARGUMENT ``BAD_PUBLIC_KEY`` with a message saying what is wrong.
+    """
+    VerifyKey.from_spki(spki, algorithm)
+
+
 @dataclass(frozen=True)
 class VerifyKey:
-    """A public key that verifies signatures of one algorithm."""
+    """A public key that verifies signatures of one algorithm; checked when built."""
 
     key_id: str
     algorithm: KeyAlgorithm
     spki: bytes
-    _key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey = field(repr=False, compare=False)
+    _key: _PublicKey = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every way of building a key passes here, so no key escapes the check.
+        _check_loaded(self._key, self.algorithm)
+        if self.spki != _spki_of(self._key) or self.key_id != key_id_for(self.spki):
+            raise _bad_key("spki and key_id must be the key's own")
 
     @classmethod
     def from_spki(cls, spki: bytes, algorithm: KeyAlgorithm) -> VerifyKey:
-        """Load a DER SubjectPublicKeyInfo; the key type must match ``algorithm``."""
+        """Load a DER SubjectPublicKeyInfo; the key must be a proper key of ``algorithm``,
+        written in its one encoding (:func:`check_public_key`)."""
         try:
             key = serialization.load_der_public_key(spki)
         except (ValueError, TypeError) as exc:
-            raise InvalidArgument("BAD_PUBLIC_KEY", f"public key does not parse: {exc}") from exc
-        return cls._checked(key, algorithm)
+            raise _bad_key(f"public key does not parse: {exc}") from exc
+        checked = cls._checked(key, algorithm)
+        if checked.spki != spki:
+            # One key, one encoding, one id: a compressed P-256 point, explicit curve parameters
+            # (which cryptography maps to the named curve) or another DER spelling of the same
+            # key would otherwise count as a second key.
+            raise _bad_key(
+                "the key is not in its one DER encoding (the algorithm's own OID, a named curve,"
+                " an uncompressed point, nothing after it)"
+            )
+        return checked
 
     @classmethod
-    def from_public_key(
-        cls, key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-    ) -> VerifyKey:
+    def from_public_key(cls, key: _PublicKey) -> VerifyKey:
         """Wrap a ``cryptography`` public key (Ed25519 or P-256)."""
         if isinstance(key, ed25519.Ed25519PublicKey):
             return cls._checked(key, KeyAlgorithm.ED25519)
@@ -100,7 +165,7 @@ class VerifyKey:
     def from_raw_ed25519(cls, raw: bytes) -> VerifyKey:
         """An Ed25519 key from its 32 raw bytes."""
         if len(raw) != 32:
-            raise InvalidArgument("BAD_PUBLIC_KEY", "an Ed25519 public key has 32 bytes")
+            raise _bad_key("an Ed25519 public key has 32 bytes")
         return cls._checked(ed25519.Ed25519PublicKey.from_public_bytes(raw), KeyAlgorithm.ED25519)
 
     @classmethod
@@ -109,22 +174,14 @@ class VerifyKey:
         try:
             key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
         except ValueError as exc:
-            raise InvalidArgument("BAD_PUBLIC_KEY", f"not a P-256 point: {exc}") from exc
+            raise _bad_key(f"not a P-256 point: {exc}") from exc
         return cls._checked(key, KeyAlgorithm.ECDSA_P256_SHA256)
 
     @classmethod
     def _checked(cls, key: object, algorithm: KeyAlgorithm) -> VerifyKey:
-        if algorithm is KeyAlgorithm.ED25519:
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise InvalidArgument("BAD_PUBLIC_KEY", "key is not an Ed25519 key")
-        elif not (
-            isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
-        ):
-            raise InvalidArgument("BAD_PUBLIC_KEY", "key is not a P-256 key")
-        spki = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return cls(key_id=key_id_for(spki), algorithm=algorithm, spki=spki, _key=key)
+        loaded = _check_loaded(key, algorithm)
+        spki = _spki_of(loaded)
+        return cls(key_id=key_id_for(spki), algorithm=algorithm, spki=spki, _key=loaded)
 
     @classmethod
     def from_proto(cls, pb: trust_pb2.PublicKey) -> VerifyKey:

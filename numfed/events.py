@@ -2,7 +2,9 @@
 
 A carrier signs one :class:`EventBatch` of up to 500 events (one signature per batch). Platforms
 verify the batch against the trust bundle like a claim: the signing key belongs to the carrier
-named in the batch, covers every number in it, and was valid when the batch was issued.
+named in the batch, covers every number in it (each in the numbering plan), and was valid when
+the batch was issued; and the batch's times are compared with the verifier's clock
+(:mod:`numfed.timecheck`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.protobuf.message import DecodeError
 
-from numfed.claims import normalize_number, require_key_of, signed_by_carrier
+from numfed.claims import (
+    normalize_number,
+    require_in_plan,
+    require_key_of,
+    signed_by_carrier,
+    trusted_bundle,
+)
 from numfed.envelope import Envelope, SigningKey, sign
-from numfed.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from numfed.errors import InvalidArgument, PermissionDenied
+from numfed.timecheck import LOG_KEY_GRACE, check_happened, check_issued_at, check_key_window
 from numfed.timeutil import from_timestamp, require_utc, to_timestamp
 from numfed.trust import TrustedState
 from numfed.v1 import events_pb2
@@ -74,6 +83,11 @@ class LifecycleEvent:
                     )
             if self.from_carrier == self.to_carrier:
                 raise InvalidArgument("MALFORMED_EVENT", "a port moves a number to another carrier")
+
+    def times(self) -> list[tuple[str, datetime]]:
+        """The moments the event says have passed, by field name."""
+        found = [("at", self.at), ("as_of", self.as_of), ("tenure_start", self.tenure_start)]
+        return [(name, t) for name, t in found if t is not None]
 
     @classmethod
     def new(cls, number: str, kind: EventKind, at: datetime, **kw: object) -> LifecycleEvent:
@@ -132,9 +146,22 @@ class VerifiedBatch:
     events: tuple[LifecycleEvent, ...]
 
 
-def verify_event_batch(envelope: Envelope, trust: TrustedState, *, now: datetime) -> VerifiedBatch:
-    """Verify a batch's one carrier signature, its issuer and scope; parse its events."""
+def verify_event_batch(
+    envelope: Envelope, trust: TrustedState, *, now: datetime, from_log: bool = False
+) -> VerifiedBatch:
+    """Verify a batch's one carrier signature, its issuer, scope and times; parse its events.
+
+    Times, with the bundle's clock skew: issued_at not in the future (``ISSUED_IN_FUTURE``);
+    every event's ``at``, ``as_of`` and ``tenure_start`` not after issued_at nor now
+    (``TIME_IN_FUTURE``); the key valid at issued_at. A batch being published (the default:
+    the gateway, at PublishEvents and at a carrier's sync) was signed within the bundle's
+    maximum claim lifetime (``TOO_OLD``) by a key whose window holds now. A batch read from the
+    gateway's log (``from_log``: platforms, pushed or pulled) may have waited there for a
+    platform that was away, so it may be of any age, and its key's window may have closed up to
+    :data:`~numfed.timecheck.LOG_KEY_GRACE` before now (``KEY_OUT_OF_WINDOW`` beyond).
+    """
     _keyid, key = signed_by_carrier(envelope, trust, EVENT_BATCH_PAYLOAD_TYPE, now)
+    bundle = trusted_bundle(trust)
     try:
         pb = events_pb2.EventBatch.FromString(envelope.payload)
     except DecodeError as exc:
@@ -143,10 +170,16 @@ def verify_event_batch(envelope: Envelope, trust: TrustedState, *, now: datetime
     if not 1 <= len(pb.events) <= MAX_EVENTS_PER_BATCH:
         raise InvalidArgument("BAD_BATCH_SIZE", f"1 to {MAX_EVENTS_PER_BATCH} events per batch")
     issued_at = from_timestamp(pb.issued_at)
-    if not key.valid_at(issued_at):
-        raise Unauthenticated("KEY_OUT_OF_WINDOW", "batch issued outside the key's window")
+    skew = bundle.max_clock_skew
+    max_age = None if from_log else bundle.max_claim_lifetime
+    check_issued_at(issued_at, now, skew=skew, max_age=max_age, what="the event batch")
+    grace = LOG_KEY_GRACE if from_log else timedelta(0)
+    check_key_window(key, issued_at, now, skew=skew, grace=grace)
     events = tuple(LifecycleEvent.from_proto(e) for e in pb.events)
     for e in events:
+        require_in_plan(bundle, e.number)
         if not key.covers(e.number):
             raise PermissionDenied("KEY_OUT_OF_SCOPE", "the key may not speak for this number")
+        for name, t in e.times():
+            check_happened(t, issued_at, now, skew=skew, field=name)
     return VerifiedBatch(pb.carrier_id, issued_at, events)

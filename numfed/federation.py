@@ -15,6 +15,7 @@ from pathlib import Path
 
 from numfed import pki
 from numfed.scenario import CARRIERS, PLATFORMS
+from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME, DEFAULT_MAX_CLOCK_SKEW
 from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
 from numfed.trustfiles import write_envelope
 
@@ -93,9 +94,12 @@ def write_trust(
     validity: timedelta = timedelta(days=365),
     bundle_validity: timedelta = timedelta(days=30),
     number_ranges: Mapping[str, str] | None = None,
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
+    max_claim_lifetime: timedelta = DEFAULT_MAX_CLAIM_LIFETIME,
 ) -> None:
-    """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key and the
-    numbering plan (``number_ranges``, prefix -> carrier; default :func:`number_plan`)."""
+    """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key, the
+    numbering plan (``number_ranges``, prefix -> carrier; default :func:`number_plan`) and the
+    federation's clock skew and maximum claim lifetime, which every verifier takes from it."""
     signers = pki.load_root_signers(pki_dir)
     root = Root(
         version=1,
@@ -121,6 +125,8 @@ def write_trust(
         carrier_keys=keys,
         revoked_key_ids=frozenset(),
         number_ranges=number_plan(carriers) if number_ranges is None else number_ranges,
+        max_clock_skew=max_clock_skew,
+        max_claim_lifetime=max_claim_lifetime,
     )
     write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
 

@@ -20,11 +20,20 @@ from numfed.errors import InvalidArgument
 from numfed.trust import TrustedState
 from numfed.v1 import claim_pb2
 
-__all__ = ["PREFIX", "ProvenProof", "decode_proof", "encode_proof", "verify_proof"]
+__all__ = [
+    "PREFIX",
+    "PROOF_MAX_LIFETIME",
+    "ProvenProof",
+    "decode_proof",
+    "encode_proof",
+    "verify_proof",
+]
 
 PREFIX = "nfp1."
-PROOF_POLICY = ClaimPolicy(max_lifetime=timedelta(days=90))
-"""A proof is carried around for a while: it may live up to 90 days."""
+PROOF_MAX_LIFETIME = timedelta(days=90)
+"""A proof is carried around for a while: it may live up to 90 days (the clock skew is the
+trust bundle's). It proves something only while its signing key's window holds the verifier's
+clock, whatever the proof says about when it was signed."""
 
 
 def encode_proof(envelope: Envelope) -> str:
@@ -61,7 +70,8 @@ class ProvenProof:
 
 def verify_proof(token: str, trust: TrustedState, *, now: datetime) -> ProvenProof:
     """Verify a holder proof offline; raise the precise error if it proves nothing."""
+    policy = ClaimPolicy.from_bundle(trust.bundle, max_lifetime=PROOF_MAX_LIFETIME)
     verified = verify_tenure_claim(
-        decode_proof(token), trust, now=now, purposes=(Purpose.HOLDER_PROOF,), policy=PROOF_POLICY
+        decode_proof(token), trust, now=now, purposes=(Purpose.HOLDER_PROOF,), policy=policy
     )
     return ProvenProof(verified.claim, verified.key_id)

@@ -6,6 +6,12 @@ each with a validity window and the number prefixes it may attest) is signed by 
 the current root's keys; its version must grow by exactly one and it expires, so neither a
 rollback, a fast-forward nor a freeze goes unnoticed. Each key id counts once toward a threshold,
 and key ids are derived from the keys, so one key cannot pose as two.
+
+Every key of a root or a bundle is checked to be a proper key of its algorithm when the root or
+bundle is parsed (:func:`numfed.envelope.check_public_key`): one bad key refuses the whole root
+or bundle (INVALID_ARGUMENT ``BAD_PUBLIC_KEY``, the key named in the metadata), so that every
+verifier, whatever its curve library, reads the same keys from the same signed bytes. The bundle
+also publishes the federation's clock skew and maximum claim lifetime (:mod:`numfed.timecheck`).
 """
 
 from __future__ import annotations
@@ -13,13 +19,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
 from numfed.envelope import Envelope, SigningKey, VerifyKey, sign, verification_result
 from numfed.errors import InvalidArgument, Unauthenticated
+from numfed.timecheck import (
+    DEFAULT_MAX_CLAIM_LIFETIME,
+    DEFAULT_MAX_CLOCK_SKEW,
+    MAX_CLAIM_LIFETIME_CEILING,
+    MAX_CLOCK_SKEW_CEILING,
+    check_issued_at,
+)
 from numfed.timeutil import from_timestamp, require_utc, to_timestamp
 from numfed.v1 import trust_pb2
 
@@ -49,6 +63,35 @@ def _freeze(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _key_from_proto(pb: trust_pb2.PublicKey, where: str) -> VerifyKey:
+    """A root or carrier key, checked; a bad one refuses all of ``where`` (the root or bundle)."""
+    try:
+        return VerifyKey.from_proto(pb)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            exc.reason,
+            f"{where} holds a key that is refused: {exc.message}",
+            metadata={"in": where, "key_id": pb.key_id[:16]},
+        ) from exc
+
+
+def _duration(pb: duration_pb2.Duration, what: str, ceiling: timedelta) -> timedelta:
+    if pb.seconds < 0 or not 0 <= pb.nanos < 1_000_000_000:
+        raise _bad("MALFORMED_BUNDLE", f"{what} is not a duration of zero or more")
+    # Compared in seconds first: a huge value would overflow timedelta.
+    value = timedelta(seconds=min(pb.seconds, ceiling.days * 86400 + ceiling.seconds + 1))
+    value += timedelta(microseconds=pb.nanos // 1000)
+    if value > ceiling:
+        raise _bad("MALFORMED_BUNDLE", f"{what} is above its ceiling of {ceiling}")
+    return value
+
+
+def _to_duration(value: timedelta) -> duration_pb2.Duration:
+    pb = duration_pb2.Duration()
+    pb.FromTimedelta(value)
+    return pb
+
+
 @dataclass(frozen=True)
 class Root:
     """Root metadata: the federation root keys and their threshold."""
@@ -70,7 +113,7 @@ class Root:
 
     @classmethod
     def from_proto(cls, pb: trust_pb2.RootMetadata) -> Root:
-        keys = [VerifyKey.from_proto(k) for k in pb.keys]
+        keys = [_key_from_proto(k, "root") for k in pb.keys]
         by_id = {k.key_id: k for k in keys}
         if len(by_id) != len(keys):
             raise _bad("MALFORMED_ROOT", "a root key is listed twice")
@@ -117,7 +160,7 @@ class CarrierKey:
     @classmethod
     def from_proto(cls, pb: trust_pb2.CarrierKey) -> CarrierKey:
         return cls(
-            VerifyKey.from_proto(pb.key),
+            _key_from_proto(pb.key, "bundle"),
             pb.carrier_id,
             from_timestamp(pb.not_before),
             from_timestamp(pb.not_after),
@@ -140,6 +183,8 @@ class TrustBundle:
 
     ``number_ranges`` maps an E.164 prefix to the carrier the block is allocated to (its number
     range holder): a number's serving carrier until a port moves it (docs/authority.md).
+    ``max_clock_skew`` and ``max_claim_lifetime`` are the federation's: every verifier holding
+    the bundle judges signed times with them (absent on the wire: 60 s and 30 min).
     """
 
     version: int
@@ -148,6 +193,8 @@ class TrustBundle:
     carrier_keys: Mapping[str, CarrierKey]
     revoked_key_ids: frozenset[str] = field(default_factory=frozenset)
     number_ranges: Mapping[str, str] = field(default_factory=dict)
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
+    max_claim_lifetime: timedelta = DEFAULT_MAX_CLAIM_LIFETIME
 
     def __post_init__(self) -> None:
         _freeze(self, "issued_at", require_utc(self.issued_at, "bundle issued_at"))
@@ -164,6 +211,17 @@ class TrustBundle:
             raise _bad("MALFORMED_BUNDLE", "bundle must expire after it is issued")
         if any(k != v.key.key_id for k, v in self.carrier_keys.items()):
             raise _bad("MALFORMED_BUNDLE", "carrier keys must be indexed by their own key id")
+        if not timedelta(0) <= self.max_clock_skew <= MAX_CLOCK_SKEW_CEILING:
+            raise _bad("MALFORMED_BUNDLE", f"max_clock_skew must be 0 to {MAX_CLOCK_SKEW_CEILING}")
+        if not timedelta(0) < self.max_claim_lifetime <= MAX_CLAIM_LIFETIME_CEILING:
+            raise _bad(
+                "MALFORMED_BUNDLE",
+                f"max_claim_lifetime must be above 0 and at most {MAX_CLAIM_LIFETIME_CEILING}",
+            )
+
+    def check_issued(self, now: datetime) -> None:
+        """The bundle's issued_at is not in the future beyond its skew (``ISSUED_IN_FUTURE``)."""
+        check_issued_at(self.issued_at, now, skew=self.max_clock_skew, what="the trust bundle")
 
     @classmethod
     def from_proto(cls, pb: trust_pb2.TrustBundle) -> TrustBundle:
@@ -181,6 +239,12 @@ class TrustBundle:
             by_id,
             frozenset(pb.revoked_key_ids),
             ranges,
+            _duration(pb.max_clock_skew, "max_clock_skew", MAX_CLOCK_SKEW_CEILING)
+            if pb.HasField("max_clock_skew")
+            else DEFAULT_MAX_CLOCK_SKEW,
+            _duration(pb.max_claim_lifetime, "max_claim_lifetime", MAX_CLAIM_LIFETIME_CEILING)
+            if pb.HasField("max_claim_lifetime")
+            else DEFAULT_MAX_CLAIM_LIFETIME,
         )
 
     def to_proto(self) -> trust_pb2.TrustBundle:
@@ -194,6 +258,8 @@ class TrustBundle:
                 trust_pb2.NumberRange(prefix=p, carrier_id=self.number_ranges[p])
                 for p in sorted(self.number_ranges)
             ],
+            max_clock_skew=_to_duration(self.max_clock_skew),
+            max_claim_lifetime=_to_duration(self.max_claim_lifetime),
         )
 
 
@@ -305,6 +371,7 @@ class TrustedState:
             raise _bad("MALFORMED_BUNDLE", "bundle payload does not parse") from exc
         if bundle.expires_at <= now:
             raise Unauthenticated("BUNDLE_EXPIRED", f"bundle version {bundle.version} has expired")
+        bundle.check_issued(now)
         current, current_envelope = self._bundle, self._bundle_envelope
         if current is not None and current_envelope is not None:
             if envelope.payload == current_envelope.payload:

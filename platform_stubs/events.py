@@ -69,8 +69,9 @@ class EventApplier:
     ) -> VerifiedBatch:
         """Verify one signed batch: its signature, and that the key belongs to the carrier the
         batch names (PLAT-CLAIM-KEY-CARRIER), covers its numbers and was valid when it was
-        signed."""
-        return verify_event_batch(Envelope.from_proto(batch), trust, now=now)
+        signed. It comes from the gateway's log, where it may have waited while the platform
+        was away: its age is no reason to refuse it (``from_log``)."""
+        return verify_event_batch(Envelope.from_proto(batch), trust, now=now, from_log=True)
 
 
 class EventPuller:

@@ -33,11 +33,9 @@ from platform_stubs.rules import Binding, Masker, own, prior, select_own
 from platform_stubs.store import PlatformStore, Selector
 from platform_stubs.trustclient import TrustClient
 
-__all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer"]
+__all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer", "platform_policy"]
 
 MAX_BATCH_ITEMS = 500
-PLATFORM_POLICY = ClaimPolicy(release_grace=RELEASE_GRACE)
-"""Platforms apply a release the gateway retries after its claim expired, within the grace."""
 QUERY = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.items()}
@@ -65,6 +63,12 @@ class Knobs:
     async def delay(self) -> None:
         if self.latency_ms > 0:
             await asyncio.sleep(self.latency_ms / 1000)
+
+
+def platform_policy(trust: TrustedState) -> ClaimPolicy:
+    """The clock skew and claim lifetime of the bundle the platform holds, with the release
+    grace: platforms apply a release the gateway retries after its claim expired, within it."""
+    return ClaimPolicy.from_bundle(trust.bundle, release_grace=RELEASE_GRACE)
 
 
 def _check_batch(item_ids: Sequence[str]) -> None:
@@ -114,14 +118,13 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> list[VerifiedClaim | NumfedError]:
         trust = self.trust.trusted()
         now = datetime.now(UTC)
+        policy = platform_policy(trust)
         out: list[VerifiedClaim | NumfedError] = []
         for item in items:
             try:
                 env = Envelope.from_proto(item.claim)
                 out.append(
-                    verify_tenure_claim(
-                        env, trust, now=now, purposes=purposes, policy=PLATFORM_POLICY
-                    )
+                    verify_tenure_claim(env, trust, now=now, purposes=purposes, policy=policy)
                 )
             except NumfedError as err:
                 out.append(err)

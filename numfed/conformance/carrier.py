@@ -134,7 +134,13 @@ class CarrierKit:
         return load_trusted_state(self.t.trust_dir, now=datetime.now(UTC))
 
     def number(self) -> str:
-        return f"+86139{secrets.randbelow(10**8):08d}"
+        """A fresh mobile number (+86, 11 digits) in a block the trust bundle's numbering plan
+        gives the carrier under test: only numbers in the plan can be attested."""
+        bundle = self.trust().bundle
+        ranges = bundle.number_ranges if bundle is not None else {}
+        mine = sorted(p for p, c in ranges.items() if c == self.t.carrier_id and len(p) <= 14)
+        prefix = mine[0] if mine else "+86139"
+        return prefix + "".join(secrets.choice("0123456789") for _ in range(14 - len(prefix)))
 
     async def _seed(self) -> World:
         me = self.t.carrier_id

@@ -40,7 +40,8 @@ class _PurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Purpose.Value
     PURPOSE_HOLDER_PROOF: _Purpose.ValueType  # 5
     """A portable proof "this number has been held by its current holder since tenure_start".
     Shown to anyone, as often as the holder likes; never accepted as a query or release claim
-    (INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform).
+    (INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform). It may live up to 90
+    days, and proves something only while its signing key's window holds the verifier's clock.
     """
 
 class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper):
@@ -61,7 +62,8 @@ PURPOSE_RELEASE_OWN: Purpose.ValueType  # 4
 PURPOSE_HOLDER_PROOF: Purpose.ValueType  # 5
 """A portable proof "this number has been held by its current holder since tenure_start".
 Shown to anyone, as often as the holder likes; never accepted as a query or release claim
-(INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform).
+(INVALID_ARGUMENT WRONG_PURPOSE at the gateway and at every platform). It may live up to 90
+days, and proves something only while its signing key's window holds the verifier's clock.
 """
 Global___Purpose: _TypeAlias = Purpose  # noqa: Y015
 
@@ -70,6 +72,14 @@ class TenureClaim(_message.Message):
     """TenureClaim is the one statement a carrier signs: "number N has been held by its current holder
     since tenure_start". It carries nothing else about the holder. It travels inside an Envelope
     with payload_type "application/vnd.numfed.tenure-claim+proto".
+
+    Time: no time in a claim is believed on the carrier's word alone. Every verifier (the gateway,
+    each platform, anyone checking a holder proof) compares them with its own clock, allowing the
+    max_clock_skew of the trust bundle it holds: issued_at not after its clock
+    (UNAUTHENTICATED ISSUED_IN_FUTURE), expires_at not before it (CLAIM_EXPIRED; platforms apply a
+    release claim up to one hour after), and the signing key's validity window must hold issued_at
+    and also the verifier's clock (KEY_OUT_OF_WINDOW), so a key whose window has closed cannot sign
+    a claim backdated into it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -83,7 +93,11 @@ class TenureClaim(_message.Message):
     CLAIM_ID_FIELD_NUMBER: _builtins.int
     BINDING_REFS_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The number in E.164 form, e.g. "+8613800138000"."""
+    """The number in E.164 form, e.g. "+8613800138000". Checked for syntax only (a known country
+    code, a possible length; otherwise INVALID_ARGUMENT MALFORMED_NUMBER); whether it exists is
+    the carriers' word: it must lie in a range of the trust bundle's numbering plan, or the claim
+    is refused with PERMISSION_DENIED NUMBER_NOT_IN_PLAN.
+    """
     carrier_id: _builtins.str
     """The attesting carrier, e.g. "cmcc". Must be the carrier that serves the number now, and the
     carrier the trust bundle lists the signing key for (rule PLAT-CLAIM-KEY-CARRIER): a claim
@@ -98,16 +112,21 @@ class TenureClaim(_message.Message):
     """
     @_builtins.property
     def tenure_start(self) -> _timestamp_pb2.Timestamp:
-        """The moment the current holder's tenure began (UTC). A port between carriers does not move it."""
+        """The moment the current holder's tenure began (UTC), not after issued_at. A port between
+        carriers does not move it.
+        """
 
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
-        """When the carrier signed the claim (UTC)."""
+        """When the carrier signed the claim (UTC); not after the verifier's clock plus the bundle's
+        max_clock_skew (UNAUTHENTICATED ISSUED_IN_FUTURE).
+        """
 
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When the claim stops being valid (UTC); after issued_at, at most the federation's maximum
-        claim lifetime later.
+        """When the claim stops being valid (UTC); after issued_at, at most the trust bundle's
+        max_claim_lifetime later (a HOLDER_PROOF: 90 days), else INVALID_ARGUMENT
+        CLAIM_LIFETIME_TOO_LONG.
         """
 
     @_builtins.property
@@ -149,6 +168,11 @@ class RecycledClaim(_message.Message):
     ever tells a time of day. A change within the day itself is not reported: the number's previous
     holder left it at least the quiet period (90 days) before, so no one who verified the number on
     that day lost it the same day.
+
+    Its times are judged as a TenureClaim's (issued_at, expires_at, the key's window), and since
+    must not lie after issued_at nor after the verifier's clock, beyond the bundle's
+    max_clock_skew: an answer about a moment still to come is INVALID_ARGUMENT TIME_IN_FUTURE
+    (ErrorInfo metadata "field": "since").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -163,7 +187,9 @@ class RecycledClaim(_message.Message):
     CLAIM_ID_FIELD_NUMBER: _builtins.int
     SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The number in E.164 form."""
+    """The number in E.164 form; in a range of the trust bundle's numbering plan (PERMISSION_DENIED
+    NUMBER_NOT_IN_PLAN otherwise).
+    """
     carrier_id: _builtins.str
     """The carrier that serves the number now and signs this answer; the trust bundle must list the
     signing key for it (rule PLAT-CLAIM-KEY-CARRIER), or the asking platform refuses the answer

@@ -73,6 +73,12 @@ class LifecycleEvent(_message.Message):
     PORTED comes only from the number's serving carrier at that point of the event log (its range
     holder, or the recipient of its last completed port); verifiers judge the events of the log in
     seq order and, within a batch, in order.
+
+    An event tells what has happened: each of its times (at, as_of, tenure_start) lies neither
+    after its batch's issued_at nor after the verifier's clock, beyond the trust bundle's
+    max_clock_skew; otherwise the whole batch is INVALID_ARGUMENT TIME_IN_FUTURE (ErrorInfo
+    metadata "field" names the time). A PENDING_RELEASE as_of in the future would release what a
+    new holder binds until then.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -88,7 +94,9 @@ class LifecycleEvent(_message.Message):
     event_id: _builtins.bytes
     """16 random bytes; platforms apply each event once."""
     number: _builtins.str
-    """The number in E.164 form."""
+    """The number in E.164 form; in a range of the trust bundle's numbering plan, or the batch is
+    PERMISSION_DENIED NUMBER_NOT_IN_PLAN.
+    """
     kind: Global___LifecycleKind.ValueType
     """What happened."""
     from_carrier: _builtins.str
@@ -99,15 +107,15 @@ class LifecycleEvent(_message.Message):
     """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """When it happened (UTC)."""
+        """When it happened (UTC); not in the future (see above)."""
 
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """PENDING_RELEASE only: release bindings made before this moment (UTC)."""
+        """PENDING_RELEASE only: release bindings made before this moment (UTC); not in the future."""
 
     @_builtins.property
     def tenure_start(self) -> _timestamp_pb2.Timestamp:
-        """REASSIGNED only: the new holder's tenure start X (UTC)."""
+        """REASSIGNED only: the new holder's tenure start X (UTC); not in the future."""
 
     def __init__(
         self,
@@ -133,6 +141,20 @@ Global___LifecycleEvent: _TypeAlias = LifecycleEvent  # noqa: Y015
 class EventBatch(_message.Message):
     """EventBatch is what a carrier signs: up to 500 events, one signature. payload_type
     "application/vnd.numfed.event-batch+proto".
+
+    Time. The gateway takes a batch only fresh: at PublishEvents (and when it takes a carrier's
+    port halves) issued_at lies within the trust bundle's max_claim_lifetime plus max_clock_skew
+    before its clock (UNAUTHENTICATED TOO_OLD: sign the events again to publish them), not after
+    it beyond max_clock_skew (ISSUED_IN_FUTURE), and the signing key's window holds issued_at and
+    the gateway's clock (KEY_OUT_OF_WINDOW). Platforms get batches from the gateway's log, maybe
+    long after they were signed (a platform that was away, a redelivery): they do not trust the
+    gateway for when it received a batch, so they judge only what the batch and their own clock
+    tell. Any age is accepted, so at-least-once delivery holds for a platform that was down;
+    issued_at may not lie after the platform's clock (ISSUED_IN_FUTURE); the key's window must hold
+    issued_at, and may have closed at most 30 days before the platform's clock (KEY_OUT_OF_WINDOW
+    beyond: a leaked retired key cannot backdate batches for longer, and only through a gateway
+    that let them in); a revoked key's batches are refused (KEY_REVOKED). A refused batch is
+    acknowledged and skipped for good.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -147,7 +169,7 @@ class EventBatch(_message.Message):
     """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
-        """When the carrier signed the batch (UTC)."""
+        """When the carrier signed the batch (UTC). See "Time" above."""
 
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LifecycleEvent]:

@@ -116,8 +116,9 @@ class GatewayServiceServicer:
         call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
         read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
         Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
-        or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
-        claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
+        NUMBER_NOT_IN_PLAN: a number in no range of the numbering plan, or signed with another
+        carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
+        revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -206,10 +207,13 @@ class GatewayServiceServicer:
         PORTED half only from its donor or recipient while the donor serves the number (the number
         moves when both halves are in), every other event only from the serving carrier. One
         refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
-        more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
-        caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
-        PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
+        more than 500 events, malformed event, TIME_IN_FUTURE: an event time after the batch was
+        signed or after now), UNAUTHENTICATED (bad signature; TOO_OLD: signed longer ago than the
+        bundle's max_claim_lifetime; ISSUED_IN_FUTURE; KEY_OUT_OF_WINDOW), PERMISSION_DENIED
+        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_IN_PLAN: a number in no range of the
+        numbering plan; NUMBER_NOT_SERVED: an event about a number the caller does not serve;
+        NOT_PORT_PARTY: a PORTED half from neither donor nor recipient; PORT_DONOR_NOT_SERVING: a
+        PORTED half whose donor does not serve the number).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

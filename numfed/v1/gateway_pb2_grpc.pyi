@@ -55,8 +55,9 @@ class GatewayServiceStub:
     call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
     read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
-    or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
-    claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
+    NUMBER_NOT_IN_PLAN: a number in no range of the numbering plan, or signed with another
+    carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
+    revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
     unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
     """
     ReleaseBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]
@@ -125,10 +126,13 @@ class GatewayServiceStub:
     PORTED half only from its donor or recipient while the donor serves the number (the number
     moves when both halves are in), every other event only from the serving carrier. One
     refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
-    more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
-    caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
-    PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
+    more than 500 events, malformed event, TIME_IN_FUTURE: an event time after the batch was
+    signed or after now), UNAUTHENTICATED (bad signature; TOO_OLD: signed longer ago than the
+    bundle's max_claim_lifetime; ISSUED_IN_FUTURE; KEY_OUT_OF_WINDOW), PERMISSION_DENIED
+    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_IN_PLAN: a number in no range of the
+    numbering plan; NUMBER_NOT_SERVED: an event about a number the caller does not serve;
+    NOT_PORT_PARTY: a PORTED half from neither donor nor recipient; PORT_DONOR_NOT_SERVING: a
+    PORTED half whose donor does not serve the number).
     """
     PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
@@ -164,8 +168,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
     read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
     Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
-    or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
-    claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
+    NUMBER_NOT_IN_PLAN: a number in no range of the numbering plan, or signed with another
+    carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
+    revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
     unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
     """
     ReleaseBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
@@ -234,10 +239,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     PORTED half only from its donor or recipient while the donor serves the number (the number
     moves when both halves are in), every other event only from the serving carrier. One
     refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
-    more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
-    caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
-    PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
+    more than 500 events, malformed event, TIME_IN_FUTURE: an event time after the batch was
+    signed or after now), UNAUTHENTICATED (bad signature; TOO_OLD: signed longer ago than the
+    bundle's max_claim_lifetime; ISSUED_IN_FUTURE; KEY_OUT_OF_WINDOW), PERMISSION_DENIED
+    (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_IN_PLAN: a number in no range of the
+    numbering plan; NUMBER_NOT_SERVED: an event about a number the caller does not serve;
+    NOT_PORT_PARTY: a PORTED half from neither donor nor recipient; PORT_DONOR_NOT_SERVING: a
+    PORTED half whose donor does not serve the number).
     """
     PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
@@ -282,8 +290,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         call bounded by the caller's deadline, and answers per platform. Carriers only. A query is a
         read: the same QUERY_PRIOR or QUERY_OWN claim may be sent again while it is valid.
         Errors: PERMISSION_DENIED (caller not a carrier, or the carrier does not serve the number,
-        or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
-        claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
+        NUMBER_NOT_IN_PLAN: a number in no range of the numbering plan, or signed with another
+        carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
+        revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
         """
 
@@ -382,10 +391,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         PORTED half only from its donor or recipient while the donor serves the number (the number
         moves when both halves are in), every other event only from the serving carrier. One
         refused event refuses the batch, and nothing changes. Errors: INVALID_ARGUMENT (empty or
-        more than 500 events, malformed event), UNAUTHENTICATED (bad signature), PERMISSION_DENIED
-        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_SERVED: an event about a number the
-        caller does not serve; NOT_PORT_PARTY: a PORTED half from neither donor nor recipient;
-        PORT_DONOR_NOT_SERVING: a PORTED half whose donor does not serve the number).
+        more than 500 events, malformed event, TIME_IN_FUTURE: an event time after the batch was
+        signed or after now), UNAUTHENTICATED (bad signature; TOO_OLD: signed longer ago than the
+        bundle's max_claim_lifetime; ISSUED_IN_FUTURE; KEY_OUT_OF_WINDOW), PERMISSION_DENIED
+        (CALLER_NOT_SIGNER: another carrier's batch; NUMBER_NOT_IN_PLAN: a number in no range of the
+        numbering plan; NUMBER_NOT_SERVED: an event about a number the caller does not serve;
+        NOT_PORT_PARTY: a PORTED half from neither donor nor recipient; PORT_DONOR_NOT_SERVING: a
+        PORTED half whose donor does not serve the number).
         """
 
     @_abc_1.abstractmethod

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -48,6 +49,16 @@ Global___KeyAlgorithm: _TypeAlias = KeyAlgorithm  # noqa: Y015
 class PublicKey(_message.Message):
     """PublicKey is a verification key. Its key_id is derived from the key itself, so one key can
     never count twice toward a threshold under two names.
+
+    Every key is checked to be a proper key of its algorithm before anything is verified with it,
+    where roots and bundles are built and wherever they are verified: an Ed25519 key must be
+    canonically encoded (y below p, no negative zero), on the curve and in the prime-order
+    subgroup, so never the identity nor another small-order point (libsodium's blocklist and
+    more); a P-256 key must be a point on the curve other than the point at infinity, under the
+    named curve (no explicit parameters). A RootMetadata or TrustBundle holding one key that fails
+    is refused as a whole with INVALID_ARGUMENT, reason BAD_PUBLIC_KEY (ErrorInfo metadata "in":
+    "root" or "bundle", "key_id": the key's first 16 hex digits), so that every verifier reads the
+    same keys from the same signed bytes whatever its curve library.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -60,7 +71,10 @@ class PublicKey(_message.Message):
     algorithm: Global___KeyAlgorithm.ValueType
     """The scheme this key verifies."""
     public_key_spki: _builtins.bytes
-    """The key as a DER SubjectPublicKeyInfo."""
+    """The key as a DER SubjectPublicKeyInfo, in its one encoding: the algorithm's own OID
+    (id-Ed25519; id-ecPublicKey with the named curve prime256v1), a P-256 point uncompressed,
+    nothing after it. Another spelling of a key (a compressed point, say) is BAD_PUBLIC_KEY.
+    """
     def __init__(
         self,
         *,
@@ -141,7 +155,12 @@ class CarrierKey(_message.Message):
 
     @_builtins.property
     def not_after(self) -> _timestamp_pb2.Timestamp:
-        """The key signs nothing issued after this moment (UTC)."""
+        """The key signs nothing issued after this moment (UTC). What a signed object says about when it
+        was signed is the signer's word, so verifiers also require the key's window to hold their own
+        clock (within the bundle's max_clock_skew, and for event batches from the gateway's log a
+        grace of 30 days): a key whose window has closed cannot sign something backdated into it
+        (UNAUTHENTICATED KEY_OUT_OF_WINDOW).
+        """
 
     @_builtins.property
     def number_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -178,6 +197,8 @@ class TrustBundle(_message.Message):
     CARRIER_KEYS_FIELD_NUMBER: _builtins.int
     REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
     NUMBER_RANGES_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_SKEW_FIELD_NUMBER: _builtins.int
+    MAX_CLAIM_LIFETIME_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Grows by exactly one per published bundle; a verifier refuses an older, equal or skipped one."""
     @_builtins.property
@@ -186,7 +207,9 @@ class TrustBundle(_message.Message):
 
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
-        """When the bundle was published (UTC)."""
+        """When the bundle was published (UTC). A bundle issued after the verifier's clock plus
+        max_clock_skew is refused (UNAUTHENTICATED ISSUED_IN_FUTURE).
+        """
 
     @_builtins.property
     def carrier_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___CarrierKey]:
@@ -201,7 +224,25 @@ class TrustBundle(_message.Message):
         """The numbering plan: which carrier each block of numbers is allocated to. A number's serving
         carrier is the holder of the longest range that matches it, until a port moves it (a PORTED
         event from both the donor and the recipient, see LifecycleKind). A number in no range has
-        no serving carrier and cannot be attested. Prefixes are unique. See docs/authority.md.
+        no serving carrier and cannot be attested: a claim, recycled answer or event about it is
+        refused with PERMISSION_DENIED, reason NUMBER_NOT_IN_PLAN, by the gateway and by every
+        platform. Which numbers exist is the carriers' word here, never a phone-number library's
+        snapshot (that is used for syntax only). Prefixes are unique. See docs/authority.md.
+        """
+
+    @_builtins.property
+    def max_clock_skew(self) -> _duration_pb2.Duration:
+        """How far the members' clocks may disagree: every verifier holding this bundle allows this much
+        when it compares a signed time with its own clock. Absent: 60 s. At most 1 hour, never
+        negative; otherwise the bundle is INVALID_ARGUMENT MALFORMED_BUNDLE.
+        """
+
+    @_builtins.property
+    def max_claim_lifetime(self) -> _duration_pb2.Duration:
+        """The longest a claim may live (expires_at - issued_at), except a holder proof
+        (PURPOSE_HOLDER_PROOF, up to 90 days); also how long after signing a carrier may publish an
+        event batch to the gateway (UNAUTHENTICATED TOO_OLD beyond, plus max_clock_skew). Absent:
+        30 min. Above 0 and at most 1 day; otherwise MALFORMED_BUNDLE.
         """
 
     def __init__(
@@ -213,10 +254,12 @@ class TrustBundle(_message.Message):
         carrier_keys: _abc.Iterable[Global___CarrierKey] | None = ...,
         revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
         number_ranges: _abc.Iterable[Global___NumberRange] | None = ...,
+        max_clock_skew: _duration_pb2.Duration | None = ...,
+        max_claim_lifetime: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,7 @@ from numfed.history import EventKind as HistoryKind
 from numfed.history import day_end
 from numfed.identity import PeerId, Role
 from numfed.rpc import ok_status
-from numfed.trust import CarrierKey, TrustedState
+from numfed.trust import CarrierKey, TrustBundle, TrustedState
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 from platform_stubs import sdk
 from platform_stubs.events import EventApplier
@@ -71,6 +71,10 @@ class _NoSignatureTrust:
     def __init__(self, inner: TrustedState) -> None:
         self._inner = inner
 
+    @property
+    def bundle(self) -> TrustBundle | None:
+        return self._inner.bundle
+
     def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:
         k = self._inner.carrier_key(key_id, now=now)
         gullible = _AlwaysVerifies(k.key.key_id, k.key.algorithm, k.key.spki, k.key._key)
@@ -94,7 +98,7 @@ class SkipsSignatureCheck(PlatformServicer):
                         trust,
                         now=now,
                         purposes=purposes,
-                        policy=sdk.PLATFORM_POLICY,
+                        policy=sdk.platform_policy(trust),
                     )
                 )
             except NumfedError as err:
@@ -110,6 +114,10 @@ class _KeysOfNamedCarrier:
     def __init__(self, inner: TrustedState, carrier_id: str) -> None:
         self._inner = inner
         self._carrier_id = carrier_id
+
+    @property
+    def bundle(self) -> TrustBundle | None:
+        return self._inner.bundle
 
     def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:
         return replace(self._inner.carrier_key(key_id, now=now), carrier_id=self._carrier_id)
@@ -142,7 +150,7 @@ class TrustsClaimedCarrier(PlatformServicer):
                         _named_carrier(trust, env.payload, claim_pb2.TenureClaim),
                         now=now,
                         purposes=purposes,
-                        policy=sdk.PLATFORM_POLICY,
+                        policy=sdk.platform_policy(trust),
                     )
                 )
             except NumfedError as err:
@@ -156,7 +164,7 @@ class _BatchCarrierBelieved(EventApplier):
     ) -> VerifiedBatch:
         env = Envelope.from_proto(batch)
         named = _named_carrier(trust, env.payload, events_pb2.EventBatch)
-        return verify_event_batch(env, named, now=now)
+        return verify_event_batch(env, named, now=now, from_log=True)
 
 
 class TrustsBatchCarrier(PlatformServicer):

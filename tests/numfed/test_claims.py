@@ -194,7 +194,7 @@ def test_expired_claim_refused(fed: Federation) -> None:
 
 def test_claim_from_future_beyond_skew_refused(fed: Federation) -> None:
     env = sign_claim(tenure(now=NOW + timedelta(seconds=61)), fed.carrier_keys["cmcc"])
-    refused(fed, env, Unauthenticated, "CLAIM_FROM_FUTURE")
+    refused(fed, env, Unauthenticated, "ISSUED_IN_FUTURE")
 
 
 def test_claim_from_future_within_skew_accepted(fed: Federation) -> None:
