@@ -39,11 +39,12 @@ RETRYABLE_CODES = frozenset(
 )
 """Per-platform failures that a release retries; any other code is the platform's answer."""
 
-STALE_VERIFIER_REASONS = frozenset({"NUMBER_NOT_SERVED"})
+STALE_VERIFIER_REASONS = frozenset({"NUMBER_NOT_SERVED", "NUMBER_NOT_IN_PLAN"})
 """Refusals that may be the platform's own staleness rather than a verdict on the claim: a
 platform behind on the event log has not yet seen the port that made the claim's carrier the
-serving one (docs/authority.md). The gateway checked the same rule against the whole log, so
-these are retried like an unavailable platform, never taken as final."""
+serving one, or one behind on the trust bundle has not yet seen the range that holds the number
+(docs/authority.md). The gateway checked the same rule against the whole log and its newest
+bundle, so these are retried like an unavailable platform, never taken as final."""
 
 
 def retryable(status: status_pb2.Status) -> bool:
