@@ -6,19 +6,20 @@ newer bundle, or more of the log, would turn them into an acceptance in the fede
 ordinary course. Those are never final (DESIGN.md, flow 6): the verifier refreshes (if behind)
 and judges once more before it answers, and the sender retries meanwhile, up to its deadline.
 
-=====================  ============================================================  =========
-reason                 why a newer view may accept                                   verdict
-=====================  ============================================================  =========
-``UNKNOWN_KEY``        a carrier's new key comes in a newer bundle (key rotation)    may be stale
-``NO_TRUST_BUNDLE``    the verifier holds no bundle yet (or lost it to a new root)   may be stale
-``BUNDLE_EXPIRED``     the held bundle expired; a newer one may exist                may be stale
-``NUMBER_NOT_SERVED``  a port the verifier has not applied yet, or a numbering plan  may be stale
-                       change in a newer bundle
-``KEY_OUT_OF_WINDOW``  a newer bundle may renew the key's window or open it earlier  may be stale
-                       (a key announced ahead of its use); one reason covers both
-                       ends of the window, and a key retired for cause is revoked
-``KEY_REVOKED``        revocation is never undone                                    final
-=====================  ============================================================  =========
+======================  ============================================================  ============
+reason                  why a newer view may accept                                   verdict
+======================  ============================================================  ============
+``UNKNOWN_KEY``         a carrier's new key comes in a newer bundle (key rotation)    may be stale
+``NO_TRUST_BUNDLE``     the verifier holds no bundle yet (or lost it to a new root)   may be stale
+``BUNDLE_EXPIRED``      the held bundle expired; a newer one may exist                may be stale
+``NUMBER_NOT_SERVED``   a port the verifier has not applied yet, or a numbering plan  may be stale
+                        change in a newer bundle
+``NUMBER_NOT_IN_PLAN``  a range added to the numbering plan in a newer bundle         may be stale
+``KEY_OUT_OF_WINDOW``   a newer bundle may renew the key's window or open it earlier  may be stale
+                        (a key announced ahead of its use); one reason covers both
+                        ends of the window, and a key retired for cause is revoked
+``KEY_REVOKED``         revocation is never undone                                    final
+======================  ============================================================  ============
 
 Every other refusal is final, because no newer bundle or log changes it in the ordinary course:
 a bad or missing signature, a key of another carrier (``CARRIER_KEY_MISMATCH``), a key's number
@@ -43,6 +44,7 @@ STALE_VERIFIER_REASONS = frozenset(
         "NO_TRUST_BUNDLE",
         "BUNDLE_EXPIRED",
         "NUMBER_NOT_SERVED",
+        "NUMBER_NOT_IN_PLAN",
         "KEY_OUT_OF_WINDOW",
     }
 )

@@ -24,6 +24,7 @@ ANSWERS: list[tuple[NumfedError, gateway_pb2.PlatformOutcome.ValueType]] = [
     (Unauthenticated("BUNDLE_EXPIRED", "a newer one may exist"), UNAVAILABLE),
     (Unauthenticated("KEY_OUT_OF_WINDOW", "a newer bundle may renew the window"), UNAVAILABLE),
     (PermissionDenied("NUMBER_NOT_SERVED", "a port not applied yet"), UNAVAILABLE),
+    (PermissionDenied("NUMBER_NOT_IN_PLAN", "a range of a newer plan"), UNAVAILABLE),
     (Unavailable("PLATFORM_OUTAGE", "down"), UNAVAILABLE),
     # Verdicts no newer bundle or log changes: final.
     (Unauthenticated("KEY_REVOKED", "revocation is final"), REFUSED),
