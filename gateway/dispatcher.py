@@ -3,9 +3,12 @@
 A task is one platform's part of one release job. The dispatcher leases due tasks from the
 store, groups them by platform, sends batches of at most ``max_batch_items`` claims, and records
 each answer in one transaction per batch. A platform that does not answer is retried with
-exponential backoff and jitter until the job's deadline passes. Platforms apply each claim once
-(its claim_id is the idempotency key), so a retry after a lost answer or a gateway crash
-releases nothing twice.
+exponential backoff and jitter until the job's deadline passes, and so is a platform that
+refuses a claim for a reason that may be its own staleness (:mod:`numfed.staleness`: a key from
+a trust bundle newer than its own, a port it has not applied yet); meanwhile the job shows it
+UNAVAILABLE with the platform's reason, and each try counts in its ``attempts``. Platforms
+apply each claim once (its claim_id is the idempotency key), so a retry after a lost answer or
+a gateway crash releases nothing twice.
 
 While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
 the lease), so a slow platform never lets another replica take a task that is still in flight,
@@ -28,14 +31,16 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 import grpc
+from google.rpc import status_pb2
 
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.platforms import PlatformLink
-from gateway.results import now_us, result_from_error, result_from_item, retryable
+from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
 from numfed.errors import Unavailable
+from numfed.rpc import error_status
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
 
 __all__ = ["Dispatcher"]
@@ -189,14 +194,15 @@ class Dispatcher:
             )
             log.info("release batch to %s failed (%s); will retry", platform_id, reason)
             err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
-            updates = [self._retry_or_expire(task, job, err) for task, job in work]
+            updates = [self._retry_or_expire(task, job, error_status(err)) for task, job in work]
         else:
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
                 if retryable(r.status):
-                    err = Unavailable("PLATFORM_UNAVAILABLE", r.status.message)
-                    updates.append(self._retry_or_expire(task, job, err))
+                    # Its own failure, or a refusal that may be its staleness (a key from a
+                    # newer bundle, a port not applied yet): kept with the platform's reason.
+                    updates.append(self._retry_or_expire(task, job, r.status))
                     continue
                 res = result_from_item(
                     platform_id, r.status, r.released, attempts=task.attempts + 1, at_us=at
@@ -226,7 +232,9 @@ class Dispatcher:
         if changed:
             self._on_change(changed)
 
-    def _retry_or_expire(self, task: TaskRow, job: JobRow, err: Unavailable) -> TaskUpdate:
+    def _retry_or_expire(self, task: TaskRow, job: JobRow, status: status_pb2.Status) -> TaskUpdate:
+        """Try the task again after a backoff (UNAVAILABLE, with ``status`` saying why), or,
+        when that would pass the job's deadline, end it EXPIRED."""
         now = now_us()
         delay = backoff_seconds(
             task.attempts,
@@ -237,11 +245,13 @@ class Dispatcher:
         )
         next_us = now + int(delay * 1e6)
         expired = next_us >= job.deadline_us
-        res = result_from_error(
-            task.platform_id,
-            err,
+        res = gateway_pb2.PlatformResult(
+            platform_id=task.platform_id,
+            outcome=Outcome.PLATFORM_OUTCOME_EXPIRED
+            if expired
+            else Outcome.PLATFORM_OUTCOME_UNAVAILABLE,
+            status=status,
             attempts=task.attempts + 1,
-            outcome=Outcome.PLATFORM_OUTCOME_EXPIRED if expired else None,
         )
         return TaskUpdate(
             job.job_id, task.platform_id, expired, res.outcome, res.SerializeToString(), next_us

@@ -6,6 +6,13 @@ answer acknowledging more moves nothing and the batches are sent again). A platf
 or does not answer gets the same batches again after a backoff; it applies each event once by
 its event_id.
 
+An answer may also acknowledge less than the call carried: the platform holds a batch it cannot
+judge yet (a key from a trust bundle newer than its own, say; numfed/staleness.py) and sets it
+aside itself after its bounded retries. The position moves to what was acknowledged and the rest
+goes again after the same backoff. Such an answer is the platform's word, not a failure of the
+call: pushes never pass through the platform's circuit breaker, so a held batch never opens it
+and never slows the platform's queries and releases.
+
 With several replicas, each loop first leases the platform's cursor (renewing it every round):
 one replica pushes to a platform at a time, and when it dies another takes over once the lease
 runs out.
@@ -137,6 +144,14 @@ class EventPusher:
                     ack = cursor
                 else:
                     await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
+                    if ack < sent:
+                        log.info(
+                            "%s acknowledged through %d of %d sent (holding the next batch); "
+                            "will resend",
+                            platform,
+                            max(ack, cursor),
+                            sent,
+                        )
                 before, cursor = cursor, max(cursor, ack)
                 if ack > before:
                     self._audit(

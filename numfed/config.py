@@ -185,6 +185,21 @@ class PlatformConfig:
     """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
     conformance: bool = False
     """Test only: also serve PlatformConformanceService for the conformance kit."""
+    trust_refresh: float = 60.0
+    """Seconds between two routine fetches of the trust bundle. A verification that may have
+    failed for want of a newer bundle fetches one at once, whatever this says."""
+    event_retry_limit: int = 8
+    """Attempts at an event batch this platform cannot judge yet (a key from a newer bundle,
+    say) before it may be set aside as a dead letter."""
+    event_retry_window: float = 300.0
+    """Seconds such a batch is held at least (not acknowledged, sent again by the gateway)
+    before it may be set aside: both bounds must be reached."""
+    admin_socket: Path | None = None
+    """The Unix domain socket of PlatformAdminService (dead letters), for the platform's own
+    operator, in a directory private to the platform's OS user (mode 0700). Default: one per
+    state directory in ``numfed-<uid>/`` under ``$XDG_RUNTIME_DIR`` or the system's temporary
+    directory (``platform_stubs.admin.socket_path``): a socket path has at most 107 bytes,
+    which a state directory's path may not leave."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +320,17 @@ def load_platform_config(path: Path) -> PlatformConfig:
     error_rate = _number(sec, "error_rate", "platform")
     if not 0.0 <= error_rate <= 1.0:
         raise InvalidArgument("BAD_CONFIG", "platform.error_rate must be within [0, 1]")
+    retry_limit = sec.get("event_retry_limit", 8)
+    if isinstance(retry_limit, bool) or not isinstance(retry_limit, int) or retry_limit < 1:
+        raise InvalidArgument("BAD_CONFIG", "platform.event_retry_limit must be an integer >= 1")
+    retry_window = _number(sec, "event_retry_window", "platform", 300.0)
+    trust_refresh = _number(sec, "trust_refresh", "platform", 60.0)
+    if retry_window < 0 or trust_refresh <= 0:
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "platform.event_retry_window must be >= 0 and platform.trust_refresh positive",
+        )
+    admin_socket = base / _str(sec, "admin_socket", "platform") if "admin_socket" in sec else None
     return PlatformConfig(
         platform_id=_ident(sec, "id", "platform"),
         listen=_endpoint(sec, "listen", "platform"),
@@ -317,6 +343,10 @@ def load_platform_config(path: Path) -> PlatformConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
         conformance=bool(sec.get("conformance", False)),
+        trust_refresh=trust_refresh,
+        event_retry_limit=retry_limit,
+        event_retry_window=retry_window,
+        admin_socket=admin_socket,
     )
 
 

@@ -19,12 +19,13 @@ from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
+from platform_stubs.admin import remove_socket, socket_path, start_admin_server
 from platform_stubs.conformance import (
     CONFORMANCE_POLICY,
     CONFORMANCE_SERVICE,
     PlatformConformanceServicer,
 )
-from platform_stubs.events import EventPuller
+from platform_stubs.events import EventApplier, EventPuller
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
 from platform_stubs.store import PlatformStore
@@ -76,6 +77,8 @@ class PlatformHandle:
     trust: TrustClient
     tasks: list[asyncio.Task[None]]
     puller: EventPuller | None = None
+    admin: ServerHandle | None = None
+    """PlatformAdminService on its Unix socket (``platform_stubs.admin.socket_path``)."""
 
     @property
     def port(self) -> int:
@@ -83,6 +86,9 @@ class PlatformHandle:
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.server.stop(grace)
+        if self.admin is not None:
+            await self.admin.stop(grace)
+            remove_socket(socket_path(self.config))
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -98,7 +104,8 @@ async def start_platform(
     """Start a reference platform; healthy once it holds a verified trust bundle.
 
     ``servicer_class`` lets tests start a deliberately broken platform on the same footing.
-    With ``config.conformance`` it also serves PlatformConformanceService (test only).
+    With ``config.conformance`` it also serves PlatformConformanceService (test only). Its
+    operator's PlatformAdminService listens on its Unix socket (``admin.socket_path``).
     """
     peer = PeerId(Role.PLATFORM, config.platform_id)
     store = PlatformStore(config.state_dir / "platform.db")
@@ -113,6 +120,12 @@ async def start_platform(
         store=store,
         masker=Masker(_masking_secret(config.state_dir)),
         knobs=Knobs(latency_ms=config.latency_ms, error_rate=config.error_rate),
+        events=EventApplier(
+            trust=trust,
+            store=store,
+            retry_limit=config.event_retry_limit,
+            retry_window=config.event_retry_window,
+        ),
     )
 
     def register(server: grpc.aio.Server) -> str:
@@ -134,12 +147,20 @@ async def start_platform(
         revocations=pki.RevocationList(config.pki_dir),
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        admin = await start_admin_server(socket_path(config), servicer.events)
+    except BaseException:
+        await handle.stop(0)
+        raise
 
     async def ready_when_trusted() -> None:
         await trust.ready.wait()
         await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
-    tasks = [asyncio.create_task(trust.run()), asyncio.create_task(ready_when_trusted())]
+    tasks = [
+        asyncio.create_task(trust.run(config.trust_refresh)),
+        asyncio.create_task(ready_when_trusted()),
+    ]
     puller = None
     if config.events == "poll":
         puller = EventPuller(
@@ -151,7 +172,7 @@ async def start_platform(
             await puller.run()
 
         tasks.append(asyncio.create_task(pull_when_trusted()))
-    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller)
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin)
 
 
 async def serve(config_path: Path) -> None:

@@ -6,6 +6,13 @@ the event log (the numbering plan and the ports both carriers signed, docs/autho
 applies the purpose and the ``bound_at < X`` rule, applies each release once per
 claim_id, and answers with masked summaries only. A platform supplies a store (its accounts and
 bindings) and a masking secret.
+
+A verifier that may be behind refreshes before it refuses (DESIGN.md, flow 6): a claim or an
+event batch refused for a reason that may be the platform's own staleness
+(:mod:`numfed.staleness`: a key from a newer bundle, a port not applied yet) is judged once more
+after :meth:`TrustClient.refresh_if_behind`, and only then answered. A claim still refused so
+is answered with that reason, which the gateway retries until the job's deadline; an event
+batch that still cannot be judged is not acknowledged (see :mod:`platform_stubs.events`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, PermissionDenied, Unavailable
 from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
+from numfed.staleness import may_be_stale
 from numfed.timeutil import from_timestamp
 from numfed.trust import TrustedState
 from numfed.v1 import binding_pb2, claim_pb2, platform_pb2, platform_pb2_grpc
@@ -92,6 +100,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         events: EventApplier | None = None,
     ) -> None:
         self.events = events or EventApplier(trust=trust, store=store)
+        """Lifecycle events, pushed (DeliverEvents) or pulled; its retry bounds are the
+        platform config's ``event_retry_limit`` and ``event_retry_window``."""
         self.platform_id = platform_id
         self.trust = trust
         self.store = store
@@ -153,6 +163,27 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             for v in verified
         ]
 
+    async def _judge(
+        self, items: Sequence[Any], purposes: Sequence[Purpose]
+    ) -> list[VerifiedClaim | NumfedError]:
+        """Verify each item's claim and that its carrier serves the number. Items refused for
+        a reason that may be this platform's staleness are judged once more after a refresh
+        of the trust bundle (if behind); so is the whole call when no bundle is held yet."""
+        try:
+            verdicts = await self._served(self._verify(items, purposes))
+        except Unavailable as err:
+            if not may_be_stale(err):
+                raise
+            await self.trust.refresh_if_behind()
+            verdicts = await self._served(self._verify(items, purposes))
+        again = [i for i, v in enumerate(verdicts) if may_be_stale(v)]
+        if again:
+            await self.trust.refresh_if_behind()
+            redo = await self._served(self._verify([items[i] for i in again], purposes))
+            for i, v in zip(again, redo, strict=True):
+                verdicts[i] = v
+        return verdicts
+
     async def BatchQueryBindings(
         self,
         request: platform_pb2.BatchQueryBindingsRequest,
@@ -160,7 +191,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchQueryBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = await self._served(self._verify(request.items, QUERY))
+        verified = await self._judge(request.items, QUERY)
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
         results = []
@@ -189,6 +220,9 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         request: platform_pb2.DeliverEventsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> platform_pb2.DeliverEventsResponse:
+        """Apply the batches in order and acknowledge through the last one handled: a batch
+        that cannot be judged yet stops the call there (``ack_through_seq`` is the batch
+        before it, or 0 when it came first), and the gateway sends it again after a backoff."""
         if not request.batches:
             raise InvalidArgument("EMPTY_BATCH", "deliver at least one batch")
         self.knobs.fail(self._rng)
@@ -226,7 +260,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchReleaseBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = await self._served(self._verify(request.items, RELEASE))
+        verified = await self._judge(request.items, RELEASE)
         trust = self.trust.trusted()
         late = {
             i: claim_id

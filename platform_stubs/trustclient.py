@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 """A platform started before its gateway reconnects within 2 s of the gateway coming up (gRPC's
 default backoff grows to two minutes)."""
+REFRESH_MIN_INTERVAL = 1.0
+"""Seconds between two fetches on demand (:meth:`TrustClient.refresh_if_behind`)."""
 
 
 class TrustClient:
@@ -41,6 +43,8 @@ class TrustClient:
             gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._refreshing = asyncio.Lock()
+        self._last_on_demand = float("-inf")
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
@@ -62,6 +66,38 @@ class TrustClient:
             now=datetime.now(UTC),
         )
         self.ready.set()
+
+    def _held(self) -> tuple[int, int]:
+        """(root version, bundle version) held now; bundle version 0 when none is held."""
+        bundle = self.state.bundle
+        return self.state.root.version, bundle.version if bundle is not None else 0
+
+    async def refresh_if_behind(self, hint: tuple[int, int] | None = None) -> bool:
+        """Fetch the bundle now if this platform may be behind; return whether the held bundle
+        (or root) version changed.
+
+        Called when a verification fails for a reason that may be staleness
+        (:mod:`numfed.staleness`). ``hint`` is a (root version, bundle version) the caller knows
+        exists: when this client holds at least that, nothing is fetched. Single flight: callers
+        that arrive while a fetch is under way wait for it and share its result. At most one
+        fetch per ``REFRESH_MIN_INTERVAL`` seconds; a call within it fetches nothing. A failed
+        fetch is logged and counts as no change.
+        """
+        before = self._held()
+        if hint is not None and self.state.bundle is not None and before >= hint:
+            return False
+        loop = asyncio.get_running_loop()
+        async with self._refreshing:
+            if self._held() != before:
+                return True  # another caller's fetch, while we waited, brought a newer bundle
+            if loop.time() - self._last_on_demand < REFRESH_MIN_INTERVAL:
+                return False
+            self._last_on_demand = loop.time()
+            try:
+                await self.refresh()
+            except (grpc.aio.AioRpcError, NumfedError) as exc:
+                log.info("trust bundle refresh on demand failed (%s)", exc)
+        return self._held() != before
 
     async def run(self, every: float = 60.0) -> None:
         """Fetch at once, retrying until the gateway answers; then refresh every ``every`` s."""

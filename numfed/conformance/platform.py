@@ -954,11 +954,13 @@ async def events_applied_in_order(kit: PlatformKit) -> str:
 async def forged_event_batch_ignored(kit: PlatformKit) -> str:
     s = await kit.seed(at=False, after=False)
     event = LifecycleEvent.new(s.number, EventKind.PENDING_RELEASE, _now(), as_of=s.x)
-    forged = kit.batch(event, key=kit.keys.stranger)
+    # An altered signature, not a key outside the bundle: an unknown key may be in a newer
+    # bundle, and a batch signed with it is not acknowledged until the platform can judge it.
+    forged = _bad_signature(kit.batch(event))
     seq = kit.next_seq()
     ack = await kit.deliver((seq, forged))
     if await kit.released(s.accounts["before"], s.number):
-        raise CheckFailed("a batch signed by a key outside the bundle was applied")
+        raise CheckFailed("a batch whose signature does not verify was applied")
     if event.event_id in await kit.applied_events():
         raise CheckFailed("the forged event is listed as applied")
     if ack.ack_through_seq != seq:

@@ -38,9 +38,13 @@ class _PlatformOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Platf
     PLATFORM_OUTCOME_NONE: _PlatformOutcome.ValueType  # 2
     """The platform answered that nothing is bound."""
     PLATFORM_OUTCOME_UNAVAILABLE: _PlatformOutcome.ValueType  # 3
-    """The platform did not answer in time or was down; for a release, it will be retried."""
+    """The platform did not answer in time or was down, or refused the claim for a reason that may
+    be its own staleness (status says which, e.g. UNKNOWN_KEY: a key from a trust bundle newer
+    than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet); for a release, it
+    will be retried until the job's deadline.
+    """
     PLATFORM_OUTCOME_REFUSED: _PlatformOutcome.ValueType  # 4
-    """The platform refused the claim (status says why)."""
+    """The platform refused the claim for a final reason (status says why)."""
     PLATFORM_OUTCOME_EXPIRED: _PlatformOutcome.ValueType  # 5
     """A release was still unanswered when the job's deadline passed."""
 
@@ -54,9 +58,13 @@ PLATFORM_OUTCOME_FOUND: PlatformOutcome.ValueType  # 1
 PLATFORM_OUTCOME_NONE: PlatformOutcome.ValueType  # 2
 """The platform answered that nothing is bound."""
 PLATFORM_OUTCOME_UNAVAILABLE: PlatformOutcome.ValueType  # 3
-"""The platform did not answer in time or was down; for a release, it will be retried."""
+"""The platform did not answer in time or was down, or refused the claim for a reason that may
+be its own staleness (status says which, e.g. UNKNOWN_KEY: a key from a trust bundle newer
+than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet); for a release, it
+will be retried until the job's deadline.
+"""
 PLATFORM_OUTCOME_REFUSED: PlatformOutcome.ValueType  # 4
-"""The platform refused the claim (status says why)."""
+"""The platform refused the claim for a final reason (status says why)."""
 PLATFORM_OUTCOME_EXPIRED: PlatformOutcome.ValueType  # 5
 """A release was still unanswered when the job's deadline passed."""
 Global___PlatformOutcome: _TypeAlias = PlatformOutcome  # noqa: Y015

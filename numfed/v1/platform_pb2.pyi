@@ -54,9 +54,14 @@ class DeliverEventsResponse(_message.Message):
 
     ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     ack_through_seq: _builtins.int
-    """Every batch up to this seq has been applied (or refused as unverifiable, which is final). At
-    most the last seq of this call's batches: an answer acknowledging more is broken, moves
-    nothing, and the same batches are sent again.
+    """Every batch of this call up to this seq has been handled: applied, or set aside on the
+    platform's dead-letter list (refused for a final reason, or still not judged after the
+    platform's bounded retries). It stops short of the last seq when the platform holds a batch
+    it cannot judge yet: the batch before the held one, or 0 (nothing acknowledged) when the
+    held one came first; the gateway sends the held batch and those after it again after a
+    backoff, and does not count it against the platform's circuit breaker. At most the last
+    seq of this call's batches: an answer acknowledging more is broken, moves nothing, and the
+    same batches are sent again.
     """
     def __init__(
         self,
@@ -136,7 +141,9 @@ class QueryItemResult(_message.Message):
     """The item_id of the item answered."""
     @_builtins.property
     def status(self) -> _status_pb2.Status:
-        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details)."""
+        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
+        may be the platform's staleness (see BatchQueryBindings) is "not yet", not a verdict.
+        """
 
     @_builtins.property
     def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
@@ -251,7 +258,10 @@ class ReleaseItemResult(_message.Message):
     """True when this claim had been applied before and this is the stored first result."""
     @_builtins.property
     def status(self) -> _status_pb2.Status:
-        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details)."""
+        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
+        may be the platform's staleness (see BatchQueryBindings) is "not yet": the gateway retries
+        the claim until the job's deadline.
+        """
 
     @_builtins.property
     def released(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:

@@ -231,10 +231,13 @@ async def test_platforms_keep_the_rules_when_the_gateway_lies(federation: Federa
         events_pb2.SequencedBatch(seq=head + 2, batch=signed_batch(fed, "cucc", pending, stale)),
     ]
     for p in fed.platforms:
-        await platform_call(
+        answer = await platform_call(
             fed, p, "DeliverEvents", platform_pb2.DeliverEventsRequest(batches=batches)
         )
-        assert fed.platforms[p].servicer.events.refused[-1:] == [head + 2]
+        # NUMBER_NOT_SERVED may be the platform's own staleness (a numbering plan newer than its
+        # bundle): the batch is held, not acknowledged, and never applied (numfed/staleness.py).
+        assert answer.ack_through_seq == head + 1  # type: ignore[attr-defined]
+        assert head + 2 in fed.platforms[p].servicer.events.held
     claim = tenure_claim(fed, "cucc", Purpose.RELEASE_PRIOR, now)
     for p in fed.platforms:
         answer = await platform_call(
