@@ -177,6 +177,10 @@ class Gateway:
             audit=audit.record,
             on_events=lambda: wake_all(pushers.values()),
         )
+
+        async def refresh_ports() -> None:
+            portability.apply(await store.run(ports.read_completed, store.engine, portability.seq))
+
         servicer = GatewayServicer(
             store=store,
             trust=trust,
@@ -191,6 +195,7 @@ class Gateway:
             carrier_stubs=carrier_stubs,
             events=events,
             publisher=publisher,
+            refresh_ports=refresh_ports,
         )
 
         def register(server: grpc.aio.Server) -> str:

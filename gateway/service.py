@@ -8,7 +8,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -122,7 +122,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
         publisher: EventPublisher,
+        refresh_ports: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._refresh_ports = refresh_ports
         self._events = events
         self._publisher = publisher
         self._audit = audit
@@ -164,14 +166,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     # -- claims -------------------------------------------------------------------------------
 
-    def _check(
+    async def _check(
         self, claim: claim_pb2.Envelope, purposes: tuple[Purpose, ...], event: str
     ) -> CheckedClaim:
-        """Check a claim and its authority; audit the verdict either way."""
+        """Check a claim and its authority; audit the verdict either way.
+
+        This replica's view of completed ports may trail another replica's by up to
+        ``limits.portability_refresh``: before a NUMBER_NOT_SERVED refusal is final, the ports
+        are read again from the database and the claim judged once more."""
         caller = current_peer()
-        try:
-            checked = check_claim(
-                Envelope.from_proto(claim),
+        envelope = Envelope.from_proto(claim)
+
+        def judge() -> CheckedClaim:
+            return check_claim(
+                envelope,
                 caller=caller,
                 trust=self._trust,
                 portability=self._portability,
@@ -179,6 +187,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 purposes=purposes,
                 now=datetime.now(UTC),
             )
+
+        try:
+            try:
+                checked = judge()
+            except PermissionDenied as err:
+                if err.reason != "NUMBER_NOT_SERVED" or self._refresh_ports is None:
+                    raise
+                await self._refresh_ports()
+                checked = judge()
         except NumfedError as err:
             self._audit.record(
                 AuditRecord(now_us(), event, caller.uri, self._unverified_key(claim), err.reason)
@@ -213,7 +230,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def QueryBindings(
         self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.QueryBindingsResponse:
-        self._check(request.claim, QUERY_PURPOSES, "QUERY")
+        await self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
         # One item, verified once here, joins every platform's next batch; one wait for all.
@@ -281,7 +298,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             + ",".join(platform_ids).encode()
         ).digest()
         try:
-            checked = self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
+            checked = await self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
         except NumfedError:
             # A retry of an accepted request still gets its operation, even once the claim
             # has expired (AIP-155); anything else is refused for what is wrong with it.
