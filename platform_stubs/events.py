@@ -76,9 +76,19 @@ class EventApplier:
 class EventPuller:
     """Poll-mode delivery for a platform that accepts no inbound event calls."""
 
-    def __init__(self, *, applier: EventApplier, gateway: str, pki_dir: Path, peer: PeerId) -> None:
+    def __init__(
+        self,
+        *,
+        applier: EventApplier,
+        gateway: str,
+        pki_dir: Path,
+        peer: PeerId,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
         self._applier = applier
-        self._channel = pki.secure_channel(gateway, pki_dir, peer, server=pki.GATEWAY)
+        self._channel = pki.secure_channel(
+            gateway, pki_dir, peer, server=pki.GATEWAY, interceptors=interceptors
+        )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self.acked = 0
 
