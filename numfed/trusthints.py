@@ -16,7 +16,7 @@ import grpc
 
 from numfed.trust import VERSION_METADATA_KEY, parse_versions
 
-__all__ = ["VersionHintReader", "VersionHintSender", "versions_in"]
+__all__ = ["VersionHintReader", "versions_in"]
 
 Notice = Callable[[tuple[int, int]], None]
 """Told the (root, bundle) versions a peer holds; must not block."""
@@ -48,25 +48,3 @@ class VersionHintReader(grpc.aio.UnaryUnaryClientInterceptor):
         if hint is not None:
             self._notice(hint)
         return call
-
-
-class VersionHintSender(grpc.aio.UnaryUnaryClientInterceptor):
-    """A client interceptor that adds ``numfed-trust-version`` to each call's request metadata
-    (the gateway's channels to platforms); ``versions`` gives the value at the time of the call."""
-
-    def __init__(self, versions: Callable[[], str]) -> None:
-        self._versions = versions
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        d = client_call_details
-        metadata = grpc.aio.Metadata(*(d.metadata or ()))
-        metadata.add(VERSION_METADATA_KEY, self._versions())
-        details = grpc.aio.ClientCallDetails(
-            d.method, d.timeout, metadata, d.credentials, d.wait_for_ready
-        )
-        return await continuation(details, request)
