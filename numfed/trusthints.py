@@ -1,8 +1,9 @@
 """The trust version hint on the wire: who holds which root and bundle, in gRPC metadata.
 
 The gateway states the versions it holds (``numfed-trust-version: <root>/<bundle>``) in the
-initial metadata of every answer it sends, and in the request metadata of every call it makes
-to a platform. A member that reads a newer version than it holds refreshes at once instead of at
+initial metadata of every answer it sends (an error's status goes alone, so that channels may
+still retry it on another replica), and in the request metadata of every call it makes to a
+platform. A member that reads a newer version than it holds refreshes at once instead of at
 its next poll, as TUF's timestamp role tells a client cheaply that something is newer. The
 value carries no signature: it only ever triggers a fetch, whose answer is verified as usual.
 """
