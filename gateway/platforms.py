@@ -31,10 +31,20 @@ class CircuitOpen(Unavailable):
 
 
 class PlatformLink:
-    def __init__(self, platform_id: str, channel: grpc.aio.Channel, limits: Limits) -> None:
+    def __init__(
+        self,
+        platform_id: str,
+        channel: grpc.aio.Channel,
+        limits: Limits,
+        *,
+        metadata: Callable[[], Sequence[tuple[str, str]]] = tuple,
+    ) -> None:
         self.platform_id = platform_id
         self.channel = channel
         self.stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        self.metadata = metadata
+        """Request metadata for each call, asked for at the time of the call (the gateway's
+        trust versions, :mod:`numfed.trusthints`)."""
         self.queries: Batcher[platform_pb2.QueryItem, platform_pb2.QueryItemResult] = Batcher(
             self._send_queries,
             max_items=limits.max_batch_items,
@@ -74,7 +84,7 @@ class PlatformLink:
     ) -> Sequence[platform_pb2.QueryItemResult]:
         request = platform_pb2.BatchQueryBindingsRequest(items=items)
         response = await self._guarded(
-            lambda: self.stub.BatchQueryBindings(request, timeout=timeout)
+            lambda: self.stub.BatchQueryBindings(request, timeout=timeout, metadata=self.metadata())
         )
         return _in_order([i.item_id for i in items], response.results)
 
@@ -84,7 +94,9 @@ class PlatformLink:
         request = platform_pb2.BatchReleaseBindingsRequest(items=items)
         async with self.release_slots:
             response = await self._guarded(
-                lambda: self.stub.BatchReleaseBindings(request, timeout=timeout)
+                lambda: self.stub.BatchReleaseBindings(
+                    request, timeout=timeout, metadata=self.metadata()
+                )
             )
         return _in_order([i.item_id for i in items], response.results)
 

@@ -117,7 +117,9 @@ class EventPusher:
             sent = rows[-1][0]
             try:
                 answer = await self._link.stub.DeliverEvents(
-                    request, timeout=self._limits.platform_call_timeout
+                    request,
+                    timeout=self._limits.platform_call_timeout,
+                    metadata=self._link.metadata(),
                 )
                 ack = answer.ack_through_seq
                 if ack > sent:

@@ -3,7 +3,9 @@
 Members come and go while it runs: the config file is watched (see :mod:`gateway.membership`)
 and each member's link, event pusher, carrier channel and portability sync are started and
 stopped one member at a time. The edge serves only the members in force, and refuses
-certificates on the CA's revocation list.
+certificates on the CA's revocation list. The trust directory is watched too
+(:mod:`gateway.trustview`): newer trust files take effect without a restart, and every answer
+(and every call to a platform) says which root and bundle versions the gateway holds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +36,9 @@ from gateway.publisher import EventPublisher
 from gateway.pusher import EventPusher
 from gateway.results import now_us
 from gateway.schema import number_ports, port_halves
-from gateway.service import GatewayServicer, TrustFiles
+from gateway.service import GatewayServicer
 from gateway.store import Store
+from gateway.trustview import TrustView, TrustWatcher, load_view
 from gateway.watchers import JobWatchers
 from numfed import pki
 from numfed.config import GatewayConfig, Member, load_gateway_config
@@ -47,8 +50,7 @@ from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
 from numfed.serving import run_until_signalled
-from numfed.trust import TrustedState
-from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
+from numfed.trust import VERSION_METADATA_KEY, TrustedState
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
 __all__ = ["Gateway", "serve"]
@@ -71,8 +73,12 @@ def wake_all(pushers: Iterable[EventPusher]) -> None:
         p.wake()
 
 
-def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
-    # Each channel checks that the server is the member it names (not just any member).
+def _platform_link(
+    config: GatewayConfig, member: Member, versions: Callable[[], str]
+) -> PlatformLink:
+    # Each channel checks that the server is the member it names (not just any member); each
+    # call tells it the trust versions the gateway holds (request metadata set per call, which
+    # costs less on the fan-out path than a client interceptor's task per call).
     channel = pki.secure_channel(
         member.endpoint,
         config.pki_dir,
@@ -80,7 +86,12 @@ def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
     )
-    return PlatformLink(member.id, channel, config.limits)
+    return PlatformLink(
+        member.id,
+        channel,
+        config.limits,
+        metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+    )
 
 
 def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
@@ -109,7 +120,7 @@ class Gateway:
     events: EventLog
     publisher: EventPublisher
     ports: PortStore
-    trust: TrustedState
+    servicer: GatewayServicer
     membership: Membership
     revocations: pki.RevocationList
     carrier_stubs: dict[str, carrier_pb2_grpc.CarrierServiceAsyncStub]
@@ -118,6 +129,7 @@ class Gateway:
     member_tasks: dict[PeerId, asyncio.Task[None]] = field(default_factory=dict)
     """Per member: a platform's event pusher, a carrier's portability sync."""
     watcher: ConfigWatcher | None = None
+    trust_watcher: TrustWatcher | None = None
     synced: set[str] = field(default_factory=set)
     _halves_from: set[str] = field(default_factory=set)
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
@@ -127,6 +139,23 @@ class Gateway:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def trust_view(self) -> TrustView:
+        """The trust in force (see :mod:`gateway.trustview`)."""
+        return self.servicer.trust_view
+
+    @property
+    def trust(self) -> TrustedState:
+        return self.servicer.trust_view.state
+
+    def _versions(self) -> str:
+        return self.servicer.trust_view.versions
+
+    def apply_trust(self, view: TrustView) -> None:
+        """Serve and verify with ``view`` from now on, and take its numbering plan."""
+        self.portability.plan = NumberPlan.from_bundle(view.state.bundle)
+        self.servicer.trust_view = view
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> Gateway:
@@ -140,10 +169,12 @@ class Gateway:
         pseudonym = Pseudonymizer(
             load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
         )
-        now = datetime.now(UTC)
-        trust = load_trusted_state(config.trust_dir, now=now)
-        trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
-        links = {m.id: _platform_link(config, m) for m in config.platforms}
+        view, _ = load_view(config.trust_dir, now=datetime.now(UTC))
+
+        def versions() -> str:
+            return servicer.trust_view.versions  # the view in force at the time of each call
+
+        links = {m.id: _platform_link(config, m, versions) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
@@ -153,7 +184,7 @@ class Gateway:
         )
         revocations = pki.RevocationList(layout)
         ports = PortStore((number_ports, port_halves), pseudonym)
-        portability = Portability(NumberPlan.from_bundle(trust.bundle), pseudonym)
+        portability = Portability(NumberPlan.from_bundle(view.state.bundle), pseudonym)
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
@@ -183,8 +214,7 @@ class Gateway:
 
         servicer = GatewayServicer(
             store=store,
-            trust=trust,
-            trust_files=trust_files,
+            trust=view,
             links=links,
             portability=portability,
             pseudonym=pseudonym,
@@ -210,6 +240,7 @@ class Gateway:
             admission=admission(config.limits),
             members=membership,
             revocations=revocations,
+            initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
         )
         gw = cls(
             config=config,
@@ -228,7 +259,7 @@ class Gateway:
             pushers=pushers,
             publisher=publisher,
             ports=ports,
-            trust=trust,
+            servicer=servicer,
         )
         audit.start()
         # Ready once every carrier has told us which numbers it serves.
@@ -246,6 +277,8 @@ class Gateway:
             gw.tasks.append(asyncio.create_task(gw.watcher.run()))
         gw.tasks.append(asyncio.create_task(gw._follow_ports()))
         gw.tasks.append(asyncio.create_task(gw._serve_after_wait()))
+        gw.trust_watcher = TrustWatcher(config.trust_dir, lambda: gw.trust_view, gw.apply_trust)
+        gw.tasks.append(asyncio.create_task(gw.trust_watcher.run()))
         return gw
 
     # -- members -------------------------------------------------------------------------------
@@ -276,7 +309,7 @@ class Gateway:
                 await task
 
     def _add_platform(self, member: Member) -> None:
-        self.links[member.id] = _platform_link(self.config, member)
+        self.links[member.id] = _platform_link(self.config, member, self._versions)
         self._start_pusher(member)
 
     async def _remove_platform(self, platform_id: str) -> None:
@@ -331,10 +364,12 @@ class Gateway:
         await self._mark_ready_if_synced()
 
     def reload(self) -> None:
-        """Re-read the config file and the revocation list now (SIGHUP)."""
+        """Re-read the config file, the revocation list and the trust files now (SIGHUP)."""
         if self.watcher is not None:
             self.watcher.reload()
         self.revocations.refresh()
+        if self.trust_watcher is not None:
+            self.trust_watcher.reload()
 
     async def _mark_ready_if_synced(self) -> None:
         if self.synced >= {m.id for m in self.config.carriers}:

@@ -26,6 +26,7 @@ from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, re
 from gateway.publisher import EventPublisher
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow, claim_digest
+from gateway.trustview import TrustView
 from gateway.watchers import JobWatchers
 from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion, normalize_number
 from numfed.config import Limits
@@ -44,7 +45,6 @@ from numfed.identity import PeerId, Role
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
 from numfed.timeutil import from_date, to_us
-from numfed.trust import TrustedState
 from numfed.v1 import (
     carrier_pb2,
     carrier_pb2_grpc,
@@ -55,7 +55,7 @@ from numfed.v1 import (
     platform_pb2,
 )
 
-__all__ = ["GatewayServicer", "TrustFiles"]
+__all__ = ["GatewayServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +97,12 @@ async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> N
         timer.cancel()
 
 
-class TrustFiles:
-    """The signed trust metadata the gateway hands out: root chain and current bundle."""
-
-    def __init__(self, roots: list[claim_pb2.Envelope], bundle: claim_pb2.Envelope) -> None:
-        self.roots = roots
-        self.bundle = bundle
-
-
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
         *,
         store: Store,
-        trust: TrustedState,
-        trust_files: TrustFiles,
+        trust: TrustView,
         links: Mapping[str, PlatformLink],
         portability: Portability,
         pseudonym: Callable[[str], str],
@@ -132,8 +123,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
         self._probes = ProbeBudget.from_limits(limits)
         self._store = store
-        self._trust = trust
-        self._trust_files = trust_files
+        self.trust_view = trust
+        """The trust in force: replaced whole (one assignment) when new trust files verify,
+        never changed in place, so each call reads one consistent load."""
         self._links = links
         self._portability = portability
         self._pseudonym = pseudonym
@@ -155,14 +147,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request: gateway_pb2.GetTrustBundleRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.GetTrustBundleResponse:
+        view = self.trust_view  # roots and bundle from one load
         known = request.known_root_version
-        if known > len(self._trust_files.roots):
+        if known > len(view.roots):
             raise InvalidArgument(
                 "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
             )
-        return gateway_pb2.GetTrustBundleResponse(
-            roots=self._trust_files.roots[known:], bundle=self._trust_files.bundle
-        )
+        return gateway_pb2.GetTrustBundleResponse(roots=view.roots[known:], bundle=view.bundle)
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -181,7 +172,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return check_claim(
                 envelope,
                 caller=caller,
-                trust=self._trust,
+                trust=self.trust_view.state,
                 portability=self._portability,
                 pseudonym=self._pseudonym,
                 purposes=purposes,
@@ -515,7 +506,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.PublishEventsResponse:
         caller = current_peer()
         envelope = Envelope.from_proto(request.batch)
-        batch = verify_event_batch(envelope, self._trust, now=datetime.now(UTC))
+        batch = verify_event_batch(envelope, self.trust_view.state, now=datetime.now(UTC))
         if batch.carrier_id != caller.id:
             raise PermissionDenied("CALLER_NOT_SIGNER", "a carrier publishes its own batches only")
         raw = request.batch.SerializeToString(deterministic=True)

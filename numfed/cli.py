@@ -150,6 +150,7 @@ PKI = Command(
 
 COMMANDS: tuple[str, ...] = (
     "numfed.cli:PKI",
+    "numfed.trust_cli:TRUST",
     "gateway.cli:GATEWAY",
     "carrier_adapters.cli:CARRIER",
     "platform_stubs.cli:PLATFORM",

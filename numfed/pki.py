@@ -606,6 +606,7 @@ def secure_channel(
     *,
     server: PeerId | None = None,
     options: Iterable[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """An mTLS ``grpc.aio`` channel to ``target``, calling as ``peer``.
 
@@ -616,7 +617,8 @@ def secure_channel(
     ``target`` may list several replicas, ``"10.0.0.1:7000,10.0.0.2:7000"`` (IP addresses), or
     name one DNS name that resolves to several; calls are spread over them round-robin, and
     calls to the gateway that are safe to repeat are retried on another replica when one is
-    UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`).
+    UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`). ``interceptors`` wrap every call (a
+    member's reader of the gateway's trust version hints, say).
     """
     opts = list(options)
     if server is not None:
@@ -626,7 +628,9 @@ def secure_channel(
         target = "ipv4:" + ",".join(parts)
     config = GATEWAY_SERVICE_CONFIG if server == GATEWAY else {"loadBalancingConfig": _RR}
     opts.append(("grpc.service_config", json.dumps(config)))
-    return grpc.aio.secure_channel(target, channel_credentials(where, peer), options=opts)
+    return grpc.aio.secure_channel(
+        target, channel_credentials(where, peer), options=opts, interceptors=list(interceptors)
+    )
 
 
 _RR: list[dict[str, object]] = [{"round_robin": {}}]

@@ -16,7 +16,15 @@ import contextvars
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -310,6 +318,11 @@ class Admission:
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
+InitialMetadata = Callable[[], Sequence[tuple[str, str]]]
+"""Metadata to send with each answer, asked for at the time of the answer."""
+OnMetadata = Callable[[Iterable[tuple[str, str | bytes]] | None], None]
+"""Shown the request metadata of each admitted call; must not block."""
+
 Members = Container[PeerId]
 """The peers a server serves at all: the gateway's live :class:`gateway.membership.Membership`,
 or :class:`SoleGateway` for a platform or carrier; asked once per call."""
@@ -364,11 +377,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         *,
         members: Members | None = None,
         revocations: RevocationList | None = None,
+        initial_metadata: InitialMetadata | None = None,
+        on_metadata: OnMetadata | None = None,
     ) -> None:
         self._policy = policy
         self._admission = admission
         self._members = members
         self._revocations = revocations
+        self._initial_metadata = initial_metadata
+        self._on_metadata = on_metadata
         self._wrapped: dict[tuple[str, int], Any] = {}
         """Wrapped handlers, built once per method (and per underlying handler)."""
 
@@ -481,6 +498,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         policy = self._policy
         allowed = policy.get(method, frozenset()) if policy is not None else frozenset()
         gate = self._admission.gate(method) if self._admission is not None else None
+        initial_metadata = self._initial_metadata
+        on_metadata = self._on_metadata
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if policy is None:
@@ -493,9 +512,19 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     metadata={"method": method, "role": peer.role.value},
                 )
             _current_peer.set(peer)
+            if on_metadata is not None:
+                on_metadata(context.invocation_metadata())
 
         if handler.unary_unary is not None:
-            inner: Any = handler.unary_unary
+            handle: Any = handler.unary_unary
+
+            async def inner(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                response = await handle(request, context)
+                if initial_metadata is not None:
+                    # Only with an answer: an error's status goes alone (Trailers-Only), so that
+                    # a channel may still retry it on another replica.
+                    await context.send_initial_metadata(initial_metadata())
+                return response
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
@@ -527,9 +556,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     request = _parsed(request, method)
                     charged = await gate.enter() if gate is not None else None
                     try:
+                        first = True
                         async for item in self._still_served(
                             inner_stream(request, context), context
                         ):
+                            if first and initial_metadata is not None:
+                                await context.send_initial_metadata(initial_metadata())
+                            first = False
                             yield item
                     finally:
                         if gate is not None:
@@ -570,6 +603,8 @@ async def start_server(
     admission: Admission | None = None,
     members: Members | None = None,
     revocations: RevocationList | None = None,
+    initial_metadata: InitialMetadata | None = None,
+    on_metadata: OnMetadata | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
@@ -578,15 +613,27 @@ async def start_server(
     class (see :class:`Admission`). ``members`` are the peers served at all (every other
     caller: PERMISSION_DENIED ``UNKNOWN_MEMBER``), ``revocations`` the CA's revocation list
     (a revoked certificate: UNAUTHENTICATED ``CERTIFICATE_REVOKED``); both apply to every
-    method, health and reflection included. ``credentials=None, policy=None`` starts a
-    plaintext server without peer identities, for a carrier's own app channel only.
+    method, health and reflection included. ``initial_metadata`` gives metadata sent with
+    every answer of the registered services, ``on_metadata`` is shown every admitted call's
+    request metadata (both: the trust version hints, :mod:`numfed.trusthints`).
+    ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
+    carrier's own app channel only.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
     if credentials is None and (members is not None or revocations is not None):
         raise ValueError("a server without mTLS has no peers to check")
     server = grpc.aio.server(
-        interceptors=[_Interceptor(policy, admission, members=members, revocations=revocations)],
+        interceptors=[
+            _Interceptor(
+                policy,
+                admission,
+                members=members,
+                revocations=revocations,
+                initial_metadata=initial_metadata,
+                on_metadata=on_metadata,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

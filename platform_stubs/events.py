@@ -248,10 +248,16 @@ class EventPuller:
         pki_dir: Path,
         peer: PeerId,
         max_backoff: float = 30.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._applier = applier
         self._channel = pki.secure_channel(
-            gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
+            gateway,
+            pki_dir,
+            peer,
+            server=pki.GATEWAY,
+            options=RECONNECT,
+            interceptors=interceptors,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._max_backoff = max_backoff

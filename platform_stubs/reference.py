@@ -103,6 +103,9 @@ async def start_platform(
 ) -> PlatformHandle:
     """Start a reference platform; healthy once it holds a verified trust bundle.
 
+    Its trust is persisted in ``state_dir/trust`` and restored at the next start; the version
+    hints of the gateway's calls and answers make it refresh at once when it is behind.
+
     ``servicer_class`` lets tests start a deliberately broken platform on the same footing.
     With ``config.conformance`` it also serves PlatformConformanceService (test only). Its
     operator's PlatformAdminService listens on its Unix socket (``admin.socket_path``).
@@ -112,7 +115,11 @@ async def start_platform(
     if config.seed_scenario:
         await store.run(seed_from_scenario, store, config.platform_id)
     trust = TrustClient(
-        trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
+        trust_dir=config.trust_dir,
+        pki_dir=config.pki_dir,
+        peer=peer,
+        gateway=config.gateway,
+        state_dir=config.state_dir / "trust",
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -145,6 +152,7 @@ async def start_platform(
         bind=config.listen,
         members=SoleGateway(pki.GATEWAY),
         revocations=pki.RevocationList(config.pki_dir),
+        on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
@@ -164,7 +172,11 @@ async def start_platform(
     puller = None
     if config.events == "poll":
         puller = EventPuller(
-            applier=servicer.events, gateway=config.gateway, pki_dir=config.pki_dir, peer=peer
+            applier=servicer.events,
+            gateway=config.gateway,
+            pki_dir=config.pki_dir,
+            peer=peer,
+            interceptors=[trust.hints],
         )
 
         async def pull_when_trusted() -> None:

@@ -178,23 +178,25 @@ class PlatformKit:
                 await asyncio.sleep(0.5)
 
     async def _setup(self) -> None:
-        """Empty the platform, then have it accept the kit's first bundle (version one past the
-        one it holds, if it holds one from an earlier run)."""
+        """Empty the platform, then have it accept the kit's first bundle, one version past the
+        one it holds. A bundle v1 tells which that is: a platform that holds none takes it, one
+        that holds v1 or later keeps its own (an equal version is not taken again, and the
+        version it holds survives restarts), so only the second bundle is surely the kit's."""
         try:
             await self.conformance.ResetPlatformData(
                 conformance_pb2.ResetPlatformDataRequest(), timeout=CALL_TIMEOUT
             )
-            version = 1
-            for _ in range(2):
-                bundle = self.keys.bundle(version, now=_now(), revoke_doomed=False)
-                self._base_envelope = self.gateway.publish(bundle)
-                answer = await self.refresh(patience=SETUP_PATIENCE)
-                if answer.status.code == 0 and answer.bundle_version == version:
-                    self.base_version = version
-                    self.setup_ok = True
-                    self.setup_detail = f"accepted the kit's bundle v{version}"
-                    return
-                version = answer.bundle_version + 1
+            self.gateway.publish(self.keys.bundle(1, now=_now(), revoke_doomed=False))
+            answer = await self.refresh(patience=SETUP_PATIENCE)
+            version = answer.bundle_version + 1
+            bundle = self.keys.bundle(version, now=_now(), revoke_doomed=False)
+            self._base_envelope = self.gateway.publish(bundle)
+            answer = await self.refresh(patience=SETUP_PATIENCE)
+            if answer.status.code == 0 and answer.bundle_version == version:
+                self.base_version = version
+                self.setup_ok = True
+                self.setup_detail = f"accepted the kit's bundle v{version}"
+                return
             self.setup_detail = (
                 f"refused the kit's bundle: {_code(answer.status)} {_reason(answer.status)}"
             )

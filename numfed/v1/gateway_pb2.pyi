@@ -258,8 +258,8 @@ Global___GetTrustBundleRequest: _TypeAlias = GetTrustBundleRequest  # noqa: Y015
 
 @_typing.final
 class GetTrustBundleResponse(_message.Message):
-    """GetTrustBundleResponse carries signed metadata only; the caller verifies it against its pinned
-    root.
+    """GetTrustBundleResponse carries signed metadata only; the caller verifies it from the newest
+    root it trusts (its pinned root at first), with the rules in trust.proto.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -272,7 +272,7 @@ class GetTrustBundleResponse(_message.Message):
 
     @_builtins.property
     def bundle(self) -> _claim_pb2.Envelope:
-        """Envelope of the current TrustBundle."""
+        """Envelope of the newest TrustBundle, signed by the newest root's threshold."""
 
     def __init__(
         self,

@@ -38,6 +38,13 @@ class GatewayServiceStub:
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     def __init__(self, channel):
@@ -100,12 +107,21 @@ class GatewayServiceServicer:
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     def GetTrustBundle(self, request, context):
-        """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-        call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
-        newer than the gateway's).
+        """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+        new trust files without a restart (within a second, or at once on SIGHUP) once they verify
+        on top of the trust it holds, so roots and bundle only move forward; both come from the same
+        load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
+        INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,6 +309,13 @@ class GatewayService:
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     @staticmethod

@@ -39,6 +39,13 @@ class GatewayServiceStub:
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     @_typing.overload
@@ -46,9 +53,11 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]
-    """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-    call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
-    newer than the gateway's).
+    """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+    new trust files without a restart (within a second, or at once on SIGHUP) once they verify
+    on top of the trust it holds, so roots and bundle only move forward; both come from the same
+    load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
+    INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
     """
     QueryBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
@@ -155,13 +164,22 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTrustBundle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
-    """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-    call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
-    newer than the gateway's).
+    """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+    new trust files without a restart (within a second, or at once on SIGHUP) once they verify
+    on top of the trust it holds, so roots and bundle only move forward; both come from the same
+    load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
+    INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
     """
     QueryBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]  # type: ignore[assignment]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
@@ -267,6 +285,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
     as well as in total); ErrorInfo metadata "rpc_class" names the class.
+
+    Every answer carries, in its initial metadata, the trust versions the gateway holds:
+    "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
+    without it, so that a channel may still retry it on another replica). The gateway sends the
+    same key in the request metadata of its calls to PlatformService. A member that holds an older
+    root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
+    poll. The value is not signed: it only triggers a fetch and never changes trust.
     """
 
     @_abc_1.abstractmethod
@@ -275,9 +300,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetTrustBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetTrustBundleResponse, _abc.Awaitable[_gateway_pb2.GetTrustBundleResponse]]:
-        """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-        call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
-        newer than the gateway's).
+        """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+        new trust files without a restart (within a second, or at once on SIGHUP) once they verify
+        on top of the trust it holds, so roots and bundle only move forward; both come from the same
+        load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
+        INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
         """
 
     @_abc_1.abstractmethod

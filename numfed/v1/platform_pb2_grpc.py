@@ -42,6 +42,9 @@ class PlatformServiceStub:
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     def __init__(self, channel):
@@ -84,6 +87,9 @@ class PlatformServiceServicer:
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     def BatchQueryBindings(self, request, context):
@@ -184,6 +190,9 @@ class PlatformService:
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     @staticmethod

@@ -43,6 +43,9 @@ class PlatformServiceStub:
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     @_typing.overload
@@ -111,6 +114,9 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -175,6 +181,9 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     @_abc_1.abstractmethod

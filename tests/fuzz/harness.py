@@ -393,7 +393,7 @@ class LiveFederation:
         extras: dict[EventKind, dict[str, object]] = {
             EventKind.PENDING_RELEASE: {"as_of": now - timedelta(days=3650)},
             EventKind.REASSIGNED: {"tenure_start": self.tenure_start(number)},
-            EventKind.PORTED: {"from_carrier": "cucc", "to_carrier": CARRIER},
+            EventKind.PORTED: {"from_carrier": CARRIER, "to_carrier": "cucc"},  # the donor's half
             EventKind.DEACTIVATED: {},
         }
         event = LifecycleEvent.new(number, kind, now - timedelta(seconds=1), **extras[kind])
