@@ -31,13 +31,20 @@ from carrier_adapters.registry import SubscriberRegistry, seed_from_scenario
 from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
 from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
-from numfed.config import CarrierConfig, load_carrier_config
+from numfed.config import CarrierConfig, Limits, load_carrier_config
 from numfed.envelope import SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, SoleGateway, start_server
+from numfed.rpc import (
+    MAX_MESSAGE_BYTES,
+    Admission,
+    RpcClass,
+    ServerHandle,
+    SoleGateway,
+    start_server,
+)
 from numfed.scenario import demo_scenario
 from numfed.serving import run_until_signalled
 from numfed.v1 import (
@@ -54,6 +61,17 @@ log = logging.getLogger(__name__)
 
 CARRIER_SERVICE = "numfed.v1.CarrierService"
 HOLDER_SERVICE = "numfed.v1.HolderService"
+HOLDER_CLASSES = {
+    f"/{HOLDER_SERVICE}/{method}": "holder"
+    for method in (
+        "StartVerification",
+        "ConfirmVerification",
+        "QueryHolderBindings",
+        "ReleaseHolderBindings",
+        "IssueHolderProof",
+    )
+} | {f"/{HOLDER_SERVICE}/WatchHolderRelease": "holder_watch"}
+"""The holder channel's admission classes: calls, and release streams (held for minutes)."""
 POLICY = {
     f"/{CARRIER_SERVICE}/{method}": frozenset({Role.GATEWAY})
     for method in ("ListServedNumbers", "ListPortHalves", "AnswerRecycledCheck")
@@ -228,6 +246,23 @@ class CarrierAdapter:
         self.registry.close()
 
 
+def holder_admission(limits: Limits) -> Admission:
+    """Bounded concurrency and a small queue on the holder channel: a crowd of holders gets
+    RESOURCE_EXHAUSTED at once (with RetryInfo) instead of piling up calls to the gateway."""
+    return Admission(
+        [
+            RpcClass(
+                "holder",
+                limits.max_concurrent_holder_calls,
+                limits.max_queued_holder_calls,
+                limits.admission_queue_wait,
+            ),
+            RpcClass("holder_watch", limits.max_holder_watches, 0, 0.0),
+        ],
+        HOLDER_CLASSES,
+    )
+
+
 def _require_loopback(endpoint: str) -> None:
     host = endpoint.rsplit(":", 1)[0].strip("[]")
     try:
@@ -318,7 +353,11 @@ async def start_carrier(
         )
         started.append(
             await start_server(
-                register=[register_holder], credentials=None, policy=None, bind=config.holder_listen
+                register=[register_holder],
+                credentials=None,
+                policy=None,
+                bind=config.holder_listen,
+                admission=holder_admission(config.limits),
             )
         )
     except BaseException:

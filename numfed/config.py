@@ -90,6 +90,13 @@ class Limits:
     ``max_queued_*``), that one caller may hold at once; past it, RESOURCE_EXHAUSTED
     ``CALLER_OVERLOADED``. At 0.5 a lone caller can still use every running slot of a class
     but never fill its queue. At most 1."""
+    max_concurrent_holder_calls: int = 64
+    """HolderService calls a carrier adapter serves at once (its own app channel and the
+    holder's page); more wait in a queue."""
+    max_queued_holder_calls: int = 128
+    """HolderService calls that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once."""
+    max_holder_watches: int = 256
+    """WatchHolderRelease streams a carrier adapter keeps open at once."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0

@@ -30,7 +30,10 @@ class HolderServiceStub:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def __init__(self, channel):
@@ -75,7 +78,10 @@ class HolderServiceServicer:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def StartVerification(self, request, context):
@@ -83,7 +89,8 @@ class HolderServiceServicer:
         a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
         number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
         the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-        RESOURCE_EXHAUSTED (too many codes requested).
+        RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+        with google.rpc.RetryInfo saying when the next is allowed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,7 +189,10 @@ class HolderService:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @staticmethod

@@ -31,7 +31,10 @@ class HolderServiceStub:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @_typing.overload
@@ -43,7 +46,8 @@ class HolderServiceStub:
     a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
     number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
     the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-    RESOURCE_EXHAUSTED (too many codes requested).
+    RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+    with google.rpc.RetryInfo saying when the next is allowed).
     """
     ConfirmVerification: _grpc.UnaryUnaryMultiCallable[_holder_pb2.ConfirmVerificationRequest, _holder_pb2.ConfirmVerificationResponse]
     """ConfirmVerification exchanges the SMS code for a short-lived holder session. Errors:
@@ -79,7 +83,10 @@ class HolderServiceAsyncStub(HolderServiceStub):
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -88,7 +95,8 @@ class HolderServiceAsyncStub(HolderServiceStub):
     a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
     number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
     the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-    RESOURCE_EXHAUSTED (too many codes requested).
+    RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+    with google.rpc.RetryInfo saying when the next is allowed).
     """
     ConfirmVerification: _aio.UnaryUnaryMultiCallable[_holder_pb2.ConfirmVerificationRequest, _holder_pb2.ConfirmVerificationResponse]  # type: ignore[assignment]
     """ConfirmVerification exchanges the SMS code for a short-lived holder session. Errors:
@@ -123,7 +131,10 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @_abc_1.abstractmethod
@@ -136,7 +147,8 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
         number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
         the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-        RESOURCE_EXHAUSTED (too many codes requested).
+        RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+        with google.rpc.RetryInfo saying when the next is allowed).
         """
 
     @_abc_1.abstractmethod
