@@ -68,6 +68,7 @@ HOLDER_CLASSES = {
         "ConfirmVerification",
         "QueryHolderBindings",
         "ReleaseHolderBindings",
+        "PreviewHolderClaim",
         "IssueHolderProof",
     )
 } | {f"/{HOLDER_SERVICE}/WatchHolderRelease": "holder_watch"}
@@ -125,15 +126,16 @@ class CarrierAdapter:
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
 
-    def sign(
+    def claim(
         self,
         session: Session,
         purpose: Purpose,
         refs: tuple[str, ...] = (),
         *,
         lifetime: timedelta | None = None,
-    ) -> claim_pb2.Envelope:
-        """A claim for the session's holder, who must still hold the number since the same X."""
+    ) -> TenureClaim:
+        """The claim for the session's holder, who must still hold the number since the same X:
+        what :meth:`sign` signs, and what the holder is shown before anything is sent."""
         now = self.clock()
         current = self.registry.current_holder(session.number, now)
         if (current.holder.holder_id, current.tenure_start) != (
@@ -141,7 +143,7 @@ class CarrierAdapter:
             session.tenure_start,
         ):
             raise FailedPrecondition("NOT_THE_HOLDER", "the session's holder no longer holds it")
-        claim = TenureClaim.new(
+        return TenureClaim.new(
             number=session.number,
             carrier_id=self.carrier_id,
             tenure_start=current.tenure_start,
@@ -150,6 +152,17 @@ class CarrierAdapter:
             lifetime=lifetime or self.claim_lifetime,
             binding_refs=refs,
         )
+
+    def sign(
+        self,
+        session: Session,
+        purpose: Purpose,
+        refs: tuple[str, ...] = (),
+        *,
+        lifetime: timedelta | None = None,
+    ) -> claim_pb2.Envelope:
+        """A signed claim for the session's holder (see :meth:`claim`)."""
+        claim = self.claim(session, purpose, refs, lifetime=lifetime)
         return sign_claim(claim, self.signer).to_proto()
 
     def gateway_request_id(self, holder_id: str, request_id: str) -> str:

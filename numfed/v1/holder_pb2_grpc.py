@@ -67,6 +67,11 @@ class HolderServiceStub:
                 request_serializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.PreviewHolderClaim = channel.unary_unary(
+                '/numfed.v1.HolderService/PreviewHolderClaim',
+                request_serializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.FromString,
+                _registered_method=True)
         self.IssueHolderProof = channel.unary_unary(
                 '/numfed.v1.HolderService/IssueHolderProof',
                 request_serializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.SerializeToString,
@@ -135,6 +140,19 @@ class HolderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewHolderClaim(self, request, context):
+        """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+        holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+        purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+        carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+        UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+        RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+        number changed hands since the session began).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueHolderProof(self, request, context):
         """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
         portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
@@ -171,6 +189,11 @@ def add_HolderServiceServicer_to_server(servicer, server):
                     servicer.WatchHolderRelease,
                     request_deserializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'PreviewHolderClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewHolderClaim,
+                    request_deserializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.SerializeToString,
             ),
             'IssueHolderProof': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueHolderProof,
@@ -320,6 +343,33 @@ class HolderService:
             '/numfed.v1.HolderService/WatchHolderRelease',
             numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewHolderClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.HolderService/PreviewHolderClaim',
+            numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.SerializeToString,
+            numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

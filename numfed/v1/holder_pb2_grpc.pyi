@@ -72,6 +72,15 @@ class HolderServiceStub:
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    PreviewHolderClaim: _grpc.UnaryUnaryMultiCallable[_holder_pb2.PreviewHolderClaimRequest, _holder_pb2.PreviewHolderClaimResponse]
+    """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+    holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+    purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+    carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+    UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+    RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+    number changed hands since the session began).
+    """
     IssueHolderProof: _grpc.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]
     """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
     portable token that anyone can check offline (`numfed verify TOKEN`). Errors:
@@ -120,6 +129,15 @@ class HolderServiceAsyncStub(HolderServiceStub):
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PreviewHolderClaim: _aio.UnaryUnaryMultiCallable[_holder_pb2.PreviewHolderClaimRequest, _holder_pb2.PreviewHolderClaimResponse]  # type: ignore[assignment]
+    """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+    holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+    purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+    carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+    UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+    RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+    number changed hands since the session began).
     """
     IssueHolderProof: _aio.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]  # type: ignore[assignment]
     """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
@@ -196,6 +214,21 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewHolderClaim(
+        self,
+        request: _holder_pb2.PreviewHolderClaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_holder_pb2.PreviewHolderClaimResponse, _abc.Awaitable[_holder_pb2.PreviewHolderClaimResponse]]:
+        """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+        holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+        purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+        carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+        UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+        RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+        number changed hands since the session began).
         """
 
     @_abc_1.abstractmethod

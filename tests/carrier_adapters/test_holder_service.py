@@ -403,3 +403,53 @@ async def test_a_crowd_on_the_holder_channel_is_turned_away_not_queued_forever(
     finally:
         running.gateway.hold.set()
         await handle.stop(0)
+
+
+async def test_preview_shows_the_claim_platforms_receive_before_anything_is_sent(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    preview = await app.stub.PreviewHolderClaim(
+        holder_pb2.PreviewHolderClaimRequest(
+            session_token=app.token, purpose=claim_pb2.PURPOSE_QUERY_PRIOR
+        ),
+        timeout=5,
+    )
+    assert running.gateway.calls == []  # nothing left the carrier
+    await app.query(PRIOR)
+    (call,) = running.gateway.calls
+    sent = claim_pb2.TenureClaim.FromString(call.request.claim.payload)  # type: ignore[attr-defined]
+    shown = preview.claim
+    # The same statement, field for field, but for the claim's own id (each claim has one).
+    assert shown.claim_id and shown.claim_id != sent.claim_id
+    shown.ClearField("claim_id")
+    sent.ClearField("claim_id")
+    assert shown == sent  # the clock stands still in these tests
+    assert (shown.number, shown.carrier_id) == (PORTED, "cmcc")
+    assert shown.tenure_start.ToDatetime(tzinfo=UTC) == X_PORTED
+
+    proof = await app.stub.PreviewHolderClaim(
+        holder_pb2.PreviewHolderClaimRequest(
+            session_token=app.token, purpose=claim_pb2.PURPOSE_HOLDER_PROOF
+        ),
+        timeout=5,
+    )
+    lifetime = proof.claim.expires_at.ToDatetime() - proof.claim.issued_at.ToDatetime()
+    assert lifetime == timedelta(days=30)
+
+    unknown = claim_pb2.Purpose.ValueType(99)
+    for purpose in (claim_pb2.PURPOSE_UNSPECIFIED, claim_pb2.PURPOSE_RELEASE_OWN, unknown):
+        assert await refused(
+            app.stub.PreviewHolderClaim(
+                holder_pb2.PreviewHolderClaimRequest(session_token=app.token, purpose=purpose),
+                timeout=5,
+            )
+        ) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_PURPOSE")
+    assert await refused(
+        app.stub.PreviewHolderClaim(
+            holder_pb2.PreviewHolderClaimRequest(
+                session_token="nope", purpose=claim_pb2.PURPOSE_QUERY_PRIOR
+            ),
+            timeout=5,
+        )
+    ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")
