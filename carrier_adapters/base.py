@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
 
@@ -54,6 +54,9 @@ from numfed.v1 import (
     gateway_pb2_grpc,
     holder_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from carrier_adapters.web.server import WebHandle
 
 __all__ = ["CarrierAdapter", "CarrierHandle", "serve", "start_carrier"]
 
@@ -91,6 +94,8 @@ class CarrierAdapter:
 
     carrier_id: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
+    display_name_zh: ClassVar[str] = ""
+    """The carrier's name in Chinese, as holders know it (中国移动)."""
     sms_signature: ClassVar[str] = ""
     """The sender text an SMS starts with, e.g. 【中国移动】."""
     quiet_period: ClassVar[timedelta] = MIN_QUIET_PERIOD
@@ -276,7 +281,7 @@ def holder_admission(limits: Limits) -> Admission:
     )
 
 
-def _require_loopback(endpoint: str) -> None:
+def _require_loopback(endpoint: str, key: str = "holder_listen") -> None:
     host = endpoint.rsplit(":", 1)[0].strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -285,7 +290,7 @@ def _require_loopback(endpoint: str) -> None:
     if not loopback:
         raise InvalidArgument(
             "BAD_CONFIG",
-            f"holder_listen={endpoint!r}: the plaintext holder channel listens on loopback only",
+            f"{key}={endpoint!r}: the plaintext holder channels listen on loopback only",
         )
 
 
@@ -294,6 +299,15 @@ class CarrierHandle:
     adapter: CarrierAdapter
     server: ServerHandle
     holder_server: ServerHandle
+    web: WebHandle | None = None
+    """The holder's page, when the config names ``holder_web_listen``."""
+
+    @property
+    def web_port(self) -> int:
+        """The holder's page's (loopback, HTTP) port."""
+        if self.web is None:
+            raise ValueError("this carrier serves no holder's page")
+        return self.web.port
 
     @property
     def port(self) -> int:
@@ -306,6 +320,8 @@ class CarrierHandle:
         return self.holder_server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.web is not None:
+            await self.web.stop(grace)
         await self.holder_server.stop(grace)
         await self.server.stop(grace)
         await self.adapter.close()
@@ -330,6 +346,8 @@ async def start_carrier(
     )
 
     _require_loopback(config.holder_listen)
+    if config.holder_web_listen is not None:
+        _require_loopback(config.holder_web_listen, "holder_web_listen")
     kind = adapter_class or ADAPTERS.get(config.carrier_id)
     if kind is None:
         raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")
@@ -373,12 +391,33 @@ async def start_carrier(
                 admission=holder_admission(config.limits),
             )
         )
+        web = await _start_web(adapter, started[1].port) if config.holder_web_listen else None
     except BaseException:
         for s in started:
             await s.stop(0)
         await adapter.close()
         raise
-    return CarrierHandle(adapter, started[0], started[1])
+    return CarrierHandle(adapter, started[0], started[1], web)
+
+
+async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:
+    """The holder's page, calling this adapter's HolderService over the loopback channel as
+    any front end of the carrier would."""
+    from carrier_adapters.web.app import CarrierFacts
+    from carrier_adapters.web.server import start_holder_web
+
+    config = adapter.config
+    assert config.holder_web_listen is not None
+    host = config.holder_listen.rsplit(":", 1)[0]
+    facts = CarrierFacts(
+        adapter.carrier_id,
+        adapter.display_name_zh or adapter.display_name,
+        adapter.display_name,
+        adapter.time_zone,
+    )
+    return await start_holder_web(
+        config.holder_web_listen, f"{host}:{holder_port}", facts, config.limits
+    )
 
 
 async def serve(config_path: Path) -> None:
@@ -391,4 +430,6 @@ async def serve(config_path: Path) -> None:
         handle.port,
         handle.holder_port,
     )
+    if handle.web is not None:
+        log.info("the holder's page is on port %d", handle.web.port)
     await run_until_signalled(handle.stop)
