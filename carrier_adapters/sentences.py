@@ -35,9 +35,11 @@ class Sentence:
     zh: str
     en: str
 
+    def say_raw(self, lang: str) -> str:
+        return self.en if lang == "en" else self.zh
+
     def say(self, lang: str, **values: object) -> str:
-        text = self.en if lang == "en" else self.zh
-        return text.format(**values)
+        return self.say_raw(lang).format(**values)
 
 
 _NOT_SERVED = Sentence(

@@ -50,7 +50,7 @@ from carrier_adapters.web.shedding import STREAM, SecurityHeaders, ShedLoad, web
 from carrier_adapters.web.state import PageState, PageStore, Release
 from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
-from numfed.errors import InvalidArgument, NumfedError, PermissionDenied
+from numfed.errors import InvalidArgument, NumfedError, Unauthenticated
 from numfed.ratelimit import RateLimiter
 from numfed.timeutil import from_timestamp
 from numfed.v1 import binding_pb2, claim_pb2, gateway_pb2, holder_pb2
@@ -320,7 +320,7 @@ class HolderPage:
 
     def _verified(self, state: PageState) -> None:
         if not state.verified:
-            raise PermissionDenied("NO_SESSION", "verify first")
+            raise Unauthenticated("NO_SESSION", "verify first")
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -346,7 +346,10 @@ class HolderPage:
             key, browser, token, form = await self._admit(request)
         except NumfedError as err:
             return self._refused_page(request, err)
-        lang = i18n.choose_language(None, request.headers.get("accept-language", ""))
+        # A new state speaks the language the page was shown in.
+        lang = i18n.choose_language(
+            str(form.get("page_lang", "")), request.headers.get("accept-language", "")
+        )
         status, retry = 200, None
         try:
             state = self.store.open(key, lang)
