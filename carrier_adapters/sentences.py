@@ -128,6 +128,10 @@ ERRORS: Mapping[str, Sentence] = {
         "The service could not be reached. Nothing was changed; please check your connection "
         "and try again.",
     ),
+    "NO_HOLDER_SESSION": Sentence(
+        "还没有验证：请先运行 numfed holder start。",
+        "Nothing verified yet: run numfed holder start first.",
+    ),
     # The federation's answers.
     "GATEWAY_UNAVAILABLE": Sentence(
         "暂时无法连接到平台联盟。什么都没有改变，请在{wait}后再试。",
