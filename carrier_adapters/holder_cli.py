@@ -171,7 +171,8 @@ async def _confirm(client: Any, saved: Saved, args: argparse.Namespace, console:
         f"Verified. Your carrier will attest that {saved.number} has been held by you since "
         f"{x:%Y-%m-%d %H:%M} UTC (X). The session lasts 15 minutes."
     )
-    table = Table(title="What platforms receive: this claim, signed, and nothing else")
+    console.print("[bold]What platforms receive: this claim, signed, and nothing else[/]")
+    table = Table()
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     issued, expires = from_timestamp(claim.issued_at), from_timestamp(claim.expires_at)
@@ -203,15 +204,18 @@ def _outcome(r: Any, *, release: bool = False, deadline: str = "") -> str:
     return TEXT[key].say("en", count=count, deadline=deadline or "its deadline")
 
 
-def _results(title: str, results: Sequence[Any], *, release: bool = False) -> Table:
-    table = Table(title=title, title_justify="left")
+def _results(
+    console: Console, title: str, results: Sequence[Any], *, release: bool = False
+) -> None:
+    console.print(f"[bold]{title}[/]")  # on a line of its own: never wrapped to the table
+    table = Table()
     table.add_column("platform", no_wrap=True)
     table.add_column("released" if release else "answer")
     table.add_column("bindings (masked)", overflow="fold")
     for r in results:
         labels = "\n".join(b.masked_label for b in r.bindings) or "—"
         table.add_row(r.platform_id, _outcome(r, release=release), labels)
-    return table
+    console.print(table)
 
 
 def _token(saved: Saved) -> str:
@@ -226,7 +230,7 @@ async def _query(client: Any, saved: Saved, args: argparse.Namespace, console: C
     from numfed.v1 import holder_pb2
 
     results = await client.query(_token(saved), holder_pb2.BINDING_SCOPE_PRIOR, args.platform)
-    console.print(_results("Bindings previous holders left (made before X)", results))
+    _results(console, "Bindings previous holders left (made before X)", results)
     found = [r.platform_id for r in results if r.bindings]
     if found:
         console.print(f"Next: numfed holder release --watch   (releases on {', '.join(found)})")
@@ -253,7 +257,8 @@ async def _own(client: Any, saved: Saved, args: argparse.Namespace, console: Con
     results = await client.query(token, holder_pb2.BINDING_SCOPE_OWN)
     where = {b.binding_ref: r.platform_id for r in results for b in r.bindings}
     if not args.release:
-        table = Table(title="Your own bindings (made since X)", title_justify="left")
+        console.print("[bold]Your own bindings (made since X)[/]")
+        table = Table()
         for col in ("platform", "binding (masked)", "ref"):
             table.add_column(col, overflow="fold")
         for r in results:
@@ -275,10 +280,12 @@ async def _own(client: Any, saved: Saved, args: argparse.Namespace, console: Con
             refs=refs,
             platform_ids=[platform],
         )
-        await _follow(client, saved, op, args.watch, console)
+        await _follow(client, saved, op, args.watch, console, own=True)
 
 
-async def _follow(client: Any, saved: Saved, op: Any, watch: bool, console: Console) -> None:
+async def _follow(
+    client: Any, saved: Saved, op: Any, watch: bool, console: Console, *, own: bool = False
+) -> None:
     from numfed.timeutil import from_timestamp
     from numfed.v1 import gateway_pb2
 
@@ -302,13 +309,17 @@ async def _follow(client: Any, saved: Saved, op: Any, watch: bool, console: Cons
     response = gateway_pb2.ReleaseResponse()
     op.response.Unpack(response)
     deadline = f"{from_timestamp(meta.deadline):%H:%M} UTC" if meta.HasField("deadline") else ""
-    table = _results(f"Release {op.name}: done", response.results, release=True)
-    console.print(table)
+    _results(console, f"Release {op.name}: done", response.results, release=True)
     if deadline and any(
         r.outcome == gateway_pb2.PLATFORM_OUTCOME_UNAVAILABLE for r in response.results
     ):
         console.print(f"Platforms that did not answer are tried again until {deadline}.")
-    console.print("Accounts are not deleted; your own bindings (made since X) were not touched.")
+    if own:
+        console.print("Only the binding(s) you picked were released; accounts are not deleted.")
+    else:
+        console.print(
+            "Accounts are not deleted; your own bindings (made since X) were not touched."
+        )
 
 
 async def _proof(client: Any, saved: Saved, args: argparse.Namespace, console: Console) -> None:
