@@ -9,6 +9,7 @@ status code, and anything else to :data:`GENERIC`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -191,6 +192,7 @@ GENERIC = Sentence(
     "Something went wrong on our side. Please try again later.",
 )
 
+_SECONDS = re.compile(r"[0-9]{1,9}")
 DEFAULT_WAIT = 60.0
 """Seconds to suggest when a refusal that asks to come back later did not say when."""
 
@@ -201,7 +203,7 @@ def wait_seconds(err: NumfedError) -> float:
     if err.retry_after is not None:
         return err.retry_after
     raw = err.metadata.get("retry_after_seconds", "")
-    return float(raw) if raw.isascii() and raw.isdigit() else DEFAULT_WAIT
+    return float(raw) if _SECONDS.fullmatch(raw) else DEFAULT_WAIT
 
 
 def wait_text(seconds: float, lang: str) -> str:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ CODE_ATTEMPTS = (1 / 10, 10.0)
 """Codes one browser may try: 10 at once, then one every 10 s. The carrier voids a
 verification after 5 wrong codes."""
 MAX_FORM_BYTES = 16 * 1024
+_LENGTH = re.compile(r"[0-9]{1,12}")
 KEEPALIVE = 15.0
 """Seconds between keep-alive comments on a quiet progress stream."""
 _HTTP = {
@@ -448,7 +450,7 @@ class HolderPage:
         browser's page token. Returns (page key, browser id, page token, form)."""
         check_origin(request.headers, f"{request.url.scheme}://{request.headers.get('host', '')}")
         length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        if not _LENGTH.fullmatch(length) or int(length) > MAX_FORM_BYTES:
             raise InvalidArgument("FORM_TOO_LARGE", "the form is too large")
         form = await request.form(max_files=0, max_fields=64, max_part_size=4096)
         token = request.headers.get("x-page-token") or str(form.get("page_token", ""))

@@ -253,3 +253,15 @@ async def test_a_form_too_large_is_refused(web: CarrierHandle, visitor: Visitor)
     await visitor.open()
     answer = await visitor.post("/number", {"number": "1" * 20_000})
     assert answer.status_code == 400
+
+
+async def test_the_page_listens_on_loopback_only(running: Running) -> None:
+    from carrier_adapters.base import start_carrier
+    from numfed.errors import InvalidArgument
+    from tests.carrier_adapters.conftest import on_port_zero
+
+    config = on_port_zero(running.layout, "cmcc", running.gateway_server.port)
+    for listen in ("0.0.0.0:0", "10.0.0.1:8080", "example.com:80"):
+        with pytest.raises(InvalidArgument) as e:
+            await start_carrier(dataclasses.replace(config, holder_web_listen=listen))
+        assert e.value.reason == "BAD_CONFIG" and "holder_web_listen" in e.value.message
