@@ -11,6 +11,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # every benchmark, the holder's page's included, once at tiny size
 def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.suite", "--quick", "--no-doc", "--out", str(tmp_path)],

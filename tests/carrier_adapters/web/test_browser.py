@@ -318,6 +318,10 @@ async def test_closing_the_page_signs_the_holder_out(holding: Holding) -> None:
     await h.open("en")
     await h.enter_number()
     await h.verify()
+    # The language can change at any step; the holder stays where they are.
+    await h.page.click('form[action$="/lang"] button')
+    await h.page.wait_for_selector('html[lang="zh-CN"]')
+    assert await h.text("#step") == "平台会看到什么"
     web = h.fed.carriers[h.carrier].web
     assert web is not None
     before = len(web.page.store)
