@@ -10,7 +10,9 @@ Retry-After), the carrier's process keeps a bounded memory, and no answer is any
 dropped connection.
 
 The carrier adapter (with its page) runs as a real ``numfed carrier serve`` process, the gateway
-as ``numfed gateway serve``, the platforms in one more process; the client is httpx.
+as ``numfed gateway serve``, the platforms in one more process. Holders verify through the page
+with httpx; the load itself comes from a bare HTTP/1.1 client on asyncio streams
+(:class:`RawHttp`), cheap enough to offer ten times the rate on the same two cores.
 
     python -m bench.portal            # the full run, writes bench/results/portal.json and the
                                       # page's section of docs/benchmarks.md
