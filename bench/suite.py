@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
+from bench import portal
 from bench.fanout import (
     CMCC,
     gateway_run,
@@ -671,6 +672,37 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=False,
         )
     )
+    w = r["portal"]
+    answered = w["served"] + w["shed_503"]
+    everything = answered + w["other_5xx"] + w["other_status"] + w["failed_connections"]
+    out.append(
+        target(
+            "holder's page at 10x: answers served or 503 with Retry-After, share of all "
+            "(reference: every one)",
+            answered / everything if everything else 0.0,
+            1.0,
+            1.0,
+            higher_is_better=True,
+        )
+    )
+    out.append(
+        target(
+            "holder's page at 10x: queries/s served (reference: its sustainable rate)",
+            w["served_rps"],
+            w["sustainable_rps"],
+            0.8,
+            higher_is_better=True,
+        )
+    )
+    out.append(
+        target(
+            "holder's page at 10x: 503 p99 ms (reference: the 500 ms queue wait)",
+            w["shed_p99_ms"],
+            portal.QUEUE_WAIT * 1000,
+            2.0,
+            higher_is_better=False,
+        )
+    )
     return out
 
 
@@ -851,6 +883,8 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["events"] = await bench_events(size, workdir)
     print("overload", flush=True)
     r["overload"] = await bench_overload(size, workdir)
+    print("the holder's page at 10x its sustainable rate", flush=True)
+    r["portal"] = await portal.bench_portal(portal.QUICK if size is QUICK else portal.FULL, workdir)
     return r
 
 
@@ -873,6 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification",
         "events",
         "overload",
+        "portal",
     ):
         (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")
     (out / "machine.json").write_text(json.dumps(r["machine"], indent=2) + "\n")
@@ -880,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     made = plots(r, out)
     if not args.no_doc:
         write_doc(document(r, summary))
+        portal.write_doc(portal.document(r["portal"], r["machine"]["date"]))
     print(f"\n{'target':<95} {'value':>10} {'ref':>10} {'ratio':>7}  met")
     for s in summary:
         print(f"{s['name']:<95} {s['value']:>10} {s['reference']:>10} {s['ratio']:>7}  {s['met']}")

@@ -46,6 +46,19 @@ _SCOPES = {
 }
 
 
+_PREVIEWS = {
+    p.value: p
+    for p in (Purpose.QUERY_PRIOR, Purpose.RELEASE_PRIOR, Purpose.QUERY_OWN, Purpose.HOLDER_PROOF)
+}
+"""Purposes whose claim can be shown before any is signed (RELEASE_OWN needs the picked refs)."""
+
+
+def _lifetime(purpose: Purpose) -> timedelta | None:
+    """A holder proof is carried around for weeks; every other claim lives the adapter's
+    ``claim_lifetime`` (None)."""
+    return PROOF_LIFETIME if purpose is Purpose.HOLDER_PROOF else None
+
+
 def _scope(scope: holder_pb2.BindingScope.ValueType) -> tuple[Purpose, Purpose]:
     """(query purpose, release purpose) of a scope."""
     if scope not in _SCOPES:
@@ -177,13 +190,30 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         session.operations.add(op.name)
         return op
 
+    async def PreviewHolderClaim(
+        self,
+        request: holder_pb2.PreviewHolderClaimRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> holder_pb2.PreviewHolderClaimResponse:
+        session = self._a.verifier.session(request.session_token)
+        purpose = _PREVIEWS.get(request.purpose)
+        if purpose is None:
+            raise InvalidArgument(
+                "BAD_PURPOSE",
+                "a preview is of QUERY_PRIOR, RELEASE_PRIOR, QUERY_OWN or HOLDER_PROOF",
+            )
+        claim = self._a.claim(session, purpose, lifetime=_lifetime(purpose))
+        return holder_pb2.PreviewHolderClaimResponse(claim=claim.to_proto())
+
     async def IssueHolderProof(
         self,
         request: holder_pb2.IssueHolderProofRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> holder_pb2.IssueHolderProofResponse:
         session = self._a.verifier.session(request.session_token)
-        signed = self._a.sign(session, Purpose.HOLDER_PROOF, lifetime=PROOF_LIFETIME)
+        signed = self._a.sign(
+            session, Purpose.HOLDER_PROOF, lifetime=_lifetime(Purpose.HOLDER_PROOF)
+        )
         envelope = Envelope.from_proto(signed)
         claim = claim_pb2.TenureClaim.FromString(envelope.payload)
         return holder_pb2.IssueHolderProofResponse(

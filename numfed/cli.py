@@ -156,6 +156,7 @@ COMMANDS: tuple[str, ...] = (
     "platform_stubs.cli:PLATFORM",
     "gateway.audit_cli:AUDIT",
     "numfed.verify_cli:VERIFY",
+    "carrier_adapters.holder_cli:HOLDER",
     "numfed.demo:DEMO",
     "numfed.conformance.cli:CONFORMANCE",
     "bench.suite:BENCH",

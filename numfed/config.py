@@ -94,6 +94,21 @@ class Limits:
     ``max_queued_*``), that one caller may hold at once; past it, RESOURCE_EXHAUSTED
     ``CALLER_OVERLOADED``. At 0.5 a lone caller can still use every running slot of a class
     but never fill its queue. At most 1."""
+    max_concurrent_holder_calls: int = 64
+    """HolderService calls a carrier adapter serves at once (its own app channel and the
+    holder's page); more wait in a queue."""
+    max_queued_holder_calls: int = 128
+    """HolderService calls that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once."""
+    max_holder_watches: int = 256
+    """WatchHolderRelease streams a carrier adapter keeps open at once."""
+    holder_web_concurrency: int = 32
+    """Requests the holder's page serves at once; more wait in a queue."""
+    holder_web_queue: int = 64
+    """Requests that may wait for a slot; beyond that, HTTP 503 with Retry-After at once."""
+    holder_web_streams: int = 512
+    """Live release progress streams the holder's page keeps open at once."""
+    holder_web_retry_after: int = 5
+    """Seconds the holder's page asks a turned-away visitor to wait (Retry-After)."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
@@ -214,6 +229,9 @@ class CarrierConfig:
     limits: Limits = field(default_factory=Limits)
     conformance: bool = False
     """Test only: also serve CarrierConformanceService for the conformance kit."""
+    holder_web_listen: str | None = None
+    """Where the holder's page is served over HTTP (loopback only, like ``holder_listen``);
+    None: no page."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -371,4 +389,7 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
         conformance=bool(sec.get("conformance", False)),
+        holder_web_listen=(
+            _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
+        ),
     )

@@ -142,6 +142,8 @@ class FederationLayout:
     platform_configs: dict[str, Path] = field(default_factory=dict)
     carrier_endpoints: dict[str, str] = field(default_factory=dict)
     holder_endpoints: dict[str, str] = field(default_factory=dict)
+    holder_web_endpoints: dict[str, str] = field(default_factory=dict)
+    """Carrier id -> its holder's page (HTTP on loopback), when laid out with one."""
     platform_endpoints: dict[str, str] = field(default_factory=dict)
     replica_configs: list[Path] = field(default_factory=list)
     """Every gateway replica's config (the first is ``gateway_config``)."""
@@ -175,12 +177,14 @@ def create_federation(
     platform_knobs: Mapping[str, Mapping[str, object]] | None = None,
     limits: Mapping[str, object] | None = None,
     replicas: int = 1,
+    holder_web: bool = False,
 ) -> FederationLayout:
     """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``.
 
     With ``replicas`` > 1 (which needs a PostgreSQL ``database_url``) it writes one config per
     gateway replica, ``gateway.toml``, ``gateway-2.toml``, …: same database, same pseudonym
-    key, own port; members dial them all, round-robin.
+    key, own port; members dial them all, round-robin. With ``holder_web`` each carrier also
+    serves the holder's page (``holder_web_listen``).
     """
     if replicas > 1 and not database_url.startswith("postgresql"):
         raise ValueError("several gateway replicas need a PostgreSQL database_url")
@@ -189,7 +193,8 @@ def create_federation(
     pki_dir, trust_dir = root / "pki", root / "trust"
     pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
     write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
-    ports = iter(free_ports(replicas + 2 * len(carriers) + len(platforms)))
+    per_carrier = 3 if holder_web else 2
+    ports = iter(free_ports(replicas + per_carrier * len(carriers) + len(platforms)))
     endpoints = [f"127.0.0.1:{next(ports)}" for _ in range(replicas)]
     layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", endpoints[0])
     layout.replica_endpoints.extend(endpoints)
@@ -201,21 +206,19 @@ def create_federation(
     for c in carriers:
         layout.carrier_endpoints[c] = f"127.0.0.1:{next(ports)}"
         layout.holder_endpoints[c] = f"127.0.0.1:{next(ports)}"
+        carrier: dict[str, object] = {
+            "id": c,
+            "listen": layout.carrier_endpoints[c],
+            "holder_listen": layout.holder_endpoints[c],
+            "pki_dir": "pki",
+            "state_dir": f"state/carrier-{c}",
+            "gateway": gw,
+        }
+        if holder_web:
+            layout.holder_web_endpoints[c] = f"127.0.0.1:{next(ports)}"
+            carrier["holder_web_listen"] = layout.holder_web_endpoints[c]
         path = root / f"carrier-{c}.toml"
-        path.write_text(
-            _section(
-                "carrier",
-                {
-                    "id": c,
-                    "listen": layout.carrier_endpoints[c],
-                    "holder_listen": layout.holder_endpoints[c],
-                    "pki_dir": "pki",
-                    "state_dir": f"state/carrier-{c}",
-                    "gateway": gw,
-                },
-            )
-            + limit_text
-        )
+        path.write_text(_section("carrier", carrier) + limit_text)
         layout.carrier_configs[c] = path
     for p in platforms:
         layout.platform_endpoints[p] = f"127.0.0.1:{next(ports)}"

@@ -60,6 +60,7 @@ __all__ = [
     "error_info",
     "error_status",
     "ok_status",
+    "retry_delay",
     "rpc_error_info",
     "start_server",
 ]
@@ -126,8 +127,20 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def retry_delay(status: status_pb2.Status) -> float | None:
+    """The RetryInfo delay inside a status, in seconds, if any."""
+    for d in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if d.Unpack(retry):
+            millis: int = retry.retry_delay.ToMilliseconds()
+            return millis / 1000
+    return None
+
+
 def error_from_status(status: status_pb2.Status) -> NumfedError:
-    """Rebuild a domain exception from a per-item status a peer returned."""
+    """Rebuild a domain exception from a status a peer returned: the same code, reason and
+    metadata, and its RetryInfo delay as ``retry_after`` (so a relayed refusal still tells the
+    caller when to come back)."""
     from numfed import errors
 
     info = error_info(status)
@@ -141,7 +154,10 @@ def error_from_status(status: status_pb2.Status) -> NumfedError:
         NumfedError,
     )
     return cls(
-        info.reason if info else code.name, status.message, metadata=info.metadata if info else None
+        info.reason if info else code.name,
+        status.message,
+        metadata=info.metadata if info else None,
+        retry_after=retry_delay(status),
     )
 
 

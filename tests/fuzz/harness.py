@@ -581,6 +581,10 @@ class LiveFederation:
             )
         elif name == "HolderService.IssueHolderProof":
             yield holder_pb2.IssueHolderProofRequest(session_token=self.session())
+        elif name == "HolderService.PreviewHolderClaim":
+            yield holder_pb2.PreviewHolderClaimRequest(
+                session_token=self.session(), purpose=claim_pb2.PURPOSE_QUERY_PRIOR
+            )
 
     def _carrier_page(self, request: carrier_pb2.ListServedNumbersRequest) -> str:
         rpc = rpc_named("CarrierService", "ListServedNumbers")
