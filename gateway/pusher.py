@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -28,6 +28,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
+from numfed.errors import NumfedError
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
 __all__ = ["EventPusher"]
@@ -46,9 +47,11 @@ class EventPusher:
         limits: Limits,
         owner: str,
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._owner = owner
         self._audit = audit
+        self._audit_room = audit_room
         self._link = link
         self._events = events
         self._store = store
@@ -60,6 +63,31 @@ class EventPusher:
         self._wake.set()
 
     async def run(self) -> None:
+        """Push until cancelled. When the database refuses (UNAVAILABLE), start over after a
+        backoff: the lease is taken anew and the cursor read again, so nothing is skipped."""
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._push()
+            except NumfedError as err:
+                if loop.time() - started > self._limits.lease_seconds:
+                    failures = 0  # it had been pushing for a while: a new outage
+                log.warning(
+                    "event delivery to %s paused: %s; retrying", self._link.platform_id, err.reason
+                )
+                delay = backoff_seconds(
+                    failures,
+                    initial=self._limits.retry_initial_backoff,
+                    maximum=self._limits.retry_max_backoff,
+                    multiplier=self._limits.retry_multiplier,
+                    rng=self._rng,
+                )
+                failures += 1
+                await asyncio.sleep(delay)
+
+    async def _push(self) -> None:
         failures = 0
         platform = self._link.platform_id
         lease_us = int(self._limits.lease_seconds * 1e6)
@@ -67,6 +95,8 @@ class EventPusher:
         renewed_us = 0  # when the lease was last taken or renewed (0: not held)
         cursor = 0
         while True:
+            if self._audit_room is not None:
+                await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             if now_us() - renewed_us >= renew_us:
                 held = await self._store.run(

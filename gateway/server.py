@@ -157,11 +157,12 @@ class Gateway:
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
-        audit = AuditWriter(store.engine, store.run)
+        audit = AuditWriter(store.engine, store.run, max_backlog=config.limits.audit_max_backlog)
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
         dispatcher = Dispatcher(
             audit=audit.record,
+            audit_room=audit.room,
             store=store,
             links=links,
             limits=config.limits,
@@ -174,7 +175,6 @@ class Gateway:
             ports=ports,
             portability=portability,
             pseudonym=pseudonym,
-            audit=audit.record,
             on_events=lambda: wake_all(pushers.values()),
         )
         servicer = GatewayServicer(
@@ -254,6 +254,7 @@ class Gateway:
             limits=self.config.limits,
             owner=self.dispatcher.owner,
             audit=self.audit.record,
+            audit_room=self.audit.room,
         )
         self.pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
@@ -426,6 +427,9 @@ class Gateway:
             except grpc.aio.AioRpcError as exc:
                 log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
+            except NumfedError as err:  # the database refused: the sync is retried, not lost
+                log.warning("syncing carrier %s failed (%s); retrying", member.id, err.reason)
+                delay = min(delay * 2, 5.0) if delay < 60 else 0.2
             await asyncio.sleep(delay)
 
     async def _refresh_ports(self) -> None:
@@ -452,7 +456,7 @@ class Gateway:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop()
+        await self.audit.stop(self.config.limits.shutdown_grace)
         for link in self.links.values():
             await link.close()
         for ch in self.carrier_channels.values():

@@ -96,6 +96,10 @@ class Limits:
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
+    audit_max_backlog: int = 10_000
+    """Audit records the gateway may hold in memory, waiting for the database, before it refuses
+    new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
+    written."""
 
     def __post_init__(self) -> None:
         if self.max_watches_per_caller == 0:

@@ -37,7 +37,10 @@ class GatewayServiceStub:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
     """
 
     def __init__(self, channel):
@@ -99,7 +102,10 @@ class GatewayServiceServicer:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
     """
 
     def GetTrustBundle(self, request, context):
@@ -284,7 +290,10 @@ class GatewayService:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
     """
 
     @staticmethod
