@@ -3,8 +3,9 @@
 Every entry carries the hash of the one before it; an entry's own hash covers its sequence
 number, time, event, actor, pseudonymised number, outcome, details and the previous hash. So
 changing, removing or reordering any entry breaks the chain from that entry on, and
-:func:`verify_chain` says where. Numbers appear only as keyed HMAC pseudonyms; names and ID
-numbers never reach the gateway at all.
+:func:`verify_chain` says where. A cut at the tail, or a rewrite with every hash recomputed, is
+seen only against the signed checkpoints members keep (``gateway/checkpoints.py``). Numbers
+appear only as keyed HMAC pseudonyms; names and ID numbers never reach the gateway at all.
 
 An action the gateway commits to its database (a release job, an event batch, a completed
 port) has its entry appended by :func:`append` in the same transaction, so the two never

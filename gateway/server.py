@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
+from gateway.checkpoints import Checkpointer
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
@@ -38,8 +39,9 @@ from gateway.service import GatewayServicer, TrustFiles
 from gateway.store import Store
 from gateway.watchers import JobWatchers
 from numfed import pki
+from numfed.checkpoint import audit_origin
 from numfed.config import GatewayConfig, Member, load_gateway_config
-from numfed.envelope import Envelope
+from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
@@ -69,6 +71,13 @@ def channel_options() -> list[tuple[str, int]]:
 def wake_all(pushers: Iterable[EventPusher]) -> None:
     for p in pushers:
         p.wake()
+
+
+def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
+    """The gateway's audit key, if its PKI has one (older PKIs do not: nothing is signed)."""
+    if not layout.audit_key_path(gateway_id).exists():
+        return None
+    return pki.load_audit_signer(layout, gateway_id)
 
 
 def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
@@ -106,6 +115,7 @@ class Gateway:
     portability: Portability
     pseudonym: Pseudonymizer
     audit: AuditWriter
+    checkpointer: Checkpointer
     events: EventLog
     publisher: EventPublisher
     ports: PortStore
@@ -158,6 +168,13 @@ class Gateway:
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
         audit = AuditWriter(store.engine, store.run, max_backlog=config.limits.audit_max_backlog)
+        checkpointer = Checkpointer(
+            store.engine,
+            store.run,
+            signer=_audit_signer(layout, config.gateway_id),
+            origin=audit_origin(Envelope.from_proto(trust_files.roots[0])),
+            interval=config.limits.audit_checkpoint_interval,
+        )
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
         dispatcher = Dispatcher(
@@ -191,6 +208,7 @@ class Gateway:
             carrier_stubs=carrier_stubs,
             events=events,
             publisher=publisher,
+            checkpoint=lambda: checkpointer.latest,
         )
 
         def register(server: grpc.aio.Server) -> str:
@@ -216,6 +234,7 @@ class Gateway:
             portability=portability,
             pseudonym=pseudonym,
             audit=audit,
+            checkpointer=checkpointer,
             events=events,
             membership=membership,
             revocations=revocations,
@@ -226,6 +245,7 @@ class Gateway:
             trust=trust,
         )
         audit.start()
+        checkpointer.start()
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -457,6 +477,7 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.audit.stop(self.config.limits.shutdown_grace)
+        await self.checkpointer.stop()  # anchors what the last flush committed
         for link in self.links.values():
             await link.close()
         for ch in self.carrier_channels.values():

@@ -131,7 +131,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
         publisher: EventPublisher,
+        checkpoint: Callable[[], claim_pb2.Envelope | None] = lambda: None,
     ) -> None:
+        self._checkpoint = checkpoint
         self._events = events
         self._publisher = publisher
         self._audit = audit
@@ -168,7 +170,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
             )
         return gateway_pb2.GetTrustBundleResponse(
-            roots=self._trust_files.roots[known:], bundle=self._trust_files.bundle
+            roots=self._trust_files.roots[known:],
+            bundle=self._trust_files.bundle,
+            checkpoint=self._checkpoint(),
         )
 
     # -- claims -------------------------------------------------------------------------------

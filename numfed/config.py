@@ -96,6 +96,9 @@ class Limits:
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
+    audit_checkpoint_interval: float = 10.0
+    """How often, at most, the gateway signs a checkpoint of its audit log (when it grew): the
+    longest the newest entries stay unanchored by a checkpoint that members hold."""
     audit_max_backlog: int = 10_000
     """Audit records the gateway may hold in memory, waiting for the database, before it refuses
     new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
@@ -196,6 +199,10 @@ class CarrierConfig:
     limits: Limits = field(default_factory=Limits)
     conformance: bool = False
     """Test only: also serve CarrierConformanceService for the conformance kit."""
+    trust_dir: Path | None = None
+    """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
+    trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
+    (numfed/checkpoint.py)."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -338,4 +345,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
         conformance=bool(sec.get("conformance", False)),
+        trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
     )

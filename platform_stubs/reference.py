@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
 from numfed.rpc import ServerHandle, SoleGateway, start_server
@@ -105,7 +106,11 @@ async def start_platform(
     if config.seed_scenario:
         await store.run(seed_from_scenario, store, config.platform_id)
     trust = TrustClient(
-        trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
+        trust_dir=config.trust_dir,
+        pki_dir=config.pki_dir,
+        peer=peer,
+        gateway=config.gateway,
+        checkpoint_file=config.state_dir / CHECKPOINT_FILE,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.checkpoint import CheckpointKeeper, audit_origin
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
@@ -31,11 +32,24 @@ default backoff grows to two minutes)."""
 
 
 class TrustClient:
-    def __init__(self, *, trust_dir: Path, pki_dir: Path, peer: PeerId, gateway: str) -> None:
+    def __init__(
+        self,
+        *,
+        trust_dir: Path,
+        pki_dir: Path,
+        peer: PeerId,
+        gateway: str,
+        checkpoint_file: Path | None = None,
+    ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self.state = TrustedState(Envelope.from_proto(roots[0]), now=datetime.now(UTC))
+        self.checkpoints: CheckpointKeeper | None = None
+        """The gateway's audit checkpoints this platform keeps (with ``checkpoint_file``)."""
+        if checkpoint_file is not None:
+            origin = audit_origin(Envelope.from_proto(roots[0]))
+            self.checkpoints = CheckpointKeeper(checkpoint_file, origin=origin, holder=peer.uri)
         self.ready = asyncio.Event()
         self._channel = pki.secure_channel(
             gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
@@ -56,12 +70,19 @@ class TrustClient:
             timeout=5,
             wait_for_ready=wait_for_ready,
         )
+        now = datetime.now(UTC)
         self.state.update(
             [Envelope.from_proto(r) for r in answer.roots],
             Envelope.from_proto(answer.bundle),
-            now=datetime.now(UTC),
+            now=now,
         )
         self.ready.set()
+        bundle = self.state.bundle
+        if self.checkpoints is not None and bundle is not None and answer.HasField("checkpoint"):
+            try:  # a bad checkpoint (or proof of a fork, kept as evidence) never blocks trust
+                self.checkpoints.offer(Envelope.from_proto(answer.checkpoint), bundle, now=now)
+            except NumfedError as err:
+                log.warning("audit checkpoint not kept: %s %s", err.reason, err.message)
 
     async def run(self, every: float = 60.0) -> None:
         """Fetch at once, retrying until the gateway answers; then refresh every ``every`` s."""

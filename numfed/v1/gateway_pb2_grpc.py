@@ -109,8 +109,8 @@ class GatewayServiceServicer:
     """
 
     def GetTrustBundle(self, request, context):
-        """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-        call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
+        """GetTrustBundle returns the signed root chain, the current trust bundle and the gateway's
+        latest signed audit checkpoint. Any member may call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
         newer than the gateway's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -49,8 +49,8 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]
-    """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-    call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
+    """GetTrustBundle returns the signed root chain, the current trust bundle and the gateway's
+    latest signed audit checkpoint. Any member may call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
     newer than the gateway's).
     """
     QueryBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]
@@ -157,8 +157,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTrustBundle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
-    """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-    call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
+    """GetTrustBundle returns the signed root chain, the current trust bundle and the gateway's
+    latest signed audit checkpoint. Any member may call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
     newer than the gateway's).
     """
     QueryBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]  # type: ignore[assignment]
@@ -268,8 +268,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetTrustBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetTrustBundleResponse, _abc.Awaitable[_gateway_pb2.GetTrustBundleResponse]]:
-        """GetTrustBundle returns the signed root chain and the current trust bundle. Any member may
-        call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
+        """GetTrustBundle returns the signed root chain, the current trust bundle and the gateway's
+        latest signed audit checkpoint. Any member may call it. Errors: UNAUTHENTICATED (no client certificate), INVALID_ARGUMENT (known_root_version
         newer than the gateway's).
         """
 

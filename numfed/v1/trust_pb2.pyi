@@ -178,6 +178,7 @@ class TrustBundle(_message.Message):
     CARRIER_KEYS_FIELD_NUMBER: _builtins.int
     REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
     NUMBER_RANGES_FIELD_NUMBER: _builtins.int
+    AUDIT_KEYS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Grows by exactly one per published bundle; a verifier refuses an older, equal or skipped one."""
     @_builtins.property
@@ -204,6 +205,12 @@ class TrustBundle(_message.Message):
         no serving carrier and cannot be attested. Prefixes are unique. See docs/authority.md.
         """
 
+    @_builtins.property
+    def audit_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditKey]:
+        """The gateway's audit keys: each signs audit Checkpoints (numfed.v1.Checkpoint) while valid.
+        Kept in the bundle after they stop signing, so older checkpoints stay verifiable.
+        """
+
     def __init__(
         self,
         *,
@@ -213,14 +220,53 @@ class TrustBundle(_message.Message):
         carrier_keys: _abc.Iterable[Global___CarrierKey] | None = ...,
         revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
         number_ranges: _abc.Iterable[Global___NumberRange] | None = ...,
+        audit_keys: _abc.Iterable[Global___AuditKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_keys", b"audit_keys", "carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
+
+@_typing.final
+class AuditKey(_message.Message):
+    """AuditKey is one gateway audit key with its validity window. A checkpoint counts only when it
+    is signed by an audit key valid at the checkpoint's issued_at and not revoked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___PublicKey:
+        """The key (Ed25519)."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued before this moment (UTC)."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued after this moment (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___PublicKey | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditKey: _TypeAlias = AuditKey  # noqa: Y015
 
 @_typing.final
 class NumberRange(_message.Message):

@@ -118,7 +118,7 @@ def audit_table_held(url: str) -> Iterator[None]:
 
     SQLite: another connection holds the database's write lock (the gateway's writer gives up
     after busy_timeout). PostgreSQL: another session holds an exclusive lock on the table
-    (writers wait on it until :func:`terminate_waiting` ends them).
+    (writers wait on it until :func:`terminate` ends them).
     """
     if url.startswith("sqlite"):
         conn = sqlite3.connect(url.split("///", 1)[1], isolation_level=None, timeout=10)
