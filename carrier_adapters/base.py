@@ -9,16 +9,22 @@ Only a verified holder gets a claim, and a claim says nothing about them but the
 (the start of their tenure; a port keeps it). The holder's name, ID number and SMS code stop
 here. The adapter calls the gateway as ``spiffe://numfed/carrier/<id>``, each call with a
 timeout taken from the holder's remaining time.
+
+With a ``trust_dir`` (its ``root-1.pb`` pinned) the adapter also keeps the gateway's audit
+checkpoints: every ``limits.audit_checkpoint_interval`` it fetches the trust bundle and the
+latest checkpoint, verifies both, and keeps the largest checkpoint in its state directory
+(``numfed audit checkpoint export`` hands it to the auditor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -30,10 +36,11 @@ from carrier_adapters.holder_service import HolderServicer
 from carrier_adapters.registry import SubscriberRegistry, seed_from_scenario
 from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointKeeper, audit_origin
 from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
 from numfed.config import CarrierConfig, Limits, load_carrier_config
-from numfed.envelope import SigningKey
-from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
+from numfed.envelope import Envelope, SigningKey
+from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, NumfedError
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
@@ -47,10 +54,13 @@ from numfed.rpc import (
 )
 from numfed.scenario import demo_scenario
 from numfed.serving import run_until_signalled
+from numfed.trust import TrustedState
+from numfed.trustfiles import read_roots
 from numfed.v1 import (
     carrier_pb2_grpc,
     claim_pb2,
     conformance_pb2_grpc,
+    gateway_pb2,
     gateway_pb2_grpc,
     holder_pb2_grpc,
 )
@@ -127,9 +137,56 @@ class CarrierAdapter:
             config.pki_dir,
             self.peer,
             server=pki.GATEWAY,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Started before its gateway, the adapter reaches it within 2 s of it coming up
+                # (gRPC's default backoff grows to two minutes).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.trust: TrustedState | None = None
+        self.checkpoints: CheckpointKeeper | None = None
+        if config.trust_dir is not None:
+            pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
+            self.trust = TrustedState(pinned, now=datetime.now(UTC))
+            path = config.state_dir / CHECKPOINT_FILE
+            self.checkpoints = CheckpointKeeper(
+                path, origin=audit_origin(pinned), holder=self.peer.uri
+            )
+
+    async def keep_checkpoint(self) -> Checkpoint | None:
+        """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and
+        keep the checkpoint (a smaller one than held changes nothing; one that contradicts a
+        held one raises AUDIT_EQUIVOCATION, both kept as evidence). Returns the one held."""
+        if self.trust is None or self.checkpoints is None:
+            return None
+        answer = await self.gateway.GetTrustBundle(
+            gateway_pb2.GetTrustBundleRequest(known_root_version=self.trust.root.version),
+            timeout=self.config.limits.default_call_timeout,
+            wait_for_ready=True,
+        )
+        now = datetime.now(UTC)
+        self.trust.update(
+            [Envelope.from_proto(r) for r in answer.roots],
+            Envelope.from_proto(answer.bundle),
+            now=now,
+        )
+        if answer.HasField("checkpoint") and self.trust.bundle is not None:
+            self.checkpoints.offer(
+                Envelope.from_proto(answer.checkpoint), self.trust.bundle, now=now
+            )
+        return self.checkpoints.latest
+
+    async def keep_checkpoints(self) -> None:
+        """:meth:`keep_checkpoint` every ``limits.audit_checkpoint_interval`` seconds."""
+        while True:
+            try:
+                await self.keep_checkpoint()
+            except (grpc.aio.AioRpcError, NumfedError) as exc:
+                log.info("keeping the gateway's audit checkpoint failed (%s)", exc)
+            await asyncio.sleep(self.config.limits.audit_checkpoint_interval)
 
     def claim(
         self,
@@ -309,6 +366,8 @@ class CarrierHandle:
             raise ValueError("this carrier serves no holder's page")
         return self.web.port
 
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
     @property
     def port(self) -> int:
         """The federation (mTLS, CarrierService) port."""
@@ -322,6 +381,9 @@ class CarrierHandle:
     async def stop(self, grace: float = 2.0) -> None:
         if self.web is not None:
             await self.web.stop(grace)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.holder_server.stop(grace)
         await self.server.stop(grace)
         await self.adapter.close()
@@ -397,7 +459,10 @@ async def start_carrier(
             await s.stop(0)
         await adapter.close()
         raise
-    return CarrierHandle(adapter, started[0], started[1], web)
+    handle = CarrierHandle(adapter, started[0], started[1], web)
+    if adapter.checkpoints is not None:
+        handle.tasks.append(asyncio.create_task(adapter.keep_checkpoints()))
+    return handle
 
 
 async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from google.rpc import status_pb2
@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 Outcome = gateway_pb2.PlatformOutcome
 
 
+async def _no_wait() -> None:
+    return None
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -59,9 +63,11 @@ class Dispatcher:
         owner: str,
         on_change: Callable[[set[str]], None],
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] = _no_wait,
         rng: random.Random | None = None,
     ) -> None:
         self._audit = audit
+        self._audit_room = audit_room
         self._store = store
         self._links = links
         self._limits = limits
@@ -105,6 +111,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             limit = self._capacity()
             claimed: list[tuple[TaskRow, JobRow]] = []

@@ -14,22 +14,27 @@ replica's lease runs out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import overload
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from gateway.audit import AuditRecord
+from gateway.audit import append as append_audit
 from gateway.schema import event_batches, event_cursors
 from numfed.db import serialize
 from numfed.errors import InvalidArgument
 
-__all__ = ["Authorize", "EventLog"]
+__all__ = ["AuditFor", "Authorize", "EventLog"]
 
 Authorize = Callable[[sa.Connection], Callable[[int], None] | None]
 """Judges a batch inside the append transaction, under the append lock: raises to refuse it,
 returns None to append nothing (it would change nothing), or a function that writes what the
 batch changes once its seq is known."""
+
+AuditFor = Callable[[int], Sequence[AuditRecord]]
+"""The audit records of a batch, given its seq; appended in the batch's own transaction."""
 
 APPEND_LOCK = 0x6E756D66_0003
 """Advisory lock key for appending batches (PostgreSQL)."""
@@ -40,11 +45,26 @@ class EventLog:
         self.engine = engine
 
     @overload
-    def append(self, carrier_id: str, envelope: bytes, events: int, now_us: int) -> int: ...
+    def append(
+        self,
+        carrier_id: str,
+        envelope: bytes,
+        events: int,
+        now_us: int,
+        *,
+        audit: AuditFor | None = None,
+    ) -> int: ...
 
     @overload
     def append(
-        self, carrier_id: str, envelope: bytes, events: int, now_us: int, authorize: Authorize
+        self,
+        carrier_id: str,
+        envelope: bytes,
+        events: int,
+        now_us: int,
+        authorize: Authorize,
+        *,
+        audit: AuditFor | None = None,
     ) -> int | None: ...
 
     def append(
@@ -54,11 +74,15 @@ class EventLog:
         events: int,
         now_us: int,
         authorize: Authorize | None = None,
+        *,
+        audit: AuditFor | None = None,
     ) -> int | None:
         """Append one signed batch; return its seq (None when ``authorize`` declined it).
 
         ``authorize`` runs first in the same transaction, so what it reads is the state after
         every batch before this one, and what it writes commits with the batch or not at all.
+        ``audit(seq)`` gives the batch's audit records, chained last in the same transaction:
+        a batch is in the log if and only if its audit entries are.
         """
         with self.engine.begin() as c:
             serialize(c, APPEND_LOCK)
@@ -75,6 +99,8 @@ class EventLog:
             seq = int(key[0])
             if after is not None:
                 after(seq)
+            if audit is not None:
+                append_audit(c, audit(seq))
             return seq
 
     def head(self) -> int:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -35,6 +35,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
+from numfed.errors import NumfedError
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
 __all__ = ["EventPusher"]
@@ -53,9 +54,11 @@ class EventPusher:
         limits: Limits,
         owner: str,
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._owner = owner
         self._audit = audit
+        self._audit_room = audit_room
         self._link = link
         self._events = events
         self._store = store
@@ -67,20 +70,31 @@ class EventPusher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Push until cancelled. A database error or anything else unexpected is logged and the
-        push starts over (the lease and cursor are read again): one failure never ends delivery
-        to a platform for the life of the process."""
+        """Push until cancelled. When the database refuses (UNAVAILABLE), or anything else
+        unexpected fails, start over after a backoff: the lease is taken anew and the cursor read
+        again, so nothing is skipped, and one failure never ends delivery to a platform."""
+        failures = 0
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self._push()
             except Exception as exc:
+                if loop.time() - started > self._limits.lease_seconds:
+                    failures = 0  # it had been pushing for a while: a new outage
+                why = exc.reason if isinstance(exc, NumfedError) else type(exc).__name__
                 log.warning(
-                    "pushing events to %s failed (%s: %s); starting over",
-                    self._link.platform_id,
-                    type(exc).__name__,
-                    exc,
+                    "event delivery to %s paused: %s; retrying", self._link.platform_id, why
                 )
-                await asyncio.sleep(1.0)
+                delay = backoff_seconds(
+                    failures,
+                    initial=self._limits.retry_initial_backoff,
+                    maximum=self._limits.retry_max_backoff,
+                    multiplier=self._limits.retry_multiplier,
+                    rng=self._rng,
+                )
+                failures += 1
+                await asyncio.sleep(delay)
 
     async def _push(self) -> None:
         failures = 0
@@ -90,6 +104,8 @@ class EventPusher:
         renewed_us = 0  # when the lease was last taken or renewed (0: not held)
         cursor = 0
         while True:
+            if self._audit_room is not None:
+                await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             if now_us() - renewed_us >= renew_us:
                 held = await self._store.run(

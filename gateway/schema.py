@@ -108,6 +108,18 @@ audit_log = Table(
     Column("hash", String(64), nullable=False),
 )
 
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("head", String(64), nullable=False),
+    Column("issued_us", BigInteger, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+)
+"""The checkpoints the gateway signed of its own audit log (``gateway/checkpoints.py``): one per
+size, so no replica ever signs a second head for a size; ``head`` is the hex hash of entry
+``size`` and ``envelope`` the signed ``numfed.v1.Checkpoint`` as handed to members."""
+
 event_batches = Table(
     "event_batches",
     metadata,

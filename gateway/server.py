@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
+from gateway.checkpoints import Checkpointer
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
@@ -41,8 +42,9 @@ from gateway.store import Store
 from gateway.trustview import TrustView, TrustWatcher, load_view
 from gateway.watchers import JobWatchers
 from numfed import pki
+from numfed.checkpoint import audit_origin
 from numfed.config import GatewayConfig, Member, load_gateway_config
-from numfed.envelope import Envelope
+from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
@@ -71,6 +73,13 @@ def channel_options() -> list[tuple[str, int]]:
 def wake_all(pushers: Iterable[EventPusher]) -> None:
     for p in pushers:
         p.wake()
+
+
+def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
+    """The gateway's audit key, if its PKI has one (older PKIs do not: nothing is signed)."""
+    if not layout.audit_key_path(gateway_id).exists():
+        return None
+    return pki.load_audit_signer(layout, gateway_id)
 
 
 def _platform_link(
@@ -117,6 +126,7 @@ class Gateway:
     portability: Portability
     pseudonym: Pseudonymizer
     audit: AuditWriter
+    checkpointer: Checkpointer
     events: EventLog
     publisher: EventPublisher
     ports: PortStore
@@ -188,11 +198,19 @@ class Gateway:
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
-        audit = AuditWriter(store.engine, store.run)
+        audit = AuditWriter(store.engine, store.run, max_backlog=config.limits.audit_max_backlog)
+        checkpointer = Checkpointer(
+            store.engine,
+            store.run,
+            signer=_audit_signer(layout, config.gateway_id),
+            origin=audit_origin(Envelope.from_proto(view.roots[0])),
+            interval=config.limits.audit_checkpoint_interval,
+        )
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
         dispatcher = Dispatcher(
             audit=audit.record,
+            audit_room=audit.room,
             store=store,
             links=links,
             limits=config.limits,
@@ -205,7 +223,6 @@ class Gateway:
             ports=ports,
             portability=portability,
             pseudonym=pseudonym,
-            audit=audit.record,
             on_events=lambda: wake_all(pushers.values()),
         )
 
@@ -226,6 +243,7 @@ class Gateway:
             events=events,
             publisher=publisher,
             refresh_ports=refresh_ports,
+            checkpoint=lambda: checkpointer.latest,
         )
 
         def register(server: grpc.aio.Server) -> str:
@@ -252,6 +270,7 @@ class Gateway:
             portability=portability,
             pseudonym=pseudonym,
             audit=audit,
+            checkpointer=checkpointer,
             events=events,
             membership=membership,
             revocations=revocations,
@@ -262,6 +281,7 @@ class Gateway:
             servicer=servicer,
         )
         audit.start()
+        checkpointer.start()
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -293,6 +313,7 @@ class Gateway:
             limits=self.config.limits,
             owner=self.dispatcher.owner,
             audit=self.audit.record,
+            audit_room=self.audit.room,
         )
         self.pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
@@ -516,7 +537,8 @@ class Gateway:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop()
+        await self.audit.stop(self.config.limits.shutdown_grace)
+        await self.checkpointer.stop()  # anchors what the last flush committed
         for link in self.links.values():
             await link.close()
         for ch in self.carrier_channels.values():

@@ -97,6 +97,18 @@ async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> N
         timer.cancel()
 
 
+def _job_committed(job: JobRow, platform_ids: Sequence[str]) -> AuditRecord:
+    """The audit entry of a release job, committed in the job's own transaction."""
+    return AuditRecord(
+        job.created_us,
+        "RELEASE_JOB",
+        PeerId(Role.CARRIER, job.carrier_id).uri,
+        job.number_key,
+        "COMMITTED",
+        {"job": job.job_id, "platforms": str(len(platform_ids))},
+    )
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
@@ -114,8 +126,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         events: EventLog,
         publisher: EventPublisher,
         refresh_ports: Callable[[], Awaitable[None]] | None = None,
+        checkpoint: Callable[[], claim_pb2.Envelope | None] = lambda: None,
     ) -> None:
         self._refresh_ports = refresh_ports
+        self._checkpoint = checkpoint
         self._events = events
         self._publisher = publisher
         self._audit = audit
@@ -153,7 +167,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
             )
-        return gateway_pb2.GetTrustBundleResponse(roots=view.roots[known:], bundle=view.bundle)
+        return gateway_pb2.GetTrustBundleResponse(
+            roots=view.roots[known:], bundle=view.bundle, checkpoint=self._checkpoint()
+        )
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -221,6 +237,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def QueryBindings(
         self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.QueryBindingsResponse:
+        self._audit.admit()
         await self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
@@ -282,6 +299,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
+        self._audit.admit()  # never a job that cannot be audited
         platform_ids = sorted(select_platforms(request.platform_ids, self._links))
         digest = hashlib.sha256(
             request.claim.SerializeToString(deterministic=True)
@@ -332,16 +350,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     )
                 return await self._operation(stored.job_id)  # a retry of an accepted request
             raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RELEASE_JOB",
-                caller.uri,
-                checked.number_key,
-                "COMMITTED",
-                {"job": job.job_id, "platforms": str(len(platform_ids))},
-            )
-        )
         self._dispatcher.wake()
         return operation(
             job, [TaskRow(job.job_id, p, 0, 0, 0, created, None) for p in platform_ids]
@@ -368,7 +376,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _commit_jobs(
         self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
     ) -> list[JobRow]:
-        return await self._store.run(self._store.create_jobs, list(work))
+        return await self._store.run(self._store.create_jobs, list(work), audit=_job_committed)
 
     async def _operation(self, job_id: str) -> operations_pb2.Operation:
         found = await self._store.run(self._store.get_job, job_id)
@@ -391,6 +399,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
         caller = current_peer()
+        self._audit.admit()
         number_key = ""
         day: date | None = None
         try:
@@ -521,6 +530,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limit = request.max_batches or 20
         if limit > 100:
             raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
+        self._audit.admit()
         # One transaction: an acknowledgement beyond what was delivered to this platform is
         # ACK_BEYOND_DELIVERED and changes nothing; what is returned is recorded as delivered.
         before, cursor, rows = await self._store.run(

@@ -30,12 +30,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.audit import AuditRecord
+from gateway.audit import append as append_audit
 from gateway.probing import ProbeBudget
 from gateway.schema import recycled_asked_dates, release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
-__all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
+__all__ = ["JobAudit", "JobRow", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +83,10 @@ class JobRow:
     done_us: int | None
     claim_digest: bytes | None = None
     """:func:`claim_digest` of the job's claim: one release claim makes at most one job."""
+
+
+JobAudit = Callable[[JobRow, Sequence[str]], AuditRecord]
+"""The audit record of a job created for (job, platform ids), committed with the job."""
 
 
 def claim_digest(carrier_id: str, claim_id: bytes) -> bytes:
@@ -238,8 +244,13 @@ class Store:
         """
         return self.create_jobs([(job, platform_ids)])[0]
 
-    def create_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+    def create_jobs(
+        self, work: Sequence[tuple[JobRow, Sequence[str]]], *, audit: JobAudit | None = None
+    ) -> list[JobRow]:
         """Create many jobs in one transaction (a group commit); return each one's job.
+
+        ``audit`` gives the audit record of each job created; the records are chained in the
+        same transaction, so a job is committed if and only if its audit entry is.
 
         Each entry returns the job stored for its (carrier, request_id) or else for its
         ``claim_digest``: the new one, or the one that existed already (also when an earlier
@@ -249,7 +260,7 @@ class Store:
         returning the winner's job: a conflict costs its own entry, never the group.
         """
         try:
-            return self._insert_jobs(work)
+            return self._insert_jobs(work, audit)
         except sa.exc.IntegrityError:
             if len(work) == 1:
                 job = work[0][0]
@@ -259,9 +270,11 @@ class Store:
                 if found is None:
                     raise
                 return [found]
-            return [self.create_jobs([w])[0] for w in work]
+            return [self.create_jobs([w], audit=audit)[0] for w in work]
 
-    def _insert_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+    def _insert_jobs(
+        self, work: Sequence[tuple[JobRow, Sequence[str]]], audit: JobAudit | None
+    ) -> list[JobRow]:
         j = release_jobs
         keys = {(job.carrier_id, job.request_id) for job, _p in work}
         digests = {job.claim_digest for job, _p in work if job.claim_digest is not None}
@@ -282,6 +295,7 @@ class Store:
                     for r in conn.execute(sa.select(j).where(j.c.claim_digest.in_(sorted(digests))))
                 }
             jobs, tasks = [], []
+            records: list[AuditRecord] = []
             out: list[JobRow] = []
             for job, platform_ids in work:
                 key = (job.carrier_id, job.request_id)
@@ -293,6 +307,8 @@ class Store:
                     if job.claim_digest is not None:
                         by_claim[job.claim_digest] = job
                     jobs.append(job.__dict__)
+                    if audit is not None:
+                        records.append(audit(job, platform_ids))
                     tasks += [
                         {
                             "job_id": job.job_id,
@@ -314,6 +330,7 @@ class Store:
                 conn.execute(sa.insert(j), jobs)
             if tasks:
                 conn.execute(sa.insert(release_tasks), tasks)
+            append_audit(conn, records)  # last: the chain's lock is held only to the commit
         return out
 
     def claim_due(

@@ -45,10 +45,11 @@ def _configure_pki(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = actions.add_parser(
         "init",
-        help="create a CA, member certificates, root keys and carrier signing keys",
+        help="create a CA, member certificates, root keys, carrier signing keys, an audit key",
         description="Create a federation PKI in DIR (which must be absent or empty): a CA, "
-        "an mTLS certificate for the gateway and each member, three federation root keys and "
-        "one claim-signing key per carrier.",
+        "an mTLS certificate for the gateway and each member, three federation root keys, "
+        "one claim-signing key per carrier and the gateway's audit key (it signs checkpoints "
+        "of the audit log).",
     )
     init.add_argument("directory", metavar="DIR", type=Path)
     init.add_argument(
@@ -136,7 +137,9 @@ def _run_pki_init(args: argparse.Namespace) -> int:
     table.add_row("federation CA (P-256)", "ca.pem ca.key.pem")
     table.add_row("root keys (Ed25519)", f"root/root-{{{numbers}}}.key.pem")
     for peer in layout.members():
-        names = "cert,key,signing.key" if peer.role is Role.CARRIER else "cert,key"
+        names = {Role.CARRIER: "cert,key,signing.key", Role.GATEWAY: "cert,key,audit.key"}.get(
+            peer.role, "cert,key"
+        )
         table.add_row(peer.uri, f"{peer.role.value}/{peer.id}/{{{names}}}.pem")
     console = Console()
     console.print(table)

@@ -118,6 +118,13 @@ class Limits:
     served numbers) before it serves anyway; a carrier that never answers holds nobody up."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
+    audit_checkpoint_interval: float = 10.0
+    """How often, at most, the gateway signs a checkpoint of its audit log (when it grew): the
+    longest the newest entries stay unanchored by a checkpoint that members hold."""
+    audit_max_backlog: int = 10_000
+    """Audit records the gateway may hold in memory, waiting for the database, before it refuses
+    new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
+    written."""
 
     def __post_init__(self) -> None:
         if self.max_watches_per_caller == 0:
@@ -232,6 +239,10 @@ class CarrierConfig:
     holder_web_listen: str | None = None
     """Where the holder's page is served over HTTP (loopback only, like ``holder_listen``);
     None: no page."""
+    trust_dir: Path | None = None
+    """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
+    trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
+    (numfed/checkpoint.py)."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -392,4 +403,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         holder_web_listen=(
             _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
         ),
+        trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
     )

@@ -6,6 +6,7 @@ loopback; ports are chosen up front so that each config can name its peers.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
 from collections.abc import Mapping, Sequence
@@ -16,12 +17,13 @@ from pathlib import Path
 from numfed import pki
 from numfed.scenario import CARRIERS, PLATFORMS
 from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME, DEFAULT_MAX_CLOCK_SKEW
-from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
+from numfed.trust import AuditKey, CarrierKey, Root, TrustBundle, sign_bundle, sign_root
 from numfed.trustfiles import write_envelope
 
 __all__ = [
     "NUMBER_RANGES",
     "FederationLayout",
+    "audit_keys",
     "create_federation",
     "free_ports",
     "number_plan",
@@ -99,7 +101,8 @@ def write_trust(
 ) -> None:
     """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key, the
     numbering plan (``number_ranges``, prefix -> carrier; default :func:`number_plan`) and the
-    federation's clock skew and maximum claim lifetime, which every verifier takes from it."""
+    federation's clock skew and maximum claim lifetime, which every verifier takes from it, and the
+    gateway's audit key (:func:`audit_keys`)."""
     signers = pki.load_root_signers(pki_dir)
     root = Root(
         version=1,
@@ -128,7 +131,17 @@ def write_trust(
         max_clock_skew=max_clock_skew,
         max_claim_lifetime=max_claim_lifetime,
     )
+    bundle = dataclasses.replace(bundle, audit_keys=audit_keys(pki_dir, now=now, validity=validity))
     write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
+
+
+def audit_keys(pki_dir: Path, *, now: datetime, validity: timedelta) -> dict[str, AuditKey]:
+    """The gateway's audit key for the bundle (none if the PKI has none: checkpoints unsigned)."""
+    if not pki.PkiLayout(pki_dir).audit_key_path().exists():
+        return {}
+    public = pki.load_audit_signer(pki_dir).public
+    key = AuditKey(public, not_before=now - timedelta(days=1), not_after=now + validity)
+    return {public.key_id: key}
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,7 @@ def create_federation(
             "holder_listen": layout.holder_endpoints[c],
             "pki_dir": "pki",
             "state_dir": f"state/carrier-{c}",
+            "trust_dir": "trust",
             "gateway": gw,
         }
         if holder_web:

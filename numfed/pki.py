@@ -6,6 +6,7 @@
     DIR/<role>/<id>/cert.pem, key.pem      one TLS server+client certificate per member
     DIR/root/root-<n>.key.pem              federation root keys (Ed25519) that sign trust files
     DIR/carrier/<id>/signing.key.pem       each carrier's claim-signing key (Ed25519)
+    DIR/gateway/<id>/audit.key.pem         the gateway's audit key (Ed25519), signs checkpoints
     DIR/ca-crl.pem                         the CA's revocation list, once a certificate is revoked
 
 Each TLS certificate names its member by one URI SAN, ``spiffe://numfed/<role>/<id>``, and can
@@ -54,6 +55,7 @@ __all__ = [
     "channel_credentials",
     "init_pki",
     "issue_cert",
+    "load_audit_signer",
     "load_carrier_signer",
     "load_crl",
     "load_root_signers",
@@ -117,6 +119,10 @@ class PkiLayout:
 
     def signing_key_path(self, carrier_id: str) -> Path:
         return self.member_dir(PeerId(Role.CARRIER, carrier_id)) / "signing.key.pem"
+
+    def audit_key_path(self, gateway_id: str = GATEWAY.id) -> Path:
+        """The gateway's audit key: it signs checkpoints of the audit log, nothing else."""
+        return self.member_dir(PeerId(Role.GATEWAY, gateway_id)) / "audit.key.pem"
 
     def root_key_path(self, n: int) -> Path:
         return self.root / "root" / f"root-{n}.key.pem"
@@ -311,8 +317,9 @@ def init_pki(
     now: datetime | None = None,
     validity: timedelta = timedelta(days=365),
 ) -> PkiLayout:
-    """Create a federation CA, TLS certificates for the gateway and every member, the root keys
-    and each carrier's claim-signing key in ``directory``, which must be absent or empty.
+    """Create a federation CA, TLS certificates for the gateway and every member, the root keys,
+    each carrier's claim-signing key and the gateway's audit key in ``directory``, which must be
+    absent or empty.
 
     Everything is written to a temporary sibling first and moved into place at the end, so a
     failure leaves no half-made PKI behind.
@@ -348,6 +355,7 @@ def init_pki(
             _write(layout.root_key_path(n), SigningKey.generate().to_pem(), secret=True)
         for carrier in carriers:
             _write(layout.signing_key_path(carrier), SigningKey.generate().to_pem(), secret=True)
+        _write(layout.audit_key_path(), SigningKey.generate().to_pem(), secret=True)
         try:
             if directory.exists():
                 directory.rmdir()  # empty, checked above; rename cannot replace it portably
@@ -385,6 +393,11 @@ def load_root_signers(where: PkiLayout | Path) -> list[SigningKey]:
 def load_carrier_signer(where: PkiLayout | Path, carrier_id: str) -> SigningKey:
     """The claim-signing key of ``carrier_id``."""
     return _load_signer(_layout(where).signing_key_path(carrier_id))
+
+
+def load_audit_signer(where: PkiLayout | Path, gateway_id: str = GATEWAY.id) -> SigningKey:
+    """The gateway's audit key, which signs checkpoints of its audit log."""
+    return _load_signer(_layout(where).audit_key_path(gateway_id))
 
 
 # --- revocation -------------------------------------------------------------------------------

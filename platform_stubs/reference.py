@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
 from numfed.rpc import ServerHandle, SoleGateway, start_server
@@ -120,6 +121,7 @@ async def start_platform(
         peer=peer,
         gateway=config.gateway,
         state_dir=config.state_dir / "trust",
+        checkpoint_file=config.state_dir / CHECKPOINT_FILE,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,

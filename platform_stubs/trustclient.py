@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.checkpoint import CheckpointKeeper, audit_origin
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
@@ -64,12 +65,18 @@ class TrustClient:
         gateway: str,
         state_dir: Path | None = None,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        checkpoint_file: Path | None = None,
     ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self._store = TrustStore(state_dir) if state_dir is not None else None
         self.state = self._restore(Envelope.from_proto(roots[0]))
+        self.checkpoints: CheckpointKeeper | None = None
+        """The gateway's audit checkpoints this platform keeps (with ``checkpoint_file``)."""
+        if checkpoint_file is not None:
+            origin = audit_origin(Envelope.from_proto(roots[0]))
+            self.checkpoints = CheckpointKeeper(checkpoint_file, origin=origin, holder=peer.uri)
         self.ready = asyncio.Event()
         self.hints = VersionHintReader(self.notice)
         """Add to every channel to the gateway, so that its answers' version hints count."""
@@ -154,7 +161,20 @@ class TrustClient:
             if result.changed:
                 log.info("trust updated: %s", result.describe())
             self.ready.set()
+            self._keep_checkpoint(answer)
             return result.changed
+
+    def _keep_checkpoint(self, answer: gateway_pb2.GetTrustBundleResponse) -> None:
+        """Keep the gateway's audit checkpoint from a GetTrustBundle answer (a bad one, or proof
+        of a fork kept as evidence, never blocks trust)."""
+        bundle = self.state.bundle
+        if self.checkpoints is None or bundle is None or not answer.HasField("checkpoint"):
+            return
+        try:
+            now = datetime.now(UTC)
+            self.checkpoints.offer(Envelope.from_proto(answer.checkpoint), bundle, now=now)
+        except NumfedError as err:
+            log.warning("audit checkpoint not kept: %s %s", err.reason, err.message)
 
     def behind(self, versions: tuple[int, int]) -> bool:
         return self.state.behind(versions)

@@ -266,6 +266,7 @@ class GetTrustBundleResponse(_message.Message):
 
     ROOTS_FIELD_NUMBER: _builtins.int
     BUNDLE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def roots(self) -> _containers.RepeatedCompositeFieldContainer[_claim_pb2.Envelope]:
         """Envelopes of RootMetadata, versions known_root_version+1 .. newest, in order."""
@@ -274,15 +275,24 @@ class GetTrustBundleResponse(_message.Message):
     def bundle(self) -> _claim_pb2.Envelope:
         """Envelope of the newest TrustBundle, signed by the newest root's threshold."""
 
+    @_builtins.property
+    def checkpoint(self) -> _claim_pb2.Envelope:
+        """Envelope of the gateway's latest signed audit Checkpoint (numfed.v1.Checkpoint, payload_type
+        "application/vnd.numfed.audit-checkpoint+proto"); unset until the gateway has signed one.
+        Members verify it against the bundle's audit_keys and keep the largest they were given, so
+        that a later cut of the audit log is detectable (docs/operations.md, "Audit").
+        """
+
     def __init__(
         self,
         *,
         roots: _abc.Iterable[_claim_pb2.Envelope] | None = ...,
         bundle: _claim_pb2.Envelope | None = ...,
+        checkpoint: _claim_pb2.Envelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "roots", b"roots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "checkpoint", b"checkpoint", "roots", b"roots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,7 +37,10 @@ class GatewayServiceStub:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -106,7 +109,10 @@ class GatewayServiceServicer:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -117,7 +123,8 @@ class GatewayServiceServicer:
     """
 
     def GetTrustBundle(self, request, context):
-        """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+        """GetTrustBundle returns the signed root chain, the newest trust bundle and the gateway's
+        latest signed audit checkpoint. The gateway takes
         new trust files without a restart (within a second, or at once on SIGHUP) once they verify
         on top of the trust it holds, so roots and bundle only move forward; both come from the same
         load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
@@ -308,7 +315,10 @@ class GatewayService:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,

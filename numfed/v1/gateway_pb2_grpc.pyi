@@ -38,7 +38,10 @@ class GatewayServiceStub:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -53,7 +56,8 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]
-    """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+    """GetTrustBundle returns the signed root chain, the newest trust bundle and the gateway's
+    latest signed audit checkpoint. The gateway takes
     new trust files without a restart (within a second, or at once on SIGHUP) once they verify
     on top of the trust it holds, so roots and bundle only move forward; both come from the same
     load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
@@ -163,7 +167,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -175,7 +182,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTrustBundle: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTrustBundleRequest, _gateway_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
-    """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+    """GetTrustBundle returns the signed root chain, the newest trust bundle and the gateway's
+    latest signed audit checkpoint. The gateway takes
     new trust files without a restart (within a second, or at once on SIGHUP) once they verify
     on top of the trust it holds, so roots and bundle only move forward; both come from the same
     load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
@@ -284,7 +292,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -300,7 +311,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetTrustBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetTrustBundleResponse, _abc.Awaitable[_gateway_pb2.GetTrustBundleResponse]]:
-        """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+        """GetTrustBundle returns the signed root chain, the newest trust bundle and the gateway's
+        latest signed audit checkpoint. The gateway takes
         new trust files without a restart (within a second, or at once on SIGHUP) once they verify
         on top of the trust it holds, so roots and bundle only move forward; both come from the same
         load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
