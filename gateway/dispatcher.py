@@ -15,7 +15,9 @@ per platform are out at once. A platform whose circuit breaker is open is not ca
 its tasks are retried later.
 
 On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
-period), records their outcomes and gives back its leases.
+period), records their outcomes and gives back its leases. A batch the platform has answered is
+recorded and audited even when the stop comes meanwhile: only the wait for a platform is cut
+short.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sends: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[None]] = set()
+        """Outcomes being recorded and audited; a stop waits for them and never cancels them."""
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
@@ -206,6 +210,15 @@ class Dispatcher:
                         job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
                     )
                 )
+        recording = asyncio.create_task(self._record(platform_id, work, updates))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
+        await asyncio.shield(recording)
+
+    async def _record(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], updates: list[TaskUpdate]
+    ) -> None:
+        """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
         except Exception:
@@ -250,9 +263,11 @@ class Dispatcher:
     async def stop(self, grace: float = 0.0) -> None:
         """Take no new tasks; let the batches out finish for up to ``grace`` seconds.
 
-        Batches still out after that are cancelled: their tasks keep their leases, which
-        :meth:`Store.release_leases` gives back (or which expire if the process dies first),
-        and the platforms' idempotency makes the retry harmless.
+        Batches still waiting for their platform after that are cancelled: their tasks keep
+        their leases, which :meth:`Store.release_leases` gives back (or which expire if the
+        process dies first), and the platforms' idempotency makes the retry harmless. Outcomes
+        being recorded are waited for, so when this returns the dispatcher has no database work
+        left: giving back the leases next cannot race (on PostgreSQL: deadlock with) a record.
         """
         self._stopping = True
         self._wake.set()
@@ -261,3 +276,4 @@ class Dispatcher:
         for t in list(self._sends):
             t.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
+        await asyncio.gather(*self._recording, return_exceptions=True)

@@ -123,6 +123,7 @@ class Gateway:
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
+    _stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -445,24 +446,43 @@ class Gateway:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
-        batches in flight get up to ``grace`` seconds to finish; then the leases this replica
-        holds are given back, so another replica (or the next start) takes over at once."""
-        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
+        batches in flight get up to ``grace`` seconds to finish; then, once nothing of this
+        replica works on the database any more, the leases it holds are given back, so another
+        replica (or the next start) takes over at once. Each step runs even if one before it
+        failed, so the tasks, channels and store always end. A second call does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        async with contextlib.AsyncExitStack() as after:  # runs these last to first
+            after.callback(self.store.close)
+            for ch in self.carrier_channels.values():
+                after.push_async_callback(ch.close)
+            for link in self.links.values():
+                after.push_async_callback(link.close)
+            after.push_async_callback(self.audit.stop)
+            after.push_async_callback(self._give_back_leases)
+            after.push_async_callback(self._cancel_tasks)
+            stopped = await asyncio.gather(
+                self.server.stop(grace), self.dispatcher.stop(grace), return_exceptions=True
+            )
+            for outcome in stopped:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _cancel_tasks(self) -> None:
         tasks = self.tasks + list(self.member_tasks.values())
         for t in tasks:
             t.cancel()
+        # A cancelled task is done only once its database work is (see numfed.db.DbThread).
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop()
-        for link in self.links.values():
-            await link.close()
-        for ch in self.carrier_channels.values():
-            await ch.close()
+
+    async def _give_back_leases(self) -> None:
         owner = self.dispatcher.owner
         try:
             await self.store.run(self.store.release_leases, owner, now_us())
-            await self.store.run(self.events.unlease, owner)
         finally:
-            self.store.close()
+            await self.store.run(self.events.unlease, owner)
 
 
 async def serve(config_path: Path) -> None:

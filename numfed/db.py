@@ -1,13 +1,17 @@
 """Database plumbing shared by every role: SQLite engines in WAL mode, and one DB thread.
 
 Servers run on asyncio; SQLAlchemy is synchronous. Each store runs its work on one worker
-thread of its own, so the event loop never blocks and SQLite sees a single writer.
+thread of its own, so the event loop never blocks and SQLite sees a single writer. Work handed to
+a thread always runs to its end (a thread cannot be interrupted); cancelling the task that waits
+for it takes effect only then, so a component stopped by cancelling its tasks has no database
+work left running once they are done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +68,22 @@ class DbThread:
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn`` on a worker thread and return what it returns.
+
+        If the caller is cancelled meanwhile, the cancellation is raised once ``fn`` has
+        finished (committed or rolled back), never while it still runs: otherwise a stop that
+        cancels a task and then gives back its leases or closes the store would race work that
+        is still going on, or commits after the stop (on PostgreSQL the two deadlocked).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        work = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([work])
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
