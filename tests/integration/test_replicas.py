@@ -87,14 +87,11 @@ async def cluster(tmp_path: Path, postgres: TempPostgres) -> AsyncIterator[Clust
     )
     c = Cluster(layout, url, tmp_path)
     try:
-        c.platforms = {
-            p: await start_platform(load_platform_config(cfg))
-            for p, cfg in layout.platform_configs.items()
-        }
-        c.carriers = {
-            k: await start_carrier(load_carrier_config(cfg))
-            for k, cfg in layout.carrier_configs.items()
-        }
+        # One by one into the cluster, so that the finally below stops whatever started.
+        for platform_id, cfg in layout.platform_configs.items():
+            c.platforms[platform_id] = await start_platform(load_platform_config(cfg))
+        for carrier_id, cfg in layout.carrier_configs.items():
+            c.carriers[carrier_id] = await start_carrier(load_carrier_config(cfg))
         for i in range(2):
             c.spawn(i)
         for i in range(2):
