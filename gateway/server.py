@@ -131,8 +131,18 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> Gateway:
+        """Start serving ``config``. If a step fails (the port is taken, say), what the steps
+        before it opened (store, channels, server) is closed again before the error is raised."""
+        async with contextlib.AsyncExitStack() as undo:
+            gw = await cls._start(config, undo)
+            undo.pop_all()  # the gateway owns all of it now: Gateway.stop closes it
+        return gw
+
+    @classmethod
+    async def _start(cls, config: GatewayConfig, undo: contextlib.AsyncExitStack) -> Gateway:
         layout = pki.PkiLayout(config.pki_dir)
         store = Store(config.database_url)
+        undo.callback(store.close)
         store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
@@ -146,6 +156,10 @@ class Gateway:
         trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
         links = {m.id: _platform_link(config, m) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
+        for link in links.values():
+            undo.push_async_callback(link.close)
+        for channel in carrier_channels.values():
+            undo.push_async_callback(channel.close)
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
@@ -207,6 +221,7 @@ class Gateway:
             members=membership,
             revocations=revocations,
         )
+        undo.push_async_callback(handle.stop, 0)
         gw = cls(
             config=config,
             store=store,

@@ -1,5 +1,6 @@
-"""A gateway stopped at once while release batches are out, looped, on SQLite and PostgreSQL.
+"""Starting and stopping a gateway leaves nothing behind, whenever it happens.
 
+A stop at once while release batches are out, looped, on SQLite and PostgreSQL:
 ``Gateway.stop(0)`` cancels the batches still out; some of them have their platform's answer
 and are being recorded on a database thread at that moment, while the stop goes on to give back
 the replica's leases. Each round starts a gateway on the same database, sends a burst of
@@ -7,6 +8,8 @@ releases to slow platforms and stops the gateway at a random moment. Every stop 
 (it once deadlocked on PostgreSQL: the outcome write and the lease release locked the same rows
 in opposite orders), leave the stopped replica holding no lease, and leave every recorded
 outcome audited. Afterwards one more gateway finishes every job, each applied exactly once.
+
+A start that fails half way closes what it had opened.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -29,9 +33,10 @@ from gateway.store import TASK_DONE
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.config import load_gateway_config
+from numfed.federation import create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import demo_scenario
-from numfed.testing import Federation, start_federation
+from numfed.testing import Federation, leaks, start_federation
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 
 WORLD = demo_scenario()
@@ -164,3 +169,20 @@ async def test_stopping_while_batches_are_recorded_completes_and_gives_back_ever
         assert unaudited_outcomes(engine) == set()
     finally:
         engine.dispose()
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened(tmp_path: Path) -> None:
+    """The port is taken: the store, the channels to the members and the server the start
+    had opened by then are closed again, so the next start on the same SQLite file works."""
+    layout = create_federation(tmp_path / "fed", carriers=("cmcc",), platforms=("weibo",))
+    config = load_gateway_config(layout.gateway_config)
+    host, port = config.listen.rsplit(":", 1)
+    point = leaks.mark()
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="bind"):
+            await Gateway.start(config)
+    assert [str(o) for o in leaks.open_since(point)] == []
+    gw = await Gateway.start(config)
+    await gw.stop(0)
