@@ -37,8 +37,12 @@ lint: $(STAMP) $(BUF)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# No run hangs for good: each test has a ceiling (pytest-timeout, pyproject.toml), and the run
+# as a whole gets PYTEST_CEILING; then SIGINT (pytest stops and reports, with the stuck test's
+# traceback), and SIGKILL a minute later if even that does not end it. Exit status 124 then.
+PYTEST_CEILING ?= 45m
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -q
+	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q
 
 test: proto-check lint typecheck pytest
 

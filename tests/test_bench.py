@@ -11,6 +11,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # ~50 s alone on two cores, ~125 s while they were shared
 def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.suite", "--quick", "--no-doc", "--out", str(tmp_path)],

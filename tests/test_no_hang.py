@@ -46,6 +46,41 @@ def test_a_stuck_test_fails_within_its_timeout(tmp_path: Path) -> None:
     assert run.stdout.count("Timeout (>2.0s)") >= 2, run.stdout
 
 
+STUCK_WHERE_NO_SIGNAL_GETS_THROUGH = """
+import signal, time
+
+def test_blocks_the_timeout_signal():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        time.sleep(4)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+"""
+
+
+def test_a_test_past_its_ceiling_dumps_every_stack_even_if_the_signal_cannot_stop_it(
+    pytestconfig: pytest.Config, tmp_path: Path
+) -> None:
+    """faulthandler dumps from a C thread a little after the ceiling, so even a test stuck
+    where pytest-timeout's signal is never handled says where it stands."""
+    ceiling = float(pytestconfig.getini("timeout"))
+    assert ceiling < float(pytestconfig.getini("faulthandler_timeout")) <= ceiling * 1.5
+    (tmp_path / "test_stuck.py").write_text(STUCK_WHERE_NO_SIGNAL_GETS_THROUGH)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\ntimeout = 1\ntimeout_method = signal\nfaulthandler_timeout = 2\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Timeout (0:00:02)!" in run.stderr, run.stderr
+    assert "in test_blocks_the_timeout_signal" in run.stderr, run.stderr
+
+
 LEAKS = """
 import grpc
 

@@ -210,6 +210,7 @@ def _overlapping_leases(url: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # ~30 s alone on two cores, ~55 s while they were shared
 async def test_sigkill_one_of_two_replicas_loses_nothing_and_applies_nothing_twice(
     cluster: Cluster,
 ) -> None:
