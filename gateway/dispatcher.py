@@ -37,6 +37,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us, result_from_error, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
+from numfed.db import run_to_end
 from numfed.errors import Unavailable
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
 
@@ -68,8 +69,6 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sends: set[asyncio.Task[None]] = set()
-        self._recording: set[asyncio.Task[None]] = set()
-        """Outcomes being recorded and audited; a stop waits for them and never cancels them."""
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
@@ -210,10 +209,9 @@ class Dispatcher:
                         job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
                     )
                 )
-        recording = asyncio.create_task(self._record(platform_id, work, updates))
-        self._recording.add(recording)
-        recording.add_done_callback(self._recording.discard)
-        await asyncio.shield(recording)
+        # Once the platform has answered, a stop waits for the outcomes to be stored and
+        # audited instead of cutting that in two.
+        await run_to_end(self._record(platform_id, work, updates))
 
     async def _record(
         self, platform_id: str, work: list[tuple[TaskRow, JobRow]], updates: list[TaskUpdate]
@@ -276,4 +274,3 @@ class Dispatcher:
         for t in list(self._sends):
             t.cancel()
         await asyncio.gather(*self._sends, return_exceptions=True)
-        await asyncio.gather(*self._recording, return_exceptions=True)

@@ -13,13 +13,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-__all__ = ["DbThread", "serialize", "sqlite_engine"]
+__all__ = ["DbThread", "run_to_end", "serialize", "sqlite_engine"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +56,20 @@ def serialize(conn: sa.Connection, key: int) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+async def run_to_end(work: Awaitable[R]) -> R:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then raise the
+    cancellation. For work that must not be cut in two, such as a commit and its audit entry,
+    and for work on a thread, which no cancellation stops anyway."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
+
+
 class DbThread:
     """Worker threads that run a store's synchronous database work.
 
@@ -76,14 +90,9 @@ class DbThread:
         is still going on, or commits after the stop (on PostgreSQL the two deadlocked).
         """
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            while not work.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([work])
-            raise
+        return await run_to_end(
+            loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -8,6 +8,8 @@ releases to slow platforms and stops the gateway at a random moment. Every stop 
 (it once deadlocked on PostgreSQL: the outcome write and the lease release locked the same rows
 in opposite orders), leave the stopped replica holding no lease, and leave every recorded
 outcome audited. Afterwards one more gateway finishes every job, each applied exactly once.
+The same for event pushes: every acknowledgement the cursors record is audited, and the stopped
+replica holds no push lease.
 
 A start that fails half way closes what it had opened.
 """
@@ -27,12 +29,13 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.results import now_us
-from gateway.schema import audit_log, release_jobs, release_tasks, task_leases
+from gateway.schema import audit_log, event_cursors, release_jobs, release_tasks, task_leases
 from gateway.server import Gateway
 from gateway.store import TASK_DONE
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.config import load_gateway_config
+from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.federation import create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import demo_scenario
@@ -167,6 +170,70 @@ async def test_stopping_while_batches_are_recorded_completes_and_gives_back_ever
             assert handle.store.counts()["applied"] == ROUNDS * CLAIMS_PER_ROUND, p
         await fed.gateway.audit.flush()
         assert unaudited_outcomes(engine) == set()
+    finally:
+        engine.dispose()
+
+
+async def publish_burst(fed: Federation, count: int) -> None:
+    """``count`` batches of one DEACTIVATED event each, from cmcc, one after another."""
+    now = datetime.now(UTC)
+    numbers = [h.number for h in WORLD.histories_served_by("cmcc", now)]
+    signer = pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")
+    cmcc = PeerId(Role.CARRIER, "cmcc")
+    async with pki.secure_channel(fed.layout.gateway_endpoint, fed.layout.pki_dir, cmcc) as ch:
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        for i in range(count):
+            event = LifecycleEvent.new(numbers[i % len(numbers)], EventKind.DEACTIVATED, now)
+            batch = sign_event_batch("cmcc", [event], signer, now=now)
+            await stub.PublishEvents(
+                gateway_pb2.PublishEventsRequest(batch=batch.to_proto()), timeout=10
+            )
+
+
+def unaudited_acknowledgements(engine: sa.Engine) -> dict[str, tuple[int, int]]:
+    """Platform -> (acknowledged seq, last one audited as ACKNOWLEDGED) where they differ."""
+    with engine.connect() as c:
+        acked = {
+            r.platform_id: r.acked_seq
+            for r in c.execute(sa.select(event_cursors.c.platform_id, event_cursors.c.acked_seq))
+        }
+        audited: dict[str, int] = {}
+        for r in c.execute(
+            sa.select(audit_log.c.actor, audit_log.c.detail).where(
+                audit_log.c.event == "EVENT_DELIVERY", audit_log.c.outcome == "ACKNOWLEDGED"
+            )
+        ):
+            p = r.actor.removeprefix("platform:")
+            audited[p] = max(audited.get(p, 0), int(json.loads(r.detail)["through_seq"]))
+    return {p: (a, audited.get(p, 0)) for p, a in acked.items() if a != audited.get(p, 0)}
+
+
+def push_leases_of(engine: sa.Engine, owner: str) -> list[str]:
+    with engine.connect() as c:
+        return list(
+            c.execute(
+                sa.select(event_cursors.c.platform_id).where(event_cursors.c.lease_owner == owner)
+            ).scalars()
+        )
+
+
+async def test_stopping_while_events_are_acknowledged_audits_each_and_gives_back_push_leases(
+    federation: Federation,
+) -> None:
+    fed = federation
+    config = load_gateway_config(fed.layout.gateway_config)
+    engine = sa.create_engine(config.database_url)
+    rng = random.Random(12)
+    try:
+        for _round in range(ROUNDS):
+            gw = fed.gateway
+            await publish_burst(fed, 10)
+            await asyncio.sleep(rng.uniform(0.0, 0.1))
+            await asyncio.wait_for(gw.stop(0), 30)
+            assert push_leases_of(engine, gw.dispatcher.owner) == []
+            assert unaudited_acknowledgements(engine) == {}
+            fed.gateway = await Gateway.start(config)
+            await asyncio.wait_for(fed.gateway.ready.wait(), 20)
     finally:
         engine.dispose()
 
