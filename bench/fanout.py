@@ -77,7 +77,7 @@ def summary(
 
 def stop_processes(procs: Iterable[subprocess.Popen[str] | None], timeout: float = 10.0) -> None:
     """SIGTERM every process, then wait for each; one still running after ``timeout`` is
-    killed, so that no benchmark process outlives the run."""
+    killed, so that no benchmark process outlives the run. Closes their output pipes."""
     running = [p for p in procs if p is not None]
     for p in running:
         p.terminate()
@@ -87,6 +87,8 @@ def stop_processes(procs: Iterable[subprocess.Popen[str] | None], timeout: float
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
