@@ -264,8 +264,9 @@ class Dispatcher:
         Batches still waiting for their platform after that are cancelled: their tasks keep
         their leases, which :meth:`Store.release_leases` gives back (or which expire if the
         process dies first), and the platforms' idempotency makes the retry harmless. Outcomes
-        being recorded are waited for, so when this returns the dispatcher has no database work
-        left: giving back the leases next cannot race (on PostgreSQL: deadlock with) a record.
+        being recorded are waited for, so when this returns no batch has database work left;
+        the caller then cancels :meth:`run`, which ends once its own has (numfed.db.DbThread).
+        Giving back the leases after that cannot race (on PostgreSQL: deadlock with) a record.
         """
         self._stopping = True
         self._wake.set()
