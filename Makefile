@@ -48,8 +48,12 @@ browser:
 	    echo "chromium is missing: the browser tests will skip (apt-get install chromium fonts-noto-cjk)"; \
 	  fi; }
 
+# No run hangs for good: each test has a ceiling (pytest-timeout, pyproject.toml), and the run
+# as a whole gets PYTEST_CEILING; then SIGINT (pytest stops and reports, with the stuck test's
+# traceback), and SIGKILL a minute later if even that does not end it. Exit status 124 then.
+PYTEST_CEILING ?= 45m
 pytest: $(STAMP) browser
-	$(VENV)/bin/pytest -q
+	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q
 
 # The screenshots docs/portal.md shows: the browser tests' steps, copied to docs/img/portal/.
 portal-shots: $(STAMP) browser

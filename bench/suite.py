@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform as platform_mod
@@ -36,6 +37,7 @@ from bench.fanout import (
     gateway_run,
     proxy_run,
     spawn,
+    stop_processes,
     wait_serving,
 )
 from numfed import pki
@@ -151,10 +153,7 @@ async def federation(
         ) as ch:
             yield Running(layout, gateway.pid, ch, gateway_pb2_grpc.GatewayServiceStub(ch))
     finally:
-        for proc in (gateway, *hosts):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(15)
+        stop_processes((gateway, *hosts), timeout=15)
 
 
 # -- 1 and 8: fan-out and the scale curve ------------------------------------------------------
@@ -202,33 +201,33 @@ async def bench_latency(size: Size, workdir: Path) -> dict[str, Any]:
             items=[platform_pb2.QueryItem(item_id="x", claim=claim)]
         )
         stubs: dict[str, Any] = {}
-        channels = []
-        for pid in APP_PLATFORMS:
-            ch = pki.secure_channel(
-                fed.layout.platform_endpoints[pid],
-                fed.layout.pki_dir,
-                pki.GATEWAY,
-                server=PeerId(Role.PLATFORM, pid),
-            )
-            channels.append(ch)
-            stubs[pid] = platform_pb2_grpc.PlatformServiceStub(ch)
-            await stubs[pid].BatchQueryBindings(batch, timeout=5)
-        # Each platform alone, one after another.
-        for pid, stub in stubs.items():
-            direct[pid] = []
-            for _ in range(max(size.latency_queries // 4, 3)):
+        async with contextlib.AsyncExitStack() as channels:  # closes each channel at the end
+            for pid in APP_PLATFORMS:
+                ch = pki.secure_channel(
+                    fed.layout.platform_endpoints[pid],
+                    fed.layout.pki_dir,
+                    pki.GATEWAY,
+                    server=PeerId(Role.PLATFORM, pid),
+                )
+                channels.push_async_callback(ch.close)
+                stubs[pid] = platform_pb2_grpc.PlatformServiceStub(ch)
+                await stubs[pid].BatchQueryBindings(batch, timeout=5)
+            # Each platform alone, one after another.
+            for pid, stub in stubs.items():
+                direct[pid] = []
+                for _ in range(max(size.latency_queries // 4, 3)):
+                    t0 = time.monotonic()
+                    await stub.BatchQueryBindings(batch, timeout=5)
+                    direct[pid].append((time.monotonic() - t0) * 1000)
+            # All seven at once, straight from here: the slowest platform's latency while the
+            # others answer too (on the same two cores), with no gateway in between.
+            together: list[float] = []
+            for _ in range(size.latency_queries):
                 t0 = time.monotonic()
-                await stub.BatchQueryBindings(batch, timeout=5)
-                direct[pid].append((time.monotonic() - t0) * 1000)
-        # All seven at once, straight from here: the slowest platform's latency while the
-        # others answer too (on the same two cores), with no gateway in between.
-        together: list[float] = []
-        for _ in range(size.latency_queries):
-            t0 = time.monotonic()
-            await asyncio.gather(*(s.BatchQueryBindings(batch, timeout=5) for s in stubs.values()))
-            together.append((time.monotonic() - t0) * 1000)
-        for ch in channels:
-            await ch.close()
+                await asyncio.gather(
+                    *(s.BatchQueryBindings(batch, timeout=5) for s in stubs.values())
+                )
+                together.append((time.monotonic() - t0) * 1000)
     slowest = max(direct, key=lambda k: statistics.median(direct[k]))
     row = {
         "platforms": len(APP_PLATFORMS),

@@ -18,7 +18,9 @@ per platform are out at once. A platform whose circuit breaker is open is not ca
 its tasks are retried later.
 
 On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
-period), records their outcomes and gives back its leases.
+period), records their outcomes and gives back its leases. A batch the platform has answered is
+recorded and audited even when the stop comes meanwhile: only the wait for a platform is cut
+short.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
+from numfed.db import run_to_end
 from numfed.errors import Unavailable
 from numfed.rpc import error_status
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
@@ -219,6 +222,14 @@ class Dispatcher:
                         job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
                     )
                 )
+        # Once the platform has answered, a stop waits for the outcomes to be stored and
+        # audited instead of cutting that in two.
+        await run_to_end(self._record(platform_id, work, updates))
+
+    async def _record(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], updates: list[TaskUpdate]
+    ) -> None:
+        """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
         except Exception:
@@ -267,9 +278,12 @@ class Dispatcher:
     async def stop(self, grace: float = 0.0) -> None:
         """Take no new tasks; let the batches out finish for up to ``grace`` seconds.
 
-        Batches still out after that are cancelled: their tasks keep their leases, which
-        :meth:`Store.release_leases` gives back (or which expire if the process dies first),
-        and the platforms' idempotency makes the retry harmless.
+        Batches still waiting for their platform after that are cancelled: their tasks keep
+        their leases, which :meth:`Store.release_leases` gives back (or which expire if the
+        process dies first), and the platforms' idempotency makes the retry harmless. Outcomes
+        being recorded are waited for, so when this returns no batch has database work left;
+        the caller then cancels :meth:`run`, which ends once its own has (numfed.db.DbThread).
+        Giving back the leases after that cannot race (on PostgreSQL: deadlock with) a record.
         """
         self._stopping = True
         self._wake.set()

@@ -35,6 +35,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
+from numfed.db import run_to_end
 from numfed.errors import NumfedError
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
@@ -68,6 +69,49 @@ class EventPusher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _record_answer(self, platform: str, cursor: int, ack: int, sent: int) -> int:
+        """Store what a platform acknowledged of the batches through ``sent`` and audit it;
+        return the seq its cursor moves to (``cursor`` if it does not move)."""
+        if ack > sent:
+            # Acknowledging batches this call did not carry is a broken answer: what was sent
+            # counts as delivered, the cursor stays, and the batches go again.
+            await self._store.run(self._events.ack, platform, cursor, now_us(), delivered=sent)
+            self._audit(
+                AuditRecord(
+                    now_us(),
+                    "EVENT_DELIVERY",
+                    f"platform:{platform}",
+                    outcome="ACK_BEYOND_DELIVERED",
+                    detail={"ack_through_seq": str(ack), "sent_through_seq": str(sent)},
+                )
+            )
+            log.warning(
+                "%s acknowledged through %d, but was sent batches through %d only",
+                platform,
+                ack,
+                sent,
+            )
+            return cursor
+        await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
+        if ack < sent:
+            log.info(
+                "%s acknowledged through %d of %d sent (holding the next batch); will resend",
+                platform,
+                max(ack, cursor),
+                sent,
+            )
+        if ack > cursor:
+            self._audit(
+                AuditRecord(
+                    now_us(),
+                    "EVENT_DELIVERY",
+                    f"platform:{platform}",
+                    outcome="ACKNOWLEDGED",
+                    detail={"through_seq": str(ack), "mode": "push"},
+                )
+            )
+        return ack
 
     async def run(self) -> None:
         """Push until cancelled. When the database refuses (UNAVAILABLE), or anything else
@@ -137,50 +181,11 @@ class EventPusher:
                     timeout=self._limits.platform_call_timeout,
                     metadata=self._link.metadata(),
                 )
-                ack = answer.ack_through_seq
-                if ack > sent:
-                    # Acknowledging batches this call did not carry is a broken answer: what
-                    # was sent counts as delivered, the cursor stays, and the batches go again.
-                    await self._store.run(
-                        self._events.ack, platform, cursor, now_us(), delivered=sent
-                    )
-                    self._audit(
-                        AuditRecord(
-                            now_us(),
-                            "EVENT_DELIVERY",
-                            f"platform:{platform}",
-                            outcome="ACK_BEYOND_DELIVERED",
-                            detail={"ack_through_seq": str(ack), "sent_through_seq": str(sent)},
-                        )
-                    )
-                    log.warning(
-                        "%s acknowledged through %d, but was sent batches through %d only",
-                        platform,
-                        ack,
-                        sent,
-                    )
-                    ack = cursor
-                else:
-                    await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
-                    if ack < sent:
-                        log.info(
-                            "%s acknowledged through %d of %d sent (holding the next batch); "
-                            "will resend",
-                            platform,
-                            max(ack, cursor),
-                            sent,
-                        )
+                # Stored and audited as one piece: a stop waits for it, never cuts it in two.
+                ack = await run_to_end(
+                    self._record_answer(platform, cursor, answer.ack_through_seq, sent)
+                )
                 before, cursor = cursor, max(cursor, ack)
-                if ack > before:
-                    self._audit(
-                        AuditRecord(
-                            now_us(),
-                            "EVENT_DELIVERY",
-                            f"platform:{platform}",
-                            outcome="ACKNOWLEDGED",
-                            detail={"through_seq": str(ack), "mode": "push"},
-                        )
-                    )
                 failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1

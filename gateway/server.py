@@ -145,6 +145,7 @@ class Gateway:
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
+    _stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -169,8 +170,18 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> Gateway:
+        """Start serving ``config``. If a step fails (the port is taken, say), what the steps
+        before it opened (store, channels, server) is closed again before the error is raised."""
+        async with contextlib.AsyncExitStack() as undo:
+            gw = await cls._start(config, undo)
+            undo.pop_all()  # the gateway owns all of it now: Gateway.stop closes it
+        return gw
+
+    @classmethod
+    async def _start(cls, config: GatewayConfig, undo: contextlib.AsyncExitStack) -> Gateway:
         layout = pki.PkiLayout(config.pki_dir)
         store = Store(config.database_url)
+        undo.callback(store.close)
         store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
@@ -186,6 +197,10 @@ class Gateway:
 
         links = {m.id: _platform_link(config, m, versions) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
+        for link in links.values():
+            undo.push_async_callback(link.close)
+        for channel in carrier_channels.values():
+            undo.push_async_callback(channel.close)
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
@@ -260,6 +275,7 @@ class Gateway:
             revocations=revocations,
             initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
         )
+        undo.push_async_callback(handle.stop, 0)
         gw = cls(
             config=config,
             store=store,
@@ -530,25 +546,44 @@ class Gateway:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
-        batches in flight get up to ``grace`` seconds to finish; then the leases this replica
-        holds are given back, so another replica (or the next start) takes over at once."""
-        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
+        batches in flight get up to ``grace`` seconds to finish; then, once nothing of this
+        replica works on the database any more, the leases it holds are given back, so another
+        replica (or the next start) takes over at once. Each step runs even if one before it
+        failed, so the tasks, channels and store always end. A second call does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        async with contextlib.AsyncExitStack() as after:  # runs these last to first
+            after.callback(self.store.close)
+            for ch in self.carrier_channels.values():
+                after.push_async_callback(ch.close)
+            for link in self.links.values():
+                after.push_async_callback(link.close)
+            after.push_async_callback(self.checkpointer.stop)  # anchors the last flush
+            after.push_async_callback(self.audit.stop, self.config.limits.shutdown_grace)
+            after.push_async_callback(self._give_back_leases)
+            after.push_async_callback(self._cancel_tasks)
+            stopped = await asyncio.gather(
+                self.server.stop(grace), self.dispatcher.stop(grace), return_exceptions=True
+            )
+            for outcome in stopped:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _cancel_tasks(self) -> None:
         tasks = self.tasks + list(self.member_tasks.values())
         for t in tasks:
             t.cancel()
+        # A cancelled task is done only once its database work is (see numfed.db.DbThread).
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop(self.config.limits.shutdown_grace)
-        await self.checkpointer.stop()  # anchors what the last flush committed
-        for link in self.links.values():
-            await link.close()
-        for ch in self.carrier_channels.values():
-            await ch.close()
+
+    async def _give_back_leases(self) -> None:
         owner = self.dispatcher.owner
         try:
             await self.store.run(self.store.release_leases, owner, now_us())
-            await self.store.run(self.events.unlease, owner)
         finally:
-            self.store.close()
+            await self.store.run(self.events.unlease, owner)
 
 
 async def serve(config_path: Path) -> None:

@@ -12,6 +12,11 @@ rows without waiting) and as one atomic conditional UPDATE on SQLite. A lease la
 ``lease_us``; its holder renews it while the task is in flight (a heartbeat), and any replica
 takes over a lease that expired. Every grant is recorded in ``task_leases``, the database's
 own record that no task was ever held by two replicas at once.
+
+Lock order (PostgreSQL): a transaction that changes leases locks the task rows first, in
+(job_id, platform_id) order, and their lease records after; leasing skips locked rows and never
+waits. So recording outcomes, renewing and giving back leases at the same moment wait for one
+another and never deadlock.
 """
 
 from __future__ import annotations
@@ -416,10 +421,14 @@ class Store:
         t = release_tasks
         wanted = set(keys)
         # job_id IN (...) walks the primary key; a row-value IN would scan the table on SQLite.
-        stmt = sa.select(t.c.job_id, t.c.platform_id, t.c.lease_from_us).where(
-            t.c.job_id.in_(sorted({j for j, _p in wanted})),
-            t.c.lease_owner == owner,
-            t.c.state == TASK_PENDING,
+        stmt = (
+            sa.select(t.c.job_id, t.c.platform_id, t.c.lease_from_us)
+            .where(
+                t.c.job_id.in_(sorted({j for j, _p in wanted})),
+                t.c.lease_owner == owner,
+                t.c.state == TASK_PENDING,
+            )
+            .order_by(t.c.job_id, t.c.platform_id)  # the lock order (see the module's doc)
         )
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update()
@@ -524,6 +533,16 @@ class Store:
         if owner is not None:
             held = sa.and_(held, t.c.lease_owner == owner)
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # The tasks first, in key order, then their lease records, as recording outcomes
+                # does: the other way round, a batch recorded while its replica stopped
+                # deadlocked with this.
+                conn.execute(
+                    sa.select(t.c.job_id)
+                    .where(held)
+                    .order_by(t.c.job_id, t.c.platform_id)
+                    .with_for_update()
+                )
             conn.execute(
                 sa.update(task_leases)
                 .where(

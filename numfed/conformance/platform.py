@@ -136,8 +136,12 @@ class PlatformKit:
         return channel
 
     async def __aenter__(self) -> PlatformKit:
-        self._gateway = await start_kit_gateway(self.t.pki_dir, self.t.listen)
-        await self._setup()
+        try:
+            self._gateway = await start_kit_gateway(self.t.pki_dir, self.t.listen)
+            await self._setup()
+        except BaseException:
+            await self.close()  # no __aexit__ follows a failed __aenter__
+            raise
         return self
 
     async def __aexit__(
@@ -146,10 +150,16 @@ class PlatformKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for channel in self._channels:
-            await channel.close()
-        if self._gateway is not None:
-            await self._gateway.stop()
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the kit's channels and stop its gateway."""
+        try:
+            for channel in self._channels:
+                await channel.close()
+        finally:
+            if self._gateway is not None:
+                await self._gateway.stop()
 
     @property
     def gateway(self) -> KitGateway:
