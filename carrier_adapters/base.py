@@ -104,6 +104,7 @@ class CarrierAdapter:
             self.peer,
             server=pki.GATEWAY,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
 
@@ -314,11 +315,16 @@ async def start_carrier(
                 bind=config.listen,
                 members=SoleGateway(pki.GATEWAY),
                 revocations=pki.RevocationList(config.pki_dir),
+                limits=config.limits,
             )
         )
         started.append(
             await start_server(
-                register=[register_holder], credentials=None, policy=None, bind=config.holder_listen
+                register=[register_holder],
+                credentials=None,
+                policy=None,
+                bind=config.holder_listen,
+                limits=config.limits,
             )
         )
     except BaseException:

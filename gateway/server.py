@@ -79,6 +79,7 @@ def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
         GATEWAY_PEER,
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
     return PlatformLink(member.id, channel, config.limits)
 
@@ -90,6 +91,7 @@ def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
         GATEWAY_PEER,
         server=PeerId(Role.CARRIER, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
 
 
@@ -205,6 +207,7 @@ class Gateway:
             admission=admission(config.limits),
             members=membership,
             revocations=revocations,
+            limits=config.limits,
         )
         gw = cls(
             config=config,

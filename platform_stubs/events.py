@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError
 from numfed.events import VerifiedBatch, verify_event_batch
@@ -76,9 +77,19 @@ class EventApplier:
 class EventPuller:
     """Poll-mode delivery for a platform that accepts no inbound event calls."""
 
-    def __init__(self, *, applier: EventApplier, gateway: str, pki_dir: Path, peer: PeerId) -> None:
+    def __init__(
+        self,
+        *,
+        applier: EventApplier,
+        gateway: str,
+        pki_dir: Path,
+        peer: PeerId,
+        limits: Limits | None = None,
+    ) -> None:
         self._applier = applier
-        self._channel = pki.secure_channel(gateway, pki_dir, peer, server=pki.GATEWAY)
+        self._channel = pki.secure_channel(
+            gateway, pki_dir, peer, server=pki.GATEWAY, limits=limits
+        )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self.acked = 0
 

@@ -105,7 +105,11 @@ async def start_platform(
     if config.seed_scenario:
         await store.run(seed_from_scenario, store, config.platform_id)
     trust = TrustClient(
-        trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
+        trust_dir=config.trust_dir,
+        pki_dir=config.pki_dir,
+        peer=peer,
+        gateway=config.gateway,
+        limits=config.limits,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -132,6 +136,7 @@ async def start_platform(
         bind=config.listen,
         members=SoleGateway(pki.GATEWAY),
         revocations=pki.RevocationList(config.pki_dir),
+        limits=config.limits,
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -143,7 +148,11 @@ async def start_platform(
     puller = None
     if config.events == "poll":
         puller = EventPuller(
-            applier=servicer.events, gateway=config.gateway, pki_dir=config.pki_dir, peer=peer
+            applier=servicer.events,
+            gateway=config.gateway,
+            pki_dir=config.pki_dir,
+            peer=peer,
+            limits=config.limits,
         )
 
         async def pull_when_trusted() -> None:

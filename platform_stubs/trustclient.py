@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
@@ -31,14 +32,22 @@ default backoff grows to two minutes)."""
 
 
 class TrustClient:
-    def __init__(self, *, trust_dir: Path, pki_dir: Path, peer: PeerId, gateway: str) -> None:
+    def __init__(
+        self,
+        *,
+        trust_dir: Path,
+        pki_dir: Path,
+        peer: PeerId,
+        gateway: str,
+        limits: Limits | None = None,
+    ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self.state = TrustedState(Envelope.from_proto(roots[0]), now=datetime.now(UTC))
         self.ready = asyncio.Event()
         self._channel = pki.secure_channel(
-            gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
+            gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT, limits=limits
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 

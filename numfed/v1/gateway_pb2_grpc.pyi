@@ -81,10 +81,14 @@ class GatewayServiceStub:
     """
     WatchOperation: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchOperationRequest, _operations_pb2.Operation]
     """WatchOperation streams the operation each time its progress changes, ending after the
-    operation is done. A stream holds its admission slot while open: a caller may hold a share
-    of them (the gateway's limits.max_watches_per_caller, default a quarter of
-    limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
-    that share.
+    operation is done, or with OK after at most the gateway's limits.watch_max_age (default 300
+    s) while it is not: the last message then has done = false, and the caller watches again
+    (a new stream starts with the current state). A stream holds its admission slot while open:
+    a caller may hold a share of them (the gateway's limits.max_watches_per_caller, default a
+    quarter of limits.max_watches). A caller that stops answering HTTP/2 pings (dead, cut off,
+    frozen) has its connection closed, and its streams with their slots, after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s). Errors: as GetOperation,
+    and RESOURCE_EXHAUSTED CALLER_OVERLOADED past that share.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -186,10 +190,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     WatchOperation: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchOperationRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """WatchOperation streams the operation each time its progress changes, ending after the
-    operation is done. A stream holds its admission slot while open: a caller may hold a share
-    of them (the gateway's limits.max_watches_per_caller, default a quarter of
-    limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
-    that share.
+    operation is done, or with OK after at most the gateway's limits.watch_max_age (default 300
+    s) while it is not: the last message then has done = false, and the caller watches again
+    (a new stream starts with the current state). A stream holds its admission slot while open:
+    a caller may hold a share of them (the gateway's limits.max_watches_per_caller, default a
+    quarter of limits.max_watches). A caller that stops answering HTTP/2 pings (dead, cut off,
+    frozen) has its connection closed, and its streams with their slots, after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s). Errors: as GetOperation,
+    and RESOURCE_EXHAUSTED CALLER_OVERLOADED past that share.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -318,10 +326,14 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operations_pb2.Operation], _abc.AsyncIterator[_operations_pb2.Operation]]:
         """WatchOperation streams the operation each time its progress changes, ending after the
-        operation is done. A stream holds its admission slot while open: a caller may hold a share
-        of them (the gateway's limits.max_watches_per_caller, default a quarter of
-        limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
-        that share.
+        operation is done, or with OK after at most the gateway's limits.watch_max_age (default 300
+        s) while it is not: the last message then has done = false, and the caller watches again
+        (a new stream starts with the current state). A stream holds its admission slot while open:
+        a caller may hold a share of them (the gateway's limits.max_watches_per_caller, default a
+        quarter of limits.max_watches). A caller that stops answering HTTP/2 pings (dead, cut off,
+        frozen) has its connection closed, and its streams with their slots, after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s). Errors: as GetOperation,
+        and RESOURCE_EXHAUSTED CALLER_OVERLOADED past that share.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
