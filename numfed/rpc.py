@@ -533,7 +533,8 @@ def server_options(
         ("grpc.http2.ping_timeout_ms", _ms(limits.keepalive_timeout)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE_TIME / 2)),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS (grpc ignores unknown names).
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE_TIME / 2)),
         ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
         ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
     ]

@@ -13,6 +13,7 @@ on a connection after ``limits.max_connection_age`` plus its grace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -310,6 +311,33 @@ async def test_every_stream_on_a_connection_ends_by_the_connections_maximum_age(
                 health_pb2.HealthCheckRequest(service=""), timeout=5
             )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await gw.stop(0)
+
+
+async def test_a_client_pinging_every_second_is_never_told_to_go_away(tmp_path: Path) -> None:
+    """Servers accept pings twice a second, whatever their own keepalive_time: a member with
+    ``keepalive_time = 1`` keeps an idle stream open to a gateway on the defaults (which would
+    otherwise answer its third early ping with GOAWAY too_many_pings and end the stream)."""
+    layout = create_federation(tmp_path / "fed", carriers=("cmcc",), platforms=("weibo",))
+    gw = await start_gateway(layout)
+    running = Running(layout, gw)
+    try:
+        eager = Limits(keepalive_time=1.0, keepalive_timeout=1.0)
+        async with pki.secure_channel(
+            running.target, layout.pki_dir, CMCC, server=pki.GATEWAY, limits=eager
+        ) as ch:
+            call = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=30
+            )
+            assert isinstance(await call.read(), health_pb2.HealthCheckResponse)
+            # Nothing is sent for five seconds: the channel pings about five times meanwhile.
+            read = asyncio.ensure_future(call.read())
+            done, _ = await asyncio.wait([read], timeout=5.0)
+            assert not done and not call.done()  # still open, nothing said
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await read
     finally:
         await gw.stop(0)
 
