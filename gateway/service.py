@@ -255,7 +255,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return result_from_error(platform_id, err, attempts=1)
         answer = future.result()
         return result_from_item(
-            platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
+            platform_id,
+            answer.status,
+            answer.bindings,
+            attempts=1,
+            at_us=now_us(),
+            omitted=answer.omitted_bindings,
         )
 
     # -- release ------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class GatewayServiceStub:
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
     unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
+    Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+    one platform at the same moment share a call; one claim whose answer breaks that call fails
+    alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
+    and the others are answered.
     """
     ReleaseBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
@@ -68,6 +72,9 @@ class GatewayServiceStub:
     ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
     CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
     metadata "operation" names that job, which is the caller's own).
+    Releases going to one platform at the same moment share a call; a claim whose answer breaks
+    that call is retried alone (UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or
+    PLATFORM_ITEM_FAILED, until the job's deadline) and the others are recorded as answered.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -167,6 +174,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
     claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
     unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
+    Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+    one platform at the same moment share a call; one claim whose answer breaks that call fails
+    alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
+    and the others are answered.
     """
     ReleaseBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseBindingsRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """ReleaseBindings commits a release job durably and returns its Operation at once; the gateway
@@ -177,6 +188,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
     CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
     metadata "operation" names that job, which is the caller's own).
+    Releases going to one platform at the same moment share a call; a claim whose answer breaks
+    that call is retried alone (UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or
+    PLATFORM_ITEM_FAILED, until the job's deadline) and the others are recorded as answered.
     AIP-151: long-running methods return google.longrunning.Operation itself.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -285,6 +299,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         or signed with another carrier's key), UNAUTHENTICATED (bad signature, expired or future
         claim, unknown or revoked key), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
+        Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+        one platform at the same moment share a call; one claim whose answer breaks that call fails
+        alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
+        and the others are answered.
         """
 
     @_abc_1.abstractmethod
@@ -301,6 +319,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
         CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
         metadata "operation" names that job, which is the caller's own).
+        Releases going to one platform at the same moment share a call; a claim whose answer breaks
+        that call is retried alone (UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or
+        PLATFORM_ITEM_FAILED, until the job's deadline) and the others are recorded as answered.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
