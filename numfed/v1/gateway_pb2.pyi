@@ -122,7 +122,9 @@ class PullEventsRequest(_message.Message):
     INVALID_ARGUMENT ACK_BEYOND_DELIVERED and changes nothing.
     """
     max_batches: _builtins.int
-    """1 to 100 batches; 0 means 20."""
+    """1 to 100 batches; 0 means 20. An answer also carries at most 3 MiB of batches (at least
+    one): a signed batch may be 64 KiB, so fewer may come; the rest come with the next pull.
+    """
     def __init__(
         self,
         *,
