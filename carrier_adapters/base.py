@@ -144,6 +144,7 @@ class CarrierAdapter:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
+            limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         self.trust: TrustedState | None = None
@@ -442,6 +443,7 @@ async def start_carrier(
                 bind=config.listen,
                 members=SoleGateway(pki.GATEWAY),
                 revocations=pki.RevocationList(config.pki_dir),
+                limits=config.limits,
             )
         )
         started.append(
@@ -451,6 +453,7 @@ async def start_carrier(
                 policy=None,
                 bind=config.holder_listen,
                 admission=holder_admission(config.limits),
+                limits=config.limits,
             )
         )
         web = await _start_web(adapter, started[1].port) if config.holder_web_listen else None

@@ -1,14 +1,17 @@
 """Release dispatch: lease due tasks, send each platform its part in batches, record outcomes.
 
 A task is one platform's part of one release job. The dispatcher leases due tasks from the
-store, groups them by platform, sends batches of at most ``max_batch_items`` claims, and records
-each answer in one transaction per batch. A platform that does not answer is retried with
-exponential backoff and jitter until the job's deadline passes, and so is a platform that
-refuses a claim for a reason that may be its own staleness (:mod:`numfed.staleness`: a key from
-a trust bundle newer than its own, a port it has not applied yet); meanwhile the job shows it
-UNAVAILABLE with the platform's reason, and each try counts in its ``attempts``. Platforms
-apply each claim once (its claim_id is the idempotency key), so a retry after a lost answer or
-a gateway crash releases nothing twice.
+store, groups them by platform, sends batches of at most ``max_batch_items`` claims (and at most
+``MAX_REQUEST_BYTES``), and records each answer in one transaction per batch. A batch whose
+whole call fails in a way one claim may cause is bisected by the platform's link, so only that
+claim's task is retried and its batch-mates are recorded as answered. A platform that does
+not answer is retried with exponential backoff and jitter until the job's deadline passes, and
+so is a platform that refuses a claim for a reason that may be its own staleness
+(:mod:`numfed.staleness`: a key from a trust bundle newer than its own, a port it has not
+applied yet); meanwhile the job shows it UNAVAILABLE with the platform's reason, and each try
+counts in its ``attempts``.
+Platforms apply each claim once (its claim_id is the idempotency key), so a retry after a lost
+answer or a gateway crash releases nothing twice.
 
 While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
 the lease), so a slow platform never lets another replica take a task that is still in flight,
@@ -37,7 +40,8 @@ from google.rpc import status_pb2
 
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
-from gateway.platforms import PlatformLink
+from gateway.batcher import split
+from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink
 from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
@@ -54,6 +58,11 @@ Outcome = gateway_pb2.PlatformOutcome
 
 async def _no_wait() -> None:
     return None
+
+
+def _work_size(work: tuple[TaskRow, JobRow]) -> int:
+    """A task's bytes in a release request: its claim, job id and framing."""
+    return len(work[1].claim or b"") + 48
 
 
 class Dispatcher:
@@ -167,10 +176,14 @@ class Dispatcher:
         for task, job in claimed:
             by_platform[task.platform_id].append((task, job))
             self._held.add((job.job_id, task.platform_id))
-        size = self._limits.max_batch_items
         for platform_id, work in by_platform.items():
-            for i in range(0, len(work), size):
-                t = asyncio.create_task(self._send(platform_id, work[i : i + size]))
+            for batch in split(
+                work,
+                size=_work_size,
+                max_items=self._limits.max_batch_items,
+                max_bytes=MAX_REQUEST_BYTES,
+            ):
+                t = asyncio.create_task(self._send(platform_id, batch))
                 self._sends.add(t)
                 t.add_done_callback(self._sends.discard)
 
@@ -215,7 +228,12 @@ class Dispatcher:
                     updates.append(self._retry_or_expire(task, job, r.status))
                     continue
                 res = result_from_item(
-                    platform_id, r.status, r.released, attempts=task.attempts + 1, at_us=at
+                    platform_id,
+                    r.status,
+                    r.released,
+                    attempts=task.attempts + 1,
+                    at_us=at,
+                    omitted=r.omitted_bindings,
                 )
                 updates.append(
                     TaskUpdate(

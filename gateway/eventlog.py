@@ -10,6 +10,9 @@ With several replicas on one PostgreSQL, appends take an advisory lock so that s
 commit in order (a reader never sees seq 8 before seq 7 and skips 7 for good), and pushing to a
 platform is leased: one replica at a time pushes to it, and another takes over when that
 replica's lease runs out.
+
+What one delivery carries is bounded by size as well as by count (:data:`MAX_DELIVERY_BYTES`),
+so large batches never make a delivery too large to send: each goes, alone if need be.
 """
 
 from __future__ import annotations
@@ -24,9 +27,15 @@ from gateway.audit import AuditRecord
 from gateway.audit import append as append_audit
 from gateway.schema import event_batches, event_cursors
 from numfed.db import serialize
+from numfed.envelope import MAX_ENVELOPE_BYTES
 from numfed.errors import InvalidArgument
 
-__all__ = ["AuditFor", "Authorize", "EventLog"]
+__all__ = ["MAX_DELIVERY_BYTES", "AuditFor", "Authorize", "EventLog"]
+
+MAX_DELIVERY_BYTES = 48 * MAX_ENVELOPE_BYTES
+"""Most bytes of signed batches in one delivery (a DeliverEvents call or a PullEvents answer):
+3 MiB, well under the 4 MiB message cap. A signed batch is at most ``MAX_ENVELOPE_BYTES`` (64
+KiB), so 100 of them (PullEvents' largest ``max_batches``) would not fit; any one always does."""
 
 Authorize = Callable[[sa.Connection], Callable[[int], None] | None]
 """Judges a batch inside the append transaction, under the append lock: raises to refuse it,
@@ -156,7 +165,8 @@ class EventLog:
         self, platform_id: str, through: int, limit: int, now_us: int
     ) -> tuple[int, int, list[tuple[int, bytes]]]:
         """Poll delivery in one transaction: acknowledge through ``through`` (as :meth:`ack`),
-        then take up to ``limit`` batches after the cursor and record them as delivered.
+        then take up to ``limit`` batches after the cursor (and at most
+        ``MAX_DELIVERY_BYTES`` of them) and record them as delivered.
 
         Returns (cursor before, cursor after, [(seq, envelope)]).
         """
@@ -232,6 +242,8 @@ class EventLog:
             )
 
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` batches after ``seq``, at most ``MAX_DELIVERY_BYTES`` in all (the
+        first always)."""
         with self.engine.connect() as c:
             return self._after(c, seq, limit)
 
@@ -243,4 +255,12 @@ class EventLog:
             .order_by(event_batches.c.seq)
             .limit(limit)
         ).all()
-        return [(int(r.seq), bytes(r.envelope)) for r in rows]
+        out: list[tuple[int, bytes]] = []
+        used = 0
+        for r in rows:
+            envelope = bytes(r.envelope)
+            used += len(envelope) + 16  # seq and framing
+            if out and used > MAX_DELIVERY_BYTES:
+                break
+            out.append((int(r.seq), envelope))
+        return out

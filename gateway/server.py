@@ -94,6 +94,7 @@ def _platform_link(
         GATEWAY_PEER,
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
     return PlatformLink(
         member.id,
@@ -110,6 +111,7 @@ def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
         GATEWAY_PEER,
         server=PeerId(Role.CARRIER, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
 
 
@@ -274,6 +276,7 @@ class Gateway:
             members=membership,
             revocations=revocations,
             initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+            limits=config.limits,
         )
         undo.push_async_callback(handle.stop, 0)
         gw = cls(

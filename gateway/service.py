@@ -284,7 +284,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return result_from_error(platform_id, err, attempts=1)
         answer = future.result()
         return result_from_item(
-            platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
+            platform_id,
+            answer.status,
+            answer.bindings,
+            attempts=1,
+            at_us=now_us(),
+            omitted=answer.omitted_bindings,
         )
 
     # -- release ------------------------------------------------------------------------------
@@ -564,6 +569,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[operations_pb2.Operation]:
         job_id = await self._own_job(request.name)
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self._limits.watch_max_age
         last = b""
         with self._watchers.watching(job_id) as changed:
             while True:
@@ -575,6 +582,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     last = body
                 if op.done:
                     return
+                left = ends - loop.time()
+                if left <= 0:
+                    return  # the stream's maximum age: it ends with OK, the client watches again
                 # Other replicas' changes are not announced here: look again within a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                    await asyncio.wait_for(changed.wait(), min(left, 1.0))

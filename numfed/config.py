@@ -15,6 +15,8 @@ from typing import Any
 from numfed.errors import InvalidArgument
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
+    "MIN_KEEPALIVE_TIME",
     "CarrierConfig",
     "GatewayConfig",
     "Limits",
@@ -24,6 +26,12 @@ __all__ = [
     "load_gateway_config",
     "load_platform_config",
 ]
+
+MAX_BATCH_ITEMS = 500
+"""Most claims in one call to a platform (PlatformService's contract: 1 to 500 items)."""
+MIN_KEEPALIVE_TIME = 1.0
+"""Shortest ``Limits.keepalive_time``: servers accept pings twice as often (numfed/rpc.py), so
+any valid client setting is accepted by any server, whatever its own limits."""
 
 _ID = re.compile(r"[a-z0-9_-]{1,32}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
@@ -125,6 +133,23 @@ class Limits:
     """Audit records the gateway may hold in memory, waiting for the database, before it refuses
     new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
     written."""
+    keepalive_time: float = 10.0
+    """How long a connection may be quiet before its end (server or client) pings the other;
+    at least 1 (every server accepts pings twice that often). A peer that is dead, cut off or
+    frozen (SIGSTOP) answers no ping: after ``keepalive_timeout`` its connection is closed and
+    its calls and streams end, so they hold no admission slot or call slot past
+    ``keepalive_time + keepalive_timeout`` of its last word."""
+    keepalive_timeout: float = 5.0
+    """How long a ping may go unanswered before the connection is closed."""
+    watch_max_age: float = 300.0
+    """Longest one WatchOperation (gateway) or WatchHolderRelease (carrier) stream lasts: then
+    it ends with OK although the operation is not done, and the client watches again."""
+    max_connection_age: float = 1800.0
+    """Servers ask a client to reconnect (HTTP/2 GOAWAY) after a connection has lasted this
+    long (give or take 10%), so no call or stream lives on one connection forever."""
+    max_connection_age_grace: float = 330.0
+    """How long the calls and streams of such a connection may still run before it is closed;
+    at least ``watch_max_age``, so a watch ends cleanly before its connection does."""
 
     def __post_init__(self) -> None:
         if self.max_watches_per_caller == 0:
@@ -160,6 +185,20 @@ class Limits:
         if limits.max_watches_per_caller > limits.max_watches:
             raise InvalidArgument(
                 "BAD_CONFIG", "limits.max_watches_per_caller is at most limits.max_watches"
+            )
+        if limits.max_batch_items > MAX_BATCH_ITEMS:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"limits.max_batch_items is at most {MAX_BATCH_ITEMS} (platforms "
+                "refuse larger batches)",
+            )
+        if limits.keepalive_time < MIN_KEEPALIVE_TIME:
+            raise InvalidArgument(
+                "BAD_CONFIG", f"limits.keepalive_time is at least {MIN_KEEPALIVE_TIME:g} s"
+            )
+        if limits.max_connection_age_grace < limits.watch_max_age:
+            raise InvalidArgument(
+                "BAD_CONFIG", "limits.max_connection_age_grace is at least limits.watch_max_age"
             )
         return limits
 
@@ -222,6 +261,8 @@ class PlatformConfig:
     state directory in ``numfed-<uid>/`` under ``$XDG_RUNTIME_DIR`` or the system's temporary
     directory (``platform_stubs.admin.socket_path``): a socket path has at most 107 bytes,
     which a state directory's path may not leave."""
+    limits: Limits = field(default_factory=Limits)
+    """Of these, a platform applies the connection settings (keepalive, connection age)."""
 
 
 @dataclass(frozen=True)
@@ -376,6 +417,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         event_retry_limit=retry_limit,
         event_retry_window=retry_window,
         admin_socket=admin_socket,
+        limits=Limits.from_mapping(raw.get("limits", {})),
     )
 
 

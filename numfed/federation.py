@@ -251,6 +251,7 @@ def create_federation(
                     **knobs,
                 },
             )
+            + limit_text
         )
         layout.platform_configs[p] = path
     text = limit_text

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from numfed.config import Limits
 from numfed.envelope import KeyAlgorithm, SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NumfedError, Unauthenticated
 from numfed.identity import PeerId, Role
@@ -53,6 +54,7 @@ __all__ = [
     "Revocation",
     "RevocationList",
     "channel_credentials",
+    "client_options",
     "init_pki",
     "issue_cert",
     "load_audit_signer",
@@ -620,8 +622,14 @@ def secure_channel(
     server: PeerId | None = None,
     options: Iterable[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    limits: Limits | None = None,
 ) -> grpc.aio.Channel:
     """An mTLS ``grpc.aio`` channel to ``target``, calling as ``peer``.
+
+    Every channel keeps its connections alive by the caller's ``limits`` (default: the
+    :class:`Limits` defaults; see :func:`client_options`), so a server that dies or freezes
+    is noticed within ``keepalive_time + keepalive_timeout`` and the channel's calls and
+    streams on it end then, not at their deadlines.
 
     Any member's certificate is valid for loopback addresses, so with ``server`` given the TLS
     target name is set to that member's own DNS name and the handshake fails unless the server
@@ -633,7 +641,7 @@ def secure_channel(
     UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`). ``interceptors`` wrap every call (a
     member's reader of the gateway's trust version hints, say).
     """
-    opts = list(options)
+    opts = [*client_options(limits or Limits()), *options]
     if server is not None:
         opts.append(("grpc.ssl_target_name_override", _dns_name(server)))
     parts = [p.strip() for p in target.split(",") if p.strip()]
@@ -644,6 +652,24 @@ def secure_channel(
     return grpc.aio.secure_channel(
         target, channel_credentials(where, peer), options=opts, interceptors=list(interceptors)
     )
+
+
+def client_options(limits: Limits) -> list[tuple[str, int]]:
+    """Keepalive options of every numfed client channel (:func:`secure_channel`).
+
+    The channel pings a connection quiet for ``keepalive_time``, with or without calls open,
+    and closes it when a ping goes unanswered for ``keepalive_timeout`` (grpc waits for a
+    keepalive ping's ack ``grpc.http2.ping_timeout_ms``, so both are set). Servers accept
+    pings this often (``numfed.rpc.server_options``).
+    """
+    timeout_ms = max(int(limits.keepalive_timeout * 1000), 1)
+    return [
+        ("grpc.keepalive_time_ms", max(int(limits.keepalive_time * 1000), 1)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 _RR: list[dict[str, object]] = [{"round_robin": {}}]

@@ -36,6 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from numfed.config import MIN_KEEPALIVE_TIME, Limits
 from numfed.errors import (
     ERROR_DOMAIN,
     InvalidArgument,
@@ -62,6 +63,7 @@ __all__ = [
     "ok_status",
     "retry_delay",
     "rpc_error_info",
+    "server_options",
     "start_server",
 ]
 
@@ -594,6 +596,43 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
 
 
+def server_options(
+    limits: Limits, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[str, int]]:
+    """The options of every numfed server: message size, keepalive and connection age.
+
+    The server pings a connection that has been quiet for ``keepalive_time`` and closes it when
+    the ping goes unanswered for ``keepalive_timeout``: the calls and streams of a dead or
+    frozen client are cancelled, and the handlers' ``finally`` blocks give back what they
+    held (an admission slot, a watch). grpc waits ``grpc.http2.ping_timeout_ms`` for a
+    keepalive ping's ack (60 s by default) whatever ``grpc.keepalive_timeout_ms`` says, so both
+    are set. Pings are sent on quiet streams too (``max_pings_without_data`` 0), and clients may
+    ping as often as every ``MIN_KEEPALIVE_TIME / 2`` with no call open, so that a client
+    keeping its own connection alive is never told to go away for pinging too much. A
+    connection is asked to go away after ``max_connection_age`` and closed
+    ``max_connection_age_grace`` later, so nothing lives on one connection forever (health
+    Watch and reflection streams included).
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", _ms(limits.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS (grpc ignores unknown names).
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE_TIME / 2)),
+        ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
+    ]
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
 class ServerHandle:
     """A started server: its port, health servicer and a graceful stop."""
 
@@ -621,6 +660,7 @@ async def start_server(
     revocations: RevocationList | None = None,
     initial_metadata: InitialMetadata | None = None,
     on_metadata: OnMetadata | None = None,
+    limits: Limits | None = None,
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
@@ -634,6 +674,8 @@ async def start_server(
     request metadata (both: the trust version hints, :mod:`numfed.trusthints`).
     ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
     carrier's own app channel only.
+    ``limits`` (default: :class:`Limits` defaults) give the connection settings of
+    :func:`server_options`.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
@@ -650,11 +692,7 @@ async def start_server(
                 on_metadata=on_metadata,
             )
         ],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(limits or Limits(), max_message_bytes),
     )
     names = [reg(server) for reg in register]
     health_servicer = health.aio.HealthServicer()

@@ -31,6 +31,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NotFound, NumfedError
 from numfed.events import VerifiedBatch, verify_event_batch
@@ -249,6 +250,7 @@ class EventPuller:
         peer: PeerId,
         max_backoff: float = 30.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        limits: Limits | None = None,
     ) -> None:
         self._applier = applier
         self._channel = pki.secure_channel(
@@ -258,6 +260,7 @@ class EventPuller:
             server=pki.GATEWAY,
             options=RECONNECT,
             interceptors=interceptors,
+            limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._max_backoff = max_backoff

@@ -122,6 +122,7 @@ async def start_platform(
         gateway=config.gateway,
         state_dir=config.state_dir / "trust",
         checkpoint_file=config.state_dir / CHECKPOINT_FILE,
+        limits=config.limits,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -155,6 +156,7 @@ async def start_platform(
         members=SoleGateway(pki.GATEWAY),
         revocations=pki.RevocationList(config.pki_dir),
         on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
+        limits=config.limits,
     )
     await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
@@ -179,6 +181,7 @@ async def start_platform(
             pki_dir=config.pki_dir,
             peer=peer,
             interceptors=[trust.hints],
+            limits=config.limits,
         )
 
         async def pull_when_trusted() -> None:

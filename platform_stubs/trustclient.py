@@ -23,6 +23,7 @@ import grpc
 
 from numfed import pki
 from numfed.checkpoint import CheckpointKeeper, audit_origin
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
@@ -66,6 +67,7 @@ class TrustClient:
         state_dir: Path | None = None,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
         checkpoint_file: Path | None = None,
+        limits: Limits | None = None,
     ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
@@ -87,6 +89,7 @@ class TrustClient:
             server=pki.GATEWAY,
             options=RECONNECT,
             interceptors=[self.hints],
+            limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._lock = asyncio.Lock()

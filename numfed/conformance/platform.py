@@ -432,7 +432,7 @@ def expect(status: object, code: str, what: str, *, reason: str | None = None) -
 
 def _count(result: platform_pb2.QueryItemResult | platform_pb2.ReleaseItemResult) -> int:
     found = result.bindings if isinstance(result, platform_pb2.QueryItemResult) else result.released
-    return sum(max(b.count, 1) for b in found)
+    return sum(max(b.count, 1) for b in found) + result.omitted_bindings
 
 
 # --- the checks -------------------------------------------------------------------------------

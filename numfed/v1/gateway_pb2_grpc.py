@@ -143,6 +143,10 @@ class GatewayServiceServicer:
         carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
         revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
+        Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+        one platform at the same moment share a call; one claim whose answer breaks that call fails
+        alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
+        and the others are answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +161,9 @@ class GatewayServiceServicer:
         ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
         CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
         metadata "operation" names that job, which is the caller's own).
+        Releases going to one platform at the same moment share a call; a claim whose answer breaks
+        that call is retried alone (UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or
+        PLATFORM_ITEM_FAILED, until the job's deadline) and the others are recorded as answered.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -178,10 +185,14 @@ class GatewayServiceServicer:
 
     def WatchOperation(self, request, context):
         """WatchOperation streams the operation each time its progress changes, ending after the
-        operation is done. A stream holds its admission slot while open: a caller may hold a share
-        of them (the gateway's limits.max_watches_per_caller, default a quarter of
-        limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
-        that share.
+        operation is done, or with OK after at most the gateway's limits.watch_max_age (default 300
+        s) while it is not: the last message then has done = false, and the caller watches again
+        (a new stream starts with the current state). A stream holds its admission slot while open:
+        a caller may hold a share of them (the gateway's limits.max_watches_per_caller, default a
+        quarter of limits.max_watches). A caller that stops answering HTTP/2 pings (dead, cut off,
+        frozen) has its connection closed, and its streams with their slots, after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s). Errors: as GetOperation,
+        and RESOURCE_EXHAUSTED CALLER_OVERLOADED past that share.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
