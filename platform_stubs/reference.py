@@ -89,7 +89,7 @@ class PlatformHandle:
         await self.server.stop(grace)
         if self.admin is not None:
             await self.admin.stop(grace)
-            remove_socket(socket_path(self.config))
+            remove_socket(socket_path(self.config), private_folder=self.config.admin_socket is None)
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -210,8 +210,9 @@ async def test_a_frozen_holder_app_holds_none_of_its_carriers_watch_slots(
     )
     gw = await start_gateway(layout)
     carrier = await start_carrier(load_carrier_config(layout.carrier_configs["cmcc"]))
+    channels: list[grpc.aio.Channel] = []
     try:
-        app = await verified_holder(layout, carrier, "cmcc")
+        app = await verified_holder(layout, carrier, "cmcc", channels)
         op = await app.release(PRIOR)
         target = f"127.0.0.1:{carrier.holder_port}"
         holder = spawn_watcher("holder", target, app.token, op.name, "2")
@@ -229,16 +230,22 @@ async def test_a_frozen_holder_app_holds_none_of_its_carriers_watch_slots(
             for c in calls:
                 c.cancel()
     finally:
+        for ch in channels:
+            await ch.close()
         await carrier.stop(0)
         await gw.stop(0)
 
 
-async def verified_holder(layout: FederationLayout, carrier: CarrierHandle, cid: str) -> HolderApp:
+async def verified_holder(
+    layout: FederationLayout, carrier: CarrierHandle, cid: str, channels: list[grpc.aio.Channel]
+) -> HolderApp:
+    """A verified holder app of ``cid``; its channel joins ``channels`` (the caller closes it)."""
     now = datetime.now(UTC)
     history = next(h for h in WORLD.histories_served_by(cid, now) if h.current_tenure(now))
     tenure = history.current_tenure(now)
     assert tenure is not None
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{carrier.holder_port}")
+    channels.append(channel)
     state = layout.root / "state" / f"carrier-{cid}"
     return await HolderApp.verified(channel, state, history.number, WORLD.holders[tenure.holder_id])
 
@@ -253,8 +260,9 @@ async def test_a_watch_ends_cleanly_at_its_maximum_age_and_the_holder_follows_th
         dataclasses.replace(carrier_config, limits=Limits(watch_max_age=60.0))
     )
     platform: PlatformHandle | None = None
+    channels: list[grpc.aio.Channel] = []
     try:
-        app = await verified_holder(layout, carrier, "cmcc")
+        app = await verified_holder(layout, carrier, "cmcc", channels)
         op = await app.release(PRIOR)
         # The gateway ends a watch after a second with OK, though the job is not done.
         async with Running(layout, gw).channel(CMCC) as ch:
@@ -279,6 +287,8 @@ async def test_a_watch_ends_cleanly_at_its_maximum_age_and_the_holder_follows_th
         bodies = [u.SerializeToString(deterministic=True) for u in updates]
         assert len(bodies) == len(set(bodies))  # a new gateway stream repeats nothing
     finally:
+        for ch in channels:
+            await ch.close()
         if platform is not None:
             await platform.stop(0)
         await carrier.stop(0)
