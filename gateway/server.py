@@ -290,7 +290,11 @@ class Gateway:
         )
         audit.start()
         if config.facade_listen is not None:
-            await gw._start_facades(config.facade_listen)
+            try:
+                await gw._start_facades(config.facade_listen)
+            except BaseException:
+                await gw.stop(0)  # nothing half started stays behind
+                raise
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -206,22 +206,23 @@ class Receiver:
     async def poll_until(
         self, client: httpx.AsyncClient, done: Any, *, max_events: int = 4, within: float = 60
     ) -> None:
-        """Poll, acknowledging what was kept (but the dropped), until ``done()``."""
+        """Poll, acknowledging what was kept (but the dropped), until ``done()``. After an
+        empty answer the next poll waits at the transmitter for events (a long poll)."""
         acks: list[str] = []
+        immediately = True
         async with asyncio.timeout(within):
             while True:
                 answer = await client.post(
                     self.base + "/ssf/poll",
-                    json={"ack": acks, "maxEvents": max_events, "returnImmediately": True},
+                    json={"ack": acks, "maxEvents": max_events, "returnImmediately": immediately},
                     extensions=self.gateway_name(),
                 )
                 answer.raise_for_status()
                 sets = answer.json()["sets"]
                 acks = [jti for jti in (self.accept(t) for t in sets.values()) if not self.drop()]
-                if not sets and not acks and done():
+                if not sets and done():
                     return
-                if not sets:
-                    await asyncio.sleep(0.05)
+                immediately = bool(sets)
 
     # -- push (RFC 8935) -----------------------------------------------------------------------
 

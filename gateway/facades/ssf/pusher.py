@@ -24,6 +24,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SET_MEDIA_TYPE = "application/secevent+jwt"
 IDLE_SECONDS = 1.0
+STREAM_READ = 1.0
 
 
 def receiver_tls(pki_dir: Path, identity: PeerId) -> ssl.SSLContext:
@@ -94,9 +96,21 @@ class SetPusher:
         self._server_name = f"{platform_id}.platform.numfed"
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._stream: Stream | None = None
+        """The stream as last read: read again every STREAM_READ seconds, or on a wake (the
+        receiver changed its endpoint, status or asked for a verification)."""
+        self._stream_read = 0.0
 
     def wake(self) -> None:
+        self._stream = None
         self._wake.set()
+
+    async def _current_stream(self) -> Stream:
+        now = time.monotonic()
+        if self._stream is None or now - self._stream_read >= STREAM_READ:
+            self._stream = await self._store.run(self._streams.get, self._platform, PUSH, now_us())
+            self._stream_read = now
+        return self._stream
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -142,7 +156,7 @@ class SetPusher:
                 if renewed_us == 0:
                     cursor = await self._store.run(self._events.cursor, self._platform)
                 renewed_us = now_us()
-            stream = await self._store.run(self._streams.get, self._platform, PUSH, now_us())
+            stream = await self._current_stream()
             if stream.status != "enabled" or stream.endpoint_url is None:
                 await self._idle()  # held, in order, until the receiver is ready
                 continue
@@ -225,6 +239,7 @@ class SetPusher:
         await self._store.run(
             self._streams.verification_delivered, self._platform, stream.verification_jti
         )
+        self._stream = None
         return True
 
     async def _post(self, stream: Stream, token: str, jti: str) -> bool:
