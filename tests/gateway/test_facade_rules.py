@@ -153,3 +153,16 @@ def test_a_set_is_an_ssf_set_signed_with_the_published_key(tmp_path: Path) -> No
     body = decoded["events"][EVENT_TYPES[EventKind.REASSIGNED]]
     assert body["numfed_envelope"] == "AQI" and body["numfed_tenure_start"].endswith(".678901Z")
     assert "d" not in signer.jwks()["keys"][0]  # the public key only
+
+
+def test_the_facades_answer_without_waiting_for_delayed_acks() -> None:
+    # Without TCP_NODELAY every answer waited 40 ms for the client's delayed ACK.
+    import socket
+
+    from gateway.facades.server import _bind
+
+    sock = _bind("127.0.0.1:0")
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
