@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
+from gateway.schema import audit_log
 from numfed.events import EventKind, LifecycleEvent
 from numfed.identity import PeerId, Role
 from numfed.testing import Federation
@@ -140,6 +142,17 @@ async def test_a_paused_stream_holds_its_events_in_order(ssf_fed: Federation) ->
         )
         await rx.poll_until(client, lambda: set(sent) <= rx.received.seen_ids())
     assert list(events_of(rx.received, set(sent))) == sent
+    await ssf_fed.gateway.audit.flush()
+    with ssf_fed.gateway.store.engine.connect() as c:
+        changes = [
+            (r.actor, r.outcome)
+            for r in c.execute(
+                sa.select(audit_log.c.actor, audit_log.c.outcome)
+                .where(audit_log.c.event == "SSF_STREAM")
+                .order_by(audit_log.c.seq)
+            )
+        ]
+    assert changes == [(TAOBAO.uri, "PAUSED"), (TAOBAO.uri, "ENABLED")]
 
 
 async def test_an_ack_of_a_set_not_delivered_acknowledges_nothing(ssf_fed: Federation) -> None:

@@ -129,8 +129,9 @@ class CamaraFacade:
                 raise InvalidArgument(
                     "BAD_CORRELATOR", "x-correlator does not match the XCorrelator schema"
                 )
+            # The body is read before a slot is taken: a slow sender holds none.
+            number, day = _question(await _body(request))
             async with self._edge.admitted(caller, CHECK_RECYCLED):
-                number, day = _question(await _body(request))
                 answer = await self._recycled.check(
                     caller,
                     number,

@@ -266,6 +266,7 @@ class SsfTransmitter:
             poll_url=self._url("/ssf/poll"),
         )
         await self._store.run(self._streams.save, updated, now_us())
+        self._audit_stream(peer, "CONFIGURED", updated, endpoint=updated.endpoint_url or "")
         self._on_verification(peer.id)  # wake its pusher: the endpoint may be new
         return _json(self._config(updated, peer))
 
@@ -277,6 +278,7 @@ class SsfTransmitter:
             return _json(stream.status_object())
         updated = status_update(stream, await _body(request))
         await self._store.run(self._streams.save, updated, now_us())
+        self._audit_stream(peer, updated.status.upper(), updated, reason=updated.reason or "")
         self._on_verification(peer.id)
         self.wake()
         return _json(updated.status_object())
@@ -294,9 +296,23 @@ class SsfTransmitter:
         await self._store.run(
             self._streams.request_verification, peer.id, new_jti(), state, now_us()
         )
+        self._audit_stream(peer, "VERIFICATION_REQUESTED", stream)
         self._on_verification(peer.id)
         self.wake()
         return Response(status_code=204, headers={"cache-control": "no-store"})
+
+    def _audit_stream(self, peer: PeerId, outcome: str, stream: Stream, **detail: str) -> None:
+        """What a receiver did to its stream: configured it, paused or enabled it, asked for a
+        verification (audited, as every change that decides where and whether events go)."""
+        self._audit(
+            AuditRecord(
+                now_us(),
+                "SSF_STREAM",
+                peer.uri,
+                outcome=outcome,
+                detail={"stream_id": stream.stream_id, **{k: v[:200] for k, v in detail.items()}},
+            )
+        )
 
     # -- poll delivery -------------------------------------------------------------------------
 
