@@ -331,18 +331,12 @@ class Gateway:
             audit=self.audit.record,
             on_verification=self._wake_set_pusher,
         )
-        prefix = ""
-        if config.facade_url is not None:
-            prefix = "/" + config.facade_url.split("://", 1)[1].partition("/")[2]
-            prefix = prefix.rstrip("/")
 
         def routes(port: int) -> list[Any]:
-            issuer = config.facade_url or bound_url(listen, port)
-            return camara.routes() + ssf.routes(issuer)
+            base = config.facade_url or bound_url(listen, port)
+            return camara.routes(base) + ssf.routes(base)
 
-        self.facades = await start_facades(
-            listen, config.pki_dir, GATEWAY_PEER, routes, prefix=prefix
-        )
+        self.facades = await start_facades(listen, config.pki_dir, GATEWAY_PEER, routes)
 
     def _wake_set_pusher(self, platform_id: str) -> None:
         pusher = self.set_pushers.get(platform_id)

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Container, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.policy import POLICY
 from numfed.errors import Unauthenticated
@@ -22,13 +23,19 @@ from numfed.identity import PeerId
 from numfed.pki import RevocationList
 from numfed.rpc import Admission, identify, require_role
 
-__all__ = ["CHECK_RECYCLED", "PULL_EVENTS", "Edge", "client_certificate"]
+__all__ = ["CHECK_RECYCLED", "PULL_EVENTS", "Edge", "client_certificate", "url_path"]
 
 _SVC = "/numfed.v1.GatewayService/"
 CHECK_RECYCLED = _SVC + "CheckRecycled"
 PULL_EVENTS = _SVC + "PullEvents"
 
 Scope = MutableMapping[str, Any]
+
+
+def url_path(base: str) -> str:
+    """The path of a public base URL, without a trailing ``/`` (``""`` for none): where the
+    facades' routes begin."""
+    return urlsplit(base).path.rstrip("/")
 
 
 def client_certificate(scope: Mapping[str, Any]) -> bytes:

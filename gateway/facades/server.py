@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -128,18 +128,16 @@ async def start_facades(
     identity: PeerId,
     routes: Callable[[int], list[BaseRoute]],
     *,
-    prefix: str = "",
     max_connections: int = 1024,
     on_stop: Callable[[], Any] = lambda: None,
 ) -> FacadeHandle:
     """Serve ``routes(port)`` (made once the port is bound, so that URLs can name it) over
-    HTTPS as ``identity`` on ``listen`` (port 0 allowed), under ``prefix`` (the path of the
-    public base URL, if any). Returns once it accepts connections."""
+    HTTPS as ``identity`` on ``listen`` (port 0 allowed). Returns once it accepts
+    connections."""
     layout = pki.PkiLayout(pki_dir)
     sock = _bind(listen)
     port = sock.getsockname()[1]
-    made = routes(port)
-    app = Starlette(routes=[Mount(prefix, routes=made)] if prefix else made)
+    app = Starlette(routes=routes(port))
 
     def context(config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = default()

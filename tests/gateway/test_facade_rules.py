@@ -166,3 +166,25 @@ def test_the_facades_answer_without_waiting_for_delayed_acks() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def test_a_base_url_with_a_path_puts_the_routes_under_it() -> None:
+    # SSF §7.2: the configuration is at the host's root, the issuer's path after it.
+    from starlette.routing import Route
+
+    from gateway.facades.camara.app import CamaraFacade
+    from gateway.facades.ssf.app import SsfTransmitter
+
+    base = "https://gw.example/numfed"
+    ssf = SsfTransmitter.__new__(SsfTransmitter)  # routes need no stores
+    camara = CamaraFacade.__new__(CamaraFacade)
+    paths = {r.path for r in [*ssf.routes(base), *camara.routes(base)] if isinstance(r, Route)}
+    assert paths == {
+        "/.well-known/ssf-configuration/numfed",
+        "/numfed/ssf/jwks.json",
+        "/numfed/ssf/stream",
+        "/numfed/ssf/status",
+        "/numfed/ssf/verify",
+        "/numfed/ssf/poll",
+        "/numfed/number-recycling/v0.2/check",
+    }

@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.facades.camara.errors import camara_error, retry_after
 from gateway.facades.camara.openapi import CORRELATOR, response_check
-from gateway.facades.edge import CHECK_RECYCLED, Edge
+from gateway.facades.edge import CHECK_RECYCLED, Edge, url_path
 from gateway.recycled import RecycledCheck
 from numfed.claims import RecycledQuestion
 from numfed.config import Limits
@@ -114,8 +114,9 @@ class CamaraFacade:
         )
         self._check = response_check()
 
-    def routes(self) -> list[BaseRoute]:
-        return [Route(CHECK_ROUTE, self.check, methods=["POST"])]
+    def routes(self, base: str) -> list[BaseRoute]:
+        """The API under ``base`` (``apiRoot``: the path of the public base URL, if any)."""
+        return [Route(url_path(base) + CHECK_ROUTE, self.check, methods=["POST"])]
 
     async def check(self, request: Request) -> Response:
         correlator = request.headers.get("x-correlator")

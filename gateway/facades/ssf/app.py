@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.audit import AuditRecord
-from gateway.facades.edge import PULL_EVENTS, Edge
+from gateway.facades.edge import PULL_EVENTS, Edge, url_path
 from gateway.facades.ssf.sets import (
     SetSigner,
     event_set_claims,
@@ -145,22 +145,25 @@ class SsfTransmitter:
     # -- routes --------------------------------------------------------------------------------
 
     def routes(self, issuer: str) -> list[BaseRoute]:
+        """The endpoints under the issuer's path; the configuration at the host's root, with
+        that path after it (SSF §7.2, as RFC 8414 does)."""
         self.issuer = issuer
-        path = issuer.split("://", 1)[1].partition("/")[2]
-        well_known = "/.well-known/ssf-configuration" + (f"/{path}" if path else "")
+        prefix = url_path(issuer)
+        well_known = "/.well-known/ssf-configuration" + prefix
+        guard, get, post = self._guard, ["GET"], ["POST"]
         return [
-            Route(well_known, self._guard(self.configuration, GET_TRUST_BUNDLE), methods=["GET"]),
-            Route("/ssf/jwks.json", self._guard(self.jwks, GET_TRUST_BUNDLE), methods=["GET"]),
+            Route(well_known, guard(self.configuration, GET_TRUST_BUNDLE), methods=get),
+            Route(prefix + "/ssf/jwks.json", guard(self.jwks, GET_TRUST_BUNDLE), methods=get),
             Route(
-                "/ssf/stream",
-                self._guard(self.stream, PULL_EVENTS),
+                prefix + "/ssf/stream",
+                guard(self.stream, PULL_EVENTS),
                 methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
             ),
-            Route("/ssf/status", self._guard(self.status, PULL_EVENTS), methods=["GET", "POST"]),
-            Route("/ssf/verify", self._guard(self.verify, PULL_EVENTS), methods=["POST"]),
+            Route(prefix + "/ssf/status", guard(self.status, PULL_EVENTS), methods=get + post),
+            Route(prefix + "/ssf/verify", guard(self.verify, PULL_EVENTS), methods=post),
             # A long poll waits without holding an admission slot (PublishEvents shares the
             # class): the poll admits each of its reads of the log itself.
-            Route("/ssf/poll", self._guard(self.poll, PULL_EVENTS, admit=False), methods=["POST"]),
+            Route(prefix + "/ssf/poll", guard(self.poll, PULL_EVENTS, admit=False), methods=post),
         ]
 
     def _guard(
