@@ -244,7 +244,8 @@ class GatewayServiceServicer:
     def PullEvents(self, request, context):
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        Platforms only. A platform has one position in the log, whichever way it takes events:
+        SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
         ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
         nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
         """
