@@ -96,6 +96,8 @@ class Receiver:
         self.issuer = ""
         self.keys: dict[str, jwt.PyJWK] = {}
         self.new = asyncio.Event()
+        self.reject: set[str] = set()
+        """jti of SETs this receiver refuses (RFC 8935: 400 with an error) instead of keeping."""
         self.handshakes: list[str | None] = []
         """The TLS server name of each connection to the push endpoint that began."""
 
@@ -305,6 +307,9 @@ class Receiver:
         if request.method != b"POST" or content_type != SET_MEDIA_TYPE.encode():
             return 400, json.dumps({"err": "invalid_request"}).encode()
         try:
+            jti = self.verify_set(body.decode())["jti"]
+            if jti in self.reject:
+                return 400, json.dumps({"err": "invalid_request", "description": "no"}).encode()
             self.accept(body.decode())
         except (ValueError, KeyError, UnicodeDecodeError) as exc:
             return 400, json.dumps({"err": "invalid_request", "description": str(exc)}).encode()

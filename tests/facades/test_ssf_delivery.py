@@ -176,3 +176,35 @@ async def test_a_push_goes_only_to_a_server_with_the_platforms_own_certificate(
         await point(url)
         await eventually(lambda: set(sent) <= rx.received.seen_ids(), within=30)
     assert list(events_of(rx.received, set(sent))) == sent
+
+
+async def test_a_set_the_receiver_refuses_is_delivered_and_audited_not_resent(
+    ssf_fed: Federation,
+) -> None:
+    # RFC 8935: a 400 with an error is the receiver's word on that SET. The stream goes on
+    # (the platform's cursor passes it), the refusal is audited, and it is not sent again.
+    rx = receiver(ssf_fed, "weibo", drop_rate=0.0)
+    async with rx.client() as client, rx.push_endpoint() as url:
+        config = await rx.discover(client)
+        await client.patch(
+            config["configuration_endpoint"],
+            json={"stream_id": "weibo", "delivery": {"method": PUSH, "endpoint_url": url}},
+            extensions=GATEWAY_NAME,
+        )
+        first = LifecycleEvent.new(served_by_cmcc()[0], EventKind.DEACTIVATED, datetime.now(UTC))
+        rx.reject.add(first.event_id.hex())
+        await publish(ssf_fed, [first])
+        sent = await script(ssf_fed)
+        await eventually(lambda: set(sent) <= rx.received.seen_ids(), within=30)
+        await cursor_at_head(ssf_fed, "weibo")
+    assert first.event_id not in rx.received.seen_ids()
+    assert list(events_of(rx.received, set(sent))) == sent
+    await ssf_fed.gateway.audit.flush()
+    with ssf_fed.gateway.store.engine.connect() as c:
+        refusals = [
+            r.detail
+            for r in c.execute(
+                sa.select(audit_log.c.detail).where(audit_log.c.outcome == "SET_REJECTED")
+            )
+        ]
+    assert len(refusals) == 1 and first.event_id.hex() in refusals[0]

@@ -193,3 +193,34 @@ async def test_discovery_names_every_endpoint_and_the_key(ssf_fed: Federation) -
         assert config[name].startswith(rx.issuer + "/ssf/")
     assert config["default_subjects"] == "ALL"
     assert len(rx.keys) == 1 and all(k.algorithm_name == "EdDSA" for k in rx.keys.values())
+
+
+async def test_a_set_reported_in_error_is_acknowledged_and_audited(ssf_fed: Federation) -> None:
+    event = LifecycleEvent.new(served_by_cmcc()[0], EventKind.DEACTIVATED, datetime.now(UTC))
+    await publish(ssf_fed, [event])
+    jti = event.event_id.hex()
+    poll = base(ssf_fed) + "/ssf/poll"
+    async with https_client(ssf_fed.layout.pki_dir, TAOBAO) as client:
+        first = await client.post(poll, json={"returnImmediately": True}, extensions=GATEWAY_NAME)
+        others = [j for j in first.json()["sets"] if j != jti]  # port halves from the start
+        assert jti in first.json()["sets"]
+        report = await client.post(
+            poll,
+            json={
+                "ack": others,
+                "setErrs": {jti: {"err": "invalid_key", "description": "unknown kid"}},
+                "returnImmediately": True,
+            },
+            extensions=GATEWAY_NAME,
+        )
+        assert report.json() == {"sets": {}, "moreAvailable": False}  # nothing left to send
+        await cursor_at_head(ssf_fed, "taobao")
+    await ssf_fed.gateway.audit.flush()
+    with ssf_fed.gateway.store.engine.connect() as c:
+        details = [
+            r.detail
+            for r in c.execute(
+                sa.select(audit_log.c.detail).where(audit_log.c.outcome == "SET_REJECTED")
+            )
+        ]
+    assert len(details) == 1 and jti in details[0] and "invalid_key" in details[0]
