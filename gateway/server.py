@@ -319,17 +319,18 @@ class Gateway:
     async def _start_facades(self, listen: str) -> None:
         """Serve the CAMARA and SSF facades on ``listen`` (docs/standards.md)."""
         config = self.config
-        assert self.admission is not None and config.ssf_key_file is not None
+        assert self.admission is not None
+        key_file = config.ssf_key_file or config.state_dir / "ssf-set.key.pem"
         edge = Edge(self.membership, self.revocations, self.admission)
         camara = CamaraFacade(edge=edge, recycled=self.servicer.recycled, limits=config.limits)
         self.ssf = ssf = SsfTransmitter(
             edge=edge,
             streams=StreamStore(self.store.engine, self.events),
             store=self.store,
-            signer=SetSigner.load_or_create(config.ssf_key_file),
+            signer=SetSigner.load_or_create(key_file),
             platforms=lambda: {m.id: m for m in self.config.platforms},
             audit=self.audit.record,
-            on_verification=self._wake_set_pusher,
+            on_stream_change=self._wake_set_pusher,
         )
 
         def routes(port: int) -> list[Any]:

@@ -124,7 +124,7 @@ class SsfTransmitter:
         signer: SetSigner,
         platforms: Callable[[], Mapping[str, Member]],
         audit: Callable[[AuditRecord], None],
-        on_verification: Callable[[str], None] = lambda _platform: None,
+        on_stream_change: Callable[[str], None] = lambda _platform: None,
     ) -> None:
         self._edge = edge
         self._streams = streams
@@ -132,7 +132,7 @@ class SsfTransmitter:
         self.signer = signer
         self._platforms = platforms
         self._audit = audit
-        self._on_verification = on_verification
+        self._on_stream_change = on_stream_change
         self.issuer = ""
         """The issuer (and base URL); set once the facades know where they are served."""
         self._news = asyncio.Event()
@@ -270,7 +270,7 @@ class SsfTransmitter:
         )
         await self._store.run(self._streams.save, updated, now_us())
         self._audit_stream(peer, "CONFIGURED", updated, endpoint=updated.endpoint_url or "")
-        self._on_verification(peer.id)  # wake its pusher: the endpoint may be new
+        self._on_stream_change(peer.id)  # its pusher reads the stream again
         return _json(self._config(updated, peer))
 
     async def status(self, request: Request, peer: PeerId) -> Response:
@@ -282,7 +282,7 @@ class SsfTransmitter:
         updated = status_update(stream, await _body(request))
         await self._store.run(self._streams.save, updated, now_us())
         self._audit_stream(peer, updated.status.upper(), updated, reason=updated.reason or "")
-        self._on_verification(peer.id)
+        self._on_stream_change(peer.id)
         self.wake()
         return _json(updated.status_object())
 
@@ -300,7 +300,7 @@ class SsfTransmitter:
             self._streams.request_verification, peer.id, new_jti(), state, now_us()
         )
         self._audit_stream(peer, "VERIFICATION_REQUESTED", stream)
-        self._on_verification(peer.id)
+        self._on_stream_change(peer.id)
         self.wake()
         return Response(status_code=204, headers={"cache-control": "no-store"})
 
