@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
-from bench import portal
+from bench import facades, portal
 from bench.fanout import (
     CMCC,
     gateway_run,
@@ -70,10 +70,12 @@ class Size:
     verify_rounds: int
     events: int
     overload_seconds: float
+    facade_calls: int = 500
+    facade_events: int = 2000
 
 
 FULL = Size((1, 7, 50, 200), 4.0, 64, 200, 200, 1000, 1000, 3000, 20000, 20.0)
-QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0)
+QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100)
 
 
 def p(values: list[float], q: float) -> float:
@@ -124,6 +126,7 @@ async def federation(
     limits: Mapping[str, object] | None = None,
     database_url: str = "",
     process_per_platform: bool = False,
+    facades: bool = False,
 ) -> AsyncIterator[Running]:
     """A gateway process, and its carriers and platforms in one other process (or, with
     ``process_per_platform``, the carriers in one and each platform in a process of its own)."""
@@ -134,6 +137,7 @@ async def federation(
         platform_knobs=knobs,
         limits=limits,
         database_url=database_url,
+        facades=facades,
     )
     if process_per_platform:
         hosts = [spawn("bench.members_host", str(layout.root), p) for p in platforms]
@@ -851,6 +855,7 @@ def document(r: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "",
         "![overload](../bench/results/overload.png)",
         "",
+        *facades.document(r["facades"]),
         MARK_END,
     ]
     return "\n".join(parts)
@@ -882,6 +887,8 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["events"] = await bench_events(size, workdir)
     print("overload", flush=True)
     r["overload"] = await bench_overload(size, workdir)
+    print("standards facades beside the gRPC path", flush=True)
+    r["facades"] = await facades.bench_facades(size.facade_calls, size.facade_events, workdir)
     print("the holder's page at 10x its sustainable rate", flush=True)
     r["portal"] = await portal.bench_portal(portal.QUICK if size is QUICK else portal.FULL, workdir)
     return r
@@ -906,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification",
         "events",
         "overload",
+        "facades",
         "portal",
     ):
         (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")

@@ -129,7 +129,7 @@ class EventLog:
             ).scalar_one_or_none()
         return int(got or 0)
 
-    def _ensure_cursor(self, c: sa.Connection, platform_id: str, now_us: int) -> None:
+    def ensure_cursor(self, c: sa.Connection, platform_id: str, now_us: int) -> None:
         """Create the platform's cursor at 0 unless it exists (replicas may race to it)."""
         insert = (postgresql.insert if c.dialect.name == "postgresql" else sqlite.insert)(
             event_cursors
@@ -158,7 +158,7 @@ class EventLog:
         ``ACK_BEYOND_DELIVERED`` and changes nothing.
         """
         with self.engine.begin() as c:
-            acked, _ = self._acknowledge(c, platform_id, through, now_us, delivered)
+            acked, _ = self.acknowledge(c, platform_id, through, now_us, delivered)
             return max(acked, through)
 
     def pull(
@@ -171,21 +171,23 @@ class EventLog:
         Returns (cursor before, cursor after, [(seq, envelope)]).
         """
         with self.engine.begin() as c:
-            before, delivered = self._acknowledge(c, platform_id, through, now_us, 0)
+            before, delivered = self.acknowledge(c, platform_id, through, now_us, 0)
             cursor = max(before, through)
-            rows = self._after(c, cursor, limit)
+            rows = self.read_after(c, cursor, limit)
             if rows and rows[-1][0] > delivered:
-                self._mark_delivered(c, platform_id, rows[-1][0])
+                self.mark_delivered(c, platform_id, rows[-1][0])
             return before, cursor, rows
 
-    def _acknowledge(
+    def acknowledge(
         self, c: sa.Connection, platform_id: str, through: int, now_us: int, delivered: int
     ) -> tuple[int, int]:
-        """Check and apply an acknowledgement; return (acked before, delivered)."""
+        """Check and apply an acknowledgement inside transaction ``c``; return (acked before,
+        delivered). Every delivery path (gRPC push and poll, SSF push and poll) moves the
+        cursor through here."""
         c_ = event_cursors.c
-        self._ensure_cursor(c, platform_id, now_us)
+        self.ensure_cursor(c, platform_id, now_us)
         if delivered:
-            self._mark_delivered(c, platform_id, delivered)
+            self.mark_delivered(c, platform_id, delivered)
         row = c.execute(
             sa.select(c_.acked_seq, c_.delivered_seq).where(c_.platform_id == platform_id)
         ).one()
@@ -205,7 +207,7 @@ class EventLog:
             )
         return int(row.acked_seq), int(row.delivered_seq)
 
-    def _mark_delivered(self, c: sa.Connection, platform_id: str, seq: int) -> None:
+    def mark_delivered(self, c: sa.Connection, platform_id: str, seq: int) -> None:
         c_ = event_cursors.c
         c.execute(
             sa.update(event_cursors)
@@ -217,7 +219,7 @@ class EventLog:
         """Hold (or renew) the right to push to ``platform_id``; False while another holds it."""
         c_ = event_cursors.c
         with self.engine.begin() as c:
-            self._ensure_cursor(c, platform_id, now_us)
+            self.ensure_cursor(c, platform_id, now_us)
             got = c.execute(
                 sa.update(event_cursors)
                 .where(
@@ -245,10 +247,10 @@ class EventLog:
         """Up to ``limit`` batches after ``seq``, at most ``MAX_DELIVERY_BYTES`` in all (the
         first always)."""
         with self.engine.connect() as c:
-            return self._after(c, seq, limit)
+            return self.read_after(c, seq, limit)
 
     @staticmethod
-    def _after(c: sa.Connection, seq: int, limit: int) -> list[tuple[int, bytes]]:
+    def read_after(c: sa.Connection, seq: int, limit: int) -> list[tuple[int, bytes]]:
         rows = c.execute(
             sa.select(event_batches.c.seq, event_batches.c.envelope)
             .where(event_batches.c.seq > seq)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -29,6 +30,13 @@ from gateway.authority import Portability
 from gateway.checkpoints import Checkpointer
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
+from gateway.facades.camara.app import CamaraFacade
+from gateway.facades.edge import Edge
+from gateway.facades.server import FacadeHandle, bound_url, start_facades
+from gateway.facades.ssf.app import SsfTransmitter
+from gateway.facades.ssf.pusher import SetPusher, receiver_tls
+from gateway.facades.ssf.sets import SetSigner
+from gateway.facades.ssf.store import StreamStore
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
@@ -50,7 +58,7 @@ from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
 from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
+from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
 from numfed.serving import run_until_signalled
 from numfed.trust import VERSION_METADATA_KEY, TrustedState
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
@@ -70,7 +78,7 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
-def wake_all(pushers: Iterable[EventPusher]) -> None:
+def wake_all(pushers: Iterable[EventPusher | SetPusher]) -> None:
     for p in pushers:
         p.wake()
 
@@ -148,6 +156,13 @@ class Gateway:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
     _stopped: bool = False
+    admission: Admission | None = None
+    """The RPC classes' bounds, shared by the gRPC edge and the facades."""
+    facades: FacadeHandle | None = None
+    """The CAMARA and SSF facades over HTTPS, when ``facade_listen`` is set."""
+    ssf: SsfTransmitter | None = None
+    set_pushers: dict[str, SetPusher] = field(default_factory=dict)
+    """Per platform whose events go by ``ssf-push``: its SET pusher."""
 
     @property
     def port(self) -> int:
@@ -225,6 +240,14 @@ class Gateway:
         )
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
+        set_pushers: dict[str, SetPusher] = {}
+
+        def on_events() -> None:
+            """New batches in the log: every pusher and every long poll looks again."""
+            wake_all([*pushers.values(), *set_pushers.values()])
+            if gw.ssf is not None:
+                gw.ssf.wake()
+
         dispatcher = Dispatcher(
             audit=audit.record,
             audit_room=audit.room,
@@ -240,7 +263,7 @@ class Gateway:
             ports=ports,
             portability=portability,
             pseudonym=pseudonym,
-            on_events=lambda: wake_all(pushers.values()),
+            on_events=on_events,
         )
 
         async def refresh_ports() -> None:
@@ -263,6 +286,8 @@ class Gateway:
             checkpoint=lambda: checkpointer.latest,
         )
 
+        bounds = admission(config.limits)
+
         def register(server: grpc.aio.Server) -> str:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
             return SERVICE
@@ -272,7 +297,7 @@ class Gateway:
             credentials=pki.server_credentials(layout, GATEWAY_PEER),
             policy=POLICY,
             bind=config.listen,
-            admission=admission(config.limits),
+            admission=bounds,
             members=membership,
             revocations=revocations,
             initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
@@ -298,9 +323,17 @@ class Gateway:
             publisher=publisher,
             ports=ports,
             servicer=servicer,
+            admission=bounds,
+            set_pushers=set_pushers,
         )
         audit.start()
         checkpointer.start()
+        if config.facade_listen is not None:
+            try:
+                await gw._start_facades(config.facade_listen)
+            except BaseException:
+                await gw.stop(0)  # nothing half started stays behind
+                raise
         # Ready once every carrier has told us which numbers it serves.
         if config.carriers:
             await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -322,9 +355,40 @@ class Gateway:
 
     # -- members -------------------------------------------------------------------------------
 
+    async def _start_facades(self, listen: str) -> None:
+        """Serve the CAMARA and SSF facades on ``listen`` (docs/standards.md)."""
+        config = self.config
+        assert self.admission is not None
+        key_file = config.ssf_key_file or config.state_dir / "ssf-set.key.pem"
+        edge = Edge(self.membership, self.revocations, self.admission)
+        camara = CamaraFacade(edge=edge, recycled=self.servicer.recycled, limits=config.limits)
+        self.ssf = ssf = SsfTransmitter(
+            edge=edge,
+            streams=StreamStore(self.store.engine, self.events),
+            store=self.store,
+            signer=SetSigner.load_or_create(key_file),
+            platforms=lambda: {m.id: m for m in self.config.platforms},
+            audit=self.audit.record,
+            on_stream_change=self._wake_set_pusher,
+        )
+
+        def routes(port: int) -> list[Any]:
+            base = config.facade_url or bound_url(listen, port)
+            return camara.routes(base) + ssf.routes(base)
+
+        self.facades = await start_facades(listen, config.pki_dir, GATEWAY_PEER, routes)
+
+    def _wake_set_pusher(self, platform_id: str) -> None:
+        pusher = self.set_pushers.get(platform_id)
+        if pusher is not None:
+            pusher.wake()
+
     def _start_pusher(self, member: Member) -> None:
+        if member.events == "ssf-push":
+            self._start_set_pusher(member)
+            return
         if member.events != "push":
-            return  # a polling platform calls PullEvents itself
+            return  # a polling platform polls itself (PullEvents, or SSF's poll endpoint)
         pusher = EventPusher(
             link=self.links[member.id],
             events=self.events,
@@ -335,6 +399,26 @@ class Gateway:
             audit_room=self.audit.room,
         )
         self.pushers[member.id] = pusher
+        self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
+
+    def _start_set_pusher(self, member: Member) -> None:
+        ssf = self.ssf
+        if ssf is None:
+            log.error("%s takes events by SSF push, but no facade_listen is set", member.id)
+            return
+        pusher = SetPusher(
+            platform_id=member.id,
+            streams=StreamStore(self.store.engine, self.events),
+            events=self.events,
+            store=self.store,
+            signer=ssf.signer,
+            issuer=lambda: ssf.issuer,
+            tls=receiver_tls(self.config.pki_dir, GATEWAY_PEER),
+            limits=self.config.limits,
+            owner=self.dispatcher.owner,
+            audit=self.audit.record,
+        )
+        self.set_pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
 
     def _start_sync(self, member: Member) -> None:
@@ -356,6 +440,7 @@ class Gateway:
         """No more queries, releases or event pushes to it; calls out to it are cancelled."""
         link = self.links.pop(platform_id, None)
         self.pushers.pop(platform_id, None)
+        self.set_pushers.pop(platform_id, None)
         await self._stop_task(PeerId(Role.PLATFORM, platform_id))
         if link is not None:
             await link.close()
@@ -567,9 +652,10 @@ class Gateway:
             after.push_async_callback(self.audit.stop, self.config.limits.shutdown_grace)
             after.push_async_callback(self._give_back_leases)
             after.push_async_callback(self._cancel_tasks)
-            stopped = await asyncio.gather(
-                self.server.stop(grace), self.dispatcher.stop(grace), return_exceptions=True
-            )
+            stopping = [self.server.stop(grace), self.dispatcher.stop(grace)]
+            if self.facades is not None:
+                stopping.append(self.facades.stop(grace))
+            stopped = await asyncio.gather(*stopping, return_exceptions=True)
             for outcome in stopped:
                 if isinstance(outcome, BaseException):
                     raise outcome

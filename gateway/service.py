@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -22,13 +22,13 @@ from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
-from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from gateway.publisher import EventPublisher
+from gateway.recycled import RecycledCheck
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow, claim_digest
 from gateway.trustview import TrustView
 from gateway.watchers import JobWatchers
-from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion, normalize_number
+from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion
 from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import (
@@ -42,11 +42,9 @@ from numfed.errors import (
 )
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId, Role
-from numfed.ratelimit import RateLimiter
-from numfed.rpc import current_peer, error_from_rpc
-from numfed.timeutil import from_date, to_us
+from numfed.rpc import current_peer
+from numfed.timeutil import to_us
 from numfed.v1 import (
-    carrier_pb2,
     carrier_pb2_grpc,
     claim_pb2,
     events_pb2,
@@ -133,9 +131,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._events = events
         self._publisher = publisher
         self._audit = audit
-        self._carrier_stubs = carrier_stubs
-        self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
-        self._probes = ProbeBudget.from_limits(limits)
+        self.recycled = RecycledCheck(
+            store=store,
+            portability=portability,
+            pseudonym=pseudonym,
+            limits=limits,
+            audit=audit,
+            carrier_stubs=carrier_stubs,
+        )
+        """The recycled check, shared with the CAMARA facade (gateway/facades/camara)."""
         self._store = store
         self.trust_view = trust
         """The trust in force: replaced whole (one assignment) when new trust files verify,
@@ -403,115 +407,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CheckRecycled(
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
-        caller = current_peer()
-        self._audit.admit()
-        number_key = ""
-        day: date | None = None
-        try:
-            self._recycled_limit.take(caller.id)
-            number = normalize_number(request.number)
-            question = RecycledQuestion.from_request(request)
-            day = question.specified_date
-            number_key = self._pseudonym(number)
-            carrier = self._portability.carrier_for(number)
-            if carrier is None or carrier not in self._carrier_stubs:
-                raise NotFound("UNKNOWN_NUMBER", "no carrier of the federation serves the number")
-            # Past the budget nothing goes to the carrier; the binding count is after its answer.
-            asked = await self._store.run(self._store.asked_dates, caller.id, number_key)
-            self._probes.check(asked, candidate_days(question), now_us())
-            answer, day = await self._answer_recycled(
-                carrier, number, number_key, question, caller.id, self._budget(context)
-            )
-        except NumfedError as err:
-            probing = err.reason == PROBE_BUDGET_REASON
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    caller.uri,
-                    number_key,
-                    "PROBING_REFUSED" if probing else err.reason,
-                    {"specified_date": day.isoformat()} if probing and day else {},
-                )
-            )
-            raise
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RECYCLED_CHECK",
-                caller.uri,
-                number_key,
-                "ANSWERED",
-                {"carrier": carrier, "specified_date": day.isoformat()},
-            )
+        answer = await self.recycled.check(
+            current_peer(),
+            request.number,
+            lambda: RecycledQuestion.from_request(request),
+            self._budget(context),
         )
         return gateway_pb2.CheckRecycledResponse(answer=answer)
-
-    async def _answer_recycled(
-        self,
-        carrier: str,
-        number: str,
-        number_key: str,
-        question: RecycledQuestion,
-        platform_id: str,
-        timeout: float,
-    ) -> tuple[claim_pb2.Envelope, date]:
-        """Ask the carrier; count the day it answered for against the platform's probe budget
-        (atomically, so concurrent calls on any replica never exceed it); withhold the answer
-        if the budget is spent. A date before the carrier's history costs its day too: the
-        refusal tells that the history began after it."""
-        relayed = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=platform_id)
-        question.fill(relayed)
-        try:
-            answer = await self._carrier_stubs[carrier].AnswerRecycledCheck(
-                relayed, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            err = error_from_rpc(exc)
-            if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
-                # The carrier's own failure is not the platform's fault, nor the gateway's.
-                raise Unavailable(
-                    "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"
-                ) from exc
-            if err.code == "OUT_OF_RANGE" and err.reason.endswith("_BEFORE_HISTORY"):
-                day = refused_day(question, err.metadata)
-                await self._spend(platform_id, number_key, day)
-            raise err from exc
-        try:
-            payload = claim_pb2.RecycledClaim.FromString(answer.answer.payload)
-            day = from_date(payload.specified_date)
-        except (DecodeError, InvalidArgument) as exc:
-            raise Unavailable(
-                "CARRIER_FAILED", f"carrier {carrier} answered without a date"
-            ) from exc
-        if question.specified_date not in (None, day):
-            raise Unavailable("CARRIER_FAILED", f"carrier {carrier} answered about another date")
-        await self._spend(platform_id, number_key, day)
-        return answer.answer, day
-
-    async def _spend(self, platform_id: str, number_key: str, day: date) -> None:
-        pooled = await self._store.run(
-            self._store.spend_asked_date, platform_id, number_key, day, now_us(), self._probes
-        )
-        if pooled is not None and pooled[0] > self._limits.recycled_probing_alert:
-            # Each platform is within its own budget; together they could pool their bits.
-            days, platforms = pooled
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    PeerId(Role.PLATFORM, platform_id).uri,
-                    number_key,
-                    "PROBING_SUSPECTED",
-                    {"distinct_days": str(days), "platforms": str(platforms)},
-                )
-            )
-            log.warning(
-                "recycled check: %d platforms asked about one number on %d distinct days "
-                "(possible pooled probing; audited)",
-                platforms,
-                days,
-            )
 
     # -- lifecycle events ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from numfed.errors import InvalidArgument
 
 __all__ = [
+    "EVENT_MODES",
     "MAX_BATCH_ITEMS",
     "MIN_KEEPALIVE_TIME",
     "CarrierConfig",
@@ -34,6 +35,11 @@ MIN_KEEPALIVE_TIME = 1.0
 any valid client setting is accepted by any server, whatever its own limits."""
 
 _ID = re.compile(r"[a-z0-9_-]{1,32}")
+_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
+EVENT_MODES = ("push", "poll", "ssf-push", "ssf-poll")
+"""How lifecycle events reach a platform: gRPC DeliverEvents ("push"), gRPC PullEvents
+("poll"), or OpenID Shared Signals SETs pushed to its receiver (RFC 8935, "ssf-push") or polled
+by it (RFC 8936, "ssf-poll"); see docs/standards.md."""
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
 
@@ -210,7 +216,7 @@ class Member:
     id: str
     endpoint: str
     events: str = "push"
-    """Platforms: how lifecycle events reach them, "push" (DeliverEvents) or "poll"."""
+    """Platforms: how lifecycle events reach them, one of :data:`EVENT_MODES`."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,16 @@ class GatewayConfig:
     key. Default: ``pseudonym.key`` in the state directory, created on first start."""
     source: Path | None = None
     """The file this config was read from; the gateway re-reads it when it changes."""
+    facade_listen: str | None = None
+    """Where the standards facades (CAMARA Number Recycling, OpenID Shared Signals) are served
+    over HTTPS with mTLS (docs/standards.md); None: not served."""
+    facade_url: str | None = None
+    """The facades' public base URL (``https://host[:port][/path]``): the SSF issuer and the
+    base of every endpoint the SSF configuration names. Default: ``https://`` + the address
+    ``facade_listen`` bound."""
+    ssf_key_file: Path | None = None
+    """The Ed25519 key that signs Security Event Tokens (PEM); every replica needs the same key.
+    Default: ``ssf-set.key.pem`` in the state directory, created on first start."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +259,9 @@ class PlatformConfig:
     error_rate: float = 0.0
     seed_scenario: bool = True
     events: str = "push"
-    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
+    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"; with
+    "ssf-push" or "ssf-poll" they arrive at the platform's SSF receiver instead, and this
+    process takes none itself."""
     conformance: bool = False
     """Test only: also serve PlatformConformanceService for the conformance kit."""
     trust_refresh: float = 60.0
@@ -344,8 +362,8 @@ def _members(raw: dict[str, Any], name: str) -> tuple[Member, ...]:
     out = []
     for entry in raw.get(name, []):
         mode = entry.get("events", "push")
-        if mode not in ("push", "poll"):
-            raise InvalidArgument("BAD_CONFIG", f'{name}.events must be "push" or "poll"')
+        if mode not in EVENT_MODES:
+            raise InvalidArgument("BAD_CONFIG", f"{name}.events must be one of {EVENT_MODES}")
         out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name), mode))
     ids = [m.id for m in out]
     if len(set(ids)) != len(ids):
@@ -365,6 +383,12 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "[portability] is gone: who serves a number comes from the numbering plan in the "
             "trust bundle and from ports both carriers signed (docs/authority.md)",
         )
+    platforms = _members(raw, "platform")
+    if "facade_listen" not in sec and any(m.events.startswith("ssf-") for m in platforms):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "platforms whose events go by SSF need the facades: set gateway.facade_listen",
+        )
     return GatewayConfig(
         listen=_endpoint(sec, "listen", "gateway"),
         pki_dir=base / _str(sec, "pki_dir", "gateway"),
@@ -372,7 +396,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         state_dir=state_dir,
         database_url=str(url),
         carriers=_members(raw, "carrier"),
-        platforms=_members(raw, "platform"),
+        platforms=platforms,
         limits=Limits.from_mapping(raw.get("limits", {})),
         pseudonym_key_file=(
             base / _str(sec, "pseudonym_key_file", "gateway")
@@ -380,7 +404,25 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             else state_dir / "pseudonym.key"
         ),
         source=path,
+        facade_listen=(
+            _endpoint(sec, "facade_listen", "gateway") if "facade_listen" in sec else None
+        ),
+        facade_url=_url(sec, "facade_url", "gateway") if "facade_url" in sec else None,
+        ssf_key_file=(
+            base / _str(sec, "ssf_key_file", "gateway")
+            if "ssf_key_file" in sec
+            else state_dir / "ssf-set.key.pem"
+        ),
     )
+
+
+def _url(sec: dict[str, Any], key: str, where: str) -> str:
+    value = _str(sec, key, where)
+    if not _URL.fullmatch(value):
+        raise InvalidArgument(
+            "BAD_CONFIG", f"{where}.{key}={value!r} is not https://HOST[:PORT][/PATH]"
+        )
+    return value.rstrip("/")
 
 
 def load_platform_config(path: Path) -> PlatformConfig:
@@ -423,8 +465,8 @@ def load_platform_config(path: Path) -> PlatformConfig:
 
 def _events_mode(sec: dict[str, Any]) -> str:
     mode = sec.get("events", "push")
-    if mode not in ("push", "poll"):
-        raise InvalidArgument("BAD_CONFIG", 'events must be "push" or "poll"')
+    if mode not in EVENT_MODES:
+        raise InvalidArgument("BAD_CONFIG", f"events must be one of {EVENT_MODES}")
     return str(mode)
 
 

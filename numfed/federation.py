@@ -161,6 +161,8 @@ class FederationLayout:
     replica_configs: list[Path] = field(default_factory=list)
     """Every gateway replica's config (the first is ``gateway_config``)."""
     replica_endpoints: list[str] = field(default_factory=list)
+    facade_endpoints: list[str] = field(default_factory=list)
+    """Each replica's HTTPS facades (CAMARA, SSF), when laid out with them."""
 
     @property
     def gateway_target(self) -> str:
@@ -191,13 +193,15 @@ def create_federation(
     limits: Mapping[str, object] | None = None,
     replicas: int = 1,
     holder_web: bool = False,
+    facades: bool = False,
 ) -> FederationLayout:
     """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``.
 
     With ``replicas`` > 1 (which needs a PostgreSQL ``database_url``) it writes one config per
     gateway replica, ``gateway.toml``, ``gateway-2.toml``, …: same database, same pseudonym
     key, own port; members dial them all, round-robin. With ``holder_web`` each carrier also
-    serves the holder's page (``holder_web_listen``).
+    serves the holder's page (``holder_web_listen``). With ``facades`` each replica also serves
+    the CAMARA and SSF facades over HTTPS (``facade_listen``; ``facade_endpoints``).
     """
     if replicas > 1 and not database_url.startswith("postgresql"):
         raise ValueError("several gateway replicas need a PostgreSQL database_url")
@@ -207,7 +211,8 @@ def create_federation(
     pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
     write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
     per_carrier = 3 if holder_web else 2
-    ports = iter(free_ports(replicas + per_carrier * len(carriers) + len(platforms)))
+    facade_ports = replicas if facades else 0
+    ports = iter(free_ports(replicas + facade_ports + per_carrier * len(carriers) + len(platforms)))
     endpoints = [f"127.0.0.1:{next(ports)}" for _ in range(replicas)]
     layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", endpoints[0])
     layout.replica_endpoints.extend(endpoints)
@@ -274,5 +279,9 @@ def create_federation(
         }
         if database_url:
             gateway["database_url"] = database_url
+        if facades:
+            layout.facade_endpoints.append(f"127.0.0.1:{next(ports)}")
+            gateway["facade_listen"] = layout.facade_endpoints[-1]
+            gateway["ssf_key_file"] = "state/gateway/ssf-set.key.pem"
         config.write_text(_section("gateway", gateway) + text)
     return layout

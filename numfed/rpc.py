@@ -60,7 +60,9 @@ __all__ = [
     "error_from_status",
     "error_info",
     "error_status",
+    "identify",
     "ok_status",
+    "require_role",
     "retry_delay",
     "rpc_error_info",
     "server_options",
@@ -358,6 +360,33 @@ class SoleGateway:
         return isinstance(peer, PeerId) and (peer.role is not Role.GATEWAY or peer == self.gateway)
 
 
+def identify(pem: bytes, members: Members | None, revocations: RevocationList | None) -> PeerId:
+    """The peer a verified client certificate (PEM) names, if it may be served at all: the
+    certificate is not on the CA's revocation list (UNAUTHENTICATED ``CERTIFICATE_REVOKED``) and
+    names a member (PERMISSION_DENIED ``UNKNOWN_MEMBER``). Every edge of a numfed server asks
+    this first: the gRPC interceptor and the gateway's HTTPS facades (gateway/facades)."""
+    if revocations is not None:
+        revocations.check(pem)
+    peer = peer_from_pem(pem)
+    if members is not None and peer not in members:
+        raise PermissionDenied(
+            "UNKNOWN_MEMBER",
+            f"{peer.uri} is not a member of this federation",
+            metadata={"peer": peer.uri},
+        )
+    return peer
+
+
+def require_role(peer: PeerId, allowed: Container[Role], method: str) -> None:
+    """PERMISSION_DENIED ``ROLE_NOT_ALLOWED`` unless ``peer``'s role may call ``method``."""
+    if peer.role not in allowed:
+        raise PermissionDenied(
+            "ROLE_NOT_ALLOWED",
+            f"{peer.uri} may not call {method}",
+            metadata={"method": method, "role": peer.role.value},
+        )
+
+
 class _Unparsed:
     """Stands in for a request whose bytes do not parse, so the handler refuses it precisely
     (gRPC itself would answer a failing deserializer with UNKNOWN)."""
@@ -428,17 +457,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerId:
         """The caller, if it may be served at all: a certificate not revoked, naming a member."""
-        pem = peer_certificate(context)
-        if self._revocations is not None:
-            self._revocations.check(pem)
-        peer = peer_from_pem(pem)
-        if self._members is not None and peer not in self._members:
-            raise PermissionDenied(
-                "UNKNOWN_MEMBER",
-                f"{peer.uri} is not a member of this federation",
-                metadata={"peer": peer.uri},
-            )
-        return peer
+        return identify(peer_certificate(context), self._members, self._revocations)
 
     async def _still_served(
         self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -523,12 +542,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             if policy is None:
                 return  # a server without mTLS (a carrier's own app channel)
             peer = self._identify(context)
-            if peer.role not in allowed:
-                raise PermissionDenied(
-                    "ROLE_NOT_ALLOWED",
-                    f"{peer.uri} may not call {method}",
-                    metadata={"method": method, "role": peer.role.value},
-                )
+            require_role(peer, allowed, method)
             _current_peer.set(peer)
             if on_metadata is not None:
                 on_metadata(context.invocation_metadata())

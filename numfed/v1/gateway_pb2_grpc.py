@@ -224,11 +224,17 @@ class GatewayServiceServicer:
         audited as PROBING_SUSPECTED.
 
         Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
-        BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
-        OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
-        number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
-        platform asked about this number on too many distinct dates in the period; both with a
-        google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
+        BAD_DATE for a date that is not a calendar date), NOT_FOUND (UNKNOWN_NUMBER: no carrier of
+        the numbering plan serves the number, or its carrier has no record of it),
+        FAILED_PRECONDITION (CARRIER_NOT_MEMBER: the carrier that serves the number is not a member
+        of this gateway), OUT_OF_RANGE (the date is after the carrier's today, or before the
+        carrier's history of the number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate;
+        RECYCLED_PROBE_BUDGET: the platform asked about this number on too many distinct dates in
+        the period; both with a google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the
+        carrier did not answer).
+
+        The same check is served over HTTPS as CAMARA Number Recycling's POST
+        /number-recycling/v0.2/check (docs/standards.md): same rate, budget and audit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,7 +262,8 @@ class GatewayServiceServicer:
     def PullEvents(self, request, context):
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        Platforms only. A platform has one position in the log, whichever way it takes events:
+        SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
         ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
         nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
         """

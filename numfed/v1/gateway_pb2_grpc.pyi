@@ -137,11 +137,17 @@ class GatewayServiceStub:
     audited as PROBING_SUSPECTED.
 
     Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
-    BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
-    OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
-    number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
-    platform asked about this number on too many distinct dates in the period; both with a
-    google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
+    BAD_DATE for a date that is not a calendar date), NOT_FOUND (UNKNOWN_NUMBER: no carrier of
+    the numbering plan serves the number, or its carrier has no record of it),
+    FAILED_PRECONDITION (CARRIER_NOT_MEMBER: the carrier that serves the number is not a member
+    of this gateway), OUT_OF_RANGE (the date is after the carrier's today, or before the
+    carrier's history of the number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate;
+    RECYCLED_PROBE_BUDGET: the platform asked about this number on too many distinct dates in
+    the period; both with a google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the
+    carrier did not answer).
+
+    The same check is served over HTTPS as CAMARA Number Recycling's POST
+    /number-recycling/v0.2/check (docs/standards.md): same rate, budget and audit.
     """
     PublishEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
@@ -161,7 +167,8 @@ class GatewayServiceStub:
     PullEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    Platforms only. A platform has one position in the log, whichever way it takes events:
+    SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
     ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
     nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
     """
@@ -274,11 +281,17 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     audited as PROBING_SUSPECTED.
 
     Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
-    BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
-    OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
-    number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
-    platform asked about this number on too many distinct dates in the period; both with a
-    google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
+    BAD_DATE for a date that is not a calendar date), NOT_FOUND (UNKNOWN_NUMBER: no carrier of
+    the numbering plan serves the number, or its carrier has no record of it),
+    FAILED_PRECONDITION (CARRIER_NOT_MEMBER: the carrier that serves the number is not a member
+    of this gateway), OUT_OF_RANGE (the date is after the carrier's today, or before the
+    carrier's history of the number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate;
+    RECYCLED_PROBE_BUDGET: the platform asked about this number on too many distinct dates in
+    the period; both with a google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the
+    carrier did not answer).
+
+    The same check is served over HTTPS as CAMARA Number Recycling's POST
+    /number-recycling/v0.2/check (docs/standards.md): same rate, budget and audit.
     """
     PublishEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishEventsRequest, _gateway_pb2.PublishEventsResponse]  # type: ignore[assignment]
     """PublishEvents appends a carrier's signed batch of lifecycle events to the event log, once,
@@ -298,7 +311,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     PullEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PullEventsRequest, _gateway_pb2.PullEventsResponse]  # type: ignore[assignment]
     """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
     every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-    Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+    Platforms only. A platform has one position in the log, whichever way it takes events:
+    SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
     ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
     nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
     """
@@ -444,11 +458,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         audited as PROBING_SUSPECTED.
 
         Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
-        BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
-        OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
-        number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
-        platform asked about this number on too many distinct dates in the period; both with a
-        google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
+        BAD_DATE for a date that is not a calendar date), NOT_FOUND (UNKNOWN_NUMBER: no carrier of
+        the numbering plan serves the number, or its carrier has no record of it),
+        FAILED_PRECONDITION (CARRIER_NOT_MEMBER: the carrier that serves the number is not a member
+        of this gateway), OUT_OF_RANGE (the date is after the carrier's today, or before the
+        carrier's history of the number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate;
+        RECYCLED_PROBE_BUDGET: the platform asked about this number on too many distinct dates in
+        the period; both with a google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the
+        carrier did not answer).
+
+        The same check is served over HTTPS as CAMARA Number Recycling's POST
+        /number-recycling/v0.2/check (docs/standards.md): same rate, budget and audit.
         """
 
     @_abc_1.abstractmethod
@@ -480,7 +500,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.PullEventsResponse, _abc.Awaitable[_gateway_pb2.PullEventsResponse]]:
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        Platforms only. A platform has one position in the log, whichever way it takes events:
+        SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
         ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
         nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
         """
