@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest browser portal-shots clean
+.PHONY: test demo bench soak fuzz proto proto-check proto-baseline breaking lint typecheck pytest browser portal-shots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,21 @@ proto-check: $(STAMP)
 	diff -r -x __pycache__ -x __init__.py build/gencheck/numfed/v1 numfed/v1
 	@echo "generated code is up to date"
 
-lint: $(STAMP) $(BUF)
+# The contracts as released: a buf image (no source info) of protos/ at the last release of v1
+# (main at 0c24533, when v1 had no tag yet). `make breaking` proves that protos/ is still
+# wire- and source-compatible with it (buf's FILE rules), offline, on a fresh clone.
+PROTO_BASELINE := protos/v1.binpb.gz
+
+breaking: $(STAMP) $(BUF)
+	$(PY) scripts/protodeps.py build/protodeps
+	$(BUF) breaking protos --against $(PROTO_BASELINE)
+
+# At a release of the contracts: make protos/ as it is now the baseline of `make breaking`.
+proto-baseline: $(STAMP) $(BUF)
+	$(PY) scripts/protodeps.py build/protodeps
+	$(BUF) build protos --exclude-source-info -o $(PROTO_BASELINE)
+
+lint: $(STAMP) $(BUF) breaking
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
