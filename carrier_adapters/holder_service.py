@@ -134,11 +134,17 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         limits = self._a.config.limits
         answer = await _gateway(
             self._a.gateway.QueryBindings(
-                gateway_pb2.QueryBindingsRequest(claim=claim, platform_ids=request.platform_ids),
+                gateway_pb2.QueryBindingsRequest(
+                    claim=claim,
+                    platform_ids=request.platform_ids,
+                    compact_none=request.compact_none,  # the app's choice of shape, passed on
+                ),
                 timeout=_timeout(context, limits, limits.default_call_timeout),
             )
         )
-        return holder_pb2.QueryHolderBindingsResponse(results=answer.results)
+        return holder_pb2.QueryHolderBindingsResponse(
+            results=answer.results, none_platform_ids=answer.none_platform_ids
+        )
 
     async def ReleaseHolderBindings(
         self,

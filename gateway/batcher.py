@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["BatchTimeout", "Batcher", "ItemTooLarge", "Ticket", "bisect", "split"]
+__all__ = ["BatchTimeout", "Batcher", "ItemTooLarge", "Ticket", "Waiter", "bisect", "split"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 T = TypeVar("T")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 SendFn = Callable[[Sequence[Item], float], Awaitable[Sequence[Result]]]
 """Send one batch with a timeout in seconds; return one result per item, in order."""
@@ -105,12 +106,27 @@ async def bisect(
     return await attempt(items, True)
 
 
+class Waiter(Protocol[R_contra]):
+    """What a request waits with: an :class:`asyncio.Future`, or anything that settles the same
+    way. A fan-out gives each platform's request a plain slot of one shared wait
+    (:class:`gateway.fanout.Fan`), so that an answer costs no future and no callback per
+    platform."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: R_contra, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
 @dataclass
 class Ticket(Generic[Item, Result]):
-    """One request in a batcher: its item, its future and, once sent, its batch."""
+    """One request in a batcher: its item, its waiter and, once sent, its batch."""
 
     item: Item
-    future: asyncio.Future[Result]
+    future: Waiter[Result]
     deadline: float
     size: int = 0
     """The item's bytes on the wire (0 when the batcher is not cut by size)."""
@@ -154,15 +170,19 @@ class Batcher(Generic[Item, Result]):
     def queued(self) -> int:
         return len(self._queue)
 
-    def enqueue(self, item: Item, deadline: float) -> Ticket[Item, Result]:
-        """Put ``item`` in the next batch; the ticket's future resolves with the result.
+    def enqueue(
+        self, item: Item, deadline: float, waiter: Waiter[Result] | None = None
+    ) -> Ticket[Item, Result]:
+        """Put ``item`` in the next batch; ``waiter`` (a new future unless given) settles with
+        the result.
 
-        ``deadline`` is on the event loop's clock. The caller waits on the future itself (many
-        at once, for a fan-out) and must :meth:`abandon` the ticket if it stops waiting.
+        ``deadline`` is on the event loop's clock. The caller waits itself (on many tickets at
+        once, for a fan-out) and must :meth:`abandon` the ticket if it stops waiting.
         """
-        loop = asyncio.get_running_loop()
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
         size = self._size(item) if self._size is not None else 0
-        ticket: Ticket[Item, Result] = Ticket(item, loop.create_future(), deadline, size)
+        ticket: Ticket[Item, Result] = Ticket(item, waiter, deadline, size)
         self._queue.append(ticket)
         self._queued_bytes += size
         self._pump()
@@ -170,9 +190,10 @@ class Batcher(Generic[Item, Result]):
 
     @staticmethod
     def abandon(ticket: Ticket[Item, Result], *, cancel_call: bool) -> None:
-        """Stop waiting for ``future``. With ``cancel_call`` (the caller went away) the batch
-        call is cancelled too once nobody waits for it; without (a deadline passed) the call
-        runs on to its own deadline, so that a platform that never answers is seen to fail."""
+        """Stop waiting for the ticket's result. With ``cancel_call`` (the caller went away) the
+        batch call is cancelled too once nobody waits for it; without (a deadline passed) the
+        call runs on to its own deadline, so that a platform that never answers is seen to
+        fail."""
         if ticket.future.done():
             return
         ticket.future.cancel()
@@ -185,9 +206,10 @@ class Batcher(Generic[Item, Result]):
     async def submit(self, item: Item, timeout: float) -> Result:
         """Send ``item`` in the next batch; raise BatchTimeout after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
-        ticket = self.enqueue(item, loop.time() + timeout)
+        future: asyncio.Future[Result] = loop.create_future()
+        ticket = self.enqueue(item, loop.time() + timeout, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError as exc:
             self.abandon(ticket, cancel_call=False)
             raise BatchTimeout("deadline passed before the platform answered") from exc

@@ -41,6 +41,7 @@ from google.rpc import status_pb2
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.batcher import split
+from gateway.fanout import Piece, release_piece
 from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink
 from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
@@ -48,7 +49,7 @@ from numfed.config import Limits
 from numfed.db import run_to_end
 from numfed.errors import Unavailable
 from numfed.rpc import error_status
-from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
+from numfed.v1 import gateway_pb2
 
 __all__ = ["Dispatcher"]
 
@@ -173,9 +174,12 @@ class Dispatcher:
 
     def _dispatch(self, claimed: list[tuple[TaskRow, JobRow]]) -> None:
         by_platform: dict[str, list[tuple[TaskRow, JobRow]]] = defaultdict(list)
+        pieces: dict[str, Piece] = {}
         for task, job in claimed:
             by_platform[task.platform_id].append((task, job))
             self._held.add((job.job_id, task.platform_id))
+            if job.job_id not in pieces:  # one job's claim, serialised once for its platforms
+                pieces[job.job_id] = release_piece(job.job_id, job.claim or b"")
         for platform_id, work in by_platform.items():
             for batch in split(
                 work,
@@ -183,13 +187,15 @@ class Dispatcher:
                 max_items=self._limits.max_batch_items,
                 max_bytes=MAX_REQUEST_BYTES,
             ):
-                t = asyncio.create_task(self._send(platform_id, batch))
+                t = asyncio.create_task(self._send(platform_id, batch, pieces))
                 self._sends.add(t)
                 t.add_done_callback(self._sends.discard)
 
-    async def _send(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+    async def _send(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], pieces: Mapping[str, Piece]
+    ) -> None:
         try:
-            await self._send_batch(platform_id, work)
+            await self._send_batch(platform_id, work, pieces)
         except Exception:
             # Never silent: the tasks keep their leases, which expire, and are retried then.
             log.exception("release batch to %s failed unexpectedly", platform_id)
@@ -198,14 +204,11 @@ class Dispatcher:
                 self._held.discard((job.job_id, platform_id))
             self.wake()  # room for another batch
 
-    async def _send_batch(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+    async def _send_batch(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], pieces: Mapping[str, Piece]
+    ) -> None:
         link = self._links.get(platform_id)
-        items = [
-            platform_pb2.ReleaseItem(
-                item_id=job.job_id, claim=claim_pb2.Envelope.FromString(job.claim or b"")
-            )
-            for _task, job in work
-        ]
+        items = [pieces[job.job_id] for _task, job in work]
         updates: list[TaskUpdate]
         try:
             if link is None:

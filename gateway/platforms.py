@@ -25,6 +25,7 @@ import grpc
 
 from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect
 from gateway.breaker import Breaker, BreakerState
+from gateway.fanout import NOTHING, SPARSE_ANSWERS, Piece, batch_request
 from numfed.config import Limits
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
 from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
@@ -40,9 +41,9 @@ MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 _SPLIT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
-def item_size(item: platform_pb2.QueryItem | platform_pb2.ReleaseItem) -> int:
-    """An item's bytes in its request: body, plus tag and length (at most 6 bytes)."""
-    return item.ByteSize() + 6
+def item_size(item: Piece) -> int:
+    """An item's bytes in its request (tag and length included)."""
+    return item.size
 
 
 def _too_large(exc: BaseException) -> bool:
@@ -78,10 +79,24 @@ class PlatformLink:
         self.platform_id = platform_id
         self.channel = channel
         self.stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        # Batches go out as the concatenation of their items' bytes, serialised once each
+        # (gateway.fanout): these calls take a serialised request as it is.
+        self._query_raw: grpc.aio.UnaryUnaryMultiCallable[
+            bytes, platform_pb2.BatchQueryBindingsResponse
+        ] = channel.unary_unary(
+            "/numfed.v1.PlatformService/BatchQueryBindings",
+            response_deserializer=platform_pb2.BatchQueryBindingsResponse.FromString,
+        )
+        self._release_raw: grpc.aio.UnaryUnaryMultiCallable[
+            bytes, platform_pb2.BatchReleaseBindingsResponse
+        ] = channel.unary_unary(
+            "/numfed.v1.PlatformService/BatchReleaseBindings",
+            response_deserializer=platform_pb2.BatchReleaseBindingsResponse.FromString,
+        )
         self.metadata = metadata
         """Request metadata for each call, asked for at the time of the call (the gateway's
         trust versions, :mod:`numfed.trusthints`)."""
-        self.queries: Batcher[platform_pb2.QueryItem, platform_pb2.QueryItemResult] = Batcher(
+        self.queries: Batcher[Piece, platform_pb2.QueryItemResult] = Batcher(
             self._send_queries,
             max_items=limits.max_batch_items,
             max_in_flight=limits.max_in_flight_per_platform,
@@ -153,9 +168,10 @@ class PlatformLink:
         return Unavailable("PLATFORM_BAD_ANSWER", f"{name}: {exc}")
 
     async def _send_queries(
-        self, items: Sequence[platform_pb2.QueryItem], timeout: float
+        self, items: Sequence[Piece], timeout: float
     ) -> Sequence[platform_pb2.QueryItemResult]:
-        """One result per item; an item at fault gets its error as its result (bisection)."""
+        """One result per item; an item at fault gets its error as its result (bisection), an
+        item the platform left out of its sparse answer :data:`gateway.fanout.NOTHING`."""
         return await bisect(
             items,
             self._query_call,
@@ -169,16 +185,19 @@ class PlatformLink:
         )
 
     async def _query_call(
-        self, items: Sequence[platform_pb2.QueryItem], timeout: float
+        self, items: Sequence[Piece], timeout: float
     ) -> Sequence[platform_pb2.QueryItemResult]:
-        request = platform_pb2.BatchQueryBindingsRequest(items=items)
-        response = await self._guarded(
-            lambda: self.stub.BatchQueryBindings(request, timeout=timeout, metadata=self.metadata())
+        request = batch_request(items, SPARSE_ANSWERS)
+        response: platform_pb2.BatchQueryBindingsResponse = await self._guarded(
+            lambda: self._query_raw(request, timeout=timeout, metadata=self.metadata())
         )
-        return _in_order([i.item_id for i in items], response.results)
+        ids = [i.item_id for i in items]
+        if response.sparse:
+            return _sparse_in_order(ids, response.results)
+        return _in_order(ids, response.results)
 
     async def release(
-        self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
+        self, items: Sequence[Piece], timeout: float
     ) -> Sequence[platform_pb2.ReleaseItemResult]:
         """One result per item, as :meth:`_send_queries`; the batch holds one of the link's
         release slots while it is out, bisected or not."""
@@ -196,13 +215,11 @@ class PlatformLink:
             )
 
     async def _release_call(
-        self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
+        self, items: Sequence[Piece], timeout: float
     ) -> Sequence[platform_pb2.ReleaseItemResult]:
-        request = platform_pb2.BatchReleaseBindingsRequest(items=items)
-        response = await self._guarded(
-            lambda: self.stub.BatchReleaseBindings(
-                request, timeout=timeout, metadata=self.metadata()
-            )
+        request = batch_request(items)
+        response: platform_pb2.BatchReleaseBindingsResponse = await self._guarded(
+            lambda: self._release_raw(request, timeout=timeout, metadata=self.metadata())
         )
         return _in_order([i.item_id for i in items], response.results)
 
@@ -224,3 +241,13 @@ def _in_order(item_ids: list[str], results: Sequence[R]) -> list[R]:
     if set(by_id) != set(item_ids):
         raise ValueError("platform answered other items than it was asked")
     return [by_id[i] for i in item_ids]
+
+
+def _sparse_in_order(
+    item_ids: list[str], results: Sequence[platform_pb2.QueryItemResult]
+) -> list[platform_pb2.QueryItemResult]:
+    """A sparse answer's results by item, :data:`NOTHING` for the items it left out."""
+    by_id = {r.item_id: r for r in results}
+    if len(by_id) != len(results) or not by_id.keys() <= set(item_ids):
+        raise ValueError("platform answered other items than it was asked")
+    return [by_id.get(i, NOTHING) for i in item_ids]

@@ -18,9 +18,10 @@ from google.protobuf.message import DecodeError
 
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
-from gateway.batcher import Batcher, BatchTimeout, Ticket
+from gateway.batcher import Batcher, BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
+from gateway.fanout import Fan, found_nothing, query_piece
 from gateway.platforms import CircuitOpen, PlatformLink
 from gateway.publisher import EventPublisher
 from gateway.recycled import RecycledCheck
@@ -50,7 +51,6 @@ from numfed.v1 import (
     events_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
-    platform_pb2,
 )
 
 __all__ = ["GatewayServicer"]
@@ -64,35 +64,21 @@ QUERY_PURPOSES = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 
 
-async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> None:
-    """Return when every future is done or ``timeout`` seconds have passed (futures untouched).
-
-    ``asyncio.wait`` does the same, but its per-future checks cost more than the fan-out's own
-    work once there are dozens of platforms.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    remaining = len(futures)
-
-    def one_done(_f: asyncio.Future[Any]) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0 and not done.done():
-            done.set_result(None)
-
-    def expired() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    if remaining == 0:
-        return
-    for f in futures:
-        f.add_done_callback(one_done)
-    timer = loop.call_later(timeout, expired)
-    try:
-        await done
-    finally:
-        timer.cancel()
+def _failed_query(platform_id: str, exc: BaseException) -> gateway_pb2.PlatformResult:
+    """A platform's part of a query that has no answer, as UNAVAILABLE with the reason."""
+    if isinstance(exc, CircuitOpen):
+        return result_from_error(platform_id, exc, attempts=1)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        err = Unavailable(
+            "PLATFORM_UNAVAILABLE",
+            f"{platform_id} did not answer: {exc.code().name}",
+            metadata={"code": exc.code().name},
+        )
+    elif isinstance(exc, BatchTimeout | TimeoutError):
+        err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
+    else:
+        err = Unavailable("PLATFORM_BAD_ANSWER", f"{platform_id}: {exc}")
+    return result_from_error(platform_id, err, attempts=1)
 
 
 def _job_committed(job: JobRow, platform_ids: Sequence[str]) -> AuditRecord:
@@ -245,56 +231,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
-        # One item, verified once here, joins every platform's next batch; one wait for all.
-        item = platform_pb2.QueryItem(item_id=secrets.token_hex(8), claim=request.claim)
+        # One item, verified once here and serialised once, joins every platform's next batch;
+        # one wait for all their answers (gateway.fanout).
+        piece = query_piece(secrets.token_hex(8), request.claim)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        tickets = [(p, self._links[p].queries.enqueue(item, deadline)) for p in platform_ids]
+        fan = Fan(len(platform_ids))
+        tickets = [
+            self._links[p].queries.enqueue(piece, deadline, fan.slot(i))
+            for i, p in enumerate(platform_ids)
+        ]
         try:
-            await _all_done([t.future for _p, t in tickets], budget)
+            await fan.wait(budget)
         except asyncio.CancelledError:  # the caller went away: so do its calls downstream
-            for _p, t in tickets:
+            for t in tickets:
                 Batcher.abandon(t, cancel_call=True)
             raise
-        return gateway_pb2.QueryBindingsResponse(
-            results=[self._query_result(p, t) for p, t in tickets]
-        )
-
-    def _query_result(
-        self,
-        platform_id: str,
-        ticket: Ticket[platform_pb2.QueryItem, platform_pb2.QueryItemResult],
-    ) -> gateway_pb2.PlatformResult:
-        future = ticket.future
-        if not future.done():
-            Batcher.abandon(ticket, cancel_call=False)
-            err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
-            return result_from_error(platform_id, err, attempts=1)
-        exc = future.exception()
-        if isinstance(exc, CircuitOpen):
-            return result_from_error(platform_id, exc, attempts=1)
-        if isinstance(exc, grpc.aio.AioRpcError):
-            err = Unavailable(
-                "PLATFORM_UNAVAILABLE",
-                f"{platform_id} did not answer: {exc.code().name}",
-                metadata={"code": exc.code().name},
-            )
-            return result_from_error(platform_id, err, attempts=1)
-        if isinstance(exc, BatchTimeout | TimeoutError):
-            err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
-            return result_from_error(platform_id, err, attempts=1)
-        if exc is not None:
-            err = Unavailable("PLATFORM_BAD_ANSWER", f"{platform_id}: {exc}")
-            return result_from_error(platform_id, err, attempts=1)
-        answer = future.result()
-        return result_from_item(
-            platform_id,
-            answer.status,
-            answer.bindings,
-            attempts=1,
-            at_us=now_us(),
-            omitted=answer.omitted_bindings,
-        )
+        at_us = now_us()
+        answer = gateway_pb2.QueryBindingsResponse()
+        results = answer.results
+        for i, (platform_id, got) in enumerate(zip(platform_ids, fan.answers, strict=True)):
+            if got is None:  # no answer in time: the call runs on to its own deadline
+                Batcher.abandon(tickets[i], cancel_call=False)
+                err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
+                results.append(result_from_error(platform_id, err, attempts=1))
+            elif isinstance(got, BaseException):
+                results.append(_failed_query(platform_id, got))
+            elif request.compact_none and found_nothing(got):
+                answer.none_platform_ids.append(platform_id)
+            else:
+                results.append(
+                    result_from_item(
+                        platform_id,
+                        got.status,
+                        got.bindings,
+                        attempts=1,
+                        at_us=at_us,
+                        omitted=got.omitted_bindings,
+                    )
+                )
+        return answer
 
     # -- release ------------------------------------------------------------------------------
 

@@ -198,6 +198,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         verified = await self._judge(request.items, QUERY)
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
+        # Answers shaped for the common case: asked to, answer only the claims found or refused.
+        sparse = request.sparse_answers
         results = []
         for item, v in zip(request.items, verified, strict=True):
             if isinstance(v, NumfedError):
@@ -211,6 +213,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                 found, omitted = self._summaries(prior(mine, x), with_refs=False)
             else:
                 found, omitted = self._summaries(own(mine, x), with_refs=True)
+            if sparse and not found and not omitted:
+                continue  # accepted, nothing bound: silence says so
             results.append(
                 platform_pb2.QueryItemResult(
                     item_id=item.item_id,
@@ -220,7 +224,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                 )
             )
         await self.knobs.delay()
-        return platform_pb2.BatchQueryBindingsResponse(results=results)
+        return platform_pb2.BatchQueryBindingsResponse(results=results, sparse=sparse)
 
     async def DeliverEvents(
         self,

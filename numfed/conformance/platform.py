@@ -824,6 +824,62 @@ async def batch_answered_claim_by_claim(kit: PlatformKit) -> str:
 
 
 @check(
+    "sparse_answers_honoured",
+    "Asked for sparse answers (BatchQueryBindingsRequest.sparse_answers), a platform either "
+    "answers every item as before, or sets sparse and answers every claim it found bindings "
+    "for or refused, in the request's order, leaving out only claims it accepted and found "
+    "nothing for. Not asked, it answers every item and never sets sparse.",
+    "Silence means 'nothing bound': a found or refused claim left out would hide a previous "
+    "holder's bindings, or a refusal, from the holder; an unasked-for sparse answer would "
+    "leave a gateway that does not know the shape without an answer.",
+)
+async def sparse_answers_honoured(kit: PlatformKit) -> str:
+    found = await kit.seed()
+    nothing = await kit.seed(before=0)
+    # claim, expected code, bindings expected (None: refused), whether it may be left out
+    plan: list[tuple[claim_pb2.Envelope, str, int | None, bool]] = [
+        (kit.claim(nothing.number, Purpose.QUERY_PRIOR, nothing.x), OK, 0, True),
+        (kit.claim(found.number, Purpose.QUERY_PRIOR, found.x), OK, 1, False),
+        (kit.claim(found.number, Purpose.RELEASE_PRIOR, found.x), "INVALID_ARGUMENT", None, False),
+        (kit.claim(nothing.number, Purpose.QUERY_PRIOR, nothing.x), OK, 0, True),
+        (kit.claim(found.number, Purpose.QUERY_OWN, found.x), OK, 2, False),
+    ]
+    ids = [f"s{i}-{secrets.token_hex(3)}" for i in range(len(plan))]
+    items = [platform_pb2.QueryItem(item_id=i, claim=p[0]) for i, p in zip(ids, plan, strict=True)]
+    whole = await kit.platform.BatchQueryBindings(
+        platform_pb2.BatchQueryBindingsRequest(items=items), timeout=CALL_TIMEOUT
+    )
+    if whole.sparse:
+        raise CheckFailed("answered sparsely although the request did not ask for it")
+    _same_items(ids, [r.item_id for r in whole.results])
+    asked = await kit.platform.BatchQueryBindings(
+        platform_pb2.BatchQueryBindingsRequest(items=items, sparse_answers=True),
+        timeout=CALL_TIMEOUT,
+    )
+    got = [r.item_id for r in asked.results]
+    if not asked.sparse:
+        _same_items(ids, got)
+    elif got != [i for i in ids if i in got]:
+        raise CheckFailed(f"a sparse answer is not the request's items in order, once each: {got}")
+    left_out = [i for i, item_id in enumerate(ids) if item_id not in got]
+    wrongly = [i for i in left_out if not plan[i][3]]
+    if wrongly:
+        raise CheckFailed(f"a sparse answer left out items found or refused: {wrongly}")
+    for what, results in (("not sparse", whole.results), ("sparse", asked.results)):
+        for r in results:
+            i = ids.index(r.item_id)
+            _, code, count, _ = plan[i]
+            expect(r.status, code, f"item {i} ({what})")
+            if count is not None and _count(r) != count:
+                raise CheckFailed(f"item {i} ({what}): {_count(r)} bindings listed, {count} bound")
+            if count is None and r.bindings:
+                raise CheckFailed(f"item {i} ({what}) was refused yet lists bindings")
+    if not asked.sparse:
+        return "answers every item (does not answer sparsely)"
+    return f"answered sparsely: {len(got)} of {len(plan)} items ({len(left_out)} found nothing)"
+
+
+@check(
     "malformed_batch_refused",
     "An empty batch or one with repeated item_ids is refused as a whole with INVALID_ARGUMENT.",
     "Results are matched to holders by item_id; an ambiguous batch would mix them up.",

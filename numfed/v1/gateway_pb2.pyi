@@ -308,6 +308,13 @@ class QueryBindingsRequest(_message.Message):
 
     CLAIM_FIELD_NUMBER: _builtins.int
     PLATFORM_IDS_FIELD_NUMBER: _builtins.int
+    COMPACT_NONE_FIELD_NUMBER: _builtins.int
+    compact_none: _builtins.bool
+    """Answers shaped for the common case (most platforms have nothing for most numbers): when
+    true, the platforms whose outcome is PLATFORM_OUTCOME_NONE are named in
+    QueryBindingsResponse.none_platform_ids instead of having a PlatformResult each. False (the
+    default, and what a carrier built before this field sends): one PlatformResult per platform.
+    """
     @_builtins.property
     def claim(self) -> _claim_pb2.Envelope:
         """A signed TenureClaim of purpose PURPOSE_QUERY_PRIOR or PURPOSE_QUERY_OWN."""
@@ -321,10 +328,11 @@ class QueryBindingsRequest(_message.Message):
         *,
         claim: _claim_pb2.Envelope | None = ...,
         platform_ids: _abc.Iterable[_builtins.str] | None = ...,
+        compact_none: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "platform_ids", b"platform_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "compact_none", b"compact_none", "platform_ids", b"platform_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,23 +396,36 @@ Global___PlatformResult: _TypeAlias = PlatformResult  # noqa: Y015
 
 @_typing.final
 class QueryBindingsResponse(_message.Message):
-    """QueryBindingsResponse has one result per platform asked, sorted by platform_id."""
+    """QueryBindingsResponse has one result per platform asked, sorted by platform_id; with
+    compact_none, the platforms that found nothing are listed by id instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    NONE_PLATFORM_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlatformResult]:
-        """One result per platform."""
+        """One result per platform; with compact_none, one per platform whose outcome is not
+        PLATFORM_OUTCOME_NONE (found, unavailable or refused).
+        """
+
+    @_builtins.property
+    def none_platform_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With compact_none only: the platforms that answered that nothing is bound, sorted. Each
+        stands for the PlatformResult it would otherwise have: outcome PLATFORM_OUTCOME_NONE,
+        attempts 1, no bindings, answered during the call. Empty without compact_none.
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___PlatformResult] | None = ...,
+        none_platform_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["none_platform_ids", b"none_platform_ids", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

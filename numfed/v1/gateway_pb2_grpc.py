@@ -143,7 +143,10 @@ class GatewayServiceServicer:
         carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
         revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
-        Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+        Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings); with
+        compact_none the platforms that found nothing are one list of ids (none_platform_ids), not a
+        PlatformResult each. The claim is serialised once and the same bytes go to every platform,
+        which is asked to answer sparsely (BatchQueryBindingsRequest.sparse_answers). Claims going to
         one platform at the same moment share a call; one claim whose answer breaks that call fails
         alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
         and the others are answered.

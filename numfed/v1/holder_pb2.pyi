@@ -269,10 +269,16 @@ class QueryHolderBindingsRequest(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     PLATFORM_IDS_FIELD_NUMBER: _builtins.int
+    COMPACT_NONE_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """From ConfirmVerificationResponse."""
     scope: Global___BindingScope.ValueType
     """Whose bindings."""
+    compact_none: _builtins.bool
+    """When true, the platforms that found nothing are named in
+    QueryHolderBindingsResponse.none_platform_ids, as in QueryBindingsRequest.compact_none.
+    False (the default, and what an app built before this field sends): one result per platform.
+    """
     @_builtins.property
     def platform_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Platforms to ask; empty means all."""
@@ -283,10 +289,11 @@ class QueryHolderBindingsRequest(_message.Message):
         session_token: _builtins.str = ...,
         scope: Global___BindingScope.ValueType = ...,
         platform_ids: _abc.Iterable[_builtins.str] | None = ...,
+        compact_none: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["platform_ids", b"platform_ids", "scope", b"scope", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_none", b"compact_none", "platform_ids", b"platform_ids", "scope", b"scope", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,18 +306,28 @@ class QueryHolderBindingsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    NONE_PLATFORM_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_gateway_pb2.PlatformResult]:
-        """One result per platform, sorted by platform_id."""
+        """One result per platform, sorted by platform_id; with compact_none, one per platform whose
+        outcome is not PLATFORM_OUTCOME_NONE.
+        """
+
+    @_builtins.property
+    def none_platform_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With compact_none only: the platforms that answered that nothing is bound, sorted (see
+        QueryBindingsResponse.none_platform_ids).
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[_gateway_pb2.PlatformResult] | None = ...,
+        none_platform_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["none_platform_ids", b"none_platform_ids", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,13 @@ class BatchQueryBindingsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
+    SPARSE_ANSWERS_FIELD_NUMBER: _builtins.int
+    sparse_answers: _builtins.bool
+    """Answers shaped for the common case: the platform may leave out of its answer every item
+    whose claim it accepted and found nothing for (status OK, no bindings, omitted_bindings 0),
+    and then sets BatchQueryBindingsResponse.sparse. Every item found or refused is answered all
+    the same. A platform that ignores this field answers every item.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryItem]:
         """1 to 500 items."""
@@ -119,10 +126,11 @@ class BatchQueryBindingsRequest(_message.Message):
         self,
         *,
         items: _abc.Iterable[Global___QueryItem] | None = ...,
+        sparse_answers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "sparse_answers", b"sparse_answers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,23 +182,36 @@ Global___QueryItemResult: _TypeAlias = QueryItemResult  # noqa: Y015
 
 @_typing.final
 class BatchQueryBindingsResponse(_message.Message):
-    """QueryBindingsResponse holds one result per item, in the order of the request."""
+    """QueryBindingsResponse holds one result per item, in the order of the request (with sparse,
+    one per item found or refused).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    SPARSE_FIELD_NUMBER: _builtins.int
+    sparse: _builtins.bool
+    """True: the platform left out the items it accepted and found nothing for, as the request's
+    sparse_answers allowed; an item of the request missing from results means nothing is bound
+    (status OK, no bindings). False: results answer every item. Only ever true when the request
+    set sparse_answers; the gateway takes a sparse answer to any other request as broken
+    (PLATFORM_BAD_ANSWER).
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryItemResult]:
-        """One result per item."""
+        """One result per item, in the order of the request; with sparse, only the items found or
+        refused, still in that order.
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___QueryItemResult] | None = ...,
+        sparse: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "sparse", b"sparse"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,6 +61,11 @@ class PlatformServiceStub:
     batches of at most 500 items and under 4 MiB; when a whole call fails with
     RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
     batch again on its own, down to single claims, so a claim that breaks the call fails alone.
+    Most platforms have nothing for most numbers: a request with sparse_answers asks the
+    platform to answer only the claims it found bindings for or refused, and the response says
+    with sparse that it did; a claim left out was accepted and nothing is bound (the gateway shows
+    it PLATFORM_OUTCOME_NONE). A platform that ignores sparse_answers answers every claim, as
+    before; both shapes are conformant.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
@@ -136,6 +141,11 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     batches of at most 500 items and under 4 MiB; when a whole call fails with
     RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
     batch again on its own, down to single claims, so a claim that breaks the call fails alone.
+    Most platforms have nothing for most numbers: a request with sparse_answers asks the
+    platform to answer only the claims it found bindings for or refused, and the response says
+    with sparse that it did; a claim left out was accepted and nothing is bound (the gateway shows
+    it PLATFORM_OUTCOME_NONE). A platform that ignores sparse_answers answers every claim, as
+    before; both shapes are conformant.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
@@ -214,6 +224,11 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         batches of at most 500 items and under 4 MiB; when a whole call fails with
         RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
         batch again on its own, down to single claims, so a claim that breaks the call fails alone.
+        Most platforms have nothing for most numbers: a request with sparse_answers asks the
+        platform to answer only the claims it found bindings for or refused, and the response says
+        with sparse that it did; a claim left out was accepted and nothing is bound (the gateway shows
+        it PLATFORM_OUTCOME_NONE). A platform that ignores sparse_answers answers every claim, as
+        before; both shapes are conformant.
         Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
         (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
         Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key

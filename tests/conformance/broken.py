@@ -253,6 +253,30 @@ class IgnoresReassigned(PlatformServicer):
         self.events = _NoStaleEvents(trust=self.trust, store=self.store)
 
 
+class SparseHidesRefusals(PlatformServicer):
+    """Asked for sparse answers, leaves refused claims out too, as if nothing were bound."""
+
+    async def BatchQueryBindings(
+        self, request: platform_pb2.BatchQueryBindingsRequest, context: Any
+    ) -> platform_pb2.BatchQueryBindingsResponse:
+        answer = await super().BatchQueryBindings(request, context)
+        if answer.sparse:
+            kept = [r for r in answer.results if r.status.code == 0]
+            del answer.results[:]
+            answer.results.extend(kept)
+        return answer
+
+
+class SparseUnasked(PlatformServicer):
+    """Answers sparsely whether or not the gateway asked it to."""
+
+    async def BatchQueryBindings(
+        self, request: platform_pb2.BatchQueryBindingsRequest, context: Any
+    ) -> platform_pb2.BatchQueryBindingsResponse:
+        request.sparse_answers = True
+        return await super().BatchQueryBindings(request, context)
+
+
 BROKEN_PLATFORMS: dict[str, tuple[type[PlatformServicer], str]] = {
     "releases_at_x": (ReleasesAtX, "release_keeps_binding_at_x"),
     "skips_signature_check": (SkipsSignatureCheck, "forged_claim_refused"),
@@ -262,6 +286,8 @@ BROKEN_PLATFORMS: dict[str, tuple[type[PlatformServicer], str]] = {
     "applies_replay_twice": (AppliesReplayTwice, "replayed_release_applied_once"),
     "applies_event_twice": (AppliesEventTwice, "events_applied_once"),
     "ignores_reassigned": (IgnoresReassigned, "stale_binding_refuses_sms_login"),
+    "sparse_hides_refusals": (SparseHidesRefusals, "sparse_answers_honoured"),
+    "sparse_unasked": (SparseUnasked, "sparse_answers_honoured"),
 }
 """Broken platform -> (its servicer, the one check that must fail)."""
 

@@ -13,7 +13,9 @@ from numfed.conformance import PLATFORM_SUITE, PlatformTarget, run_platform_kit
 from numfed.errors import InvalidArgument
 from numfed.federation import create_federation
 from numfed.scenario import PLATFORMS
+from numfed.v1 import platform_pb2
 from platform_stubs.reference import start_platform
+from platform_stubs.sdk import PlatformServicer
 from tests.conformance.broken import BROKEN_PLATFORMS
 
 
@@ -95,3 +97,24 @@ async def test_unknown_check_names_are_refused(numfed_conformance_platform: Any)
     with pytest.raises(InvalidArgument) as err:
         await run_platform_kit(target, only=("no_such_check",))
     assert err.value.reason == "UNKNOWN_CHECK"
+
+
+class IgnoresSparseAnswers(PlatformServicer):
+    """A platform built before sparse answers: it answers every item, whatever it is asked."""
+
+    async def BatchQueryBindings(
+        self, request: platform_pb2.BatchQueryBindingsRequest, context: Any
+    ) -> platform_pb2.BatchQueryBindingsResponse:
+        request.ClearField("sparse_answers")
+        return await super().BatchQueryBindings(request, context)
+
+
+async def test_a_platform_that_answers_every_item_passes_too(
+    numfed_conformance_platform: Any,
+) -> None:
+    """Both shapes are conformant: sparse answers are an offer, not an obligation."""
+    _, target = await numfed_conformance_platform("weibo", servicer_class=IgnoresSparseAnswers)
+    report = await run_platform_kit(target, only=("sparse_answers_honoured",))
+    assert report.passed, [(r.check.name, r.detail) for r in report.results]
+    (result,) = report.results
+    assert "does not answer sparsely" in result.detail

@@ -25,6 +25,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from gateway.fanout import release_piece
 from gateway.schema import release_tasks
 from gateway.server import Gateway
 from gateway.store import TASK_DONE
@@ -297,7 +298,7 @@ async def test_a_number_marked_by_90000_users_answers_in_bounds_and_takes_no_bat
     with store.engine.connect() as c:
         sizes = [len(r) for r in c.execute(sa.select(applied_releases.c.result)).scalars()]
     assert max(sizes) < 16 * 1024
-    item = platform_pb2.ReleaseItem(item_id="again", claim=claims[MARKED])
+    item = release_piece("again", claims[MARKED].SerializeToString())
     (again,) = await running.gateway.links["labels"].release([item], 25.0)
     assert again.replayed and again.ByteSize() < 16 * 1024
     assert counted(again.released, again.omitted_bindings) == MARKS

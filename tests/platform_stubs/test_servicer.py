@@ -158,6 +158,39 @@ async def test_a_batch_is_answered_item_by_item(running: Running) -> None:
     assert await active(running, N1) == PRIOR_N1 | OWN_N1  # a query changes nothing
 
 
+async def test_asked_for_sparse_answers_it_answers_only_claims_found_or_refused(
+    running: Running,
+) -> None:
+    """Silence in a sparse answer means "accepted, nothing bound"; found and refused claims are
+    answered as always, in the request's order; unasked, every claim is answered."""
+    await running.seed(ROWS)
+    cmcc = running.signer("cmcc")
+    empty = "+8613900000000"  # nothing bound to it
+    items = [
+        ("nothing", signed(cmcc, number=empty, tenure_start=X1, purpose=Purpose.QUERY_PRIOR)),
+        ("prior", signed(cmcc, number=N1, tenure_start=X1, purpose=Purpose.QUERY_PRIOR)),
+        ("own-nothing", signed(cmcc, number=empty, tenure_start=X1, purpose=Purpose.QUERY_OWN)),
+        ("purpose", signed(cmcc, number=N1, tenure_start=X1, purpose=Purpose.RELEASE_PRIOR)),
+        ("own", signed(cmcc, number=N1, tenure_start=X1, purpose=Purpose.QUERY_OWN)),
+    ]
+    async with running.channel() as ch:
+        stub = platform_stub(ch)
+        request = query(items)
+        whole = await stub.BatchQueryBindings(request, timeout=TIMEOUT)
+        request.sparse_answers = True
+        sparse = await stub.BatchQueryBindings(request, timeout=TIMEOUT)
+
+    assert not whole.sparse
+    assert [r.item_id for r in whole.results] == [i for i, _ in items]
+    assert sparse.sparse
+    assert [r.item_id for r in sparse.results] == ["prior", "purpose", "own"]
+    by_id = {r.item_id: r for r in whole.results}
+    for r in sparse.results:
+        assert r == by_id[r.item_id]
+    for left_out in ("nothing", "own-nothing"):
+        assert outcome(by_id[left_out].status) == OK and not by_id[left_out].bindings
+
+
 async def test_release_prior_applies_once_and_keeps_the_current_holder(running: Running) -> None:
     await running.seed(ROWS)
     cmcc = running.signer("cmcc")
