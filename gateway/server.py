@@ -42,7 +42,7 @@ from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.publisher import EventPublisher
-from gateway.pusher import EventPusher
+from gateway.pusher import EventPusher, LogHead
 from gateway.results import now_us
 from gateway.schema import number_ports, port_halves
 from gateway.service import GatewayServicer
@@ -163,6 +163,8 @@ class Gateway:
     ssf: SsfTransmitter | None = None
     set_pushers: dict[str, SetPusher] = field(default_factory=dict)
     """Per platform whose events go by ``ssf-push``: its SET pusher."""
+    event_head: LogHead | None = None
+    """The event log's head, read once for every pusher (:class:`gateway.pusher.LogHead`)."""
 
     @property
     def port(self) -> int:
@@ -239,11 +241,13 @@ class Gateway:
             interval=config.limits.audit_checkpoint_interval,
         )
         events = EventLog(store.engine)
+        head = LogHead(store, events)
         pushers: dict[str, EventPusher] = {}
         set_pushers: dict[str, SetPusher] = {}
 
         def on_events() -> None:
             """New batches in the log: every pusher and every long poll looks again."""
+            head.changed()
             wake_all([*pushers.values(), *set_pushers.values()])
             if gw.ssf is not None:
                 gw.ssf.wake()
@@ -325,6 +329,7 @@ class Gateway:
             servicer=servicer,
             admission=bounds,
             set_pushers=set_pushers,
+            event_head=head,
         )
         audit.start()
         checkpointer.start()
@@ -397,6 +402,7 @@ class Gateway:
             owner=self.dispatcher.owner,
             audit=self.audit.record,
             audit_room=self.audit.room,
+            head=self.event_head,
         )
         self.pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
