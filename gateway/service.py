@@ -361,7 +361,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _commit_jobs(
         self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
     ) -> list[JobRow]:
-        return await self._store.run(self._store.create_jobs, list(work), audit=_job_committed)
+        # Ahead of the dispatcher's and pushers' work: accepting a release never waits for it.
+        return await self._store.run_first(
+            self._store.create_jobs, list(work), audit=_job_committed
+        )
 
     async def _operation(self, job_id: str) -> operations_pb2.Operation:
         found = await self._store.run(self._store.get_job, job_id)

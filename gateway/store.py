@@ -166,6 +166,16 @@ class Store:
                 "DATABASE_UNAVAILABLE", "the gateway's database is unavailable; retry later"
             ) from exc
 
+    async def run_first(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """As :meth:`run`, ahead of the background work queued for the database threads (the
+        dispatcher's, the pushers'): for a caller waiting on its commit."""
+        try:
+            return await self._thread.run_first(fn, *args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise Unavailable(
+                "DATABASE_UNAVAILABLE", "the gateway's database is unavailable; retry later"
+            ) from exc
+
     def close(self) -> None:
         self._thread.close()
         self.engine.dispose()

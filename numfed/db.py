@@ -13,9 +13,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import itertools
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
@@ -76,10 +79,42 @@ class DbThread:
     One thread for SQLite (one writer); a server database like PostgreSQL takes several, each
     on a connection of its own, so that one transaction waiting for its commit to reach disk
     does not hold up the others.
+
+    Work runs in the order handed on, except that work handed on with :meth:`run_first` (a
+    caller waiting for its commit, say) goes before all work not yet started: background work
+    queued by the thousand (the dispatcher's records, event leases) never makes a caller wait
+    behind all of it.
     """
 
     def __init__(self, name: str, workers: int = 1) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._queue: queue.PriorityQueue[tuple[int, int, _Work | None]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            _first, _n, work = self._queue.get()
+            if work is None:
+                return
+            fn, future = work
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    async def _run(self, first: bool, fn: Callable[[], R]) -> R:
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._queue.put((0 if first else 1, next(self._order), (fn, future)))
+        return await run_to_end(asyncio.wrap_future(future))
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn`` on a worker thread and return what it returns.
@@ -89,10 +124,18 @@ class DbThread:
         cancels a task and then gives back its leases or closes the store would race work that
         is still going on, or commits after the stop (on PostgreSQL the two deadlocked).
         """
-        loop = asyncio.get_running_loop()
-        return await run_to_end(
-            loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        )
+        return await self._run(False, functools.partial(fn, *args, **kwargs))
+
+    async def run_first(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """As :meth:`run`, ahead of all work handed on with :meth:`run` not yet started."""
+        return await self._run(True, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Finish the work handed on, then end the threads."""
+        for _ in self._threads:
+            self._queue.put((2, next(self._order), None))
+        for t in self._threads:
+            t.join()
+
+
+_Work = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]

@@ -59,3 +59,38 @@ async def test_run_to_end_never_cuts_a_piece_in_two() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert steps == ["commit", "audit"]
+
+
+async def test_work_run_first_goes_before_the_background_work_queued() -> None:
+    """A caller waiting on its commit is not queued behind the dispatcher's thousand records."""
+    db = DbThread("test-db")
+    started, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def busy() -> None:
+        started.set()
+        go.wait(10)
+
+    try:
+        blocker = asyncio.create_task(db.run(busy))
+        assert await asyncio.to_thread(started.wait, 10)
+        background = [asyncio.create_task(db.run(order.append, f"bg{i}")) for i in range(100)]
+        await asyncio.sleep(0)  # every background piece handed on before the urgent one
+        urgent = asyncio.create_task(db.run_first(order.append, "commit"))
+        await asyncio.sleep(0)
+        go.set()
+        await asyncio.gather(blocker, urgent, *background)
+        assert order[0] == "commit" and order[1:] == [f"bg{i}" for i in range(100)]
+    finally:
+        go.set()
+        db.close()
+
+
+async def test_close_finishes_the_work_handed_on_first() -> None:
+    db = DbThread("test-db", workers=2)
+    done: list[int] = []
+    tasks = [asyncio.create_task(db.run(done.append, i)) for i in range(20)]
+    await asyncio.gather(*tasks)
+    db.close()
+    assert sorted(done) == list(range(20))
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-db")]
