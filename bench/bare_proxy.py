@@ -49,7 +49,7 @@ async def proxy(backend_ports: list[int]) -> None:
     calls = [ch.unary_unary(METHOD, _identity, _identity) for ch in channels]
 
     async def forward(request: bytes, context: Any) -> bytes:
-        await asyncio.gather(*(call(request, timeout=5) for call in calls))
+        await asyncio.gather(*(call(request, timeout=60) for call in calls))
         return request
 
     server = grpc.aio.server()

@@ -113,13 +113,63 @@ def wait_serving(endpoint: str, pki_dir: Path, service: str, timeout: float = 60
     raise RuntimeError(f"{service} at {endpoint} did not become ready")
 
 
-async def gateway_run(n: int, seconds: float, in_flight: int, workdir: Path) -> dict[str, Any]:
-    platforms = [f"p{i:03d}" for i in range(n)]
-    layout = create_federation(workdir / f"gw-{n}", carriers=("cmcc",), platforms=platforms)
-    members = spawn("bench.members_host", str(layout.root))
+PLATFORMS_PER_HOST = 250
+"""Simulated platforms served by one process (``bench.members_host``): at N = 1,000, four."""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spawn_members(
+    root: Path, platforms: list[str], *, simulated: bool = False
+) -> list[subprocess.Popen[str]]:
+    """The carriers and ``platforms`` in as few processes as hold them, each ready when this
+    returns: reference platforms, or with ``simulated`` ``bench.sim_platforms``."""
+    chunks = [
+        platforms[i : i + PLATFORMS_PER_HOST] for i in range(0, len(platforms), PLATFORMS_PER_HOST)
+    ]
+    if simulated:
+        hosts = [spawn("bench.members_host", str(root), "carriers")]
+        hosts += [spawn("bench.sim_platforms", str(root), *chunk) for chunk in chunks]
+    else:
+        hosts = [spawn("bench.members_host", str(root), "carriers", *chunks[0])]
+        hosts += [spawn("bench.members_host", str(root), *chunk) for chunk in chunks[1:]]
+    try:
+        for h in hosts:
+            assert h.stdout is not None
+            if h.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a members host did not start (exit status {h.wait()})")
+    except BaseException:
+        stop_processes(hosts)
+        raise
+    return hosts
+
+
+async def gateway_run(
+    n: int, seconds: float, in_flight: int, workdir: Path, *, simulated: bool = False
+) -> dict[str, Any]:
+    """The gateway asked by a carrier that takes the compact answer (``compact_none``): the
+    platforms with nothing as one list of ids. The platforms are the reference platforms, or
+    with ``simulated`` ones that answer at once that nothing is bound (``bench.sim_platforms``,
+    like the proxy's echo backends)."""
+    platforms = [f"p{i:04d}" for i in range(n)]
+    members: list[subprocess.Popen[str]] = []
+    for attempt in range(3):  # a port taken meanwhile by another process: new ports
+        layout = create_federation(
+            workdir / f"gw-{n}-{attempt}", carriers=("cmcc",), platforms=platforms
+        )
+        try:
+            members = spawn_members(layout.root, platforms, simulated=simulated)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     gateway = None
     try:
-        assert members.stdout is not None and members.stdout.readline().strip() == "ready"
         gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
         wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
         world = demo_scenario()
@@ -133,21 +183,87 @@ async def gateway_run(n: int, seconds: float, in_flight: int, workdir: Path) -> 
             now=now,
         )
         envelope = sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
-        request = gateway_pb2.QueryBindingsRequest(claim=envelope)
+        request = gateway_pb2.QueryBindingsRequest(claim=envelope, compact_none=True)
         async with pki.secure_channel(layout.gateway_endpoint, layout.pki_dir, CMCC) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:
-                answer = await stub.QueryBindings(request, timeout=10)
-                assert len(answer.results) == n
+                answer = await stub.QueryBindings(request, timeout=30)
+                assert len(answer.results) + len(answer.none_platform_ids) == n
 
             await closed_loop(one, in_flight, 1.0)  # warm up
             cpu0 = cpu_seconds(gateway.pid)
             latencies = await closed_loop(one, in_flight, seconds)
             cpu = cpu_seconds(gateway.pid) - cpu0
-        return summary("gateway", n, latencies, cpu, seconds)
+            row = summary("gateway", n, latencies, cpu, seconds)
+            row["rss_mb"] = round(rss_mb(gateway.pid), 1)
+            row["platform_kind"] = "simulated" if simulated else "reference"
+        return row
     finally:
-        stop_processes((gateway, members))
+        stop_processes((gateway, *members))
+
+
+async def replicas_run(
+    n: int, replicas: int, seconds: float, in_flight: int, workdir: Path, database_url: str
+) -> dict[str, Any]:
+    """``replicas`` gateway processes on one PostgreSQL database, ``n`` simulated platforms,
+    the client spreading its queries over the replicas (round-robin): queries/s, and the
+    replicas' CPU together per query and per second."""
+    platforms = [f"p{i:04d}" for i in range(n)]
+    members: list[subprocess.Popen[str]] = []
+    for attempt in range(3):  # a port taken meanwhile by another process: new ports
+        layout = create_federation(
+            workdir / f"replicas-{replicas}-{attempt}",
+            carriers=("cmcc",),
+            platforms=platforms,
+            replicas=replicas,
+            database_url=database_url,
+        )
+        try:
+            members = spawn_members(layout.root, platforms, simulated=True)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    gateways: list[subprocess.Popen[str]] = []
+    try:
+        for config in layout.replica_configs:
+            gateways.append(spawn("numfed", "gateway", "serve", "--config", str(config)))
+        for endpoint in layout.replica_endpoints:
+            wait_serving(endpoint, layout.pki_dir, "numfed.v1.GatewayService")
+        world = demo_scenario()
+        number = world.showcase["recycled_once"]
+        now = datetime.now(UTC)
+        claim = TenureClaim.new(
+            number=number,
+            carrier_id="cmcc",
+            tenure_start=world.histories[number].tenure_start(now),
+            purpose=Purpose.QUERY_PRIOR,
+            now=now,
+        )
+        envelope = sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
+        request = gateway_pb2.QueryBindingsRequest(claim=envelope, compact_none=True)
+        async with pki.secure_channel(
+            layout.gateway_target, layout.pki_dir, CMCC, server=pki.GATEWAY
+        ) as ch:
+            stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+
+            async def one() -> None:
+                answer = await stub.QueryBindings(request, timeout=30)
+                assert len(answer.results) + len(answer.none_platform_ids) == n
+
+            await closed_loop(one, in_flight, 1.0)  # warm up
+            cpu0 = [cpu_seconds(g.pid) for g in gateways]
+            latencies = await closed_loop(one, in_flight, seconds)
+            cpu = sum(cpu_seconds(g.pid) - c for g, c in zip(gateways, cpu0, strict=True))
+            row = summary("gateway", n, latencies, cpu, seconds)
+            row["replicas"] = replicas
+            row["cpu_s_per_s"] = round(cpu / seconds, 3)
+            row["qps_per_core"] = round(len(latencies) / cpu, 1) if cpu else 0.0
+            row["rss_mb"] = round(sum(rss_mb(g.pid) for g in gateways), 1)
+        return row
+    finally:
+        stop_processes((*gateways, *members))
 
 
 async def proxy_run(n: int, seconds: float, in_flight: int) -> dict[str, Any]:
@@ -170,7 +286,9 @@ async def proxy_run(n: int, seconds: float, in_flight: int) -> dict[str, Any]:
             cpu0 = cpu_seconds(proxy.pid)
             latencies = await closed_loop(one, in_flight, seconds)
             cpu = cpu_seconds(proxy.pid) - cpu0
-        return summary("bare proxy", n, latencies, cpu, seconds)
+            row = summary("bare proxy", n, latencies, cpu, seconds)
+            row["rss_mb"] = round(rss_mb(proxy.pid), 1)
+        return row
     finally:
         stop_processes((proxy, backends))
 

@@ -36,6 +36,7 @@ from bench.fanout import (
     CMCC,
     gateway_run,
     proxy_run,
+    replicas_run,
     spawn,
     stop_processes,
     wait_serving,
@@ -72,10 +73,14 @@ class Size:
     overload_seconds: float
     facade_calls: int = 500
     facade_events: int = 2000
+    scale_ns: tuple[int, ...] = (7, 50, 200, 1000)
+    scale_seconds: float = 6.0
+    scale_in_flight: int = 16
+    replicas_n: int = 200
 
 
 FULL = Size((1, 7, 50, 200), 4.0, 64, 200, 200, 1000, 1000, 3000, 20000, 20.0)
-QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100)
+QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100, (7, 20), 0.5, 4, 7)
 
 
 def p(values: list[float], q: float) -> float:
@@ -177,6 +182,58 @@ async def bench_fanout(size: Size, workdir: Path) -> list[dict[str, Any]]:
             f"{g['cpu_ms_per_query']} ms CPU/q (x{g['cpu_ratio_to_proxy']})",
             flush=True,
         )
+    return rows
+
+
+async def bench_scale(size: Size, workdir: Path) -> list[dict[str, Any]]:
+    """The scale curve to N = 1,000: simulated platforms (``bench.sim_platforms``, 250 to a
+    process, answering at once that nothing is bound) beside the proxy's echo backends, the same
+    client with ``scale_in_flight`` queries at once; CPU per query and RSS of each serving
+    process."""
+    rows: list[dict[str, Any]] = []
+    for n in size.scale_ns:
+        seconds, in_flight = size.scale_seconds, size.scale_in_flight
+        b = await proxy_run(n, seconds, in_flight)
+        g = await gateway_run(n, seconds, in_flight, workdir / "scale", simulated=True)
+        g["cpu_ratio_to_proxy"] = round(g["cpu_ms_per_query"] / b["cpu_ms_per_query"], 3)
+        rows += [b, g]
+        print(
+            f"  scale N={n:>4}: proxy {b['qps']} q/s {b['cpu_ms_per_query']} ms CPU/q "
+            f"{b['rss_mb']} MB | gateway {g['qps']} q/s {g['cpu_ms_per_query']} ms CPU/q "
+            f"(x{g['cpu_ratio_to_proxy']}) {g['rss_mb']} MB",
+            flush=True,
+        )
+    return rows
+
+
+async def bench_replicas(size: Size, workdir: Path) -> list[dict[str, Any]]:
+    """1, 2 and 3 gateway replicas on one PostgreSQL database, N = 200 simulated platforms."""
+    rows: list[dict[str, Any]] = []
+    try:
+        pg = TempPostgres(workdir / "pg-replicas").start()
+    except PostgresUnavailable as exc:
+        print(f"  (replicas skipped: {exc})")
+        return rows
+    try:
+        for replicas in (1, 2, 3):
+            url = pg.create_database(f"replicas{replicas}")
+            row = await replicas_run(
+                size.replicas_n,
+                replicas,
+                size.scale_seconds,
+                size.in_flight,
+                workdir / "replicas",
+                url,
+            )
+            rows.append(row)
+            print(
+                f"  {replicas} replica(s), N={size.replicas_n}: {row['qps']} q/s, "
+                f"{row['cpu_ms_per_query']} ms CPU/q, {row['cpu_s_per_s']} cores busy, "
+                f"{row['qps_per_core']} q/s per core",
+                flush=True,
+            )
+    finally:
+        pg.stop()
     return rows
 
 
@@ -324,10 +381,19 @@ def raw_core_rate(url: str, rows: int) -> float:
     return rate
 
 
-async def accept_rate(fed: Running, n: int) -> float:
+async def accept_rate(
+    layout: FederationLayout,
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub,
+    n: int,
+    *,
+    first: int = 0,
+) -> float:
+    """Releases accepted per second, 64 calls at once: the same client for the gateway and for
+    the bare commit server (``first`` picks other numbers, so that no claim is sent twice)."""
     requests = [
         gateway_pb2.ReleaseBindingsRequest(
-            request_id=uuid.uuid4().hex, claim=claim_for(fed.layout, Purpose.RELEASE_PRIOR, i)
+            request_id=uuid.uuid4().hex,
+            claim=claim_for(layout, Purpose.RELEASE_PRIOR, first + i),
         )
         for i in range(n)
     ]
@@ -335,12 +401,53 @@ async def accept_rate(fed: Running, n: int) -> float:
 
     async def one(r: gateway_pb2.ReleaseBindingsRequest) -> None:
         async with sem:
-            await fed.stub.ReleaseBindings(r, timeout=30)
+            await stub.ReleaseBindings(r, timeout=30)
 
     await asyncio.gather(*(one(r) for r in requests[: max(n // 10, 1)]))  # warm up
     t0 = time.monotonic()
     await asyncio.gather(*(one(r) for r in requests[max(n // 10, 1) :]))
     return (n - max(n // 10, 1)) / (time.monotonic() - t0)
+
+
+async def commit_server_rate(layout: FederationLayout, url: str, n: int) -> float:
+    """The reference: ``bench/commit_server.py`` on the same mTLS, driven by the same client."""
+    server = spawn("bench.commit_server", str(layout.pki_dir), url)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        async with pki.secure_channel(
+            f"127.0.0.1:{port}", layout.pki_dir, CMCC, server=pki.GATEWAY
+        ) as ch:
+            return await accept_rate(layout, gateway_pb2_grpc.GatewayServiceStub(ch), n)
+    finally:
+        stop_processes((server,))
+
+
+async def accept_with_queries(fed: Running, n: int, in_flight: int) -> tuple[float, float]:
+    """Releases accepted per second while ``in_flight`` queries run at once all along, and the
+    queries answered per second meanwhile: the dispatcher and the queries' fan-out must not
+    starve acceptance."""
+    request = gateway_pb2.QueryBindingsRequest(
+        claim=claim_for(fed.layout, Purpose.QUERY_PRIOR), compact_none=True
+    )
+    answered = 0
+    stop = asyncio.Event()
+
+    async def querier() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            await fed.stub.QueryBindings(request, timeout=30)
+            answered += 1
+
+    queriers = [asyncio.create_task(querier()) for _ in range(in_flight)]
+    try:
+        t0 = time.monotonic()
+        rate = await accept_rate(fed.layout, fed.stub, n, first=n)
+        qps = answered / (time.monotonic() - t0)
+    finally:
+        stop.set()
+        await asyncio.gather(*queriers)
+    return rate, qps
 
 
 async def bench_acceptance(size: Size, workdir: Path) -> list[dict[str, Any]]:
@@ -355,24 +462,33 @@ async def bench_acceptance(size: Size, workdir: Path) -> list[dict[str, Any]]:
     try:
         for name, raw_url in backends:
             raw = raw_core_rate(raw_url, size.raw_rows)
-            url = (
-                f"sqlite:///{workdir / 'accept.db'}"
-                if name == "sqlite"
-                else (pg.create_database("accept") if pg else "")
-            )
+            if name == "sqlite":
+                url, bare_url = (
+                    f"sqlite:///{workdir / 'accept.db'}",
+                    f"sqlite:///{workdir / 'bare.db'}",
+                )
+            else:
+                assert pg is not None
+                url, bare_url = pg.create_database("accept"), pg.create_database("bare")
             async with federation(workdir, f"accept-{name}", database_url=url) as fed:
-                rate = await accept_rate(fed, size.acceptance)
+                bare = await commit_server_rate(fed.layout, bare_url, size.acceptance)
+                rate = await accept_rate(fed.layout, fed.stub, size.acceptance)
+                mixed, qps = await accept_with_queries(fed, size.acceptance, 16)
             rows.append(
                 {
                     "database": name,
                     "accepted_per_s": round(rate, 1),
+                    "bare_commit_server_per_s": round(bare, 1),
+                    "ratio": round(rate / bare, 3),
+                    "accepted_per_s_with_queries": round(mixed, 1),
+                    "queries_per_s_meanwhile": round(qps, 1),
                     "raw_core_commits_per_s": round(raw, 1),
-                    "ratio": round(rate / raw, 3),
                 }
             )
             print(
-                f"  durable acceptance on {name}: {rate:.0f} releases/s "
-                f"(raw Core one row per commit: {raw:.0f}/s)"
+                f"  durable acceptance on {name}: {rate:.0f} releases/s (bare gRPC commit "
+                f"server: {bare:.0f}/s; raw Core one row per commit: {raw:.0f}/s); with 16 "
+                f"queries in flight: {mixed:.0f} releases/s and {qps:.0f} queries/s"
             )
     finally:
         if pg is not None:
@@ -604,6 +720,19 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
                     higher_is_better=False,
                 )
             )
+    scale = {(row["impl"], row["platforms"]): row for row in r["scale"]}
+    g, b = scale.get(("gateway", 1000)), scale.get(("bare proxy", 1000))
+    if g and b:
+        out.append(
+            target(
+                "scale curve gateway CPU ms/query, N=1000 simulated platforms "
+                "(reference: bare proxy, echo backends)",
+                g["cpu_ms_per_query"],
+                b["cpu_ms_per_query"],
+                0.05,
+                higher_is_better=False,
+            )
+        )
     g, b = by_n.get(("gateway", 7)), by_n.get(("bare proxy", 7))
     if g and b:
         out.append(
@@ -639,9 +768,9 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             target(
                 f"durable acceptance releases/s on {row['database']} "
-                "(reference: raw Core one row per commit)",
+                "(reference: bare grpc.aio server, same mTLS, same group commit, one row per call)",
                 row["accepted_per_s"],
-                row["raw_core_commits_per_s"],
+                row["bare_commit_server_per_s"],
                 0.5,
                 higher_is_better=True,
             )
@@ -740,6 +869,51 @@ def plots(r: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
     made.append("scale_curve.png")
 
+    rows = r["scale"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for impl, style in (("gateway", "o-"), ("bare proxy", "s--")):
+        pts = sorted((x["platforms"], x) for x in rows if x["impl"] == impl)
+        ns = [n for n, _ in pts]
+        axes[0].plot(ns, [x["cpu_ms_per_query"] for _, x in pts], style, label=impl)
+        axes[1].plot(ns, [x["rss_mb"] for _, x in pts], style, label=impl)
+        axes[2].plot(ns, [x["qps"] for _, x in pts], style, label=impl)
+    for ax, title, unit, log in (
+        (axes[0], "CPU per query (serving process)", "ms", True),
+        (axes[1], "memory (serving process RSS)", "MB", False),
+        (axes[2], "queries/s (one process, 2 shared cores)", "queries/s", True),
+    ):
+        ax.set_xscale("log")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("platforms N (simulated)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scale_1000.png", dpi=110)
+    plt.close(fig)
+    made.append("scale_1000.png")
+
+    reps = r["replicas"]
+    if reps:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        xs = [x["replicas"] for x in reps]
+        axes[0].plot(xs, [x["qps"] for x in reps], "o-", label="queries/s")
+        axes[0].set_title(f"queries/s, N = {reps[0]['platforms']} (simulated)")
+        axes[1].plot(xs, [x["qps_per_core"] for x in reps], "o-", label="queries/s per core")
+        axes[1].plot(xs, [x["cpu_s_per_s"] for x in reps], "s--", label="cores busy")
+        axes[1].set_title("per core of gateway CPU")
+        for ax in axes:
+            ax.set_xlabel("gateway replicas (PostgreSQL)")
+            ax.set_xticks(xs)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "replicas.png", dpi=110)
+        plt.close(fig)
+        made.append("replicas.png")
+
     tl = r["overload"]["timeline"]
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
     secs = [x["second"] for x in tl]
@@ -834,12 +1008,76 @@ def document(r: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "",
         "![scale curve](../bench/results/scale_curve.png)",
         "",
+        "### Scale curve to N = 1,000 (simulated platforms; the same client for both)",
+        "",
+        table(
+            ["N", "impl", "queries/s", "p50 ms", "CPU ms/query", "CPU vs proxy", "RSS MB"],
+            [
+                [
+                    x["platforms"],
+                    x["impl"],
+                    x["qps"],
+                    x["p50_ms"],
+                    x["cpu_ms_per_query"],
+                    x.get("cpu_ratio_to_proxy", ""),
+                    x["rss_mb"],
+                ]
+                for x in r["scale"]
+            ],
+        ),
+        "",
+        "![scale curve to 1,000](../bench/results/scale_1000.png)",
+        "",
+        "### Replicas on PostgreSQL",
+        "",
+        table(
+            [
+                "replicas",
+                "N",
+                "queries/s",
+                "p50 ms",
+                "CPU ms/query (all replicas)",
+                "cores busy",
+                "queries/s per core",
+            ],
+            [
+                [
+                    x["replicas"],
+                    x["platforms"],
+                    x["qps"],
+                    x["p50_ms"],
+                    x["cpu_ms_per_query"],
+                    x["cpu_s_per_s"],
+                    x["qps_per_core"],
+                ]
+                for x in r["replicas"]
+            ],
+        ),
+        "",
+        "![replicas](../bench/results/replicas.png)",
+        "",
         "### Durable acceptance",
         "",
         table(
-            ["database", "releases accepted/s", "raw Core commits/s", "ratio"],
             [
-                [x["database"], x["accepted_per_s"], x["raw_core_commits_per_s"], x["ratio"]]
+                "database",
+                "releases accepted/s",
+                "bare gRPC commit server/s",
+                "ratio",
+                "accepted/s with 16 queries in flight",
+                "queries/s meanwhile",
+                "raw Core commits/s (no RPC)",
+            ],
+            [
+                [
+                    x["database"],
+                    x["accepted_per_s"],
+                    x["bare_commit_server_per_s"],
+                    x["ratio"],
+                    x["accepted_per_s_with_queries"],
+                    x["queries_per_s_meanwhile"],
+                    x["raw_core_commits_per_s"],
+                ]
                 for x in r["acceptance"]
             ],
         ),
@@ -875,6 +1113,10 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r: dict[str, Any] = {"machine": machine()}
     print("fan-out and scale curve", flush=True)
     r["fanout"] = await bench_fanout(size, workdir)
+    print("scale curve to N = 1,000 (simulated platforms)", flush=True)
+    r["scale"] = await bench_scale(size, workdir)
+    print("replicas on PostgreSQL", flush=True)
+    r["replicas"] = await bench_replicas(size, workdir)
     print("latency under concurrency", flush=True)
     r["latency"] = await bench_latency(size, workdir)
     print("release turnaround", flush=True)
@@ -907,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(r)
     for name in (
         "fanout",
+        "scale",
+        "replicas",
         "latency",
         "turnaround",
         "acceptance",

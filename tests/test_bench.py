@@ -31,7 +31,9 @@ def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path:
     assert all(r["queries"] > 0 and r["cpu_ms_per_query"] > 0 for r in fanout)
     page = json.loads((tmp_path / "portal.json").read_text())
     assert page["served"] > 0 and page["sustainable_rps"] > 0
-    for png in ("scale_curve.png", "overload.png"):
+    scale = json.loads((tmp_path / "scale.json").read_text())
+    assert {r["platforms"] for r in scale} == {7, 20} and all(r["rss_mb"] > 0 for r in scale)
+    for png in ("scale_curve.png", "scale_1000.png", "overload.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
