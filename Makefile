@@ -89,6 +89,12 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.suite
 
+# Launch day: 10x the sustainable rate of a realistic mix for 5 minutes (not part of `make test`
+# or `make bench`); see docs/benchmarks.md. Fails if anything that must hold did not.
+SOAK_SECONDS ?= 300
+soak: $(BENCH_STAMP)
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+
 # The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
 FUZZ_EXAMPLES ?= 700
 fuzz: $(STAMP)

@@ -44,3 +44,22 @@ def test_summary_met_is_computed_from_the_figures() -> None:
     assert target("x", 1.1, 2.0, 0.5, higher_is_better=False)["met"] is False
     assert target("x", 1.0, 2.0, 0.5, higher_is_better=True)["met"] is True
     assert target("x", 0.9, 2.0, 0.5, higher_is_better=True)["met"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_launch_day_soak_runs_and_writes_its_results_and_plot(tmp_path: Path) -> None:
+    """``make soak`` at tiny length: it runs end to end and says what held (no timing is
+    asserted: the refusals' speed depends on the machine)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--seconds", "3", "--warmup", "2", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    row = json.loads((tmp_path / "soak.json").read_text())
+    assert row["held"]["nothing crashed"] and row["held"]["every accepted release done"], row
+    assert row["load_processes"] == 2 and row["offered_per_s"] > 0 and row["timeline"]
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
