@@ -158,20 +158,24 @@ async def gateway_run(
     like the proxy's echo backends)."""
     platforms = [f"p{i:04d}" for i in range(n)]
     members: list[subprocess.Popen[str]] = []
+    gateway: subprocess.Popen[str] | None = None
     for attempt in range(3):  # a port taken meanwhile by another process: new ports
         layout = create_federation(
             workdir / f"gw-{n}-{attempt}", carriers=("cmcc",), platforms=platforms
         )
+        gateway = None
         try:
             members = spawn_members(layout.root, platforms, simulated=simulated)
+            gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
+            wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
             break
         except RuntimeError:
+            stop_processes((gateway, *members))
+            members = []
             if attempt == 2:
                 raise
-    gateway = None
+    assert gateway is not None
     try:
-        gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
-        wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
         world = demo_scenario()
         number = world.showcase["recycled_once"]
         now = datetime.now(UTC)
@@ -211,6 +215,7 @@ async def replicas_run(
     replicas' CPU together per query and per second."""
     platforms = [f"p{i:04d}" for i in range(n)]
     members: list[subprocess.Popen[str]] = []
+    gateways: list[subprocess.Popen[str]] = []
     for attempt in range(3):  # a port taken meanwhile by another process: new ports
         layout = create_federation(
             workdir / f"replicas-{replicas}-{attempt}",
@@ -221,16 +226,19 @@ async def replicas_run(
         )
         try:
             members = spawn_members(layout.root, platforms, simulated=True)
+            gateways = [
+                spawn("numfed", "gateway", "serve", "--config", str(config))
+                for config in layout.replica_configs
+            ]
+            for endpoint in layout.replica_endpoints:
+                wait_serving(endpoint, layout.pki_dir, "numfed.v1.GatewayService")
             break
         except RuntimeError:
+            stop_processes((*gateways, *members))
+            gateways, members = [], []
             if attempt == 2:
                 raise
-    gateways: list[subprocess.Popen[str]] = []
     try:
-        for config in layout.replica_configs:
-            gateways.append(spawn("numfed", "gateway", "serve", "--config", str(config)))
-        for endpoint in layout.replica_endpoints:
-            wait_serving(endpoint, layout.pki_dir, "numfed.v1.GatewayService")
         world = demo_scenario()
         number = world.showcase["recycled_once"]
         now = datetime.now(UTC)

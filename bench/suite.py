@@ -135,28 +135,38 @@ async def federation(
 ) -> AsyncIterator[Running]:
     """A gateway process, and its carriers and platforms in one other process (or, with
     ``process_per_platform``, the carriers in one and each platform in a process of its own)."""
-    layout = create_federation(
-        workdir / name,
-        carriers=("cmcc",),
-        platforms=platforms,
-        platform_knobs=knobs,
-        limits=limits,
-        database_url=database_url,
-        facades=facades,
-    )
-    if process_per_platform:
-        hosts = [spawn("bench.members_host", str(layout.root), p) for p in platforms]
-        hosts.append(spawn("bench.members_host", str(layout.root), "carriers"))
-    else:
-        hosts = [spawn("bench.members_host", str(layout.root))]
-    gateway = None
+    for attempt in range(3):  # a port taken meanwhile by another process: new ports
+        layout = create_federation(
+            workdir / (name if attempt == 0 else f"{name}-{attempt}"),
+            carriers=("cmcc",),
+            platforms=platforms,
+            platform_knobs=knobs,
+            limits=limits,
+            database_url=database_url,
+            facades=facades,
+        )
+        if process_per_platform:
+            hosts = [spawn("bench.members_host", str(layout.root), p) for p in platforms]
+            hosts.append(spawn("bench.members_host", str(layout.root), "carriers"))
+        else:
+            hosts = [spawn("bench.members_host", str(layout.root))]
+        gateway = None
+        try:
+            for h in hosts:
+                assert h.stdout is not None
+                if h.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a members host did not start")
+            gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
+            wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
+            for endpoint in layout.platform_endpoints.values():  # each holds a verified bundle
+                wait_serving(endpoint, layout.pki_dir, "numfed.v1.PlatformService")
+            break
+        except RuntimeError:
+            stop_processes((gateway, *hosts), timeout=15)
+            if attempt == 2:
+                raise
+    assert gateway is not None
     try:
-        for h in hosts:
-            assert h.stdout is not None and h.stdout.readline().strip() == "ready"
-        gateway = spawn("numfed", "gateway", "serve", "--config", str(layout.gateway_config))
-        wait_serving(layout.gateway_endpoint, layout.pki_dir, "numfed.v1.GatewayService")
-        for endpoint in layout.platform_endpoints.values():  # each holds a verified bundle
-            wait_serving(endpoint, layout.pki_dir, "numfed.v1.PlatformService")
         async with pki.secure_channel(
             layout.gateway_endpoint, layout.pki_dir, CMCC, server=pki.GATEWAY
         ) as ch:
@@ -589,17 +599,68 @@ async def bench_events(size: Size, workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - t0
         db.dispose()
+        # The reference: new batches of the same size fed to the same platforms directly, as
+        # the gateway's pushers send them (20 to a call, each platform on its own), in order.
+        fresh = [
+            sign_event_batch(
+                "cmcc",
+                [
+                    LifecycleEvent.new(
+                        numbers[(b * per_batch + k) % len(numbers)], EventKind.DEACTIVATED, at
+                    )
+                    for k in range(per_batch)
+                ],
+                signer,
+                now=datetime.now(UTC),
+            ).to_proto()
+            for b in range(len(batches))
+        ]
+        direct = await direct_events_rate(fed.layout, fresh, head, per_batch)
     total = len(batches) * per_batch
     row = {
         "events": total,
         "platforms": len(APP_PLATFORMS),
         "seconds": round(elapsed, 2),
         "events_per_s": round(total / elapsed, 1),
+        "direct_events_per_s": round(direct, 1),
     }
     print(
-        f"  events: {row['events_per_s']} events/s acknowledged by {len(APP_PLATFORMS)} platforms"
+        f"  events: {row['events_per_s']} events/s acknowledged by {len(APP_PLATFORMS)} "
+        f"platforms (fed directly: {row['direct_events_per_s']} events/s)"
     )
     return row
+
+
+async def direct_events_rate(
+    layout: FederationLayout, batches: list[Any], after: int, per_batch: int
+) -> float:
+    """Events per second the platforms apply and acknowledge when fed directly."""
+    from numfed.identity import PeerId, Role
+    from numfed.v1 import events_pb2, platform_pb2, platform_pb2_grpc
+
+    async def feed(platform_id: str) -> None:
+        async with pki.secure_channel(
+            layout.platform_endpoints[platform_id],
+            layout.pki_dir,
+            pki.GATEWAY,
+            server=PeerId(Role.PLATFORM, platform_id),
+        ) as ch:
+            stub = platform_pb2_grpc.PlatformServiceStub(ch)
+            for i in range(0, len(batches), 20):
+                part = batches[i : i + 20]
+                request = platform_pb2.DeliverEventsRequest(
+                    batches=[
+                        events_pb2.SequencedBatch(seq=after + i + k + 1, batch=b)
+                        for k, b in enumerate(part)
+                    ]
+                )
+                answer = await stub.DeliverEvents(request, timeout=60)
+                if answer.ack_through_seq < after + i + len(part):
+                    raise RuntimeError(f"{platform_id} did not acknowledge a direct delivery")
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(feed(p) for p in APP_PLATFORMS))
+    return len(batches) * per_batch / (time.monotonic() - t0)
 
 
 # -- 7: overload -------------------------------------------------------------------------------
@@ -781,16 +842,17 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             "claim verification us/claim (reference: raw Ed25519 verify)",
             v["gateway_us_per_claim"],
             v["raw_ed25519_us"],
-            1.2,
+            1.15,
             higher_is_better=False,
         )
     )
     out.append(
         target(
-            "events acknowledged per second at 7 platforms (reference: 2,000/s)",
+            "events acknowledged per second at 7 platforms, end to end (reference: the same "
+            "platforms fed the same batches directly)",
             r["events"]["events_per_s"],
-            2000.0,
-            1.0,
+            r["events"]["direct_events_per_s"],
+            0.5,
             higher_is_better=True,
         )
     )
