@@ -39,7 +39,7 @@ from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, SoleGateway, start_server
 from numfed.scenario import demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.v1 import (
     carrier_pb2_grpc,
     claim_pb2,
@@ -331,12 +331,14 @@ async def start_carrier(
 
 async def serve(config_path: Path) -> None:
     """Run the adapter of ``config_path`` until SIGTERM or SIGINT, then stop gracefully."""
-    handle = await start_carrier(load_carrier_config(config_path))
-    log.info(
-        "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
-        handle.adapter.carrier_id,
-        handle.adapter.display_name,
-        handle.port,
-        handle.holder_port,
-    )
-    await run_until_signalled(handle.stop)
+    config = load_carrier_config(config_path)
+    async with process_telemetry(f"carrier-{config.carrier_id}", config.telemetry):
+        handle = await start_carrier(config)
+        log.info(
+            "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
+            handle.adapter.carrier_id,
+            handle.adapter.display_name,
+            handle.port,
+            handle.holder_port,
+        )
+        await run_until_signalled(handle.stop)

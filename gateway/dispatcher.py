@@ -36,6 +36,8 @@ from gateway.results import now_us, result_from_error, result_from_item, retryab
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
 from numfed.errors import Unavailable
+from numfed.observability import metrics, tracing
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
 
 __all__ = ["Dispatcher"]
@@ -69,6 +71,8 @@ class Dispatcher:
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._unreachable: dict[str, RetrySummary] = {}
+        """Per platform: its failed release batches, logged as a summary, not one per retry."""
 
     @property
     def owner(self) -> str:
@@ -170,7 +174,27 @@ class Dispatcher:
                 self._held.discard((job.job_id, platform_id))
             self.wake()  # room for another batch
 
+    def _retries(self, platform_id: str) -> RetrySummary:
+        summary = self._unreachable.get(platform_id)
+        if summary is None:
+            summary = self._unreachable[platform_id] = RetrySummary(
+                log,
+                f"platform {platform_id} unreachable for releases",
+                f"platform {platform_id} reachable again for releases",
+            )
+        return summary
+
     async def _send_batch(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+        # One span per batch: it continues the trace of the first job's ReleaseBindings call
+        # and links the others', so each holder's release is one trace up to the platform.
+        with tracing.continued_span(
+            "numfed.release.dispatch",
+            [job.trace_context for _task, job in work],
+            {"numfed.platform": platform_id, "numfed.release.jobs": len(work)},
+        ):
+            await self._send_traced(platform_id, work)
+
+    async def _send_traced(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
         link = self._links.get(platform_id)
         items = [
             platform_pb2.ReleaseItem(
@@ -187,10 +211,11 @@ class Dispatcher:
             reason = (
                 exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             )
-            log.info("release batch to %s failed (%s); will retry", platform_id, reason)
+            self._retries(platform_id).failed(failure_reason(exc))
             err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
             updates = [self._retry_or_expire(task, job, err) for task, job in work]
         else:
+            self._retries(platform_id).succeeded()
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
@@ -212,14 +237,21 @@ class Dispatcher:
             log.exception("recording release outcomes failed; the leases will expire and retry")
             return
         for u in updates:
-            if u.done and u.job_id in changed:
+            if u.job_id not in changed:
+                continue
+            if not u.done:
+                metrics.RELEASE_RETRIES.labels(platform_id).inc()
+            else:
+                outcome: str = Outcome.Name(u.outcome)  # type: ignore[arg-type]
+                done = outcome.removeprefix("PLATFORM_OUTCOME_")
+                metrics.RELEASE_TASKS_DONE.labels(platform_id, done).inc()
                 self._audit(
                     AuditRecord(
                         now_us(),
                         "RELEASE_DELIVERY",
                         f"platform:{platform_id}",
                         next(j.number_key for _t, j in work if j.job_id == u.job_id),
-                        Outcome.Name(u.outcome),  # type: ignore[arg-type]
+                        outcome,
                         {"job": u.job_id},
                     )
                 )

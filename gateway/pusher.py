@@ -28,6 +28,7 @@ from gateway.platforms import PlatformLink
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
 __all__ = ["EventPusher"]
@@ -55,6 +56,11 @@ class EventPusher:
         self._limits = limits
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._failing = RetrySummary(
+            log,
+            f"event delivery to platform {link.platform_id} failing",
+            f"event delivery to platform {link.platform_id} working again",
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -151,7 +157,9 @@ class EventPusher:
                 failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1
-                log.info("event delivery to %s failed (%s); will resend", platform, exc.code().name)
+                self._failing.failed(failure_reason(exc))
+            else:
+                self._failing.succeeded()
             if failures:
                 delay = backoff_seconds(
                     failures - 1,

@@ -13,13 +13,13 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
@@ -27,6 +27,7 @@ from gateway.authority import Portability
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
+from gateway.observability import CarrierHealth, GatewayObserver
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
@@ -43,10 +44,12 @@ from numfed.envelope import Envelope
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import TrustedState
 from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
@@ -123,6 +126,15 @@ class Gateway:
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
+    stopping: bool = False
+    carrier_health: dict[str, CarrierHealth] = field(default_factory=dict)
+    """Per carrier: its last sync and its last failure (``numfed status``)."""
+    observer: GatewayObserver | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Health says SERVING: every carrier synced (or the wait ran out), not stopping."""
+        return self.ready.is_set() and not self.stopping
 
     @property
     def port(self) -> int:
@@ -130,8 +142,24 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> Gateway:
-        layout = pki.PkiLayout(config.pki_dir)
+        """Open the database, start serving and the background work; a failure on the way
+        closes what was opened (so a process that cannot start exits cleanly)."""
         store = Store(config.database_url)
+        opened: list[Callable[[], Awaitable[None]]] = []
+        try:
+            return await cls._start(config, store, opened)
+        except BaseException:
+            for close in reversed(opened):
+                with contextlib.suppress(Exception):
+                    await close()
+            store.close()
+            raise
+
+    @classmethod
+    async def _start(
+        cls, config: GatewayConfig, store: Store, opened: list[Callable[[], Awaitable[None]]]
+    ) -> Gateway:
+        layout = pki.PkiLayout(config.pki_dir)
         store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
@@ -142,9 +170,19 @@ class Gateway:
         )
         now = datetime.now(UTC)
         trust = load_trusted_state(config.trust_dir, now=now)
+        if trust.bundle is not None:
+            log.info(
+                "trust bundle v%d accepted from %s (root v%d; expires %s)",
+                trust.bundle.version,
+                config.trust_dir,
+                trust.root.version,
+                trust.bundle.expires_at.isoformat(timespec="seconds"),
+            )
         trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
         links = {m.id: _platform_link(config, m) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
+        opened += [link.close for link in links.values()]
+        opened += [channel.close for channel in carrier_channels.values()]
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
@@ -205,7 +243,9 @@ class Gateway:
             admission=admission(config.limits),
             members=membership,
             revocations=revocations,
+            not_serving=[SERVICE] if config.carriers else [],
         )
+        opened.append(lambda: handle.stop(0))
         gw = cls(
             config=config,
             store=store,
@@ -226,10 +266,10 @@ class Gateway:
             trust=trust,
         )
         audit.start()
+        gw.observer = GatewayObserver(gw)
+        metrics.add_source(gw.observer)
         # Ready once every carrier has told us which numbers it serves.
-        if config.carriers:
-            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        else:
+        if not config.carriers:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for platform in config.platforms:
@@ -332,8 +372,8 @@ class Gateway:
         self.revocations.refresh()
 
     async def _mark_ready_if_synced(self) -> None:
-        if self.synced >= {m.id for m in self.config.carriers}:
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.synced >= {m.id for m in self.config.carriers} and not self.stopping:
+            await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def sync_carrier(self, member: Member) -> int:
@@ -419,19 +459,31 @@ class Gateway:
 
     async def _sync_carrier_forever(self, member: Member) -> None:
         """Sync with a carrier; retry until it answers, then every minute. Nothing a carrier
-        answers ends this loop: a bad answer is logged and tried again later."""
+        answers ends this loop: a bad answer is logged and tried again later. The log says
+        when a carrier is first synced or its disputes change, and summarises failures."""
         delay = 0.2
+        health = self.carrier_health.setdefault(member.id, CarrierHealth())
+        unreachable = RetrySummary(
+            log, f"carrier {member.id} not reachable", f"carrier {member.id} reachable again"
+        )
+        reported: int | None = None
         while True:
             try:
                 disputed = await self.sync_carrier(member)
-                log.info("carrier %s synced (%d disputed numbers)", member.id, disputed)
+                unreachable.succeeded()
+                level = logging.INFO if disputed != reported else logging.DEBUG
+                log.log(level, "carrier %s synced (%d disputed numbers)", member.id, disputed)
+                reported = disputed
+                health.synced_at = time.time()
                 self.synced.add(member.id)
                 await self._mark_ready_if_synced()
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
-                log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
+                health.failed(exc)
+                unreachable.failed(failure_reason(exc))
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
             except Exception as exc:  # a carrier's bad answer or a database error: retry
+                health.failed(exc)
                 log.warning(
                     "sync with carrier %s failed (%s: %s); retrying",
                     member.id,
@@ -449,7 +501,8 @@ class Gateway:
         if not self.ready.is_set():
             missing = sorted({m.id for m in self.config.carriers} - self.synced)
             log.warning("serving without a sync from %s (not reachable yet)", ", ".join(missing))
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            if not self.stopping:
+                await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def _refresh_ports(self) -> None:
@@ -471,6 +524,9 @@ class Gateway:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
         batches in flight get up to ``grace`` seconds to finish; then the leases this replica
         holds are given back, so another replica (or the next start) takes over at once."""
+        self.stopping = True
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
         await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
         tasks = self.tasks + list(self.member_tasks.values())
         for t in tasks:
@@ -492,6 +548,10 @@ class Gateway:
 async def serve(config_path: Path) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Gateway.stop`)."""
     config = load_gateway_config(config_path)
-    gw = await Gateway.start(config)
-    print(f"gateway listening on port {gw.port}", flush=True)
-    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload)
+    async with process_telemetry("gateway", config.telemetry, routes=("/status",)) as telemetry:
+        gw = await Gateway.start(config)
+        assert gw.observer is not None
+        telemetry.routes["/status"] = gw.observer.status_json
+        await run_until_signalled(
+            lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -41,6 +42,7 @@ from numfed.errors import (
 )
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics, tracing
 from numfed.ratelimit import RateLimiter
 from numfed.rpc import current_peer, error_from_rpc
 from numfed.timeutil import from_date, to_us
@@ -227,9 +229,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             for _p, t in tickets:
                 Batcher.abandon(t, cancel_call=True)
             raise
-        return gateway_pb2.QueryBindingsResponse(
-            results=[self._query_result(p, t) for p, t in tickets]
-        )
+        results = [self._query_result(p, t) for p, t in tickets]
+        if log.isEnabledFor(logging.DEBUG):
+            outcomes = collections.Counter(
+                gateway_pb2.PlatformOutcome.Name(r.outcome).removeprefix("PLATFORM_OUTCOME_")
+                for r in results
+            )
+            log.debug(
+                "query from %s answered for %d platforms (%s)",
+                current_peer().id,
+                len(results),
+                ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())),
+            )
+        return gateway_pb2.QueryBindingsResponse(results=results)
 
     def _query_result(
         self,
@@ -306,6 +318,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             done_us=None,
             claim_digest=claim_digest(caller.id, checked.verified.claim.claim_id),
+            trace_context=tracing.current_traceparent(),
         )
         try:
             # Committed (with the jobs of other calls arriving meanwhile) before we answer.
@@ -333,6 +346,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 "COMMITTED",
                 {"job": job.job_id, "platforms": str(len(platform_ids))},
             )
+        )
+        metrics.RELEASE_JOBS_ACCEPTED.labels(caller.id).inc()
+        log.info(
+            "release job %s accepted from carrier %s for %d platforms",
+            job.job_id,
+            caller.id,
+            len(platform_ids),
         )
         self._dispatcher.wake()
         return operation(

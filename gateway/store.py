@@ -81,6 +81,9 @@ class JobRow:
     done_us: int | None
     claim_digest: bytes | None = None
     """:func:`claim_digest` of the job's claim: one release claim makes at most one job."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` of the ReleaseBindings call that made the job (tracing on):
+    its dispatch continues that trace (``numfed.observability.tracing``)."""
 
 
 def claim_digest(carrier_id: str, claim_id: bytes) -> bytes:

@@ -6,6 +6,7 @@ server applies lives in :class:`Limits`, so deadlines and caps come from one pla
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,7 @@ __all__ = [
     "Limits",
     "Member",
     "PlatformConfig",
+    "Telemetry",
     "load_carrier_config",
     "load_gateway_config",
     "load_platform_config",
@@ -27,6 +29,8 @@ __all__ = [
 
 _ID = re.compile(r"[a-z0-9_-]{1,32}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
+_DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://")
+_OTLP_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}/?")
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,54 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """The operator's view of one process: the ``[telemetry]`` section of any config."""
+
+    metrics_listen: str | None = None
+    """Loopback HOST:PORT of the process's HTTP endpoint (``/metrics``; the gateway also
+    ``/status``). Absent: no endpoint. Port 0: any free port (the log names it)."""
+    otlp_endpoint: str | None = None
+    """Where spans go, OTLP over gRPC (``http://HOST:PORT`` plaintext, ``https://`` TLS).
+    Absent: the ``OTEL_EXPORTER_OTLP_ENDPOINT`` environment variable, else no tracing."""
+    trace_sample_ratio: float = 1.0
+    """Share of new traces recorded (calls that arrive traced follow their caller)."""
+
+
+def _telemetry(raw: dict[str, Any]) -> Telemetry:
+    sec = raw.get("telemetry", {})
+    if not isinstance(sec, dict):
+        raise InvalidArgument("BAD_CONFIG", "[telemetry] must be a section")
+    unknown = set(sec) - {f.name for f in fields(Telemetry)}
+    if unknown:
+        raise InvalidArgument("BAD_CONFIG", f"unknown telemetry settings: {sorted(unknown)}")
+    listen = None
+    if "metrics_listen" in sec:
+        listen = _endpoint(sec, "metrics_listen", "telemetry")
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"telemetry.metrics_listen={listen!r}: the metrics endpoint listens on "
+                "loopback only",
+            )
+    otlp = None
+    if "otlp_endpoint" in sec:
+        otlp = _str(sec, "otlp_endpoint", "telemetry")
+        if not _OTLP_ENDPOINT.fullmatch(otlp):
+            raise InvalidArgument(
+                "BAD_CONFIG", f"telemetry.otlp_endpoint={otlp!r} is not http(s)://HOST:PORT"
+            )
+    ratio = _number(sec, "trace_sample_ratio", "telemetry", 1.0)
+    if not 0.0 <= ratio <= 1.0:
+        raise InvalidArgument("BAD_CONFIG", "telemetry.trace_sample_ratio must be within [0, 1]")
+    return Telemetry(metrics_listen=listen, otlp_endpoint=otlp, trace_sample_ratio=ratio)
+
+
+@dataclass(frozen=True)
 class Member:
     """A carrier or platform as the gateway knows it."""
 
@@ -168,6 +220,7 @@ class GatewayConfig:
     key. Default: ``pseudonym.key`` in the state directory, created on first start."""
     source: Path | None = None
     """The file this config was read from; the gateway re-reads it when it changes."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -185,6 +238,7 @@ class PlatformConfig:
     """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
     conformance: bool = False
     """Test only: also serve PlatformConformanceService for the conformance kit."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -199,6 +253,7 @@ class CarrierConfig:
     limits: Limits = field(default_factory=Limits)
     conformance: bool = False
     """Test only: also serve CarrierConformanceService for the conformance kit."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -274,6 +329,11 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     sec = _section(raw, "gateway")
     state_dir = base / _str(sec, "state_dir", "gateway")
     url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
+    if not isinstance(url, str) or not _DATABASE_URL.match(url):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "gateway.database_url must be sqlite:///PATH or postgresql+psycopg://…",
+        )
     if "portability" in raw:
         raise InvalidArgument(
             "BAD_CONFIG",
@@ -295,6 +355,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             else state_dir / "pseudonym.key"
         ),
         source=path,
+        telemetry=_telemetry(raw),
     )
 
 
@@ -317,6 +378,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
         conformance=bool(sec.get("conformance", False)),
+        telemetry=_telemetry(raw),
     )
 
 
@@ -341,4 +403,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
         conformance=bool(sec.get("conformance", False)),
+        telemetry=_telemetry(raw),
     )

@@ -6,6 +6,7 @@ loopback; ports are chosen up front so that each config can name its peers.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
 from collections.abc import Mapping, Sequence
@@ -14,17 +15,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from numfed import pki
+from numfed.errors import InvalidArgument
 from numfed.scenario import CARRIERS, PLATFORMS
 from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME, DEFAULT_MAX_CLOCK_SKEW
 from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
-from numfed.trustfiles import write_envelope
+from numfed.trustfiles import read_bundle, write_envelope
+from numfed.v1 import trust_pb2
 
 __all__ = [
     "NUMBER_RANGES",
     "FederationLayout",
+    "add_carrier_to_trust",
+    "carrier_config_text",
     "create_federation",
     "free_ports",
+    "gateway_member_entry",
     "number_plan",
+    "platform_config_text",
+    "telemetry_section",
+    "toml_section",
     "write_trust",
 ]
 
@@ -131,6 +140,52 @@ def write_trust(
     write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
 
 
+def add_carrier_to_trust(
+    pki_dir: Path,
+    trust_dir: Path,
+    carrier: str,
+    *,
+    now: datetime,
+    number_ranges: Sequence[str] = (),
+    validity: timedelta = timedelta(days=365),
+    bundle_validity: timedelta = timedelta(days=30),
+) -> TrustBundle:
+    """Publish the next trust bundle (version + 1) in ``trust_dir``: the current one with
+    ``carrier``'s signing key (from ``pki_dir``) and ``number_ranges`` (prefixes it holds in
+    the numbering plan) added, signed by the root keys' threshold, written atomically."""
+    current = TrustBundle.from_proto(
+        trust_pb2.TrustBundle.FromString(read_bundle(trust_dir).payload)
+    )
+    public = pki.load_carrier_signer(pki_dir, carrier).public
+    keys = dict(current.carrier_keys)
+    keys[public.key_id] = CarrierKey(
+        key=public,
+        carrier_id=carrier,
+        not_before=now - timedelta(days=1),
+        not_after=now + validity,
+        number_prefixes=CARRIER_PREFIXES,
+    )
+    ranges = dict(current.number_ranges)
+    for prefix in number_ranges:
+        holder = ranges.get(prefix)
+        if holder is not None and holder != carrier:
+            raise InvalidArgument(
+                "RANGE_HELD", f"{prefix} is {holder}'s in the numbering plan already"
+            )
+        ranges[prefix] = carrier
+    bundle = dataclasses.replace(
+        current,
+        version=current.version + 1,
+        issued_at=now,
+        expires_at=now + bundle_validity,
+        carrier_keys=keys,
+        number_ranges=ranges,
+    )
+    signers = pki.load_root_signers(pki_dir)
+    write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
+    return bundle
+
+
 @dataclass(frozen=True)
 class FederationLayout:
     root: Path
@@ -146,6 +201,9 @@ class FederationLayout:
     replica_configs: list[Path] = field(default_factory=list)
     """Every gateway replica's config (the first is ``gateway_config``)."""
     replica_endpoints: list[str] = field(default_factory=list)
+    metrics_endpoints: dict[str, str] = field(default_factory=dict)
+    """Process name ("gateway", "carrier-cmcc", "platform-weibo") -> its loopback metrics
+    endpoint, for the processes given one (``metrics=True``)."""
 
     @property
     def gateway_target(self) -> str:
@@ -161,8 +219,77 @@ def _toml(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _section(name: str, values: Mapping[str, object]) -> str:
+def toml_section(name: str, values: Mapping[str, object]) -> str:
+    """``[name]`` and one ``key = value`` line per item (strings, numbers, booleans)."""
     return f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+
+def telemetry_section(metrics_listen: str | None = None, otlp_endpoint: str | None = None) -> str:
+    """A ``[telemetry]`` section (empty when neither is given)."""
+    values = {
+        k: v
+        for k, v in (("metrics_listen", metrics_listen), ("otlp_endpoint", otlp_endpoint))
+        if v is not None
+    }
+    return "\n" + toml_section("telemetry", values) if values else ""
+
+
+def carrier_config_text(
+    carrier: str,
+    *,
+    listen: str,
+    holder_listen: str,
+    gateway: str,
+    seed_scenario: bool | None = None,
+    extra: str = "",
+) -> str:
+    """A carrier adapter's config, its files in ``pki`` and ``state/carrier-<id>`` beside it."""
+    values: dict[str, object] = {
+        "id": carrier,
+        "listen": listen,
+        "holder_listen": holder_listen,
+        "pki_dir": "pki",
+        "state_dir": f"state/carrier-{carrier}",
+        "gateway": gateway,
+    }
+    if seed_scenario is not None:
+        values["seed_scenario"] = seed_scenario
+    return toml_section("carrier", values) + extra
+
+
+def platform_config_text(
+    platform: str,
+    *,
+    listen: str,
+    gateway: str,
+    knobs: Mapping[str, object] | None = None,
+    extra: str = "",
+) -> str:
+    """A reference platform's config, its files in ``pki``, ``trust`` and
+    ``state/platform-<id>`` beside it."""
+    return (
+        toml_section(
+            "platform",
+            {
+                "id": platform,
+                "listen": listen,
+                "pki_dir": "pki",
+                "trust_dir": "trust",
+                "state_dir": f"state/platform-{platform}",
+                "gateway": gateway,
+                **(knobs or {}),
+            },
+        )
+        + extra
+    )
+
+
+def gateway_member_entry(role: str, member: str, endpoint: str, events: str | None = None) -> str:
+    """One ``[[carrier]]`` or ``[[platform]]`` entry of the gateway's config."""
+    text = f'\n[[{role}]]\nid = "{member}"\nendpoint = "{endpoint}"\n'
+    if events:
+        text += f'events = "{events}"\n'
+    return text
 
 
 def create_federation(
@@ -175,12 +302,16 @@ def create_federation(
     platform_knobs: Mapping[str, Mapping[str, object]] | None = None,
     limits: Mapping[str, object] | None = None,
     replicas: int = 1,
+    metrics: bool = False,
+    otlp_endpoint: str | None = None,
 ) -> FederationLayout:
     """Write PKI, trust files and configs for a gateway, ``carriers`` and ``platforms``.
 
     With ``replicas`` > 1 (which needs a PostgreSQL ``database_url``) it writes one config per
     gateway replica, ``gateway.toml``, ``gateway-2.toml``, …: same database, same pseudonym
-    key, own port; members dial them all, round-robin.
+    key, own port; members dial them all, round-robin. With ``metrics`` every process gets a
+    loopback metrics endpoint (``layout.metrics_endpoints``); with ``otlp_endpoint`` every
+    process sends its spans there.
     """
     if replicas > 1 and not database_url.startswith("postgresql"):
         raise ValueError("several gateway replicas need a PostgreSQL database_url")
@@ -189,61 +320,60 @@ def create_federation(
     pki_dir, trust_dir = root / "pki", root / "trust"
     pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
     write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
-    ports = iter(free_ports(replicas + 2 * len(carriers) + len(platforms)))
+    processes = replicas + len(carriers) + len(platforms)
+    ports = iter(
+        free_ports(replicas + 2 * len(carriers) + len(platforms) + (processes if metrics else 0))
+    )
     endpoints = [f"127.0.0.1:{next(ports)}" for _ in range(replicas)]
     layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", endpoints[0])
     layout.replica_endpoints.extend(endpoints)
     layout.replica_configs.extend(
         [root / "gateway.toml", *(root / f"gateway-{i}.toml" for i in range(2, replicas + 1))]
     )
+
+    def telemetry(process: str) -> str:
+        listen = None
+        if metrics:
+            listen = layout.metrics_endpoints[process] = f"127.0.0.1:{next(ports)}"
+        return telemetry_section(listen, otlp_endpoint)
+
     gw = layout.gateway_target
-    limit_text = _section("limits", limits) if limits else ""
+    limit_text = toml_section("limits", limits) if limits else ""
     for c in carriers:
         layout.carrier_endpoints[c] = f"127.0.0.1:{next(ports)}"
         layout.holder_endpoints[c] = f"127.0.0.1:{next(ports)}"
         path = root / f"carrier-{c}.toml"
         path.write_text(
-            _section(
-                "carrier",
-                {
-                    "id": c,
-                    "listen": layout.carrier_endpoints[c],
-                    "holder_listen": layout.holder_endpoints[c],
-                    "pki_dir": "pki",
-                    "state_dir": f"state/carrier-{c}",
-                    "gateway": gw,
-                },
+            carrier_config_text(
+                c,
+                listen=layout.carrier_endpoints[c],
+                holder_listen=layout.holder_endpoints[c],
+                gateway=gw,
+                extra=limit_text + telemetry(f"carrier-{c}"),
             )
-            + limit_text
         )
         layout.carrier_configs[c] = path
     for p in platforms:
         layout.platform_endpoints[p] = f"127.0.0.1:{next(ports)}"
         path = root / f"platform-{p}.toml"
-        knobs = dict((platform_knobs or {}).get(p, {}))
         path.write_text(
-            _section(
-                "platform",
-                {
-                    "id": p,
-                    "listen": layout.platform_endpoints[p],
-                    "pki_dir": "pki",
-                    "trust_dir": "trust",
-                    "state_dir": f"state/platform-{p}",
-                    "gateway": gw,
-                    **knobs,
-                },
+            platform_config_text(
+                p,
+                listen=layout.platform_endpoints[p],
+                gateway=gw,
+                knobs=(platform_knobs or {}).get(p, {}),
+                extra=telemetry(f"platform-{p}"),
             )
         )
         layout.platform_configs[p] = path
     text = limit_text
     for c in carriers:
-        text += f'\n[[carrier]]\nid = "{c}"\nendpoint = "{layout.carrier_endpoints[c]}"\n'
+        text += gateway_member_entry("carrier", c, layout.carrier_endpoints[c])
     for p in platforms:
-        text += f'\n[[platform]]\nid = "{p}"\nendpoint = "{layout.platform_endpoints[p]}"\n'
         mode = (platform_knobs or {}).get(p, {}).get("events")
-        if mode:
-            text += f'events = "{mode}"\n'
+        text += gateway_member_entry(
+            "platform", p, layout.platform_endpoints[p], str(mode) if mode else None
+        )
     for i, (config, endpoint) in enumerate(
         zip(layout.replica_configs, layout.replica_endpoints, strict=True), 1
     ):
@@ -256,5 +386,6 @@ def create_federation(
         }
         if database_url:
             gateway["database_url"] = database_url
-        config.write_text(_section("gateway", gateway) + text)
+        name = "gateway" if i == 1 else f"gateway-{i}"
+        config.write_text(toml_section("gateway", gateway) + telemetry(name) + text)
     return layout

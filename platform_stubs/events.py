@@ -20,6 +20,7 @@ from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError
 from numfed.events import VerifiedBatch, verify_event_batch
 from numfed.identity import PeerId
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.trust import TrustedState
 from numfed.v1 import claim_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
@@ -82,6 +83,9 @@ class EventPuller:
         self._channel = pki.secure_channel(gateway, pki_dir, peer, server=pki.GATEWAY)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self.acked = 0
+        self._failing = RetrySummary(
+            log, "pulling events from the gateway failing", "pulling events from the gateway again"
+        )
 
     async def run(self, idle: float = 0.2) -> None:
         while True:
@@ -90,13 +94,14 @@ class EventPuller:
                     gateway_pb2.PullEventsRequest(ack_through_seq=self.acked, max_batches=20),
                     timeout=5,
                 )
+                self._failing.succeeded()
                 if answer.batches:
                     self.acked = max(self.acked, await self._applier.apply(answer.batches))
                     continue
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("pulling events failed (%s); retrying", exc)
+                self._failing.failed(failure_reason(exc))
             except Exception as exc:  # e.g. the platform's database: log, and try again
-                log.warning("pulling events failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._failing.failed(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(idle)
 
     async def close(self) -> None:

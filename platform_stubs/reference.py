@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from numfed import pki
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
 from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
 from platform_stubs.conformance import (
     CONFORMANCE_POLICY,
@@ -25,6 +25,7 @@ from platform_stubs.conformance import (
     PlatformConformanceServicer,
 )
 from platform_stubs.events import EventPuller
+from platform_stubs.observability import PlatformObserver
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
 from platform_stubs.store import PlatformStore
@@ -76,12 +77,15 @@ class PlatformHandle:
     trust: TrustClient
     tasks: list[asyncio.Task[None]]
     puller: EventPuller | None = None
+    observer: PlatformObserver | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
         await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()
@@ -132,12 +136,12 @@ async def start_platform(
         bind=config.listen,
         members=SoleGateway(pki.GATEWAY),
         revocations=pki.RevocationList(config.pki_dir),
+        not_serving=[SERVICE],
     )
-    await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def ready_when_trusted() -> None:
         await trust.ready.wait()
-        await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await handle.set_serving(SERVICE, True)
 
     tasks = [asyncio.create_task(trust.run()), asyncio.create_task(ready_when_trusted())]
     puller = None
@@ -151,10 +155,13 @@ async def start_platform(
             await puller.run()
 
         tasks.append(asyncio.create_task(pull_when_trusted()))
-    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller)
+    observer = PlatformObserver(store, trust)
+    metrics.add_source(observer)
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, observer)
 
 
 async def serve(config_path: Path) -> None:
-    handle = await start_platform(load_platform_config(config_path))
-    print(f"platform {handle.config.platform_id} listening on port {handle.port}", flush=True)
-    await run_until_signalled(handle.stop)
+    config = load_platform_config(config_path)
+    async with process_telemetry(f"platform-{config.platform_id}", config.telemetry):
+        handle = await start_platform(config)
+        await run_until_signalled(handle.stop)

@@ -17,6 +17,7 @@ from numfed import pki
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
@@ -41,6 +42,12 @@ class TrustClient:
             gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._unreachable = RetrySummary(
+            log,
+            "gateway not reachable for the trust bundle",
+            "gateway reachable again for the trust bundle",
+            level=logging.INFO,
+        )
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
@@ -56,11 +63,20 @@ class TrustClient:
             timeout=5,
             wait_for_ready=wait_for_ready,
         )
+        held = self.state.bundle.version if self.state.bundle is not None else None
         self.state.update(
             [Envelope.from_proto(r) for r in answer.roots],
             Envelope.from_proto(answer.bundle),
             now=datetime.now(UTC),
         )
+        bundle = self.state.bundle
+        if bundle is not None and bundle.version != held:
+            log.info(
+                "trust bundle v%d accepted from the gateway (root v%d; expires %s)",
+                bundle.version,
+                self.state.root.version,
+                bundle.expires_at.isoformat(timespec="seconds"),
+            )
         self.ready.set()
 
     async def run(self, every: float = 60.0) -> None:
@@ -69,9 +85,10 @@ class TrustClient:
         while True:
             try:
                 await self.refresh()
+                self._unreachable.succeeded()
                 delay = every
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("trust bundle fetch failed (%s); retrying", exc)
+                self._unreachable.failed(failure_reason(exc))
                 delay = min(max(delay * 2, 0.1), 5.0) if not self.ready.is_set() else every
             await asyncio.sleep(delay)
 
