@@ -129,6 +129,20 @@ class FederationProcesses:
             proc.send_signal(sig)
         return proc.wait(timeout)
 
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a stopped member again ("carrier-<id>", "platform-<id>" or "gateway"), its
+        output appended to the same log."""
+        role, _, member = name.partition("-")
+        config = {
+            "gateway": lambda: self.layout.gateway_config,
+            "carrier": lambda: self.layout.carrier_configs[member],
+            "platform": lambda: self.layout.platform_configs[member],
+        }[role]()
+        if self.processes[name].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.processes[name] = _spawn(role, config, self.layout.root / "logs" / f"{name}.log")
+        return self.processes[name]
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             try:
@@ -158,7 +172,7 @@ async def wait_serving(
 
 
 def _spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
             stdout=out,
