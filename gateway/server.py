@@ -63,9 +63,13 @@ SERVICE = "numfed.v1.GatewayService"
 
 
 def channel_options() -> list[tuple[str, int]]:
+    """Options of the gateway's channels to members: a member that comes back after an outage
+    or a restart is reconnected within 2 s (gRPC's default backoff grows to two minutes)."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
