@@ -73,6 +73,12 @@ class Dispatcher:
         self._heartbeat: asyncio.Task[None] | None = None
         self._unreachable: dict[str, RetrySummary] = {}
         """Per platform: its failed release batches, logged as a summary, not one per retry."""
+        self._database = {
+            what: RetrySummary(log, f"{what} failing", f"{what} working again")
+            for what in ("leasing release tasks", "renewing leases", "recording release outcomes")
+        }
+        """The database away: one line, a summary a minute, one line when it is back (with
+        ``--log-level DEBUG`` each failure's traceback)."""
 
     @property
     def owner(self) -> str:
@@ -116,8 +122,9 @@ class Dispatcher:
                         int(self._limits.lease_seconds * 1e6),
                         limit,
                     )
-                except Exception:
-                    log.exception("leasing release tasks failed; retrying")
+                    self._database["leasing release tasks"].succeeded()
+                except Exception as exc:
+                    self._failed("leasing release tasks", exc)
             if claimed and not self._stopping:
                 self._dispatch(claimed)
                 continue
@@ -137,8 +144,9 @@ class Dispatcher:
                 kept = await self._store.run(
                     self._store.renew, self._owner, keys, now_us(), lease_us
                 )
-            except Exception:
-                log.exception("renewing leases failed; will try again")
+                self._database["renewing leases"].succeeded()
+            except Exception as exc:
+                self._failed("renewing leases", exc)
                 continue
             if kept < len(keys):
                 log.warning(
@@ -146,7 +154,11 @@ class Dispatcher:
                 )
 
     async def _idle(self) -> None:
-        due = await self._store.run(self._store.next_due_us)
+        try:
+            due = await self._store.run(self._store.next_due_us)
+        except Exception as exc:  # the database away: look again in a second
+            self._failed("leasing release tasks", exc)
+            due = None
         wait = 1.0 if due is None else min(max((due - now_us()) / 1e6, 0.01), 1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wait)
@@ -173,6 +185,10 @@ class Dispatcher:
             for _task, job in work:
                 self._held.discard((job.job_id, platform_id))
             self.wake()  # room for another batch
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.debug("%s failed", what, exc_info=exc)
+        self._database[what].failed(failure_reason(exc))
 
     def _retries(self, platform_id: str) -> RetrySummary:
         summary = self._unreachable.get(platform_id)
@@ -233,8 +249,9 @@ class Dispatcher:
                 )
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
-        except Exception:
-            log.exception("recording release outcomes failed; the leases will expire and retry")
+            self._database["recording release outcomes"].succeeded()
+        except Exception as exc:  # the leases will expire and the tasks be sent again
+            self._failed("recording release outcomes", exc)
             return
         for u in updates:
             if u.job_id not in changed:

@@ -69,16 +69,17 @@ class EventPusher:
         """Push until cancelled. A database error or anything else unexpected is logged and the
         push starts over (the lease and cursor are read again): one failure never ends delivery
         to a platform for the life of the process."""
+        restarts = RetrySummary(
+            log,
+            f"pushing events to platform {self._link.platform_id} failing",
+            f"pushing events to platform {self._link.platform_id} working again",
+        )
         while True:
             try:
                 await self._push()
             except Exception as exc:
-                log.warning(
-                    "pushing events to %s failed (%s: %s); starting over",
-                    self._link.platform_id,
-                    type(exc).__name__,
-                    exc,
-                )
+                log.debug("pushing events failed; starting over", exc_info=exc)
+                restarts.failed(failure_reason(exc))
                 await asyncio.sleep(1.0)
 
     async def _push(self) -> None:

@@ -517,12 +517,16 @@ class Gateway:
         self.portability.apply(fresh)
 
     async def _follow_ports(self) -> None:
+        failing = RetrySummary(
+            log, "reading completed ports failing", "reading completed ports working again"
+        )
         while True:
             await asyncio.sleep(self.config.limits.portability_refresh)
             try:
                 await self._refresh_ports()
+                failing.succeeded()
             except Exception as exc:  # the database may be away for a while: try again
-                log.info("reading completed ports failed (%s); retrying", exc)
+                failing.failed(failure_reason(exc))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release

@@ -179,16 +179,14 @@ def test_a_gateway_config_that_does_not_work_is_one_line(
     assert_one_error_line(numfed("gateway", "serve", "--config", str(config)), reason)
 
 
-def test_a_missing_config_file_is_one_line(tmp_path: Path) -> None:
+def test_unreadable_files_are_one_line(layout: FederationLayout, tmp_path: Path) -> None:
+    """A config that is not there; a carrier whose signing key, or a platform whose
+    certificate, is garbled (gRPC would refuse to listen without saying why)."""
     for role in ("gateway", "carrier", "platform"):
         line = assert_one_error_line(
             numfed(role, "serve", "--config", str(tmp_path / "nope.toml")), "BAD_CONFIG"
         )
         assert "nope.toml" in line
-
-
-def test_an_unreadable_signing_key_is_one_line(layout: FederationLayout, tmp_path: Path) -> None:
-    """A carrier whose pki_dir has its certificate but a garbled signing key."""
     pki_copy = tmp_path / "pki"
     subprocess.run(["cp", "-r", str(layout.pki_dir), str(pki_copy)], check=True)
     (pki_copy / "carrier" / "cmcc" / "signing.key.pem").write_text("not a key\n")
@@ -204,6 +202,22 @@ def test_an_unreadable_signing_key_is_one_line(layout: FederationLayout, tmp_pat
         numfed("carrier", "serve", "--config", str(config)), "BAD_PRIVATE_KEY"
     )
     assert "signing.key.pem" in line
+    (pki_copy / "platform" / "weibo" / "cert.pem").write_text("not a certificate\n")
+    platform = with_setting(
+        layout.platform_configs["weibo"],
+        'pki_dir = "pki"',
+        f'pki_dir = "{pki_copy}"',
+        tmp_path / "platform.toml",
+    )
+    platform.write_text(
+        platform.read_text()
+        .replace('state_dir = "', f'state_dir = "{layout.root}/')
+        .replace('trust_dir = "', f'trust_dir = "{layout.root}/')
+    )
+    line = assert_one_error_line(
+        numfed("platform", "serve", "--config", str(platform)), "BAD_PKI_FILE"
+    )
+    assert "cert.pem is not a PEM certificate" in line
 
 
 def holder_proof(layout: FederationLayout) -> str:
