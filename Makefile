@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest clean
+.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest clean ops-pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.suite
+
+# The Grafana dashboard (docs/grafana/numfed.json) and a picture of each of its panels from a
+# real run scraped by Prometheus (docs/img/ops/*.png); needs /usr/bin/prometheus. About 3 min.
+ops-pictures: $(STAMP)
+	$(PY) scripts/ops_pictures.py
 
 # The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
 FUZZ_EXAMPLES ?= 700

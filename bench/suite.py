@@ -37,6 +37,8 @@ from bench.fanout import (
     spawn,
     wait_serving,
 )
+from bench.observability import bench_observability, document_section
+from bench.observability import write_doc as write_observability_doc
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.cli import Command
@@ -661,6 +663,27 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=True,
         )
     )
+    modes = {m["mode"]: m for m in r["observability"]["modes"]}
+    out.append(
+        target(
+            "metrics endpoint on and scraped every second: gateway CPU ms/query, 7 platforms "
+            "(reference: no endpoint, no tracing)",
+            modes["metrics"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.1,
+            higher_is_better=False,
+        )
+    )
+    out.append(
+        target(
+            "tracing sampled at 10%: gateway CPU ms/query, 7 platforms (reference: no endpoint, "
+            "no tracing)",
+            modes["sampled"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.25,
+            higher_is_better=False,
+        )
+    )
     o = r["overload"]
     out.append(
         target(
@@ -851,6 +874,10 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["events"] = await bench_events(size, workdir)
     print("overload", flush=True)
     r["overload"] = await bench_overload(size, workdir)
+    print("metrics and tracing: on, off, sampled", flush=True)
+    r["observability"] = await bench_observability(
+        size.fanout_seconds * 2, min(size.in_flight, 16), workdir
+    )
     return r
 
 
@@ -873,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification",
         "events",
         "overload",
+        "observability",
     ):
         (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")
     (out / "machine.json").write_text(json.dumps(r["machine"], indent=2) + "\n")
@@ -880,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     made = plots(r, out)
     if not args.no_doc:
         write_doc(document(r, summary))
+        write_observability_doc(document_section(r["observability"]), DOC)
     print(f"\n{'target':<95} {'value':>10} {'ref':>10} {'ratio':>7}  met")
     for s in summary:
         print(f"{s['name']:<95} {s['value']:>10} {s['reference']:>10} {s['ratio']:>7}  {s['met']}")

@@ -147,8 +147,8 @@ RELEASE_RETRIES = Counter(
 
 RELEASE_TASKS_DONE = Counter(
     "numfed_release_tasks_done",
-    "Release tasks finished by this replica, by platform and outcome (RELEASED, NONE, "
-    "REFUSED, EXPIRED: the job's deadline passed before the platform answered).",
+    "Release tasks finished by this replica, by platform and outcome (FOUND: bindings "
+    "released, NONE, REFUSED, EXPIRED: the job's deadline passed before the platform answered).",
     ["platform", "outcome"],
     registry=REGISTRY,
 )
