@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 import grpc
@@ -158,6 +159,7 @@ class EventPusher:
                 failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1
+                self._link.last_error = (time.time(), failure_reason(exc))
                 self._failing.failed(failure_reason(exc))
             else:
                 self._failing.succeeded()

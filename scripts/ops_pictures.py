@@ -7,7 +7,7 @@ The panels are defined once, here (:data:`PANELS`); ``docs/grafana/numfed.json``
 them (import it into Grafana, pick the Prometheus data source). The run starts a federation as
 processes (a gateway, one carrier, three platforms) with a real Prometheus scraping every
 second, offers queries, releases and lifecycle events for two minutes, takes one platform away
-for forty seconds in the middle, and then draws each panel from Prometheus' HTTP API into
+for forty seconds in the middle, sends one carrier's surge of queries near the end, and draws each panel from Prometheus' HTTP API into
 ``docs/img/ops/<panel>.png`` with the outage shaded.
 """
 
@@ -260,7 +260,13 @@ async def _drive(root: Path, seconds: float, outage: tuple[float, float]) -> tup
         carriers=["cmcc"],
         platforms=["weibo", "taobao", "douyin"],
         metrics=True,
-        limits={"retry_max_backoff": 2.0},
+        # The query class bounded small, so that the surge near the end is shed.
+        limits={
+            "retry_max_backoff": 2.0,
+            "max_concurrent_queries": 8,
+            "max_queued_queries": 16,
+            "caller_share": 1.0,
+        },
     )
     prom = TempPrometheus(root / "prometheus", fed.layout.metrics_endpoints).start()
     layout = fed.layout
@@ -302,12 +308,16 @@ async def _drive(root: Path, seconds: float, outage: tuple[float, float]) -> tup
                     "numfed.v1.PlatformService",
                 )
                 down = False
+            # Near the end, one carrier's surge: more queries at once than the query class
+            # holds running and queued, so the admission panel shows load shed (the carrier
+            # holds the whole class: CALLER_OVERLOADED).
+            surge = seconds - 15 <= elapsed < seconds - 12
             queries = [
                 stub.QueryBindings(
                     gateway_pb2.QueryBindingsRequest(claim=claim(Purpose.QUERY_PRIOR, i * 8 + k)),
                     timeout=5,
                 )
-                for k in range(8)
+                for k in range(160 if surge else 8)
             ]
             await asyncio.gather(*queries, return_exceptions=True)
             if i % 4 == 0:
@@ -361,7 +371,9 @@ def _draw(prom: Any, start: float, end: float, outage: tuple[float, float]) -> N
         # line stands for them.
         flat = [d for d in drawn if not any(d[1])]
         if len(drawn) > 4 and flat:
-            drawn = [d for d in drawn if any(d[1])] + [(flat[0][0], flat[0][1], "all others: 0")]
+            moved = [d for d in drawn if any(d[1])]
+            label = "all others at 0" if moved else "all at 0 in this run"
+            drawn = [*moved, (flat[0][0], flat[0][1], label)]
         for xs, ys, label in drawn:
             ax.plot(xs, ys, label=label)
         ax.axvspan(outage[0] - start, outage[1] - start, color="tab:red", alpha=0.08)

@@ -3,10 +3,11 @@ conventions (``docs/operations.md`` lists every family).
 
 Two kinds of families live here:
 
-* **updated where things happen**, cheaply: a histogram observation or a counter increment
-  per RPC, per call to a platform, per retry (``RPC_SERVER_DURATION``, ``PLATFORM_CALL_…``,
-  ``RELEASE_…``). Label children are looked up once and kept (:class:`Children`), so the hot
-  path pays one dictionary lookup and one locked add;
+* **updated where things happen**, cheaply (about a microsecond each): a histogram
+  observation or a counter increment per RPC, per call to a platform, per retry
+  (``RPC_SERVER_DURATION``, ``PLATFORM_CALL_…``, ``RELEASE_…``). Label children are looked up
+  once and kept (:class:`Children`), so the hot path pays one dictionary lookup and one
+  locked add;
 * **read when scraped**: state that already exists elsewhere (admission queues, breakers,
   release jobs, the event log, trust versions). Objects that hold such state register as a
   :class:`MetricSource`; a scrape first lets each source refresh what it reads from a database
