@@ -560,6 +560,7 @@ async def serve(config_path: Path) -> None:
         gw = await Gateway.start(config)
         assert gw.observer is not None
         telemetry.routes["/status"] = gw.observer.status_json
+        print(f"gateway listening on port {gw.port}", flush=True)  # for scripts: it is up
         await run_until_signalled(
             lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload
         )

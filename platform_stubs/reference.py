@@ -164,4 +164,5 @@ async def serve(config_path: Path) -> None:
     config = load_platform_config(config_path)
     async with process_telemetry(f"platform-{config.platform_id}", config.telemetry):
         handle = await start_platform(config)
+        print(f"platform {config.platform_id} listening on port {handle.port}", flush=True)
         await run_until_signalled(handle.stop)

@@ -87,6 +87,30 @@ def _trace_ids() -> tuple[str, str] | None:
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
 
+class _AtMostOncePerMinute(logging.Filter):
+    """Lets a quiet library's record through at most once a minute per message template (an
+    OTLP collector that is away makes the exporter log every few seconds); numfed's own
+    records all pass."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._last: dict[tuple[str, int], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(QUIET_LIBRARIES):
+            return True
+        key = (str(record.msg), record.levelno)
+        now = self._clock()
+        if now - self._last.get(key, float("-inf")) < 60.0:
+            return False
+        self._last[key] = now
+        return True
+
+
+_library_filter = _AtMostOncePerMinute()
+
+
 def setup_logging(
     process: str, *, level: str = "INFO", fmt: str = "text", stream: IO[str] | None = None
 ) -> None:
@@ -112,6 +136,7 @@ def setup_logging(
     quiet = max(logging.WARNING, logging.getLevelName(level))
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    handler.addFilter(_library_filter)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -94,3 +94,22 @@ def test_a_platform_waiting_for_its_gateway_logs_json_lines_and_one_retry_line(
     retrying = [m for m in messages if "trust bundle" in m]
     assert retrying == ["gateway not reachable for the trust bundle (UNAVAILABLE); retrying"]
     assert messages[-2:] == ["stopping (SIGTERM)", "stopped"]
+
+
+def test_a_library_repeating_itself_is_heard_once_a_minute() -> None:
+    """An OTLP collector that is away makes OpenTelemetry's exporter warn at every export."""
+    from numfed.observability.logs import _AtMostOncePerMinute
+
+    clock = Clock()
+    gate = _AtMostOncePerMinute(clock)
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (), None)
+
+    exporter = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+    passed = []
+    for _ in range(30):  # every 5 s for two and a half minutes
+        passed.append(gate.filter(record(exporter, "Failed to export %s to %s")))
+        assert gate.filter(record("gateway.server", "carrier %s synced"))  # ours: always
+        clock.now += 5
+    assert passed.count(True) == 3
