@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest clean ops-pictures
+.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest browser portal-shots clean ops-pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,29 @@ lint: $(STAMP) $(BUF)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
-	$(VENV)/bin/pytest -q
+# Debian's Chromium (and CJK fonts) for the holder's page's browser tests: installed when missing
+# and this is root with apt; otherwise those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
+	    apt-get install -y -q chromium fonts-noto-cjk; \
+	  else \
+	    echo "chromium is missing: the browser tests will skip (apt-get install chromium fonts-noto-cjk)"; \
+	  fi; }
+
+# No run hangs for good: each test has a ceiling (pytest-timeout, pyproject.toml), and the run
+# as a whole gets PYTEST_CEILING; then SIGINT (pytest stops and reports, with the stuck test's
+# traceback), and SIGKILL a minute later if even that does not end it. Exit status 124 then.
+PYTEST_CEILING ?= 45m
+pytest: $(STAMP) browser
+	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q
+
+# The screenshots docs/portal.md shows: the browser tests' steps, copied to docs/img/portal/.
+portal-shots: $(STAMP) browser
+	rm -rf build/screenshots
+	NUMFED_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q tests/carrier_adapters/web/test_browser.py
+	scripts/portal-shots.sh build/screenshots docs/img/portal
 
 test: proto-check lint typecheck pytest
 

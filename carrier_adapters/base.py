@@ -9,19 +9,25 @@ Only a verified holder gets a claim, and a claim says nothing about them but the
 (the start of their tenure; a port keeps it). The holder's name, ID number and SMS code stop
 here. The adapter calls the gateway as ``spiffe://numfed/carrier/<id>``, each call with a
 timeout taken from the holder's remaining time.
+
+With a ``trust_dir`` (its ``root-1.pb`` pinned) the adapter also keeps the gateway's audit
+checkpoints: every ``limits.audit_checkpoint_interval`` it fetches the trust bundle and the
+latest checkpoint, verifies both, and keeps the largest checkpoint in its state directory
+(``numfed audit checkpoint export`` hands it to the auditor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
 
@@ -30,23 +36,38 @@ from carrier_adapters.holder_service import HolderServicer
 from carrier_adapters.registry import SubscriberRegistry, seed_from_scenario
 from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointKeeper, audit_origin
 from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
-from numfed.config import CarrierConfig, load_carrier_config
-from numfed.envelope import SigningKey
-from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
+from numfed.config import CarrierConfig, Limits, load_carrier_config
+from numfed.envelope import Envelope, SigningKey
+from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, NumfedError
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, SoleGateway, start_server
+from numfed.observability.logs import RetrySummary, failure_reason
+from numfed.rpc import (
+    MAX_MESSAGE_BYTES,
+    Admission,
+    RpcClass,
+    ServerHandle,
+    SoleGateway,
+    start_server,
+)
 from numfed.scenario import demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
+from numfed.trust import TrustedState
+from numfed.trustfiles import read_roots
 from numfed.v1 import (
     carrier_pb2_grpc,
     claim_pb2,
     conformance_pb2_grpc,
+    gateway_pb2,
     gateway_pb2_grpc,
     holder_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from carrier_adapters.web.server import WebHandle
 
 __all__ = ["CarrierAdapter", "CarrierHandle", "serve", "start_carrier"]
 
@@ -54,6 +75,18 @@ log = logging.getLogger(__name__)
 
 CARRIER_SERVICE = "numfed.v1.CarrierService"
 HOLDER_SERVICE = "numfed.v1.HolderService"
+HOLDER_CLASSES = {
+    f"/{HOLDER_SERVICE}/{method}": "holder"
+    for method in (
+        "StartVerification",
+        "ConfirmVerification",
+        "QueryHolderBindings",
+        "ReleaseHolderBindings",
+        "PreviewHolderClaim",
+        "IssueHolderProof",
+    )
+} | {f"/{HOLDER_SERVICE}/WatchHolderRelease": "holder_watch"}
+"""The holder channel's admission classes: calls, and release streams (held for minutes)."""
 POLICY = {
     f"/{CARRIER_SERVICE}/{method}": frozenset({Role.GATEWAY})
     for method in ("ListServedNumbers", "ListPortHalves", "AnswerRecycledCheck")
@@ -72,6 +105,8 @@ class CarrierAdapter:
 
     carrier_id: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
+    display_name_zh: ClassVar[str] = ""
+    """The carrier's name in Chinese, as holders know it (中国移动)."""
     sms_signature: ClassVar[str] = ""
     """The sender text an SMS starts with, e.g. 【中国移动】."""
     quiet_period: ClassVar[timedelta] = MIN_QUIET_PERIOD
@@ -103,9 +138,91 @@ class CarrierAdapter:
             config.pki_dir,
             self.peer,
             server=pki.GATEWAY,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Started before its gateway, the adapter reaches it within 2 s of it coming up
+                # (gRPC's default backoff grows to two minutes).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+            limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.trust: TrustedState | None = None
+        self.checkpoints: CheckpointKeeper | None = None
+        if config.trust_dir is not None:
+            pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
+            self.trust = TrustedState(pinned, now=datetime.now(UTC))
+            path = config.state_dir / CHECKPOINT_FILE
+            self.checkpoints = CheckpointKeeper(
+                path, origin=audit_origin(pinned), holder=self.peer.uri
+            )
+
+    async def keep_checkpoint(self) -> Checkpoint | None:
+        """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and
+        keep the checkpoint (a smaller one than held changes nothing; one that contradicts a
+        held one raises AUDIT_EQUIVOCATION, both kept as evidence). Returns the one held."""
+        if self.trust is None or self.checkpoints is None:
+            return None
+        answer = await self.gateway.GetTrustBundle(
+            gateway_pb2.GetTrustBundleRequest(known_root_version=self.trust.root.version),
+            timeout=self.config.limits.default_call_timeout,
+            wait_for_ready=True,
+        )
+        now = datetime.now(UTC)
+        self.trust.update(
+            [Envelope.from_proto(r) for r in answer.roots],
+            Envelope.from_proto(answer.bundle),
+            now=now,
+        )
+        if answer.HasField("checkpoint") and self.trust.bundle is not None:
+            self.checkpoints.offer(
+                Envelope.from_proto(answer.checkpoint), self.trust.bundle, now=now
+            )
+        return self.checkpoints.latest
+
+    async def keep_checkpoints(self) -> None:
+        """:meth:`keep_checkpoint` every ``limits.audit_checkpoint_interval`` seconds."""
+        failing = RetrySummary(
+            log,
+            "keeping the gateway's audit checkpoint failed",
+            "keeping the gateway's audit checkpoint working again",
+            level=logging.INFO,
+        )
+        while True:
+            try:
+                await self.keep_checkpoint()
+                failing.succeeded()
+            except (grpc.aio.AioRpcError, NumfedError) as exc:
+                failing.failed(failure_reason(exc))
+            await asyncio.sleep(self.config.limits.audit_checkpoint_interval)
+
+    def claim(
+        self,
+        session: Session,
+        purpose: Purpose,
+        refs: tuple[str, ...] = (),
+        *,
+        lifetime: timedelta | None = None,
+    ) -> TenureClaim:
+        """The claim for the session's holder, who must still hold the number since the same X:
+        what :meth:`sign` signs, and what the holder is shown before anything is sent."""
+        now = self.clock()
+        current = self.registry.current_holder(session.number, now)
+        if (current.holder.holder_id, current.tenure_start) != (
+            session.holder_id,
+            session.tenure_start,
+        ):
+            raise FailedPrecondition("NOT_THE_HOLDER", "the session's holder no longer holds it")
+        return TenureClaim.new(
+            number=session.number,
+            carrier_id=self.carrier_id,
+            tenure_start=current.tenure_start,
+            purpose=purpose,
+            now=now,
+            lifetime=lifetime or self.claim_lifetime,
+            binding_refs=refs,
+        )
 
     def sign(
         self,
@@ -115,23 +232,8 @@ class CarrierAdapter:
         *,
         lifetime: timedelta | None = None,
     ) -> claim_pb2.Envelope:
-        """A claim for the session's holder, who must still hold the number since the same X."""
-        now = self.clock()
-        current = self.registry.current_holder(session.number, now)
-        if (current.holder.holder_id, current.tenure_start) != (
-            session.holder_id,
-            session.tenure_start,
-        ):
-            raise FailedPrecondition("NOT_THE_HOLDER", "the session's holder no longer holds it")
-        claim = TenureClaim.new(
-            number=session.number,
-            carrier_id=self.carrier_id,
-            tenure_start=current.tenure_start,
-            purpose=purpose,
-            now=now,
-            lifetime=lifetime or self.claim_lifetime,
-            binding_refs=refs,
-        )
+        """A signed claim for the session's holder (see :meth:`claim`)."""
+        claim = self.claim(session, purpose, refs, lifetime=lifetime)
         return sign_claim(claim, self.signer).to_proto()
 
     def gateway_request_id(self, holder_id: str, request_id: str) -> str:
@@ -228,7 +330,24 @@ class CarrierAdapter:
         self.registry.close()
 
 
-def _require_loopback(endpoint: str) -> None:
+def holder_admission(limits: Limits) -> Admission:
+    """Bounded concurrency and a small queue on the holder channel: a crowd of holders gets
+    RESOURCE_EXHAUSTED at once (with RetryInfo) instead of piling up calls to the gateway."""
+    return Admission(
+        [
+            RpcClass(
+                "holder",
+                limits.max_concurrent_holder_calls,
+                limits.max_queued_holder_calls,
+                limits.admission_queue_wait,
+            ),
+            RpcClass("holder_watch", limits.max_holder_watches, 0, 0.0),
+        ],
+        HOLDER_CLASSES,
+    )
+
+
+def _require_loopback(endpoint: str, key: str = "holder_listen") -> None:
     host = endpoint.rsplit(":", 1)[0].strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -237,7 +356,7 @@ def _require_loopback(endpoint: str) -> None:
     if not loopback:
         raise InvalidArgument(
             "BAD_CONFIG",
-            f"holder_listen={endpoint!r}: the plaintext holder channel listens on loopback only",
+            f"{key}={endpoint!r}: the plaintext holder channels listen on loopback only",
         )
 
 
@@ -246,6 +365,17 @@ class CarrierHandle:
     adapter: CarrierAdapter
     server: ServerHandle
     holder_server: ServerHandle
+    web: WebHandle | None = None
+    """The holder's page, when the config names ``holder_web_listen``."""
+
+    @property
+    def web_port(self) -> int:
+        """The holder's page's (loopback, HTTP) port."""
+        if self.web is None:
+            raise ValueError("this carrier serves no holder's page")
+        return self.web.port
+
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -258,6 +388,11 @@ class CarrierHandle:
         return self.holder_server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.web is not None:
+            await self.web.stop(grace)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.holder_server.stop(grace)
         await self.server.stop(grace)
         await self.adapter.close()
@@ -282,6 +417,8 @@ async def start_carrier(
     )
 
     _require_loopback(config.holder_listen)
+    if config.holder_web_listen is not None:
+        _require_loopback(config.holder_web_listen, "holder_web_listen")
     kind = adapter_class or ADAPTERS.get(config.carrier_id)
     if kind is None:
         raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")
@@ -314,19 +451,49 @@ async def start_carrier(
                 bind=config.listen,
                 members=SoleGateway(pki.GATEWAY),
                 revocations=pki.RevocationList(config.pki_dir),
+                limits=config.limits,
             )
         )
         started.append(
             await start_server(
-                register=[register_holder], credentials=None, policy=None, bind=config.holder_listen
+                register=[register_holder],
+                credentials=None,
+                policy=None,
+                bind=config.holder_listen,
+                admission=holder_admission(config.limits),
+                limits=config.limits,
             )
         )
+        web = await _start_web(adapter, started[1].port) if config.holder_web_listen else None
     except BaseException:
         for s in started:
             await s.stop(0)
         await adapter.close()
         raise
-    return CarrierHandle(adapter, started[0], started[1])
+    handle = CarrierHandle(adapter, started[0], started[1], web)
+    if adapter.checkpoints is not None:
+        handle.tasks.append(asyncio.create_task(adapter.keep_checkpoints()))
+    return handle
+
+
+async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:
+    """The holder's page, calling this adapter's HolderService over the loopback channel as
+    any front end of the carrier would."""
+    from carrier_adapters.web.app import CarrierFacts
+    from carrier_adapters.web.server import start_holder_web
+
+    config = adapter.config
+    assert config.holder_web_listen is not None
+    host = config.holder_listen.rsplit(":", 1)[0]
+    facts = CarrierFacts(
+        adapter.carrier_id,
+        adapter.display_name_zh or adapter.display_name,
+        adapter.display_name,
+        adapter.time_zone,
+    )
+    return await start_holder_web(
+        config.holder_web_listen, f"{host}:{holder_port}", facts, config.limits
+    )
 
 
 async def serve(config_path: Path) -> None:
@@ -341,4 +508,6 @@ async def serve(config_path: Path) -> None:
             handle.port,
             handle.holder_port,
         )
+        if handle.web is not None:
+            log.info("the holder's page is on port %d", handle.web.port)
         await run_until_signalled(handle.stop)

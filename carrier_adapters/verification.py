@@ -71,6 +71,16 @@ def _drop_front(entries: dict[K, V], expired: Callable[[V], bool]) -> None:
         del entries[key]
 
 
+def _until_first_expires(
+    entries: dict[K, V], expires: Callable[[V], datetime], now: datetime
+) -> float:
+    """Seconds until the front entry of ``entries`` (kept in expiry order) expires: when a full
+    table next has room."""
+    first = next(iter(entries.values()), None)
+    left = (expires(first) - now).total_seconds() if first is not None else 0.0
+    return max(left, 1.0)
+
+
 class SmsOutbox:
     """Appends each SMS as one JSON line: number, code, sent_at, text."""
 
@@ -177,7 +187,11 @@ class Verifier:
                 "HOLDER_NOT_VERIFIED", "the details do not match the number's current holder"
             )
         if len(self._pending) >= MAX_PENDING:
-            raise ResourceExhausted("TOO_MANY_VERIFICATIONS", "too many verifications; retry")
+            raise ResourceExhausted(
+                "TOO_MANY_VERIFICATIONS",
+                "too many verifications; retry",
+                retry_after=_until_first_expires(self._pending, lambda p: p.expires, now),
+            )
         code = self._codes()
         vid = secrets.token_urlsafe(16)
         self._pending[vid] = _Pending(number, holder_id, tenure_start, code, now + CODE_TTL)
@@ -202,7 +216,11 @@ class Verifier:
             )
         del self._pending[verification_id]
         if len(self._sessions) >= MAX_SESSIONS:
-            raise ResourceExhausted("TOO_MANY_SESSIONS", "too many holder sessions; retry")
+            raise ResourceExhausted(
+                "TOO_MANY_SESSIONS",
+                "too many holder sessions; retry",
+                retry_after=_until_first_expires(self._sessions, lambda s: s.expires, now),
+            )
         s = Session(
             secrets.token_urlsafe(24), p.number, p.holder_id, p.tenure_start, now + SESSION_TTL
         )
@@ -218,11 +236,12 @@ class Verifier:
     def _count_start(self, number: str, now: datetime) -> None:
         recent = [t for t in self._starts.get(number, []) if now - t < CODE_WINDOW]
         if len(recent) >= CODES_PER_WINDOW:
-            wait = CODE_WINDOW - (now - recent[0])
+            wait = max(int((CODE_WINDOW - (now - recent[0])).total_seconds()), 1)
             raise ResourceExhausted(
                 "TOO_MANY_CODES",
                 "too many verifications for this number; wait",
-                metadata={"retry_after_seconds": str(max(int(wait.total_seconds()), 1))},
+                metadata={"retry_after_seconds": str(wait)},
+                retry_after=wait,
             )
         self._starts.pop(number, None)
         self._starts[number] = [*recent, now]

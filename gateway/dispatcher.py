@@ -1,11 +1,17 @@
 """Release dispatch: lease due tasks, send each platform its part in batches, record outcomes.
 
 A task is one platform's part of one release job. The dispatcher leases due tasks from the
-store, groups them by platform, sends batches of at most ``max_batch_items`` claims, and records
-each answer in one transaction per batch. A platform that does not answer is retried with
-exponential backoff and jitter until the job's deadline passes. Platforms apply each claim once
-(its claim_id is the idempotency key), so a retry after a lost answer or a gateway crash
-releases nothing twice.
+store, groups them by platform, sends batches of at most ``max_batch_items`` claims (and at most
+``MAX_REQUEST_BYTES``), and records each answer in one transaction per batch. A batch whose
+whole call fails in a way one claim may cause is bisected by the platform's link, so only that
+claim's task is retried and its batch-mates are recorded as answered. A platform that does
+not answer is retried with exponential backoff and jitter until the job's deadline passes, and
+so is a platform that refuses a claim for a reason that may be its own staleness
+(:mod:`numfed.staleness`: a key from a trust bundle newer than its own, a port it has not
+applied yet); meanwhile the job shows it UNAVAILABLE with the platform's reason, and each try
+counts in its ``attempts``.
+Platforms apply each claim once (its claim_id is the idempotency key), so a retry after a lost
+answer or a gateway crash releases nothing twice.
 
 While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
 the lease), so a slow platform never lets another replica take a task that is still in flight,
@@ -15,7 +21,9 @@ per platform are out at once. A platform whose circuit breaker is open is not ca
 its tasks are retried later.
 
 On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
-period), records their outcomes and gives back its leases.
+period), records their outcomes and gives back its leases. A batch the platform has answered is
+recorded and audited even when the stop comes meanwhile: only the wait for a platform is cut
+short.
 """
 
 from __future__ import annotations
@@ -25,25 +33,38 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
+from google.rpc import status_pb2
 
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
-from gateway.platforms import PlatformLink
-from gateway.results import now_us, result_from_error, result_from_item, retryable
+from gateway.batcher import split
+from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink
+from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
+from numfed.db import run_to_end
 from numfed.errors import Unavailable
 from numfed.observability import metrics, tracing
 from numfed.observability.logs import RetrySummary, failure_reason
+from numfed.rpc import error_status
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
 
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 Outcome = gateway_pb2.PlatformOutcome
+
+
+async def _no_wait() -> None:
+    return None
+
+
+def _work_size(work: tuple[TaskRow, JobRow]) -> int:
+    """A task's bytes in a release request: its claim, job id and framing."""
+    return len(work[1].claim or b"") + 48
 
 
 class Dispatcher:
@@ -56,9 +77,11 @@ class Dispatcher:
         owner: str,
         on_change: Callable[[set[str]], None],
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] = _no_wait,
         rng: random.Random | None = None,
     ) -> None:
         self._audit = audit
+        self._audit_room = audit_room
         self._store = store
         self._links = links
         self._limits = limits
@@ -110,6 +133,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             limit = self._capacity()
             claimed: list[tuple[TaskRow, JobRow]] = []
@@ -168,10 +192,14 @@ class Dispatcher:
         for task, job in claimed:
             by_platform[task.platform_id].append((task, job))
             self._held.add((job.job_id, task.platform_id))
-        size = self._limits.max_batch_items
         for platform_id, work in by_platform.items():
-            for i in range(0, len(work), size):
-                t = asyncio.create_task(self._send(platform_id, work[i : i + size]))
+            for batch in split(
+                work,
+                size=_work_size,
+                max_items=self._limits.max_batch_items,
+                max_bytes=MAX_REQUEST_BYTES,
+            ):
+                t = asyncio.create_task(self._send(platform_id, batch))
                 self._sends.add(t)
                 t.add_done_callback(self._sends.discard)
 
@@ -229,24 +257,38 @@ class Dispatcher:
             )
             self._retries(platform_id).failed(failure_reason(exc))
             err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
-            updates = [self._retry_or_expire(task, job, err) for task, job in work]
+            updates = [self._retry_or_expire(task, job, error_status(err)) for task, job in work]
         else:
             self._retries(platform_id).succeeded()
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
                 if retryable(r.status):
-                    err = Unavailable("PLATFORM_UNAVAILABLE", r.status.message)
-                    updates.append(self._retry_or_expire(task, job, err))
+                    # Its own failure, or a refusal that may be its staleness (a key from a
+                    # newer bundle, a port not applied yet): kept with the platform's reason.
+                    updates.append(self._retry_or_expire(task, job, r.status))
                     continue
                 res = result_from_item(
-                    platform_id, r.status, r.released, attempts=task.attempts + 1, at_us=at
+                    platform_id,
+                    r.status,
+                    r.released,
+                    attempts=task.attempts + 1,
+                    at_us=at,
+                    omitted=r.omitted_bindings,
                 )
                 updates.append(
                     TaskUpdate(
                         job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
                     )
                 )
+        # Once the platform has answered, a stop waits for the outcomes to be stored and
+        # audited instead of cutting that in two.
+        await run_to_end(self._record(platform_id, work, updates))
+
+    async def _record(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], updates: list[TaskUpdate]
+    ) -> None:
+        """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
             self._database["recording release outcomes"].succeeded()
@@ -275,7 +317,9 @@ class Dispatcher:
         if changed:
             self._on_change(changed)
 
-    def _retry_or_expire(self, task: TaskRow, job: JobRow, err: Unavailable) -> TaskUpdate:
+    def _retry_or_expire(self, task: TaskRow, job: JobRow, status: status_pb2.Status) -> TaskUpdate:
+        """Try the task again after a backoff (UNAVAILABLE, with ``status`` saying why), or,
+        when that would pass the job's deadline, end it EXPIRED."""
         now = now_us()
         delay = backoff_seconds(
             task.attempts,
@@ -286,11 +330,13 @@ class Dispatcher:
         )
         next_us = now + int(delay * 1e6)
         expired = next_us >= job.deadline_us
-        res = result_from_error(
-            task.platform_id,
-            err,
+        res = gateway_pb2.PlatformResult(
+            platform_id=task.platform_id,
+            outcome=Outcome.PLATFORM_OUTCOME_EXPIRED
+            if expired
+            else Outcome.PLATFORM_OUTCOME_UNAVAILABLE,
+            status=status,
             attempts=task.attempts + 1,
-            outcome=Outcome.PLATFORM_OUTCOME_EXPIRED if expired else None,
         )
         return TaskUpdate(
             job.job_id, task.platform_id, expired, res.outcome, res.SerializeToString(), next_us
@@ -299,9 +345,12 @@ class Dispatcher:
     async def stop(self, grace: float = 0.0) -> None:
         """Take no new tasks; let the batches out finish for up to ``grace`` seconds.
 
-        Batches still out after that are cancelled: their tasks keep their leases, which
-        :meth:`Store.release_leases` gives back (or which expire if the process dies first),
-        and the platforms' idempotency makes the retry harmless.
+        Batches still waiting for their platform after that are cancelled: their tasks keep
+        their leases, which :meth:`Store.release_leases` gives back (or which expire if the
+        process dies first), and the platforms' idempotency makes the retry harmless. Outcomes
+        being recorded are waited for, so when this returns no batch has database work left;
+        the caller then cancels :meth:`run`, which ends once its own has (numfed.db.DbThread).
+        Giving back the leases after that cannot race (on PostgreSQL: deadlock with) a record.
         """
         self._stopping = True
         self._wake.set()

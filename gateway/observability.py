@@ -127,13 +127,19 @@ class GatewayObserver:
             "How long the oldest batch the platform has not acknowledged has waited.",
             snap.event_lag_seconds,
         )
-        if snap.dead_letters is not None:
-            gauge(
-                "numfed_event_dead_letters",
-                "Event batches set aside as dead letters (where the database keeps them).",
-                snap.dead_letters,
-            )
         gauge("numfed_audit_chain_length", "Entries in the audit hash chain.", snap.audit_length)
+        audit = self.gateway.audit
+        gauge(
+            "numfed_audit_backlog",
+            "Audit records in this replica's memory, not written yet (the database refusing "
+            "writes); new audited work is refused AUDIT_BACKLOG at numfed_audit_backlog_limit.",
+            audit.backlog,
+        )
+        gauge(
+            "numfed_audit_backlog_limit",
+            "limits.audit_max_backlog: the audit backlog at which new audited work is refused.",
+            audit.max_backlog,
+        )
         if snap.checkpoint_size is not None:
             gauge(
                 "numfed_audit_last_checkpoint_size",

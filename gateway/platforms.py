@@ -3,6 +3,15 @@
 Every call to a platform goes through the link's circuit breaker: while it is open, queries
 for that platform fail at once with ``PLATFORM_CIRCUIT_OPEN`` and release batches are put off,
 so a platform that hangs or fails holds no capacity that other platforms' traffic needs.
+
+One claim never takes its batch-mates down. Batches are cut so that each request stays under
+:data:`MAX_REQUEST_BYTES`; a claim larger than that alone is never sent (``CLAIM_TOO_LARGE``).
+When a whole call fails in a way one claim may cause — RESOURCE_EXHAUSTED without a numfed
+reason (a message over the cap, most likely the answer to one claim), INTERNAL or UNKNOWN (the
+platform broke on something it was sent) — the batch is bisected (:func:`gateway.batcher.bisect`)
+and only the claim at fault fails, ``PLATFORM_ANSWER_TOO_LARGE`` or ``PLATFORM_ITEM_FAILED``
+(UNAVAILABLE: a release is retried). Being overloaded or down is the platform's state, not a
+claim's, and fails the batch as before.
 """
 
 from __future__ import annotations
@@ -16,18 +25,45 @@ from typing import Protocol, TypeVar
 import grpc
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gateway.batcher import Batcher
+from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect
 from gateway.breaker import Breaker, BreakerState
 from numfed.config import Limits
-from numfed.errors import Unavailable
+from numfed.errors import InvalidArgument, NumfedError, Unavailable
 from numfed.observability import metrics
 from numfed.observability.logs import failure_reason
+from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
 from numfed.v1 import platform_pb2, platform_pb2_grpc
 
-__all__ = ["CircuitOpen", "PlatformLink"]
+__all__ = ["MAX_REQUEST_BYTES", "CircuitOpen", "PlatformLink", "item_size"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+"""Most bytes of items in one call to a platform: the message cap, less room for framing."""
+_SPLIT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def item_size(item: platform_pb2.QueryItem | platform_pb2.ReleaseItem) -> int:
+    """An item's bytes in its request: body, plus tag and length (at most 6 bytes)."""
+    return item.ByteSize() + 6
+
+
+def _too_large(exc: BaseException) -> bool:
+    """A call that failed because a message was over the cap (grpc's own RESOURCE_EXHAUSTED,
+    with no numfed reason), rather than a platform turning calls away."""
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and rpc_error_info(exc) is None
+    )
+
+
+def _splits(exc: Exception) -> bool:
+    """Whether one item may be the cause of a whole call's failure."""
+    if _too_large(exc):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _SPLIT_CODES
 
 
 class CircuitOpen(Unavailable):
@@ -40,11 +76,19 @@ RELEASE = "BatchReleaseBindings"
 
 class PlatformLink:
     """One platform as the gateway calls it. Each call is timed into
-    ``numfed_platform_call_duration_seconds`` with its batch size; calls in flight, the
-    breaker's state and the last error are read when scraped (:meth:`collect_metrics`) and by
-    ``numfed status``."""
+    ``numfed_platform_call_duration_seconds`` with its batch size (each call of a bisected
+    batch too), and each claim that fails on its own is counted in
+    ``numfed_platform_items_failed_total``; calls in flight, the breaker's state and the last
+    error are read when scraped (:meth:`collect_metrics`) and by ``numfed status``."""
 
-    def __init__(self, platform_id: str, channel: grpc.aio.Channel, limits: Limits) -> None:
+    def __init__(
+        self,
+        platform_id: str,
+        channel: grpc.aio.Channel,
+        limits: Limits,
+        *,
+        metadata: Callable[[], Sequence[tuple[str, str]]] = tuple,
+    ) -> None:
         self.platform_id = platform_id
         self.in_flight = {QUERY: 0, RELEASE: 0}
         """Calls out to the platform now, by method."""
@@ -53,12 +97,18 @@ class PlatformLink:
         self._durations = metrics.Children(metrics.PLATFORM_CALL_DURATION, platform_id)
         self._sizes = metrics.Children(metrics.PLATFORM_BATCH_ITEMS, platform_id)
         self._skipped = metrics.Children(metrics.PLATFORM_CALLS_SKIPPED, platform_id)
+        self._items_failed = metrics.Children(metrics.PLATFORM_ITEMS_FAILED, platform_id)
         self.channel = channel
         self.stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        self.metadata = metadata
+        """Request metadata for each call, asked for at the time of the call (the gateway's
+        trust versions, :mod:`numfed.trusthints`)."""
         self.queries: Batcher[platform_pb2.QueryItem, platform_pb2.QueryItemResult] = Batcher(
             self._send_queries,
             max_items=limits.max_batch_items,
             max_in_flight=limits.max_in_flight_per_platform,
+            max_bytes=MAX_REQUEST_BYTES,
+            size=item_size,
         )
         self.release_slots = asyncio.Semaphore(limits.max_in_flight_per_platform)
         self.breaker = Breaker(
@@ -93,7 +143,10 @@ class PlatformLink:
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "DEADLINE_EXCEEDED"
             self.last_error = (time.time(), failure_reason(exc))
-            self.breaker.failure()
+            if _too_large(exc):
+                self.breaker.abandon()  # it answered, too much: no verdict on the platform
+            else:
+                self.breaker.failure()
             raise
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -104,6 +157,11 @@ class PlatformLink:
             self._durations.observe(time.perf_counter() - start, method, code)
         self.breaker.success()
         return result
+
+    def note_error(self, reason: str) -> None:
+        """A failure outside the link's own calls (an event push, a SET delivery): the
+        platform's last error from now."""
+        self.last_error = (time.time(), reason)
 
     def collect_metrics(self) -> Iterable[Metric]:
         state = GaugeMetricFamily(
@@ -123,25 +181,102 @@ class PlatformLink:
             flying.add_metric([self.platform_id, method], n)
         return [state, flying]
 
+    def _item_failed(self, method: str, exc: Exception) -> NumfedError:
+        """:meth:`_item_error`, counted by its reason."""
+        err = self._item_error(exc)
+        self._items_failed.inc(method, err.reason)
+        return err
+
+    def _item_error(self, exc: Exception) -> NumfedError:
+        """Why one claim failed on its own (after bisection, or never sent)."""
+        name = self.platform_id
+        if isinstance(exc, ItemTooLarge):
+            return InvalidArgument(
+                "CLAIM_TOO_LARGE", f"the claim alone is too large to send to {name}: {exc}"
+            )
+        if isinstance(exc, NumfedError):
+            return exc  # the breaker opened meanwhile
+        if isinstance(exc, BatchTimeout | TimeoutError):
+            return Unavailable("PLATFORM_TIMEOUT", f"{name} did not answer in time")
+        if isinstance(exc, grpc.aio.AioRpcError):
+            code = exc.code().name
+            if _too_large(exc):
+                return Unavailable(
+                    "PLATFORM_ANSWER_TOO_LARGE",
+                    f"{name}'s answer to this claim is over the {MAX_MESSAGE_BYTES}-byte message "
+                    f"cap: {exc.details()}",
+                    metadata={"code": code},
+                )
+            if exc.code() in _SPLIT_CODES:
+                return Unavailable(
+                    "PLATFORM_ITEM_FAILED",
+                    f"{name} failed every call that carried this claim ({code}: "
+                    f"{exc.details()}) and answered the others",
+                    metadata={"code": code},
+                )
+            return Unavailable(
+                "PLATFORM_UNAVAILABLE", f"{name} did not answer: {code}", metadata={"code": code}
+            )
+        return Unavailable("PLATFORM_BAD_ANSWER", f"{name}: {exc}")
+
     async def _send_queries(
+        self, items: Sequence[platform_pb2.QueryItem], timeout: float
+    ) -> Sequence[platform_pb2.QueryItemResult]:
+        """One result per item; an item at fault gets its error as its result (bisection)."""
+        return await bisect(
+            items,
+            self._query_call,
+            timeout,
+            splits=_splits,
+            failed=lambda item, exc: platform_pb2.QueryItemResult(
+                item_id=item.item_id, status=error_status(self._item_failed(QUERY, exc))
+            ),
+            size=item_size,
+            max_bytes=MAX_REQUEST_BYTES,
+        )
+
+    async def _query_call(
         self, items: Sequence[platform_pb2.QueryItem], timeout: float
     ) -> Sequence[platform_pb2.QueryItemResult]:
         request = platform_pb2.BatchQueryBindingsRequest(items=items)
         response = await self._guarded(
-            QUERY, len(items), lambda: self.stub.BatchQueryBindings(request, timeout=timeout)
+            QUERY,
+            len(items),
+            lambda: self.stub.BatchQueryBindings(
+                request, timeout=timeout, metadata=self.metadata()
+            ),
         )
         return _in_order([i.item_id for i in items], response.results)
 
     async def release(
         self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
     ) -> Sequence[platform_pb2.ReleaseItemResult]:
-        request = platform_pb2.BatchReleaseBindingsRequest(items=items)
+        """One result per item, as :meth:`_send_queries`; the batch holds one of the link's
+        release slots while it is out, bisected or not."""
         async with self.release_slots:
-            response = await self._guarded(
-                RELEASE,
-                len(items),
-                lambda: self.stub.BatchReleaseBindings(request, timeout=timeout),
+            return await bisect(
+                items,
+                self._release_call,
+                timeout,
+                splits=_splits,
+                failed=lambda item, exc: platform_pb2.ReleaseItemResult(
+                    item_id=item.item_id, status=error_status(self._item_failed(RELEASE, exc))
+                ),
+                size=item_size,
+                max_bytes=MAX_REQUEST_BYTES,
             )
+
+    async def _release_call(
+        self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
+    ) -> Sequence[platform_pb2.ReleaseItemResult]:
+        request = platform_pb2.BatchReleaseBindingsRequest(items=items)
+        response = await self._guarded(
+            RELEASE,
+            len(items),
+            lambda: self.stub.BatchReleaseBindings(
+                request, timeout=timeout, metadata=self.metadata()
+            ),
+        )
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:

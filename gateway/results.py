@@ -13,6 +13,8 @@ from google.rpc import status_pb2
 from gateway.store import TASK_DONE, JobRow, TaskRow
 from numfed.errors import NumfedError
 from numfed.rpc import error_info, error_status
+from numfed.staleness import STALE_VERIFIER_REASONS
+from numfed.summaries import bound
 from numfed.timeutil import to_us
 from numfed.v1 import binding_pb2, gateway_pb2
 
@@ -39,16 +41,16 @@ RETRYABLE_CODES = frozenset(
 )
 """Per-platform failures that a release retries; any other code is the platform's answer."""
 
-STALE_VERIFIER_REASONS = frozenset({"NUMBER_NOT_SERVED", "NUMBER_NOT_IN_PLAN"})
-"""Refusals that may be the platform's own staleness rather than a verdict on the claim: a
-platform behind on the event log has not yet seen the port that made the claim's carrier the
-serving one, or one behind on the trust bundle has not yet seen the range that holds the number
-(docs/authority.md). The gateway checked the same rule against the whole log and its newest
-bundle, so these are retried like an unavailable platform, never taken as final."""
-
 
 def retryable(status: status_pb2.Status) -> bool:
-    """Whether a per-claim answer is a failure to retry rather than the platform's verdict."""
+    """Whether a per-claim answer is a failure to retry rather than the platform's verdict.
+
+    Besides the transport failures, a refusal that may be the platform's own staleness
+    (:data:`numfed.staleness.STALE_VERIFIER_REASONS`: a key from a newer bundle, a port it has
+    not applied yet) is retried: the gateway checked the same claim against its current bundle
+    and the whole log, and the platform refreshes before it refuses again. A query shows such a
+    platform UNAVAILABLE with the platform's reason, never REFUSED.
+    """
     if status.code in RETRYABLE_CODES:
         return True
     info = error_info(status)
@@ -75,14 +77,19 @@ def result_from_item(
     *,
     attempts: int,
     at_us: int,
+    omitted: int = 0,
 ) -> gateway_pb2.PlatformResult:
-    """A platform's per-claim answer as a PlatformResult."""
+    """A platform's per-claim answer as a PlatformResult, its summaries merged and capped
+    (:func:`numfed.summaries.bound`) whatever the platform sent; ``omitted`` is the
+    platform's own ``omitted_bindings``."""
     if status.code == 0:
-        outcome = Outcome.PLATFORM_OUTCOME_FOUND if bindings else Outcome.PLATFORM_OUTCOME_NONE
+        listed, omitted = bound(bindings, omitted)
+        found = listed or omitted
         return gateway_pb2.PlatformResult(
             platform_id=platform_id,
-            outcome=outcome,
-            bindings=bindings,
+            outcome=Outcome.PLATFORM_OUTCOME_FOUND if found else Outcome.PLATFORM_OUTCOME_NONE,
+            bindings=listed,
+            omitted_bindings=omitted,
             attempts=attempts,
             answered_at=_ts(at_us),
         )

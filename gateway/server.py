@@ -3,7 +3,9 @@
 Members come and go while it runs: the config file is watched (see :mod:`gateway.membership`)
 and each member's link, event pusher, carrier channel and portability sync are started and
 stopped one member at a time. The edge serves only the members in force, and refuses
-certificates on the CA's revocation list.
+certificates on the CA's revocation list. The trust directory is watched too
+(:mod:`gateway.trustview`): newer trust files take effect without a restart, and every answer
+(and every call to a platform) says which root and bundle versions the gateway holds.
 """
 
 from __future__ import annotations
@@ -14,18 +16,27 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
+from gateway.checkpoints import Checkpointer
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
+from gateway.facades.camara.app import CamaraFacade
+from gateway.facades.edge import Edge
+from gateway.facades.server import FacadeHandle, bound_url, start_facades
+from gateway.facades.ssf.app import SsfTransmitter
+from gateway.facades.ssf.pusher import SetPusher, receiver_tls
+from gateway.facades.ssf.sets import SetSigner
+from gateway.facades.ssf.store import StreamStore
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
 from gateway.observability import CarrierHealth, GatewayObserver
 from gateway.platforms import PlatformLink
@@ -35,12 +46,14 @@ from gateway.publisher import EventPublisher
 from gateway.pusher import EventPusher
 from gateway.results import now_us
 from gateway.schema import number_ports, port_halves
-from gateway.service import GatewayServicer, TrustFiles
+from gateway.service import GatewayServicer
 from gateway.store import Store
+from gateway.trustview import TrustView, TrustWatcher, load_view
 from gateway.watchers import JobWatchers
 from numfed import pki
+from numfed.checkpoint import audit_origin
 from numfed.config import GatewayConfig, Member, load_gateway_config
-from numfed.envelope import Envelope
+from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
@@ -48,10 +61,9 @@ from numfed.observability import metrics
 from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
+from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
 from numfed.serving import process_telemetry, run_until_signalled
-from numfed.trust import TrustedState
-from numfed.trustfiles import load_trusted_state, read_bundle, read_roots
+from numfed.trust import VERSION_METADATA_KEY, TrustedState
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
 __all__ = ["Gateway", "serve"]
@@ -73,21 +85,51 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
-def wake_all(pushers: Iterable[EventPusher]) -> None:
+def wake_all(pushers: Iterable[EventPusher | SetPusher]) -> None:
     for p in pushers:
         p.wake()
 
 
-def _platform_link(config: GatewayConfig, member: Member) -> PlatformLink:
-    # Each channel checks that the server is the member it names (not just any member).
+def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
+    """The gateway's audit key, if its PKI has one (older PKIs do not: nothing is signed)."""
+    if not layout.audit_key_path(gateway_id).exists():
+        return None
+    return pki.load_audit_signer(layout, gateway_id)
+
+
+def _log_trust_in_force(trust_dir: Path, view: TrustView) -> None:
+    """The trust the gateway starts with, in one line (later changes: gateway.trustview)."""
+    bundle = view.state.bundle
+    assert bundle is not None  # load_view raises unless a bundle is held
+    log.info(
+        "trust files in %s in force: root v%d, bundle v%d (expires %s)",
+        trust_dir,
+        view.state.root.version,
+        bundle.version,
+        bundle.expires_at.isoformat(timespec="seconds"),
+    )
+
+
+def _platform_link(
+    config: GatewayConfig, member: Member, versions: Callable[[], str]
+) -> PlatformLink:
+    # Each channel checks that the server is the member it names (not just any member); each
+    # call tells it the trust versions the gateway holds (request metadata set per call, which
+    # costs less on the fan-out path than a client interceptor's task per call).
     channel = pki.secure_channel(
         member.endpoint,
         config.pki_dir,
         GATEWAY_PEER,
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
-    return PlatformLink(member.id, channel, config.limits)
+    return PlatformLink(
+        member.id,
+        channel,
+        config.limits,
+        metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+    )
 
 
 def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
@@ -97,6 +139,7 @@ def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
         GATEWAY_PEER,
         server=PeerId(Role.CARRIER, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
 
 
@@ -113,10 +156,11 @@ class Gateway:
     portability: Portability
     pseudonym: Pseudonymizer
     audit: AuditWriter
+    checkpointer: Checkpointer
     events: EventLog
     publisher: EventPublisher
     ports: PortStore
-    trust: TrustedState
+    servicer: GatewayServicer
     membership: Membership
     revocations: pki.RevocationList
     carrier_stubs: dict[str, carrier_pb2_grpc.CarrierServiceAsyncStub]
@@ -125,45 +169,65 @@ class Gateway:
     member_tasks: dict[PeerId, asyncio.Task[None]] = field(default_factory=dict)
     """Per member: a platform's event pusher, a carrier's portability sync."""
     watcher: ConfigWatcher | None = None
+    trust_watcher: TrustWatcher | None = None
     synced: set[str] = field(default_factory=set)
     _halves_from: set[str] = field(default_factory=set)
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
-    stopping: bool = False
+    _stopped: bool = False
+    admission: Admission | None = None
+    """The RPC classes' bounds, shared by the gRPC edge and the facades."""
+    facades: FacadeHandle | None = None
+    """The CAMARA and SSF facades over HTTPS, when ``facade_listen`` is set."""
+    ssf: SsfTransmitter | None = None
+    set_pushers: dict[str, SetPusher] = field(default_factory=dict)
+    """Per platform whose events go by ``ssf-push``: its SET pusher."""
     carrier_health: dict[str, CarrierHealth] = field(default_factory=dict)
     """Per carrier: its last sync and its last failure (``numfed status``)."""
     observer: GatewayObserver | None = None
+    """What a scrape and ``/status`` read (``gateway/observability.py``)."""
 
     @property
     def serving(self) -> bool:
         """Health says SERVING: every carrier synced (or the wait ran out), not stopping."""
-        return self.ready.is_set() and not self.stopping
+        return self.ready.is_set() and not self._stopped
 
     @property
     def port(self) -> int:
         return self.server.port
 
-    @classmethod
-    async def start(cls, config: GatewayConfig) -> Gateway:
-        """Open the database, start serving and the background work; a failure on the way
-        closes what was opened (so a process that cannot start exits cleanly)."""
-        store = Store(config.database_url)
-        opened: list[Callable[[], Awaitable[None]]] = []
-        try:
-            return await cls._start(config, store, opened)
-        except BaseException:
-            for close in reversed(opened):
-                with contextlib.suppress(Exception):
-                    await close()
-            store.close()
-            raise
+    @property
+    def trust_view(self) -> TrustView:
+        """The trust in force (see :mod:`gateway.trustview`)."""
+        return self.servicer.trust_view
+
+    @property
+    def trust(self) -> TrustedState:
+        return self.servicer.trust_view.state
+
+    def _versions(self) -> str:
+        return self.servicer.trust_view.versions
+
+    def apply_trust(self, view: TrustView) -> None:
+        """Serve and verify with ``view`` from now on, and take its numbering plan."""
+        self.portability.plan = NumberPlan.from_bundle(view.state.bundle)
+        self.servicer.trust_view = view
 
     @classmethod
-    async def _start(
-        cls, config: GatewayConfig, store: Store, opened: list[Callable[[], Awaitable[None]]]
-    ) -> Gateway:
+    async def start(cls, config: GatewayConfig) -> Gateway:
+        """Start serving ``config``. If a step fails (the port is taken, say), what the steps
+        before it opened (store, channels, server) is closed again before the error is raised."""
+        async with contextlib.AsyncExitStack() as undo:
+            gw = await cls._start(config, undo)
+            undo.pop_all()  # the gateway owns all of it now: Gateway.stop closes it
+        return gw
+
+    @classmethod
+    async def _start(cls, config: GatewayConfig, undo: contextlib.AsyncExitStack) -> Gateway:
         layout = pki.PkiLayout(config.pki_dir)
+        store = Store(config.database_url)
+        undo.callback(store.close)
         store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
@@ -172,21 +236,18 @@ class Gateway:
         pseudonym = Pseudonymizer(
             load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
         )
-        now = datetime.now(UTC)
-        trust = load_trusted_state(config.trust_dir, now=now)
-        if trust.bundle is not None:
-            log.info(
-                "trust bundle v%d accepted from %s (root v%d; expires %s)",
-                trust.bundle.version,
-                config.trust_dir,
-                trust.root.version,
-                trust.bundle.expires_at.isoformat(timespec="seconds"),
-            )
-        trust_files = TrustFiles(read_roots(config.trust_dir), read_bundle(config.trust_dir))
-        links = {m.id: _platform_link(config, m) for m in config.platforms}
+        view, _ = load_view(config.trust_dir, now=datetime.now(UTC))
+        _log_trust_in_force(config.trust_dir, view)
+
+        def versions() -> str:
+            return servicer.trust_view.versions  # the view in force at the time of each call
+
+        links = {m.id: _platform_link(config, m, versions) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
-        opened += [link.close for link in links.values()]
-        opened += [channel.close for channel in carrier_channels.values()]
+        for link in links.values():
+            undo.push_async_callback(link.close)
+        for channel in carrier_channels.values():
+            undo.push_async_callback(channel.close)
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
@@ -195,15 +256,31 @@ class Gateway:
         )
         revocations = pki.RevocationList(layout)
         ports = PortStore((number_ports, port_halves), pseudonym)
-        portability = Portability(NumberPlan.from_bundle(trust.bundle), pseudonym)
+        portability = Portability(NumberPlan.from_bundle(view.state.bundle), pseudonym)
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
-        audit = AuditWriter(store.engine, store.run)
+        audit = AuditWriter(store.engine, store.run, max_backlog=config.limits.audit_max_backlog)
+        checkpointer = Checkpointer(
+            store.engine,
+            store.run,
+            signer=_audit_signer(layout, config.gateway_id),
+            origin=audit_origin(Envelope.from_proto(view.roots[0])),
+            interval=config.limits.audit_checkpoint_interval,
+        )
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
+        set_pushers: dict[str, SetPusher] = {}
+
+        def on_events() -> None:
+            """New batches in the log: every pusher and every long poll looks again."""
+            wake_all([*pushers.values(), *set_pushers.values()])
+            if gw.ssf is not None:
+                gw.ssf.wake()
+
         dispatcher = Dispatcher(
             audit=audit.record,
+            audit_room=audit.room,
             store=store,
             links=links,
             limits=config.limits,
@@ -216,13 +293,15 @@ class Gateway:
             ports=ports,
             portability=portability,
             pseudonym=pseudonym,
-            audit=audit.record,
-            on_events=lambda: wake_all(pushers.values()),
+            on_events=on_events,
         )
+
+        async def refresh_ports() -> None:
+            portability.apply(await store.run(ports.read_completed, store.engine, portability.seq))
+
         servicer = GatewayServicer(
             store=store,
-            trust=trust,
-            trust_files=trust_files,
+            trust=view,
             links=links,
             portability=portability,
             pseudonym=pseudonym,
@@ -233,7 +312,11 @@ class Gateway:
             carrier_stubs=carrier_stubs,
             events=events,
             publisher=publisher,
+            refresh_ports=refresh_ports,
+            checkpoint=lambda: checkpointer.latest,
         )
+
+        bounds = admission(config.limits)
 
         def register(server: grpc.aio.Server) -> str:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
@@ -244,12 +327,14 @@ class Gateway:
             credentials=pki.server_credentials(layout, GATEWAY_PEER),
             policy=POLICY,
             bind=config.listen,
-            admission=admission(config.limits),
+            admission=bounds,
             members=membership,
             revocations=revocations,
             not_serving=[SERVICE] if config.carriers else [],
+            initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+            limits=config.limits,
         )
-        opened.append(lambda: handle.stop(0))
+        undo.push_async_callback(handle.stop, 0)
         gw = cls(
             config=config,
             store=store,
@@ -260,6 +345,7 @@ class Gateway:
             portability=portability,
             pseudonym=pseudonym,
             audit=audit,
+            checkpointer=checkpointer,
             events=events,
             membership=membership,
             revocations=revocations,
@@ -267,11 +353,20 @@ class Gateway:
             pushers=pushers,
             publisher=publisher,
             ports=ports,
-            trust=trust,
+            servicer=servicer,
+            admission=bounds,
+            set_pushers=set_pushers,
         )
         audit.start()
+        checkpointer.start()
         gw.observer = GatewayObserver(gw)
         metrics.add_source(gw.observer)
+        if config.facade_listen is not None:
+            try:
+                await gw._start_facades(config.facade_listen)
+            except BaseException:
+                await gw.stop(0)  # nothing half started stays behind
+                raise
         # Ready once every carrier has told us which numbers it serves.
         if not config.carriers:
             gw.ready.set()
@@ -285,13 +380,46 @@ class Gateway:
             gw.tasks.append(asyncio.create_task(gw.watcher.run()))
         gw.tasks.append(asyncio.create_task(gw._follow_ports()))
         gw.tasks.append(asyncio.create_task(gw._serve_after_wait()))
+        gw.trust_watcher = TrustWatcher(config.trust_dir, lambda: gw.trust_view, gw.apply_trust)
+        gw.tasks.append(asyncio.create_task(gw.trust_watcher.run()))
         return gw
 
     # -- members -------------------------------------------------------------------------------
 
+    async def _start_facades(self, listen: str) -> None:
+        """Serve the CAMARA and SSF facades on ``listen`` (docs/standards.md)."""
+        config = self.config
+        assert self.admission is not None
+        key_file = config.ssf_key_file or config.state_dir / "ssf-set.key.pem"
+        edge = Edge(self.membership, self.revocations, self.admission)
+        camara = CamaraFacade(edge=edge, recycled=self.servicer.recycled, limits=config.limits)
+        self.ssf = ssf = SsfTransmitter(
+            edge=edge,
+            streams=StreamStore(self.store.engine, self.events),
+            store=self.store,
+            signer=SetSigner.load_or_create(key_file),
+            platforms=lambda: {m.id: m for m in self.config.platforms},
+            audit=self.audit.record,
+            on_stream_change=self._wake_set_pusher,
+        )
+
+        def routes(port: int) -> list[Any]:
+            base = config.facade_url or bound_url(listen, port)
+            return camara.routes(base) + ssf.routes(base)
+
+        self.facades = await start_facades(listen, config.pki_dir, GATEWAY_PEER, routes)
+
+    def _wake_set_pusher(self, platform_id: str) -> None:
+        pusher = self.set_pushers.get(platform_id)
+        if pusher is not None:
+            pusher.wake()
+
     def _start_pusher(self, member: Member) -> None:
+        if member.events == "ssf-push":
+            self._start_set_pusher(member)
+            return
         if member.events != "push":
-            return  # a polling platform calls PullEvents itself
+            return  # a polling platform polls itself (PullEvents, or SSF's poll endpoint)
         pusher = EventPusher(
             link=self.links[member.id],
             events=self.events,
@@ -299,8 +427,30 @@ class Gateway:
             limits=self.config.limits,
             owner=self.dispatcher.owner,
             audit=self.audit.record,
+            audit_room=self.audit.room,
         )
         self.pushers[member.id] = pusher
+        self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
+
+    def _start_set_pusher(self, member: Member) -> None:
+        ssf = self.ssf
+        if ssf is None:
+            log.error("%s takes events by SSF push, but no facade_listen is set", member.id)
+            return
+        pusher = SetPusher(
+            platform_id=member.id,
+            streams=StreamStore(self.store.engine, self.events),
+            events=self.events,
+            store=self.store,
+            signer=ssf.signer,
+            issuer=lambda: ssf.issuer,
+            tls=receiver_tls(self.config.pki_dir, GATEWAY_PEER),
+            limits=self.config.limits,
+            owner=self.dispatcher.owner,
+            audit=self.audit.record,
+            on_error=self.links[member.id].note_error,
+        )
+        self.set_pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
 
     def _start_sync(self, member: Member) -> None:
@@ -315,13 +465,14 @@ class Gateway:
                 await task
 
     def _add_platform(self, member: Member) -> None:
-        self.links[member.id] = _platform_link(self.config, member)
+        self.links[member.id] = _platform_link(self.config, member, self._versions)
         self._start_pusher(member)
 
     async def _remove_platform(self, platform_id: str) -> None:
         """No more queries, releases or event pushes to it; calls out to it are cancelled."""
         link = self.links.pop(platform_id, None)
         self.pushers.pop(platform_id, None)
+        self.set_pushers.pop(platform_id, None)
         await self._stop_task(PeerId(Role.PLATFORM, platform_id))
         if link is not None:
             await link.close()
@@ -370,13 +521,15 @@ class Gateway:
         await self._mark_ready_if_synced()
 
     def reload(self) -> None:
-        """Re-read the config file and the revocation list now (SIGHUP)."""
+        """Re-read the config file, the revocation list and the trust files now (SIGHUP)."""
         if self.watcher is not None:
             self.watcher.reload()
         self.revocations.refresh()
+        if self.trust_watcher is not None:
+            self.trust_watcher.reload()
 
     async def _mark_ready_if_synced(self) -> None:
-        if self.synced >= {m.id for m in self.config.carriers} and not self.stopping:
+        if self.synced >= {m.id for m in self.config.carriers} and not self._stopped:
             await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
@@ -505,7 +658,7 @@ class Gateway:
         if not self.ready.is_set():
             missing = sorted({m.id for m in self.config.carriers} - self.synced)
             log.warning("serving without a sync from %s (not reachable yet)", ", ".join(missing))
-            if not self.stopping:
+            if not self._stopped:
                 await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
@@ -530,27 +683,49 @@ class Gateway:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
-        batches in flight get up to ``grace`` seconds to finish; then the leases this replica
-        holds are given back, so another replica (or the next start) takes over at once."""
-        self.stopping = True
+        batches in flight get up to ``grace`` seconds to finish; then, once nothing of this
+        replica works on the database any more, the leases it holds are given back, so another
+        replica (or the next start) takes over at once. Each step runs even if one before it
+        failed, so the tasks, channels and store always end. A second call does nothing.
+        Scrapes stop reading it at once; the process logs ``stopping`` and ``stopped`` around
+        this (``numfed.serving``), the server its services going NOT_SERVING.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         if self.observer is not None:
             metrics.remove_source(self.observer)
-        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
+        async with contextlib.AsyncExitStack() as after:  # runs these last to first
+            after.callback(self.store.close)
+            for ch in self.carrier_channels.values():
+                after.push_async_callback(ch.close)
+            for link in self.links.values():
+                after.push_async_callback(link.close)
+            after.push_async_callback(self.checkpointer.stop)  # anchors the last flush
+            after.push_async_callback(self.audit.stop, self.config.limits.shutdown_grace)
+            after.push_async_callback(self._give_back_leases)
+            after.push_async_callback(self._cancel_tasks)
+            stopping = [self.server.stop(grace), self.dispatcher.stop(grace)]
+            if self.facades is not None:
+                stopping.append(self.facades.stop(grace))
+            stopped = await asyncio.gather(*stopping, return_exceptions=True)
+            for outcome in stopped:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _cancel_tasks(self) -> None:
         tasks = self.tasks + list(self.member_tasks.values())
         for t in tasks:
             t.cancel()
+        # A cancelled task is done only once its database work is (see numfed.db.DbThread).
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop()
-        for link in self.links.values():
-            await link.close()
-        for ch in self.carrier_channels.values():
-            await ch.close()
+
+    async def _give_back_leases(self) -> None:
         owner = self.dispatcher.owner
         try:
             await self.store.run(self.store.release_leases, owner, now_us())
-            await self.store.run(self.events.unlease, owner)
         finally:
-            self.store.close()
+            await self.store.run(self.events.unlease, owner)
 
 
 async def serve(config_path: Path) -> None:

@@ -9,8 +9,8 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -23,12 +23,13 @@ from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import CircuitOpen, PlatformLink
-from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from gateway.publisher import EventPublisher
+from gateway.recycled import RecycledCheck
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow, claim_digest
+from gateway.trustview import TrustView
 from gateway.watchers import JobWatchers
-from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion, normalize_number
+from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion
 from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import (
@@ -43,12 +44,9 @@ from numfed.errors import (
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId, Role
 from numfed.observability import metrics, tracing
-from numfed.ratelimit import RateLimiter
-from numfed.rpc import current_peer, error_from_rpc
-from numfed.timeutil import from_date, to_us
-from numfed.trust import TrustedState
+from numfed.rpc import current_peer
+from numfed.timeutil import to_us
 from numfed.v1 import (
-    carrier_pb2,
     carrier_pb2_grpc,
     claim_pb2,
     events_pb2,
@@ -57,7 +55,7 @@ from numfed.v1 import (
     platform_pb2,
 )
 
-__all__ = ["GatewayServicer", "TrustFiles"]
+__all__ = ["GatewayServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +97,16 @@ async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> N
         timer.cancel()
 
 
-class TrustFiles:
-    """The signed trust metadata the gateway hands out: root chain and current bundle."""
-
-    def __init__(self, roots: list[claim_pb2.Envelope], bundle: claim_pb2.Envelope) -> None:
-        self.roots = roots
-        self.bundle = bundle
+def _job_committed(job: JobRow, platform_ids: Sequence[str]) -> AuditRecord:
+    """The audit entry of a release job, committed in the job's own transaction."""
+    return AuditRecord(
+        job.created_us,
+        "RELEASE_JOB",
+        PeerId(Role.CARRIER, job.carrier_id).uri,
+        job.number_key,
+        "COMMITTED",
+        {"job": job.job_id, "platforms": str(len(platform_ids))},
+    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -112,8 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self,
         *,
         store: Store,
-        trust: TrustedState,
-        trust_files: TrustFiles,
+        trust: TrustView,
         links: Mapping[str, PlatformLink],
         portability: Portability,
         pseudonym: Callable[[str], str],
@@ -124,16 +125,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         carrier_stubs: Mapping[str, carrier_pb2_grpc.CarrierServiceAsyncStub],
         events: EventLog,
         publisher: EventPublisher,
+        refresh_ports: Callable[[], Awaitable[None]] | None = None,
+        checkpoint: Callable[[], claim_pb2.Envelope | None] = lambda: None,
     ) -> None:
+        self._refresh_ports = refresh_ports
+        self._checkpoint = checkpoint
         self._events = events
         self._publisher = publisher
         self._audit = audit
-        self._carrier_stubs = carrier_stubs
-        self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
-        self._probes = ProbeBudget.from_limits(limits)
+        self.recycled = RecycledCheck(
+            store=store,
+            portability=portability,
+            pseudonym=pseudonym,
+            limits=limits,
+            audit=audit,
+            carrier_stubs=carrier_stubs,
+        )
+        """The recycled check, shared with the CAMARA facade (gateway/facades/camara)."""
         self._store = store
-        self._trust = trust
-        self._trust_files = trust_files
+        self.trust_view = trust
+        """The trust in force: replaced whole (one assignment) when new trust files verify,
+        never changed in place, so each call reads one consistent load."""
         self._links = links
         self._portability = portability
         self._pseudonym = pseudonym
@@ -155,32 +167,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request: gateway_pb2.GetTrustBundleRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.GetTrustBundleResponse:
+        view = self.trust_view  # roots and bundle from one load
         known = request.known_root_version
-        if known > len(self._trust_files.roots):
+        if known > len(view.roots):
             raise InvalidArgument(
                 "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
             )
         return gateway_pb2.GetTrustBundleResponse(
-            roots=self._trust_files.roots[known:], bundle=self._trust_files.bundle
+            roots=view.roots[known:], bundle=view.bundle, checkpoint=self._checkpoint()
         )
 
     # -- claims -------------------------------------------------------------------------------
 
-    def _check(
+    async def _check(
         self, claim: claim_pb2.Envelope, purposes: tuple[Purpose, ...], event: str
     ) -> CheckedClaim:
-        """Check a claim and its authority; audit the verdict either way."""
+        """Check a claim and its authority; audit the verdict either way.
+
+        This replica's view of completed ports may trail another replica's by up to
+        ``limits.portability_refresh``: before a NUMBER_NOT_SERVED refusal is final, the ports
+        are read again from the database and the claim judged once more."""
         caller = current_peer()
-        try:
-            checked = check_claim(
-                Envelope.from_proto(claim),
+        envelope = Envelope.from_proto(claim)
+
+        def judge() -> CheckedClaim:
+            return check_claim(
+                envelope,
                 caller=caller,
-                trust=self._trust,
+                trust=self.trust_view.state,
                 portability=self._portability,
                 pseudonym=self._pseudonym,
                 purposes=purposes,
                 now=datetime.now(UTC),
             )
+
+        try:
+            try:
+                checked = judge()
+            except PermissionDenied as err:
+                if err.reason != "NUMBER_NOT_SERVED" or self._refresh_ports is None:
+                    raise
+                await self._refresh_ports()
+                checked = judge()
         except NumfedError as err:
             self._audit.record(
                 AuditRecord(now_us(), event, caller.uri, self._unverified_key(claim), err.reason)
@@ -215,7 +243,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def QueryBindings(
         self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.QueryBindingsResponse:
-        self._check(request.claim, QUERY_PURPOSES, "QUERY")
+        self._audit.admit()
+        await self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
         # One item, verified once here, joins every platform's next batch; one wait for all.
@@ -271,7 +300,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return result_from_error(platform_id, err, attempts=1)
         answer = future.result()
         return result_from_item(
-            platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
+            platform_id,
+            answer.status,
+            answer.bindings,
+            attempts=1,
+            at_us=now_us(),
+            omitted=answer.omitted_bindings,
         )
 
     # -- release ------------------------------------------------------------------------------
@@ -286,6 +320,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
+        self._audit.admit()  # never a job that cannot be audited
         platform_ids = sorted(select_platforms(request.platform_ids, self._links))
         digest = hashlib.sha256(
             request.claim.SerializeToString(deterministic=True)
@@ -293,7 +328,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             + ",".join(platform_ids).encode()
         ).digest()
         try:
-            checked = self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
+            checked = await self._check(request.claim, RELEASE_PURPOSES, "RELEASE")
         except NumfedError:
             # A retry of an accepted request still gets its operation, even once the claim
             # has expired (AIP-155); anything else is refused for what is wrong with it.
@@ -337,16 +372,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     )
                 return await self._operation(stored.job_id)  # a retry of an accepted request
             raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RELEASE_JOB",
-                caller.uri,
-                checked.number_key,
-                "COMMITTED",
-                {"job": job.job_id, "platforms": str(len(platform_ids))},
-            )
-        )
+        # Its RELEASE_JOB audit entry committed with it (_job_committed).
         metrics.RELEASE_JOBS_ACCEPTED.labels(caller.id).inc()
         log.info(
             "release job %s accepted from carrier %s for %d platforms",
@@ -380,7 +406,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _commit_jobs(
         self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
     ) -> list[JobRow]:
-        return await self._store.run(self._store.create_jobs, list(work))
+        return await self._store.run(self._store.create_jobs, list(work), audit=_job_committed)
 
     async def _operation(self, job_id: str) -> operations_pb2.Operation:
         found = await self._store.run(self._store.get_job, job_id)
@@ -402,114 +428,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CheckRecycled(
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
-        caller = current_peer()
-        number_key = ""
-        day: date | None = None
-        try:
-            self._recycled_limit.take(caller.id)
-            number = normalize_number(request.number)
-            question = RecycledQuestion.from_request(request)
-            day = question.specified_date
-            number_key = self._pseudonym(number)
-            carrier = self._portability.carrier_for(number)
-            if carrier is None or carrier not in self._carrier_stubs:
-                raise NotFound("UNKNOWN_NUMBER", "no carrier of the federation serves the number")
-            # Past the budget nothing goes to the carrier; the binding count is after its answer.
-            asked = await self._store.run(self._store.asked_dates, caller.id, number_key)
-            self._probes.check(asked, candidate_days(question), now_us())
-            answer, day = await self._answer_recycled(
-                carrier, number, number_key, question, caller.id, self._budget(context)
-            )
-        except NumfedError as err:
-            probing = err.reason == PROBE_BUDGET_REASON
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    caller.uri,
-                    number_key,
-                    "PROBING_REFUSED" if probing else err.reason,
-                    {"specified_date": day.isoformat()} if probing and day else {},
-                )
-            )
-            raise
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RECYCLED_CHECK",
-                caller.uri,
-                number_key,
-                "ANSWERED",
-                {"carrier": carrier, "specified_date": day.isoformat()},
-            )
+        answer = await self.recycled.check(
+            current_peer(),
+            request.number,
+            lambda: RecycledQuestion.from_request(request),
+            self._budget(context),
         )
         return gateway_pb2.CheckRecycledResponse(answer=answer)
-
-    async def _answer_recycled(
-        self,
-        carrier: str,
-        number: str,
-        number_key: str,
-        question: RecycledQuestion,
-        platform_id: str,
-        timeout: float,
-    ) -> tuple[claim_pb2.Envelope, date]:
-        """Ask the carrier; count the day it answered for against the platform's probe budget
-        (atomically, so concurrent calls on any replica never exceed it); withhold the answer
-        if the budget is spent. A date before the carrier's history costs its day too: the
-        refusal tells that the history began after it."""
-        relayed = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=platform_id)
-        question.fill(relayed)
-        try:
-            answer = await self._carrier_stubs[carrier].AnswerRecycledCheck(
-                relayed, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            err = error_from_rpc(exc)
-            if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
-                # The carrier's own failure is not the platform's fault, nor the gateway's.
-                raise Unavailable(
-                    "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"
-                ) from exc
-            if err.code == "OUT_OF_RANGE" and err.reason.endswith("_BEFORE_HISTORY"):
-                day = refused_day(question, err.metadata)
-                await self._spend(platform_id, number_key, day)
-            raise err from exc
-        try:
-            payload = claim_pb2.RecycledClaim.FromString(answer.answer.payload)
-            day = from_date(payload.specified_date)
-        except (DecodeError, InvalidArgument) as exc:
-            raise Unavailable(
-                "CARRIER_FAILED", f"carrier {carrier} answered without a date"
-            ) from exc
-        if question.specified_date not in (None, day):
-            raise Unavailable("CARRIER_FAILED", f"carrier {carrier} answered about another date")
-        await self._spend(platform_id, number_key, day)
-        return answer.answer, day
-
-    async def _spend(self, platform_id: str, number_key: str, day: date) -> None:
-        pooled = await self._store.run(
-            self._store.spend_asked_date, platform_id, number_key, day, now_us(), self._probes
-        )
-        if pooled is not None and pooled[0] > self._limits.recycled_probing_alert:
-            # Each platform is within its own budget; together they could pool their bits.
-            days, platforms = pooled
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    PeerId(Role.PLATFORM, platform_id).uri,
-                    number_key,
-                    "PROBING_SUSPECTED",
-                    {"distinct_days": str(days), "platforms": str(platforms)},
-                )
-            )
-            log.warning(
-                "recycled check: %d platforms asked about one number on %d distinct days "
-                "(possible pooled probing; audited)",
-                platforms,
-                days,
-            )
 
     # -- lifecycle events ----------------------------------------------------------------------
 
@@ -518,7 +443,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.PublishEventsResponse:
         caller = current_peer()
         envelope = Envelope.from_proto(request.batch)
-        batch = verify_event_batch(envelope, self._trust, now=datetime.now(UTC))
+        batch = verify_event_batch(envelope, self.trust_view.state, now=datetime.now(UTC))
         if batch.carrier_id != caller.id:
             raise PermissionDenied("CALLER_NOT_SIGNER", "a carrier publishes its own batches only")
         raw = request.batch.SerializeToString(deterministic=True)
@@ -533,6 +458,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limit = request.max_batches or 20
         if limit > 100:
             raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
+        self._audit.admit()
         # One transaction: an acknowledgement beyond what was delivered to this platform is
         # ACK_BEYOND_DELIVERED and changes nothing; what is returned is recorded as delivered.
         before, cursor, rows = await self._store.run(
@@ -566,6 +492,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[operations_pb2.Operation]:
         job_id = await self._own_job(request.name)
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self._limits.watch_max_age
         last = b""
         with self._watchers.watching(job_id) as changed:
             while True:
@@ -577,6 +505,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     last = body
                 if op.done:
                     return
+                left = ends - loop.time()
+                if left <= 0:
+                    return  # the stream's maximum age: it ends with OK, the client watches again
                 # Other replicas' changes are not announced here: look again within a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                    await asyncio.wait_for(changed.wait(), min(left, 1.0))

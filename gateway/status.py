@@ -1,6 +1,9 @@
 """What the gateway's database says about the work in hand: open release jobs, the event log
-and each platform's place in it, the audit chain (and its last checkpoint, dead letters, where
-those tables exist).
+and each platform's place in it, the audit chain and its newest signed checkpoint.
+
+Dead letters are not here: they are a platform's own (its ``dead_letters`` table, its
+``numfed_event_dead_letters`` gauge, ``numfed platform dead-letters``); the gateway keeps no
+such list, it holds a batch a platform has not acknowledged and sends it again.
 
 One cheap read (:func:`read_snapshot`: a few indexed aggregates) serves both the metrics a
 scrape reads (``gateway/observability.py``, at most once a second) and ``numfed status``, which
@@ -15,7 +18,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.schema import audit_log, event_batches, event_cursors, release_jobs, release_tasks
+from gateway.schema import (
+    audit_checkpoints,
+    audit_log,
+    event_batches,
+    event_cursors,
+    release_jobs,
+    release_tasks,
+)
 from gateway.store import TASK_PENDING
 
 __all__ = ["DbSnapshot", "read_snapshot"]
@@ -40,9 +50,9 @@ class DbSnapshot:
     """Platform -> when the oldest batch it has not acknowledged reached the gateway."""
     audit_length: int = 0
     checkpoint_size: int | None = None
+    """Chain length the newest signed audit checkpoint covers (None: none signed yet)."""
     checkpoint_issued_us: int | None = None
-    dead_letters: int | None = None
-    """Rows of a ``dead_letters`` table, where the database has one (else None)."""
+    """When that checkpoint was signed."""
 
     def event_lag(self, platform_id: str) -> int:
         return max(self.event_head - self.event_acked.get(platform_id, 0), 0)
@@ -72,7 +82,6 @@ class DbSnapshot:
                 "lag_seconds": {
                     p: round(self.event_lag_seconds(p), 3) for p in sorted(platform_ids)
                 },
-                "dead_letters": self.dead_letters,
             },
             "audit": {
                 "length": self.audit_length,
@@ -123,14 +132,11 @@ def read_snapshot(engine: sa.Engine, platform_ids: Sequence[str], now_us: int) -
         length = int(
             c.execute(sa.select(sa.func.coalesce(sa.func.max(audit_log.c.seq), 0))).scalar() or 0
         )
-        tables = set(sa.inspect(c).get_table_names())
-        size = issued = dead = None
-        if "audit_checkpoints" in tables:
-            size, issued = c.execute(
-                sa.text("SELECT max(size), max(issued_us) FROM audit_checkpoints")
-            ).one()
-        if "dead_letters" in tables:
-            dead = int(c.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar() or 0)
+        cp = audit_checkpoints.c
+        newest = c.execute(
+            sa.select(cp.size, cp.issued_us).order_by(cp.size.desc()).limit(1)
+        ).first()
+        size, issued = (newest.size, newest.issued_us) if newest is not None else (None, None)
     return DbSnapshot(
         at_us=now_us,
         open_jobs=int(jobs or 0),
@@ -143,5 +149,4 @@ def read_snapshot(engine: sa.Engine, platform_ids: Sequence[str], now_us: int) -
         audit_length=length,
         checkpoint_size=int(size) if size is not None else None,
         checkpoint_issued_us=int(issued) if issued is not None else None,
-        dead_letters=dead,
     )

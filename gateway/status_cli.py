@@ -1,13 +1,14 @@
 """``numfed status --config gateway.toml [--json]``: a running gateway at a glance.
 
 Members with their health, circuit breaker, calls in flight and last error; open release jobs
-and the age of the oldest; event lag per platform; dead letters; the trust versions held and
-when they expire. Breakers, calls in flight and last errors live in the gateway process: they
-come from its loopback status endpoint (``/status`` on ``[telemetry] metrics_listen``). Without
-that endpoint the work in hand is read from the gateway's database and the trust from its trust
-directory. Health comes from each process's own gRPC health service, asked with the gateway's
-certificate. Exit status 0: the gateway is SERVING; 1: it is not (or not reachable); 2: the
-config cannot be read.
+and the age of the oldest; event lag per platform; the audit chain and its newest signed
+checkpoint; the trust versions held and when they expire (dead letters are each platform's:
+``numfed platform dead-letters``). Breakers, calls in flight and last errors live in the
+gateway process: they come from its loopback status endpoint (``/status`` on ``[telemetry]
+metrics_listen``). Without that endpoint the work in hand is read from the gateway's database
+and the trust from its trust directory. Health comes from each process's own gRPC health
+service, asked with the gateway's certificate. Exit status 0: the gateway is SERVING; 1: it is
+not (or not reachable); 2: the config cannot be read.
 """
 
 from __future__ import annotations
@@ -208,9 +209,8 @@ def render(document: dict[str, Any]) -> None:
     console.print(
         f"release jobs open: {jobs.get('open', 0)}"
         + (f" (oldest {_age(oldest)})" if jobs.get("open") else "")
-        + f"; event log head: {events.get('head', 0)}; dead letters: "
-        + ("not kept here" if events.get("dead_letters") is None else str(events["dead_letters"]))
-        + f"; audit chain: {document.get('audit', {}).get('length', 0)} entries"
+        + f"; event log head: {events.get('head', 0)}"
+        + f"; audit chain: {_audit(document.get('audit', {}))}"
     )
     trust = document.get("trust", {})
     if trust.get("bundle_version") is not None:
@@ -223,6 +223,15 @@ def render(document: dict[str, Any]) -> None:
     else:
         console.print(f"trust: {trust.get('error', 'no bundle held')}")
     console.print(f"[dim]from {document['source']}[/]")
+
+
+def _audit(audit: dict[str, Any]) -> str:
+    text = f"{audit.get('length', 0)} entries"
+    size, issued_us = audit.get("last_checkpoint_size"), audit.get("last_checkpoint_issued_us")
+    if size is None or issued_us is None:
+        return text + ", no checkpoint signed yet"
+    age = max(datetime.now(UTC).timestamp() - issued_us / 1e6, 0.0)
+    return text + f", last checkpoint at {size} ({_age(age)} ago)"
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

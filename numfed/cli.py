@@ -60,10 +60,11 @@ def _configure_pki(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = actions.add_parser(
         "init",
-        help="create a CA, member certificates, root keys and carrier signing keys",
+        help="create a CA, member certificates, root keys, carrier signing keys, an audit key",
         description="Create a federation PKI in DIR (which must be absent or empty): a CA, "
-        "an mTLS certificate for the gateway and each member, three federation root keys and "
-        "one claim-signing key per carrier.",
+        "an mTLS certificate for the gateway and each member, three federation root keys, "
+        "one claim-signing key per carrier and the gateway's audit key (it signs checkpoints "
+        "of the audit log).",
     )
     init.add_argument("directory", metavar="DIR", type=Path)
     init.add_argument(
@@ -151,7 +152,9 @@ def _run_pki_init(args: argparse.Namespace) -> int:
     table.add_row("federation CA (P-256)", "ca.pem ca.key.pem")
     table.add_row("root keys (Ed25519)", f"root/root-{{{numbers}}}.key.pem")
     for peer in layout.members():
-        names = "cert,key,signing.key" if peer.role is Role.CARRIER else "cert,key"
+        names = {Role.CARRIER: "cert,key,signing.key", Role.GATEWAY: "cert,key,audit.key"}.get(
+            peer.role, "cert,key"
+        )
         table.add_row(peer.uri, f"{peer.role.value}/{peer.id}/{{{names}}}.pem")
     console = Console()
     console.print(table)
@@ -166,12 +169,14 @@ PKI = Command(
 COMMANDS: tuple[str, ...] = (
     "numfed.cli:PKI",
     "numfed.federation_cli:FEDERATION",
+    "numfed.trust_cli:TRUST",
     "gateway.cli:GATEWAY",
     "carrier_adapters.cli:CARRIER",
     "platform_stubs.cli:PLATFORM",
     "gateway.audit_cli:AUDIT",
     "gateway.status_cli:STATUS",
     "numfed.verify_cli:VERIFY",
+    "carrier_adapters.holder_cli:HOLDER",
     "numfed.demo:DEMO",
     "numfed.conformance.cli:CONFORMANCE",
     "bench.suite:BENCH",

@@ -16,6 +16,9 @@ from typing import Any
 from numfed.errors import InvalidArgument
 
 __all__ = [
+    "EVENT_MODES",
+    "MAX_BATCH_ITEMS",
+    "MIN_KEEPALIVE_TIME",
     "CarrierConfig",
     "GatewayConfig",
     "Limits",
@@ -27,7 +30,18 @@ __all__ = [
     "load_platform_config",
 ]
 
+MAX_BATCH_ITEMS = 500
+"""Most claims in one call to a platform (PlatformService's contract: 1 to 500 items)."""
+MIN_KEEPALIVE_TIME = 1.0
+"""Shortest ``Limits.keepalive_time``: servers accept pings twice as often (numfed/rpc.py), so
+any valid client setting is accepted by any server, whatever its own limits."""
+
 _ID = re.compile(r"[a-z0-9_-]{1,32}")
+_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
+EVENT_MODES = ("push", "poll", "ssf-push", "ssf-poll")
+"""How lifecycle events reach a platform: gRPC DeliverEvents ("push"), gRPC PullEvents
+("poll"), or OpenID Shared Signals SETs pushed to its receiver (RFC 8935, "ssf-push") or polled
+by it (RFC 8936, "ssf-poll"); see docs/standards.md."""
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 _DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://")
 _OTLP_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}/?")
@@ -98,6 +112,21 @@ class Limits:
     ``max_queued_*``), that one caller may hold at once; past it, RESOURCE_EXHAUSTED
     ``CALLER_OVERLOADED``. At 0.5 a lone caller can still use every running slot of a class
     but never fill its queue. At most 1."""
+    max_concurrent_holder_calls: int = 64
+    """HolderService calls a carrier adapter serves at once (its own app channel and the
+    holder's page); more wait in a queue."""
+    max_queued_holder_calls: int = 128
+    """HolderService calls that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once."""
+    max_holder_watches: int = 256
+    """WatchHolderRelease streams a carrier adapter keeps open at once."""
+    holder_web_concurrency: int = 32
+    """Requests the holder's page serves at once; more wait in a queue."""
+    holder_web_queue: int = 64
+    """Requests that may wait for a slot; beyond that, HTTP 503 with Retry-After at once."""
+    holder_web_streams: int = 512
+    """Live release progress streams the holder's page keeps open at once."""
+    holder_web_retry_after: int = 5
+    """Seconds the holder's page asks a turned-away visitor to wait (Retry-After)."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
     shutdown_grace: float = 5.0
@@ -107,6 +136,30 @@ class Limits:
     served numbers) before it serves anyway; a carrier that never answers holds nobody up."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
+    audit_checkpoint_interval: float = 10.0
+    """How often, at most, the gateway signs a checkpoint of its audit log (when it grew): the
+    longest the newest entries stay unanchored by a checkpoint that members hold."""
+    audit_max_backlog: int = 10_000
+    """Audit records the gateway may hold in memory, waiting for the database, before it refuses
+    new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
+    written."""
+    keepalive_time: float = 10.0
+    """How long a connection may be quiet before its end (server or client) pings the other;
+    at least 1 (every server accepts pings twice that often). A peer that is dead, cut off or
+    frozen (SIGSTOP) answers no ping: after ``keepalive_timeout`` its connection is closed and
+    its calls and streams end, so they hold no admission slot or call slot past
+    ``keepalive_time + keepalive_timeout`` of its last word."""
+    keepalive_timeout: float = 5.0
+    """How long a ping may go unanswered before the connection is closed."""
+    watch_max_age: float = 300.0
+    """Longest one WatchOperation (gateway) or WatchHolderRelease (carrier) stream lasts: then
+    it ends with OK although the operation is not done, and the client watches again."""
+    max_connection_age: float = 1800.0
+    """Servers ask a client to reconnect (HTTP/2 GOAWAY) after a connection has lasted this
+    long (give or take 10%), so no call or stream lives on one connection forever."""
+    max_connection_age_grace: float = 330.0
+    """How long the calls and streams of such a connection may still run before it is closed;
+    at least ``watch_max_age``, so a watch ends cleanly before its connection does."""
 
     def __post_init__(self) -> None:
         if self.max_watches_per_caller == 0:
@@ -142,6 +195,20 @@ class Limits:
         if limits.max_watches_per_caller > limits.max_watches:
             raise InvalidArgument(
                 "BAD_CONFIG", "limits.max_watches_per_caller is at most limits.max_watches"
+            )
+        if limits.max_batch_items > MAX_BATCH_ITEMS:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"limits.max_batch_items is at most {MAX_BATCH_ITEMS} (platforms "
+                "refuse larger batches)",
+            )
+        if limits.keepalive_time < MIN_KEEPALIVE_TIME:
+            raise InvalidArgument(
+                "BAD_CONFIG", f"limits.keepalive_time is at least {MIN_KEEPALIVE_TIME:g} s"
+            )
+        if limits.max_connection_age_grace < limits.watch_max_age:
+            raise InvalidArgument(
+                "BAD_CONFIG", "limits.max_connection_age_grace is at least limits.watch_max_age"
             )
         return limits
 
@@ -201,7 +268,7 @@ class Member:
     id: str
     endpoint: str
     events: str = "push"
-    """Platforms: how lifecycle events reach them, "push" (DeliverEvents) or "poll"."""
+    """Platforms: how lifecycle events reach them, one of :data:`EVENT_MODES`."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +287,16 @@ class GatewayConfig:
     key. Default: ``pseudonym.key`` in the state directory, created on first start."""
     source: Path | None = None
     """The file this config was read from; the gateway re-reads it when it changes."""
+    facade_listen: str | None = None
+    """Where the standards facades (CAMARA Number Recycling, OpenID Shared Signals) are served
+    over HTTPS with mTLS (docs/standards.md); None: not served."""
+    facade_url: str | None = None
+    """The facades' public base URL (``https://host[:port][/path]``): the SSF issuer and the
+    base of every endpoint the SSF configuration names. Default: ``https://`` + the address
+    ``facade_listen`` bound."""
+    ssf_key_file: Path | None = None
+    """The Ed25519 key that signs Security Event Tokens (PEM); every replica needs the same key.
+    Default: ``ssf-set.key.pem`` in the state directory, created on first start."""
     telemetry: Telemetry = field(default_factory=Telemetry)
 
 
@@ -235,9 +312,28 @@ class PlatformConfig:
     error_rate: float = 0.0
     seed_scenario: bool = True
     events: str = "push"
-    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
+    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"; with
+    "ssf-push" or "ssf-poll" they arrive at the platform's SSF receiver instead, and this
+    process takes none itself."""
     conformance: bool = False
     """Test only: also serve PlatformConformanceService for the conformance kit."""
+    trust_refresh: float = 60.0
+    """Seconds between two routine fetches of the trust bundle. A verification that may have
+    failed for want of a newer bundle fetches one at once, whatever this says."""
+    event_retry_limit: int = 8
+    """Attempts at an event batch this platform cannot judge yet (a key from a newer bundle,
+    say) before it may be set aside as a dead letter."""
+    event_retry_window: float = 300.0
+    """Seconds such a batch is held at least (not acknowledged, sent again by the gateway)
+    before it may be set aside: both bounds must be reached."""
+    admin_socket: Path | None = None
+    """The Unix domain socket of PlatformAdminService (dead letters), for the platform's own
+    operator, in a directory private to the platform's OS user (mode 0700). Default: one per
+    state directory in ``numfed-<uid>/`` under ``$XDG_RUNTIME_DIR`` or the system's temporary
+    directory (``platform_stubs.admin.socket_path``): a socket path has at most 107 bytes,
+    which a state directory's path may not leave."""
+    limits: Limits = field(default_factory=Limits)
+    """Of these, a platform applies the connection settings (keepalive, connection age)."""
     telemetry: Telemetry = field(default_factory=Telemetry)
 
 
@@ -253,6 +349,13 @@ class CarrierConfig:
     limits: Limits = field(default_factory=Limits)
     conformance: bool = False
     """Test only: also serve CarrierConformanceService for the conformance kit."""
+    holder_web_listen: str | None = None
+    """Where the holder's page is served over HTTP (loopback only, like ``holder_listen``);
+    None: no page."""
+    trust_dir: Path | None = None
+    """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
+    trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
+    (numfed/checkpoint.py)."""
     telemetry: Telemetry = field(default_factory=Telemetry)
 
 
@@ -314,8 +417,8 @@ def _members(raw: dict[str, Any], name: str) -> tuple[Member, ...]:
     out = []
     for entry in raw.get(name, []):
         mode = entry.get("events", "push")
-        if mode not in ("push", "poll"):
-            raise InvalidArgument("BAD_CONFIG", f'{name}.events must be "push" or "poll"')
+        if mode not in EVENT_MODES:
+            raise InvalidArgument("BAD_CONFIG", f"{name}.events must be one of {EVENT_MODES}")
         out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name), mode))
     ids = [m.id for m in out]
     if len(set(ids)) != len(ids):
@@ -340,6 +443,12 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "[portability] is gone: who serves a number comes from the numbering plan in the "
             "trust bundle and from ports both carriers signed (docs/authority.md)",
         )
+    platforms = _members(raw, "platform")
+    if "facade_listen" not in sec and any(m.events.startswith("ssf-") for m in platforms):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "platforms whose events go by SSF need the facades: set gateway.facade_listen",
+        )
     return GatewayConfig(
         listen=_endpoint(sec, "listen", "gateway"),
         pki_dir=base / _str(sec, "pki_dir", "gateway"),
@@ -347,7 +456,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         state_dir=state_dir,
         database_url=str(url),
         carriers=_members(raw, "carrier"),
-        platforms=_members(raw, "platform"),
+        platforms=platforms,
         limits=Limits.from_mapping(raw.get("limits", {})),
         pseudonym_key_file=(
             base / _str(sec, "pseudonym_key_file", "gateway")
@@ -355,8 +464,26 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             else state_dir / "pseudonym.key"
         ),
         source=path,
+        facade_listen=(
+            _endpoint(sec, "facade_listen", "gateway") if "facade_listen" in sec else None
+        ),
+        facade_url=_url(sec, "facade_url", "gateway") if "facade_url" in sec else None,
+        ssf_key_file=(
+            base / _str(sec, "ssf_key_file", "gateway")
+            if "ssf_key_file" in sec
+            else state_dir / "ssf-set.key.pem"
+        ),
         telemetry=_telemetry(raw),
     )
+
+
+def _url(sec: dict[str, Any], key: str, where: str) -> str:
+    value = _str(sec, key, where)
+    if not _URL.fullmatch(value):
+        raise InvalidArgument(
+            "BAD_CONFIG", f"{where}.{key}={value!r} is not https://HOST[:PORT][/PATH]"
+        )
+    return value.rstrip("/")
 
 
 def load_platform_config(path: Path) -> PlatformConfig:
@@ -366,6 +493,17 @@ def load_platform_config(path: Path) -> PlatformConfig:
     error_rate = _number(sec, "error_rate", "platform")
     if not 0.0 <= error_rate <= 1.0:
         raise InvalidArgument("BAD_CONFIG", "platform.error_rate must be within [0, 1]")
+    retry_limit = sec.get("event_retry_limit", 8)
+    if isinstance(retry_limit, bool) or not isinstance(retry_limit, int) or retry_limit < 1:
+        raise InvalidArgument("BAD_CONFIG", "platform.event_retry_limit must be an integer >= 1")
+    retry_window = _number(sec, "event_retry_window", "platform", 300.0)
+    trust_refresh = _number(sec, "trust_refresh", "platform", 60.0)
+    if retry_window < 0 or trust_refresh <= 0:
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "platform.event_retry_window must be >= 0 and platform.trust_refresh positive",
+        )
+    admin_socket = base / _str(sec, "admin_socket", "platform") if "admin_socket" in sec else None
     return PlatformConfig(
         platform_id=_ident(sec, "id", "platform"),
         listen=_endpoint(sec, "listen", "platform"),
@@ -378,14 +516,19 @@ def load_platform_config(path: Path) -> PlatformConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         events=_events_mode(sec),
         conformance=bool(sec.get("conformance", False)),
+        trust_refresh=trust_refresh,
+        event_retry_limit=retry_limit,
+        event_retry_window=retry_window,
+        admin_socket=admin_socket,
+        limits=Limits.from_mapping(raw.get("limits", {})),
         telemetry=_telemetry(raw),
     )
 
 
 def _events_mode(sec: dict[str, Any]) -> str:
     mode = sec.get("events", "push")
-    if mode not in ("push", "poll"):
-        raise InvalidArgument("BAD_CONFIG", 'events must be "push" or "poll"')
+    if mode not in EVENT_MODES:
+        raise InvalidArgument("BAD_CONFIG", f"events must be one of {EVENT_MODES}")
     return str(mode)
 
 
@@ -403,5 +546,9 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         seed_scenario=bool(sec.get("seed_scenario", True)),
         limits=Limits.from_mapping(raw.get("limits", {})),
         conformance=bool(sec.get("conformance", False)),
+        holder_web_listen=(
+            _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
+        ),
+        trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
         telemetry=_telemetry(raw),
     )

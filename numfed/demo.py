@@ -1,15 +1,19 @@
 """``numfed demo``: the whole federation on loopback, walked through the holder's journey.
 
-Creates a PKI and trust files, starts the gateway, three carriers and eight platforms as
-separate processes (mTLS, SQLite), then, for numbers recycled once, recycled twice, ported and
-fresh: verifies the holder, queries, releases with live progress, queries again, and checks
-that the current holder's own bindings are untouched. Exits non-zero if any expectation fails.
+The story: who is who; then, for numbers recycled once, recycled twice, ported and fresh, a
+holder verifies with their carrier, sees what previous holders left, has it released with live
+progress, and keeps their own bindings; a carrier about to reassign a number has platforms clean
+up first; a platform asks the one-bit recycled question; the holder takes away a proof anyone can
+check; the audit log verifies. Exits non-zero if any expectation fails. ``--web`` instead starts
+the federation with each carrier's holder's page and waits, for a person to try it.
+
+The processes under it (start, health, stop) are :mod:`numfed.demo_processes`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,18 +22,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from numfed import pki
 from numfed.cli import Command
+from numfed.demo_processes import (
+    ExpectationFailed,
+    Proc,
+    read_sms_code,
+    running_federation,
+    sms_outbox,
+    wait_ready,
+    write_subscribers,
+)
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
@@ -37,118 +48,39 @@ from numfed.scenario import Holder, Scenario, demo_scenario
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc, holder_pb2, holder_pb2_grpc
 from platform_stubs.store import PlatformStore
 
-__all__ = ["DEMO", "run_demo"]
+__all__ = ["DEMO", "WHO_IS_WHO", "run_demo", "run_web"]
 
 Outcome = gateway_pb2.PlatformOutcome
-OUTCOME_NAMES = {
+QUERY_WORDS = {
     Outcome.PLATFORM_OUTCOME_FOUND: "found",
-    Outcome.PLATFORM_OUTCOME_NONE: "none",
-    Outcome.PLATFORM_OUTCOME_UNAVAILABLE: "unavailable",
+    Outcome.PLATFORM_OUTCOME_NONE: "nothing",
+    Outcome.PLATFORM_OUTCOME_UNAVAILABLE: "did not answer",
     Outcome.PLATFORM_OUTCOME_REFUSED: "refused",
-    Outcome.PLATFORM_OUTCOME_EXPIRED: "expired",
+    Outcome.PLATFORM_OUTCOME_EXPIRED: "did not answer in time",
 }
+"""What a query's answer says, per platform."""
+RELEASE_WORDS = {
+    Outcome.PLATFORM_OUTCOME_FOUND: "released",
+    Outcome.PLATFORM_OUTCOME_NONE: "nothing to release",
+    Outcome.PLATFORM_OUTCOME_UNAVAILABLE: "not answered yet; tried again",
+    Outcome.PLATFORM_OUTCOME_REFUSED: "refused",
+    Outcome.PLATFORM_OUTCOME_EXPIRED: "never answered; nothing released",
+}
+"""What a release did, per platform: not the query's words."""
 
-
-class ExpectationFailed(Exception):
-    pass
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@contextmanager
-def running_federation(layout: FederationLayout, console: Console) -> Iterator[list[Proc]]:
-    """Start every process of ``layout``; stop them all (SIGTERM, then SIGKILL) on exit."""
-    procs: list[Proc] = []
-    logs = layout.root / "logs"
-    logs.mkdir(exist_ok=True)
-
-    def spawn(name: str, role: str, config: Path) -> None:
-        log = logs / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        procs.append(Proc(name, popen, log))
-
-    try:
-        for p, cfg in layout.platform_configs.items():
-            spawn(f"platform-{p}", "platform", cfg)
-        for c, cfg in layout.carrier_configs.items():
-            spawn(f"carrier-{c}", "carrier", cfg)
-        spawn("gateway", "gateway", layout.gateway_config)
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in procs:
-            try:
-                proc.popen.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-
-
-def wait_ready(layout: FederationLayout, procs: list[Proc], timeout: float = 20.0) -> None:
-    """Wait until every server answers health checks as SERVING."""
-    deadline = time.monotonic() + timeout
-    checks: list[tuple[str, PeerId, str]] = [
-        (
-            layout.gateway_endpoint,
-            PeerId(Role.CARRIER, next(iter(layout.carrier_endpoints))),
-            "numfed.v1.GatewayService",
-        ),
-    ]
-    checks += [
-        (e, PeerId(Role.GATEWAY, "main"), "numfed.v1.PlatformService")
-        for e in layout.platform_endpoints.values()
-    ]
-    checks += [
-        (e, PeerId(Role.GATEWAY, "main"), "numfed.v1.CarrierService")
-        for e in layout.carrier_endpoints.values()
-    ]
-    pki_layout = pki.PkiLayout(layout.pki_dir)
-    for endpoint, peer, service in checks:
-        creds = pki.channel_credentials(pki_layout, peer)
-        with grpc.secure_channel(endpoint, creds) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                for proc in procs:
-                    if proc.popen.poll() is not None:
-                        raise ExpectationFailed(
-                            f"{proc.name} exited early:\n{proc.log.read_text()[-2000:]}"
-                        )
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ExpectationFailed(f"{service} at {endpoint} did not become ready")
-                time.sleep(0.1)
-
-
-def read_sms_code(layout: FederationLayout, carrier: str, number: str) -> str:
-    outbox = layout.root / "state" / f"carrier-{carrier}" / "sms-outbox.jsonl"
-    for _ in range(50):
-        if outbox.exists():
-            lines = [json.loads(x) for x in outbox.read_text().splitlines() if x.strip()]
-            mine = [x for x in lines if x["number"] == number]
-            if mine:
-                return str(mine[-1]["code"])
-        time.sleep(0.05)
-    raise ExpectationFailed(f"no SMS code for {number} in {outbox}")
+WHO_IS_WHO = (
+    "Who is who. A carrier (China Mobile cmcc, China Unicom cucc, China Telecom ctcc) hands a "
+    "cancelled phone number to a new subscriber, the holder, after a 90-day quiet period. "
+    "Platforms (weibo, taobao, douyin, toutiao, meituan, dianping, xiaomi, and the caller-ID "
+    "service labels) still have the previous holders' accounts bound to that number. The holder "
+    "proves to their own carrier who they are (name, ID number, a code sent by SMS); the "
+    'carrier signs one claim, "this number has been held by its current holder since X", '
+    "and the gateway, a neutral operator, takes it to every platform. Each platform checks the "
+    "signature itself and releases, that is takes the number off, only the accounts bound "
+    "before X; accounts are not deleted, and the holder's own bindings are never touched. "
+    "Names, ID numbers and codes never leave the carrier. When a carrier gives a number to a "
+    'new subscriber we say it reassigns the number; "release" is only what platforms do.'
+)
 
 
 def verify_holder(
@@ -196,16 +128,25 @@ class Journey:
                 side[b.platform_id] = side.get(b.platform_id, 0) + 1
         return prior, own
 
-    def table(self, title: str, results: list[gateway_pb2.PlatformResult]) -> None:
-        t = Table(title=title, title_justify="left")
-        t.add_column("platform")
-        t.add_column("outcome")
-        t.add_column("bindings (masked)")
+    def heading(self, text: str) -> None:
+        """A table's title on a line of its own: never wrapped to the table's width."""
+        self.console.print(f"\n[bold]{text}[/]")
+
+    def table(
+        self, title: str, results: list[gateway_pb2.PlatformResult], *, release: bool = False
+    ) -> None:
+        """One row per platform: what a query found, or what a release did."""
+        self.heading(title)
+        words = RELEASE_WORDS if release else QUERY_WORDS
+        t = Table()
+        t.add_column("platform", no_wrap=True)
+        t.add_column("released" if release else "answer", no_wrap=True)
+        t.add_column("bindings (masked)", overflow="fold")
         t.add_column("count", justify="right")
         for r in results:
             labels = ", ".join(f"{b.masked_label}" for b in r.bindings) or "—"
             count = sum(b.count for b in r.bindings)
-            t.add_row(r.platform_id, OUTCOME_NAMES.get(r.outcome, "?"), labels, str(count))
+            t.add_row(r.platform_id, words.get(r.outcome, "?"), labels, str(count))
         self.console.print(t)
 
     def walk(self, label: str, number: str) -> None:
@@ -249,11 +190,17 @@ class Journey:
             )
             self.table("Query: bindings left by previous holders (bound before X)", list(q.results))
             found = {r.platform_id: sum(b.count for b in r.bindings) for r in q.results}
-            self.expect(
-                all(found.get(p, 0) == n for p, n in prior.items())
-                and sum(found.values()) == sum(prior.values()),
-                f"query found all {sum(prior.values())} prior binding(s), {len(prior)} platform(s)",
-            )
+            same = all(found.get(p, 0) == n for p, n in prior.items()) and sum(
+                found.values()
+            ) == sum(prior.values())
+            if prior:
+                what = (
+                    f"the query found every binding previous holders left: "
+                    f"{sum(prior.values())} on {len(prior)} platform(s)"
+                )
+            else:
+                what = "nothing of previous holders on any platform: nothing to release"
+            self.expect(same, what)
             if prior:
                 self.release(stub, token, prior)
                 q2 = stub.QueryHolderBindings(
@@ -321,7 +268,12 @@ class Journey:
         )
         number = free.number
         platforms = sorted({b.platform_id for b in self.scenario.bindings if b.number == number})
-        self.console.rule(f"[bold]lifecycle events[/]: {number} is about to be re-released by cmcc")
+        self.console.rule("[bold]lifecycle events[/]")
+        self.console.print(
+            f"cmcc will soon reassign {number} (give it to a new subscriber). It tells the "
+            "platforms first, PENDING_RELEASE, so that they release what previous holders left "
+            "before anyone new gets the number."
+        )
 
         def active(p: str) -> int:
             store = self.platform_store(p)
@@ -335,9 +287,8 @@ class Journey:
         self.publish("cmcc", [pending])
 
         cleaned = self.wait_for(lambda: all(active(p) == 0 for p in platforms))
-        t = Table(
-            title="PENDING_RELEASE(as_of=now), pushed to every platform", title_justify="left"
-        )
+        self.heading("PENDING_RELEASE(as_of=now), pushed to every platform")
+        t = Table()
         t.add_column("platform")
         t.add_column("former holders' bindings before", justify="right")
         t.add_column("after", justify="right")
@@ -428,7 +379,8 @@ class Journey:
             text=True,
             check=False,
         )
-        self.console.print(f"  $ numfed verify {issued.token[:24]}… --trust trust/")
+        self.console.print("  $ numfed verify TOKEN --trust trust/   with TOKEN the whole proof:")
+        print(issued.token, flush=True)  # whole, on a line of its own: copy it and try
         self.console.print("  " + result.stdout.strip().replace("\n", "\n  "))
         self.expect(result.returncode == 0, "the proof verifies offline against the trust files")
 
@@ -477,53 +429,146 @@ class Journey:
         elapsed = time.monotonic() - started
         response = gateway_pb2.ReleaseResponse()
         op.response.Unpack(response)
-        self.table(f"Release {op.name} done in {elapsed:.2f} s", list(response.results))
+        self.table(
+            f"Release {op.name}: done in {elapsed:.2f} s", list(response.results), release=True
+        )
         released = {
             r.platform_id: sum(b.count for b in r.bindings) for r in response.results if r.bindings
         }
         self.expect(
             op.done and released == prior,
-            f"released {sum(prior.values())} prior binding(s); accounts kept",
+            f"released {sum(prior.values())} binding(s) of previous holders; accounts kept",
         )
+
+
+@contextmanager
+def _workdir(workdir: Path | None, console: Console) -> Iterator[Path]:
+    """``workdir`` (kept, and said so), or a temporary folder removed at the end: the federation
+    holds private keys, and nothing is left behind without saying where."""
+    if workdir is not None:
+        console.print(
+            f"The federation is laid out in {workdir} and kept there: PKI with private keys, "
+            "trust files, one config per process, logs, state. Delete it when done."
+        )
+        yield workdir
+        return
+    root = Path(tempfile.mkdtemp(prefix="numfed-demo-"))
+    console.print(
+        f"The federation is laid out in a temporary folder, {root}, removed at the end (it holds "
+        "private keys); --workdir DIR keeps one."
+    )
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _endpoints(layout: FederationLayout, procs: list[Proc], console: Console) -> None:
+    console.print("\n[bold]Federation on loopback (mTLS, SQLite)[/]")
+    t = Table()
+    for col in ("process", "endpoint", "pid"):
+        t.add_column(col, no_wrap=True)
+    endpoints = {"gateway": layout.gateway_endpoint}
+    endpoints |= {f"carrier-{c}": e for c, e in layout.carrier_endpoints.items()}
+    endpoints |= {f"platform-{p}": e for p, e in layout.platform_endpoints.items()}
+    for proc in procs:
+        t.add_row(proc.name, endpoints.get(proc.name, ""), str(proc.popen.pid))
+    console.print(t)
 
 
 def run_demo(workdir: Path | None = None, console: Console | None = None) -> int:
     console = console or Console()
     started = time.monotonic()
-    root = workdir or Path(tempfile.mkdtemp(prefix="numfed-demo-"))
-    console.print(f"[bold]numfed demo[/] — federation in {root}")
-    layout = create_federation(root)
-    scenario = demo_scenario()
-    journey = Journey(layout, scenario, console)
-    try:
-        with running_federation(layout, console) as procs:
-            wait_ready(layout, procs)
-            t = Table(title="Federation on loopback (mTLS, SQLite)", title_justify="left")
-            for col in ("process", "endpoint", "pid"):
-                t.add_column(col)
-            endpoints = {"gateway": layout.gateway_endpoint}
-            endpoints |= {f"carrier-{c}": e for c, e in layout.carrier_endpoints.items()}
-            endpoints |= {f"platform-{p}": e for p, e in layout.platform_endpoints.items()}
-            for proc in procs:
-                t.add_row(proc.name, endpoints.get(proc.name, ""), str(proc.popen.pid))
-            console.print(t)
-            console.print(f"ready in {time.monotonic() - started:.1f} s")
-            journey.events()
-            for label, number in scenario.showcase.items():
-                journey.walk(label, number)
-            journey.recycled()
-            journey.proof()
-            journey.audit()
-    except (ExpectationFailed, grpc.RpcError) as exc:
-        journey.failures.append(str(exc))
-        console.print(f"[red]demo stopped: {exc}[/]")
+    console.print("[bold]numfed demo[/]\n")
+    console.print(WHO_IS_WHO + "\n")
+    failures: list[str] = []
+    with _workdir(workdir, console) as root:
+        layout = create_federation(root, holder_web=True)
+        scenario = demo_scenario()
+        listed = write_subscribers(layout, scenario, root / "subscribers.json")
+        if workdir is not None:
+            console.print(f"Made-up subscribers to try by hand: {listed}")
+        journey = Journey(layout, scenario, console)
+        try:
+            with running_federation(layout, console) as procs:
+                wait_ready(layout, procs)
+                _endpoints(layout, procs, console)
+                console.print(f"ready in {time.monotonic() - started:.1f} s")
+                journey.events()
+                for label, number in scenario.showcase.items():
+                    journey.walk(label, number)
+                journey.recycled()
+                journey.proof()
+                journey.audit()
+        except (ExpectationFailed, grpc.RpcError) as exc:
+            journey.failures.append(str(exc))
+            console.print(f"[red]demo stopped: {exc}[/]")
+        failures = journey.failures
     elapsed = time.monotonic() - started
-    if journey.failures:
-        console.print(
-            f"[red bold]{len(journey.failures)} expectation(s) failed[/] in {elapsed:.1f} s"
-        )
+    if failures:
+        console.print(f"[red bold]{len(failures)} expectation(s) failed[/] in {elapsed:.1f} s")
         return 1
     console.print(f"[green bold]every expectation held[/] — {elapsed:.1f} s")
+    return 0
+
+
+def _try_me(layout: FederationLayout, scenario: Scenario) -> tuple[str, str, Holder]:
+    """A subscriber worth trying: previous holders left bindings (and caller-ID marks)."""
+    number = scenario.showcase["recycled_once"]
+    now = datetime.now(UTC)
+    history = scenario.histories[number]
+    tenure, carrier = history.current_tenure(now), history.carrier_at(now)
+    assert tenure is not None and carrier is not None
+    return number, carrier, scenario.holders[tenure.holder_id]
+
+
+def run_web(workdir: Path | None = None, console: Console | None = None) -> int:
+    """Start the federation with each carrier's holder's page and wait for Ctrl-C."""
+    console = console or Console()
+    console.print("[bold]numfed demo --web[/]\n")
+    console.print(WHO_IS_WHO + "\n")
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    with _workdir(workdir, console) as root:
+        layout = create_federation(root, holder_web=True)
+        scenario = demo_scenario()
+        listed = write_subscribers(layout, scenario, root / "subscribers.json")
+        with running_federation(layout, console) as procs:
+            wait_ready(layout, procs)
+            _endpoints(layout, procs, console)
+            number, carrier, holder = _try_me(layout, scenario)
+            console.print("\n[bold]The holder's page[/] (one per carrier)")
+            for c, endpoint in layout.holder_web_endpoints.items():
+                console.print(f"  {c}: http://{endpoint}/")
+            console.print(
+                f"\n[bold]Try it[/]: open http://{layout.holder_web_endpoints[carrier]}/ and "
+                f"enter\n  number     {number}\n  name       {holder.name}\n"
+                f"  ID number  {holder.id_number}\n"
+                f"The SMS code goes to the carrier's SMS outbox: {sms_outbox(layout, carrier)}\n"
+                f"Every made-up subscriber, with name and ID number: {listed}\n"
+                f"The same journey from a terminal: numfed holder start {number} --name "
+                f"{holder.name} --id-number {holder.id_number} --target "
+                f"{layout.holder_endpoints[carrier]}   (docs/holders.md)"
+            )
+            console.print("\nPress Ctrl-C to stop.", highlight=False)
+            sys.stdout.flush()
+            previous = {
+                sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                while not stop["now"]:
+                    for proc in procs:
+                        if proc.popen.poll() is not None:
+                            console.print(f"[red]{proc.name} exited; see {proc.log}[/]")
+                            return 1
+                    time.sleep(0.2)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        console.print("stopped")
     return 0
 
 
@@ -532,13 +577,19 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--workdir",
         type=Path,
         default=None,
-        help="where to lay out the federation (default: a temp dir)",
+        help="lay the federation out here and keep it (default: a temporary folder, removed)",
+    )
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="start the federation with each carrier's holder's page, print its address and a "
+        "test subscriber, and wait for Ctrl-C (instead of the scripted journey)",
     )
 
 
 DEMO = Command(
     "demo",
-    "run the whole federation on loopback through the holder's journey",
+    "run the whole federation on loopback through the holder's journey (--web: try the page)",
     _configure,
-    lambda args: run_demo(args.workdir),
+    lambda args: run_web(args.workdir) if args.web else run_demo(args.workdir),
 )

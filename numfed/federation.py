@@ -15,17 +15,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from numfed import pki
-from numfed.errors import InvalidArgument
 from numfed.scenario import CARRIERS, PLATFORMS
 from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME, DEFAULT_MAX_CLOCK_SKEW
-from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
-from numfed.trustfiles import read_bundle, write_envelope
-from numfed.v1 import trust_pb2
+from numfed.trust import AuditKey, CarrierKey, Root, TrustBundle, sign_bundle, sign_root
+from numfed.trustfiles import write_envelope
 
 __all__ = [
     "NUMBER_RANGES",
     "FederationLayout",
-    "add_carrier_to_trust",
+    "audit_keys",
     "carrier_config_text",
     "create_federation",
     "free_ports",
@@ -108,7 +106,8 @@ def write_trust(
 ) -> None:
     """Sign root v1 (threshold of the root keys) and bundle v1 with every carrier's key, the
     numbering plan (``number_ranges``, prefix -> carrier; default :func:`number_plan`) and the
-    federation's clock skew and maximum claim lifetime, which every verifier takes from it."""
+    federation's clock skew and maximum claim lifetime, which every verifier takes from it, and the
+    gateway's audit key (:func:`audit_keys`)."""
     signers = pki.load_root_signers(pki_dir)
     root = Root(
         version=1,
@@ -137,53 +136,17 @@ def write_trust(
         max_clock_skew=max_clock_skew,
         max_claim_lifetime=max_claim_lifetime,
     )
+    bundle = dataclasses.replace(bundle, audit_keys=audit_keys(pki_dir, now=now, validity=validity))
     write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
 
 
-def add_carrier_to_trust(
-    pki_dir: Path,
-    trust_dir: Path,
-    carrier: str,
-    *,
-    now: datetime,
-    number_ranges: Sequence[str] = (),
-    validity: timedelta = timedelta(days=365),
-    bundle_validity: timedelta = timedelta(days=30),
-) -> TrustBundle:
-    """Publish the next trust bundle (version + 1) in ``trust_dir``: the current one with
-    ``carrier``'s signing key (from ``pki_dir``) and ``number_ranges`` (prefixes it holds in
-    the numbering plan) added, signed by the root keys' threshold, written atomically."""
-    current = TrustBundle.from_proto(
-        trust_pb2.TrustBundle.FromString(read_bundle(trust_dir).payload)
-    )
-    public = pki.load_carrier_signer(pki_dir, carrier).public
-    keys = dict(current.carrier_keys)
-    keys[public.key_id] = CarrierKey(
-        key=public,
-        carrier_id=carrier,
-        not_before=now - timedelta(days=1),
-        not_after=now + validity,
-        number_prefixes=CARRIER_PREFIXES,
-    )
-    ranges = dict(current.number_ranges)
-    for prefix in number_ranges:
-        holder = ranges.get(prefix)
-        if holder is not None and holder != carrier:
-            raise InvalidArgument(
-                "RANGE_HELD", f"{prefix} is {holder}'s in the numbering plan already"
-            )
-        ranges[prefix] = carrier
-    bundle = dataclasses.replace(
-        current,
-        version=current.version + 1,
-        issued_at=now,
-        expires_at=now + bundle_validity,
-        carrier_keys=keys,
-        number_ranges=ranges,
-    )
-    signers = pki.load_root_signers(pki_dir)
-    write_envelope(trust_dir / "bundle.pb", sign_bundle(bundle, signers[:ROOT_THRESHOLD]))
-    return bundle
+def audit_keys(pki_dir: Path, *, now: datetime, validity: timedelta) -> dict[str, AuditKey]:
+    """The gateway's audit key for the bundle (none if the PKI has none: checkpoints unsigned)."""
+    if not pki.PkiLayout(pki_dir).audit_key_path().exists():
+        return {}
+    public = pki.load_audit_signer(pki_dir).public
+    key = AuditKey(public, not_before=now - timedelta(days=1), not_after=now + validity)
+    return {public.key_id: key}
 
 
 @dataclass(frozen=True)
@@ -197,6 +160,8 @@ class FederationLayout:
     platform_configs: dict[str, Path] = field(default_factory=dict)
     carrier_endpoints: dict[str, str] = field(default_factory=dict)
     holder_endpoints: dict[str, str] = field(default_factory=dict)
+    holder_web_endpoints: dict[str, str] = field(default_factory=dict)
+    """Carrier id -> its holder's page (HTTP on loopback), when laid out with one."""
     platform_endpoints: dict[str, str] = field(default_factory=dict)
     replica_configs: list[Path] = field(default_factory=list)
     """Every gateway replica's config (the first is ``gateway_config``)."""
@@ -204,6 +169,8 @@ class FederationLayout:
     metrics_endpoints: dict[str, str] = field(default_factory=dict)
     """Process name ("gateway", "carrier-cmcc", "platform-weibo") -> its loopback metrics
     endpoint, for the processes given one (``metrics=True``)."""
+    facade_endpoints: list[str] = field(default_factory=list)
+    """Each replica's HTTPS facades (CAMARA, SSF), when laid out with them."""
 
     @property
     def gateway_target(self) -> str:
@@ -240,18 +207,23 @@ def carrier_config_text(
     listen: str,
     holder_listen: str,
     gateway: str,
+    holder_web_listen: str | None = None,
     seed_scenario: bool | None = None,
     extra: str = "",
 ) -> str:
-    """A carrier adapter's config, its files in ``pki`` and ``state/carrier-<id>`` beside it."""
+    """A carrier adapter's config, its files in ``pki``, ``trust`` (the root it pins, to keep
+    the gateway's audit checkpoints) and ``state/carrier-<id>`` beside it."""
     values: dict[str, object] = {
         "id": carrier,
         "listen": listen,
         "holder_listen": holder_listen,
         "pki_dir": "pki",
         "state_dir": f"state/carrier-{carrier}",
+        "trust_dir": "trust",
         "gateway": gateway,
     }
+    if holder_web_listen is not None:
+        values["holder_web_listen"] = holder_web_listen
     if seed_scenario is not None:
         values["seed_scenario"] = seed_scenario
     return toml_section("carrier", values) + extra
@@ -302,6 +274,8 @@ def create_federation(
     platform_knobs: Mapping[str, Mapping[str, object]] | None = None,
     limits: Mapping[str, object] | None = None,
     replicas: int = 1,
+    holder_web: bool = False,
+    facades: bool = False,
     metrics: bool = False,
     otlp_endpoint: str | None = None,
 ) -> FederationLayout:
@@ -309,9 +283,11 @@ def create_federation(
 
     With ``replicas`` > 1 (which needs a PostgreSQL ``database_url``) it writes one config per
     gateway replica, ``gateway.toml``, ``gateway-2.toml``, …: same database, same pseudonym
-    key, own port; members dial them all, round-robin. With ``metrics`` every process gets a
-    loopback metrics endpoint (``layout.metrics_endpoints``); with ``otlp_endpoint`` every
-    process sends its spans there.
+    key, own port; members dial them all, round-robin. With ``holder_web`` each carrier also
+    serves the holder's page (``holder_web_listen``). With ``facades`` each replica also serves
+    the CAMARA and SSF facades over HTTPS (``facade_listen``; ``facade_endpoints``). With
+    ``metrics`` every process gets a loopback metrics endpoint (``layout.metrics_endpoints``);
+    with ``otlp_endpoint`` every process sends its spans there.
     """
     if replicas > 1 and not database_url.startswith("postgresql"):
         raise ValueError("several gateway replicas need a PostgreSQL database_url")
@@ -320,9 +296,17 @@ def create_federation(
     pki_dir, trust_dir = root / "pki", root / "trust"
     pki.init_pki(pki_dir, carriers=tuple(carriers), platforms=tuple(platforms), now=now)
     write_trust(pki_dir, trust_dir, now=now, carriers=carriers)
+    per_carrier = 3 if holder_web else 2
+    facade_ports = replicas if facades else 0
     processes = replicas + len(carriers) + len(platforms)
     ports = iter(
-        free_ports(replicas + 2 * len(carriers) + len(platforms) + (processes if metrics else 0))
+        free_ports(
+            replicas
+            + facade_ports
+            + per_carrier * len(carriers)
+            + len(platforms)
+            + (processes if metrics else 0)
+        )
     )
     endpoints = [f"127.0.0.1:{next(ports)}" for _ in range(replicas)]
     layout = FederationLayout(root, pki_dir, trust_dir, root / "gateway.toml", endpoints[0])
@@ -342,12 +326,15 @@ def create_federation(
     for c in carriers:
         layout.carrier_endpoints[c] = f"127.0.0.1:{next(ports)}"
         layout.holder_endpoints[c] = f"127.0.0.1:{next(ports)}"
+        if holder_web:
+            layout.holder_web_endpoints[c] = f"127.0.0.1:{next(ports)}"
         path = root / f"carrier-{c}.toml"
         path.write_text(
             carrier_config_text(
                 c,
                 listen=layout.carrier_endpoints[c],
                 holder_listen=layout.holder_endpoints[c],
+                holder_web_listen=layout.holder_web_endpoints.get(c),
                 gateway=gw,
                 extra=limit_text + telemetry(f"carrier-{c}"),
             )
@@ -364,6 +351,7 @@ def create_federation(
                 knobs=(platform_knobs or {}).get(p, {}),
                 extra=telemetry(f"platform-{p}"),
             )
+            + limit_text
         )
         layout.platform_configs[p] = path
     text = limit_text
@@ -386,6 +374,10 @@ def create_federation(
         }
         if database_url:
             gateway["database_url"] = database_url
+        if facades:
+            layout.facade_endpoints.append(f"127.0.0.1:{next(ports)}")
+            gateway["facade_listen"] = layout.facade_endpoints[-1]
+            gateway["ssf_key_file"] = "state/gateway/ssf-set.key.pem"
         name = "gateway" if i == 1 else f"gateway-{i}"
         config.write_text(toml_section("gateway", gateway) + telemetry(name) + text)
     return layout

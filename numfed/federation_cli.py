@@ -10,14 +10,16 @@ carrier, then each platform), or picked free with ``--base-port 0``.
 
 ``add-member`` issues one more member's certificate from the same CA, writes its config and
 adds it to ``gateway.toml``, which a running gateway applies within a second. A new carrier
-also gets a signing key, and the trust bundle is published again (version + 1) with that key
-and the carrier's number ranges; the gateway serves the new bundle after its next restart, and
-platforms fetch it from the gateway within a minute.
+also gets a signing key, and the next trust bundle (version + 1) is published with its public
+key and its number ranges, as ``numfed trust publish --add-carrier-key`` does
+(:func:`numfed.trustadmin.publish_bundle`); a running gateway serves it within a second, no
+restart, and platforms take it at the gateway's next call or answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import socket
 from collections.abc import Iterator, Sequence
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from numfed.cli import Command
 from numfed.errors import FailedPrecondition, InvalidArgument
+from numfed.identity import PeerId, Role
 
 __all__ = ["FEDERATION", "Plan", "add_member", "init_federation"]
 
@@ -119,7 +122,6 @@ def init_federation(
         toml_section,
         write_trust,
     )
-    from numfed.identity import PeerId, Role
 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FailedPrecondition(
@@ -237,6 +239,66 @@ def _read_gateway(root: Path) -> tuple[str, str | None]:
     return config.listen, config.telemetry.otlp_endpoint
 
 
+def _check_ranges(trust_dir: Path, carrier: str, prefixes: Sequence[str], now: datetime) -> None:
+    """Refuse blocks another carrier holds in the numbering plan (``RANGE_HELD``) before
+    anything is written: ``trust publish --ranges`` would move them."""
+    from numfed.trustadmin import current_trust
+
+    bundle = current_trust(trust_dir, now=now).bundle
+    assert bundle is not None  # current_trust verifies one
+    for prefix in prefixes:
+        holder = bundle.number_ranges.get(prefix)
+        if holder is not None and holder != carrier:
+            raise InvalidArgument(
+                "RANGE_HELD", f"{prefix} is {holder}'s in the numbering plan already"
+            )
+
+
+def _publish_carrier(
+    root: Path, carrier: str, prefixes: Sequence[str], now: datetime
+) -> tuple[int, Path]:
+    """Write the carrier's public key beside its signing key and publish the next bundle with
+    it (and its ranges); returns the bundle's version and the public key file."""
+    from cryptography.hazmat.primitives import serialization
+
+    from numfed import pki, trustadmin
+
+    layout = pki.PkiLayout(root / "pki")
+    spki = pki.load_carrier_signer(layout.root, carrier).public.spki
+    public = layout.member_dir(PeerId(Role.CARRIER, carrier)) / "signing.pub.pem"
+    public.write_bytes(
+        serialization.load_der_public_key(spki).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    published = trustadmin.publish_bundle(
+        root / "trust",
+        root / "pki",
+        now=now,
+        add=[(carrier, public)],
+        ranges=[f"{carrier}={','.join(prefixes)}"] if prefixes else [],
+    )
+    return published.bundle.version, public
+
+
+def _withdraw(pki_dir: Path, peer: PeerId) -> None:
+    """Remove what :func:`numfed.pki.issue_member` (and :func:`_publish_carrier`) wrote for
+    ``peer``, when a later step failed: a member is added whole or not at all."""
+    from numfed import pki
+
+    layout = pki.PkiLayout(pki_dir)
+    member = layout.member_dir(peer)
+    for path in (
+        layout.cert_path(peer),
+        layout.key_path(peer),
+        member / "signing.key.pem",
+        member / "signing.pub.pem",
+    ):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        member.rmdir()
+
+
 def add_member(
     root: Path,
     *,
@@ -252,12 +314,10 @@ def add_member(
     """Add one carrier or platform to the federation in ``root``."""
     from numfed import pki
     from numfed.federation import (
-        add_carrier_to_trust,
         carrier_config_text,
         gateway_member_entry,
         platform_config_text,
     )
-    from numfed.identity import PeerId, Role
 
     if (carrier is None) == (platform is None):
         raise InvalidArgument("BAD_MEMBERS", "name one --carrier or one --platform")
@@ -284,15 +344,19 @@ def add_member(
         return f"{host}:{next(ports)}"
 
     now = now or datetime.now(UTC)
+    if peer.role is Role.CARRIER:
+        _check_ranges(root / "trust", peer.id, prefixes, now)
     pki.issue_member(root / "pki", peer, now=now, validity=validity)
     out = Plan(root)
     listen = at()
     metrics_at = at() if metrics else None
     if peer.role is Role.CARRIER:
         holder = at()
-        bundle = add_carrier_to_trust(
-            root / "pki", root / "trust", peer.id, now=now, number_ranges=prefixes
-        )
+        try:
+            version, public = _publish_carrier(root, peer.id, prefixes, now)
+        except BaseException:
+            _withdraw(root / "pki", peer)
+            raise
         config.write_text(
             carrier_config_text(
                 peer.id,
@@ -305,11 +369,12 @@ def add_member(
         )
         entry = gateway_member_entry("carrier", peer.id, listen)
         out.notes.append(
-            f"trust/bundle.pb is now version {bundle.version}, with {peer.id}'s signing key"
+            f"trust/bundle.pb is now version {version}, with {peer.id}'s public key "
+            f"({public.relative_to(root)})"
             + (f" and ranges {', '.join(prefixes)}" if prefixes else "")
-            + ". Restart the gateway so that it serves it (platforms fetch it from the gateway "
-            "within a minute); until then the gateway and platforms refuse the new carrier's "
-            "claims (UNKNOWN_KEY)."
+            + ". A running gateway serves it within a second, no restart (its log: 'trust "
+            "files in … applied'); each platform takes it at the gateway's next call or "
+            "answer, at the latest within a minute."
         )
     else:
         config.write_text(

@@ -19,7 +19,15 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from numfed.config import MIN_KEEPALIVE_TIME, Limits
 from numfed.errors import (
     ERROR_DOMAIN,
     FailedPrecondition,
@@ -57,8 +66,12 @@ __all__ = [
     "error_from_status",
     "error_info",
     "error_status",
+    "identify",
     "ok_status",
+    "require_role",
+    "retry_delay",
     "rpc_error_info",
+    "server_options",
     "start_server",
 ]
 
@@ -124,8 +137,20 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def retry_delay(status: status_pb2.Status) -> float | None:
+    """The RetryInfo delay inside a status, in seconds, if any."""
+    for d in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if d.Unpack(retry):
+            millis: int = retry.retry_delay.ToMilliseconds()
+            return millis / 1000
+    return None
+
+
 def error_from_status(status: status_pb2.Status) -> NumfedError:
-    """Rebuild a domain exception from a per-item status a peer returned."""
+    """Rebuild a domain exception from a status a peer returned: the same code, reason and
+    metadata, and its RetryInfo delay as ``retry_after`` (so a relayed refusal still tells the
+    caller when to come back)."""
     from numfed import errors
 
     info = error_info(status)
@@ -139,7 +164,10 @@ def error_from_status(status: status_pb2.Status) -> NumfedError:
         NumfedError,
     )
     return cls(
-        info.reason if info else code.name, status.message, metadata=info.metadata if info else None
+        info.reason if info else code.name,
+        status.message,
+        metadata=info.metadata if info else None,
+        retry_after=retry_delay(status),
     )
 
 
@@ -362,6 +390,11 @@ _REJECTION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOAD
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
+InitialMetadata = Callable[[], Sequence[tuple[str, str]]]
+"""Metadata to send with each answer, asked for at the time of the answer."""
+OnMetadata = Callable[[Iterable[tuple[str, str | bytes]] | None], None]
+"""Shown the request metadata of each admitted call; must not block."""
+
 Members = Container[PeerId]
 """The peers a server serves at all: the gateway's live :class:`gateway.membership.Membership`,
 or :class:`SoleGateway` for a platform or carrier; asked once per call."""
@@ -377,6 +410,33 @@ class SoleGateway:
 
     def __contains__(self, peer: object) -> bool:
         return isinstance(peer, PeerId) and (peer.role is not Role.GATEWAY or peer == self.gateway)
+
+
+def identify(pem: bytes, members: Members | None, revocations: RevocationList | None) -> PeerId:
+    """The peer a verified client certificate (PEM) names, if it may be served at all: the
+    certificate is not on the CA's revocation list (UNAUTHENTICATED ``CERTIFICATE_REVOKED``) and
+    names a member (PERMISSION_DENIED ``UNKNOWN_MEMBER``). Every edge of a numfed server asks
+    this first: the gRPC interceptor and the gateway's HTTPS facades (gateway/facades)."""
+    if revocations is not None:
+        revocations.check(pem)
+    peer = peer_from_pem(pem)
+    if members is not None and peer not in members:
+        raise PermissionDenied(
+            "UNKNOWN_MEMBER",
+            f"{peer.uri} is not a member of this federation",
+            metadata={"peer": peer.uri},
+        )
+    return peer
+
+
+def require_role(peer: PeerId, allowed: Container[Role], method: str) -> None:
+    """PERMISSION_DENIED ``ROLE_NOT_ALLOWED`` unless ``peer``'s role may call ``method``."""
+    if peer.role not in allowed:
+        raise PermissionDenied(
+            "ROLE_NOT_ALLOWED",
+            f"{peer.uri} may not call {method}",
+            metadata={"method": method, "role": peer.role.value},
+        )
 
 
 class _Unparsed:
@@ -416,11 +476,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         *,
         members: Members | None = None,
         revocations: RevocationList | None = None,
+        initial_metadata: InitialMetadata | None = None,
+        on_metadata: OnMetadata | None = None,
     ) -> None:
         self._policy = policy
         self._admission = admission
         self._members = members
         self._revocations = revocations
+        self._initial_metadata = initial_metadata
+        self._on_metadata = on_metadata
         self._wrapped: dict[tuple[str, int], Any] = {}
         """Wrapped handlers, built once per method (and per underlying handler)."""
 
@@ -445,17 +509,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerId:
         """The caller, if it may be served at all: a certificate not revoked, naming a member."""
-        pem = peer_certificate(context)
-        if self._revocations is not None:
-            self._revocations.check(pem)
-        peer = peer_from_pem(pem)
-        if self._members is not None and peer not in self._members:
-            raise PermissionDenied(
-                "UNKNOWN_MEMBER",
-                f"{peer.uri} is not a member of this federation",
-                metadata={"peer": peer.uri},
-            )
-        return peer
+        return identify(peer_certificate(context), self._members, self._revocations)
 
     async def _still_served(
         self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -533,6 +587,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         policy = self._policy
         allowed = policy.get(method, frozenset()) if policy is not None else frozenset()
         gate = self._admission.gate(method) if self._admission is not None else None
+        initial_metadata = self._initial_metadata
+        on_metadata = self._on_metadata
         service, _, name = method.strip("/").partition("/")
         durations = metrics.Children(metrics.RPC_SERVER_DURATION, service, name)
 
@@ -543,16 +599,21 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             if policy is None:
                 return  # a server without mTLS (a carrier's own app channel)
             peer = self._identify(context)
-            if peer.role not in allowed:
-                raise PermissionDenied(
-                    "ROLE_NOT_ALLOWED",
-                    f"{peer.uri} may not call {method}",
-                    metadata={"method": method, "role": peer.role.value},
-                )
+            require_role(peer, allowed, method)
             _current_peer.set(peer)
+            if on_metadata is not None:
+                on_metadata(context.invocation_metadata())
 
         if handler.unary_unary is not None:
-            inner: Any = handler.unary_unary
+            handle: Any = handler.unary_unary
+
+            async def inner(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                response = await handle(request, context)
+                if initial_metadata is not None:
+                    # Only with an answer: an error's status goes alone (Trailers-Only), so that
+                    # a channel may still retry it on another replica.
+                    await context.send_initial_metadata(initial_metadata())
+                return response
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 start = time.perf_counter()
@@ -597,9 +658,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     request = _parsed(request, method)
                     charged = await gate.enter() if gate is not None else None
                     try:
+                        first = True
                         async for item in self._still_served(
                             inner_stream(request, context), context
                         ):
+                            if first and initial_metadata is not None:
+                                await context.send_initial_metadata(initial_metadata())
+                            first = False
                             yield item
                     finally:
                         if gate is not None:
@@ -622,6 +687,43 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
+
+
+def server_options(
+    limits: Limits, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[str, int]]:
+    """The options of every numfed server: message size, keepalive and connection age.
+
+    The server pings a connection that has been quiet for ``keepalive_time`` and closes it when
+    the ping goes unanswered for ``keepalive_timeout``: the calls and streams of a dead or
+    frozen client are cancelled, and the handlers' ``finally`` blocks give back what they
+    held (an admission slot, a watch). grpc waits ``grpc.http2.ping_timeout_ms`` for a
+    keepalive ping's ack (60 s by default) whatever ``grpc.keepalive_timeout_ms`` says, so both
+    are set. Pings are sent on quiet streams too (``max_pings_without_data`` 0), and clients may
+    ping as often as every ``MIN_KEEPALIVE_TIME / 2`` with no call open, so that a client
+    keeping its own connection alive is never told to go away for pinging too much. A
+    connection is asked to go away after ``max_connection_age`` and closed
+    ``max_connection_age_grace`` later, so nothing lives on one connection forever (health
+    Watch and reflection streams included).
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", _ms(limits.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS (grpc ignores unknown names).
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE_TIME / 2)),
+        ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
+    ]
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
 
 
 class ServerHandle:
@@ -664,9 +766,16 @@ class ServerHandle:
         await self.server.stop(grace)
 
 
+_UNIX_SCHEMES = ("unix:", "unix-abstract:")
+
+
 def _check_bind(bind: str) -> None:
     """Refuse an address the server could not listen on, with the operating system's reason
-    (CANNOT_LISTEN), before gRPC tries and fails with a bare RuntimeError."""
+    (CANNOT_LISTEN), before gRPC tries and fails with a bare RuntimeError. A Unix domain
+    socket (``unix:PATH``, a platform's admin socket) is left to gRPC: its failure to bind is
+    CANNOT_LISTEN too (:func:`start_server`)."""
+    if bind.startswith(_UNIX_SCHEMES):
+        return
     host, _, port_text = bind.rpartition(":")
     host = host.strip("[]")
     try:
@@ -703,6 +812,9 @@ async def start_server(
     admission: Admission | None = None,
     members: Members | None = None,
     revocations: RevocationList | None = None,
+    initial_metadata: InitialMetadata | None = None,
+    on_metadata: OnMetadata | None = None,
+    limits: Limits | None = None,
     not_serving: Iterable[str] = (),
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
@@ -712,11 +824,15 @@ async def start_server(
     class (see :class:`Admission`). ``members`` are the peers served at all (every other
     caller: PERMISSION_DENIED ``UNKNOWN_MEMBER``), ``revocations`` the CA's revocation list
     (a revoked certificate: UNAUTHENTICATED ``CERTIFICATE_REVOKED``); both apply to every
-    method, health and reflection included. ``credentials=None, policy=None`` starts a
-    plaintext server without peer identities, for a carrier's own app channel only. Services
-    named in ``not_serving`` start NOT_SERVING in the health service (until
-    :meth:`ServerHandle.set_serving`); the others start SERVING. An address the server cannot
-    listen on is FAILED_PRECONDITION ``CANNOT_LISTEN``.
+    method, health and reflection included. ``initial_metadata`` gives metadata sent with
+    every answer of the registered services, ``on_metadata`` is shown every admitted call's
+    request metadata (both: the trust version hints, :mod:`numfed.trusthints`).
+    ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
+    carrier's own app channel only.
+    ``limits`` (default: :class:`Limits` defaults) give the connection settings of
+    :func:`server_options`. Services named in ``not_serving`` start NOT_SERVING in the health
+    service (until :meth:`ServerHandle.set_serving`); the others start SERVING. An address the
+    server cannot listen on is FAILED_PRECONDITION ``CANNOT_LISTEN``.
 
     Every call is timed into ``rpc_server_duration_seconds``; with tracing on
     (:mod:`numfed.observability.tracing`) OpenTelemetry's interceptor runs first.
@@ -729,13 +845,16 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[
             *tracing.server_interceptors(),
-            _Interceptor(policy, admission, members=members, revocations=revocations),
+            _Interceptor(
+                policy,
+                admission,
+                members=members,
+                revocations=revocations,
+                initial_metadata=initial_metadata,
+                on_metadata=on_metadata,
+            ),
         ],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(limits or Limits(), max_message_bytes),
     )
     names = [reg(server) for reg in register]
     health_servicer = health.aio.HealthServicer()
@@ -762,8 +881,7 @@ async def start_server(
             else (health_pb2.HealthCheckResponse.NOT_SERVING)
         )
         await health_servicer.set(name, status)
-    host = bind.rpartition(":")[0]
-    address = f"{host}:{port}"
+    address = bind if bind.startswith(_UNIX_SCHEMES) else f"{bind.rpartition(':')[0]}:{port}"
     log.info(
         "listening on %s (%s%s)",
         address,

@@ -26,7 +26,13 @@ from numfed.observability import tracing
 from numfed.observability.http import Handler, MetricsEndpoint, start_endpoint
 from numfed.observability.logs import LOG_FORMATS, LOG_LEVELS, name_process, setup_logging
 
-__all__ = ["ProcessTelemetry", "process_telemetry", "run_until_signalled", "serve_command"]
+__all__ = [
+    "ProcessTelemetry",
+    "process_telemetry",
+    "run_until_signalled",
+    "serve_arguments",
+    "serve_command",
+]
 
 log = logging.getLogger("numfed.serving")
 
@@ -105,27 +111,33 @@ async def process_telemetry(
         tracing.shutdown_tracing()
 
 
+def serve_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The arguments of every ``<role> serve``: ``--config``, ``--log-level``, ``--log-format``
+    (for a role whose command has more actions than ``serve``, and builds its parser itself)."""
+    parser.add_argument("--config", type=Path, required=True, help=f"{name} TOML config")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=LOG_LEVELS,
+        help="DEBUG: also a line per query and per retry; INFO (default): lifecycle, "
+        "release jobs accepted, retries summarised; WARNING: only what needs an operator; "
+        "ERROR: only what stops the process",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text (default) or json: one JSON object per line, with trace ids when traced",
+    )
+
+
 def serve_command(name: str, help: str, serve: str) -> Command:
     """A ``name serve --config FILE`` command running ``serve`` ("module:async function")."""
 
     def configure(parser: argparse.ArgumentParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         sub = actions.add_parser("serve", help=f"{help} until SIGTERM or Ctrl-C")
-        sub.add_argument("--config", type=Path, required=True, help=f"{name} TOML config")
-        sub.add_argument(
-            "--log-level",
-            default="INFO",
-            choices=LOG_LEVELS,
-            help="DEBUG: also a line per query and per retry; INFO (default): lifecycle, "
-            "release jobs accepted, retries summarised; WARNING: only what needs an operator; "
-            "ERROR: only what stops the process",
-        )
-        sub.add_argument(
-            "--log-format",
-            default="text",
-            choices=LOG_FORMATS,
-            help="text (default) or json: one JSON object per line, with trace ids when traced",
-        )
+        serve_arguments(sub, name)
 
     def run(args: argparse.Namespace) -> int:
         module, _, function = serve.partition(":")

@@ -1,11 +1,10 @@
-"""A reference platform seen from outside: the trust it holds and, where its store keeps them,
-its dead letters (read when scraped)."""
+"""A reference platform seen from outside: the trust it holds and its dead letters (the event
+batches it set aside, ``platform_stubs.store.dead_letters``; read when scraped)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import sqlalchemy as sa
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from numfed.observability.metrics import Cached
@@ -16,13 +15,6 @@ from platform_stubs.trustclient import TrustClient
 __all__ = ["PlatformObserver"]
 
 
-def _dead_letters(engine: sa.Engine) -> int | None:
-    with engine.connect() as c:
-        if not sa.inspect(c).has_table("dead_letters"):
-            return None
-        return int(c.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar() or 0)
-
-
 class PlatformObserver:
     def __init__(self, store: PlatformStore, trust: TrustClient) -> None:
         self._store = store
@@ -31,7 +23,7 @@ class PlatformObserver:
         self._cache = Cached(self._read, ttl=1.0)
 
     async def _read(self) -> None:
-        self._dead = await self._store.run(_dead_letters, self._store.engine)
+        self._dead = await self._store.run(self._store.dead_letter_count)
 
     async def refresh_metrics(self) -> None:
         await self._cache.refresh()
@@ -42,7 +34,8 @@ class PlatformObserver:
             out.append(
                 GaugeMetricFamily(
                     "numfed_event_dead_letters",
-                    "Event batches this platform set aside as dead letters.",
+                    "Event batches this platform set aside as dead letters (acknowledged, not "
+                    "applied; numfed platform dead-letters list / replay).",
                     value=self._dead,
                 )
             )

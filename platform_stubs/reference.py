@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
 from numfed.observability import metrics
@@ -19,12 +20,13 @@ from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
+from platform_stubs.admin import remove_socket, socket_path, start_admin_server
 from platform_stubs.conformance import (
     CONFORMANCE_POLICY,
     CONFORMANCE_SERVICE,
     PlatformConformanceServicer,
 )
-from platform_stubs.events import EventPuller
+from platform_stubs.events import EventApplier, EventPuller
 from platform_stubs.observability import PlatformObserver
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
@@ -77,6 +79,8 @@ class PlatformHandle:
     trust: TrustClient
     tasks: list[asyncio.Task[None]]
     puller: EventPuller | None = None
+    admin: ServerHandle | None = None
+    """PlatformAdminService on its Unix socket (``platform_stubs.admin.socket_path``)."""
     observer: PlatformObserver | None = None
 
     @property
@@ -87,6 +91,9 @@ class PlatformHandle:
         if self.observer is not None:
             metrics.remove_source(self.observer)
         await self.server.stop(grace)
+        if self.admin is not None:
+            await self.admin.stop(grace)
+            remove_socket(socket_path(self.config), private_folder=self.config.admin_socket is None)
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -101,15 +108,25 @@ async def start_platform(
 ) -> PlatformHandle:
     """Start a reference platform; healthy once it holds a verified trust bundle.
 
+    Its trust is persisted in ``state_dir/trust`` and restored at the next start; the version
+    hints of the gateway's calls and answers make it refresh at once when it is behind.
+
     ``servicer_class`` lets tests start a deliberately broken platform on the same footing.
-    With ``config.conformance`` it also serves PlatformConformanceService (test only).
+    With ``config.conformance`` it also serves PlatformConformanceService (test only). Its
+    operator's PlatformAdminService listens on its Unix socket (``admin.socket_path``).
     """
     peer = PeerId(Role.PLATFORM, config.platform_id)
     store = PlatformStore(config.state_dir / "platform.db")
     if config.seed_scenario:
         await store.run(seed_from_scenario, store, config.platform_id)
     trust = TrustClient(
-        trust_dir=config.trust_dir, pki_dir=config.pki_dir, peer=peer, gateway=config.gateway
+        trust_dir=config.trust_dir,
+        pki_dir=config.pki_dir,
+        peer=peer,
+        gateway=config.gateway,
+        state_dir=config.state_dir / "trust",
+        checkpoint_file=config.state_dir / CHECKPOINT_FILE,
+        limits=config.limits,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -117,6 +134,12 @@ async def start_platform(
         store=store,
         masker=Masker(_masking_secret(config.state_dir)),
         knobs=Knobs(latency_ms=config.latency_ms, error_rate=config.error_rate),
+        events=EventApplier(
+            trust=trust,
+            store=store,
+            retry_limit=config.event_retry_limit,
+            retry_window=config.event_retry_window,
+        ),
     )
 
     def register(server: grpc.aio.Server) -> str:
@@ -129,25 +152,47 @@ async def start_platform(
         )
         return CONFORMANCE_SERVICE
 
-    handle = await start_server(
-        register=[register, register_conformance] if config.conformance else [register],
-        credentials=pki.server_credentials(config.pki_dir, peer),
-        policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
-        bind=config.listen,
-        members=SoleGateway(pki.GATEWAY),
-        revocations=pki.RevocationList(config.pki_dir),
-        not_serving=[SERVICE],
-    )
+    try:
+        handle = await start_server(
+            register=[register, register_conformance] if config.conformance else [register],
+            credentials=pki.server_credentials(config.pki_dir, peer),
+            policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
+            bind=config.listen,
+            members=SoleGateway(pki.GATEWAY),
+            revocations=pki.RevocationList(config.pki_dir),
+            not_serving=[SERVICE],
+            on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
+            limits=config.limits,
+        )
+    except BaseException:  # an address in use, say: close what was opened, then say so
+        await trust.close()
+        store.close()
+        raise
+    try:
+        admin = await start_admin_server(socket_path(config), servicer.events)
+    except BaseException:
+        await handle.stop(0)
+        await trust.close()
+        store.close()
+        raise
 
     async def ready_when_trusted() -> None:
         await trust.ready.wait()
         await handle.set_serving(SERVICE, True)
 
-    tasks = [asyncio.create_task(trust.run()), asyncio.create_task(ready_when_trusted())]
+    tasks = [
+        asyncio.create_task(trust.run(config.trust_refresh)),
+        asyncio.create_task(ready_when_trusted()),
+    ]
     puller = None
     if config.events == "poll":
         puller = EventPuller(
-            applier=servicer.events, gateway=config.gateway, pki_dir=config.pki_dir, peer=peer
+            applier=servicer.events,
+            gateway=config.gateway,
+            pki_dir=config.pki_dir,
+            peer=peer,
+            interceptors=[trust.hints],
+            limits=config.limits,
         )
 
         async def pull_when_trusted() -> None:
@@ -157,7 +202,7 @@ async def start_platform(
         tasks.append(asyncio.create_task(pull_when_trusted()))
     observer = PlatformObserver(store, trust)
     metrics.add_source(observer)
-    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, observer)
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin, observer)
 
 
 async def serve(config_path: Path) -> None:

@@ -6,6 +6,13 @@ the event log (the numbering plan and the ports both carriers signed, docs/autho
 applies the purpose and the ``bound_at < X`` rule, applies each release once per
 claim_id, and answers with masked summaries only. A platform supplies a store (its accounts and
 bindings) and a masking secret.
+
+A verifier that may be behind refreshes before it refuses (DESIGN.md, flow 6): a claim or an
+event batch refused for a reason that may be the platform's own staleness
+(:mod:`numfed.staleness`: a key from a newer bundle, a port not applied yet) is judged once more
+after :meth:`TrustClient.refresh_if_behind`, and only then answered. A claim still refused so
+is answered with that reason, which the gateway retries until the job's deadline; an event
+batch that still cannot be judged is not acknowledged (see :mod:`platform_stubs.events`).
 """
 
 from __future__ import annotations
@@ -21,21 +28,23 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from numfed.claims import RELEASE_GRACE, ClaimPolicy, Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.config import MAX_BATCH_ITEMS
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, PermissionDenied, Unavailable
 from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
+from numfed.staleness import may_be_stale
+from numfed.summaries import bound
 from numfed.timeutil import from_timestamp
 from numfed.trust import TrustedState
 from numfed.v1 import binding_pb2, claim_pb2, platform_pb2, platform_pb2_grpc
 from platform_stubs.events import EventApplier
-from platform_stubs.rules import Binding, Masker, own, prior, select_own
+from platform_stubs.rules import Binding, Masker, own, prior, select_own, summarize
 from platform_stubs.store import PlatformStore, Selector
 from platform_stubs.trustclient import TrustClient
 
 __all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer", "platform_policy"]
 
-MAX_BATCH_ITEMS = 500
 QUERY = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.items()}
@@ -92,6 +101,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         events: EventApplier | None = None,
     ) -> None:
         self.events = events or EventApplier(trust=trust, store=store)
+        """Lifecycle events, pushed (DeliverEvents) or pulled; its retry bounds are the
+        platform config's ``event_retry_limit`` and ``event_retry_window``."""
         self.platform_id = platform_id
         self.trust = trust
         self.store = store
@@ -101,17 +112,20 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
 
     def _summaries(
         self, found: Sequence[Binding], *, with_refs: bool
-    ) -> list[binding_pb2.BindingSummary]:
-        return [
+    ) -> tuple[list[binding_pb2.BindingSummary], int]:
+        """What may be said of ``found``: masked summaries, identical ones merged, capped (at
+        most MAX_SUMMARIES_PER_CLAIM, largest counts first); and how many bindings the
+        summaries left out stand for (the answer's ``omitted_bindings``)."""
+        return bound(
             binding_pb2.BindingSummary(
                 platform_id=self.platform_id,
-                kind=KINDS.get(b.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
-                masked_label=self.masker.label(b),
-                count=1,
-                binding_ref=self.masker.ref(b) if with_refs else "",
+                kind=KINDS.get(s.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
+                masked_label=s.masked_label,
+                count=s.count,
+                binding_ref=s.binding_ref,
             )
-            for b in found
-        ]
+            for s in summarize(found, self.masker, with_refs=with_refs)
+        )
 
     def _verify(
         self, items: Sequence[Any], purposes: Sequence[Purpose]
@@ -153,6 +167,27 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             for v in verified
         ]
 
+    async def _judge(
+        self, items: Sequence[Any], purposes: Sequence[Purpose]
+    ) -> list[VerifiedClaim | NumfedError]:
+        """Verify each item's claim and that its carrier serves the number. Items refused for
+        a reason that may be this platform's staleness are judged once more after a refresh
+        of the trust bundle (if behind); so is the whole call when no bundle is held yet."""
+        try:
+            verdicts = await self._served(self._verify(items, purposes))
+        except Unavailable as err:
+            if not may_be_stale(err):
+                raise
+            await self.trust.refresh_if_behind()
+            verdicts = await self._served(self._verify(items, purposes))
+        again = [i for i, v in enumerate(verdicts) if may_be_stale(v)]
+        if again:
+            await self.trust.refresh_if_behind()
+            redo = await self._served(self._verify([items[i] for i in again], purposes))
+            for i, v in zip(again, redo, strict=True):
+                verdicts[i] = v
+        return verdicts
+
     async def BatchQueryBindings(
         self,
         request: platform_pb2.BatchQueryBindingsRequest,
@@ -160,7 +195,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchQueryBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = await self._served(self._verify(request.items, QUERY))
+        verified = await self._judge(request.items, QUERY)
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
         results = []
@@ -173,12 +208,15 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             mine = by_number[v.claim.number]
             x = v.claim.tenure_start
             if v.claim.purpose is Purpose.QUERY_PRIOR:
-                found = self._summaries(prior(mine, x), with_refs=False)
+                found, omitted = self._summaries(prior(mine, x), with_refs=False)
             else:
-                found = self._summaries(own(mine, x), with_refs=True)
+                found, omitted = self._summaries(own(mine, x), with_refs=True)
             results.append(
                 platform_pb2.QueryItemResult(
-                    item_id=item.item_id, status=ok_status(), bindings=found
+                    item_id=item.item_id,
+                    status=ok_status(),
+                    bindings=found,
+                    omitted_bindings=omitted,
                 )
             )
         await self.knobs.delay()
@@ -189,6 +227,9 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         request: platform_pb2.DeliverEventsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> platform_pb2.DeliverEventsResponse:
+        """Apply the batches in order and acknowledge through the last one handled: a batch
+        that cannot be judged yet stops the call there (``ack_through_seq`` is the batch
+        before it, or 0 when it came first), and the gateway sends it again after a backoff."""
         if not request.batches:
             raise InvalidArgument("EMPTY_BATCH", "deliver at least one batch")
         self.knobs.fail(self._rng)
@@ -201,16 +242,19 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         x = v.claim.tenure_start
 
         def select(bindings: list[Binding]) -> tuple[list[int], bytes]:
+            # Every binding chosen is released; the stored (and replayed) result is bounded.
             if v.claim.purpose is Purpose.RELEASE_PRIOR:
                 chosen = prior(bindings, x)
+                released, omitted = self._summaries(chosen, with_refs=False)
                 result = platform_pb2.ReleaseItemResult(
-                    status=ok_status(), released=self._summaries(chosen, with_refs=False)
+                    status=ok_status(), released=released, omitted_bindings=omitted
                 )
             else:
                 try:
                     chosen = select_own(bindings, v.claim.binding_refs, x, self.masker)
+                    released, omitted = self._summaries(chosen, with_refs=True)
                     result = platform_pb2.ReleaseItemResult(
-                        status=ok_status(), released=self._summaries(chosen, with_refs=True)
+                        status=ok_status(), released=released, omitted_bindings=omitted
                     )
                 except NumfedError as err:
                     chosen = []
@@ -226,7 +270,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> platform_pb2.BatchReleaseBindingsResponse:
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
-        verified = await self._served(self._verify(request.items, RELEASE))
+        verified = await self._judge(request.items, RELEASE)
         trust = self.trust.trusted()
         late = {
             i: claim_id
@@ -251,16 +295,26 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                         platform_pb2.ReleaseItemResult(item_id=item.item_id, status=error_status(v))
                     )
                     continue
-                r = platform_pb2.ReleaseItemResult.FromString(stored)
+                r = _stored_result(stored)
                 r.replayed = True
             else:
                 done = next(applied)
-                r = platform_pb2.ReleaseItemResult.FromString(done.result)
+                r = _stored_result(done.result)
                 r.replayed = done.replayed
             r.item_id = item.item_id
             results.append(r)
         await self.knobs.delay()
         return platform_pb2.BatchReleaseBindingsResponse(results=results)
+
+
+def _stored_result(raw: bytes) -> platform_pb2.ReleaseItemResult:
+    """A stored first result, bounded as answers are now (one stored before the caps were
+    applied may list every binding it released)."""
+    r = platform_pb2.ReleaseItemResult.FromString(raw)
+    released, r.omitted_bindings = bound(r.released, r.omitted_bindings)
+    del r.released[:]
+    r.released.extend(released)
+    return r
 
 
 def _expired_release(

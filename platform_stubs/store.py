@@ -1,4 +1,5 @@
-"""A platform's accounts and bindings on SQLite (SQLAlchemy Core), with releases applied once."""
+"""A platform's accounts and bindings on SQLite (SQLAlchemy Core), with releases applied once,
+lifecycle events applied once each, and the event batches it set aside (dead letters)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
@@ -17,7 +18,7 @@ from numfed.portstate import PortStore, port_tables
 from numfed.timeutil import from_us, to_us
 from platform_stubs.rules import Binding
 
-__all__ = ["AppliedRelease", "PlatformStore"]
+__all__ = ["AppliedRelease", "DeadLetter", "PlatformStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,8 +64,26 @@ applied_events = sa.Table(
 )
 
 
+dead_letters = sa.Table(
+    "dead_letters",
+    _md,
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_us", sa.BigInteger, nullable=False),
+)
+"""Event batches the platform acknowledged without applying them: refused for a final reason,
+or still not judged after the bounded retries. Kept until a replay applies them."""
+
+
 port_state_tables = port_tables(_md)
 """Completed ports and pending halves, by number: who serves each number (docs/authority.md)."""
+
+
+_IDS_PER_STATEMENT = 10_000
+"""Binding ids per UPDATE (SQLite allows 32,766 bound parameters per statement)."""
 
 
 def _us(t: datetime) -> int:
@@ -75,6 +94,17 @@ def _dt(us: int | None) -> datetime | None:
     return None if us is None else from_us(us)
 
 
+def _dead_letter(r: sa.Row[Any]) -> DeadLetter:
+    return DeadLetter(
+        seq=r.seq,
+        envelope=bytes(r.envelope),
+        reason=r.reason,
+        attempts=r.attempts,
+        first_seen=from_us(r.first_seen_us),
+        last_seen=from_us(r.last_seen_us),
+    )
+
+
 @dataclass(frozen=True)
 class AppliedRelease:
     """One claim's release as applied (or replayed) by the store."""
@@ -82,6 +112,18 @@ class AppliedRelease:
     claim_id: bytes
     result: bytes
     replayed: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event batch set aside: the signed envelope as delivered, why, and how often tried."""
+
+    seq: int
+    envelope: bytes
+    reason: str
+    attempts: int
+    first_seen: datetime
+    last_seen: datetime
 
 
 Selector = Callable[[list[Binding]], tuple[list[int], bytes]]
@@ -113,30 +155,40 @@ class PlatformStore:
             )
 
     def seed(self, rows: Iterable[tuple[str, str, str, str, datetime]]) -> None:
-        """(account_id, nickname, number, kind, bound_at) rows; one account per row."""
+        """(account_id, nickname, number, kind, bound_at) rows; one account per row. In bulk,
+        in one transaction (a number marked by 90,000 users takes a second or two)."""
+        rows = list(rows)
+        if not rows:
+            return
         with self.engine.begin() as c:
-            for account_id, nickname, number, kind, bound_at in rows:
-                c.execute(
-                    sa.insert(accounts).values(
-                        account_id=account_id, nickname=nickname, created_us=_us(bound_at)
-                    )
-                )
-                c.execute(
-                    sa.insert(bindings).values(
-                        account_id=account_id,
-                        number=number,
-                        kind=kind,
-                        bound_us=_us(bound_at),
-                        released_us=None,
-                        stale=False,
-                    )
-                )
+            c.execute(
+                sa.insert(accounts),
+                [
+                    {"account_id": a, "nickname": nick, "created_us": _us(at)}
+                    for a, nick, _number, _kind, at in rows
+                ],
+            )
+            c.execute(
+                sa.insert(bindings),
+                [
+                    {
+                        "account_id": a,
+                        "number": number,
+                        "kind": kind,
+                        "bound_us": _us(at),
+                        "released_us": None,
+                        "stale": False,
+                    }
+                    for a, _nick, number, kind, at in rows
+                ],
+            )
 
     def reset(self) -> int:
-        """Conformance mode only: remove every account, binding and applied release or event."""
+        """Conformance mode only: remove every account, binding, applied release or event and
+        dead letter."""
         with self.engine.begin() as c:
             removed = c.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one()
-            for table in (applied_events, applied_releases, bindings, accounts):
+            for table in (dead_letters, applied_events, applied_releases, bindings, accounts):
                 c.execute(sa.delete(table))
         return int(removed)
 
@@ -239,6 +291,10 @@ class PlatformStore:
 
         A claim applied before is answered from its stored result (``replayed``) and changes
         nothing; otherwise the selected bindings get ``released_at`` (the account remains).
+        The stored result is the selector's, which the SDK bounds (merged, capped summaries),
+        so however many bindings one claim released, every replay of it is small; the
+        bindings are updated in slices, so no number of them exceeds SQLite's limit on bound
+        parameters.
         """
         out: list[AppliedRelease] = []
         with self.engine.begin() as c:
@@ -257,10 +313,13 @@ class PlatformStore:
                     out.append(AppliedRelease(claim_id, done.result, True))
                     continue
                 ids, result = select(self._bindings(c, number))
-                if ids:
+                for i in range(0, len(ids), _IDS_PER_STATEMENT):
                     c.execute(
                         sa.update(bindings)
-                        .where(bindings.c.binding_id.in_(ids), bindings.c.released_us.is_(None))
+                        .where(
+                            bindings.c.binding_id.in_(ids[i : i + _IDS_PER_STATEMENT]),
+                            bindings.c.released_us.is_(None),
+                        )
                         .values(released_us=_us(now))
                     )
                 c.execute(
@@ -291,19 +350,25 @@ class PlatformStore:
         alone no longer opens them). PENDING_RELEASE(as_of): the number is released from
         bindings made before as_of, and only those, so a late event never touches a binding
         a new holder made since. Returns how many events were new.
+
+        A batch whose every event was applied before is a repeat (a lost acknowledgement, a
+        replay): it changes nothing and is not judged again, since the log has moved on since
+        it was judged the first time.
         """
         with self.engine.begin() as c:
-            judgement = self.ports.judge(c, signer, events, plan)
-            self.ports.save(c, judgement, seq, _us(now))
-            order = c.execute(
-                sa.select(sa.func.coalesce(sa.func.max(applied_events.c.order), 0))
-            ).scalar_one()
             ids = [e.event_id for e in events]
             seen = set(
                 c.execute(
                     sa.select(applied_events.c.event_id).where(applied_events.c.event_id.in_(ids))
                 ).scalars()
             )
+            if seen >= set(ids):
+                return 0
+            judgement = self.ports.judge(c, signer, events, plan)
+            self.ports.save(c, judgement, seq, _us(now))
+            order = c.execute(
+                sa.select(sa.func.coalesce(sa.func.max(applied_events.c.order), 0))
+            ).scalar_one()
             rows = []
             for e in events:
                 if e.event_id in seen:
@@ -337,6 +402,70 @@ class PlatformStore:
                 c.execute(sa.insert(applied_events), rows)
         new = len(rows)
         return new
+
+    def set_aside(
+        self,
+        seq: int,
+        envelope: bytes,
+        reason: str,
+        attempts: int,
+        first_seen: datetime,
+        now: datetime,
+    ) -> DeadLetter:
+        """Put batch ``seq`` on the dead-letter list, or count ``attempts`` more tries of one
+        already there (its latest reason kept); returns the entry as stored."""
+        with self.engine.begin() as c:
+            row = c.execute(sa.select(dead_letters).where(dead_letters.c.seq == seq)).first()
+            if row is None:
+                c.execute(
+                    sa.insert(dead_letters).values(
+                        seq=seq,
+                        envelope=envelope,
+                        reason=reason,
+                        attempts=attempts,
+                        first_seen_us=_us(first_seen),
+                        last_seen_us=_us(now),
+                    )
+                )
+            else:
+                c.execute(
+                    sa.update(dead_letters)
+                    .where(dead_letters.c.seq == seq)
+                    .values(
+                        reason=reason,
+                        attempts=dead_letters.c.attempts + attempts,
+                        last_seen_us=_us(now),
+                    )
+                )
+            stored = c.execute(sa.select(dead_letters).where(dead_letters.c.seq == seq)).one()
+        return _dead_letter(stored)
+
+    def dead_letters(self, seqs: Sequence[int] | None = None) -> list[DeadLetter]:
+        """The dead letters (only those of ``seqs``, if given), oldest seq first."""
+        q = sa.select(dead_letters).order_by(dead_letters.c.seq)
+        if seqs is not None:
+            q = q.where(dead_letters.c.seq.in_(list(seqs)))
+        with self.engine.connect() as c:
+            return [_dead_letter(r) for r in c.execute(q)]
+
+    def dead_letter_count(self) -> int:
+        """How many event batches are on the dead-letter list now."""
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one())
+
+    def dead_letter_seqs(self, seqs: Sequence[int]) -> set[int]:
+        """Which of ``seqs`` are on the dead-letter list."""
+        with self.engine.connect() as c:
+            return set(
+                c.execute(
+                    sa.select(dead_letters.c.seq).where(dead_letters.c.seq.in_(list(seqs)))
+                ).scalars()
+            )
+
+    def take_back(self, seq: int) -> bool:
+        """Remove batch ``seq`` from the dead-letter list (it has been applied)."""
+        with self.engine.begin() as c:
+            return c.execute(sa.delete(dead_letters).where(dead_letters.c.seq == seq)).rowcount > 0
 
     def serving_carriers(self, numbers: Sequence[str], plan: NumberPlan) -> dict[str, str | None]:
         """Who serves each of ``numbers`` as far as this platform has seen the event log."""

@@ -1,45 +1,96 @@
 """A platform's view of the trust bundle: pinned root on disk, bundle fetched from the gateway.
 
 The gateway only carries the signed metadata; the platform verifies it against the root it
-pinned itself, so a compromised gateway cannot slip in a carrier key.
+pinned itself, so a compromised gateway cannot slip in a carrier key. What the platform accepts
+is persisted in its own state (:class:`numfed.truststore.TrustStore`): each root as it is
+accepted, and each newer bundle. A restarted platform starts from there, so it never accepts a
+bundle older than one it held before, and never walks the root chain twice.
+
+It refreshes every minute, and at once (at most once a second, one refresh at a time) when the
+gateway says it holds newer versions (:mod:`numfed.trusthints`) or a caller asks
+(:meth:`TrustClient.refresh_if_behind`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
 from numfed import pki
+from numfed.checkpoint import CheckpointKeeper, audit_origin
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
 from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
+from numfed.trusthints import VersionHintReader, versions_in
+from numfed.truststore import TrustStore
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["TrustClient"]
+__all__ = ["MIN_REFRESH_INTERVAL", "TrustClient"]
 
 log = logging.getLogger(__name__)
 
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 """A platform started before its gateway reconnects within 2 s of the gateway coming up (gRPC's
 default backoff grows to two minutes)."""
+MIN_REFRESH_INTERVAL = 1.0
+"""Seconds between two refreshes that a hint or :meth:`TrustClient.refresh_if_behind` starts."""
+
+
+def _why(exc: grpc.aio.AioRpcError | NumfedError) -> str:
+    if isinstance(exc, NumfedError):
+        return f"{exc.reason}: {exc.message}"
+    return f"{exc.code().name}: {exc.details()}"
 
 
 class TrustClient:
-    def __init__(self, *, trust_dir: Path, pki_dir: Path, peer: PeerId, gateway: str) -> None:
+    """The trust a platform verifies with, kept fresh from the gateway.
+
+    ``state_dir`` is where the accepted root and bundle are persisted (None: nowhere, for
+    tests of a platform's first start only).
+    """
+
+    def __init__(
+        self,
+        *,
+        trust_dir: Path,
+        pki_dir: Path,
+        peer: PeerId,
+        gateway: str,
+        state_dir: Path | None = None,
+        min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        checkpoint_file: Path | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
-        self.state = TrustedState(Envelope.from_proto(roots[0]), now=datetime.now(UTC))
+        self._store = TrustStore(state_dir) if state_dir is not None else None
+        self.state = self._restore(Envelope.from_proto(roots[0]))
+        self.checkpoints: CheckpointKeeper | None = None
+        """The gateway's audit checkpoints this platform keeps (with ``checkpoint_file``)."""
+        if checkpoint_file is not None:
+            origin = audit_origin(Envelope.from_proto(roots[0]))
+            self.checkpoints = CheckpointKeeper(checkpoint_file, origin=origin, holder=peer.uri)
         self.ready = asyncio.Event()
+        self.hints = VersionHintReader(self.notice)
+        """Add to every channel to the gateway, so that its answers' version hints count."""
         self._channel = pki.secure_channel(
-            gateway, pki_dir, peer, server=pki.GATEWAY, options=RECONNECT
+            gateway,
+            pki_dir,
+            peer,
+            server=pki.GATEWAY,
+            options=RECONNECT,
+            interceptors=[self.hints],
+            limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._unreachable = RetrySummary(
@@ -48,6 +99,34 @@ class TrustClient:
             "gateway reachable again for the trust bundle",
             level=logging.INFO,
         )
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._min_interval = min_refresh_interval
+        self._last_attempt = float("-inf")
+        self._pending: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[bool]] = set()
+
+    def _restore(self, pin: Envelope) -> TrustedState:
+        """The persisted trust, else the pin. A persisted root that does not verify stops the
+        start (the platform must not trust less than it did); a persisted bundle the root does
+        not sign is dropped, as a root rotation drops it (TUF's fast-forward recovery)."""
+        now = datetime.now(UTC)
+        if self._store is None:
+            return TrustedState(pin, now=now)
+        stored = self._store.load()
+        state = TrustedState.restore(pin, root=stored.root, now=now)
+        if stored.bundle is None:
+            return state
+        try:
+            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
+        except NumfedError as err:
+            log.warning(
+                "persisted trust bundle dropped (%s: %s); root v%d kept",
+                err.reason,
+                err.message,
+                state.root.version,
+            )
+            return state
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
@@ -55,29 +134,122 @@ class TrustClient:
             raise Unavailable("NO_TRUST_BUNDLE", "the platform has no trust bundle yet")
         return self.state
 
-    async def refresh(self, *, wait_for_ready: bool = False) -> None:
-        """Fetch and verify the bundle now (``wait_for_ready``: wait up to the call's 5 s for
-        the gateway to come up instead of failing at once)."""
-        answer = await self._stub.GetTrustBundle(
-            gateway_pb2.GetTrustBundleRequest(known_root_version=self.state.root.version),
-            timeout=5,
-            wait_for_ready=wait_for_ready,
-        )
-        held = self.state.bundle.version if self.state.bundle is not None else None
-        self.state.update(
-            [Envelope.from_proto(r) for r in answer.roots],
-            Envelope.from_proto(answer.bundle),
-            now=datetime.now(UTC),
-        )
-        bundle = self.state.bundle
-        if bundle is not None and bundle.version != held:
-            log.info(
-                "trust bundle v%d accepted from the gateway (root v%d; expires %s)",
-                bundle.version,
-                self.state.root.version,
-                bundle.expires_at.isoformat(timespec="seconds"),
+    def _save_root(self, envelope: Envelope) -> None:
+        if self._store is not None:
+            self._store.save_root(envelope)
+
+    async def refresh(self, *, wait_for_ready: bool = False) -> bool:
+        """Fetch and verify the roots and bundle now; True when the held state changed.
+
+        One refresh runs at a time. ``wait_for_ready``: wait up to the call's 5 s for the
+        gateway to come up instead of failing at once. Each root accepted is persisted at once;
+        the bundle once the whole answer verified, so after a failure the files hold the last
+        good point.
+        """
+        async with self._lock:
+            self._last_attempt = asyncio.get_running_loop().time()
+            state = self.state
+            answer = await self._stub.GetTrustBundle(
+                gateway_pb2.GetTrustBundleRequest(known_root_version=state.root.version),
+                timeout=5,
+                wait_for_ready=wait_for_ready,
             )
-        self.ready.set()
+            held = state.bundle_envelope
+            try:
+                result = state.update(
+                    [Envelope.from_proto(r) for r in answer.roots],
+                    Envelope.from_proto(answer.bundle),
+                    now=datetime.now(UTC),
+                    on_root=self._save_root,
+                )
+                if self._store is not None and state.bundle_envelope is not held:
+                    assert state.bundle_envelope is not None
+                    self._store.save_bundle(state.bundle_envelope)
+            finally:
+                async with self._changed:
+                    self._changed.notify_all()
+            if result.changed:
+                log.info("trust updated: %s", result.describe())
+            self.ready.set()
+            self._keep_checkpoint(answer)
+            return result.changed
+
+    def _keep_checkpoint(self, answer: gateway_pb2.GetTrustBundleResponse) -> None:
+        """Keep the gateway's audit checkpoint from a GetTrustBundle answer (a bad one, or proof
+        of a fork kept as evidence, never blocks trust)."""
+        bundle = self.state.bundle
+        if self.checkpoints is None or bundle is None or not answer.HasField("checkpoint"):
+            return
+        try:
+            now = datetime.now(UTC)
+            self.checkpoints.offer(Envelope.from_proto(answer.checkpoint), bundle, now=now)
+        except NumfedError as err:
+            log.warning("audit checkpoint not kept: %s %s", err.reason, err.message)
+
+    def behind(self, versions: tuple[int, int]) -> bool:
+        return self.state.behind(versions)
+
+    async def refresh_if_behind(self, hint: tuple[int, int] | None = None) -> bool:
+        """Refresh unless ``hint`` (the root and bundle versions someone holds) is no newer
+        than what is held; True when the held state changed.
+
+        No hint: refresh (a claim named a key the bundle lacks, say), sharing a refresh already
+        under way: callers that arrive meanwhile wait for it and take its result, so however many
+        claims fail at once, the gateway is asked once. With a hint, a caller whose hint the
+        shared refresh did not reach starts one of its own (the refresh may have begun before
+        what made this call ask). A refresh starts no sooner than ``min_refresh_interval`` (1 s)
+        after the last. A failed refresh is logged, not raised. The hint itself never changes
+        trust.
+        """
+        if hint is not None and not self.state.behind(hint):
+            return False
+        before = self.state.versions
+        own = False
+        while not own:
+            task = self._pending
+            if task is None or task.done():
+                task = self._pending = asyncio.create_task(self._paced_refresh(hint))
+                own = True
+            await asyncio.shield(task)
+            if hint is None or not self.state.behind(hint):
+                break
+        return self.state.versions != before
+
+    async def _paced_refresh(self, hint: tuple[int, int] | None) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_attempt + self._min_interval - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if hint is not None and not self.state.behind(hint):
+            return  # a refresh meanwhile caught up
+        try:
+            await self.refresh()
+        except (grpc.aio.AioRpcError, NumfedError) as exc:
+            log.info("trust refresh failed (%s)", _why(exc))
+
+    def notice(self, versions: tuple[int, int]) -> None:
+        """A peer holds ``versions``: refresh in the background if they are newer."""
+        if not self.state.behind(versions):
+            return
+        task = asyncio.get_running_loop().create_task(self.refresh_if_behind(versions))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def notice_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """The gateway's call metadata (a PlatformService request): see :meth:`notice`."""
+        hint = versions_in(metadata)
+        if hint is not None:
+            self.notice(hint)
+
+    async def wait_until(self, condition: Callable[[TrustedState], bool]) -> None:
+        """Return once ``condition`` holds for the state (checked after each refresh)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: condition(self.state))
+
+    def _held(self) -> tuple[int, int]:
+        """(root version, bundle version) held now; bundle version 0 when none is held."""
+        bundle = self.state.bundle
+        return self.state.root.version, bundle.version if bundle is not None else 0
 
     async def run(self, every: float = 60.0) -> None:
         """Fetch at once, retrying until the gateway answers; then refresh every ``every`` s."""
@@ -93,4 +265,8 @@ class TrustClient:
             await asyncio.sleep(delay)
 
     async def close(self) -> None:
+        tasks = [*self._background, *([self._pending] if self._pending is not None else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._channel.close()

@@ -11,6 +11,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # every benchmark, the holder's page's included, once at tiny size
 def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.suite", "--quick", "--no-doc", "--out", str(tmp_path)],
@@ -34,6 +35,8 @@ def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path:
     fanout = json.loads((tmp_path / "fanout.json").read_text())
     assert {r["impl"] for r in fanout} == {"gateway", "bare proxy"}
     assert all(r["queries"] > 0 and r["cpu_ms_per_query"] > 0 for r in fanout)
+    page = json.loads((tmp_path / "portal.json").read_text())
+    assert page["served"] > 0 and page["sustainable_rps"] > 0
     for png in ("scale_curve.png", "overload.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -113,6 +113,9 @@ class CarrierKit:
             self._world = await self._seed()
         except grpc.aio.AioRpcError as exc:
             self.seed_error = f"seeding failed: {exc.code().name}: {exc.details()}"
+        except BaseException:
+            await self.close()  # no __aexit__ follows a failed __aenter__
+            raise
         return self
 
     async def __aexit__(
@@ -121,6 +124,10 @@ class CarrierKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the kit's channels."""
         for channel in self._channels:
             await channel.close()
 

@@ -136,8 +136,12 @@ class PlatformKit:
         return channel
 
     async def __aenter__(self) -> PlatformKit:
-        self._gateway = await start_kit_gateway(self.t.pki_dir, self.t.listen)
-        await self._setup()
+        try:
+            self._gateway = await start_kit_gateway(self.t.pki_dir, self.t.listen)
+            await self._setup()
+        except BaseException:
+            await self.close()  # no __aexit__ follows a failed __aenter__
+            raise
         return self
 
     async def __aexit__(
@@ -146,10 +150,16 @@ class PlatformKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for channel in self._channels:
-            await channel.close()
-        if self._gateway is not None:
-            await self._gateway.stop()
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the kit's channels and stop its gateway."""
+        try:
+            for channel in self._channels:
+                await channel.close()
+        finally:
+            if self._gateway is not None:
+                await self._gateway.stop()
 
     @property
     def gateway(self) -> KitGateway:
@@ -178,23 +188,25 @@ class PlatformKit:
                 await asyncio.sleep(0.5)
 
     async def _setup(self) -> None:
-        """Empty the platform, then have it accept the kit's first bundle (version one past the
-        one it holds, if it holds one from an earlier run)."""
+        """Empty the platform, then have it accept the kit's first bundle, one version past the
+        one it holds. A bundle v1 tells which that is: a platform that holds none takes it, one
+        that holds v1 or later keeps its own (an equal version is not taken again, and the
+        version it holds survives restarts), so only the second bundle is surely the kit's."""
         try:
             await self.conformance.ResetPlatformData(
                 conformance_pb2.ResetPlatformDataRequest(), timeout=CALL_TIMEOUT
             )
-            version = 1
-            for _ in range(2):
-                bundle = self.keys.bundle(version, now=_now(), revoke_doomed=False)
-                self._base_envelope = self.gateway.publish(bundle)
-                answer = await self.refresh(patience=SETUP_PATIENCE)
-                if answer.status.code == 0 and answer.bundle_version == version:
-                    self.base_version = version
-                    self.setup_ok = True
-                    self.setup_detail = f"accepted the kit's bundle v{version}"
-                    return
-                version = answer.bundle_version + 1
+            self.gateway.publish(self.keys.bundle(1, now=_now(), revoke_doomed=False))
+            answer = await self.refresh(patience=SETUP_PATIENCE)
+            version = answer.bundle_version + 1
+            bundle = self.keys.bundle(version, now=_now(), revoke_doomed=False)
+            self._base_envelope = self.gateway.publish(bundle)
+            answer = await self.refresh(patience=SETUP_PATIENCE)
+            if answer.status.code == 0 and answer.bundle_version == version:
+                self.base_version = version
+                self.setup_ok = True
+                self.setup_detail = f"accepted the kit's bundle v{version}"
+                return
             self.setup_detail = (
                 f"refused the kit's bundle: {_code(answer.status)} {_reason(answer.status)}"
             )
@@ -420,7 +432,7 @@ def expect(status: object, code: str, what: str, *, reason: str | None = None) -
 
 def _count(result: platform_pb2.QueryItemResult | platform_pb2.ReleaseItemResult) -> int:
     found = result.bindings if isinstance(result, platform_pb2.QueryItemResult) else result.released
-    return sum(max(b.count, 1) for b in found)
+    return sum(max(b.count, 1) for b in found) + result.omitted_bindings
 
 
 # --- the checks -------------------------------------------------------------------------------
@@ -954,11 +966,13 @@ async def events_applied_in_order(kit: PlatformKit) -> str:
 async def forged_event_batch_ignored(kit: PlatformKit) -> str:
     s = await kit.seed(at=False, after=False)
     event = LifecycleEvent.new(s.number, EventKind.PENDING_RELEASE, _now(), as_of=s.x)
-    forged = kit.batch(event, key=kit.keys.stranger)
+    # An altered signature, not a key outside the bundle: an unknown key may be in a newer
+    # bundle, and a batch signed with it is not acknowledged until the platform can judge it.
+    forged = _bad_signature(kit.batch(event))
     seq = kit.next_seq()
     ack = await kit.deliver((seq, forged))
     if await kit.released(s.accounts["before"], s.number):
-        raise CheckFailed("a batch signed by a key outside the bundle was applied")
+        raise CheckFailed("a batch whose signature does not verify was applied")
     if event.event_id in await kit.applied_events():
         raise CheckFailed("the forged event is listed as applied")
     if ack.ack_through_seq != seq:

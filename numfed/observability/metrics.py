@@ -47,6 +47,7 @@ __all__ = [
     "PLATFORM_BREAKER_TRANSITIONS",
     "PLATFORM_CALLS_SKIPPED",
     "PLATFORM_CALL_DURATION",
+    "PLATFORM_ITEMS_FAILED",
     "REGISTRY",
     "RELEASE_JOBS_ACCEPTED",
     "RELEASE_RETRIES",
@@ -120,6 +121,16 @@ PLATFORM_BATCH_ITEMS = Histogram(
     "Claims in one call to a platform (queries of several holders travel in one batch).",
     ["platform", "rpc_method"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+    registry=REGISTRY,
+)
+
+PLATFORM_ITEMS_FAILED = Counter(
+    "numfed_platform_items_failed",
+    "Claims that failed on their own while their batch-mates were answered: the batch's call "
+    "failed in a way one claim may cause and was bisected, or the claim alone was too large "
+    "to send; by the reason each got (PLATFORM_ANSWER_TOO_LARGE, PLATFORM_ITEM_FAILED, "
+    "PLATFORM_TIMEOUT when bisecting ran out of time, CLAIM_TOO_LARGE, …).",
+    ["platform", "rpc_method", "reason"],
     registry=REGISTRY,
 )
 

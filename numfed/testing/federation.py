@@ -10,6 +10,7 @@ tests that kill or restart members). Both lay the federation out with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,32 +47,63 @@ class Federation:
     gateway: Gateway
     carriers: dict[str, CarrierHandle] = field(default_factory=dict)
     platforms: dict[str, PlatformHandle] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    """Channels opened through :meth:`holder_channel`; :meth:`stop` closes them."""
+
+    def holder_channel(self, carrier_id: str) -> grpc.aio.Channel:
+        """A channel to the carrier's HolderService (plaintext, loopback: the carrier's app),
+        closed when the federation stops."""
+        port = self.carriers[carrier_id].holder_port
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(channel)
+        return channel
 
     async def restart_platform(self, platform_id: str) -> PlatformHandle:
         config = load_platform_config(self.layout.platform_configs[platform_id])
         handle = await start_platform(config)
+        self.platforms[platform_id] = handle  # stop() stops it, even if it never gets ready
         await asyncio.wait_for(handle.trust.ready.wait(), 10)
-        self.platforms[platform_id] = handle
         return handle
 
     async def events_settled(self, timeout: float = 20.0) -> None:
         """Wait until every platform has acknowledged the whole event log so far (the port
-        halves the gateway took from the carriers at start, say)."""
+        halves the gateway took from the carriers at start, say). Platforms whose events go by
+        SSF are left out: their receivers are the tests' own."""
         gw = self.gateway
+        grpc_delivery = {m.id for m in gw.config.platforms if not m.events.startswith("ssf-")}
         async with asyncio.timeout(timeout):
             while True:
                 head = await gw.store.run(gw.events.head)
-                acked = [await gw.store.run(gw.events.cursor, p) for p in self.platforms]
+                acked = [
+                    await gw.store.run(gw.events.cursor, p)
+                    for p in self.platforms
+                    if p in grpc_delivery
+                ]
                 if all(a >= head for a in acked):
                     return
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        await self.gateway.stop(0)
-        for c in self.carriers.values():
-            await c.stop(0)
-        for p in self.platforms.values():
-            await p.stop(0)
+        """Close the holder channels, then stop the gateway, the carriers and the platforms;
+        each of them even if stopping one before it failed."""
+        await _stop_all(self.gateway, self.carriers, self.platforms, self.channels)
+
+
+async def _stop_all(
+    gateway: Gateway | None,
+    carriers: Mapping[str, CarrierHandle],
+    platforms: Mapping[str, PlatformHandle],
+    channels: Sequence[grpc.aio.Channel] = (),
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:  # runs the callbacks last to first
+        for platform in platforms.values():
+            stack.push_async_callback(platform.stop, 0)
+        for carrier in carriers.values():
+            stack.push_async_callback(carrier.stop, 0)
+        if gateway is not None:
+            stack.push_async_callback(gateway.stop, 0)
+        for channel in channels:
+            stack.push_async_callback(channel.close)
 
 
 async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> Federation:
@@ -97,12 +129,7 @@ async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> 
                 await handle.trust.ready.wait()
     except BaseException:
         # Stop whatever started, so no server is left to grpc's garbage-collection shutdown.
-        if gw is not None:
-            await gw.stop(0)
-        for carrier in carriers.values():
-            await carrier.stop(0)
-        for platform in platforms.values():
-            await platform.stop(0)
+        await _stop_all(gw, carriers, platforms)
         raise
     fed = Federation(layout, gw, carriers, platforms)
     try:

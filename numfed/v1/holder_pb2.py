@@ -24,38 +24,43 @@ _sym_db = _symbol_database.Default()
 
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 from numfed.v1 import gateway_pb2 as numfed_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16numfed/v1/holder.proto\x12\tnumfed.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17numfed/v1/gateway.proto\"0\n\x17IssueHolderProofRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"Z\n\x18IssueHolderProofResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x18StartVerificationRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tid_number\x18\x03 \x01(\t\"e\n\x19StartVerificationResponse\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x1a\x43onfirmVerificationRequest\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"f\n\x1b\x43onfirmVerificationResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x30\n\x0ctenure_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x1aQueryHolderBindingsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.numfed.v1.BindingScope\x12\x14\n\x0cplatform_ids\x18\x03 \x03(\t\"I\n\x1bQueryHolderBindingsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"\x9d\x01\n\x1cReleaseHolderBindingsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.numfed.v1.BindingScope\x12\x14\n\x0c\x62inding_refs\x18\x03 \x03(\t\x12\x14\n\x0cplatform_ids\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"@\n\x19WatchHolderReleaseRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t*]\n\x0c\x42indingScope\x12\x1d\n\x19\x42INDING_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42INDING_SCOPE_PRIOR\x10\x01\x12\x15\n\x11\x42INDING_SCOPE_OWN\x10\x02\x32\xd6\x04\n\rHolderService\x12^\n\x11StartVerification\x12#.numfed.v1.StartVerificationRequest\x1a$.numfed.v1.StartVerificationResponse\x12\x64\n\x13\x43onfirmVerification\x12%.numfed.v1.ConfirmVerificationRequest\x1a&.numfed.v1.ConfirmVerificationResponse\x12\x64\n\x13QueryHolderBindings\x12%.numfed.v1.QueryHolderBindingsRequest\x1a&.numfed.v1.QueryHolderBindingsResponse\x12_\n\x15ReleaseHolderBindings\x12\'.numfed.v1.ReleaseHolderBindingsRequest\x1a\x1d.google.longrunning.Operation\x12[\n\x12WatchHolderRelease\x12$.numfed.v1.WatchHolderReleaseRequest\x1a\x1d.google.longrunning.Operation0\x01\x12[\n\x10IssueHolderProof\x12\".numfed.v1.IssueHolderProofRequest\x1a#.numfed.v1.IssueHolderProofResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16numfed/v1/holder.proto\x12\tnumfed.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15numfed/v1/claim.proto\x1a\x17numfed/v1/gateway.proto\"W\n\x19PreviewHolderClaimRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.numfed.v1.Purpose\"C\n\x1aPreviewHolderClaimResponse\x12%\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x16.numfed.v1.TenureClaim\"0\n\x17IssueHolderProofRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"Z\n\x18IssueHolderProofResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x18StartVerificationRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tid_number\x18\x03 \x01(\t\"e\n\x19StartVerificationResponse\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x1a\x43onfirmVerificationRequest\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"f\n\x1b\x43onfirmVerificationResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x30\n\x0ctenure_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x1aQueryHolderBindingsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.numfed.v1.BindingScope\x12\x14\n\x0cplatform_ids\x18\x03 \x03(\t\"I\n\x1bQueryHolderBindingsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"\x9d\x01\n\x1cReleaseHolderBindingsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.numfed.v1.BindingScope\x12\x14\n\x0c\x62inding_refs\x18\x03 \x03(\t\x12\x14\n\x0cplatform_ids\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"@\n\x19WatchHolderReleaseRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t*]\n\x0c\x42indingScope\x12\x1d\n\x19\x42INDING_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42INDING_SCOPE_PRIOR\x10\x01\x12\x15\n\x11\x42INDING_SCOPE_OWN\x10\x02\x32\xb9\x05\n\rHolderService\x12^\n\x11StartVerification\x12#.numfed.v1.StartVerificationRequest\x1a$.numfed.v1.StartVerificationResponse\x12\x64\n\x13\x43onfirmVerification\x12%.numfed.v1.ConfirmVerificationRequest\x1a&.numfed.v1.ConfirmVerificationResponse\x12\x64\n\x13QueryHolderBindings\x12%.numfed.v1.QueryHolderBindingsRequest\x1a&.numfed.v1.QueryHolderBindingsResponse\x12_\n\x15ReleaseHolderBindings\x12\'.numfed.v1.ReleaseHolderBindingsRequest\x1a\x1d.google.longrunning.Operation\x12[\n\x12WatchHolderRelease\x12$.numfed.v1.WatchHolderReleaseRequest\x1a\x1d.google.longrunning.Operation0\x01\x12\x61\n\x12PreviewHolderClaim\x12$.numfed.v1.PreviewHolderClaimRequest\x1a%.numfed.v1.PreviewHolderClaimResponse\x12[\n\x10IssueHolderProof\x12\".numfed.v1.IssueHolderProofRequest\x1a#.numfed.v1.IssueHolderProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.holder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BINDINGSCOPE']._serialized_start=1043
-  _globals['_BINDINGSCOPE']._serialized_end=1136
-  _globals['_ISSUEHOLDERPROOFREQUEST']._serialized_start=132
-  _globals['_ISSUEHOLDERPROOFREQUEST']._serialized_end=180
-  _globals['_ISSUEHOLDERPROOFRESPONSE']._serialized_start=182
-  _globals['_ISSUEHOLDERPROOFRESPONSE']._serialized_end=272
-  _globals['_STARTVERIFICATIONREQUEST']._serialized_start=274
-  _globals['_STARTVERIFICATIONREQUEST']._serialized_end=349
-  _globals['_STARTVERIFICATIONRESPONSE']._serialized_start=351
-  _globals['_STARTVERIFICATIONRESPONSE']._serialized_end=452
-  _globals['_CONFIRMVERIFICATIONREQUEST']._serialized_start=454
-  _globals['_CONFIRMVERIFICATIONREQUEST']._serialized_end=521
-  _globals['_CONFIRMVERIFICATIONRESPONSE']._serialized_start=523
-  _globals['_CONFIRMVERIFICATIONRESPONSE']._serialized_end=625
-  _globals['_QUERYHOLDERBINDINGSREQUEST']._serialized_start=627
-  _globals['_QUERYHOLDERBINDINGSREQUEST']._serialized_end=740
-  _globals['_QUERYHOLDERBINDINGSRESPONSE']._serialized_start=742
-  _globals['_QUERYHOLDERBINDINGSRESPONSE']._serialized_end=815
-  _globals['_RELEASEHOLDERBINDINGSREQUEST']._serialized_start=818
-  _globals['_RELEASEHOLDERBINDINGSREQUEST']._serialized_end=975
-  _globals['_WATCHHOLDERRELEASEREQUEST']._serialized_start=977
-  _globals['_WATCHHOLDERRELEASEREQUEST']._serialized_end=1041
-  _globals['_HOLDERSERVICE']._serialized_start=1139
-  _globals['_HOLDERSERVICE']._serialized_end=1737
+  _globals['_BINDINGSCOPE']._serialized_start=1224
+  _globals['_BINDINGSCOPE']._serialized_end=1317
+  _globals['_PREVIEWHOLDERCLAIMREQUEST']._serialized_start=155
+  _globals['_PREVIEWHOLDERCLAIMREQUEST']._serialized_end=242
+  _globals['_PREVIEWHOLDERCLAIMRESPONSE']._serialized_start=244
+  _globals['_PREVIEWHOLDERCLAIMRESPONSE']._serialized_end=311
+  _globals['_ISSUEHOLDERPROOFREQUEST']._serialized_start=313
+  _globals['_ISSUEHOLDERPROOFREQUEST']._serialized_end=361
+  _globals['_ISSUEHOLDERPROOFRESPONSE']._serialized_start=363
+  _globals['_ISSUEHOLDERPROOFRESPONSE']._serialized_end=453
+  _globals['_STARTVERIFICATIONREQUEST']._serialized_start=455
+  _globals['_STARTVERIFICATIONREQUEST']._serialized_end=530
+  _globals['_STARTVERIFICATIONRESPONSE']._serialized_start=532
+  _globals['_STARTVERIFICATIONRESPONSE']._serialized_end=633
+  _globals['_CONFIRMVERIFICATIONREQUEST']._serialized_start=635
+  _globals['_CONFIRMVERIFICATIONREQUEST']._serialized_end=702
+  _globals['_CONFIRMVERIFICATIONRESPONSE']._serialized_start=704
+  _globals['_CONFIRMVERIFICATIONRESPONSE']._serialized_end=806
+  _globals['_QUERYHOLDERBINDINGSREQUEST']._serialized_start=808
+  _globals['_QUERYHOLDERBINDINGSREQUEST']._serialized_end=921
+  _globals['_QUERYHOLDERBINDINGSRESPONSE']._serialized_start=923
+  _globals['_QUERYHOLDERBINDINGSRESPONSE']._serialized_end=996
+  _globals['_RELEASEHOLDERBINDINGSREQUEST']._serialized_start=999
+  _globals['_RELEASEHOLDERBINDINGSREQUEST']._serialized_end=1156
+  _globals['_WATCHHOLDERRELEASEREQUEST']._serialized_start=1158
+  _globals['_WATCHHOLDERRELEASEREQUEST']._serialized_end=1222
+  _globals['_HOLDERSERVICE']._serialized_start=1320
+  _globals['_HOLDERSERVICE']._serialized_end=2017
 # @@protoc_insertion_point(module_scope)

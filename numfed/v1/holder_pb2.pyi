@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from numfed.v1 import claim_pb2 as _claim_pb2
 from numfed.v1 import gateway_pb2 as _gateway_pb2
 import builtins as _builtins
 import sys
@@ -44,6 +45,56 @@ BINDING_SCOPE_PRIOR: BindingScope.ValueType  # 1
 BINDING_SCOPE_OWN: BindingScope.ValueType  # 2
 """Bindings of the holder's own tenure."""
 Global___BindingScope: _TypeAlias = BindingScope  # noqa: Y015
+
+@_typing.final
+class PreviewHolderClaimRequest(_message.Message):
+    """PreviewHolderClaimRequest names the use of the claim to show."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """From ConfirmVerificationResponse."""
+    purpose: _claim_pb2.Purpose.ValueType
+    """QUERY_PRIOR, RELEASE_PRIOR, QUERY_OWN or HOLDER_PROOF."""
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        purpose: _claim_pb2.Purpose.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewHolderClaimRequest: _TypeAlias = PreviewHolderClaimRequest  # noqa: Y015
+
+@_typing.final
+class PreviewHolderClaimResponse(_message.Message):
+    """PreviewHolderClaimResponse is the claim as platforms would receive it, unsigned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claim(self) -> _claim_pb2.TenureClaim:
+        """The claim's payload; its claim_id is random and used for nothing."""
+
+    def __init__(
+        self,
+        *,
+        claim: _claim_pb2.TenureClaim | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewHolderClaimResponse: _TypeAlias = PreviewHolderClaimResponse  # noqa: Y015
 
 @_typing.final
 class IssueHolderProofRequest(_message.Message):

@@ -30,7 +30,10 @@ class HolderServiceStub:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def __init__(self, channel):
@@ -64,6 +67,11 @@ class HolderServiceStub:
                 request_serializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.PreviewHolderClaim = channel.unary_unary(
+                '/numfed.v1.HolderService/PreviewHolderClaim',
+                request_serializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.FromString,
+                _registered_method=True)
         self.IssueHolderProof = channel.unary_unary(
                 '/numfed.v1.HolderService/IssueHolderProof',
                 request_serializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.SerializeToString,
@@ -75,7 +83,10 @@ class HolderServiceServicer:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def StartVerification(self, request, context):
@@ -83,7 +94,8 @@ class HolderServiceServicer:
         a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
         number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
         the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-        RESOURCE_EXHAUSTED (too many codes requested).
+        RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+        with google.rpc.RetryInfo saying when the next is allowed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,10 +131,27 @@ class HolderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchHolderRelease(self, request, context):
-        """WatchHolderRelease streams a release started in this session until it is done.
+        """WatchHolderRelease streams a release started in this session until it is done, or ends with
+        OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+        if sooner) while it is not: the last message then has done = false, and the app watches
+        again. An app that stops answering HTTP/2 pings has its stream ended after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s).
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewHolderClaim(self, request, context):
+        """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+        holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+        purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+        carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+        UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+        RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+        number changed hands since the session began).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +194,11 @@ def add_HolderServiceServicer_to_server(servicer, server):
                     request_deserializer=numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
+            'PreviewHolderClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewHolderClaim,
+                    request_deserializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.SerializeToString,
+            ),
             'IssueHolderProof': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueHolderProof,
                     request_deserializer=numfed_dot_v1_dot_holder__pb2.IssueHolderProofRequest.FromString,
@@ -182,7 +216,10 @@ class HolderService:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @staticmethod
@@ -310,6 +347,33 @@ class HolderService:
             '/numfed.v1.HolderService/WatchHolderRelease',
             numfed_dot_v1_dot_holder__pb2.WatchHolderReleaseRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewHolderClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.HolderService/PreviewHolderClaim',
+            numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimRequest.SerializeToString,
+            numfed_dot_v1_dot_holder__pb2.PreviewHolderClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

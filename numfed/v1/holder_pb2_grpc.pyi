@@ -31,7 +31,10 @@ class HolderServiceStub:
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @_typing.overload
@@ -43,7 +46,8 @@ class HolderServiceStub:
     a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
     number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
     the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-    RESOURCE_EXHAUSTED (too many codes requested).
+    RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+    with google.rpc.RetryInfo saying when the next is allowed).
     """
     ConfirmVerification: _grpc.UnaryUnaryMultiCallable[_holder_pb2.ConfirmVerificationRequest, _holder_pb2.ConfirmVerificationResponse]
     """ConfirmVerification exchanges the SMS code for a short-lived holder session. Errors:
@@ -63,10 +67,23 @@ class HolderServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     WatchHolderRelease: _grpc.UnaryStreamMultiCallable[_holder_pb2.WatchHolderReleaseRequest, _operations_pb2.Operation]
-    """WatchHolderRelease streams a release started in this session until it is done.
+    """WatchHolderRelease streams a release started in this session until it is done, or ends with
+    OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+    if sooner) while it is not: the last message then has done = false, and the app watches
+    again. An app that stops answering HTTP/2 pings has its stream ended after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s).
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PreviewHolderClaim: _grpc.UnaryUnaryMultiCallable[_holder_pb2.PreviewHolderClaimRequest, _holder_pb2.PreviewHolderClaimResponse]
+    """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+    holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+    purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+    carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+    UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+    RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+    number changed hands since the session began).
     """
     IssueHolderProof: _grpc.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]
     """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
@@ -79,7 +96,10 @@ class HolderServiceAsyncStub(HolderServiceStub):
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -88,7 +108,8 @@ class HolderServiceAsyncStub(HolderServiceStub):
     a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
     number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
     the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-    RESOURCE_EXHAUSTED (too many codes requested).
+    RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+    with google.rpc.RetryInfo saying when the next is allowed).
     """
     ConfirmVerification: _aio.UnaryUnaryMultiCallable[_holder_pb2.ConfirmVerificationRequest, _holder_pb2.ConfirmVerificationResponse]  # type: ignore[assignment]
     """ConfirmVerification exchanges the SMS code for a short-lived holder session. Errors:
@@ -108,10 +129,23 @@ class HolderServiceAsyncStub(HolderServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     WatchHolderRelease: _aio.UnaryStreamMultiCallable[_holder_pb2.WatchHolderReleaseRequest, _operations_pb2.Operation]  # type: ignore[assignment]
-    """WatchHolderRelease streams a release started in this session until it is done.
+    """WatchHolderRelease streams a release started in this session until it is done, or ends with
+    OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+    if sooner) while it is not: the last message then has done = false, and the app watches
+    again. An app that stops answering HTTP/2 pings has its stream ended after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s).
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PreviewHolderClaim: _aio.UnaryUnaryMultiCallable[_holder_pb2.PreviewHolderClaimRequest, _holder_pb2.PreviewHolderClaimResponse]  # type: ignore[assignment]
+    """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+    holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+    purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+    carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+    UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+    RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+    number changed hands since the session began).
     """
     IssueHolderProof: _aio.UnaryUnaryMultiCallable[_holder_pb2.IssueHolderProofRequest, _holder_pb2.IssueHolderProofResponse]  # type: ignore[assignment]
     """IssueHolderProof signs a HOLDER_PROOF claim for the verified holder and returns it as a
@@ -123,7 +157,10 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     """HolderService is served by a carrier adapter to the carrier's own app channel (the holder's
     side), never to the federation: the holder's name, ID number and SMS code reach the carrier
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
-    the gateway on their behalf.
+    the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
+    OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
+    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
+    and RetryInfo.
     """
 
     @_abc_1.abstractmethod
@@ -136,7 +173,8 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         a one-time code to the number by SMS. Errors: INVALID_ARGUMENT (malformed number or ID
         number), PERMISSION_DENIED (HOLDER_NOT_VERIFIED: the details do not match the current holder;
         the same answer whatever did not match), NOT_FOUND (the carrier does not serve the number),
-        RESOURCE_EXHAUSTED (too many codes requested).
+        RESOURCE_EXHAUSTED (TOO_MANY_CODES: more than 5 verifications of the number in 10 minutes,
+        with google.rpc.RetryInfo saying when the next is allowed).
         """
 
     @_abc_1.abstractmethod
@@ -180,10 +218,29 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _holder_pb2.WatchHolderReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operations_pb2.Operation], _abc.AsyncIterator[_operations_pb2.Operation]]:
-        """WatchHolderRelease streams a release started in this session until it is done.
+        """WatchHolderRelease streams a release started in this session until it is done, or ends with
+        OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+        if sooner) while it is not: the last message then has done = false, and the app watches
+        again. An app that stops answering HTTP/2 pings has its stream ended after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s).
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewHolderClaim(
+        self,
+        request: _holder_pb2.PreviewHolderClaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_holder_pb2.PreviewHolderClaimResponse, _abc.Awaitable[_holder_pb2.PreviewHolderClaimResponse]]:
+        """PreviewHolderClaim returns, unsigned, the claim the adapter would sign for this session's
+        holder and `purpose`: exactly what platforms receive (number, carrier, tenure start X,
+        purpose, validity, a random claim id) and nothing else, so the holder can see what leaves the
+        carrier before anything does. Each signed claim gets its own claim_id and times. Errors:
+        UNAUTHENTICATED (no valid session), INVALID_ARGUMENT (BAD_PURPOSE: unspecified, or
+        RELEASE_OWN, whose claim names the bindings picked), FAILED_PRECONDITION (NOT_THE_HOLDER: the
+        number changed hands since the session began).
         """
 
     @_abc_1.abstractmethod

@@ -54,9 +54,14 @@ class DeliverEventsResponse(_message.Message):
 
     ACK_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     ack_through_seq: _builtins.int
-    """Every batch up to this seq has been applied (or refused as unverifiable, which is final). At
-    most the last seq of this call's batches: an answer acknowledging more is broken, moves
-    nothing, and the same batches are sent again.
+    """Every batch of this call up to this seq has been handled: applied, or set aside on the
+    platform's dead-letter list (refused for a final reason, or still not judged after the
+    platform's bounded retries). It stops short of the last seq when the platform holds a batch
+    it cannot judge yet: the batch before the held one, or 0 (nothing acknowledged) when the
+    held one came first; the gateway sends the held batch and those after it again after a
+    backoff, and does not count it against the platform's circuit breaker. At most the last
+    seq of this call's batches: an answer acknowledging more is broken, moves nothing, and the
+    same batches are sent again.
     """
     def __init__(
         self,
@@ -132,15 +137,24 @@ class QueryItemResult(_message.Message):
     ITEM_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     BINDINGS_FIELD_NUMBER: _builtins.int
+    OMITTED_BINDINGS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item_id of the item answered."""
+    omitted_bindings: _builtins.int
+    """How many bindings were found beyond those the listed summaries count (past the cap of 100
+    summaries or 8,000 bytes); 0 when every one is listed.
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status:
-        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details)."""
+        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
+        may be the platform's staleness (see BatchQueryBindings) is "not yet", not a verdict.
+        """
 
     @_builtins.property
     def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
-        """The masked bindings found; empty when none or when refused."""
+        """The masked bindings found, merged and capped (see BindingSummary); empty when none or when
+        refused.
+        """
 
     def __init__(
         self,
@@ -148,10 +162,11 @@ class QueryItemResult(_message.Message):
         item_id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
         bindings: _abc.Iterable[_binding_pb2.BindingSummary] | None = ...,
+        omitted_bindings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "item_id", b"item_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "item_id", b"item_id", "omitted_bindings", b"omitted_bindings", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,17 +260,27 @@ class ReleaseItemResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     RELEASED_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    OMITTED_BINDINGS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item_id of the item answered."""
     replayed: _builtins.bool
     """True when this claim had been applied before and this is the stored first result."""
+    omitted_bindings: _builtins.int
+    """How many bindings were released beyond those the listed summaries count; every one of them
+    was released all the same.
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status:
-        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details)."""
+        """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
+        may be the platform's staleness (see BatchQueryBindings) is "not yet": the gateway retries
+        the claim until the job's deadline.
+        """
 
     @_builtins.property
     def released(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
-        """Masked summaries of what was released (empty when nothing was bound)."""
+        """Masked summaries of what was released, merged and capped (see BindingSummary); empty when
+        nothing was bound.
+        """
 
     def __init__(
         self,
@@ -264,10 +289,11 @@ class ReleaseItemResult(_message.Message):
         status: _status_pb2.Status | None = ...,
         released: _abc.Iterable[_binding_pb2.BindingSummary] | None = ...,
         replayed: _builtins.bool = ...,
+        omitted_bindings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "released", b"released", "replayed", b"replayed", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "omitted_bindings", b"omitted_bindings", "released", b"released", "replayed", b"replayed", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

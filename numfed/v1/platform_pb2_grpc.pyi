@@ -33,11 +33,19 @@ class PlatformServiceStub:
     with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    A platform that may be behind refreshes before it refuses: a claim or event batch refused for a
+    reason that may be the platform's own staleness (UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+    KEY_OUT_OF_WINDOW, NUMBER_NOT_SERVED; numfed/staleness.py) is judged once more after the
+    platform fetched the trust bundle (GetTrustBundle, at most once a second), and only then
+    answered. The gateway takes such an answer as "not yet", never as a verdict.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
     key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     @_typing.overload
@@ -47,14 +55,23 @@ class PlatformServiceStub:
     BatchQueryBindings: _grpc.UnaryUnaryMultiCallable[_platform_pb2.BatchQueryBindingsRequest, _platform_pb2.BatchQueryBindingsResponse]
     """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
     PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-    bindings with bound_at >= tenure_start, each with a binding_ref.
+    bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+    (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+    omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+    batches of at most 500 items and under 4 MiB; when a whole call fails with
+    RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+    batch again on its own, down to single claims, so a claim that breaks the call fails alone.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
     revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
     key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
-    the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
-    purpose).
+    the claim names, rule PLAT-CLAIM-KEY-CARRIER; NUMBER_NOT_SERVED: the claim's carrier does not
+    serve the number as far as the platform has applied the event log), INVALID_ARGUMENT
+    (malformed claim, wrong purpose). UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+    KEY_OUT_OF_WINDOW and NUMBER_NOT_SERVED are given only after a refresh, and may still be the
+    platform's staleness: the gateway shows the platform UNAVAILABLE with that reason (a release
+    retries it until the job's deadline); every other refusal is final (REFUSED).
     """
     BatchReleaseBindings: _grpc.UnaryUnaryMultiCallable[_platform_pb2.BatchReleaseBindingsRequest, _platform_pb2.BatchReleaseBindingsResponse]
     """BatchReleaseBindings applies each claim of the batch on its own, at most once per claim_id: a
@@ -64,16 +81,25 @@ class PlatformServiceStub:
     touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
     A release claim is still applied up to one hour after it expired (the gateway retries until
     the platform answers); a claim applied before is answered from its stored first result, and
-    so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+    so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+    stored answer is bounded like a query's (every binding chosen is released, the summaries are
+    capped), so a replay is as small as the first answer.
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
     """
     DeliverEvents: _grpc.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]
     """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
     batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
-    PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
-    seq it has applied; the gateway sends the rest again. A batch that does not verify is never
-    applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+    PLAT-CLAIM-KEY-CARRIER), judges it against the ports it has applied, applies each event once
+    (by event_id) and acknowledges through the last batch it handled; the gateway sends the rest
+    again after a backoff. A batch it cannot judge yet (refused, after a refresh, for a reason
+    that may be its staleness, e.g. UNKNOWN_KEY) stops the call: neither it nor any batch after
+    it is acknowledged. After the platform's bounded retries (a number of attempts, spread over
+    at least a set time) such a batch is set aside on the platform's dead-letter list and
+    acknowledged, so the stream moves on. A batch refused for a final reason (BAD_SIGNATURE,
+    KEY_REVOKED, CARRIER_KEY_MISMATCH, NOT_PORT_PARTY…) is never applied, set aside at once and
+    acknowledged (it never will verify). Nothing is dropped silently: the platform's operator
+    lists and replays dead letters (PlatformAdminService). Errors: PERMISSION_DENIED (caller is
     not the gateway), INVALID_ARGUMENT (batches out of order).
     """
 
@@ -85,25 +111,42 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    A platform that may be behind refreshes before it refuses: a claim or event batch refused for a
+    reason that may be the platform's own staleness (UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+    KEY_OUT_OF_WINDOW, NUMBER_NOT_SERVED; numfed/staleness.py) is judged once more after the
+    platform fetched the trust bundle (GetTrustBundle, at most once a second), and only then
+    answered. The gateway takes such an answer as "not yet", never as a verdict.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
     key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     BatchQueryBindings: _aio.UnaryUnaryMultiCallable[_platform_pb2.BatchQueryBindingsRequest, _platform_pb2.BatchQueryBindingsResponse]  # type: ignore[assignment]
     """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
     PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-    bindings with bound_at >= tenure_start, each with a binding_ref.
+    bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+    (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+    omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+    batches of at most 500 items and under 4 MiB; when a whole call fails with
+    RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+    batch again on its own, down to single claims, so a claim that breaks the call fails alone.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
     revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
     key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
-    the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
-    purpose).
+    the claim names, rule PLAT-CLAIM-KEY-CARRIER; NUMBER_NOT_SERVED: the claim's carrier does not
+    serve the number as far as the platform has applied the event log), INVALID_ARGUMENT
+    (malformed claim, wrong purpose). UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+    KEY_OUT_OF_WINDOW and NUMBER_NOT_SERVED are given only after a refresh, and may still be the
+    platform's staleness: the gateway shows the platform UNAVAILABLE with that reason (a release
+    retries it until the job's deadline); every other refusal is final (REFUSED).
     """
     BatchReleaseBindings: _aio.UnaryUnaryMultiCallable[_platform_pb2.BatchReleaseBindingsRequest, _platform_pb2.BatchReleaseBindingsResponse]  # type: ignore[assignment]
     """BatchReleaseBindings applies each claim of the batch on its own, at most once per claim_id: a
@@ -113,16 +156,25 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
     A release claim is still applied up to one hour after it expired (the gateway retries until
     the platform answers); a claim applied before is answered from its stored first result, and
-    so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+    so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+    stored answer is bounded like a query's (every binding chosen is released, the summaries are
+    capped), so a replay is as small as the first answer.
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
     """
     DeliverEvents: _aio.UnaryUnaryMultiCallable[_platform_pb2.DeliverEventsRequest, _platform_pb2.DeliverEventsResponse]  # type: ignore[assignment]
     """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
     batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
-    PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
-    seq it has applied; the gateway sends the rest again. A batch that does not verify is never
-    applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+    PLAT-CLAIM-KEY-CARRIER), judges it against the ports it has applied, applies each event once
+    (by event_id) and acknowledges through the last batch it handled; the gateway sends the rest
+    again after a backoff. A batch it cannot judge yet (refused, after a refresh, for a reason
+    that may be its staleness, e.g. UNKNOWN_KEY) stops the call: neither it nor any batch after
+    it is acknowledged. After the platform's bounded retries (a number of attempts, spread over
+    at least a set time) such a batch is set aside on the platform's dead-letter list and
+    acknowledged, so the stream moves on. A batch refused for a final reason (BAD_SIGNATURE,
+    KEY_REVOKED, CARRIER_KEY_MISMATCH, NOT_PORT_PARTY…) is never applied, set aside at once and
+    acknowledged (it never will verify). Nothing is dropped silently: the platform's operator
+    lists and replays dead letters (PlatformAdminService). Errors: PERMISSION_DENIED (caller is
     not the gateway), INVALID_ARGUMENT (batches out of order).
     """
 
@@ -133,11 +185,19 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     with reason CERTIFICATE_REVOKED). Each request carries a batch of holders' claims: the gateway
     groups the claims heading to one platform at the same moment into one call. A platform
     verifies every claim itself against the trust bundle; it does not trust the gateway.
+    A platform that may be behind refreshes before it refuses: a claim or event batch refused for a
+    reason that may be the platform's own staleness (UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+    KEY_OUT_OF_WINDOW, NUMBER_NOT_SERVED; numfed/staleness.py) is judged once more after the
+    platform fetched the trust bundle (GetTrustBundle, at most once a second), and only then
+    answered. The gateway takes such an answer as "not yet", never as a verdict.
     Rule PLAT-CLAIM-KEY-CARRIER: a claim or event batch counts only if the trust bundle lists the
     key that signed it for the carrier the signed payload names (TenureClaim.carrier_id,
     EventBatch.carrier_id). The key's number prefixes do not settle this (with number portability
     every carrier's key may cover every number), and the carrier is never taken from anywhere
     else (the envelope's keyid, call metadata, the gateway).
+    Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
+    versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
+    its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
     """
 
     @_abc_1.abstractmethod
@@ -148,14 +208,23 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_platform_pb2.BatchQueryBindingsResponse, _abc.Awaitable[_platform_pb2.BatchQueryBindingsResponse]]:
         """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
         PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-        bindings with bound_at >= tenure_start, each with a binding_ref.
+        bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+        (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+        omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+        batches of at most 500 items and under 4 MiB; when a whole call fails with
+        RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+        batch again on its own, down to single claims, so a claim that breaks the call fails alone.
         Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
         (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
         Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
         revoked or out of window, expired or future claim), PERMISSION_DENIED (KEY_OUT_OF_SCOPE: the
         key may not attest the number; CARRIER_KEY_MISMATCH: the key belongs to another carrier than
-        the claim names, rule PLAT-CLAIM-KEY-CARRIER), INVALID_ARGUMENT (malformed claim, wrong
-        purpose).
+        the claim names, rule PLAT-CLAIM-KEY-CARRIER; NUMBER_NOT_SERVED: the claim's carrier does not
+        serve the number as far as the platform has applied the event log), INVALID_ARGUMENT
+        (malformed claim, wrong purpose). UNKNOWN_KEY, NO_TRUST_BUNDLE, BUNDLE_EXPIRED,
+        KEY_OUT_OF_WINDOW and NUMBER_NOT_SERVED are given only after a refresh, and may still be the
+        platform's staleness: the gateway shows the platform UNAVAILABLE with that reason (a release
+        retries it until the job's deadline); every other refusal is final (REFUSED).
         """
 
     @_abc_1.abstractmethod
@@ -171,7 +240,9 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
         A release claim is still applied up to one hour after it expired (the gateway retries until
         the platform answers); a claim applied before is answered from its stored first result, and
-        so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+        so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+        stored answer is bounded like a query's (every binding chosen is released, the summaries are
+        capped), so a replay is as small as the first answer.
         Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
         unknown or not of the holder's own tenure).
         """
@@ -184,9 +255,16 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_platform_pb2.DeliverEventsResponse, _abc.Awaitable[_platform_pb2.DeliverEventsResponse]]:
         """DeliverEvents pushes signed lifecycle event batches in seq order. The platform verifies each
         batch's carrier signature, by a key the trust bundle lists for the batch's carrier_id (rule
-        PLAT-CLAIM-KEY-CARRIER), applies each event once (by event_id) and acknowledges the highest
-        seq it has applied; the gateway sends the rest again. A batch that does not verify is never
-        applied, and is acknowledged (it never will verify). Errors: PERMISSION_DENIED (caller is
+        PLAT-CLAIM-KEY-CARRIER), judges it against the ports it has applied, applies each event once
+        (by event_id) and acknowledges through the last batch it handled; the gateway sends the rest
+        again after a backoff. A batch it cannot judge yet (refused, after a refresh, for a reason
+        that may be its staleness, e.g. UNKNOWN_KEY) stops the call: neither it nor any batch after
+        it is acknowledged. After the platform's bounded retries (a number of attempts, spread over
+        at least a set time) such a batch is set aside on the platform's dead-letter list and
+        acknowledged, so the stream moves on. A batch refused for a final reason (BAD_SIGNATURE,
+        KEY_REVOKED, CARRIER_KEY_MISMATCH, NOT_PORT_PARTY…) is never applied, set aside at once and
+        acknowledged (it never will verify). Nothing is dropped silently: the platform's operator
+        lists and replays dead letters (PlatformAdminService). Errors: PERMISSION_DENIED (caller is
         not the gateway), INVALID_ARGUMENT (batches out of order).
         """
 

@@ -94,8 +94,10 @@ Global___PublicKey: _TypeAlias = PublicKey  # noqa: Y015
 class RootMetadata(_message.Message):
     """RootMetadata lists the federation root keys and how many of them must sign. Version 1 is pinned
     by every verifier out of band; version n+1 is valid only when signed by a threshold of version
-    n's keys and a threshold of its own keys (the TUF root-rotation rule). payload_type
-    "application/vnd.numfed.root+proto".
+    n's keys and a threshold of its own keys (the TUF root-rotation rule). A verifier walks every
+    version in turn from the newest it holds (at most 256 new versions per refresh; the rest at the
+    next), keeps the newest it verified, and after a restart starts from there, not from the pin.
+    payload_type "application/vnd.numfed.root+proto".
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -105,12 +107,18 @@ class RootMetadata(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     version: _builtins.int
-    """Starts at 1 and grows by exactly one per rotation."""
+    """Starts at 1 and grows by exactly one per rotation: a verifier refuses any other successor
+    (UNAUTHENTICATED ROOT_VERSION_NOT_NEXT).
+    """
     threshold: _builtins.int
     """Distinct root keys that must sign a bundle or the next root; at least 1."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """After this moment (UTC) the root is expired and nothing it signs is trusted."""
+        """After this moment (UTC) the root is expired. An expired root that has a successor is
+        intermediate: it still vouches for its successor (TUF client workflow 5.3.6) and nothing
+        else. Only the newest root a verifier holds (the final root) must be unexpired; while it is
+        expired no bundle is accepted and no claim or event verifies (UNAUTHENTICATED ROOT_EXPIRED).
+        """
 
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKey]:
@@ -185,8 +193,8 @@ Global___CarrierKey: _TypeAlias = CarrierKey  # noqa: Y015
 
 @_typing.final
 class TrustBundle(_message.Message):
-    """TrustBundle is the federation's list of carrier keys, signed by a threshold of root keys.
-    payload_type "application/vnd.numfed.trust-bundle+proto".
+    """TrustBundle is the federation's list of carrier keys, signed by a threshold of the newest root's
+    keys. payload_type "application/vnd.numfed.trust-bundle+proto".
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -199,11 +207,23 @@ class TrustBundle(_message.Message):
     NUMBER_RANGES_FIELD_NUMBER: _builtins.int
     MAX_CLOCK_SKEW_FIELD_NUMBER: _builtins.int
     MAX_CLAIM_LIFETIME_FIELD_NUMBER: _builtins.int
+    AUDIT_KEYS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
-    """Grows by exactly one per published bundle; a verifier refuses an older, equal or skipped one."""
+    """Grows with each published bundle. A verifier accepts any higher version than the one it holds
+    (versions may be skipped: a verifier that missed some is not under attack, as for TUF's
+    timestamp role), refuses a lower one (UNAUTHENTICATED BUNDLE_ROLLBACK, also after a restart:
+    the version held is persisted), and for the same version keeps the bundle it holds: the same
+    bytes are a refresh; other bytes mean the root key holders signed two bundles under one
+    version (BUNDLE_EQUIVOCATION, logged, the held one stays). When a root rotation's new keys do
+    not sign the held bundle, the verifier drops it and accepts the next one at any version (TUF's
+    fast-forward recovery).
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """After this moment (UTC) the bundle is expired (protects against freeze attacks)."""
+        """After this moment (UTC) the bundle is expired (protects against freeze attacks): it is not
+        accepted, and a held one verifies nothing (UNAUTHENTICATED BUNDLE_EXPIRED), yet it still
+        sets the version below which no bundle is accepted.
+        """
 
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
@@ -245,6 +265,12 @@ class TrustBundle(_message.Message):
         30 min. Above 0 and at most 1 day; otherwise MALFORMED_BUNDLE.
         """
 
+    @_builtins.property
+    def audit_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditKey]:
+        """The gateway's audit keys: each signs audit Checkpoints (numfed.v1.Checkpoint) while valid.
+        Kept in the bundle after they stop signing, so older checkpoints stay verifiable.
+        """
+
     def __init__(
         self,
         *,
@@ -256,14 +282,53 @@ class TrustBundle(_message.Message):
         number_ranges: _abc.Iterable[Global___NumberRange] | None = ...,
         max_clock_skew: _duration_pb2.Duration | None = ...,
         max_claim_lifetime: _duration_pb2.Duration | None = ...,
+        audit_keys: _abc.Iterable[Global___AuditKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_keys", b"audit_keys", "carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
+
+@_typing.final
+class AuditKey(_message.Message):
+    """AuditKey is one gateway audit key with its validity window. A checkpoint counts only when it
+    is signed by an audit key valid at the checkpoint's issued_at and not revoked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___PublicKey:
+        """The key (Ed25519)."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued before this moment (UTC)."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued after this moment (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___PublicKey | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditKey: _TypeAlias = AuditKey  # noqa: Y015
 
 @_typing.final
 class NumberRange(_message.Message):

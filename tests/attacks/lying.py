@@ -127,11 +127,14 @@ def write_bundle(
     version: int,
     extra_keys: Mapping[str, SigningKey] | None = None,
     revoked: Mapping[str, SigningKey] | None = None,
+    retired: Mapping[str, SigningKey] | None = None,
     number_ranges: Mapping[str, str] | None = None,
 ) -> TrustedState:
     """Sign and write a new trust bundle (the federation's root keys, as its operators would):
     the current one's keys and plan, plus ``extra_keys`` (key -> carrier), minus the keys in
-    ``revoked`` (carrier -> key), which are listed as revoked."""
+    ``revoked`` (carrier -> key), which are listed as revoked (a compromise: nothing they signed
+    counts), with the keys in ``retired`` (carrier -> key) kept but their window closed now (a
+    rotation: what they signed in their window still counts)."""
     now = datetime.now(UTC)
     trust_dir = fed.layout.trust_dir
     current = load_trusted_state(trust_dir, now=now).bundle
@@ -140,6 +143,15 @@ def write_bundle(
     gone = {k.public.key_id for k in (revoked or {}).values()}
     for key_id in gone:
         keys.pop(key_id, None)
+    for signer in (retired or {}).values():
+        old = keys[signer.public.key_id]
+        keys[signer.public.key_id] = CarrierKey(
+            key=old.key,
+            carrier_id=old.carrier_id,
+            not_before=old.not_before,
+            not_after=now,
+            number_prefixes=old.number_prefixes,
+        )
     for carrier, signer in (extra_keys or {}).items():
         keys[signer.public.key_id] = CarrierKey(
             key=signer.public,

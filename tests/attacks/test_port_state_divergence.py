@@ -58,9 +58,13 @@ async def test_a_platform_that_applies_the_log_after_a_key_rotation_agrees_who_s
     federation: Federation,
 ) -> None:
     """weibo is down while N ports cmcc -> cucc (both halves, both keys valid); then cmcc's key
-    is rotated (the old one revoked) and the gateway restarts on the new bundle. When weibo comes
-    back it applies the log it missed with the new bundle: cmcc's half does not verify any more
-    and is skipped, so weibo keeps cmcc as N's carrier while the gateway has cucc."""
+    is rotated (a new key added, the old one's window closed) and the gateway restarts on the new
+    bundle. When weibo comes back it applies the log it missed with the new bundle: cmcc's half
+    was signed inside its key's window, so it still counts (events.proto: a platform takes a
+    logged batch whose key's window closed up to LOG_KEY_GRACE ago), and weibo agrees with the
+    gateway that cucc serves N. (A key *revoked* is a compromise: nothing it signed counts, and
+    a platform sets such a batch aside in its dead-letter list for operators to see; see
+    test_a_batch_signed_by_a_key_revoked_since_is_set_aside_not_dropped.)"""
     fed = federation
     await fed.platforms[VICTIM].stop(0)
     at = datetime.now(UTC)
@@ -69,7 +73,7 @@ async def test_a_platform_that_applies_the_log_after_a_key_rotation_agrees_who_s
     assert fed.gateway.portability.carrier_for(N) == "cucc"
 
     old = {"cmcc": pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")}
-    write_bundle(fed, version=2, extra_keys={"cmcc": SigningKey.generate()}, revoked=old)
+    write_bundle(fed, version=2, extra_keys={"cmcc": SigningKey.generate()}, retired=old)
     await restart_gateway(fed)
     await fed.restart_platform(VICTIM)
     await fed.events_settled()
@@ -118,3 +122,24 @@ async def test_a_platform_one_bundle_behind_does_not_drop_a_batch_for_good(
         "platforms that were one bundle behind dropped cucc's half for good and still take "
         f"cmcc for N's carrier; the gateway says cucc: {serving}"
     )
+
+
+async def test_a_batch_signed_by_a_key_revoked_since_is_set_aside_not_dropped(
+    federation: Federation,
+) -> None:
+    """A key revoked after the gateway logged its batch: a platform applying that part of the
+    log later refuses the batch (nothing a compromised key signed counts) and so may disagree
+    with the gateway about N. It must not do so silently: the batch is in its dead-letter list,
+    which operators read (numfed platform dead-letters) and replay once resolved."""
+    fed = federation
+    await fed.platforms[VICTIM].stop(0)
+    at = datetime.now(UTC)
+    for carrier in ("cmcc", "cucc"):
+        await publish(fed, carrier, signed_batch(fed, carrier, half(N, "cmcc", "cucc", at)))
+    old = {"cmcc": pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")}
+    write_bundle(fed, version=2, extra_keys={"cmcc": SigningKey.generate()}, revoked=old)
+    await restart_gateway(fed)
+    victim = await fed.restart_platform(VICTIM)
+    await fed.events_settled()
+    letters = await victim.store.run(victim.store.dead_letters)
+    assert [d.reason for d in letters] == ["KEY_REVOKED"], letters

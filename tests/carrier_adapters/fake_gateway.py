@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
     calls: list[Call] = field(default_factory=list)
     fail_with: NumfedError | None = None
     results: list[gateway_pb2.PlatformResult] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """While set to an unset event, QueryBindings waits for it (a slow federation)."""
+    held: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
+    """One item per QueryBindings call that began waiting on ``hold``."""
 
     def _record(
         self, method: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]
@@ -53,6 +58,9 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.QueryBindingsResponse:
         self._record("QueryBindings", request, context)
+        if self.hold is not None:
+            self.held.put_nowait(None)
+            await self.hold.wait()
         return gateway_pb2.QueryBindingsResponse(results=self.results)
 
     async def ReleaseBindings(

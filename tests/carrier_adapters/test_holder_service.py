@@ -6,6 +6,8 @@ it: a signed claim, and nothing about the holder.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,10 +15,13 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 
+from carrier_adapters.base import start_carrier
+from carrier_adapters.verification import CODE_WINDOW, CODES_PER_WINDOW
 from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
-from numfed.errors import PermissionDenied
+from numfed.errors import PermissionDenied, ResourceExhausted
 from numfed.history import EventKind, NumberEvent, NumberHistory
 from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, verify_proof
@@ -24,7 +29,7 @@ from numfed.rpc import rpc_error_info
 from numfed.scenario import Holder, demo_scenario
 from numfed.trustfiles import load_trusted_state
 from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, holder_pb2_grpc
-from tests.carrier_adapters.conftest import Running
+from tests.carrier_adapters.conftest import Running, on_port_zero
 from tests.integration.holder import OWN, PRIOR, HolderApp, sms_code
 
 WORLD = demo_scenario()
@@ -320,3 +325,131 @@ def test_holders_request_ids_never_meet_at_the_gateway(running: Running) -> None
     assert mine != theirs  # the same id from two holders: two jobs, and nobody learns anything
     assert adapter.gateway_request_id("holder-a", "r1") == mine  # a retry finds its job again
     assert len(mine) == 64 and "holder" not in mine
+
+
+def retry_delay_of(err: grpc.aio.AioRpcError) -> float | None:
+    from numfed.rpc import retry_delay
+
+    status = rpc_status.from_call(err)
+    return retry_delay(status) if status is not None else None
+
+
+async def test_a_gateway_refusal_reaches_the_holder_with_its_retry_delay(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    """The holder is told when to come back, as the gateway told the adapter (RetryInfo)."""
+    app = await verified(running, channel)
+    running.gateway.fail_with = ResourceExhausted("OVERLOADED", "busy", retry_after=2.5)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await app.query(PRIOR)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_delay_of(e.value) == 2.5
+
+
+async def test_too_many_codes_tells_the_holder_when_to_come_back(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    stub = holder_pb2_grpc.HolderServiceStub(channel)
+    holder = current_holder(PORTED)
+    request = holder_pb2.StartVerificationRequest(
+        number=PORTED, name=holder.name, id_number=holder.id_number
+    )
+    for _ in range(CODES_PER_WINDOW):
+        await stub.StartVerification(request, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.StartVerification(request, timeout=5)
+    assert rpc_error_info(e.value).reason == "TOO_MANY_CODES"  # type: ignore[union-attr]
+    assert retry_delay_of(e.value) == CODE_WINDOW.total_seconds()  # the clock stands still
+
+
+async def test_a_crowd_on_the_holder_channel_is_turned_away_not_queued_forever(
+    running: Running,
+) -> None:
+    """Past its concurrency and queue, the holder channel answers RESOURCE_EXHAUSTED at once
+    (with RetryInfo) while the calls it admitted still finish."""
+    config = on_port_zero(running.layout, "cmcc", running.gateway_server.port)
+    limits = dataclasses.replace(
+        config.limits,
+        max_concurrent_holder_calls=2,
+        max_queued_holder_calls=1,
+        admission_queue_wait=30.0,
+    )
+    handle = await start_carrier(
+        dataclasses.replace(config, limits=limits, state_dir=config.state_dir / "crowd"),
+        clock=running.clock,
+    )
+    running.gateway.hold = asyncio.Event()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.holder_port}") as ch:
+            app = await HolderApp.verified(
+                ch, handle.adapter.config.state_dir, PORTED, current_holder(PORTED)
+            )
+            running_calls = [asyncio.create_task(app.query(PRIOR)) for _ in range(2)]
+            async with asyncio.timeout(10):
+                for _ in running_calls:  # both slots are taken
+                    await running.gateway.held.get()
+            # Of two more, one waits in the queue (room for one) and one is turned away.
+            more = [asyncio.create_task(app.query(PRIOR)) for _ in range(2)]
+            done, _ = await asyncio.wait(more, return_when=asyncio.FIRST_COMPLETED, timeout=10)
+            (turned_away,) = done
+            err = turned_away.exception()
+            assert isinstance(err, grpc.aio.AioRpcError)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert rpc_error_info(err).reason == "OVERLOADED"  # type: ignore[union-attr]
+            assert retry_delay_of(err) is not None
+            running.gateway.hold.set()
+            queued = next(t for t in more if t is not turned_away)
+            assert await asyncio.gather(*running_calls, queued) == [[], [], []]
+    finally:
+        running.gateway.hold.set()
+        await handle.stop(0)
+
+
+async def test_preview_shows_the_claim_platforms_receive_before_anything_is_sent(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await verified(running, channel)
+    preview = await app.stub.PreviewHolderClaim(
+        holder_pb2.PreviewHolderClaimRequest(
+            session_token=app.token, purpose=claim_pb2.PURPOSE_QUERY_PRIOR
+        ),
+        timeout=5,
+    )
+    assert running.gateway.calls == []  # nothing left the carrier
+    await app.query(PRIOR)
+    (call,) = running.gateway.calls
+    sent = claim_pb2.TenureClaim.FromString(call.request.claim.payload)  # type: ignore[attr-defined]
+    shown = preview.claim
+    # The same statement, field for field, but for the claim's own id (each claim has one).
+    assert shown.claim_id and shown.claim_id != sent.claim_id
+    shown.ClearField("claim_id")
+    sent.ClearField("claim_id")
+    assert shown == sent  # the clock stands still in these tests
+    assert (shown.number, shown.carrier_id) == (PORTED, "cmcc")
+    assert shown.tenure_start.ToDatetime(tzinfo=UTC) == X_PORTED
+
+    proof = await app.stub.PreviewHolderClaim(
+        holder_pb2.PreviewHolderClaimRequest(
+            session_token=app.token, purpose=claim_pb2.PURPOSE_HOLDER_PROOF
+        ),
+        timeout=5,
+    )
+    lifetime = proof.claim.expires_at.ToDatetime() - proof.claim.issued_at.ToDatetime()
+    assert lifetime == timedelta(days=30)
+
+    unknown = claim_pb2.Purpose.ValueType(99)
+    for purpose in (claim_pb2.PURPOSE_UNSPECIFIED, claim_pb2.PURPOSE_RELEASE_OWN, unknown):
+        assert await refused(
+            app.stub.PreviewHolderClaim(
+                holder_pb2.PreviewHolderClaimRequest(session_token=app.token, purpose=purpose),
+                timeout=5,
+            )
+        ) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_PURPOSE")
+    assert await refused(
+        app.stub.PreviewHolderClaim(
+            holder_pb2.PreviewHolderClaimRequest(
+                session_token="nope", purpose=claim_pb2.PURPOSE_QUERY_PRIOR
+            ),
+            timeout=5,
+        )
+    ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")

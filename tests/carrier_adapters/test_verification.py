@@ -134,6 +134,7 @@ def test_starts_are_rate_limited_per_number(verifier: Verifier, clock: Clock) ->
         start(verifier)
     assert e.value.reason == "TOO_MANY_CODES"
     assert e.value.metadata["retry_after_seconds"] == str(5 * 60)
+    assert e.value.retry_after == 5 * 60  # sent as google.rpc.RetryInfo
     start(verifier, number="+8613900000000")  # another number is not affected
     clock.t += timedelta(minutes=5)  # the first start leaves the 10-minute window
     start(verifier)
@@ -199,3 +200,28 @@ def test_release_request_ids_per_session_are_bounded() -> None:
     with pytest.raises(ResourceExhausted):
         s.release_envelope("one-more", b"body", lambda: b"e")
     assert s.release_envelope("r0", b"body", lambda: b"new") == b"e"  # known ones still answer
+
+
+def test_full_tables_say_when_they_next_have_room(
+    verifier: Verifier, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TOO_MANY_VERIFICATIONS and TOO_MANY_SESSIONS carry a retry delay: until the oldest entry
+    expires (and with it a place in the table)."""
+    import carrier_adapters.verification as verification
+
+    monkeypatch.setattr(verification, "MAX_PENDING", 2)
+    monkeypatch.setattr(verification, "MAX_SESSIONS", 1)
+    first = start(verifier, number="+8613900000001")
+    clock.t += timedelta(minutes=1)
+    second = start(verifier, number="+8613900000002")
+    with pytest.raises(ResourceExhausted) as e:
+        start(verifier, number="+8613900000003")
+    assert e.value.reason == "TOO_MANY_VERIFICATIONS"
+    assert e.value.retry_after == 4 * 60  # the first code expires 4 minutes from now
+
+    verifier.confirm(first, "123456")
+    clock.t += timedelta(minutes=2)
+    with pytest.raises(ResourceExhausted) as e:
+        verifier.confirm(second, "123456")
+    assert e.value.reason == "TOO_MANY_SESSIONS"
+    assert e.value.retry_after == 13 * 60  # the session expires 15 minutes after it opened

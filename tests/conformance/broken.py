@@ -51,8 +51,9 @@ class ReleasesAtX(PlatformServicer):
 
         def select(bindings: list[Binding]) -> tuple[list[int], bytes]:
             chosen = [b for b in bindings if b.active and b.bound_at <= x]
+            released, omitted = self._summaries(chosen, with_refs=False)
             result = platform_pb2.ReleaseItemResult(
-                status=ok_status(), released=self._summaries(chosen, with_refs=False)
+                status=ok_status(), released=released, omitted_bindings=omitted
             )
             return [b.binding_id for b in chosen], result.SerializeToString()
 
@@ -179,11 +180,11 @@ class TrustsBatchCarrier(PlatformServicer):
 class LeaksAccountId(PlatformServicer):
     """Puts the raw account id into the summary's label."""
 
-    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> list[Any]:
-        summaries = super()._summaries(found, with_refs=with_refs)
-        for s, b in zip(summaries, found, strict=True):
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> tuple[list[Any], int]:
+        summaries, omitted = super()._summaries(found, with_refs=with_refs)
+        for s, b in zip(summaries, found, strict=False):  # fewer summaries: merged, capped
             s.masked_label = f"account {b.account_id}"
-        return summaries
+        return summaries, omitted
 
 
 class AppliesReplayTwice(PlatformServicer):

@@ -56,12 +56,13 @@ async def test_only_runs_the_named_checks(numfed_conformance_platform: Any) -> N
 async def test_a_second_run_against_the_same_platform_passes(
     numfed_conformance_platform: Any,
 ) -> None:
-    """The platform still holds the first run's bundle: the kit continues its versions."""
+    """The platform still holds the first run's bundle (v3: the probe v1 it took, the kit's
+    base v2, the revoking v3): the kit continues one past it."""
     _, target = await numfed_conformance_platform("douyin")
     first = await run_platform_kit(target, only=("revoked_key_refused",))
     second = await run_platform_kit(target)
     assert first.passed and second.passed, second.failed
-    assert "v3" in second.results[0].detail
+    assert "v4" in second.results[0].detail
 
 
 async def test_the_wrong_member_at_the_target_fails_setup(

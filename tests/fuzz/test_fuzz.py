@@ -82,7 +82,7 @@ def ids(rpc: Rpc) -> str:
 def test_every_service_is_fuzzed() -> None:
     services = {r.service for r in RPCS}
     assert services == {"GatewayService", "CarrierService", "PlatformService", "HolderService"}
-    assert len(RPCS) == 20
+    assert len(RPCS) == 21
     assert {r.id for r in RPCS if r.stream} == {
         "GatewayService.WatchOperation",
         "HolderService.WatchHolderRelease",

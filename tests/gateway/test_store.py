@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from gateway.schema import release_jobs, release_tasks, task_leases
-from gateway.store import TASK_DONE, JobRow, Store, TaskUpdate
+from gateway.store import TASK_DONE, TASK_PENDING, JobRow, Store, TaskUpdate
 from numfed.errors import FailedPrecondition
+from numfed.pgtemp import TempPostgres
 
 T0 = 1_800_000_000_000_000
 SECOND = 1_000_000
@@ -168,6 +173,74 @@ def test_releasing_own_leases_leaves_other_replicas_alone(store: Store) -> None:
     with store.engine.connect() as c:
         a = c.execute(sa.select(task_leases).where(task_leases.c.owner == "A")).one()
     assert a.until_us == T0 + SECOND and a.finished
+
+
+def _wait_for_lock_waiters(engine: sa.Engine, n: int, timeout: float = 10.0) -> None:
+    """Until ``n`` sessions of this database wait for a lock (PostgreSQL)."""
+    deadline = time.monotonic() + timeout
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while conn.execute(query).scalar_one() < n:
+            assert time.monotonic() < deadline, f"fewer than {n} sessions came to wait for a lock"
+            time.sleep(0.01)
+
+
+def test_recording_while_giving_back_leases_waits_and_never_deadlocks(
+    postgres: TempPostgres,
+) -> None:
+    """A batch's outcome is recorded while its replica gives back its leases (a stop).
+
+    A third session holds one task row, so both queue behind it and then meet head on; the
+    record gets the row first. Both lock the task rows before the lease records, in key order,
+    so the lease release waits for the record. (It used to take the lease records first:
+    PostgreSQL found a deadlock and aborted one, and the gateway's stop failed with it.)
+    """
+    url = postgres.create_database(f"lockorder_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+    store = Store(url)
+    try:
+        store.migrate()
+        store.create_job(job(), ["taobao", "weibo"])
+        store.claim_due("A", T0, 30 * SECOND, 10)
+        outcomes: dict[str, object] = {}
+
+        def run(name: str, work: Callable[[], object]) -> threading.Thread:
+            def target() -> None:
+                try:
+                    outcomes[name] = work()
+                except Exception as exc:
+                    outcomes[name] = exc
+
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            return thread
+
+        outcome = TaskUpdate("a" * 32, "weibo", True, 1, b"r", T0)
+        with store.engine.connect() as gate:
+            gate.execute(
+                sa.select(release_tasks.c.job_id)
+                .where(release_tasks.c.platform_id == "weibo")
+                .with_for_update()
+            )
+            threads = [run("record", lambda: store.record("A", [outcome], T0 + SECOND))]
+            _wait_for_lock_waiters(store.engine, 1)
+            threads.append(run("release", lambda: store.release_leases("A", T0 + 2 * SECOND)))
+            _wait_for_lock_waiters(store.engine, 2)
+            gate.rollback()
+        for thread in threads:
+            thread.join(30)
+        assert outcomes == {"record": {"a" * 32}, "release": 1}
+        found = store.get_job("a" * 32)
+        assert found is not None
+        assert [(t.platform_id, t.state) for t in found[1]] == [
+            ("taobao", TASK_PENDING),
+            ("weibo", TASK_DONE),
+        ]
+        assert store.claim_due("B", T0 + 3 * SECOND, 30 * SECOND, 10)[0][0].platform_id == "taobao"
+    finally:
+        store.close()
 
 
 def test_concurrent_create_job_across_replicas_makes_one_job(db_url: str) -> None:

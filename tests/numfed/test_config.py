@@ -36,6 +36,8 @@ def test_federation_configs_load(tmp_path: Path) -> None:
     assert gw.pki_dir == lay.pki_dir  # relative to the config file
     assert load_carrier_config(lay.carrier_configs["cucc"]).carrier_id == "cucc"
     assert load_platform_config(lay.platform_configs["xiaomi"]).platform_id == "xiaomi"
+    # Every member applies the same connection settings (keepalive, connection age).
+    assert load_platform_config(lay.platform_configs["xiaomi"]).limits.platform_call_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,12 @@ def test_federation_configs_load(tmp_path: Path) -> None:
         '[[platform]]\nid = "Weibo!"\nendpoint = "127.0.0.1:1"\n',
         '[[platform]]\nid = "weibo"\nendpoint = "nowhere"\n',
         '[[carrier]]\nid = "cmcc\\n"\nendpoint = "127.0.0.1:1"\n',
+        # Servers accept pings every half second: a client may not ask for more.
+        "[limits]\nkeepalive_time = 0.5\n",
+        # A watch must end cleanly before its connection is closed under it.
+        "[limits]\nwatch_max_age = 600\nmax_connection_age_grace = 300\n",
+        # Platforms refuse batches of more than 500 claims.
+        "[limits]\nmax_batch_items = 501\n",
     ],
 )
 def test_bad_gateway_config_is_refused(tmp_path: Path, extra: str) -> None:
@@ -75,3 +83,46 @@ def test_limits_defaults_are_positive() -> None:
     limits = Limits()
     assert limits.platform_call_timeout <= limits.default_call_timeout
     assert Limits.from_mapping({"max_batch_items": 10}).max_batch_items == 10
+
+
+PLATFORM = """
+[platform]
+id = "weibo"
+listen = "127.0.0.1:1"
+pki_dir = "pki"
+trust_dir = "trust"
+state_dir = "state"
+gateway = "127.0.0.1:2"
+"""
+
+
+def test_platform_retry_bounds_and_admin_socket_are_read(tmp_path: Path) -> None:
+    config = load_platform_config(
+        write(
+            tmp_path,
+            PLATFORM + "event_retry_limit = 4\nevent_retry_window = 90\ntrust_refresh = 30\n"
+            'admin_socket = "run/admin.sock"\n',
+        )
+    )
+    assert (config.event_retry_limit, config.event_retry_window) == (4, 90.0)
+    assert config.trust_refresh == 30.0
+    assert config.admin_socket == tmp_path / "run/admin.sock"  # relative to the config file
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "event_retry_limit = 0\n",
+        "event_retry_limit = 2.5\n",
+        'event_retry_limit = "8"\n',
+        "event_retry_limit = true\n",
+        "event_retry_window = -1\n",
+        'event_retry_window = "300"\n',
+        "trust_refresh = 0\n",
+        'admin_socket = ""\n',
+    ],
+)
+def test_bad_platform_retry_bounds_are_refused(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        load_platform_config(write(tmp_path, PLATFORM + extra))
+    assert e.value.reason == "BAD_CONFIG"

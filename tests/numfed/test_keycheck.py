@@ -267,7 +267,7 @@ def test_a_signed_root_holding_a_bad_key_is_refused(
     rotated = sign(ROOT_PAYLOAD_TYPE, pb.SerializeToString(deterministic=True), fed.root_keys)
     state = fed.state()
     with pytest.raises(InvalidArgument) as e:
-        state.update_root(rotated, now=NOW)
+        state.update_root(rotated)
     assert e.value.reason == "BAD_PUBLIC_KEY"
     assert state.root.version == 1
 

@@ -42,3 +42,25 @@ def test_refusal_carries_retry_info() -> None:
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in status.details)
     assert retry.retry_delay.ToMilliseconds() == 1000
+
+
+def test_kept_buckets_are_bounded_and_full_ones_make_room() -> None:
+    """Memory stays bounded whatever the number of keys: a bucket that filled up again is
+    dropped for a new key; while every kept bucket is in use, a new key waits its turn."""
+    clock = Clock()
+    limiter = RateLimiter(1.0, 2, clock=clock, max_keys=2)
+    limiter.take("a")
+    limiter.take("b")
+    with pytest.raises(ResourceExhausted) as e:
+        limiter.take("c")
+    assert e.value.reason == "TOO_MANY_CLIENTS"
+    assert e.value.retry_after == pytest.approx(1.0)  # until a's bucket is full again
+    assert len(limiter) == 2
+    clock.t = 1.0
+    limiter.take("c")  # a's bucket filled up again: dropped
+    assert len(limiter) == 2
+    limiter.take("b")
+    limiter.take("b")
+    with pytest.raises(ResourceExhausted) as e:
+        limiter.take("b")  # b was kept, with its spent tokens
+    assert e.value.reason == "RATE_LIMITED"

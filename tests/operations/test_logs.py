@@ -93,7 +93,11 @@ def test_a_platform_waiting_for_its_gateway_logs_json_lines_and_one_retry_line(
     )
     retrying = [m for m in messages if "trust bundle" in m]
     assert retrying == ["gateway not reachable for the trust bundle (UNAVAILABLE); retrying"]
-    assert messages[-2:] == ["stopping (SIGTERM)", "stopped"]
+    assert messages[-3:] == [
+        "stopping (SIGTERM)",
+        "numfed.v1.PlatformAdminService NOT_SERVING: stopping",  # its operator's socket
+        "stopped",
+    ]
 
 
 def test_a_library_repeating_itself_is_heard_once_a_minute() -> None:

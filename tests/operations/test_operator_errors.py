@@ -21,7 +21,8 @@ import pytest
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.envelope import Envelope
-from numfed.federation import FederationLayout, create_federation
+from numfed.federation import NUMBER_RANGES, FederationLayout, create_federation
+from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, encode_proof
 
 GRPC_CORE_LINE = re.compile(r"^[EWID]\d{4} ")
@@ -275,3 +276,23 @@ def test_pki_and_federation_refuse_a_directory_in_use(layout: FederationLayout) 
         numfed("federation", "add-member", str(layout.root), "--platform", "weibo"),
         "MEMBER_EXISTS",
     )
+
+
+def test_adding_a_carrier_with_a_block_another_carrier_holds_writes_nothing(
+    layout: FederationLayout,
+) -> None:
+    """``add-member --carrier`` publishes the next bundle as ``numfed trust publish`` does, whose
+    ``--ranges`` would move a block; a block another carrier holds is refused first, and no
+    certificate, key, config or bundle is written."""
+    bundle = (layout.trust_dir / "bundle.pb").read_bytes()
+    gateway = layout.gateway_config.read_text()
+    held = NUMBER_RANGES["cmcc"][0]
+    line = assert_one_error_line(
+        numfed("federation", "add-member", str(layout.root), "--carrier", "cucc", "--range", held),
+        "RANGE_HELD",
+    )
+    assert held in line and "cmcc" in line
+    assert not pki.PkiLayout(layout.pki_dir).member_dir(PeerId(Role.CARRIER, "cucc")).exists()
+    assert not (layout.root / "carrier-cucc.toml").exists()
+    assert (layout.trust_dir / "bundle.pb").read_bytes() == bundle
+    assert layout.gateway_config.read_text() == gateway

@@ -44,8 +44,12 @@ def numbers_of(carrier: str) -> Iterator[tuple[str, str]]:
             yield number, tenure.holder_id
 
 
-async def holder(layout: FederationLayout, number: str, holder_id: str) -> HolderApp:
+async def holder(
+    layout: FederationLayout, number: str, holder_id: str, channels: list[grpc.aio.Channel]
+) -> HolderApp:
+    """A verified holder on the carrier's app channel (added to ``channels``, to close)."""
     channel = grpc.aio.insecure_channel(layout.holder_endpoints[CARRIER])
+    channels.append(channel)
     state = layout.root / "state" / f"carrier-{CARRIER}"
     return await HolderApp.verified(channel, state, number, WORLD.holders[holder_id])
 
@@ -87,6 +91,7 @@ async def test_prometheus_sees_queries_releases_and_a_platform_outage(tmp_path: 
         tmp_path / "fed", carriers=[CARRIER], platforms=PLATFORMS, metrics=True, limits=FAST
     )
     prom = TempPrometheus(tmp_path / "prometheus", fed.layout.metrics_endpoints)
+    channels: list[grpc.aio.Channel] = []
     try:
         try:
             await asyncio.to_thread(prom.start)
@@ -112,7 +117,7 @@ async def test_prometheus_sees_queries_releases_and_a_platform_outage(tmp_path: 
 
         numbers = numbers_of(CARRIER)
         first = next(numbers)
-        app = await holder(fed.layout, *first)
+        app = await holder(fed.layout, *first, channels)
         await app.query(PRIOR)
         await eventually(
             prom,
@@ -153,7 +158,7 @@ async def test_prometheus_sees_queries_releases_and_a_platform_outage(tmp_path: 
         # events it has not acknowledged pile up; weibo carries on.
         fed.stop("platform-taobao", signal.SIGKILL)
         await eventually(prom, 'up{process="platform-taobao"}', lambda v: v == 0)
-        second = await holder(fed.layout, *next(numbers))
+        second = await holder(fed.layout, *next(numbers), channels)
         await second.release(PRIOR)
         await eventually(
             prom, 'numfed_platform_breaker_state{platform="taobao",state="open"}', lambda v: v == 1
@@ -219,5 +224,7 @@ async def test_prometheus_sees_queries_releases_and_a_platform_outage(tmp_path: 
         assert "platform taobao reachable again for releases after" in log
         assert log.count("platform taobao unreachable for releases") <= 2, log
     finally:
+        for channel in channels:
+            await channel.close()
         prom.stop()
         await asyncio.to_thread(fed.stop_all)

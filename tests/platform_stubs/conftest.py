@@ -4,6 +4,7 @@ gateway that only answers GetTrustBundle, and a client that calls the platform a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,11 +32,16 @@ GATEWAY_SERVICE = "numfed.v1.GatewayService"
 
 @dataclass
 class TrustGateway(gateway_pb2_grpc.GatewayServiceServicer):
-    """Serves the trust directory's root chain and bundle (or a bundle a test substitutes)."""
+    """Serves the trust directory's root chain and bundle (or a chain and a bundle a test
+    substitutes), and records when it was asked."""
 
     trust_dir: Path
     bundle: claim_pb2.Envelope | None = None
+    roots: list[claim_pb2.Envelope] | None = None
+    """Root versions 1..n to serve instead of the directory's."""
     calls: int = 0
+    asked_at: list[float] = dataclasses.field(default_factory=list)
+    """The event loop's time of each call."""
 
     async def GetTrustBundle(
         self,
@@ -43,9 +49,12 @@ class TrustGateway(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.GetTrustBundleResponse:
         self.calls += 1
-        roots = read_roots(self.trust_dir)[request.known_root_version :]
+        self.asked_at.append(asyncio.get_running_loop().time())
+        chain = self.roots if self.roots is not None else read_roots(self.trust_dir)
         bundle = self.bundle if self.bundle is not None else read_bundle(self.trust_dir)
-        return gateway_pb2.GetTrustBundleResponse(roots=roots, bundle=bundle)
+        return gateway_pb2.GetTrustBundleResponse(
+            roots=chain[request.known_root_version :], bundle=bundle
+        )
 
 
 async def start_trust_gateway(
@@ -104,14 +113,13 @@ class Running:
 
 @pytest.fixture
 async def running(layout: FederationLayout) -> AsyncIterator[Running]:
-    fake, gw = await start_trust_gateway(layout)
-    platform = await start_weibo(layout, gw.port)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops what started, last first
+        fake, gw = await start_trust_gateway(layout)
+        stack.push_async_callback(gw.stop, 0)
+        platform = await start_weibo(layout, gw.port)
+        stack.push_async_callback(platform.stop, 0)
         await asyncio.wait_for(platform.trust.ready.wait(), 10)
         yield Running(layout, platform, fake)
-    finally:
-        await platform.stop(0)
-        await gw.stop(0)
 
 
 def signed(
