@@ -43,7 +43,7 @@ EVENT_MODES = ("push", "poll", "ssf-push", "ssf-poll")
 ("poll"), or OpenID Shared Signals SETs pushed to its receiver (RFC 8935, "ssf-push") or polled
 by it (RFC 8936, "ssf-poll"); see docs/standards.md."""
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
-_DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://")
+_DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*")
 _OTLP_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}/?")
 
 
@@ -432,7 +432,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     sec = _section(raw, "gateway")
     state_dir = base / _str(sec, "state_dir", "gateway")
     url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
-    if not isinstance(url, str) or not _DATABASE_URL.match(url):
+    if not isinstance(url, str) or not _DATABASE_URL.fullmatch(url):
         raise InvalidArgument(
             "BAD_CONFIG",
             "gateway.database_url must be sqlite:///PATH or postgresql+psycopg://…",
