@@ -156,6 +156,17 @@ class FederationProcesses:
             proc.send_signal(sig)
         return proc.wait(timeout)
 
+    def restart(self, name: str, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+        """Stop one member (SIGTERM) and start it again from its config, its output appended to
+        its log; returns the new process (also in ``processes``)."""
+        self.stop(name, timeout=timeout)
+        role, _, member = name.partition("-")
+        configs = {"carrier": self.layout.carrier_configs, "platform": self.layout.platform_configs}
+        config = self.layout.gateway_config if role == "gateway" else configs[role][member]
+        log = self.layout.root / "logs" / f"{name}.log"
+        self.processes[name] = _spawn(role, config, log, append=True)
+        return self.processes[name]
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             try:
@@ -184,8 +195,8 @@ async def wait_serving(
             await asyncio.sleep(0.1)
 
 
-def _spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
+def _spawn(role: str, config: Path, log: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
             stdout=out,
