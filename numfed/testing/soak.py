@@ -10,10 +10,13 @@ REASSIGNED(X) for held ones). It records every release operation and every event
 accepted. Meanwhile the operator's commands run, in turn, each as its own process:
 
 a. ``numfed trust publish --rotate CARRIER``: the carrier's new claim-signing key in the next
-   bundle. Once the gateway and every platform hold that bundle, the carrier's adapter is
-   restarted: it reads ``signing.key.pem`` only at start (docs/trust-operations.md). The
-   carrier is the one process the soak restarts, and its load is held while it restarts; the
-   gateway and the platforms never restart. The load's event batches switch to the new key then.
+   bundle. The carrier's event batches are signed with it at once, before the gateway or any
+   platform may hold it (the gateway refuses them ``UNKNOWN_KEY`` until it reloads, and the
+   load, as a sender must, tries again; a platform behind refreshes before it judges). Once
+   the gateway and every platform hold that bundle, the carrier's adapter is restarted: it
+   reads ``signing.key.pem`` only at start (docs/trust-operations.md), so its releases are
+   signed with the new key from then on. The carrier is the one process the soak restarts,
+   and its load is held while it restarts; the gateway and the platforms never restart.
 b. ``numfed trust rotate-root`` twice: root v2 with a short expiry, root v3 at once after it;
    every platform must reach root v3 and the newest bundle, then the soak waits until root v2
    has expired, and traffic must go on (an expired root with a successor still vouches for it).
@@ -61,6 +64,7 @@ from numfed.federation import FederationLayout
 from numfed.identity import PeerId, Role
 from numfed.rpc import error_info, rpc_error_info
 from numfed.scenario import CARRIERS, PLATFORMS, Scenario, demo_scenario
+from numfed.staleness import STALE_VERIFIER_REASONS
 from numfed.testing.federation import FederationProcesses, spawn_federation, wait_serving
 from numfed.trust import parse_versions
 from numfed.trustfiles import read_bundle, read_roots
@@ -122,6 +126,9 @@ class SoakReport:
     events_applied: dict[str, int] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
     """Load calls refused, by ErrorInfo reason (or status code): never accepted, so not lost."""
+    waits: Counter[str] = field(default_factory=Counter)
+    """Refusals the load waited out and tried again (never a fault): the carriers' holder limits,
+    a gateway that did not hold a new key yet."""
     revocation_seconds: dict[str, float] = field(default_factory=dict)
     """Member -> seconds from the revoking bundle's writing until it refused the key."""
     steps: list[tuple[float, str]] = field(default_factory=list)
@@ -144,7 +151,9 @@ class SoakReport:
             + ", ".join(f"{m} {s:.2f}" for m, s in sorted(self.revocation_seconds.items()))
             + ")",
             "load refusals: "
-            + (", ".join(f"{r} {n}" for r, n in self.refusals.most_common()) or "none"),
+            + (", ".join(f"{r} {n}" for r, n in self.refusals.most_common()) or "none")
+            + "; waited out: "
+            + (", ".join(f"{r} {n}" for r, n in self.waits.most_common()) or "none"),
             f"restarted: {', '.join(self.restarted) or 'none'}; took {self.elapsed:.0f} s",
         ]
         out += [f"PROBLEM: {p}" for p in self.problems] or ["every expectation held"]
@@ -172,6 +181,9 @@ class Load:
         """Accepted event id -> carrier."""
         self.ambiguous_events: set[bytes] = set()
         self.refusals: Counter[str] = Counter()
+        self.waits: Counter[str] = Counter()
+        """Refusals the load waited out and tried again: the carriers' own holder limits
+        (:data:`SHED`), and a gateway not yet holding a new key."""
         self.signers = {c: pki.load_carrier_signer(layout.pki_dir, c) for c in settings.carriers}
         self.held = {c: asyncio.Lock() for c in settings.carriers}
         """Held by a carrier's loads around each call; the soak takes it to stop them a while."""
@@ -241,7 +253,9 @@ class Load:
                     token = await self._release(stub, token, carrier)
                 except grpc.aio.AioRpcError as err:
                     token = None
-                    if _reason(err) not in SHED:
+                    if _reason(err) in SHED:
+                        self.waits[_reason(err)] += 1
+                    elif err.code() not in MAYBE_COMMITTED:  # a verification commits nothing
                         self.refusals[f"holder {_reason(err)}"] += 1
             await self._pause(self.settings.release_pause)
 
@@ -301,12 +315,21 @@ class Load:
     ) -> None:
         envelope = sign_event_batch(carrier, batch, self.signers[carrier], now=datetime.now(UTC))
         request = gateway_pb2.PublishEventsRequest(batch=envelope.to_proto())
-        for _ in range(5):
+        unknown = 0
+        stale_until = time.monotonic() + 30.0
+        while unknown < 5:
             try:
                 await stub.PublishEvents(request, timeout=10)
             except grpc.aio.AioRpcError as err:
                 if err.code() in MAYBE_COMMITTED:
+                    unknown += 1
                     await asyncio.sleep(0.5)
+                    continue
+                if _reason(err) in STALE_VERIFIER_REASONS and time.monotonic() < stale_until:
+                    # The gateway may not hold the bundle with the new key yet: a sender
+                    # retries meanwhile (DESIGN.md, flow 6).
+                    self.waits[f"publish {_reason(err)}"] += 1
+                    await asyncio.sleep(0.2)
                     continue
                 self.refusals[f"publish {_reason(err)}"] += 1
                 return
@@ -471,6 +494,10 @@ class Soak:
         self.old_key = pki.load_carrier_signer(self.layout.pki_dir, carrier)
         self.step(f"a. numfed trust publish --rotate {carrier}")
         await self.operator("trust", "publish", *self.trust_args, "--rotate", carrier)
+        async with self.load.holding(carrier):
+            # The carrier's operator signs event batches with the new key at once, before the
+            # gateway or any platform may hold it: they refresh; the sender retries meanwhile.
+            self.load.signers[carrier] = pki.load_carrier_signer(self.layout.pki_dir, carrier)
         versions = trust_dir_versions(self.layout.trust_dir)
         await self.everyone_holds(versions)
         self.step(f"   gateway and every platform hold trust {versions[0]}/{versions[1]}")
@@ -483,7 +510,6 @@ class Soak:
                 PeerId(Role.CARRIER, carrier),
                 "numfed.v1.CarrierService",
             )
-            self.load.signers[carrier] = pki.load_carrier_signer(self.layout.pki_dir, carrier)
         self.report.restarted.append(name)
         self.step(f"   {name} restarted (reads its signing key at start): signs with the new key")
 
@@ -641,6 +667,7 @@ class Soak:
         report.releases_accepted = len(load.operations)
         report.events_accepted = len(load.events)
         report.refusals = load.refusals
+        report.waits = load.waits
         ops = await self.settled(list(load.operations), set(load.events))
         unanswered = 0
         for op in ops.values():
@@ -664,6 +691,11 @@ class Soak:
             applied = set(record.events)
             if len(applied) != len(record.events):
                 self.problem(f"platform {p} applied an event twice")
+            for carrier in self.settings.carriers:
+                published = [e for e, c in load.events.items() if c == carrier]
+                mine = set(published)
+                if [e for e in record.events if e in mine] != published:
+                    self.problem(f"platform {p} applied {carrier}'s events out of order")
             if accepted - applied:
                 self.problem(f"platform {p} lost {len(accepted - applied)} events")
             if applied - accepted - load.ambiguous_events:
