@@ -29,8 +29,10 @@ d. The gateway takes each change from its trust directory while running; its PID
 
 Then the load stops and the soak drains and checks, from the gateway's operations and the
 platforms' own stores: every accepted release done on every platform and applied there exactly
-once, every accepted event applied exactly once on every platform (no dead letters), the same
-process ids as at the start (but the carrier restarted in a), and the revoked key refused.
+once, every accepted event applied exactly once and in its carrier's order on every platform
+(no dead letters), every platform and carrier keeping the gateway's audit checkpoints (one
+issued after the last change, verified with the newest bundle's audit keys), the same process
+ids as at the start (but the carrier restarted in a), and the revoked key refused.
 
 ``make soak-trust`` runs a long one (``python -m numfed.testing.soak --duration 600``); the
 normal suite runs a short one (tests/integration/test_trust_soak.py).
@@ -56,6 +58,7 @@ import grpc
 from google.longrunning import operations_pb2
 
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE, CheckpointKeeper, audit_origin
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.demo_processes import read_sms_code
 from numfed.envelope import Envelope, SigningKey
@@ -88,6 +91,8 @@ MAYBE_COMMITTED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 """A call that failed so may have been carried out: sent again with the same request."""
 NEW_SESSION = frozenset({"NO_SESSION", "TOO_MANY_RELEASES"})
 """Holder-channel refusals that only mean: verify the holder again."""
+AUDIT_CHECKPOINT_INTERVAL = 2.0
+"""Seconds between the gateway's audit checkpoints (and the carriers' fetches of them)."""
 SHED = frozenset({"TOO_MANY_CODES", "TOO_MANY_VERIFICATIONS", "TOO_MANY_SESSIONS"})
 """Holder-channel refusals that ask to wait (the carrier's own limits), never a fault."""
 
@@ -410,6 +415,8 @@ class Soak:
         self.pids = {name: p.pid for name, p in fed.processes.items()}
         self.trust_args = (str(self.layout.trust_dir), "--pki", str(self.layout.pki_dir))
         self.old_key: SigningKey | None = None
+        self.last_change = datetime.now(UTC)
+        """When the last trust file was written."""
 
     def step(self, what: str) -> None:
         self.report.steps.append((time.monotonic() - self.started, what))
@@ -544,6 +551,7 @@ class Soak:
         self.step(f"c. numfed trust publish --revoke {old.key_id[:16]}")
         await self.operator("trust", "publish", *self.trust_args, "--revoke", old.key_id)
         written = (self.layout.trust_dir / "bundle.pb").stat().st_mtime
+        self.last_change = datetime.fromtimestamp(written, UTC)
         versions = trust_dir_versions(self.layout.trust_dir)
         seconds = self.report.revocation_seconds
         pending = set(self.settings.platforms) | {"gateway"}
@@ -662,6 +670,39 @@ class Soak:
                 )
             await asyncio.sleep(0.2)
 
+    def checkpoint_issued(self, member: str) -> datetime | None:
+        """When the newest audit checkpoint ``member`` ("platform-<id>", "carrier-<id>") keeps
+        was issued: it fetched it with the trust bundle and verified it with the bundle's audit
+        keys."""
+        pinned = Envelope.from_proto(read_roots(self.layout.trust_dir)[0])
+        role, _, member_id = member.partition("-")
+        keeper = CheckpointKeeper(
+            self.layout.root / "state" / member / CHECKPOINT_FILE,
+            origin=audit_origin(pinned),
+            holder=PeerId(Role(role), member_id).uri,
+        )
+        latest = keeper.latest
+        return latest.issued_at if latest is not None else None
+
+    async def checkpoints_kept(self) -> None:
+        """Every member keeps the gateway's audit checkpoints through the trust changes: each
+        holds one issued after the last change (verified with the audit keys of the newest
+        bundle)."""
+        members = [f"platform-{p}" for p in self.settings.platforms]
+        members += [f"carrier-{c}" for c in self.settings.carriers]
+        deadline = time.monotonic() + 3 * AUDIT_CHECKPOINT_INTERVAL + self.settings.refresh_interval
+        for member in members:
+            while (issued := self.checkpoint_issued(member)) is None or (
+                issued <= self.last_change
+            ):
+                if time.monotonic() > deadline:
+                    self.problem(
+                        f"{member} keeps no audit checkpoint issued after the last trust change "
+                        f"(its newest: {issued})"
+                    )
+                    break
+                await asyncio.sleep(0.2)
+
     async def check(self) -> None:
         load, report = self.load, self.report
         report.releases_accepted = len(load.operations)
@@ -715,6 +756,7 @@ class Soak:
                 f"load never learnt the fate of {load.ambiguous_releases} releases and "
                 f"{len(load.ambiguous_events)} events"
             )
+        await self.checkpoints_kept()
         code, out = await numfed_command("trust", "show", str(self.layout.trust_dir))
         if code != 0 or "verifies" not in out:
             self.problem(f"numfed trust show: {out[-400:]}")
@@ -759,6 +801,7 @@ async def run_soak(
         platforms=settings.platforms,
         database_url=settings.database_url,
         platform_knobs=knobs,
+        limits={"audit_checkpoint_interval": AUDIT_CHECKPOINT_INTERVAL},
     )
     try:
         for c in settings.carriers:
