@@ -154,16 +154,14 @@ class Dispatcher:
                 continue
             keys = list(self._held)
             try:
-                kept = await self._store.run(
+                renewal = await self._store.run(
                     self._store.renew, self._owner, keys, now_us(), lease_us
                 )
             except Exception:
                 log.exception("renewing leases failed; will try again")
                 continue
-            if kept < len(keys):
-                log.warning(
-                    "%d of %d leases were lost to other replicas", len(keys) - kept, len(keys)
-                )
+            if renewal.lost:  # tasks that finished since ``keys`` was read are not lost
+                log.warning("%d of %d leases were lost to other replicas", renewal.lost, len(keys))
 
     async def _idle(self) -> None:
         due = await self._store.run(self._store.next_due_us)
