@@ -210,12 +210,15 @@ async def spawn_federation(
     *,
     carriers: Sequence[str] | None = None,
     platforms: Sequence[str] | None = None,
+    ready_timeout: float = 20.0,
     **kw: object,
 ) -> FederationProcesses:
     """Lay out a federation in ``root`` and start each member as its own process.
 
-    Returns once every platform and the gateway answer health checks as SERVING; each
-    process's output goes to ``root/logs/<name>.log``. Call ``stop_all()`` when done.
+    Returns once every platform and the gateway answer health checks as SERVING (each within
+    ``ready_timeout`` seconds: a dozen processes starting at once on a busy machine need more
+    than the default); each process's output goes to ``root/logs/<name>.log``. Call
+    ``stop_all()`` when done.
     """
     if carriers is not None:
         kw["carriers"] = tuple(carriers)
@@ -232,12 +235,20 @@ async def spawn_federation(
             fed.processes[f"platform-{p}"] = _spawn("platform", cfg, logs / f"platform-{p}.log")
         fed.processes["gateway"] = _spawn("gateway", layout.gateway_config, logs / "gateway.log")
         await wait_serving(
-            layout.gateway_endpoint, layout.pki_dir, pki.GATEWAY, "numfed.v1.GatewayService"
+            layout.gateway_endpoint,
+            layout.pki_dir,
+            pki.GATEWAY,
+            "numfed.v1.GatewayService",
+            timeout=ready_timeout,
         )
         waits: Mapping[str, str] = layout.platform_endpoints
         for p, endpoint in waits.items():
             await wait_serving(
-                endpoint, layout.pki_dir, PeerId(Role.PLATFORM, p), "numfed.v1.PlatformService"
+                endpoint,
+                layout.pki_dir,
+                PeerId(Role.PLATFORM, p),
+                "numfed.v1.PlatformService",
+                timeout=ready_timeout,
             )
     except BaseException:
         fed.stop_all()

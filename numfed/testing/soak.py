@@ -91,6 +91,9 @@ MAYBE_COMMITTED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 """A call that failed so may have been carried out: sent again with the same request."""
 NEW_SESSION = frozenset({"NO_SESSION", "TOO_MANY_RELEASES"})
 """Holder-channel refusals that only mean: verify the holder again."""
+START_TIMEOUT = 120.0
+"""Seconds each process has to answer health checks: a dozen Python processes starting at once
+on a busy 2-core machine have taken more than 20."""
 AUDIT_CHECKPOINT_INTERVAL = 2.0
 """Seconds between the gateway's audit checkpoints (and the carriers' fetches of them)."""
 SHED = frozenset({"TOO_MANY_CODES", "TOO_MANY_VERIFICATIONS", "TOO_MANY_SESSIONS"})
@@ -516,6 +519,7 @@ class Soak:
                 self.layout.pki_dir,
                 PeerId(Role.CARRIER, carrier),
                 "numfed.v1.CarrierService",
+                timeout=START_TIMEOUT,
             )
         self.report.restarted.append(name)
         self.step(f"   {name} restarted (reads its signing key at start): signs with the new key")
@@ -802,6 +806,7 @@ async def run_soak(
         database_url=settings.database_url,
         platform_knobs=knobs,
         limits={"audit_checkpoint_interval": AUDIT_CHECKPOINT_INTERVAL},
+        ready_timeout=START_TIMEOUT,
     )
     try:
         for c in settings.carriers:
@@ -810,6 +815,7 @@ async def run_soak(
                 fed.layout.pki_dir,
                 PeerId(Role.CARRIER, c),
                 "numfed.v1.CarrierService",
+                timeout=START_TIMEOUT,
             )
         return await Soak(fed, settings, say).run()
     finally:

@@ -1,8 +1,9 @@
 """The trust soak, short (numfed/testing/soak.py; ``make soak-trust`` runs a long one): a
 federation of processes carries releases and events without pause while a carrier key rotates,
 the root rotates twice (root v2 expiring afterwards) and the old key is revoked; nothing
-accepted is lost or applied twice, the revoked key is refused everywhere within one refresh
-interval, and only the rotated carrier restarts. On SQLite and PostgreSQL.
+accepted is lost or applied twice, every member keeps the gateway's audit checkpoints, the
+revoked key is refused everywhere within one refresh interval, and only the rotated carrier
+restarts. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
