@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest browser portal-shots clean ops-pictures
+.PHONY: test demo bench fuzz soak-trust proto proto-check lint typecheck pytest browser portal-shots clean ops-pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,13 @@ fuzz: $(STAMP)
 	NUMFED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NUMFED_FUZZ_STATS=build/fuzz-stats.json \
 		$(VENV)/bin/pytest -q tests/fuzz
 	@echo "calls and status codes per RPC: build/fuzz-stats.json"
+
+# The long trust soak (make test runs a short one): a federation of processes under load while a
+# carrier key rotates, the root rotates twice and a key is revoked; docs/trust-operations.md.
+# SOAK_ARGS=--postgres puts the gateway on a throwaway PostgreSQL.
+SOAK_DURATION ?= 600
+soak-trust: $(STAMP)
+	$(PY) -m numfed.testing.soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

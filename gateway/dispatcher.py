@@ -165,17 +165,15 @@ class Dispatcher:
                 continue
             keys = list(self._held)
             try:
-                kept = await self._store.run(
+                renewal = await self._store.run(
                     self._store.renew, self._owner, keys, now_us(), lease_us
                 )
                 self._database["renewing leases"].succeeded()
             except Exception as exc:
                 self._failed("renewing leases", exc)
                 continue
-            if kept < len(keys):
-                log.warning(
-                    "%d of %d leases were lost to other replicas", len(keys) - kept, len(keys)
-                )
+            if renewal.lost:  # tasks that finished since ``keys`` was read are not lost
+                log.warning("%d of %d leases were lost to other replicas", renewal.lost, len(keys))
 
     async def _idle(self) -> None:
         try:
