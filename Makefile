@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench soak fuzz proto proto-check proto-baseline breaking lint typecheck pytest browser portal-shots clean
+.PHONY: test demo bench soak soak-trust fuzz proto proto-check proto-baseline breaking lint typecheck pytest browser portal-shots clean ops-pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,12 +95,24 @@ SOAK_SECONDS ?= 300
 soak: $(BENCH_STAMP)
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
+# The Grafana dashboard (docs/grafana/numfed.json) and a picture of each of its panels from a
+# real run scraped by Prometheus (docs/img/ops/*.png); needs /usr/bin/prometheus. About 3 min.
+ops-pictures: $(STAMP)
+	$(PY) scripts/ops_pictures.py
+
 # The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
 FUZZ_EXAMPLES ?= 700
 fuzz: $(STAMP)
 	NUMFED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NUMFED_FUZZ_STATS=build/fuzz-stats.json \
 		$(VENV)/bin/pytest -q tests/fuzz
 	@echo "calls and status codes per RPC: build/fuzz-stats.json"
+
+# The long trust soak (make test runs a short one): a federation of processes under load while a
+# carrier key rotates, the root rotates twice and a key is revoked; docs/trust-operations.md.
+# SOAK_ARGS=--postgres puts the gateway on a throwaway PostgreSQL.
+SOAK_DURATION ?= 600
+soak-trust: $(STAMP)
+	$(PY) -m numfed.testing.soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

@@ -41,6 +41,8 @@ from bench.fanout import (
     stop_processes,
     wait_serving,
 )
+from bench.observability import bench_observability, document_section
+from bench.observability import write_doc as write_observability_doc
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.cli import Command
@@ -856,6 +858,27 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=True,
         )
     )
+    modes = {m["mode"]: m for m in r["observability"]["modes"]}
+    out.append(
+        target(
+            "metrics endpoint on and scraped every second: gateway CPU ms/query, 7 platforms "
+            "(reference: no endpoint, no tracing)",
+            modes["metrics"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.1,
+            higher_is_better=False,
+        )
+    )
+    out.append(
+        target(
+            "tracing sampled at 10%: gateway CPU ms/query, 7 platforms (reference: no endpoint, "
+            "no tracing)",
+            modes["sampled"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.25,
+            higher_is_better=False,
+        )
+    )
     o = r["overload"]
     out.append(
         target(
@@ -1191,6 +1214,10 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["events"] = await bench_events(size, workdir)
     print("overload", flush=True)
     r["overload"] = await bench_overload(size, workdir)
+    print("metrics and tracing: on, off, sampled", flush=True)
+    r["observability"] = await bench_observability(
+        size.fanout_seconds * 2, min(size.in_flight, 16), workdir
+    )
     print("standards facades beside the gRPC path", flush=True)
     r["facades"] = await facades.bench_facades(size.facade_calls, size.facade_events, workdir)
     print("the holder's page at 10x its sustainable rate", flush=True)
@@ -1219,6 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
         "verification",
         "events",
         "overload",
+        "observability",
         "facades",
         "portal",
     ):
@@ -1228,6 +1256,7 @@ def main(argv: list[str] | None = None) -> int:
     made = plots(r, out)
     if not args.no_doc:
         write_doc(document(r, summary))
+        write_observability_doc(document_section(r["observability"]), DOC)
         portal.write_doc(portal.document(r["portal"], r["machine"]["date"]))
     print(f"\n{'target':<95} {'value':>10} {'ref':>10} {'ratio':>7}  met")
     for s in summary:

@@ -44,6 +44,7 @@ from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, NumfedE
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.rpc import (
     MAX_MESSAGE_BYTES,
     Admission,
@@ -53,7 +54,7 @@ from numfed.rpc import (
     start_server,
 )
 from numfed.scenario import demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
 from numfed.v1 import (
@@ -182,11 +183,18 @@ class CarrierAdapter:
 
     async def keep_checkpoints(self) -> None:
         """:meth:`keep_checkpoint` every ``limits.audit_checkpoint_interval`` seconds."""
+        failing = RetrySummary(
+            log,
+            "keeping the gateway's audit checkpoint failed",
+            "keeping the gateway's audit checkpoint working again",
+            level=logging.INFO,
+        )
         while True:
             try:
                 await self.keep_checkpoint()
+                failing.succeeded()
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("keeping the gateway's audit checkpoint failed (%s)", exc)
+                failing.failed(failure_reason(exc))
             await asyncio.sleep(self.config.limits.audit_checkpoint_interval)
 
     def claim(
@@ -490,14 +498,16 @@ async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:
 
 async def serve(config_path: Path) -> None:
     """Run the adapter of ``config_path`` until SIGTERM or SIGINT, then stop gracefully."""
-    handle = await start_carrier(load_carrier_config(config_path))
-    log.info(
-        "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
-        handle.adapter.carrier_id,
-        handle.adapter.display_name,
-        handle.port,
-        handle.holder_port,
-    )
-    if handle.web is not None:
-        log.info("the holder's page is on port %d", handle.web.port)
-    await run_until_signalled(handle.stop)
+    config = load_carrier_config(config_path)
+    async with process_telemetry(f"carrier-{config.carrier_id}", config.telemetry):
+        handle = await start_carrier(config)
+        log.info(
+            "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
+            handle.adapter.carrier_id,
+            handle.adapter.display_name,
+            handle.port,
+            handle.holder_port,
+        )
+        if handle.web is not None:
+            log.info("the holder's page is on port %d", handle.web.port)
+        await run_until_signalled(handle.stop)

@@ -31,6 +31,7 @@ from gateway.backoff import backoff_seconds
 from gateway.schema import audit_log
 from numfed.db import serialize
 from numfed.errors import Unavailable
+from numfed.observability.logs import RetrySummary, failure_reason
 
 __all__ = [
     "AUDIT_LOCK",
@@ -220,9 +221,18 @@ class AuditWriter:
         """The last flush failed: it may have committed all the same (its answer lost)."""
         self.failures = 0
         """Flushes in a row that failed (0 once one commits)."""
+        self._failing = RetrySummary(
+            log, "appending to the audit log failed", "appending to the audit log working again"
+        )
+        """A refusing database: its first failure, a summary a minute, its recovery."""
         self._flushing = asyncio.Lock()
         """One flush at a time: records stay in order even with several database threads, and
         :meth:`flush` returns only once everything recorded before it is committed."""
+
+    @property
+    def max_backlog(self) -> int:
+        """The backlog at which new audited work is refused (``limits.audit_max_backlog``)."""
+        return self._max_backlog
 
     @property
     def backlog(self) -> int:
@@ -296,13 +306,11 @@ class AuditWriter:
             await self.flush()
         except Exception as exc:
             self.failures += 1
-            log.warning(
-                "appending to the audit log failed (%s); %d records kept, retrying",
-                exc,
-                len(self._queue),
-            )
+            log.debug("appending to the audit log failed", exc_info=exc)
+            self._failing.failed(f"{failure_reason(exc)}; {len(self._queue)} records kept")
             return False
         self.failures = 0
+        self._failing.succeeded()
         return True
 
     def start(self) -> None:

@@ -33,6 +33,7 @@ from gateway.schema import audit_checkpoints, audit_log
 from numfed.checkpoint import Checkpoint, HeadScheme, sign_checkpoint, verify_checkpoint
 from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.timeutil import to_us
 from numfed.trust import TrustBundle
 from numfed.v1 import claim_pb2
@@ -72,6 +73,9 @@ class Checkpointer:
         self._clock = clock
         self._latest: claim_pb2.Envelope | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failing = RetrySummary(
+            log, "signing an audit checkpoint failed", "signing audit checkpoints working again"
+        )
 
     @property
     def latest(self) -> claim_pb2.Envelope | None:
@@ -139,8 +143,10 @@ class Checkpointer:
         while True:
             try:
                 await self.checkpoint()
+                self._failing.succeeded()
             except Exception as exc:
-                log.warning("signing an audit checkpoint failed (%s); retrying", exc)
+                log.debug("signing an audit checkpoint failed", exc_info=exc)
+                self._failing.failed(failure_reason(exc))
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

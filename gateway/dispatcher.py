@@ -48,6 +48,8 @@ from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
 from numfed.db import run_to_end
 from numfed.errors import Unavailable
+from numfed.observability import metrics, tracing
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.rpc import error_status
 from numfed.v1 import gateway_pb2
 
@@ -93,6 +95,14 @@ class Dispatcher:
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._unreachable: dict[str, RetrySummary] = {}
+        """Per platform: its failed release batches, logged as a summary, not one per retry."""
+        self._database = {
+            what: RetrySummary(log, f"{what} failing", f"{what} working again")
+            for what in ("leasing release tasks", "renewing leases", "recording release outcomes")
+        }
+        """The database away: one line, a summary a minute, one line when it is back (with
+        ``--log-level DEBUG`` each failure's traceback)."""
 
     @property
     def owner(self) -> str:
@@ -137,8 +147,9 @@ class Dispatcher:
                         int(self._limits.lease_seconds * 1e6),
                         limit,
                     )
-                except Exception:
-                    log.exception("leasing release tasks failed; retrying")
+                    self._database["leasing release tasks"].succeeded()
+                except Exception as exc:
+                    self._failed("leasing release tasks", exc)
             if claimed and not self._stopping:
                 self._dispatch(claimed)
                 continue
@@ -155,19 +166,22 @@ class Dispatcher:
                 continue
             keys = list(self._held)
             try:
-                kept = await self._store.run(
+                renewal = await self._store.run(
                     self._store.renew, self._owner, keys, now_us(), lease_us
                 )
-            except Exception:
-                log.exception("renewing leases failed; will try again")
+                self._database["renewing leases"].succeeded()
+            except Exception as exc:
+                self._failed("renewing leases", exc)
                 continue
-            if kept < len(keys):
-                log.warning(
-                    "%d of %d leases were lost to other replicas", len(keys) - kept, len(keys)
-                )
+            if renewal.lost:  # tasks that finished since ``keys`` was read are not lost
+                log.warning("%d of %d leases were lost to other replicas", renewal.lost, len(keys))
 
     async def _idle(self) -> None:
-        due = await self._store.run(self._store.next_due_us)
+        try:
+            due = await self._store.run(self._store.next_due_us)
+        except Exception as exc:  # the database away: look again in a second
+            self._failed("leasing release tasks", exc)
+            due = None
         wait = 1.0 if due is None else min(max((due - now_us()) / 1e6, 0.01), 1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wait)
@@ -204,7 +218,33 @@ class Dispatcher:
                 self._held.discard((job.job_id, platform_id))
             self.wake()  # room for another batch
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.debug("%s failed", what, exc_info=exc)
+        self._database[what].failed(failure_reason(exc))
+
+    def _retries(self, platform_id: str) -> RetrySummary:
+        summary = self._unreachable.get(platform_id)
+        if summary is None:
+            summary = self._unreachable[platform_id] = RetrySummary(
+                log,
+                f"platform {platform_id} unreachable for releases",
+                f"platform {platform_id} reachable again for releases",
+            )
+        return summary
+
     async def _send_batch(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], pieces: Mapping[str, Piece]
+    ) -> None:
+        # One span per batch: it continues the trace of the first job's ReleaseBindings call
+        # and links the others', so each holder's release is one trace up to the platform.
+        with tracing.continued_span(
+            "numfed.release.dispatch",
+            [job.trace_context for _task, job in work],
+            {"numfed.platform": platform_id, "numfed.release.jobs": len(work)},
+        ):
+            await self._send_traced(platform_id, work, pieces)
+
+    async def _send_traced(
         self, platform_id: str, work: list[tuple[TaskRow, JobRow]], pieces: Mapping[str, Piece]
     ) -> None:
         link = self._links.get(platform_id)
@@ -218,10 +258,11 @@ class Dispatcher:
             reason = (
                 exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             )
-            log.info("release batch to %s failed (%s); will retry", platform_id, reason)
+            self._retries(platform_id).failed(failure_reason(exc))
             err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
             updates = [self._retry_or_expire(task, job, error_status(err)) for task, job in work]
         else:
+            self._retries(platform_id).succeeded()
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
@@ -253,18 +294,26 @@ class Dispatcher:
         """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
-        except Exception:
-            log.exception("recording release outcomes failed; the leases will expire and retry")
+            self._database["recording release outcomes"].succeeded()
+        except Exception as exc:  # the leases will expire and the tasks be sent again
+            self._failed("recording release outcomes", exc)
             return
         for u in updates:
-            if u.done and u.job_id in changed:
+            if u.job_id not in changed:
+                continue
+            if not u.done:
+                metrics.RELEASE_RETRIES.labels(platform_id).inc()
+            else:
+                outcome: str = Outcome.Name(u.outcome)  # type: ignore[arg-type]
+                done = outcome.removeprefix("PLATFORM_OUTCOME_")
+                metrics.RELEASE_TASKS_DONE.labels(platform_id, done).inc()
                 self._audit(
                     AuditRecord(
                         now_us(),
                         "RELEASE_DELIVERY",
                         f"platform:{platform_id}",
                         next(j.number_key for _t, j in work if j.job_id == u.job_id),
-                        Outcome.Name(u.outcome),  # type: ignore[arg-type]
+                        outcome,
                         {"job": u.job_id},
                     )
                 )

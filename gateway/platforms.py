@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect
 from gateway.breaker import Breaker, BreakerState
 from gateway.fanout import NOTHING, SPARSE_ANSWERS, Piece, batch_request
 from numfed.config import Limits
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
+from numfed.observability import metrics
+from numfed.observability.logs import failure_reason
 from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
 from numfed.v1 import platform_pb2, platform_pb2_grpc
 
@@ -67,7 +71,17 @@ class CircuitOpen(Unavailable):
     """The platform's breaker is open: the call was not made."""
 
 
+QUERY = "BatchQueryBindings"
+RELEASE = "BatchReleaseBindings"
+
+
 class PlatformLink:
+    """One platform as the gateway calls it. Each call is timed into
+    ``numfed_platform_call_duration_seconds`` with its batch size (each call of a bisected
+    batch too), and each claim that fails on its own is counted in
+    ``numfed_platform_items_failed_total``; calls in flight, the breaker's state and the last
+    error are read when scraped (:meth:`collect_metrics`) and by ``numfed status``."""
+
     def __init__(
         self,
         platform_id: str,
@@ -77,6 +91,14 @@ class PlatformLink:
         metadata: Callable[[], Sequence[tuple[str, str]]] = tuple,
     ) -> None:
         self.platform_id = platform_id
+        self.in_flight = {QUERY: 0, RELEASE: 0}
+        """Calls out to the platform now, by method."""
+        self.last_error: tuple[float, str] | None = None
+        """(wall-clock time, reason) of the last call that failed."""
+        self._durations = metrics.Children(metrics.PLATFORM_CALL_DURATION, platform_id)
+        self._sizes = metrics.Children(metrics.PLATFORM_BATCH_ITEMS, platform_id)
+        self._skipped = metrics.Children(metrics.PLATFORM_CALLS_SKIPPED, platform_id)
+        self._items_failed = metrics.Children(metrics.PLATFORM_ITEMS_FAILED, platform_id)
         self.channel = channel
         self.stub = platform_pb2_grpc.PlatformServiceStub(channel)
         # Batches go out as the concatenation of their items' bytes, serialised once each
@@ -109,31 +131,76 @@ class PlatformLink:
             cooldown=limits.breaker_cooldown,
             on_change=self._breaker_changed,
         )
+        metrics.add_source(self)
 
     def _breaker_changed(self, state: BreakerState) -> None:
-        log.warning("circuit to platform %s is now %s", self.platform_id, state.value)
+        metrics.PLATFORM_BREAKER_TRANSITIONS.labels(self.platform_id, state.value).inc()
+        if state is BreakerState.HALF_OPEN:
+            log.info("circuit to platform %s is now half_open (one probe call)", self.platform_id)
+        else:
+            log.warning("circuit to platform %s is now %s", self.platform_id, state.value)
 
-    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guarded(self, method: str, size: int, call: Callable[[], Awaitable[T]]) -> T:
         """Make one call through the breaker; a failed or timed-out call counts against it."""
         if not self.breaker.allow():
+            self._skipped.inc(method)
             raise CircuitOpen(
                 "PLATFORM_CIRCUIT_OPEN",
                 f"{self.platform_id} failed repeatedly; not calling it for now",
                 retry_after=self.breaker.retry_after(),
             )
+        self._sizes.observe(size, method)
+        self.in_flight[method] += 1
+        start = time.perf_counter()
+        code = "OK"
         try:
             result = await call()
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "DEADLINE_EXCEEDED"
+            self.last_error = (time.time(), failure_reason(exc))
             if _too_large(exc):
                 self.breaker.abandon()  # it answered, too much: no verdict on the platform
             else:
                 self.breaker.failure()
             raise
         except asyncio.CancelledError:
+            code = "CANCELLED"
             self.breaker.abandon()  # the caller gave up: no verdict on the platform
             raise
+        finally:
+            self.in_flight[method] -= 1
+            self._durations.observe(time.perf_counter() - start, method, code)
         self.breaker.success()
         return result
+
+    def note_error(self, reason: str) -> None:
+        """A failure outside the link's own calls (an event push, a SET delivery): the
+        platform's last error from now."""
+        self.last_error = (time.time(), reason)
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "numfed_platform_breaker_state",
+            "1 for the state the platform's circuit breaker is in (closed, open, half_open).",
+            labels=["platform", "state"],
+        )
+        now = self.breaker.state
+        for s in BreakerState:
+            state.add_metric([self.platform_id, s.value], 1 if s is now else 0)
+        flying = GaugeMetricFamily(
+            "numfed_platform_calls_in_flight",
+            "Calls out to the platform now, by method.",
+            labels=["platform", "rpc_method"],
+        )
+        for method, n in self.in_flight.items():
+            flying.add_metric([self.platform_id, method], n)
+        return [state, flying]
+
+    def _item_failed(self, method: str, exc: Exception) -> NumfedError:
+        """:meth:`_item_error`, counted by its reason."""
+        err = self._item_error(exc)
+        self._items_failed.inc(method, err.reason)
+        return err
 
     def _item_error(self, exc: Exception) -> NumfedError:
         """Why one claim failed on its own (after bisection, or never sent)."""
@@ -178,7 +245,7 @@ class PlatformLink:
             timeout,
             splits=_splits,
             failed=lambda item, exc: platform_pb2.QueryItemResult(
-                item_id=item.item_id, status=error_status(self._item_error(exc))
+                item_id=item.item_id, status=error_status(self._item_failed(QUERY, exc))
             ),
             size=item_size,
             max_bytes=MAX_REQUEST_BYTES,
@@ -189,7 +256,9 @@ class PlatformLink:
     ) -> Sequence[platform_pb2.QueryItemResult]:
         request = batch_request(items, SPARSE_ANSWERS)
         response: platform_pb2.BatchQueryBindingsResponse = await self._guarded(
-            lambda: self._query_raw(request, timeout=timeout, metadata=self.metadata())
+            QUERY,
+            len(items),
+            lambda: self._query_raw(request, timeout=timeout, metadata=self.metadata()),
         )
         ids = [i.item_id for i in items]
         if response.sparse:
@@ -208,7 +277,7 @@ class PlatformLink:
                 timeout,
                 splits=_splits,
                 failed=lambda item, exc: platform_pb2.ReleaseItemResult(
-                    item_id=item.item_id, status=error_status(self._item_error(exc))
+                    item_id=item.item_id, status=error_status(self._item_failed(RELEASE, exc))
                 ),
                 size=item_size,
                 max_bytes=MAX_REQUEST_BYTES,
@@ -219,11 +288,14 @@ class PlatformLink:
     ) -> Sequence[platform_pb2.ReleaseItemResult]:
         request = batch_request(items)
         response: platform_pb2.BatchReleaseBindingsResponse = await self._guarded(
-            lambda: self._release_raw(request, timeout=timeout, metadata=self.metadata())
+            RELEASE,
+            len(items),
+            lambda: self._release_raw(request, timeout=timeout, metadata=self.metadata()),
         )
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:
+        metrics.remove_source(self)
         await self.queries.close()
         await self.channel.close()
 

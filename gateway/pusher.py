@@ -40,7 +40,7 @@ from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
 from numfed.db import run_to_end
-from numfed.errors import NumfedError
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
 __all__ = ["EventPusher", "LogHead"]
@@ -113,6 +113,17 @@ class EventPusher:
         self._limits = limits
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._failing = RetrySummary(
+            log,
+            f"event delivery to platform {link.platform_id} failing",
+            f"event delivery to platform {link.platform_id} working again",
+        )
+        self._paused = RetrySummary(
+            log,
+            f"event delivery to {link.platform_id} paused",
+            f"event delivery to {link.platform_id} going again",
+        )
+        """The push loop starting over (the database refusing, say): its first line at once."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -163,7 +174,8 @@ class EventPusher:
     async def run(self) -> None:
         """Push until cancelled. When the database refuses (UNAVAILABLE), or anything else
         unexpected fails, start over after a backoff: the lease is taken anew and the cursor read
-        again, so nothing is skipped, and one failure never ends delivery to a platform."""
+        again, so nothing is skipped, and one failure never ends delivery to a platform. The
+        pauses are logged as a summary (:class:`RetrySummary`), not one line per restart."""
         failures = 0
         loop = asyncio.get_running_loop()
         while True:
@@ -173,10 +185,8 @@ class EventPusher:
             except Exception as exc:
                 if loop.time() - started > self._limits.lease_seconds:
                     failures = 0  # it had been pushing for a while: a new outage
-                why = exc.reason if isinstance(exc, NumfedError) else type(exc).__name__
-                log.warning(
-                    "event delivery to %s paused: %s; retrying", self._link.platform_id, why
-                )
+                log.debug("pushing events failed; starting over", exc_info=exc)
+                self._paused.failed(failure_reason(exc))
                 delay = backoff_seconds(
                     failures,
                     initial=self._limits.retry_initial_backoff,
@@ -214,6 +224,7 @@ class EventPusher:
                 rows = []  # nothing new in the log (as of a read at most a second old)
             else:
                 rows = await self._store.run(self._events.after, cursor, BATCHES_PER_CALL)
+            self._paused.succeeded()  # the database answers again
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -239,7 +250,10 @@ class EventPusher:
                 failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1
-                log.info("event delivery to %s failed (%s); will resend", platform, exc.code().name)
+                self._link.note_error(failure_reason(exc))
+                self._failing.failed(failure_reason(exc))
+            else:
+                self._failing.succeeded()
             if failures:
                 delay = backoff_seconds(
                     failures - 1,

@@ -41,6 +41,8 @@ release_jobs = Table(
     Column("deadline_us", BigInteger, nullable=False),
     Column("done_us", BigInteger, nullable=True),
     Column("claim_digest", LargeBinary(32), nullable=True),
+    # The W3C traceparent of the call that made the job, so its dispatch continues the trace.
+    Column("trace_context", String(64), nullable=True),
     UniqueConstraint("carrier_id", "request_id", name="uq_release_jobs_request"),
     # One release claim, one job: SHA-256 of (carrier, claim_id), unique (NULL for jobs made
     # before revision 0006 whose claim was already dropped).

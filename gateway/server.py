@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
@@ -38,6 +38,7 @@ from gateway.facades.ssf.pusher import SetPusher, receiver_tls
 from gateway.facades.ssf.sets import SetSigner
 from gateway.facades.ssf.store import StreamStore
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
+from gateway.observability import CarrierHealth, GatewayObserver
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
@@ -56,10 +57,12 @@ from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import VERSION_METADATA_KEY, TrustedState
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
@@ -72,9 +75,13 @@ SERVICE = "numfed.v1.GatewayService"
 
 
 def channel_options() -> list[tuple[str, int]]:
+    """Options of the gateway's channels to members: a member that comes back after an outage
+    or a restart is reconnected within 2 s (gRPC's default backoff grows to two minutes)."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
@@ -88,6 +95,19 @@ def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
     if not layout.audit_key_path(gateway_id).exists():
         return None
     return pki.load_audit_signer(layout, gateway_id)
+
+
+def _log_trust_in_force(trust_dir: Path, view: TrustView) -> None:
+    """The trust the gateway starts with, in one line (later changes: gateway.trustview)."""
+    bundle = view.state.bundle
+    assert bundle is not None  # load_view raises unless a bundle is held
+    log.info(
+        "trust files in %s in force: root v%d, bundle v%d (expires %s)",
+        trust_dir,
+        view.state.root.version,
+        bundle.version,
+        bundle.expires_at.isoformat(timespec="seconds"),
+    )
 
 
 def _platform_link(
@@ -165,6 +185,15 @@ class Gateway:
     """Per platform whose events go by ``ssf-push``: its SET pusher."""
     event_head: LogHead | None = None
     """The event log's head, read once for every pusher (:class:`gateway.pusher.LogHead`)."""
+    carrier_health: dict[str, CarrierHealth] = field(default_factory=dict)
+    """Per carrier: its last sync and its last failure (``numfed status``)."""
+    observer: GatewayObserver | None = None
+    """What a scrape and ``/status`` read (``gateway/observability.py``)."""
+
+    @property
+    def serving(self) -> bool:
+        """Health says SERVING: every carrier synced (or the wait ran out), not stopping."""
+        return self.ready.is_set() and not self._stopped
 
     @property
     def port(self) -> int:
@@ -210,6 +239,7 @@ class Gateway:
             load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
         )
         view, _ = load_view(config.trust_dir, now=datetime.now(UTC))
+        _log_trust_in_force(config.trust_dir, view)
 
         def versions() -> str:
             return servicer.trust_view.versions  # the view in force at the time of each call
@@ -304,6 +334,7 @@ class Gateway:
             admission=bounds,
             members=membership,
             revocations=revocations,
+            not_serving=[SERVICE] if config.carriers else [],
             initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
             limits=config.limits,
         )
@@ -333,6 +364,8 @@ class Gateway:
         )
         audit.start()
         checkpointer.start()
+        gw.observer = GatewayObserver(gw)
+        metrics.add_source(gw.observer)
         if config.facade_listen is not None:
             try:
                 await gw._start_facades(config.facade_listen)
@@ -340,9 +373,7 @@ class Gateway:
                 await gw.stop(0)  # nothing half started stays behind
                 raise
         # Ready once every carrier has told us which numbers it serves.
-        if config.carriers:
-            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        else:
+        if not config.carriers:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for platform in config.platforms:
@@ -423,6 +454,7 @@ class Gateway:
             limits=self.config.limits,
             owner=self.dispatcher.owner,
             audit=self.audit.record,
+            on_error=self.links[member.id].note_error,
         )
         self.set_pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
@@ -503,8 +535,8 @@ class Gateway:
             self.trust_watcher.reload()
 
     async def _mark_ready_if_synced(self) -> None:
-        if self.synced >= {m.id for m in self.config.carriers}:
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.synced >= {m.id for m in self.config.carriers} and not self._stopped:
+            await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def sync_carrier(self, member: Member) -> int:
@@ -590,19 +622,31 @@ class Gateway:
 
     async def _sync_carrier_forever(self, member: Member) -> None:
         """Sync with a carrier; retry until it answers, then every minute. Nothing a carrier
-        answers ends this loop: a bad answer is logged and tried again later."""
+        answers ends this loop: a bad answer is logged and tried again later. The log says
+        when a carrier is first synced or its disputes change, and summarises failures."""
         delay = 0.2
+        health = self.carrier_health.setdefault(member.id, CarrierHealth())
+        unreachable = RetrySummary(
+            log, f"carrier {member.id} not reachable", f"carrier {member.id} reachable again"
+        )
+        reported: int | None = None
         while True:
             try:
                 disputed = await self.sync_carrier(member)
-                log.info("carrier %s synced (%d disputed numbers)", member.id, disputed)
+                unreachable.succeeded()
+                level = logging.INFO if disputed != reported else logging.DEBUG
+                log.log(level, "carrier %s synced (%d disputed numbers)", member.id, disputed)
+                reported = disputed
+                health.synced_at = time.time()
                 self.synced.add(member.id)
                 await self._mark_ready_if_synced()
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
-                log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
+                health.failed(exc)
+                unreachable.failed(failure_reason(exc))
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
             except Exception as exc:  # a carrier's bad answer or a database error: retry
+                health.failed(exc)
                 log.warning(
                     "sync with carrier %s failed (%s: %s); retrying",
                     member.id,
@@ -620,7 +664,8 @@ class Gateway:
         if not self.ready.is_set():
             missing = sorted({m.id for m in self.config.carriers} - self.synced)
             log.warning("serving without a sync from %s (not reachable yet)", ", ".join(missing))
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            if not self._stopped:
+                await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def _refresh_ports(self) -> None:
@@ -631,12 +676,16 @@ class Gateway:
         self.portability.apply(fresh)
 
     async def _follow_ports(self) -> None:
+        failing = RetrySummary(
+            log, "reading completed ports failing", "reading completed ports working again"
+        )
         while True:
             await asyncio.sleep(self.config.limits.portability_refresh)
             try:
                 await self._refresh_ports()
+                failing.succeeded()
             except Exception as exc:  # the database may be away for a while: try again
-                log.info("reading completed ports failed (%s); retrying", exc)
+                failing.failed(failure_reason(exc))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
@@ -644,10 +693,14 @@ class Gateway:
         replica works on the database any more, the leases it holds are given back, so another
         replica (or the next start) takes over at once. Each step runs even if one before it
         failed, so the tasks, channels and store always end. A second call does nothing.
+        Scrapes stop reading it at once; the process logs ``stopping`` and ``stopped`` around
+        this (``numfed.serving``), the server its services going NOT_SERVING.
         """
         if self._stopped:
             return
         self._stopped = True
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
         async with contextlib.AsyncExitStack() as after:  # runs these last to first
             after.callback(self.store.close)
             for ch in self.carrier_channels.values():
@@ -684,6 +737,11 @@ class Gateway:
 async def serve(config_path: Path) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Gateway.stop`)."""
     config = load_gateway_config(config_path)
-    gw = await Gateway.start(config)
-    print(f"gateway listening on port {gw.port}", flush=True)
-    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload)
+    async with process_telemetry("gateway", config.telemetry, routes=("/status",)) as telemetry:
+        gw = await Gateway.start(config)
+        assert gw.observer is not None
+        telemetry.routes["/status"] = gw.observer.status_json
+        print(f"gateway listening on port {gw.port}", flush=True)  # for scripts: it is up
+        await run_until_signalled(
+            lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -43,6 +44,7 @@ from numfed.errors import (
 )
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics, tracing
 from numfed.rpc import current_peer
 from numfed.timeutil import to_us
 from numfed.v1 import (
@@ -270,6 +272,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         omitted=got.omitted_bindings,
                     )
                 )
+        if log.isEnabledFor(logging.DEBUG):
+            outcomes = collections.Counter(
+                gateway_pb2.PlatformOutcome.Name(r.outcome).removeprefix("PLATFORM_OUTCOME_")
+                for r in results
+            )
+            if answer.none_platform_ids:
+                outcomes["NONE"] += len(answer.none_platform_ids)
+            log.debug(
+                "query from %s answered for %d platforms (%s)",
+                current_peer().id,
+                len(platform_ids),
+                ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())),
+            )
         return answer
 
     # -- release ------------------------------------------------------------------------------
@@ -317,6 +332,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             done_us=None,
             claim_digest=claim_digest(caller.id, checked.verified.claim.claim_id),
+            trace_context=tracing.current_traceparent(),
         )
         try:
             # Committed (with the jobs of other calls arriving meanwhile) before we answer.
@@ -335,6 +351,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     )
                 return await self._operation(stored.job_id)  # a retry of an accepted request
             raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
+        # Its RELEASE_JOB audit entry committed with it (_job_committed).
+        metrics.RELEASE_JOBS_ACCEPTED.labels(caller.id).inc()
+        log.info(
+            "release job %s accepted from carrier %s for %d platforms",
+            job.job_id,
+            caller.id,
+            len(platform_ids),
+        )
         self._dispatcher.wake()
         return operation(
             job, [TaskRow(job.job_id, p, 0, 0, 0, created, None) for p in platform_ids]

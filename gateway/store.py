@@ -42,7 +42,7 @@ from gateway.schema import recycled_asked_dates, release_jobs, release_tasks, ta
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
-__all__ = ["JobAudit", "JobRow", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
+__all__ = ["JobAudit", "JobRow", "Renewal", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,6 +88,9 @@ class JobRow:
     done_us: int | None
     claim_digest: bytes | None = None
     """:func:`claim_digest` of the job's claim: one release claim makes at most one job."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` of the ReleaseBindings call that made the job (tracing on):
+    its dispatch continues that trace (``numfed.observability.tracing``)."""
 
 
 JobAudit = Callable[[JobRow, Sequence[str]], AuditRecord]
@@ -136,6 +139,17 @@ def _lease_record(owner: str) -> sa.Update:
         tl.c.owner == owner,
         tl.c.from_us == sa.bindparam("f"),
     )
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What one heartbeat found of the leases it renewed."""
+
+    held: int
+    """Tasks still leased to the owner, now renewed."""
+    lost: int
+    """Tasks still pending that another owner leases now (it took them over once the lease ran
+    out). A task finished since the heartbeat looked (its outcome recorded) is neither."""
 
 
 class Store:
@@ -448,26 +462,40 @@ class Store:
             if (r.job_id, r.platform_id) in wanted
         }
 
-    def renew(self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int) -> int:
-        """Extend ``owner``'s leases on these tasks (a heartbeat); return how many it still held.
+    def renew(
+        self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int
+    ) -> Renewal:
+        """Extend ``owner``'s leases on these tasks (a heartbeat); say how many it still held and
+        how many another owner took over.
 
         A lease that already expired is renewed only if nobody took it over meanwhile.
         """
         t = release_tasks
         until = now_us + lease_us
+        wanted = list(keys)
         with self.engine.begin() as conn:
-            held = self._held(conn, owner, list(keys))
-            if not held:
-                return 0
-            params = [{"j": j, "p": p, "f": f, "until": until} for (j, p), f in held.items()]
-            conn.execute(
-                sa.update(t)
-                .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
-                .values(lease_until_us=sa.bindparam("until")),
-                params,
-            )
-            conn.execute(_lease_record(owner).values(until_us=sa.bindparam("until")), params)
-        return len(held)
+            held = self._held(conn, owner, wanted)
+            others = set(wanted) - set(held)
+            lost = 0
+            if others:
+                rows = conn.execute(
+                    sa.select(t.c.job_id, t.c.platform_id).where(
+                        t.c.job_id.in_(sorted({j for j, _p in others})),
+                        t.c.state == TASK_PENDING,
+                        t.c.lease_owner != owner,
+                    )
+                )
+                lost = sum(1 for r in rows if (r.job_id, r.platform_id) in others)
+            if held:
+                params = [{"j": j, "p": p, "f": f, "until": until} for (j, p), f in held.items()]
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
+                    .values(lease_until_us=sa.bindparam("until")),
+                    params,
+                )
+                conn.execute(_lease_record(owner).values(until_us=sa.bindparam("until")), params)
+        return Renewal(held=len(held), lost=lost)
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
         """Store dispatch outcomes (only for tasks ``owner`` still leases) in one transaction.

@@ -6,6 +6,7 @@ server applies lives in :class:`Limits`, so deadlines and caps come from one pla
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -23,6 +24,7 @@ __all__ = [
     "Limits",
     "Member",
     "PlatformConfig",
+    "Telemetry",
     "load_carrier_config",
     "load_gateway_config",
     "load_platform_config",
@@ -41,6 +43,8 @@ EVENT_MODES = ("push", "poll", "ssf-push", "ssf-poll")
 ("poll"), or OpenID Shared Signals SETs pushed to its receiver (RFC 8935, "ssf-push") or polled
 by it (RFC 8936, "ssf-poll"); see docs/standards.md."""
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
+_DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*")
+_OTLP_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}/?")
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,54 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """The operator's view of one process: the ``[telemetry]`` section of any config."""
+
+    metrics_listen: str | None = None
+    """Loopback HOST:PORT of the process's HTTP endpoint (``/metrics``; the gateway also
+    ``/status``). Absent: no endpoint. Port 0: any free port (the log names it)."""
+    otlp_endpoint: str | None = None
+    """Where spans go, OTLP over gRPC (``http://HOST:PORT`` plaintext, ``https://`` TLS).
+    Absent: the ``OTEL_EXPORTER_OTLP_ENDPOINT`` environment variable, else no tracing."""
+    trace_sample_ratio: float = 1.0
+    """Share of new traces recorded (calls that arrive traced follow their caller)."""
+
+
+def _telemetry(raw: dict[str, Any]) -> Telemetry:
+    sec = raw.get("telemetry", {})
+    if not isinstance(sec, dict):
+        raise InvalidArgument("BAD_CONFIG", "[telemetry] must be a section")
+    unknown = set(sec) - {f.name for f in fields(Telemetry)}
+    if unknown:
+        raise InvalidArgument("BAD_CONFIG", f"unknown telemetry settings: {sorted(unknown)}")
+    listen = None
+    if "metrics_listen" in sec:
+        listen = _endpoint(sec, "metrics_listen", "telemetry")
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"telemetry.metrics_listen={listen!r}: the metrics endpoint listens on "
+                "loopback only",
+            )
+    otlp = None
+    if "otlp_endpoint" in sec:
+        otlp = _str(sec, "otlp_endpoint", "telemetry")
+        if not _OTLP_ENDPOINT.fullmatch(otlp):
+            raise InvalidArgument(
+                "BAD_CONFIG", f"telemetry.otlp_endpoint={otlp!r} is not http(s)://HOST:PORT"
+            )
+    ratio = _number(sec, "trace_sample_ratio", "telemetry", 1.0)
+    if not 0.0 <= ratio <= 1.0:
+        raise InvalidArgument("BAD_CONFIG", "telemetry.trace_sample_ratio must be within [0, 1]")
+    return Telemetry(metrics_listen=listen, otlp_endpoint=otlp, trace_sample_ratio=ratio)
+
+
+@dataclass(frozen=True)
 class Member:
     """A carrier or platform as the gateway knows it."""
 
@@ -245,6 +297,7 @@ class GatewayConfig:
     ssf_key_file: Path | None = None
     """The Ed25519 key that signs Security Event Tokens (PEM); every replica needs the same key.
     Default: ``ssf-set.key.pem`` in the state directory, created on first start."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -281,6 +334,7 @@ class PlatformConfig:
     which a state directory's path may not leave."""
     limits: Limits = field(default_factory=Limits)
     """Of these, a platform applies the connection settings (keepalive, connection age)."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -302,6 +356,7 @@ class CarrierConfig:
     """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
     trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
     (numfed/checkpoint.py)."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -377,6 +432,11 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     sec = _section(raw, "gateway")
     state_dir = base / _str(sec, "state_dir", "gateway")
     url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
+    if not isinstance(url, str) or not _DATABASE_URL.fullmatch(url):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "gateway.database_url must be sqlite:///PATH or postgresql+psycopg://…",
+        )
     if "portability" in raw:
         raise InvalidArgument(
             "BAD_CONFIG",
@@ -413,6 +473,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             if "ssf_key_file" in sec
             else state_dir / "ssf-set.key.pem"
         ),
+        telemetry=_telemetry(raw),
     )
 
 
@@ -460,6 +521,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         event_retry_window=retry_window,
         admin_socket=admin_socket,
         limits=Limits.from_mapping(raw.get("limits", {})),
+        telemetry=_telemetry(raw),
     )
 
 
@@ -488,4 +550,5 @@ def load_carrier_config(path: Path) -> CarrierConfig:
             _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
         ),
         trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
+        telemetry=_telemetry(raw),
     )

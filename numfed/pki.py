@@ -57,6 +57,7 @@ __all__ = [
     "client_options",
     "init_pki",
     "issue_cert",
+    "issue_member",
     "load_audit_signer",
     "load_carrier_signer",
     "load_crl",
@@ -372,8 +373,36 @@ def init_pki(
     return PkiLayout(directory)
 
 
+def issue_member(
+    where: PkiLayout | Path,
+    peer: PeerId,
+    *,
+    now: datetime | None = None,
+    validity: timedelta = timedelta(days=365),
+) -> PkiLayout:
+    """Add one member to an existing PKI: a certificate from its CA (which needs the CA key)
+    and, for a carrier, a claim-signing key. A member that has a certificate already is
+    FAILED_PRECONDITION ``MEMBER_EXISTS`` and nothing is written."""
+    layout = _layout(where)
+    if layout.cert_path(peer).exists() or layout.key_path(peer).exists():
+        raise FailedPrecondition("MEMBER_EXISTS", f"{peer.uri} has a certificate already")
+    if validity <= timedelta(0):
+        raise InvalidArgument("BAD_VALIDITY", "validity must be positive")
+    ca = CertificateAuthority.load(layout)
+    now = now or datetime.now(UTC)
+    cert, key = issue_cert(ca, peer, not_before=now - CLOCK_SKEW, not_after=now + validity)
+    _write(layout.key_path(peer), _private_pem(key), secret=True)
+    _write(layout.cert_path(peer), cert.public_bytes(serialization.Encoding.PEM))
+    if peer.role is Role.CARRIER:
+        _write(layout.signing_key_path(peer.id), SigningKey.generate().to_pem(), secret=True)
+    return layout
+
+
 def _load_signer(path: Path) -> SigningKey:
-    key = SigningKey.from_pem(_read(path))
+    try:
+        key = SigningKey.from_pem(_read(path))
+    except (ValueError, TypeError) as exc:  # not PEM, or encrypted
+        raise InvalidArgument("BAD_PRIVATE_KEY", f"{path} holds no usable private key") from exc
     if key.algorithm is not KeyAlgorithm.ED25519:
         raise InvalidArgument("BAD_PRIVATE_KEY", f"{path} is not an Ed25519 key")
     return key
@@ -594,23 +623,44 @@ class RevocationList:
 # --- gRPC -------------------------------------------------------------------------------------
 
 
+def _tls_files(where: PkiLayout | Path, peer: PeerId) -> tuple[bytes, bytes, bytes]:
+    """The CA, ``peer``'s certificate and its key as PEM, checked to parse and to belong
+    together, so that a garbled or mismatched file is one precise error (``BAD_PKI_FILE``)
+    rather than gRPC refusing to listen or to connect."""
+    layout = _layout(where)
+    ca, cert, key = layout.ca_path, layout.cert_path(peer), layout.key_path(peer)
+    ca_pem, cert_pem, key_pem = _read(ca), _read(cert), _read(key)
+    try:
+        x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{ca} is not a PEM certificate") from exc
+    try:
+        public = x509.load_pem_x509_certificate(cert_pem).public_key()
+    except ValueError as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{cert} is not a PEM certificate") from exc
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{key} holds no usable private key") from exc
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != public.public_bytes(*spki):
+        raise InvalidArgument("BAD_PKI_FILE", f"{key} is not the key of {cert}")
+    return ca_pem, cert_pem, key_pem
+
+
 def server_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ServerCredentials:
     """TLS credentials for serving as ``peer``; every client must present a cert from the CA."""
-    layout = _layout(where)
+    ca, cert, key = _tls_files(where, peer)
     return grpc.ssl_server_credentials(
-        [(_read(layout.key_path(peer)), _read(layout.cert_path(peer)))],
-        root_certificates=_read(layout.ca_path),
-        require_client_auth=True,
+        [(key, cert)], root_certificates=ca, require_client_auth=True
     )
 
 
 def channel_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ChannelCredentials:
     """TLS credentials for calling as ``peer``: its cert and key, and the CA to check servers."""
-    layout = _layout(where)
+    ca, cert, key = _tls_files(where, peer)
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(layout.ca_path),
-        private_key=_read(layout.key_path(peer)),
-        certificate_chain=_read(layout.cert_path(peer)),
+        root_certificates=ca, private_key=key, certificate_chain=cert
     )
 
 
@@ -639,7 +689,8 @@ def secure_channel(
     name one DNS name that resolves to several; calls are spread over them round-robin, and
     calls to the gateway that are safe to repeat are retried on another replica when one is
     UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`). ``interceptors`` wrap every call (a
-    member's reader of the gateway's trust version hints, say).
+    member's reader of the gateway's trust version hints, say); with tracing on, the W3C
+    trace context's interceptor comes first (:mod:`numfed.observability.tracing`).
     """
     opts = [*client_options(limits or Limits()), *options]
     if server is not None:
@@ -649,8 +700,13 @@ def secure_channel(
         target = "ipv4:" + ",".join(parts)
     config = GATEWAY_SERVICE_CONFIG if server == GATEWAY else {"loadBalancingConfig": _RR}
     opts.append(("grpc.service_config", json.dumps(config)))
+    from numfed.observability import tracing
+
     return grpc.aio.secure_channel(
-        target, channel_credentials(where, peer), options=opts, interceptors=list(interceptors)
+        target,
+        channel_credentials(where, peer),
+        options=opts,
+        interceptors=[*tracing.client_interceptors(), *interceptors] or None,
     )
 
 

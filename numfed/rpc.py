@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import inspect
 import logging
+import socket
+import time
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -35,10 +38,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from numfed.config import MIN_KEEPALIVE_TIME, Limits
 from numfed.errors import (
     ERROR_DOMAIN,
+    FailedPrecondition,
     InvalidArgument,
     NumfedError,
     PermissionDenied,
@@ -46,6 +51,7 @@ from numfed.errors import (
     Unauthenticated,
 )
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics, tracing
 from numfed.pki import RevocationList, peer_certificate, peer_from_pem
 
 __all__ = [
@@ -207,12 +213,20 @@ class _Gate:
         self.cls = cls
         self.active = 0
         self.rejected = 0
+        self.rejections: dict[str, int] = {}
+        """reason -> calls turned away for it (OVERLOADED, OVERLOADED_QUEUE_TIMEOUT,
+        CALLER_OVERLOADED), read when metrics are scraped."""
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._held: dict[str, int] = {}
         """caller -> calls of this class it has running or queued (no entry at zero)."""
 
     def held_by(self, caller: str) -> int:
         return self._held.get(caller, 0)
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
 
     @property
     def callers(self) -> int:
@@ -223,6 +237,7 @@ class _Gate:
         self, reason: str, message: str, metadata: dict[str, str] | None = None
     ) -> ResourceExhausted:
         self.rejected += 1
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
         return ResourceExhausted(
             reason,
             message,
@@ -333,6 +348,43 @@ class Admission:
     def gate(self, method: str) -> _Gate | None:
         name = self._methods.get(method)
         return self.gates[name] if name is not None else None
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        """Per RPC class: calls running and queued now, the bounds, and the calls turned away
+        by reason (read when scraped; admission itself keeps plain counters)."""
+        active = GaugeMetricFamily(
+            "numfed_admission_calls_active",
+            "Calls running now, by RPC class.",
+            labels=["rpc_class"],
+        )
+        queued = GaugeMetricFamily(
+            "numfed_admission_queue_depth",
+            "Calls waiting for a slot now, by RPC class.",
+            labels=["rpc_class"],
+        )
+        limit = GaugeMetricFamily(
+            "numfed_admission_limit",
+            "Admission bounds by RPC class: kind=concurrency (calls at once) or queue (calls "
+            "that may wait).",
+            labels=["rpc_class", "kind"],
+        )
+        rejected = CounterMetricFamily(
+            "numfed_admission_rejections",
+            "Calls turned away with RESOURCE_EXHAUSTED, by RPC class and reason (OVERLOADED, "
+            "OVERLOADED_QUEUE_TIMEOUT, CALLER_OVERLOADED).",
+            labels=["rpc_class", "reason"],
+        )
+        for name, gate in self.gates.items():
+            active.add_metric([name], gate.active)
+            queued.add_metric([name], gate.queued)
+            limit.add_metric([name, "concurrency"], gate.cls.concurrency)
+            limit.add_metric([name, "queue"], gate.cls.queue)
+            for reason in _REJECTION_REASONS:
+                rejected.add_metric([name, reason], gate.rejections.get(reason, 0))
+        return [active, queued, limit, rejected]
+
+
+_REJECTION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADED")
 
 
 Policy = Mapping[str, frozenset[Role]]
@@ -537,6 +589,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         gate = self._admission.gate(method) if self._admission is not None else None
         initial_metadata = self._initial_metadata
         on_metadata = self._on_metadata
+        service, _, name = method.strip("/").partition("/")
+        durations = metrics.Children(metrics.RPC_SERVER_DURATION, service, name)
+
+        def observe(seconds: float, code: str) -> None:
+            durations.observe(seconds, code)
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if policy is None:
@@ -559,6 +616,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 return response
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                start = time.perf_counter()
+                code = "OK"
                 try:
                     await admit(context)
                     request = _parsed(request, method)
@@ -570,7 +629,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     finally:
                         gate.exit(charged)
                 except NumfedError as err:
+                    code = err.code
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = "UNKNOWN"
+                    raise
+                finally:
+                    observe(time.perf_counter() - start, code)
 
             return grpc.unary_unary_rpc_method_handler(
                 cast(Any, unary),
@@ -583,6 +651,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                code = "OK"
                 try:
                     await admit(context)
                     request = _parsed(request, method)
@@ -600,7 +670,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                         if gate is not None:
                             gate.exit(charged)
                 except NumfedError as err:
+                    code = err.code
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = "UNKNOWN"
+                    raise
+                finally:
+                    observe(time.perf_counter() - start, code)
 
             return grpc.unary_stream_rpc_method_handler(
                 cast(Any, stream),
@@ -651,15 +730,76 @@ class ServerHandle:
     """A started server: its port, health servicer and a graceful stop."""
 
     def __init__(
-        self, server: grpc.aio.Server, port: int, health: health.aio.HealthServicer
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health: health.aio.HealthServicer,
+        *,
+        address: str = "",
+        serving: Mapping[str, bool] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health
+        self.address = address
+        self._serving: dict[str, bool] = dict(serving or {})
+        """service -> SERVING?, as last set (transitions are logged)."""
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Report ``service`` SERVING or NOT_SERVING in the health service; a change is logged."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await self.health.set(service, status)
+        if self._serving.get(service) != serving:
+            self._serving[service] = serving
+            log.info("%s is %s", service, "SERVING" if serving else "NOT_SERVING")
 
     async def stop(self, grace: float | None = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        serving = sorted(s for s, on in self._serving.items() if on)
+        if serving:
+            log.info("%s NOT_SERVING: stopping", ", ".join(serving))
+        self._serving = dict.fromkeys(self._serving, False)
         await self.server.stop(grace)
+
+
+_UNIX_SCHEMES = ("unix:", "unix-abstract:")
+
+
+def _check_bind(bind: str) -> None:
+    """Refuse an address the server could not listen on, with the operating system's reason
+    (CANNOT_LISTEN), before gRPC tries and fails with a bare RuntimeError. A Unix domain
+    socket (``unix:PATH``, a platform's admin socket) is left to gRPC: its failure to bind is
+    CANNOT_LISTEN too (:func:`start_server`)."""
+    if bind.startswith(_UNIX_SCHEMES):
+        return
+    host, _, port_text = bind.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except (ValueError, OSError) as exc:
+        raise FailedPrecondition(
+            "CANNOT_LISTEN", f"cannot listen on {bind}: not HOST:PORT ({exc})"
+        ) from exc
+    if port == 0:
+        return
+    failures: list[OSError] = []
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return  # gRPC can listen on at least this one
+            except OSError as exc:
+                failures.append(exc)
+    if failures:
+        first = failures[0]
+        what = "address already in use" if first.errno == errno.EADDRINUSE else first.strerror
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}: {what}") from first
 
 
 async def start_server(
@@ -675,6 +815,7 @@ async def start_server(
     initial_metadata: InitialMetadata | None = None,
     on_metadata: OnMetadata | None = None,
     limits: Limits | None = None,
+    not_serving: Iterable[str] = (),
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
@@ -689,14 +830,21 @@ async def start_server(
     ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
     carrier's own app channel only.
     ``limits`` (default: :class:`Limits` defaults) give the connection settings of
-    :func:`server_options`.
+    :func:`server_options`. Services named in ``not_serving`` start NOT_SERVING in the health
+    service (until :meth:`ServerHandle.set_serving`); the others start SERVING. An address the
+    server cannot listen on is FAILED_PRECONDITION ``CANNOT_LISTEN``.
+
+    Every call is timed into ``rpc_server_duration_seconds``; with tracing on
+    (:mod:`numfed.observability.tracing`) OpenTelemetry's interceptor runs first.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
     if credentials is None and (members is not None or revocations is not None):
         raise ValueError("a server without mTLS has no peers to check")
+    _check_bind(bind)
     server = grpc.aio.server(
         interceptors=[
+            *tracing.server_interceptors(),
             _Interceptor(
                 policy,
                 admission,
@@ -704,7 +852,7 @@ async def start_server(
                 revocations=revocations,
                 initial_metadata=initial_metadata,
                 on_metadata=on_metadata,
-            )
+            ),
         ],
         options=server_options(limits or Limits(), max_message_bytes),
     )
@@ -713,13 +861,36 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    if credentials is None:
-        port = server.add_insecure_port(bind)
-    else:
-        port = server.add_secure_port(bind, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(bind)
+        else:
+            port = server.add_secure_port(bind, credentials)
+    except RuntimeError as exc:  # taken between the check above and now
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}") from exc
     if port == 0:
-        raise RuntimeError(f"could not bind {bind}")
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}")
     await server.start()
+    held = set(not_serving)
+    serving = {name: name not in held for name in names if not name.startswith("grpc.")}
     for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return ServerHandle(server, port, health_servicer)
+        on = serving.get(name, True)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if on
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await health_servicer.set(name, status)
+    address = bind if bind.startswith(_UNIX_SCHEMES) else f"{bind.rpartition(':')[0]}:{port}"
+    log.info(
+        "listening on %s (%s%s)",
+        address,
+        ", ".join(n for n in names if not n.startswith("grpc.")),
+        "" if credentials is not None else ", plaintext",
+    )
+    if admission is not None:
+        metrics.add_source(admission)
+    for name, on in serving.items():
+        if on:
+            log.info("%s is SERVING", name)
+    return ServerHandle(server, port, health_servicer, address=address, serving=serving)

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from numfed import pki
 from numfed.checkpoint import CHECKPOINT_FILE
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
 from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
 from platform_stubs.admin import remove_socket, socket_path, start_admin_server
 from platform_stubs.conformance import (
@@ -27,6 +27,7 @@ from platform_stubs.conformance import (
     PlatformConformanceServicer,
 )
 from platform_stubs.events import EventApplier, EventPuller
+from platform_stubs.observability import PlatformObserver
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
 from platform_stubs.store import PlatformStore
@@ -80,12 +81,15 @@ class PlatformHandle:
     puller: EventPuller | None = None
     admin: ServerHandle | None = None
     """PlatformAdminService on its Unix socket (``platform_stubs.admin.socket_path``)."""
+    observer: PlatformObserver | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
         await self.server.stop(grace)
         if self.admin is not None:
             await self.admin.stop(grace)
@@ -148,26 +152,33 @@ async def start_platform(
         )
         return CONFORMANCE_SERVICE
 
-    handle = await start_server(
-        register=[register, register_conformance] if config.conformance else [register],
-        credentials=pki.server_credentials(config.pki_dir, peer),
-        policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
-        bind=config.listen,
-        members=SoleGateway(pki.GATEWAY),
-        revocations=pki.RevocationList(config.pki_dir),
-        on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
-        limits=config.limits,
-    )
-    await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        handle = await start_server(
+            register=[register, register_conformance] if config.conformance else [register],
+            credentials=pki.server_credentials(config.pki_dir, peer),
+            policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
+            bind=config.listen,
+            members=SoleGateway(pki.GATEWAY),
+            revocations=pki.RevocationList(config.pki_dir),
+            not_serving=[SERVICE],
+            on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
+            limits=config.limits,
+        )
+    except BaseException:  # an address in use, say: close what was opened, then say so
+        await trust.close()
+        store.close()
+        raise
     try:
         admin = await start_admin_server(socket_path(config), servicer.events)
     except BaseException:
         await handle.stop(0)
+        await trust.close()
+        store.close()
         raise
 
     async def ready_when_trusted() -> None:
         await trust.ready.wait()
-        await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await handle.set_serving(SERVICE, True)
 
     tasks = [
         asyncio.create_task(trust.run(config.trust_refresh)),
@@ -189,10 +200,14 @@ async def start_platform(
             await puller.run()
 
         tasks.append(asyncio.create_task(pull_when_trusted()))
-    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin)
+    observer = PlatformObserver(store, trust)
+    metrics.add_source(observer)
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin, observer)
 
 
 async def serve(config_path: Path) -> None:
-    handle = await start_platform(load_platform_config(config_path))
-    print(f"platform {handle.config.platform_id} listening on port {handle.port}", flush=True)
-    await run_until_signalled(handle.stop)
+    config = load_platform_config(config_path)
+    async with process_telemetry(f"platform-{config.platform_id}", config.telemetry):
+        handle = await start_platform(config)
+        print(f"platform {config.platform_id} listening on port {handle.port}", flush=True)
+        await run_until_signalled(handle.stop)

@@ -448,6 +448,11 @@ class PlatformStore:
         with self.engine.connect() as c:
             return [_dead_letter(r) for r in c.execute(q)]
 
+    def dead_letter_count(self) -> int:
+        """How many event batches are on the dead-letter list now."""
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one())
+
     def dead_letter_seqs(self, seqs: Sequence[int]) -> set[int]:
         """Which of ``seqs`` are on the dead-letter list."""
         with self.engine.connect() as c:

@@ -27,6 +27,7 @@ from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
 from numfed.trusthints import VersionHintReader, versions_in
@@ -92,6 +93,12 @@ class TrustClient:
             limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._unreachable = RetrySummary(
+            log,
+            "gateway not reachable for the trust bundle",
+            "gateway reachable again for the trust bundle",
+            level=logging.INFO,
+        )
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._min_interval = min_refresh_interval
@@ -250,9 +257,10 @@ class TrustClient:
         while True:
             try:
                 await self.refresh()
+                self._unreachable.succeeded()
                 delay = every
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("trust bundle fetch failed (%s); retrying", _why(exc))
+                self._unreachable.failed(failure_reason(exc))
                 delay = min(max(delay * 2, 0.1), 5.0) if not self.ready.is_set() else every
             await asyncio.sleep(delay)
 

@@ -29,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from numfed import pki
 from numfed.identity import PeerId
+from numfed.observability.asgi import TimedRequests
 
 __all__ = ["FacadeHandle", "start_facades", "tls_extension"]
 
@@ -137,7 +138,8 @@ async def start_facades(
     layout = pki.PkiLayout(pki_dir)
     sock = _bind(listen)
     port = sock.getsockname()[1]
-    app = Starlette(routes=routes(port))
+    served = routes(port)
+    app = TimedRequests(Starlette(routes=served), served)
 
     def context(config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = default()

@@ -156,6 +156,18 @@ class FederationProcesses:
             proc.send_signal(sig)
         return proc.wait(timeout)
 
+    def restart(self, name: str, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+        """Stop one member (SIGTERM) and start it again from its config, its output appended to
+        its log; returns the new process (also in ``processes``). A member already stopped is
+        just started."""
+        self.stop(name, timeout=timeout)
+        role, _, member = name.partition("-")
+        configs = {"carrier": self.layout.carrier_configs, "platform": self.layout.platform_configs}
+        config = self.layout.gateway_config if role == "gateway" else configs[role][member]
+        log = self.layout.root / "logs" / f"{name}.log"
+        self.processes[name] = _spawn(role, config, log, append=True)
+        return self.processes[name]
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             try:
@@ -184,8 +196,8 @@ async def wait_serving(
             await asyncio.sleep(0.1)
 
 
-def _spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
+def _spawn(role: str, config: Path, log: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
             stdout=out,
@@ -199,12 +211,15 @@ async def spawn_federation(
     *,
     carriers: Sequence[str] | None = None,
     platforms: Sequence[str] | None = None,
+    ready_timeout: float = 20.0,
     **kw: object,
 ) -> FederationProcesses:
     """Lay out a federation in ``root`` and start each member as its own process.
 
-    Returns once every platform and the gateway answer health checks as SERVING; each
-    process's output goes to ``root/logs/<name>.log``. Call ``stop_all()`` when done.
+    Returns once every platform and the gateway answer health checks as SERVING (each within
+    ``ready_timeout`` seconds: a dozen processes starting at once on a busy machine need more
+    than the default); each process's output goes to ``root/logs/<name>.log``. Call
+    ``stop_all()`` when done.
     """
     if carriers is not None:
         kw["carriers"] = tuple(carriers)
@@ -221,12 +236,20 @@ async def spawn_federation(
             fed.processes[f"platform-{p}"] = _spawn("platform", cfg, logs / f"platform-{p}.log")
         fed.processes["gateway"] = _spawn("gateway", layout.gateway_config, logs / "gateway.log")
         await wait_serving(
-            layout.gateway_endpoint, layout.pki_dir, pki.GATEWAY, "numfed.v1.GatewayService"
+            layout.gateway_endpoint,
+            layout.pki_dir,
+            pki.GATEWAY,
+            "numfed.v1.GatewayService",
+            timeout=ready_timeout,
         )
         waits: Mapping[str, str] = layout.platform_endpoints
         for p, endpoint in waits.items():
             await wait_serving(
-                endpoint, layout.pki_dir, PeerId(Role.PLATFORM, p), "numfed.v1.PlatformService"
+                endpoint,
+                layout.pki_dir,
+                PeerId(Role.PLATFORM, p),
+                "numfed.v1.PlatformService",
+                timeout=ready_timeout,
             )
     except BaseException:
         fed.stop_all()

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.schema import release_jobs, release_tasks, task_leases
-from gateway.store import TASK_DONE, TASK_PENDING, JobRow, Store, TaskUpdate
+from gateway.store import TASK_DONE, TASK_PENDING, JobRow, Renewal, Store, TaskUpdate
 from numfed.errors import FailedPrecondition
 from numfed.pgtemp import TempPostgres
 
@@ -146,12 +146,12 @@ def test_lease_record_shows_takeover_after_expiry_and_heartbeat(store: Store) ->
     store.create_job(job(), ["weibo"])
     store.claim_due("A", T0, 10 * SECOND, 10)
     # A's heartbeat keeps the task: B cannot take it at T0+15s.
-    assert store.renew("A", [("a" * 32, "weibo")], T0 + 8 * SECOND, 10 * SECOND) == 1
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 8 * SECOND, 10 * SECOND) == Renewal(1, 0)
     assert store.claim_due("B", T0 + 15 * SECOND, 10 * SECOND, 10) == []
     # A falls silent; after its lease runs out, B takes over and A's late outcome is refused.
     taken = store.claim_due("B", T0 + 19 * SECOND, 10 * SECOND, 10)
     assert len(taken) == 1
-    assert store.renew("A", [("a" * 32, "weibo")], T0 + 20 * SECOND, 10 * SECOND) == 0
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 20 * SECOND, 10 * SECOND) == Renewal(0, 1)
     late = TaskUpdate("a" * 32, "weibo", True, 1, b"late", T0)
     assert store.record("A", [late], T0 + 21 * SECOND) == set()
     assert store.record("B", [late], T0 + 22 * SECOND) == {"a" * 32}
@@ -161,6 +161,24 @@ def test_lease_record_shows_takeover_after_expiry_and_heartbeat(store: Store) ->
         ("A", T0, T0 + 18 * SECOND, False),
         ("B", T0 + 19 * SECOND, T0 + 22 * SECOND, True),
     ]
+
+
+def test_a_task_finished_between_heartbeats_is_not_a_lost_lease(store: Store) -> None:
+    """The dispatcher's heartbeat reads the tasks it holds, then renews them; a batch answered
+    in between records its tasks done. Those were finished, not lost: only a task another owner
+    took over is (with one replica, every heartbeat after a batch came back warned "N of N
+    leases were lost to other replicas")."""
+    store.create_job(job(), ["weibo", "taobao", "douyin"])
+    store.claim_due("A", T0, 10 * SECOND, 10)
+    done = TaskUpdate("a" * 32, "weibo", True, 1, b"found", T0)
+    store.record("A", [done], T0 + SECOND)
+    # taobao's lease runs out and B takes it over; douyin's is still A's.
+    store.renew("A", [("a" * 32, "douyin")], T0 + 8 * SECOND, 10 * SECOND)
+    assert [t.platform_id for t, _j in store.claim_due("B", T0 + 11 * SECOND, 10 * SECOND, 10)] == [
+        "taobao"
+    ]
+    keys = [("a" * 32, p) for p in ("weibo", "taobao", "douyin")]
+    assert store.renew("A", keys, T0 + 12 * SECOND, 10 * SECOND) == Renewal(held=1, lost=1)
 
 
 def test_releasing_own_leases_leaves_other_replicas_alone(store: Store) -> None:

@@ -32,7 +32,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.audit import read_chain
-from gateway.schema import audit_log, event_batches, release_jobs
+from gateway.schema import audit_checkpoints, audit_log, event_batches, release_jobs
 from gateway.server import Gateway
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
@@ -43,6 +43,7 @@ from numfed.identity import PeerId, Role
 from numfed.rpc import rpc_error_info
 from numfed.testing import start_federation
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.helpers.metrics import figure
 from tests.integration.members import eventually
 
 NUMBER = "+8613812345678"  # a cmcc block
@@ -281,6 +282,48 @@ async def test_a_full_audit_backlog_refuses_new_work_until_it_is_written(start: 
     assert len(s.rows(audit_log.c.event == "QUERY")) == 5
     assert s.jobs() == [] and not s.rows(audit_log.c.event == "RELEASE")
     assert read_chain(s.gateway.store.engine).ok
+
+
+async def test_the_audit_backlog_shows_in_the_gateways_metrics(start: Start) -> None:
+    """While the database refuses audit writes a scrape of the gateway shows the records waiting
+    in memory and the bound at which work is refused; once they are written the backlog is 0,
+    the chain holds them, and the newest signed checkpoint's size and time are those stored."""
+    s = await start(audit_max_backlog=4)
+    observer = s.gateway.observer
+    assert observer is not None
+    ch, stub = s.stub()
+    proof = s.claim(Purpose.HOLDER_PROOF)
+    async with ch:
+        with audit_table_held(s.url):
+            got = [
+                await call(
+                    stub.QueryBindings(gateway_pb2.QueryBindingsRequest(claim=proof), timeout=5)
+                )
+                for _ in range(3)
+            ]
+            assert got == ["INVALID_ARGUMENT WRONG_PURPOSE"] * 3
+            # Read from memory: a scrape need not wait for the refusing database.
+            assert await figure(observer, "numfed_audit_backlog", refresh=False) == 3
+            assert await figure(observer, "numfed_audit_backlog_limit", refresh=False) == 4
+        await s.gateway.audit.flush()
+    assert await figure(observer, "numfed_audit_backlog") == 0
+    length = len(s.rows())
+    await s.gateway.checkpointer.checkpoint()  # signs now, unless it signed this length already
+    with s.gateway.store.engine.connect() as c:
+        newest = c.execute(
+            sa.select(audit_checkpoints.c.size, audit_checkpoints.c.issued_us)
+            .order_by(audit_checkpoints.c.size.desc())
+            .limit(1)
+        ).one()
+    assert newest.size == length
+
+    async def checkpoint_shown() -> bool:
+        size = await figure(observer, "numfed_audit_last_checkpoint_size")
+        at = await figure(observer, "numfed_audit_last_checkpoint_timestamp_seconds")
+        return size == length and at == newest.issued_us / 1e6
+
+    await eventually(checkpoint_shown, within=10)  # the database figures: once a second
+    assert await figure(observer, "numfed_audit_chain_length") == length
 
 
 async def test_committed_actions_carry_their_audit_entry_in_their_own_transaction(

@@ -35,6 +35,7 @@ from gateway.store import TASK_DONE
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.config import load_gateway_config
+from numfed.errors import FailedPrecondition
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.federation import create_federation
 from numfed.identity import PeerId, Role
@@ -248,8 +249,9 @@ async def test_a_start_that_fails_half_way_closes_what_it_opened(tmp_path: Path)
     with socket.socket() as taken:
         taken.bind((host, int(port)))
         taken.listen()
-        with pytest.raises(RuntimeError, match="bind"):
+        with pytest.raises(FailedPrecondition) as refused:
             await Gateway.start(config)
+        assert refused.value.reason == "CANNOT_LISTEN"
     assert [str(o) for o in leaks.open_since(point)] == []
     gw = await Gateway.start(config)
     await gw.stop(0)

@@ -40,6 +40,7 @@ from numfed.v1 import binding_pb2, claim_pb2, gateway_pb2, gateway_pb2_grpc, pla
 from platform_stubs.reference import PlatformHandle, start_platform
 from platform_stubs.sdk import PlatformServicer
 from platform_stubs.store import applied_releases
+from tests.helpers.metrics import total
 from tests.integration.holder import metadata, response
 
 Outcome = gateway_pb2.PlatformOutcome
@@ -359,6 +360,9 @@ class Broken(Recording):
         return answer
 
 
+WHYS = ("PLATFORM_ITEM_FAILED", "PLATFORM_ANSWER_TOO_LARGE")
+
+
 def reason(result: gateway_pb2.PlatformResult) -> str:
     info = error_info(result.status)
     return info.reason if info is not None else ""
@@ -383,7 +387,20 @@ async def test_a_claim_that_breaks_its_batch_call_fails_alone(tmp_path: Path, db
             )
             return lambda: stub.QueryBindings(request, timeout=60)
 
+        def failed(method: str, why: str) -> float:
+            return total(
+                "numfed_platform_items_failed_total",
+                platform="labels",
+                rpc_method=method,
+                reason=why,
+            )
+
+        before = {why: failed("BatchQueryBindings", why) for why in WHYS}
         answers = await together(running, *(query(n) for n in numbers))
+        # Each claim at fault is counted once, by its reason, for the operator.
+        assert {why: failed("BatchQueryBindings", why) - before[why] for why in WHYS} == {
+            why: 1 for why in WHYS
+        }
         # The four went together and failed; the halves went on their own, one after the
         # other, and the half that failed again was split again.
         assert [n for rpc, n in Recording.received if rpc == "query"] == [1, 4, 2, 1, 1, 2]
@@ -409,6 +426,7 @@ async def test_a_claim_that_breaks_its_batch_call_fails_alone(tmp_path: Path, db
 
             return call
 
+        released_before = {why: failed("BatchReleaseBindings", why) for why in WHYS}
         names = dict(
             zip(numbers, await together(running, *(release(n) for n in numbers)), strict=True)
         )
@@ -428,4 +446,5 @@ async def test_a_claim_that_breaks_its_batch_call_fails_alone(tmp_path: Path, db
             (pending,) = metadata(op).results
             assert pending.outcome == Outcome.PLATFORM_OUTCOME_UNAVAILABLE, pending
             assert reason(pending) == why
+            assert failed("BatchReleaseBindings", why) > released_before[why]
     assert running.platform.store.counts()["applied"] == 4  # all but the poisoned one

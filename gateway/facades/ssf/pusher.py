@@ -42,6 +42,7 @@ from gateway.store import Store
 from numfed import pki
 from numfed.config import Limits
 from numfed.identity import PeerId, Role
+from numfed.observability.logs import RetrySummary, failure_reason
 
 __all__ = ["SetPusher", "receiver_tls"]
 
@@ -75,8 +76,23 @@ class SetPusher:
         limits: Limits,
         owner: str,
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        on_error: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self._platform = platform_id
+        self._on_error = on_error
+        """Told why a SET could not be delivered (the platform's last error, numfed status)."""
+        self._failing = RetrySummary(
+            log,
+            f"SET delivery to {platform_id} failing",
+            f"SET delivery to {platform_id} working again",
+        )
+        self._paused = RetrySummary(
+            log,
+            f"pushing SETs to {platform_id} paused",
+            f"pushing SETs to {platform_id} going again",
+        )
+        """A SET the receiver does not take, and the push loop starting over (the database
+        refusing, say): each logged as its first failure, a summary a minute, its recovery."""
         self._streams = streams
         self._events = events
         self._store = store
@@ -122,12 +138,8 @@ class SetPusher:
                 try:
                     await self._push()
                 except Exception as exc:
-                    log.warning(
-                        "pushing SETs to %s failed (%s: %s); starting over",
-                        self._platform,
-                        type(exc).__name__,
-                        exc,
-                    )
+                    log.debug("pushing SETs failed; starting over", exc_info=exc)
+                    self._paused.failed(failure_reason(exc))
                     await asyncio.sleep(1.0)
         finally:
             await self.close()
@@ -157,6 +169,7 @@ class SetPusher:
                     cursor = await self._store.run(self._events.cursor, self._platform)
                 renewed_us = now_us()
             stream = await self._current_stream()
+            self._paused.succeeded()  # the database answers again
             if stream.status != "enabled" or stream.endpoint_url is None:
                 await self._idle()  # held, in order, until the receiver is ready
                 continue
@@ -256,9 +269,10 @@ class SetPusher:
                 extensions={"sni_hostname": self._server_name},
             )
         except httpx.HTTPError as exc:
-            log.info("SET delivery to %s failed (%s); will resend", self._platform, exc)
+            self._failed(failure_reason(exc))
             return False
         if answer.status_code == 202:
+            self._failing.succeeded()
             return True
         err = _rfc8935_error(answer)
         if answer.status_code == 400 and err is not None:
@@ -272,9 +286,14 @@ class SetPusher:
                 )
             )
             log.warning("%s rejected SET %s: %s", self._platform, jti, err)
+            self._failing.succeeded()  # the receiver's final word: delivered
             return True
-        log.info("SET delivery to %s: HTTP %d; will resend", self._platform, answer.status_code)
+        self._failed(f"HTTP {answer.status_code}")
         return False
+
+    def _failed(self, reason: str) -> None:
+        self._on_error(reason)
+        self._failing.failed(reason)
 
 
 def _rfc8935_error(answer: httpx.Response) -> str | None:
