@@ -544,11 +544,62 @@ def plot(row: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+DOC = Path("docs/benchmarks.md")
+MARK_START = "<!-- soak:start (written by python -m bench.soak) -->"
+MARK_END = "<!-- soak:end -->"
+
+
+def document(row: dict[str, Any], day: str) -> str:
+    held = "; ".join(f"{what}: {'yes' if ok else '**no**'}" for what, ok in row["held"].items())
+    shed_by_kind = ", ".join(f"{k} {v} ms" for k, v in row["shed_p99_ms_by_kind"].items())
+    answered = ", ".join(f"{k} {v}" for k, v in row["answered"].items())
+    return "\n".join(
+        [
+            MARK_START,
+            "",
+            f"Measured {day} (`make soak`, {row['seconds']:.0f} s, {row['load_processes']} load "
+            f"processes, on the shared machine): the mix sustains {row['sustainable_per_s']} "
+            f"calls/s; offered {row['offered_per_s']} calls/s (the load processes sent each call "
+            f"within {row['client_lag_p99_ms']} ms of its time, p99).",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| answered | {row['ok']} (p99 {row['ok_p99_ms']} ms) |",
+            f"| refused with RESOURCE_EXHAUSTED / 503 / 429 + Retry-After | {row['shed']} "
+            f"(p99 {row['shed_p99_ms']} ms; by kind: {shed_by_kind}) |",
+            f"| refusals slower than 1 s | {row['shed_slow']} |",
+            f"| anything else | {sum(row['errors'].values())} {row['errors'] or ''} |",
+            f"| releases accepted / done by the end | {row['releases_accepted']} / "
+            f"{row['releases_watched'].get('done', 0)} |",
+            f"| gateway RSS, first minute / last minute | {row['gateway_rss_first_minute_mb']} / "
+            f"{row['gateway_rss_last_minute_mb']} MB |",
+            f"| carrier (with the page) RSS at most | {row['carrier_rss_max_mb']} MB |",
+            f"| processes that exited | {', '.join(row['crashed']) or 'none'} |",
+            "",
+            f"By call and outcome: {answered}.",
+            "",
+            f"What must hold: {held}.",
+            "",
+            "![launch day](../bench/results/soak.png)",
+            "",
+            MARK_END,
+        ]
+    )
+
+
+def write_doc(text: str, doc: Path = DOC) -> None:
+    old = doc.read_text()
+    head, rest = old.split(MARK_START.split(" (")[0], 1)
+    tail = rest.split(MARK_END, 1)[1]
+    doc.write_text(head + text + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
@@ -563,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         row = asyncio.run(run(args.seconds, args.warmup, Path(tmp)))
     (args.out / "soak.json").write_text(json.dumps(row, indent=2) + "\n")
     plot(row, args.out)
+    if not args.no_doc:
+        write_doc(document(row, time.strftime("%Y-%m-%d", time.gmtime())))
     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}, indent=2))
     return 0 if all(row["held"].values()) else 1
 
