@@ -192,7 +192,7 @@ async def gateway_run(
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:
-                answer = await stub.QueryBindings(request, timeout=30)
+                answer = await stub.QueryBindings(request, timeout=60)
                 assert len(answer.results) + len(answer.none_platform_ids) == n
 
             await closed_loop(one, in_flight, 1.0)  # warm up
@@ -257,7 +257,7 @@ async def replicas_run(
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:
-                answer = await stub.QueryBindings(request, timeout=30)
+                answer = await stub.QueryBindings(request, timeout=60)
                 assert len(answer.results) + len(answer.none_platform_ids) == n
 
             await closed_loop(one, in_flight, 1.0)  # warm up
@@ -288,7 +288,7 @@ async def proxy_run(n: int, seconds: float, in_flight: int) -> dict[str, Any]:
             call = ch.unary_unary("/bench.Echo/Call", lambda b: b, lambda b: b)
 
             async def one() -> None:
-                await call(payload, timeout=10)
+                await call(payload, timeout=60)
 
             await closed_loop(one, in_flight, 1.0)
             cpu0 = cpu_seconds(proxy.pid)

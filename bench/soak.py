@@ -29,7 +29,6 @@ import asyncio
 import json
 import pickle
 import random
-import socket
 import ssl
 import subprocess
 import sys
@@ -86,13 +85,11 @@ class Load:
         self,
         layout: FederationLayout,
         forms: list[tuple[bytes, dict[str, str]]],
-        camara: httpx.AsyncClient,
     ) -> None:
         self.layout = layout
         host, _, port = layout.holder_web_endpoints["cmcc"].rpartition(":")
         self.raw = [RawHttp(host, int(port)) for _ in forms]
         self.forms = forms
-        self.camara = camara
         self.channel = pki.secure_channel(
             layout.gateway_endpoint,
             layout.pki_dir,
@@ -104,12 +101,18 @@ class Load:
             claim=claim_for(layout, Purpose.QUERY_PRIOR), compact_none=True
         )
         self.number = served_now()[0][0]
+        host, _, port = layout.facade_endpoints[0].rpartition(":")
+        self.https = RawHttps(host, int(port), platform_tls(layout))
+        self.camara_body = json.dumps(
+            {"phoneNumber": self.number, "specifiedDate": date(2023, 1, 1).isoformat()}
+        ).encode()
+        self.camara_headers = {"content-type": "application/json"}
         self.watches: list[asyncio.Task[str]] = []
         self.releases = 0
 
     async def close(self) -> None:
         await self.channel.close()
-        for r in self.raw:
+        for r in (*self.raw, self.https):
             await r.close()
 
     async def grpc_call(self, call: Callable[[], Awaitable[Any]]) -> Outcome:
@@ -173,19 +176,17 @@ class Load:
         return f"error:HTTP {status}", ms
 
     async def camara_check(self, i: int) -> Outcome:
-        body = {"phoneNumber": self.number, "specifiedDate": date(2023, 1, 1).isoformat()}
         t0 = time.monotonic()
         try:
-            url = "https://" + self.layout.facade_endpoints[0] + CHECK
-            r = await self.camara.post(url, json=body)
-        except httpx.HTTPError as exc:
+            status, retry = await self.https.post(CHECK, self.camara_body, self.camara_headers)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             return f"error:{type(exc).__name__}", (time.monotonic() - t0) * 1000
         ms = (time.monotonic() - t0) * 1000
-        if r.status_code == 200:
+        if status == 200:
             return "ok", ms
-        if r.status_code in (429, 503) and "retry-after" in r.headers:
+        if status in (429, 503) and retry:
             return "shed", ms
-        return f"error:HTTP {r.status_code}", ms
+        return f"error:HTTP {status}", ms
 
     def pick(self, i: int) -> Callable[[int], Awaitable[Outcome]]:
         x = (i * 0.6180339887) % 1.0  # spread evenly, the same mix every run
@@ -205,17 +206,31 @@ WORKERS = 2
 """Load processes of the surge (one client process cannot offer 10x on these cores)."""
 
 
-def camara_client(layout: FederationLayout) -> httpx.AsyncClient:
-    """A platform's HTTPS client for the CAMARA facade (mTLS), with room for the surge."""
+class RawHttps(RawHttp):
+    """:class:`bench.portal.RawHttp` over TLS with a platform's client certificate: httpx's
+    connection pool costs more CPU per queued request the more there are, so that a load
+    process holding thousands of calls spends its time in the pool, not offering load."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext) -> None:
+        super().__init__(host, port)
+        self.tls = tls
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self.idle:
+            since, reader, writer = self.idle.pop()
+            if now - since < self.IDLE and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port, ssl=self.tls)
+
+
+def platform_tls(layout: FederationLayout) -> ssl.SSLContext:
+    """A platform's (weibo's) client TLS for the CAMARA facade (mTLS)."""
     paths = pki.PkiLayout(layout.pki_dir)
     ctx = ssl.create_default_context(cafile=str(paths.ca_path))
     ctx.load_cert_chain(str(paths.cert_path(WEIBO)), str(paths.key_path(WEIBO)))
-    transport = httpx.AsyncHTTPTransport(
-        verify=ctx,
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30.0, pool=60.0))
+    return ctx
 
 
 async def run(seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
@@ -266,12 +281,11 @@ async def run(seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
         plan = workdir / "plan.pickle"
         plan.write_bytes(pickle.dumps((layout, forms)))
         # 1. The sustainable rate of the mix: closed loop, from here.
-        async with camara_client(layout) as camara:
-            load = Load(layout, forms, camara)
-            try:
-                sustainable = await closed_loop(load, warmup)
-            finally:
-                await load.close()
+        load = Load(layout, forms)
+        try:
+            sustainable = await closed_loop(load, warmup)
+        finally:
+            await load.close()
         print(f"  sustainable: {sustainable:.1f} calls/s of the mix", flush=True)
         # 2. Ten times that, open loop, from the load processes.
         rate = 10 * sustainable
@@ -363,12 +377,11 @@ async def worker(
     index: int,
 ) -> None:
     """One load process: ``rate`` calls a second of the mix from wall time ``start``."""
-    async with camara_client(layout) as camara:
-        load = Load(layout, forms, camara)
-        try:
-            out = await surge(load, rate, seconds, start, index)
-        finally:
-            await load.close()
+    load = Load(layout, forms)
+    try:
+        out = await surge(load, rate, seconds, start, index)
+    finally:
+        await load.close()
     print(json.dumps(out), flush=True)
 
 
@@ -544,11 +557,62 @@ def plot(row: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+DOC = Path("docs/benchmarks.md")
+MARK_START = "<!-- soak:start (written by python -m bench.soak) -->"
+MARK_END = "<!-- soak:end -->"
+
+
+def document(row: dict[str, Any], day: str) -> str:
+    held = "; ".join(f"{what}: {'yes' if ok else '**no**'}" for what, ok in row["held"].items())
+    shed_by_kind = ", ".join(f"{k} {v} ms" for k, v in row["shed_p99_ms_by_kind"].items())
+    answered = ", ".join(f"{k} {v}" for k, v in row["answered"].items())
+    return "\n".join(
+        [
+            MARK_START,
+            "",
+            f"Measured {day} (`make soak`, {row['seconds']:.0f} s, {row['load_processes']} load "
+            f"processes, on the shared machine): the mix sustains {row['sustainable_per_s']} "
+            f"calls/s; offered {row['offered_per_s']} calls/s (the load processes sent each call "
+            f"within {row['client_lag_p99_ms']} ms of its time, p99).",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| answered | {row['ok']} (p99 {row['ok_p99_ms']} ms) |",
+            f"| refused with RESOURCE_EXHAUSTED / 503 / 429 + Retry-After | {row['shed']} "
+            f"(p99 {row['shed_p99_ms']} ms; by kind: {shed_by_kind}) |",
+            f"| refusals slower than 1 s | {row['shed_slow']} |",
+            f"| anything else | {sum(row['errors'].values())} {row['errors'] or ''} |",
+            f"| releases accepted / done by the end | {row['releases_accepted']} / "
+            f"{row['releases_watched'].get('done', 0)} |",
+            f"| gateway RSS, first minute / last minute | {row['gateway_rss_first_minute_mb']} / "
+            f"{row['gateway_rss_last_minute_mb']} MB |",
+            f"| carrier (with the page) RSS at most | {row['carrier_rss_max_mb']} MB |",
+            f"| processes that exited | {', '.join(row['crashed']) or 'none'} |",
+            "",
+            f"By call and outcome: {answered}.",
+            "",
+            f"What must hold: {held}.",
+            "",
+            "![launch day](../bench/results/soak.png)",
+            "",
+            MARK_END,
+        ]
+    )
+
+
+def write_doc(text: str, doc: Path = DOC) -> None:
+    old = doc.read_text()
+    head, rest = old.split(MARK_START.split(" (")[0], 1)
+    tail = rest.split(MARK_END, 1)[1]
+    doc.write_text(head + text + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
@@ -563,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         row = asyncio.run(run(args.seconds, args.warmup, Path(tmp)))
     (args.out / "soak.json").write_text(json.dumps(row, indent=2) + "\n")
     plot(row, args.out)
+    if not args.no_doc:
+        write_doc(document(row, time.strftime("%Y-%m-%d", time.gmtime())))
     print(json.dumps({k: v for k, v in row.items() if k != "timeline"}, indent=2))
     return 0 if all(row["held"].values()) else 1
 
