@@ -107,36 +107,17 @@ class TrustClient:
         self._background: set[asyncio.Task[bool]] = set()
 
     def _restore(self, pin: Envelope) -> TrustedState:
-        """The persisted trust, else the pin. A persisted root that does not verify stops the
-        start (the platform must not trust less than it did); a persisted bundle the root does
-        not sign is dropped, as a root rotation drops it (TUF's fast-forward recovery)."""
+        """The persisted trust, else the pin (:meth:`TrustStore.restore`)."""
         now = datetime.now(UTC)
         if self._store is None:
             return TrustedState(pin, now=now)
-        stored = self._store.load()
-        state = TrustedState.restore(pin, root=stored.root, now=now)
-        if stored.bundle is None:
-            return state
-        try:
-            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
-        except NumfedError as err:
-            log.warning(
-                "persisted trust bundle dropped (%s: %s); root v%d kept",
-                err.reason,
-                err.message,
-                state.root.version,
-            )
-            return state
+        return self._store.restore(pin, now=now)
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
         if not self.ready.is_set():
             raise Unavailable("NO_TRUST_BUNDLE", "the platform has no trust bundle yet")
         return self.state
-
-    def _save_root(self, envelope: Envelope) -> None:
-        if self._store is not None:
-            self._store.save_root(envelope)
 
     async def refresh(self, *, wait_for_ready: bool = False) -> bool:
         """Fetch and verify the roots and bundle now; True when the held state changed.
@@ -154,17 +135,14 @@ class TrustClient:
                 timeout=5,
                 wait_for_ready=wait_for_ready,
             )
-            held = state.bundle_envelope
+            roots = [Envelope.from_proto(r) for r in answer.roots]
+            bundle = Envelope.from_proto(answer.bundle)
+            now = datetime.now(UTC)
             try:
-                result = state.update(
-                    [Envelope.from_proto(r) for r in answer.roots],
-                    Envelope.from_proto(answer.bundle),
-                    now=datetime.now(UTC),
-                    on_root=self._save_root,
-                )
-                if self._store is not None and state.bundle_envelope is not held:
-                    assert state.bundle_envelope is not None
-                    self._store.save_bundle(state.bundle_envelope)
+                if self._store is not None:
+                    result = self._store.update(state, roots, bundle, now=now)
+                else:
+                    result = state.update(roots, bundle, now=now)
             finally:
                 async with self._changed:
                     self._changed.notify_all()
