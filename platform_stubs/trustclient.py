@@ -105,6 +105,9 @@ class TrustClient:
         self._last_attempt = float("-inf")
         self._pending: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        self._hint: tuple[int, int] | None = None
+        """The newest hint noticed that the hint follower has not acted on yet."""
+        self._hints_task: asyncio.Task[bool] | None = None
 
     def _restore(self, pin: Envelope) -> TrustedState:
         """The persisted trust, else the pin (:meth:`TrustStore.restore`)."""
@@ -206,12 +209,29 @@ class TrustClient:
             log.info("trust refresh failed (%s)", _why(exc))
 
     def notice(self, versions: tuple[int, int]) -> None:
-        """A peer holds ``versions``: refresh in the background if they are newer."""
+        """A peer holds ``versions``: refresh in the background if they are newer.
+
+        One background task follows the hints: a hint that comes while it runs replaces the one
+        waiting (the newest counts), so however many answers and calls carry a hint, and however
+        far ahead it lies, they start at most one refresh a second and keep one task, never one
+        each (a gateway that states versions it cannot serve costs a fetch a second, no more).
+        """
         if not self.state.behind(versions):
             return
-        task = asyncio.get_running_loop().create_task(self.refresh_if_behind(versions))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._hint = versions
+        if self._hints_task is None or self._hints_task.done():
+            task = asyncio.get_running_loop().create_task(self._follow_hints())
+            self._hints_task = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _follow_hints(self) -> bool:
+        """Refresh for the newest hint noticed, until no hint waits."""
+        changed = False
+        while (hint := self._hint) is not None:
+            self._hint = None
+            changed |= await self.refresh_if_behind(hint)
+        return changed
 
     def notice_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         """The gateway's call metadata (a PlatformService request): see :meth:`notice`."""

@@ -7,7 +7,8 @@ precise reason and change nothing a member holds, on disk or in memory:
 
 - rollback and mix-and-match of the bundle, also across a restart (platform and carrier adapter:
   both persist their trust in ``state_dir/trust``);
-- freeze: an expired bundle is not served on forever;
+- freeze: an expired bundle is not served on forever, and a hint far ahead costs at most one
+  fetch a second and one task (not one per call), a hint below costs nothing;
 - roots short of the threshold, one key counted twice, a version skipped;
 - an event batch or claim signed by a revoked key (signed before the revocation, replayed
   after), or by a key outside its window;
@@ -190,6 +191,50 @@ async def test_a_platform_does_not_keep_serving_on_an_expired_bundle_the_gateway
         await running.platform.trust.refresh()
     assert e.value.reason == "BUNDLE_ROLLBACK"
     assert await query_status(running) == "BUNDLE_EXPIRED"
+
+
+async def test_a_lying_version_hint_costs_one_fetch_a_second_and_one_task(
+    running: Running,
+) -> None:
+    """The gateway calls the platform forty times at once, each call saying it holds root and
+    bundle 999999/999999 (it holds 1/1). The platform fetches once, and again at most once a
+    second while the lie goes on; when the calls stop, the fetches stop (the lie led to no
+    backlog of refreshes, one per call, nor to a task per call). A hint below what the platform
+    holds starts no fetch at all."""
+    fake, trust = running.trust_gateway, running.platform.trust
+    low = fake.calls
+    for _ in range(5):
+        assert await query_status(running, hint="1/0") == "OK"
+    assert fake.calls == low
+
+    async with running.channel() as ch:
+        stub = platform_stub(ch)
+        await asyncio.gather(
+            *(
+                stub.BatchQueryBindings(
+                    request(running.layout), timeout=5, metadata=((HINT, "999999/999999"),)
+                )
+                for _ in range(40)
+            )
+        )
+    pending = [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "").startswith("TrustClient.")
+        and getattr(t.get_coro(), "__qualname__", "") != "TrustClient.run"
+    ]
+    # Besides the minute's refresh loop: the one that follows the hints, and its refresh.
+    assert len(pending) <= 2, f"{len(pending)} trust tasks outstanding for one lying hint"
+    first = fake.calls
+    async with asyncio.timeout(5):  # the fetch the hint started, paced after the last
+        await trust.wait_until(lambda _: fake.calls > first)
+    await asyncio.sleep(2.5)  # room for the one further fetch a second hint may start
+    settled = fake.calls
+    await asyncio.sleep(2.0)  # and none after that
+    assert fake.calls == settled, f"{fake.calls - settled} fetches after the hints stopped"
+    assert settled - first <= 2
+    assert trust.state.versions == (1, 1)
+    assert await query_status(running) == "OK"
 
 
 # --- a hostile gateway replica serving a carrier adapter's trust and checkpoints ---------------
