@@ -293,9 +293,16 @@ async def carrier(lay: FederationLayout, port: int) -> AsyncIterator[CmccAdapter
         await adapter.channel.close()
 
 
-def checkpoint(lay: FederationLayout, size: int, head: bytes, key: SigningKey | None = None) -> Any:
+def checkpoint(
+    lay: FederationLayout,
+    size: int,
+    head: bytes,
+    key: SigningKey | None = None,
+    *,
+    ahead: timedelta = timedelta(0),
+) -> claim_pb2.Envelope:
     origin = audit_origin(Envelope.from_proto(read_roots(lay.trust_dir)[0]))
-    cp = Checkpoint(origin, size, head, HeadScheme.CHAIN_V1, datetime.now(UTC))
+    cp = Checkpoint(origin, size, head, HeadScheme.CHAIN_V1, datetime.now(UTC) + ahead)
     return sign_checkpoint(cp, key or pki.load_audit_signer(lay.pki_dir)).to_proto()
 
 
@@ -338,8 +345,10 @@ async def test_a_checkpoint_by_a_stranger_or_forking_the_held_one_is_refused(
     layout: FederationLayout,
 ) -> None:
     """The carrier keeps checkpoint size 5. A checkpoint of size 9 signed by a key not among the
-    bundle's audit keys: UNKNOWN_KEY; one of size 5 with another head: AUDIT_EQUIVOCATION, and
-    the one held stays; a smaller one is not taken."""
+    bundle's audit keys: UNKNOWN_KEY; one of size 5 with another head: AUDIT_EQUIVOCATION; one of
+    size 9 dated a day ahead (within the audit key's window; a week of them would push every
+    real day's checkpoint out of the seven the keeper keeps per day): ISSUED_IN_FUTURE. The one
+    held stays, and a smaller one is not taken."""
     lay = layout
     async with hostile_gateway(lay) as (fake, gw), carrier(lay, gw.port) as adapter:
         fake.checkpoint = checkpoint(lay, 5, b"\1" * 32)
@@ -348,6 +357,7 @@ async def test_a_checkpoint_by_a_stranger_or_forking_the_held_one_is_refused(
         for cp, reason in [
             (checkpoint(lay, 9, b"\2" * 32, SigningKey.generate()), "UNKNOWN_KEY"),
             (checkpoint(lay, 5, b"\3" * 32), "AUDIT_EQUIVOCATION"),
+            (checkpoint(lay, 9, b"\5" * 32, ahead=timedelta(days=1)), "ISSUED_IN_FUTURE"),
         ]:
             fake.checkpoint = cp
             with pytest.raises(NumfedError) as e:
