@@ -56,7 +56,7 @@ from tests.platform_stubs.conftest import (
     platform_stub,
     running,
 )
-from tests.platform_stubs.test_trustclient import bundle, request, root, root_signers
+from tests.platform_stubs.test_trustclient import bundle, bundle_v1, request, root, root_signers
 
 __all__ = ["layout", "running"]  # fixtures, from the platform's own tests
 
@@ -235,6 +235,33 @@ async def test_a_lying_version_hint_costs_one_fetch_a_second_and_one_task(
     assert settled - first <= 2
     assert trust.state.versions == (1, 1)
     assert await query_status(running) == "OK"
+
+
+async def test_a_claim_by_a_key_outside_its_window_is_refused_after_a_refresh(
+    running: Running,
+) -> None:
+    """Bundle v2 closes cmcc's key window an hour ago (a rotation whose overlap ran out), v3
+    opens it only tomorrow (a key announced ahead): a claim it signs now is refused
+    KEY_OUT_OF_WINDOW by the platform, also after the refresh that reason starts (the gateway
+    has nothing newer)."""
+    lay, fake = running.layout, running.trust_gateway
+    now = datetime.now(UTC)
+    key_id = running.signer("cmcc").key_id
+    for version, (start, end) in enumerate(
+        [
+            (now - timedelta(days=2), now - timedelta(hours=1)),
+            (now + timedelta(days=1), now + timedelta(days=30)),
+        ],
+        2,
+    ):
+        keys = dict(bundle_v1(lay).carrier_keys)
+        keys[key_id] = dataclasses.replace(keys[key_id], not_before=start, not_after=end)
+        fake.bundle = bundle(lay, version, carrier_keys=keys)
+        assert await running.platform.trust.refresh()
+        asked = fake.calls
+        assert await query_status(running) == "KEY_OUT_OF_WINDOW"
+        assert fake.calls >= asked + 1  # a reason that may be staleness: fetched again first
+        assert running.platform.trust.state.versions == (1, version)
 
 
 # --- a hostile gateway replica serving a carrier adapter's trust and checkpoints ---------------
