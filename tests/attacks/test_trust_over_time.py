@@ -47,7 +47,8 @@ from numfed.trustfiles import read_roots
 from numfed.truststore import TRUST_STORE_DIR
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
 from platform_stubs.reference import start_platform
-from tests.attacks.lying import refused, signed_batch, tenure_claim, write_bundle
+from tests.attacks.lying import call_gateway, refused, signed_batch, tenure_claim, write_bundle
+from tests.integration.holder import response
 from tests.platform_stubs.conftest import (
     GATEWAY_SERVICE,
     Running,
@@ -405,20 +406,11 @@ async def test_what_a_revoked_key_signed_before_the_revocation_is_refused_after_
     afterwards, the batch is refused by the gateway (UNAUTHENTICATED KEY_REVOKED) and the log
     does not grow; the claim is refused by a platform, asked directly as the gateway."""
     fed = federation
-    signer = pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")
     batch = signed_batch(
         fed, "cmcc", LifecycleEvent.new(N, EventKind.DEACTIVATED, datetime.now(UTC))
     )
     claim = tenure_claim(fed, "cmcc", N, Purpose.QUERY_PRIOR, datetime(2020, 1, 1, tzinfo=UTC))
-    watcher = fed.gateway.trust_watcher
-    assert watcher is not None
-    tried = watcher.attempts
-    write_bundle(fed, version=2, revoked={"cmcc": signer})
-    os.utime(fed.layout.trust_dir / "bundle.pb")
-    async with asyncio.timeout(10):
-        while fed.gateway.trust_view.state.versions != (1, 2):
-            await watcher.wait_for_attempt(tried)
-            tried = watcher.attempts
+    await _revoke_cmcc(fed)
     head = await fed.gateway.store.run(fed.gateway.events.head)
     reason = await refused(
         fed,
@@ -445,3 +437,58 @@ async def test_what_a_revoked_key_signed_before_the_revocation_is_refused_after_
         answer = await platform_stub(ch).BatchQueryBindings(req, timeout=5)
     info = error_info(answer.results[0].status)
     assert info is not None and info.reason == "KEY_REVOKED"
+
+
+async def _revoke_cmcc(fed: Federation) -> None:
+    """Publish bundle v2 revoking cmcc's key, and wait for the gateway to serve it."""
+    watcher = fed.gateway.trust_watcher
+    assert watcher is not None
+    tried = watcher.attempts
+    write_bundle(
+        fed, version=2, revoked={"cmcc": pki.load_carrier_signer(fed.layout.pki_dir, "cmcc")}
+    )
+    os.utime(fed.layout.trust_dir / "bundle.pb")
+    async with asyncio.timeout(10):
+        while fed.gateway.trust_view.state.versions != (1, 2):
+            await watcher.wait_for_attempt(tried)
+            tried = watcher.attempts
+
+
+async def test_a_release_queued_before_a_revocation_releases_nothing_after_it(
+    federation: Federation,
+) -> None:
+    """weibo is down when cmcc's release of N's prior bindings is accepted, so it waits in the
+    gateway's queue; then cmcc's key is revoked. When weibo is back (it takes bundle v2), the
+    retried release is refused there (REFUSED, KEY_REVOKED) and N's bindings at weibo stay."""
+    fed = federation
+    x = WORLD.histories[N].tenure_start(datetime.now(UTC))
+    weibo = fed.platforms["weibo"]
+    before = await weibo.store.run(weibo.store.bindings_for, [N])
+    assert any(b.bound_at < x for b in before[N])  # there is something to release
+    await weibo.stop(0)
+    request = gateway_pb2.ReleaseBindingsRequest(
+        request_id="r-queued",
+        claim=tenure_claim(fed, "cmcc", N, Purpose.RELEASE_PRIOR, x),
+        platform_ids=["weibo"],
+    )
+    cmcc = PeerId(Role.CARRIER, "cmcc")
+    started: Any = await call_gateway(fed, cmcc, "ReleaseBindings", request)
+    await _revoke_cmcc(fed)
+    weibo = await fed.restart_platform("weibo")
+    async with asyncio.timeout(10):
+        await weibo.trust.wait_until(lambda s: s.versions == (1, 2))
+    async with pki.secure_channel(fed.layout.gateway_endpoint, fed.layout.pki_dir, cmcc) as ch:
+        watch = gateway_pb2_grpc.GatewayServiceStub(ch).WatchOperation(
+            gateway_pb2.WatchOperationRequest(name=started.name), timeout=60
+        )
+        async for op in watch:
+            if op.done:
+                break
+    assert op.done
+    [result] = response(op).results
+    info = error_info(result.status)
+    assert (result.outcome, info.reason if info else None) == (
+        gateway_pb2.PLATFORM_OUTCOME_REFUSED,
+        "KEY_REVOKED",
+    )
+    assert await weibo.store.run(weibo.store.bindings_for, [N]) == before
