@@ -45,7 +45,7 @@ from numfed.testing import Federation
 from numfed.trust import ROOT_PAYLOAD_TYPE
 from numfed.trustfiles import read_roots
 from numfed.truststore import TRUST_STORE_DIR
-from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
+from numfed.v1 import claim_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
 from platform_stubs.reference import start_platform
 from tests.attacks.lying import call_gateway, refused, signed_batch, tenure_claim, write_bundle
 from tests.integration.holder import response
@@ -404,7 +404,8 @@ async def test_what_a_revoked_key_signed_before_the_revocation_is_refused_after_
 ) -> None:
     """cmcc signs an event batch and a claim, then its key is revoked (bundle v2). Replayed
     afterwards, the batch is refused by the gateway (UNAUTHENTICATED KEY_REVOKED) and the log
-    does not grow; the claim is refused by a platform, asked directly as the gateway."""
+    does not grow; the claim is refused by a platform, asked directly as the gateway; and the
+    batch, delivered to that platform directly as the log's next entry, is set aside there."""
     fed = federation
     batch = signed_batch(
         fed, "cmcc", LifecycleEvent.new(N, EventKind.DEACTIVATED, datetime.now(UTC))
@@ -435,8 +436,21 @@ async def test_what_a_revoked_key_signed_before_the_revocation_is_refused_after_
         async with asyncio.timeout(10):
             await weibo.trust.wait_until(lambda s: s.versions == (1, 2))
         answer = await platform_stub(ch).BatchQueryBindings(req, timeout=5)
-    info = error_info(answer.results[0].status)
-    assert info is not None and info.reason == "KEY_REVOKED"
+        info = error_info(answer.results[0].status)
+        assert info is not None and info.reason == "KEY_REVOKED"
+        # A hostile gateway replica delivers the refused batch to weibo itself, as the log's
+        # next seq: weibo sets it aside (KEY_REVOKED) and applies nothing of it.
+        applied = await weibo.store.run(weibo.store.applied_event_ids)
+        delivered = await platform_stub(ch).DeliverEvents(
+            platform_pb2.DeliverEventsRequest(
+                batches=[events_pb2.SequencedBatch(seq=head + 1, batch=batch)]
+            ),
+            timeout=10,
+        )
+    assert delivered.ack_through_seq == head + 1
+    [dead] = await weibo.store.run(weibo.store.dead_letters, [head + 1])
+    assert dead.reason == "KEY_REVOKED"
+    assert await weibo.store.run(weibo.store.applied_event_ids) == applied
 
 
 async def _revoke_cmcc(fed: Federation) -> None:
