@@ -13,7 +13,9 @@ timeout taken from the holder's remaining time.
 With a ``trust_dir`` (its ``root-1.pb`` pinned) the adapter also keeps the gateway's audit
 checkpoints: every ``limits.audit_checkpoint_interval`` it fetches the trust bundle and the
 latest checkpoint, verifies both, and keeps the largest checkpoint in its state directory
-(``numfed audit checkpoint export`` hands it to the auditor).
+(``numfed audit checkpoint export`` hands it to the auditor). The roots and the bundle it accepts
+are persisted there too (``trust/``, :class:`numfed.truststore.TrustStore`), as a platform's, so
+a restarted adapter never takes an older bundle or walks the root chain again.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from numfed.scenario import demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
+from numfed.truststore import TRUST_STORE_DIR, TrustStore
 from numfed.v1 import (
     carrier_pb2_grpc,
     claim_pb2,
@@ -149,10 +152,11 @@ class CarrierAdapter:
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         self.trust: TrustedState | None = None
+        self.trust_store: TrustStore = TrustStore(config.state_dir / TRUST_STORE_DIR)
         self.checkpoints: CheckpointKeeper | None = None
         if config.trust_dir is not None:
             pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
-            self.trust = TrustedState(pinned, now=datetime.now(UTC))
+            self.trust = self.trust_store.restore(pinned, now=datetime.now(UTC))
             path = config.state_dir / CHECKPOINT_FILE
             self.checkpoints = CheckpointKeeper(
                 path, origin=audit_origin(pinned), holder=self.peer.uri
@@ -170,7 +174,8 @@ class CarrierAdapter:
             wait_for_ready=True,
         )
         now = datetime.now(UTC)
-        self.trust.update(
+        self.trust_store.update(
+            self.trust,
             [Envelope.from_proto(r) for r in answer.roots],
             Envelope.from_proto(answer.bundle),
             now=now,

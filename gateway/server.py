@@ -48,7 +48,7 @@ from gateway.results import now_us
 from gateway.schema import number_ports, port_halves
 from gateway.service import GatewayServicer
 from gateway.store import Store
-from gateway.trustview import TrustView, TrustWatcher, load_view
+from gateway.trustview import TrustView, TrustWatcher, hold_no_less, keep, load_view
 from gateway.watchers import JobWatchers
 from numfed import pki
 from numfed.checkpoint import audit_origin
@@ -64,6 +64,7 @@ from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
 from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import VERSION_METADATA_KEY, TrustedState
+from numfed.truststore import TrustStore
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
 __all__ = ["Gateway", "serve"]
@@ -95,6 +96,11 @@ def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
     if not layout.audit_key_path(gateway_id).exists():
         return None
     return pki.load_audit_signer(layout, gateway_id)
+
+
+def _trust_store(config: GatewayConfig) -> TrustStore:
+    """Where the gateway keeps the trust last in force, the floor of its next start."""
+    return TrustStore(config.state_dir / "trust")
 
 
 def _log_trust_in_force(trust_dir: Path, view: TrustView) -> None:
@@ -212,7 +218,9 @@ class Gateway:
         return self.servicer.trust_view.versions
 
     def apply_trust(self, view: TrustView) -> None:
-        """Serve and verify with ``view`` from now on, and take its numbering plan."""
+        """Serve and verify with ``view`` from now on, take its numbering plan, and keep it as
+        the floor of the next start (:func:`gateway.trustview.hold_no_less`)."""
+        keep(view, _trust_store(self.config))
         self.portability.plan = NumberPlan.from_bundle(view.state.bundle)
         self.servicer.trust_view = view
 
@@ -239,6 +247,8 @@ class Gateway:
             load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
         )
         view, _ = load_view(config.trust_dir, now=datetime.now(UTC))
+        hold_no_less(view, _trust_store(config), now=datetime.now(UTC))
+        keep(view, _trust_store(config))
         _log_trust_in_force(config.trust_dir, view)
 
         def versions() -> str:

@@ -7,6 +7,12 @@ once a second (and at once on SIGHUP) and applies changed files to a copy of the
 as any verifier would: an older ``bundle.pb``, a changed or missing ``root-k.pb``, an expired
 bundle or a signature short of the threshold is refused, one line is logged, and the view in
 force stays. So the gateway serves the newest trust without a restart and never steps back.
+
+Nor across a restart: every view in force is also persisted in the gateway's own state
+(``state_dir/trust``, :class:`numfed.truststore.TrustStore`, as platforms and carriers keep
+theirs), and :func:`hold_no_less` refuses to start on trust files older than it, or other than
+it at the same version (a host whose files were put back to an older copy would otherwise trust
+a revoked key and an older numbering plan again).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from numfed.envelope import Envelope
 from numfed.errors import FailedPrecondition, NumfedError, Unauthenticated
 from numfed.trust import TrustedState, TrustReason, UpdateResult, format_versions
 from numfed.trustfiles import read_bundle, read_roots
+from numfed.truststore import TrustStore
 from numfed.v1 import claim_pb2
 
-__all__ = ["TrustView", "TrustWatcher", "load_view"]
+__all__ = ["TrustView", "TrustWatcher", "hold_no_less", "keep", "load_view"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,59 @@ def load_view(
     assert held_bundle is not None  # update() raises unless a bundle is held
     roots = held + tuple(files[len(held) : state.root.version])
     return TrustView(state, roots, held_bundle.to_proto()), result
+
+
+def hold_no_less(view: TrustView, store: TrustStore, *, now: datetime) -> None:
+    """Refuse ``view`` (the trust files at start) if the gateway held newer trust before.
+
+    The persisted root and bundle are restored on top of the files' ``root-1.pb`` (a persisted
+    root not chained from it is ``ROOT_EQUIVOCATION``), then the files are applied on top of
+    them as any verifier applies a newer answer (TUF 5.3, 5.4). The files must reach the same
+    versions with the same bytes. Raises FailedPrecondition with the reason: ``ROOT_ROLLBACK``
+    (the files stop at an older root), ``BUNDLE_ROLLBACK`` (an older bundle),
+    ``BUNDLE_EQUIVOCATION`` (another bundle at the held version), ``ROOT_EQUIVOCATION``, or
+    the reason the files failed to verify on top of what was held. Nothing held yet: passes.
+    To go back on purpose, an operator removes ``state_dir/trust`` (docs/trust-operations.md).
+    """
+    if store.load().root is None:
+        return
+    files_bundle = view.state.bundle_envelope
+    assert files_bundle is not None  # load_view raises unless a bundle is held
+    try:
+        held = store.restore(Envelope.from_proto(view.roots[0]), now=now)
+        held_versions = held.versions
+        held.update([Envelope.from_proto(r) for r in view.roots], files_bundle, now=now)
+    except NumfedError as err:
+        raise FailedPrecondition(
+            err.reason,
+            f"trust files in force before this start are newer than or differ from these: "
+            f"{err.message}",
+        ) from err
+    root, bundle = view.state.versions
+    if held.root.version != root:
+        raise FailedPrecondition(
+            TrustReason.ROOT_ROLLBACK,
+            f"the trust files stop at root v{root}; root v{held.root.version} was in force",
+        )
+    held_bundle = held.bundle_envelope
+    if held_bundle is not None and held_bundle.payload != files_bundle.payload:
+        raise FailedPrecondition(
+            TrustReason.BUNDLE_EQUIVOCATION,
+            f"the trust files hold another bundle v{bundle} than the one in force "
+            f"(root v{held_versions[0]}, bundle v{held_versions[1]} held before)",
+        )
+
+
+def keep(view: TrustView, store: TrustStore) -> None:
+    """Persist ``view`` as the floor of the next start (:func:`hold_no_less`). A write that
+    fails is logged: the view still applies (refusing newer trust would not be safer)."""
+    bundle = view.state.bundle_envelope
+    assert bundle is not None  # load_view raises unless a bundle is held
+    try:
+        store.save_root(view.state.root_envelope)
+        store.save_bundle(bundle)
+    except NumfedError as err:
+        log.error("trust in force not persisted: %s: %s", err.reason, err.message)
 
 
 def _looked_at(trust_dir: Path) -> tuple[tuple[str, int, int, int], ...] | None:

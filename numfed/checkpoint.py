@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 
 from numfed.envelope import Envelope, SigningKey, sign, verify
 from numfed.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from numfed.timecheck import check_issued_at
 from numfed.timeutil import from_timestamp, require_utc, to_timestamp
 from numfed.trust import TrustBundle
 from numfed.v1 import audit_pb2, claim_pb2
@@ -382,10 +383,16 @@ class CheckpointKeeper:
         """Verify ``envelope`` against ``bundle``'s audit keys and merge it; return the
         checkpoint held afterwards.
 
-        Raises as :func:`verify_checkpoint` (nothing changes), or :class:`AuditEquivocation`
-        after storing both envelopes when one held has the same size and another head.
+        Raises as :func:`verify_checkpoint`, or ``ISSUED_IN_FUTURE`` when the checkpoint is
+        dated after ``now`` beyond the bundle's clock skew (one dated ahead would hold a day the
+        keeper has not reached, and enough of them push the real days out), nothing changing;
+        or :class:`AuditEquivocation` after storing both envelopes when one held has the same
+        size and another head.
         """
         offered = verify_checkpoint(envelope, bundle, origin=self.origin)
+        check_issued_at(
+            offered.issued_at, now, skew=bundle.max_clock_skew, what="the audit checkpoint"
+        )
         with self._locked():
             state = self._load()
             for held_env in state.held():

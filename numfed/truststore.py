@@ -12,17 +12,23 @@ problem and never an attack.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
+from numfed.trust import TrustedState, UpdateResult
 from numfed.trustfiles import write_envelope
 from numfed.v1 import claim_pb2
 
-__all__ = ["StoredTrust", "TrustStore"]
+__all__ = ["TRUST_STORE_DIR", "StoredTrust", "TrustStore"]
 
 log = logging.getLogger(__name__)
+
+TRUST_STORE_DIR = "trust"
+"""The store's directory in a member's state directory (platforms and carrier adapters)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,38 @@ class TrustStore:
             raise Unavailable("TRUST_STORE_UNREADABLE", f"{path}: {exc.message}") from exc
         except Exception as exc:
             raise Unavailable("TRUST_STORE_UNREADABLE", f"{path} is not an envelope") from exc
+
+    def restore(self, pin: Envelope, *, now: datetime) -> TrustedState:
+        """The persisted trust on top of ``pin``, else the pin alone. A persisted root that
+        does not verify raises (the verifier must not trust less than it did); a persisted
+        bundle the root does not sign is dropped, as a root rotation drops it (TUF's
+        fast-forward recovery)."""
+        stored = self.load()
+        state = TrustedState.restore(pin, root=stored.root, now=now)
+        if stored.bundle is None:
+            return state
+        try:
+            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
+        except NumfedError as err:
+            log.warning(
+                "persisted trust bundle dropped (%s: %s); root v%d kept",
+                err.reason,
+                err.message,
+                state.root.version,
+            )
+            return state
+
+    def update(
+        self, state: TrustedState, roots: Sequence[Envelope], bundle: Envelope, *, now: datetime
+    ) -> UpdateResult:
+        """:meth:`TrustedState.update` that persists what it accepts: each root at once, the
+        bundle once the whole answer verified (so after a failure the files hold the last good
+        point)."""
+        held = state.bundle_envelope
+        result = state.update(roots, bundle, now=now, on_root=self.save_root)
+        if state.bundle_envelope is not held and state.bundle_envelope is not None:
+            self.save_bundle(state.bundle_envelope)
+        return result
 
     def save_root(self, envelope: Envelope) -> None:
         """Persist a root just accepted (each one, as it is accepted)."""

@@ -19,6 +19,7 @@ from numfed.observability import metrics
 from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
+from numfed.truststore import TRUST_STORE_DIR
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
 from platform_stubs.admin import remove_socket, socket_path, start_admin_server
 from platform_stubs.conformance import (
@@ -124,7 +125,7 @@ async def start_platform(
         pki_dir=config.pki_dir,
         peer=peer,
         gateway=config.gateway,
-        state_dir=config.state_dir / "trust",
+        state_dir=config.state_dir / TRUST_STORE_DIR,
         checkpoint_file=config.state_dir / CHECKPOINT_FILE,
         limits=config.limits,
     )

@@ -105,38 +105,22 @@ class TrustClient:
         self._last_attempt = float("-inf")
         self._pending: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        self._hint: tuple[int, int] | None = None
+        """The newest hint noticed that the hint follower has not acted on yet."""
+        self._hints_task: asyncio.Task[bool] | None = None
 
     def _restore(self, pin: Envelope) -> TrustedState:
-        """The persisted trust, else the pin. A persisted root that does not verify stops the
-        start (the platform must not trust less than it did); a persisted bundle the root does
-        not sign is dropped, as a root rotation drops it (TUF's fast-forward recovery)."""
+        """The persisted trust, else the pin (:meth:`TrustStore.restore`)."""
         now = datetime.now(UTC)
         if self._store is None:
             return TrustedState(pin, now=now)
-        stored = self._store.load()
-        state = TrustedState.restore(pin, root=stored.root, now=now)
-        if stored.bundle is None:
-            return state
-        try:
-            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
-        except NumfedError as err:
-            log.warning(
-                "persisted trust bundle dropped (%s: %s); root v%d kept",
-                err.reason,
-                err.message,
-                state.root.version,
-            )
-            return state
+        return self._store.restore(pin, now=now)
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
         if not self.ready.is_set():
             raise Unavailable("NO_TRUST_BUNDLE", "the platform has no trust bundle yet")
         return self.state
-
-    def _save_root(self, envelope: Envelope) -> None:
-        if self._store is not None:
-            self._store.save_root(envelope)
 
     async def refresh(self, *, wait_for_ready: bool = False) -> bool:
         """Fetch and verify the roots and bundle now; True when the held state changed.
@@ -154,17 +138,14 @@ class TrustClient:
                 timeout=5,
                 wait_for_ready=wait_for_ready,
             )
-            held = state.bundle_envelope
+            roots = [Envelope.from_proto(r) for r in answer.roots]
+            bundle = Envelope.from_proto(answer.bundle)
+            now = datetime.now(UTC)
             try:
-                result = state.update(
-                    [Envelope.from_proto(r) for r in answer.roots],
-                    Envelope.from_proto(answer.bundle),
-                    now=datetime.now(UTC),
-                    on_root=self._save_root,
-                )
-                if self._store is not None and state.bundle_envelope is not held:
-                    assert state.bundle_envelope is not None
-                    self._store.save_bundle(state.bundle_envelope)
+                if self._store is not None:
+                    result = self._store.update(state, roots, bundle, now=now)
+                else:
+                    result = state.update(roots, bundle, now=now)
             finally:
                 async with self._changed:
                     self._changed.notify_all()
@@ -228,12 +209,29 @@ class TrustClient:
             log.info("trust refresh failed (%s)", _why(exc))
 
     def notice(self, versions: tuple[int, int]) -> None:
-        """A peer holds ``versions``: refresh in the background if they are newer."""
+        """A peer holds ``versions``: refresh in the background if they are newer.
+
+        One background task follows the hints: a hint that comes while it runs replaces the one
+        waiting (the newest counts), so however many answers and calls carry a hint, and however
+        far ahead it lies, they start at most one refresh a second and keep one task, never one
+        each (a gateway that states versions it cannot serve costs a fetch a second, no more).
+        """
         if not self.state.behind(versions):
             return
-        task = asyncio.get_running_loop().create_task(self.refresh_if_behind(versions))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._hint = versions
+        if self._hints_task is None or self._hints_task.done():
+            task = asyncio.get_running_loop().create_task(self._follow_hints())
+            self._hints_task = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _follow_hints(self) -> bool:
+        """Refresh for the newest hint noticed, until no hint waits."""
+        changed = False
+        while (hint := self._hint) is not None:
+            self._hint = None
+            changed |= await self.refresh_if_behind(hint)
+        return changed
 
     def notice_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         """The gateway's call metadata (a PlatformService request): see :meth:`notice`."""

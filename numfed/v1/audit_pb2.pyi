@@ -84,7 +84,9 @@ class Checkpoint(_message.Message):
     """What head is a hash of."""
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
-        """When the gateway signed the checkpoint (UTC)."""
+        """When the gateway signed the checkpoint (UTC). A member keeps no checkpoint issued after its
+        clock beyond the bundle's max_clock_skew (UNAUTHENTICATED ISSUED_IN_FUTURE).
+        """
 
     def __init__(
         self,

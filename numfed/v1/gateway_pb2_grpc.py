@@ -47,7 +47,8 @@ class GatewayServiceStub:
     without it, so that a channel may still retry it on another replica). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
-    poll. The value is not signed: it only triggers a fetch and never changes trust.
+    poll. The value is not signed: it only triggers a fetch and never changes trust, and however
+    many calls carry a hint it cannot reach, a member fetches at most once a second for them.
     """
 
     def __init__(self, channel):
@@ -119,7 +120,8 @@ class GatewayServiceServicer:
     without it, so that a channel may still retry it on another replica). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
-    poll. The value is not signed: it only triggers a fetch and never changes trust.
+    poll. The value is not signed: it only triggers a fetch and never changes trust, and however
+    many calls carry a hint it cannot reach, a member fetches at most once a second for them.
     """
 
     def GetTrustBundle(self, request, context):
@@ -346,7 +348,8 @@ class GatewayService:
     without it, so that a channel may still retry it on another replica). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
-    poll. The value is not signed: it only triggers a fetch and never changes trust.
+    poll. The value is not signed: it only triggers a fetch and never changes trust, and however
+    many calls carry a hint it cannot reach, a member fetches at most once a second for them.
     """
 
     @staticmethod

@@ -21,6 +21,7 @@ from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.config import load_gateway_config
 from numfed.envelope import Envelope, SigningKey
+from numfed.errors import FailedPrecondition
 from numfed.identity import PeerId, Role
 from numfed.rpc import error_info, rpc_error_info
 from numfed.trust import TrustBundle, TrustedState, sign_bundle, sign_root
@@ -257,3 +258,59 @@ async def test_new_trust_files_show_in_the_gateways_metrics_without_a_restart(
     async with asyncio.timeout(3):
         await weibo.trust.wait_until(lambda s: s.versions == (1, 2))
     assert await figure(weibo.observer, "numfed_trust_bundle_version") == 2
+
+
+async def test_a_restarted_gateway_refuses_trust_files_older_than_it_held(
+    fed: Federation,
+) -> None:
+    """The gateway never steps back across a restart either: trust files put back to an older
+    bundle, another bundle at the version in force, or a root chain cut short make the start
+    fail with the reason and serve nothing; the files in force start it again (the floor is the
+    gateway's own ``state_dir/trust``)."""
+    keys = root_keys(fed)
+    trust_dir = fed.layout.trust_dir
+    v1_bytes = (trust_dir / "bundle.pb").read_bytes()
+    now = datetime.now(UTC)
+    pinned = TrustedState(Envelope.from_proto(read_roots(trust_dir)[0]), now=now).root
+    v2 = dataclasses.replace(held_bundle(fed), version=2, issued_at=now)
+    await changed_files(fed, lambda: write_bundle(fed, v2, keys[:2]))
+    assert fed.gateway.trust_view.state.versions == (1, 2)
+    await fed.gateway.stop(0)
+    config = load_gateway_config(fed.layout.gateway_config)
+
+    def other_bundle_v2() -> None:
+        write_bundle(fed, dataclasses.replace(v2, issued_at=now - timedelta(seconds=1)), keys[:2])
+
+    refused = {
+        "BUNDLE_ROLLBACK": lambda: (trust_dir / "bundle.pb").write_bytes(v1_bytes),
+        "BUNDLE_EQUIVOCATION": other_bundle_v2,
+    }
+    for reason, write in refused.items():
+        write()
+        with pytest.raises(FailedPrecondition) as refusal:
+            await Gateway.start(config)
+        assert refusal.value.reason == reason, refusal.value
+
+    # Root v2 taken, then the files put back to root 1 alone and its bundle.
+    write_bundle(fed, v2, keys[:2])
+    fed.gateway = await Gateway.start(config)
+    r2 = dataclasses.replace(pinned, version=2, expires_at=now + timedelta(days=365))
+    v3 = dataclasses.replace(v2, version=3)
+
+    def rotate() -> None:
+        write_envelope(trust_dir / "root-2.pb", sign_root(r2, keys[:2]))
+        write_bundle(fed, v3, keys[:2])
+
+    await changed_files(fed, rotate)
+    assert fed.gateway.trust_view.state.versions == (2, 3)
+    await fed.gateway.stop(0)
+    (trust_dir / "root-2.pb").unlink()
+    write_bundle(fed, dataclasses.replace(v2, version=4), keys[:2])
+    with pytest.raises(FailedPrecondition) as refusal:
+        await Gateway.start(config)
+    assert refusal.value.reason == "ROOT_ROLLBACK", refusal.value
+
+    write_envelope(trust_dir / "root-2.pb", sign_root(r2, keys[:2]))
+    write_bundle(fed, v3, keys[:2])
+    fed.gateway = await Gateway.start(config)
+    assert fed.gateway.trust_view.state.versions == (2, 3)
