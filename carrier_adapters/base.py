@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
 from numfed.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointKeeper, audit_origin
 from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
-from numfed.config import CarrierConfig, Limits, load_carrier_config
+from numfed.config import CarrierConfig, Limits, load_carrier_config, require_loopback
 from numfed.envelope import Envelope, SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, NumfedError
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
@@ -97,6 +96,9 @@ POLICY = {
 """Who may call what on the federation listener: the gateway, and only the gateway."""
 
 Clock = Callable[[], datetime]
+
+
+_PLAINTEXT_HOLDER = "the plaintext holder channels listen"
 
 
 def _utc_now() -> datetime:
@@ -352,19 +354,6 @@ def holder_admission(limits: Limits) -> Admission:
     )
 
 
-def _require_loopback(endpoint: str, key: str = "holder_listen") -> None:
-    host = endpoint.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InvalidArgument(
-            "BAD_CONFIG",
-            f"{key}={endpoint!r}: the plaintext holder channels listen on loopback only",
-        )
-
-
 @dataclass
 class CarrierHandle:
     adapter: CarrierAdapter
@@ -421,9 +410,9 @@ async def start_carrier(
         CarrierConformanceServicer,
     )
 
-    _require_loopback(config.holder_listen)
+    require_loopback(config.holder_listen, "holder_listen", _PLAINTEXT_HOLDER)
     if config.holder_web_listen is not None:
-        _require_loopback(config.holder_web_listen, "holder_web_listen")
+        require_loopback(config.holder_web_listen, "holder_web_listen", _PLAINTEXT_HOLDER)
     kind = adapter_class or ADAPTERS.get(config.carrier_id)
     if kind is None:
         raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")

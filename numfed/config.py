@@ -227,6 +227,18 @@ class Telemetry:
     """Share of new traces recorded (calls that arrive traced follow their caller)."""
 
 
+def require_loopback(endpoint: str, setting: str, what: str = "this endpoint listens") -> None:
+    """Refuse (InvalidArgument BAD_CONFIG) an endpoint ``HOST:PORT`` whose host is not
+    ``localhost`` or a loopback address: what listens there is plaintext or unauthenticated."""
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InvalidArgument("BAD_CONFIG", f"{setting}={endpoint!r}: {what} on loopback only")
+
+
 def _telemetry(raw: dict[str, Any]) -> Telemetry:
     sec = raw.get("telemetry", {})
     if not isinstance(sec, dict):
@@ -237,17 +249,7 @@ def _telemetry(raw: dict[str, Any]) -> Telemetry:
     listen = None
     if "metrics_listen" in sec:
         listen = _endpoint(sec, "metrics_listen", "telemetry")
-        host = listen.rsplit(":", 1)[0].strip("[]")
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise InvalidArgument(
-                "BAD_CONFIG",
-                f"telemetry.metrics_listen={listen!r}: the metrics endpoint listens on "
-                "loopback only",
-            )
+        require_loopback(listen, "telemetry.metrics_listen", "the metrics endpoint listens")
     otlp = None
     if "otlp_endpoint" in sec:
         otlp = _str(sec, "otlp_endpoint", "telemetry")

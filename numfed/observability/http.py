@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from numfed.errors import FailedPrecondition, InvalidArgument
+from numfed.config import require_loopback
+from numfed.errors import FailedPrecondition
 from numfed.observability import metrics
 
 __all__ = ["Handler", "MetricsEndpoint", "require_loopback", "start_endpoint"]
@@ -28,19 +28,6 @@ Handler = Callable[[], Awaitable[tuple[str, bytes]]]
 
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT = 5.0
-
-
-def require_loopback(endpoint: str, setting: str) -> None:
-    """Refuse (BAD_CONFIG) an endpoint whose host is not a loopback address."""
-    host = endpoint.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InvalidArgument(
-            "BAD_CONFIG", f"{setting}={endpoint!r}: this endpoint listens on loopback only"
-        )
 
 
 @dataclass
