@@ -338,7 +338,7 @@ async def start_carrier(
     ``adapter_class`` lets tests start a deliberately broken carrier. With
     ``config.conformance`` the federation listener also serves CarrierConformanceService.
     """
-    from carrier_adapters import ADAPTERS
+    from carrier_adapters import adapter_for
     from carrier_adapters.conformance import (
         CONFORMANCE_POLICY,
         CONFORMANCE_SERVICE,
@@ -348,9 +348,7 @@ async def start_carrier(
     _require_loopback(config.holder_listen)
     if config.holder_web_listen is not None:
         _require_loopback(config.holder_web_listen, "holder_web_listen")
-    kind = adapter_class or ADAPTERS.get(config.carrier_id)
-    if kind is None:
-        raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")
+    kind = adapter_class or adapter_for(config)
     adapter = kind(config, clock=clock)
 
     def register_carrier(server: grpc.aio.Server) -> str:

@@ -232,6 +232,16 @@ class CarrierConfig:
     holder_web_listen: str | None = None
     """Where the holder's page is served over HTTP (loopback only, like ``holder_listen``);
     None: no page."""
+    display_name: str | None = None
+    """The carrier's name, for a carrier the reference adapters do not know (the generic
+    adapter, ``carrier_adapters/generic.py``); the reference adapters state their own."""
+    display_name_zh: str | None = None
+    """Its name in Chinese, as holders know it (generic adapter; default: ``display_name``)."""
+    sms_signature: str | None = None
+    """The sender text its SMS start with (generic adapter; default: the name in 【】)."""
+    time_zone: str | None = None
+    """The IANA zone whose calendar days its recycled checks answer about (generic adapter;
+    default: UTC)."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -392,4 +402,26 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         holder_web_listen=(
             _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
         ),
+        display_name=_optional(sec, "display_name", "carrier"),
+        display_name_zh=_optional(sec, "display_name_zh", "carrier"),
+        sms_signature=_optional(sec, "sms_signature", "carrier"),
+        time_zone=_time_zone(sec),
     )
+
+
+def _optional(sec: dict[str, Any], key: str, where: str) -> str | None:
+    return _str(sec, key, where) if key in sec else None
+
+
+def _time_zone(sec: dict[str, Any]) -> str | None:
+    """An IANA time zone name the machine (or tzdata) knows; else BAD_CONFIG."""
+    name = _optional(sec, "time_zone", "carrier")
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidArgument("BAD_CONFIG", f"carrier.time_zone={name!r} is no known zone") from exc
+    return name
