@@ -203,6 +203,9 @@ class PlatformConfig:
     trust_refresh: float = 60.0
     """Seconds between two routine fetches of the trust bundle. A verification that may have
     failed for want of a newer bundle fetches one at once, whatever this says."""
+    trust_refresh_min_interval: float = 1.0
+    """Fewest seconds between two fetches that a version hint or a refusal starts (a test
+    platform under the conformance kit sets it lower: the kit makes it refresh often)."""
     event_retry_limit: int = 8
     """Attempts at an event batch this platform cannot judge yet (a key from a newer bundle,
     say) before it may be set aside as a dead letter."""
@@ -353,10 +356,12 @@ def load_platform_config(path: Path) -> PlatformConfig:
         raise InvalidArgument("BAD_CONFIG", "platform.event_retry_limit must be an integer >= 1")
     retry_window = _number(sec, "event_retry_window", "platform", 300.0)
     trust_refresh = _number(sec, "trust_refresh", "platform", 60.0)
-    if retry_window < 0 or trust_refresh <= 0:
+    min_interval = _number(sec, "trust_refresh_min_interval", "platform", 1.0)
+    if retry_window < 0 or trust_refresh <= 0 or min_interval < 0:
         raise InvalidArgument(
             "BAD_CONFIG",
-            "platform.event_retry_window must be >= 0 and platform.trust_refresh positive",
+            "platform.event_retry_window and trust_refresh_min_interval must be >= 0 and "
+            "platform.trust_refresh positive",
         )
     admin_socket = base / _str(sec, "admin_socket", "platform") if "admin_socket" in sec else None
     return PlatformConfig(
@@ -372,6 +377,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         events=_events_mode(sec),
         conformance=bool(sec.get("conformance", False)),
         trust_refresh=trust_refresh,
+        trust_refresh_min_interval=min_interval,
         event_retry_limit=retry_limit,
         event_retry_window=retry_window,
         admin_socket=admin_socket,

@@ -580,7 +580,10 @@ class RevocationList:
 
 
 def server_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ServerCredentials:
-    """TLS credentials for serving as ``peer``; every client must present a cert from the CA."""
+    """TLS credentials for serving as ``peer``; every client must present a cert from the CA.
+
+    Rules: PLAT-OPS-3, PLAT-OPS-4, CARR-OPS-1, CARR-OPS-2.
+    """
     layout = _layout(where)
     return grpc.ssl_server_credentials(
         [(_read(layout.key_path(peer)), _read(layout.cert_path(peer)))],

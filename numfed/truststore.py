@@ -74,6 +74,14 @@ class TrustStore:
         """Persist a bundle just accepted."""
         self._save(self.bundle_path, envelope)
 
+    def clear(self) -> None:
+        """Forget what was persisted (a verifier taken back to its pin, as in a first start)."""
+        for path in (self.bundle_path, self.root_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise Unavailable("TRUST_STORE_UNWRITABLE", f"cannot remove {path}: {exc}") from exc
+
     def _save(self, path: Path, envelope: Envelope) -> None:
         try:
             write_envelope(path, envelope)

@@ -7,6 +7,7 @@ refresh its trust bundle now. Only the gateway's identity may call it, like Plat
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from numfed.errors import AlreadyExists, InvalidArgument, NumfedError, Unavailab
 from numfed.identity import Role
 from numfed.rpc import error_status, ok_status
 from numfed.timeutil import from_timestamp, to_timestamp
+from numfed.trust import TrustedState
 from numfed.v1 import binding_pb2, conformance_pb2, conformance_pb2_grpc
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
@@ -33,6 +35,9 @@ CONFORMANCE_POLICY = {
         "CheckSmsLogin",
         "ListAppliedEvents",
         "RefreshTrustBundle",
+        "ResetTrust",
+        "GetTrustState",
+        "ReloadTrust",
     )
 }
 MAX_READ = 1000
@@ -177,3 +182,37 @@ class PlatformConformanceServicer(conformance_pb2_grpc.PlatformConformanceServic
         return conformance_pb2.RefreshTrustBundleResponse(
             status=status, bundle_version=bundle.version if bundle is not None else 0
         )
+
+    async def ResetTrust(
+        self,
+        request: conformance_pb2.ResetTrustRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.ResetTrustResponse:
+        await self._trust.reset()
+        return conformance_pb2.ResetTrustResponse(state=trust_state(self._trust.state))
+
+    async def GetTrustState(
+        self,
+        request: conformance_pb2.GetTrustStateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.GetTrustStateResponse:
+        return conformance_pb2.GetTrustStateResponse(state=trust_state(self._trust.state))
+
+    async def ReloadTrust(
+        self,
+        request: conformance_pb2.ReloadTrustRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.ReloadTrustResponse:
+        await self._trust.reload()
+        return conformance_pb2.ReloadTrustResponse(state=trust_state(self._trust.state))
+
+
+def trust_state(state: TrustedState) -> conformance_pb2.TrustState:
+    """The versions held and the SHA-256 of each held envelope's signed payload."""
+    bundle = state.bundle_envelope
+    return conformance_pb2.TrustState(
+        root_version=state.root.version,
+        bundle_version=state.bundle.version if state.bundle is not None else 0,
+        root_digest=hashlib.sha256(state.root_envelope.payload).digest(),
+        bundle_digest=hashlib.sha256(bundle.payload).digest() if bundle is not None else b"",
+    )

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 REFERENCE_PLATFORMS = PLATFORMS
 SERVICE = "numfed.v1.PlatformService"
 _GATEWAY_ONLY = frozenset({Role.GATEWAY})
+# Rule PLAT-OPS-2: PlatformService answers the federation's gateway only.
 POLICY = {
     f"/{SERVICE}/BatchQueryBindings": _GATEWAY_ONLY,
     f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
@@ -120,6 +121,7 @@ async def start_platform(
         peer=peer,
         gateway=config.gateway,
         state_dir=config.state_dir / "trust",
+        min_refresh_interval=config.trust_refresh_min_interval,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -153,21 +155,25 @@ async def start_platform(
         members=SoleGateway(pki.GATEWAY),
         revocations=pki.RevocationList(config.pki_dir),
         on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
+        not_serving={SERVICE},  # until it holds a verified bundle (PLAT-OPS-1)
     )
-    await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
         admin = await start_admin_server(socket_path(config), servicer.events)
     except BaseException:
         await handle.stop(0)
         raise
 
-    async def ready_when_trusted() -> None:
-        await trust.ready.wait()
-        await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    async def health_follows_trust() -> None:
+        """PLAT-OPS-1: SERVING exactly while a verified bundle is held."""
+        while True:
+            await trust.ready.wait()
+            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            await trust.wait_until(lambda _state: not trust.ready.is_set())
+            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     tasks = [
         asyncio.create_task(trust.run(config.trust_refresh)),
-        asyncio.create_task(ready_when_trusted()),
+        asyncio.create_task(health_follows_trust()),
     ]
     puller = None
     if config.events == "poll":

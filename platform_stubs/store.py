@@ -278,6 +278,8 @@ class PlatformStore:
 
         A claim applied before is answered from its stored result (``replayed``) and changes
         nothing; otherwise the selected bindings get ``released_at`` (the account remains).
+
+        Rules: PLAT-REL-2, PLAT-REL-3.
         """
         out: list[AppliedRelease] = []
         with self.engine.begin() as c:
@@ -334,6 +336,8 @@ class PlatformStore:
         A batch whose every event was applied before is a repeat (a lost acknowledgement, a
         replay): it changes nothing and is not judged again, since the log has moved on since
         it was judged the first time.
+
+        Rules: PLAT-EVT-4, PLAT-EVT-7, PLAT-EVT-8, PLAT-EVT-9, PLAT-EVT-10.
         """
         with self.engine.begin() as c:
             ids = [e.event_id for e in events]

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 
@@ -55,6 +56,10 @@ class TrustClient:
     tests of a platform's first start only).
     """
 
+    state_class: ClassVar[type[TrustedState]] = TrustedState
+    """The trust state machine kept (the conformance kit's broken members swap in one with a
+    rule broken)."""
+
     def __init__(
         self,
         *,
@@ -69,8 +74,11 @@ class TrustClient:
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self._store = TrustStore(state_dir) if state_dir is not None else None
-        self.state = self._restore(Envelope.from_proto(roots[0]))
+        self._pin = Envelope.from_proto(roots[0])
+        self.state = self._restore(self._pin)
         self.ready = asyncio.Event()
+        """Set while the platform holds a verified bundle it fetched (PLAT-OPS-1: its health
+        is SERVING exactly then); cleared when it holds none."""
         self.hints = VersionHintReader(self.notice)
         """Add to every channel to the gateway, so that its answers' version hints count."""
         self._channel = pki.secure_channel(
@@ -90,18 +98,19 @@ class TrustClient:
         self._background: set[asyncio.Task[bool]] = set()
 
     def _restore(self, pin: Envelope) -> TrustedState:
-        """The persisted trust, else the pin. A persisted root that does not verify stops the
-        start (the platform must not trust less than it did); a persisted bundle the root does
-        not sign is dropped, as a root rotation drops it (TUF's fast-forward recovery)."""
+        """The persisted trust, else the pin (rule PLAT-TRUST-6). A persisted root that does
+        not verify stops the start (the platform must not trust less than it did); a persisted
+        bundle the root does not sign is dropped, as a root rotation drops it (TUF's
+        fast-forward recovery)."""
         now = datetime.now(UTC)
         if self._store is None:
-            return TrustedState(pin, now=now)
+            return self.state_class(pin, now=now)
         stored = self._store.load()
-        state = TrustedState.restore(pin, root=stored.root, now=now)
+        state = self.state_class.restore(pin, root=stored.root, now=now)
         if stored.bundle is None:
             return state
         try:
-            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
+            return self.state_class.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
         except NumfedError as err:
             log.warning(
                 "persisted trust bundle dropped (%s: %s); root v%d kept",
@@ -122,7 +131,8 @@ class TrustClient:
             self._store.save_root(envelope)
 
     async def refresh(self, *, wait_for_ready: bool = False) -> bool:
-        """Fetch and verify the roots and bundle now; True when the held state changed.
+        """Fetch and verify the roots and bundle now; True when the held state changed (rules
+        PLAT-TRUST-11, sending the root version held).
 
         One refresh runs at a time. ``wait_for_ready``: wait up to the call's 5 s for the
         gateway to come up instead of failing at once. Each root accepted is persisted at once;
@@ -149,12 +159,37 @@ class TrustClient:
                     assert state.bundle_envelope is not None
                     self._store.save_bundle(state.bundle_envelope)
             finally:
-                async with self._changed:
-                    self._changed.notify_all()
+                if state.bundle is None:  # a new root dropped the bundle it does not sign
+                    self.ready.clear()
+                await self._notify()
             if result.changed:
                 log.info("trust updated: %s", result.describe())
             self.ready.set()
+            await self._notify()
             return result.changed
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def reset(self) -> None:
+        """Back to the pin, as at a first start: forget every root and bundle accepted, in
+        memory and on disk; no bundle is held until the next refresh (conformance mode's
+        ResetTrust)."""
+        async with self._lock:
+            if self._store is not None:
+                self._store.clear()
+            self.state = self.state_class(self._pin, now=datetime.now(UTC))
+            self.ready.clear()
+            await self._notify()
+
+    async def reload(self) -> None:
+        """Rebuild the trust from what was persisted, as a restart does; nothing is fetched, so
+        the platform is not ready until the next refresh (conformance mode's ReloadTrust)."""
+        async with self._lock:
+            self.state = self._restore(self._pin)
+            self.ready.clear()
+            await self._notify()
 
     def behind(self, versions: tuple[int, int]) -> bool:
         return self.state.behind(versions)
@@ -198,7 +233,8 @@ class TrustClient:
             log.info("trust refresh failed (%s)", _why(exc))
 
     def notice(self, versions: tuple[int, int]) -> None:
-        """A peer holds ``versions``: refresh in the background if they are newer."""
+        """A peer holds ``versions``: refresh in the background if they are newer (rule
+        PLAT-TRUST-17)."""
         if not self.state.behind(versions):
             return
         task = asyncio.get_running_loop().create_task(self.refresh_if_behind(versions))

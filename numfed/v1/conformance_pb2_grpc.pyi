@@ -70,6 +70,22 @@ class PlatformConformanceServiceStub:
     Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
     kit asks again for a while, since a platform may have started before the kit's gateway).
     """
+    ResetTrust: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ResetTrustRequest, _conformance_pb2.ResetTrustResponse]
+    """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+    forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+    bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+    of the kit starts from here. Errors: PERMISSION_DENIED.
+    """
+    GetTrustState: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.GetTrustStateRequest, _conformance_pb2.GetTrustStateResponse]
+    """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+    refused update changed nothing. Errors: PERMISSION_DENIED.
+    """
+    ReloadTrust: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ReloadTrustRequest, _conformance_pb2.ReloadTrustResponse]
+    """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+    (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+    next), and reports the state it holds then. A platform that keeps trust only in memory is back
+    at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+    """
 
 @_typing.type_check_only
 class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
@@ -112,6 +128,22 @@ class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
     (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
     Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
     kit asks again for a while, since a platform may have started before the kit's gateway).
+    """
+    ResetTrust: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ResetTrustRequest, _conformance_pb2.ResetTrustResponse]  # type: ignore[assignment]
+    """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+    forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+    bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+    of the kit starts from here. Errors: PERMISSION_DENIED.
+    """
+    GetTrustState: _aio.UnaryUnaryMultiCallable[_conformance_pb2.GetTrustStateRequest, _conformance_pb2.GetTrustStateResponse]  # type: ignore[assignment]
+    """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+    refused update changed nothing. Errors: PERMISSION_DENIED.
+    """
+    ReloadTrust: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ReloadTrustRequest, _conformance_pb2.ReloadTrustResponse]  # type: ignore[assignment]
+    """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+    (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+    next), and reports the state it holds then. A platform that keeps trust only in memory is back
+    at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
     """
 
 class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +220,40 @@ class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
         Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
         kit asks again for a while, since a platform may have started before the kit's gateway).
+        """
+
+    @_abc_1.abstractmethod
+    def ResetTrust(
+        self,
+        request: _conformance_pb2.ResetTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.ResetTrustResponse, _abc.Awaitable[_conformance_pb2.ResetTrustResponse]]:
+        """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+        forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+        bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+        of the kit starts from here. Errors: PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrustState(
+        self,
+        request: _conformance_pb2.GetTrustStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.GetTrustStateResponse, _abc.Awaitable[_conformance_pb2.GetTrustStateResponse]]:
+        """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+        refused update changed nothing. Errors: PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadTrust(
+        self,
+        request: _conformance_pb2.ReloadTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.ReloadTrustResponse, _abc.Awaitable[_conformance_pb2.ReloadTrustResponse]]:
+        """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+        (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+        next), and reports the state it holds then. A platform that keeps trust only in memory is back
+        at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
         """
 
 def add_PlatformConformanceServiceServicer_to_server(servicer: PlatformConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
