@@ -21,7 +21,7 @@ from gateway.authority import CheckedClaim, Portability, check_claim, select_pla
 from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
-from gateway.platforms import CircuitOpen, PlatformLink
+from gateway.platforms import NotCalled, PlatformLink
 from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from gateway.publisher import EventPublisher
 from gateway.results import now_us, operation, result_from_error, result_from_item
@@ -250,7 +250,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
             return result_from_error(platform_id, err, attempts=1)
         exc = future.exception()
-        if isinstance(exc, CircuitOpen):
+        if isinstance(exc, NotCalled):  # breaker open, or the platform reports not serving
             return result_from_error(platform_id, exc, attempts=1)
         if isinstance(exc, grpc.aio.AioRpcError):
             err = Unavailable(
