@@ -88,6 +88,7 @@ class PlatformLink:
         self._serving = asyncio.Event()
         self._changed = asyncio.Event()
         """Set (and replaced) at each change of health: what :meth:`until_health` waits on."""
+        self._closed = False
         self._watch = asyncio.get_running_loop().create_task(self._watch_health())
 
     @property
@@ -116,7 +117,9 @@ class PlatformLink:
         """Follow the platform's health for as long as the link lives."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         delay = WATCH_BACKOFF[0]
-        while True:
+        # Not "while True": grpc may turn the cancellation of a stream it is setting up into an
+        # AioRpcError (CANCELLED), which would swallow close()'s cancel.
+        while not self._closed:
             try:
                 call = stub.Watch(health_pb2.HealthCheckRequest(service=PLATFORM_SERVICE))
                 async for answer in call:
@@ -128,6 +131,8 @@ class PlatformLink:
                 self._heard(
                     _UNKNOWN_SERVICE if exc.code() is grpc.StatusCode.UNIMPLEMENTED else None
                 )
+            if self._closed:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, WATCH_BACKOFF[1])
 
@@ -204,6 +209,7 @@ class PlatformLink:
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:
+        self._closed = True
         self._watch.cancel()
         await asyncio.gather(self._watch, return_exceptions=True)
         await self.queries.close()
