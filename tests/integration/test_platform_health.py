@@ -26,9 +26,18 @@ WORLD = demo_scenario()
 
 async def _not_serving(fed: Federation, platform_id: str, *, outage: bool = True) -> None:
     """The platform loses its trust bundle (as a root rotation that does not sign it would), so
-    it reports NOT_SERVING; a call that still reached it would be answered PLATFORM_OUTAGE."""
+    it reports NOT_SERVING; a call that still reached it would be answered PLATFORM_OUTAGE.
+
+    Until :func:`_serving_again` its fetches find nothing it can take, as they would while that
+    rotation lasts: otherwise a retry of its own (its refresh loop may still be backing off from
+    its start) takes the bundle again, and it serves before the test is over."""
     handle = fed.platforms[platform_id]
     handle.servicer.knobs.outage = outage
+
+    async def finds_nothing(*, wait_for_ready: bool = False) -> bool:
+        return False
+
+    vars(handle.trust)["refresh"] = finds_nothing
     await handle.trust.reset()
     await fed.gateway.links[platform_id].until_health("NOT_SERVING", 10)
 
@@ -36,6 +45,7 @@ async def _not_serving(fed: Federation, platform_id: str, *, outage: bool = True
 async def _serving_again(fed: Federation, platform_id: str) -> None:
     handle = fed.platforms[platform_id]
     handle.servicer.knobs.outage = False
+    vars(handle.trust).pop("refresh")
     await handle.trust.refresh()  # it takes its bundle again, and reports SERVING
 
 
