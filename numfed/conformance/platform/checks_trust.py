@@ -93,22 +93,41 @@ async def trust_bundle_accepted(kit: PlatformKit) -> str:
 @check(
     "foreign_bundle_refused",
     "A bundle signed under a foreign root (by keys the platform's root does not list) is "
-    "refused: a platform that held none still holds none, one that held a bundle keeps it.",
+    "refused: a platform that held one keeps it and believes no key only the foreign one lists; "
+    "a platform that held none still holds none and stays NOT_SERVING.",
     "The gateway is not trusted: if a platform takes a bundle its own root did not sign, whoever "
     "runs the gateway can slip in any carrier key.",
-    rules=("PLAT-TRUST-2",),
+    rules=("PLAT-TRUST-2", "PLAT-OPS-1"),
 )
 async def foreign_bundle_refused(kit: PlatformKit) -> str:
+    """PLAT-TRUST-2, seen three ways: the refresh is refused, the held state is unchanged, and
+    (what does not rest on the conformance hooks) a claim by a key that only the foreign bundle
+    lists is refused; with no bundle held, the platform's health stays NOT_SERVING
+    (PLAT-OPS-1)."""
     async with kit.fresh_trust():
         foreign = _keys()
-        kit.sim.serve_envelope(kit.sim.sign_bundle(kit.bundle(2), foreign))
+        kit.sim.serve_envelope(kit.sim.sign_bundle(kit.bundle(2, with_late=True), foreign))
         held = await _refused(kit, "a bundle v2 signed under a foreign root")
         await _holds(kit, "after refusing it", root=1, bundle=1)
+        s = await kit.seed(at=False, after=False)
+        (r,) = await kit.query(kit.claim(s.number, Purpose.QUERY_PRIOR, s.x, key=kit.keys.late))
+        expect(
+            r.status,
+            "UNAUTHENTICATED",
+            "a claim by a key that only the foreign bundle lists",
+            reason_="UNKNOWN_KEY",
+        )
         await kit.conformance.ResetTrust(conformance_pb2.ResetTrustRequest(), timeout=CALL_TIMEOUT)
         kit.sim.serve_envelope(kit.sim.sign_bundle(kit.bundle(1), foreign))
         await _refused(kit, "a first bundle signed under a foreign root")
         await _holds(kit, "holding no bundle, after refusing a foreign one", root=1, bundle=0)
-    return f"refused ({held}), with a bundle held and with none"
+        status = await kit.serving_status()
+        if status != "NOT_SERVING":
+            raise CheckFailed(
+                f"holding no bundle, after refusing a foreign one, health reports {status}, "
+                "not NOT_SERVING"
+            )
+    return f"refused ({held}), with a bundle held and with none (NOT_SERVING)"
 
 
 @check(
