@@ -196,9 +196,13 @@ class PlatformKit:
         return channel
 
     async def __aenter__(self) -> PlatformKit:
-        self._sim = await start_trust_simulator(
-            self.t.pki_dir, self.t.listen, dump_dir=self.t.dump_dir
-        )
+        try:
+            self._sim = await start_trust_simulator(
+                self.t.pki_dir, self.t.listen, dump_dir=self.t.dump_dir
+            )
+        except BaseException:
+            await self.close()  # no __aexit__ follows a failed __aenter__
+            raise
         return self
 
     async def __aexit__(
@@ -207,10 +211,16 @@ class PlatformKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for channel in self._channels:
-            await channel.close()
-        if self._sim is not None:
-            await self._sim.stop()
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the kit's channels and stop its trust simulator."""
+        try:
+            for channel in self._channels:
+                await channel.close()
+        finally:
+            if self._sim is not None:
+                await self._sim.stop()
 
     @property
     def sim(self) -> TrustSimulator:
