@@ -29,8 +29,9 @@ __all__ = [
 RULE_ID = re.compile(r"(PLAT|CARR)-[A-Z]+-(?:[0-9]+|[A-Z]+(?:-[A-Z]+)*)")
 """A rule id: ``PLAT-<AREA>-<n>`` or ``CARR-<AREA>-<n>`` (``PLAT-CLAIM-KEY-CARRIER`` keeps its
 older name)."""
-_ITEM = re.compile(r"^- \*\*(" + RULE_ID.pattern + r")\*\*\s+(.*)$")
-_KIT = re.compile(r"Kit: ((?:`[a-z0-9_]+`(?:, )?)+)\.\s*$")
+_ITEM = re.compile(r"- \*\*(" + RULE_ID.pattern + r")\*\*\s+(.*)")
+_KIT = re.compile(r".*Kit: ((?:`[a-z0-9_]+`(?:, )?)+)\.\s*", re.DOTALL)
+"""A rule's text that ends with the checks that test it (matched whole, so the last "Kit:")."""
 _WORDS = {
     "MUST": re.compile(r"\bMUST(?: NOT)?\b"),
     "SHOULD": re.compile(r"\bSHOULD(?: NOT)?\b"),
@@ -90,12 +91,12 @@ def parse_rules(text: str, source: str) -> list[Rule]:
         if current is None:
             return
         body = " ".join(part.strip() for part in current)
-        kit = _KIT.search(body)
+        kit = _KIT.fullmatch(body)
         names = tuple(re.findall(r"`([a-z0-9_]+)`", kit.group(1))) if kit else ()
         rules.append(Rule(rule_id, _level(rule_id, body), body, source, names))
 
     for line in text.splitlines():
-        m = _ITEM.match(line)
+        m = _ITEM.fullmatch(line)
         if m:
             close()
             rule_id, current = m.group(1), [m.group(3)]
