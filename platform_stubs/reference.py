@@ -143,7 +143,8 @@ async def start_platform(
 
     def register_conformance(server: grpc.aio.Server) -> str:
         conformance_pb2_grpc.add_PlatformConformanceServiceServicer_to_server(
-            PlatformConformanceServicer(store=store, trust=trust), server
+            PlatformConformanceServicer(platform_id=config.platform_id, store=store, trust=trust),
+            server,
         )
         return CONFORMANCE_SERVICE
 

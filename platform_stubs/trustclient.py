@@ -97,6 +97,11 @@ class TrustClient:
         self._pending: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
 
+    @property
+    def gateway(self) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
+        """The gateway, on the channel trust is fetched on (its answers' version hints count)."""
+        return self._stub
+
     def _restore(self, pin: Envelope) -> TrustedState:
         """The persisted trust, else the pin (rule PLAT-TRUST-6). A persisted root that does
         not verify stops the start (the platform must not trust less than it did); a persisted

@@ -8,7 +8,8 @@ run. It can also serve what they never would (:meth:`TrustSimulator.serve_raw`: 
 versions ahead, a bundle one signature short, another payload type) and watch the platform refuse
 it. It honours ``known_root_version`` like the real gateway, logs every request, and, given a
 directory, writes every answer it serves there (``NNN-<check>.pb``, a ``GetTrustBundleResponse``)
-so that a member can replay a failing check.
+so that a member can replay a failing check. For a platform's own recycled check it relays the
+answer the kit chose to ``CheckRecycled``, whatever the question, and logs the question.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from numfed.errors import Unavailable
 from numfed.identity import Role
 from numfed.rpc import ServerHandle, current_peer, start_server
 from numfed.trust import CarrierKey, Root, TrustBundle, sign_bundle, sign_root
-from numfed.v1 import gateway_pb2, gateway_pb2_grpc
+from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc
 
 __all__ = [
     "NARROW_PREFIX",
@@ -42,7 +43,10 @@ __all__ = [
 ]
 
 SERVICE = "numfed.v1.GatewayService"
-POLICY = {f"/{SERVICE}/GetTrustBundle": frozenset({Role.GATEWAY, Role.CARRIER, Role.PLATFORM})}
+POLICY = {
+    f"/{SERVICE}/GetTrustBundle": frozenset({Role.GATEWAY, Role.CARRIER, Role.PLATFORM}),
+    f"/{SERVICE}/CheckRecycled": frozenset({Role.PLATFORM}),
+}
 TEST_CARRIER = "cmcc"
 """The carrier id the kit's test keys belong to (any member id would do)."""
 OTHER_CARRIER = "cucc"
@@ -160,6 +164,16 @@ class _TrustServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetTrustBundleResponse:
         return self._sim.answer(current_peer().uri, request.known_root_version)
 
+    async def CheckRecycled(
+        self,
+        request: gateway_pb2.CheckRecycledRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.CheckRecycledResponse:
+        self._sim.recycled_questions.append(request)
+        if self._sim.recycled_answer is None:
+            raise Unavailable("NO_ANSWER", "the kit has no recycled answer to relay")
+        return gateway_pb2.CheckRecycledResponse(answer=self._sim.recycled_answer)
+
 
 class TrustSimulator:
     """What the gateway serves a platform: root chain and bundle, under the kit's control.
@@ -181,6 +195,10 @@ class TrustSimulator:
         self.root_threshold: int | None = None
         """The newest root's threshold; None for the pin (the kit signs with all its keys)."""
         self.server: ServerHandle | None = None
+        self.recycled_answer: claim_pb2.Envelope | None = None
+        """What CheckRecycled relays, whatever the question (set by the recycled check)."""
+        self.recycled_questions: list[gateway_pb2.CheckRecycledRequest] = []
+        """Every CheckRecycled question the platform asked."""
 
     @property
     def port(self) -> int:
@@ -321,8 +339,8 @@ def _root_version(envelope: Envelope) -> int:
 async def start_trust_simulator(
     pki_dir: Path, listen: str, *, dump_dir: Path | None = None
 ) -> TrustSimulator:
-    """Serve GatewayService.GetTrustBundle on ``listen`` as the gateway (mTLS), signing with the
-    root keys of ``pki_dir``."""
+    """Serve GatewayService.GetTrustBundle (and CheckRecycled) on ``listen`` as the gateway
+    (mTLS), signing with the root keys of ``pki_dir``."""
     sim = TrustSimulator(pki.load_root_signers(pki_dir), dump_dir)
     servicer = _TrustServicer(sim)  # type: ignore[abstract]  # other RPCs: UNIMPLEMENTED
 

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
+from google.type import date_pb2 as _date_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
 from numfed.v1 import events_pb2 as _events_pb2
@@ -587,6 +588,62 @@ class ReloadTrustResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadTrustResponse: _TypeAlias = ReloadTrustResponse  # noqa: Y015
+
+@_typing.final
+class AskRecycledCheckRequest(_message.Message):
+    """AskRecycledCheckRequest names the question the platform is to ask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    @_builtins.property
+    def specified_date(self) -> _date_pb2.Date:
+        """The calendar day asked about (CheckRecycledRequest.specified_date)."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        specified_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["specified_date", b"specified_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "specified_date", b"specified_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskRecycledCheckRequest: _TypeAlias = AskRecycledCheckRequest  # noqa: Y015
+
+@_typing.final
+class AskRecycledCheckResponse(_message.Message):
+    """AskRecycledCheckResponse is what the platform concluded from the answer it got."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """The answer's bit, when believed: the number changed holder after that day."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the platform believes the answer, else why it does not (with one ErrorInfo)."""
+
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskRecycledCheckResponse: _TypeAlias = AskRecycledCheckResponse  # noqa: Y015
 
 @_typing.final
 class TrustState(_message.Message):

@@ -87,6 +87,11 @@ class PlatformConformanceServiceStub:
                 request_serializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.FromString,
                 _registered_method=True)
+        self.AskRecycledCheck = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/AskRecycledCheck',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformConformanceServiceServicer:
@@ -181,6 +186,18 @@ class PlatformConformanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskRecycledCheck(self, request, context):
+        """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+        `specified_date`, as it would before acting on the answer, and verify the answer it gets
+        (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+        platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+        (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+        answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformConformanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +245,11 @@ def add_PlatformConformanceServiceServicer_to_server(servicer, server):
                     servicer.ReloadTrust,
                     request_deserializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.SerializeToString,
+            ),
+            'AskRecycledCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskRecycledCheck,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +503,33 @@ class PlatformConformanceService:
             '/numfed.v1.PlatformConformanceService/ReloadTrust',
             numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.SerializeToString,
             numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskRecycledCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/AskRecycledCheck',
+            numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,14 @@ class PlatformConformanceServiceStub:
     next), and reports the state it holds then. A platform that keeps trust only in memory is back
     at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
     """
+    AskRecycledCheck: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.AskRecycledCheckRequest, _conformance_pb2.AskRecycledCheckResponse]
+    """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+    `specified_date`, as it would before acting on the answer, and verify the answer it gets
+    (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+    platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+    (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+    answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
+    """
 
 @_typing.type_check_only
 class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
@@ -144,6 +152,14 @@ class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
     (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
     next), and reports the state it holds then. A platform that keeps trust only in memory is back
     at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+    """
+    AskRecycledCheck: _aio.UnaryUnaryMultiCallable[_conformance_pb2.AskRecycledCheckRequest, _conformance_pb2.AskRecycledCheckResponse]  # type: ignore[assignment]
+    """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+    `specified_date`, as it would before acting on the answer, and verify the answer it gets
+    (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+    platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+    (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+    answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
     """
 
 class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +270,20 @@ class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
         next), and reports the state it holds then. A platform that keeps trust only in memory is back
         at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+        """
+
+    @_abc_1.abstractmethod
+    def AskRecycledCheck(
+        self,
+        request: _conformance_pb2.AskRecycledCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.AskRecycledCheckResponse, _abc.Awaitable[_conformance_pb2.AskRecycledCheckResponse]]:
+        """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+        `specified_date`, as it would before acting on the answer, and verify the answer it gets
+        (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+        platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+        (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+        answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
         """
 
 def add_PlatformConformanceServiceServicer_to_server(servicer: PlatformConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,7 +19,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from unittest import mock
 
@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 
 import carrier_adapters.base as carrier_base
+import platform_stubs.conformance as platform_conformance
 import platform_stubs.reference as reference
 from carrier_adapters.cmcc import CmccAdapter
 from numfed import pki
@@ -69,7 +70,7 @@ from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
 from numfed.staleness import may_be_stale
 from numfed.timecheck import check_happened, check_issued_at, check_key_window
-from numfed.timeutil import from_timestamp
+from numfed.timeutil import from_date, from_timestamp
 from numfed.trust import (
     BUNDLE_PAYLOAD_TYPE,
     ROOT_PAYLOAD_TYPE,
@@ -1290,6 +1291,30 @@ class AppliesEventsFromAnyCarrier(BrokenPlatform):
         self.events = _AnyCarriersEvents(trust=self.trust, store=self.store)
 
 
+class _AnswersAnyQuestion(platform_conformance.PlatformConformanceServicer):
+    def check_answer(
+        self,
+        answer: claim_pb2.Envelope,
+        trust: TrustedState,
+        number: str,
+        specified_date: date,
+        now: datetime,
+    ) -> Any:
+        pb = claim_pb2.RecycledClaim.FromString(answer.payload)  # the answer's own question
+        return super().check_answer(answer, trust, pb.number, from_date(pb.specified_date), now)
+
+
+class BelievesAnswersToOtherQuestions(BrokenPlatform):
+    """Verifies a recycled answer's signature, audience and carrier, but not that it answers the
+    number and the day it asked about."""
+
+    breaks = "PLAT-REC-1"
+
+    @classmethod
+    def patches(cls) -> contextlib.AbstractContextManager[object]:
+        return mock.patch.object(reference, "PlatformConformanceServicer", _AnswersAnyQuestion)
+
+
 BROKEN_PLATFORMS: dict[str, type[BrokenPlatform]] = {
     c.__name__: c
     for c in (
@@ -1353,6 +1378,7 @@ BROKEN_PLATFORMS: dict[str, type[BrokenPlatform]] = {
         PendingReleaseInclusive,
         ReleasesOnDeactivated,
         AppliesEventsFromAnyCarrier,
+        BelievesAnswersToOtherQuestions,
     )
 }
 """Every broken platform by name."""

@@ -1,8 +1,9 @@
 """The platform kit: play the gateway and the carriers against a platform, rule by rule.
 
 The checks live in one module per family of rules (``checks_ops``, ``checks_claims``,
-``checks_answers``, ``checks_releases``, ``checks_events``, ``checks_trust``) and run in that
-order; the kit's machinery is :mod:`numfed.conformance.platform.kit`.
+``checks_answers``, ``checks_releases``, ``checks_events``, ``checks_recycled``,
+``checks_trust``) and run in that order; the kit's machinery is
+:mod:`numfed.conformance.platform.kit`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from numfed.conformance.platform import checks_claims  # noqa: F401
 from numfed.conformance.platform import checks_answers  # noqa: F401
 from numfed.conformance.platform import checks_releases  # noqa: F401
 from numfed.conformance.platform import checks_events  # noqa: F401
+from numfed.conformance.platform import checks_recycled  # noqa: F401
 from numfed.conformance.platform import checks_trust  # noqa: F401
 
 # isort: on
