@@ -32,7 +32,7 @@ import grpc
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.eventlog import EventLog
-from gateway.platforms import PlatformLink
+from gateway.platforms import PlatformLink, PlatformNotServing
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
@@ -110,6 +110,10 @@ class EventPusher:
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            try:
+                self._link.check_serving()  # its health may have changed during the read
+            except PlatformNotServing:
                 continue
             request = platform_pb2.DeliverEventsRequest(
                 batches=[

@@ -9,7 +9,9 @@ tasks wait (retried, never REFUSED) and its events are not pushed, until it repo
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from numfed.events import EventKind, LifecycleEvent
 from numfed.rpc import error_info
@@ -117,3 +119,63 @@ async def test_events_wait_for_a_platform_not_serving(sqlite_federation: Federat
     await _serving_again(fed, "weibo")
     await _acked_through(fed, ["weibo"], seq)
     assert event.event_id in fed.platforms["weibo"].store.applied_event_ids()
+
+
+class _ReadHeld:
+    """The event log as one pusher sees it, whose read of new batches waits until released:
+    the moment between the pusher's health check and its call, held open."""
+
+    def __init__(self, log: Any, read: asyncio.Event, go_on: threading.Event) -> None:
+        self._log, self._read, self._go_on = log, read, go_on
+        self._loop = asyncio.get_running_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        rows: list[tuple[int, bytes]] = self._log.after(seq, limit)
+        if rows:  # on a database thread
+            self._loop.call_soon_threadsafe(self._read.set)
+            self._go_on.wait(10)
+        return rows
+
+
+class _Deliveries:
+    """A link's stub that notes the platform's health as the link saw it at each
+    DeliverEvents call."""
+
+    def __init__(self, link: Any) -> None:
+        self._link, self._stub = link, link.stub
+        self.health_at_calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def DeliverEvents(self, *args: Any, **kw: Any) -> Any:
+        self.health_at_calls.append(self._link.health)
+        return self._stub.DeliverEvents(*args, **kw)
+
+
+async def test_events_read_while_serving_are_not_sent_once_it_stops(
+    sqlite_federation: Federation,
+) -> None:
+    """The pusher asks the link before it reads the log; health that changes during the read
+    must still keep the batches from a platform that no longer serves."""
+    fed = sqlite_federation
+    read, go_on = asyncio.Event(), threading.Event()
+    pusher, link = fed.gateway.pushers["weibo"], fed.gateway.links["weibo"]
+    vars(pusher)["_events"] = _ReadHeld(vars(pusher)["_events"], read, go_on)
+    deliveries = _Deliveries(link)
+    link.stub = deliveries  # type: ignore[assignment]
+    try:
+        event = LifecycleEvent.new(served_by_cmcc()[0], EventKind.DEACTIVATED, datetime.now(UTC))
+        seq = await publish(fed, [event])
+        await asyncio.wait_for(read.wait(), 10)  # weibo's pusher read it while weibo served
+        await _not_serving(fed, "weibo", outage=False)
+    finally:
+        go_on.set()
+    await _acked_through(fed, [p for p in fed.platforms if p != "weibo"], seq)
+    await _serving_again(fed, "weibo")
+    await _acked_through(fed, ["weibo"], seq)
+    assert event.event_id in fed.platforms["weibo"].store.applied_event_ids()
+    assert deliveries.health_at_calls and set(deliveries.health_at_calls) == {"SERVING"}
