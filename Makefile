@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: test demo bench fuzz proto proto-check lint typecheck pytest browser portal-shots clean
+.PHONY: test demo bench fuzz soak-trust proto proto-check lint typecheck pytest browser portal-shots clean ops-pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,12 @@ browser:
 	    echo "chromium is missing: the browser tests will skip (apt-get install chromium fonts-noto-cjk)"; \
 	  fi; }
 
+# No run hangs for good: each test has a ceiling (pytest-timeout, pyproject.toml), and the run
+# as a whole gets PYTEST_CEILING; then SIGINT (pytest stops and reports, with the stuck test's
+# traceback), and SIGKILL a minute later if even that does not end it. Exit status 124 then.
+PYTEST_CEILING ?= 45m
 pytest: $(STAMP) browser
-	$(VENV)/bin/pytest -q
+	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q
 
 # The screenshots docs/portal.md shows: the browser tests' steps, copied to docs/img/portal/.
 portal-shots: $(STAMP) browser
@@ -71,12 +75,24 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.suite
 
+# The Grafana dashboard (docs/grafana/numfed.json) and a picture of each of its panels from a
+# real run scraped by Prometheus (docs/img/ops/*.png); needs /usr/bin/prometheus. About 3 min.
+ops-pictures: $(STAMP)
+	$(PY) scripts/ops_pictures.py
+
 # The long fuzz run (make test runs the same tests with a few examples each); see docs/fuzzing.md.
 FUZZ_EXAMPLES ?= 700
 fuzz: $(STAMP)
 	NUMFED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NUMFED_FUZZ_STATS=build/fuzz-stats.json \
 		$(VENV)/bin/pytest -q tests/fuzz
 	@echo "calls and status codes per RPC: build/fuzz-stats.json"
+
+# The long trust soak (make test runs a short one): a federation of processes under load while a
+# carrier key rotates, the root rotates twice and a key is revoked; docs/trust-operations.md.
+# SOAK_ARGS=--postgres puts the gateway on a throwaway PostgreSQL.
+SOAK_DURATION ?= 600
+soak-trust: $(STAMP)
+	$(PY) -m numfed.testing.soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools build .mypy_cache .pytest_cache .ruff_cache

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,22 @@ def summary(
         "p99_ms": round(q[int(len(q) * 0.99) - 1] * 1000, 2),
         "cpu_ms_per_query": round(cpu / len(q) * 1000, 3),
     }
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[str] | None], timeout: float = 10.0) -> None:
+    """SIGTERM every process, then wait for each; one still running after ``timeout`` is
+    killed, so that no benchmark process outlives the run. Closes their output pipes."""
+    running = [p for p in procs if p is not None]
+    for p in running:
+        p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
@@ -131,10 +147,7 @@ async def gateway_run(n: int, seconds: float, in_flight: int, workdir: Path) -> 
             cpu = cpu_seconds(gateway.pid) - cpu0
         return summary("gateway", n, latencies, cpu, seconds)
     finally:
-        for p in (gateway, members):
-            if p is not None:
-                p.terminate()
-                p.wait(10)
+        stop_processes((gateway, members))
 
 
 async def proxy_run(n: int, seconds: float, in_flight: int) -> dict[str, Any]:
@@ -159,10 +172,7 @@ async def proxy_run(n: int, seconds: float, in_flight: int) -> dict[str, Any]:
             cpu = cpu_seconds(proxy.pid) - cpu0
         return summary("bare proxy", n, latencies, cpu, seconds)
     finally:
-        for p in (proxy, backends):
-            if p is not None:
-                p.terminate()
-                p.wait(10)
+        stop_processes((proxy, backends))
 
 
 def main(argv: list[str] | None = None) -> int:

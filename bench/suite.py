@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform as platform_mod
@@ -30,14 +31,17 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
-from bench import portal
+from bench import facades, portal
 from bench.fanout import (
     CMCC,
     gateway_run,
     proxy_run,
     spawn,
+    stop_processes,
     wait_serving,
 )
+from bench.observability import bench_observability, document_section
+from bench.observability import write_doc as write_observability_doc
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.cli import Command
@@ -68,10 +72,12 @@ class Size:
     verify_rounds: int
     events: int
     overload_seconds: float
+    facade_calls: int = 500
+    facade_events: int = 2000
 
 
 FULL = Size((1, 7, 50, 200), 4.0, 64, 200, 200, 1000, 1000, 3000, 20000, 20.0)
-QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0)
+QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100)
 
 
 def p(values: list[float], q: float) -> float:
@@ -122,6 +128,7 @@ async def federation(
     limits: Mapping[str, object] | None = None,
     database_url: str = "",
     process_per_platform: bool = False,
+    facades: bool = False,
 ) -> AsyncIterator[Running]:
     """A gateway process, and its carriers and platforms in one other process (or, with
     ``process_per_platform``, the carriers in one and each platform in a process of its own)."""
@@ -132,6 +139,7 @@ async def federation(
         platform_knobs=knobs,
         limits=limits,
         database_url=database_url,
+        facades=facades,
     )
     if process_per_platform:
         hosts = [spawn("bench.members_host", str(layout.root), p) for p in platforms]
@@ -151,10 +159,7 @@ async def federation(
         ) as ch:
             yield Running(layout, gateway.pid, ch, gateway_pb2_grpc.GatewayServiceStub(ch))
     finally:
-        for proc in (gateway, *hosts):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(15)
+        stop_processes((gateway, *hosts), timeout=15)
 
 
 # -- 1 and 8: fan-out and the scale curve ------------------------------------------------------
@@ -202,33 +207,33 @@ async def bench_latency(size: Size, workdir: Path) -> dict[str, Any]:
             items=[platform_pb2.QueryItem(item_id="x", claim=claim)]
         )
         stubs: dict[str, Any] = {}
-        channels = []
-        for pid in APP_PLATFORMS:
-            ch = pki.secure_channel(
-                fed.layout.platform_endpoints[pid],
-                fed.layout.pki_dir,
-                pki.GATEWAY,
-                server=PeerId(Role.PLATFORM, pid),
-            )
-            channels.append(ch)
-            stubs[pid] = platform_pb2_grpc.PlatformServiceStub(ch)
-            await stubs[pid].BatchQueryBindings(batch, timeout=5)
-        # Each platform alone, one after another.
-        for pid, stub in stubs.items():
-            direct[pid] = []
-            for _ in range(max(size.latency_queries // 4, 3)):
+        async with contextlib.AsyncExitStack() as channels:  # closes each channel at the end
+            for pid in APP_PLATFORMS:
+                ch = pki.secure_channel(
+                    fed.layout.platform_endpoints[pid],
+                    fed.layout.pki_dir,
+                    pki.GATEWAY,
+                    server=PeerId(Role.PLATFORM, pid),
+                )
+                channels.push_async_callback(ch.close)
+                stubs[pid] = platform_pb2_grpc.PlatformServiceStub(ch)
+                await stubs[pid].BatchQueryBindings(batch, timeout=5)
+            # Each platform alone, one after another.
+            for pid, stub in stubs.items():
+                direct[pid] = []
+                for _ in range(max(size.latency_queries // 4, 3)):
+                    t0 = time.monotonic()
+                    await stub.BatchQueryBindings(batch, timeout=5)
+                    direct[pid].append((time.monotonic() - t0) * 1000)
+            # All seven at once, straight from here: the slowest platform's latency while the
+            # others answer too (on the same two cores), with no gateway in between.
+            together: list[float] = []
+            for _ in range(size.latency_queries):
                 t0 = time.monotonic()
-                await stub.BatchQueryBindings(batch, timeout=5)
-                direct[pid].append((time.monotonic() - t0) * 1000)
-        # All seven at once, straight from here: the slowest platform's latency while the
-        # others answer too (on the same two cores), with no gateway in between.
-        together: list[float] = []
-        for _ in range(size.latency_queries):
-            t0 = time.monotonic()
-            await asyncio.gather(*(s.BatchQueryBindings(batch, timeout=5) for s in stubs.values()))
-            together.append((time.monotonic() - t0) * 1000)
-        for ch in channels:
-            await ch.close()
+                await asyncio.gather(
+                    *(s.BatchQueryBindings(batch, timeout=5) for s in stubs.values())
+                )
+                together.append((time.monotonic() - t0) * 1000)
     slowest = max(direct, key=lambda k: statistics.median(direct[k]))
     row = {
         "platforms": len(APP_PLATFORMS),
@@ -662,6 +667,27 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=True,
         )
     )
+    modes = {m["mode"]: m for m in r["observability"]["modes"]}
+    out.append(
+        target(
+            "metrics endpoint on and scraped every second: gateway CPU ms/query, 7 platforms "
+            "(reference: no endpoint, no tracing)",
+            modes["metrics"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.1,
+            higher_is_better=False,
+        )
+    )
+    out.append(
+        target(
+            "tracing sampled at 10%: gateway CPU ms/query, 7 platforms (reference: no endpoint, "
+            "no tracing)",
+            modes["sampled"]["cpu_ms_per_query"],
+            modes["off"]["cpu_ms_per_query"],
+            1.25,
+            higher_is_better=False,
+        )
+    )
     o = r["overload"]
     out.append(
         target(
@@ -852,6 +878,7 @@ def document(r: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "",
         "![overload](../bench/results/overload.png)",
         "",
+        *facades.document(r["facades"]),
         MARK_END,
     ]
     return "\n".join(parts)
@@ -883,6 +910,12 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["events"] = await bench_events(size, workdir)
     print("overload", flush=True)
     r["overload"] = await bench_overload(size, workdir)
+    print("metrics and tracing: on, off, sampled", flush=True)
+    r["observability"] = await bench_observability(
+        size.fanout_seconds * 2, min(size.in_flight, 16), workdir
+    )
+    print("standards facades beside the gRPC path", flush=True)
+    r["facades"] = await facades.bench_facades(size.facade_calls, size.facade_events, workdir)
     print("the holder's page at 10x its sustainable rate", flush=True)
     r["portal"] = await portal.bench_portal(portal.QUICK if size is QUICK else portal.FULL, workdir)
     return r
@@ -907,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         "verification",
         "events",
         "overload",
+        "observability",
+        "facades",
         "portal",
     ):
         (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")
@@ -915,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     made = plots(r, out)
     if not args.no_doc:
         write_doc(document(r, summary))
+        write_observability_doc(document_section(r["observability"]), DOC)
         portal.write_doc(portal.document(r["portal"], r["machine"]["date"]))
     print(f"\n{'target':<95} {'value':>10} {'ref':>10} {'ratio':>7}  met")
     for s in summary:

@@ -9,16 +9,22 @@ Only a verified holder gets a claim, and a claim says nothing about them but the
 (the start of their tenure; a port keeps it). The holder's name, ID number and SMS code stop
 here. The adapter calls the gateway as ``spiffe://numfed/carrier/<id>``, each call with a
 timeout taken from the holder's remaining time.
+
+With a ``trust_dir`` (its ``root-1.pb`` pinned) the adapter also keeps the gateway's audit
+checkpoints: every ``limits.audit_checkpoint_interval`` it fetches the trust bundle and the
+latest checkpoint, verifies both, and keeps the largest checkpoint in its state directory
+(``numfed audit checkpoint export`` hands it to the auditor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -30,13 +36,15 @@ from carrier_adapters.holder_service import HolderServicer
 from carrier_adapters.registry import SubscriberRegistry, seed_from_scenario
 from carrier_adapters.verification import Session, SmsOutbox, Verifier
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointKeeper, audit_origin
 from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
 from numfed.config import CarrierConfig, Limits, load_carrier_config
-from numfed.envelope import SigningKey
-from numfed.errors import FailedPrecondition, InvalidArgument, NotFound
+from numfed.envelope import Envelope, SigningKey
+from numfed.errors import FailedPrecondition, InvalidArgument, NotFound, NumfedError
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import MIN_QUIET_PERIOD
 from numfed.identity import PeerId, Role
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.rpc import (
     MAX_MESSAGE_BYTES,
     Admission,
@@ -46,11 +54,14 @@ from numfed.rpc import (
     start_server,
 )
 from numfed.scenario import demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
+from numfed.trust import TrustedState
+from numfed.trustfiles import read_roots
 from numfed.v1 import (
     carrier_pb2_grpc,
     claim_pb2,
     conformance_pb2_grpc,
+    gateway_pb2,
     gateway_pb2_grpc,
     holder_pb2_grpc,
 )
@@ -128,9 +139,64 @@ class CarrierAdapter:
             config.pki_dir,
             self.peer,
             server=pki.GATEWAY,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Started before its gateway, the adapter reaches it within 2 s of it coming up
+                # (gRPC's default backoff grows to two minutes).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+            limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.trust: TrustedState | None = None
+        self.checkpoints: CheckpointKeeper | None = None
+        if config.trust_dir is not None:
+            pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
+            self.trust = TrustedState(pinned, now=datetime.now(UTC))
+            path = config.state_dir / CHECKPOINT_FILE
+            self.checkpoints = CheckpointKeeper(
+                path, origin=audit_origin(pinned), holder=self.peer.uri
+            )
+
+    async def keep_checkpoint(self) -> Checkpoint | None:
+        """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and
+        keep the checkpoint (a smaller one than held changes nothing; one that contradicts a
+        held one raises AUDIT_EQUIVOCATION, both kept as evidence). Returns the one held."""
+        if self.trust is None or self.checkpoints is None:
+            return None
+        answer = await self.gateway.GetTrustBundle(
+            gateway_pb2.GetTrustBundleRequest(known_root_version=self.trust.root.version),
+            timeout=self.config.limits.default_call_timeout,
+            wait_for_ready=True,
+        )
+        now = datetime.now(UTC)
+        self.trust.update(
+            [Envelope.from_proto(r) for r in answer.roots],
+            Envelope.from_proto(answer.bundle),
+            now=now,
+        )
+        if answer.HasField("checkpoint") and self.trust.bundle is not None:
+            self.checkpoints.offer(
+                Envelope.from_proto(answer.checkpoint), self.trust.bundle, now=now
+            )
+        return self.checkpoints.latest
+
+    async def keep_checkpoints(self) -> None:
+        """:meth:`keep_checkpoint` every ``limits.audit_checkpoint_interval`` seconds."""
+        failing = RetrySummary(
+            log,
+            "keeping the gateway's audit checkpoint failed",
+            "keeping the gateway's audit checkpoint working again",
+            level=logging.INFO,
+        )
+        while True:
+            try:
+                await self.keep_checkpoint()
+                failing.succeeded()
+            except (grpc.aio.AioRpcError, NumfedError) as exc:
+                failing.failed(failure_reason(exc))
+            await asyncio.sleep(self.config.limits.audit_checkpoint_interval)
 
     def claim(
         self,
@@ -321,6 +387,8 @@ class CarrierHandle:
             raise ValueError("this carrier serves no holder's page")
         return self.web.port
 
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
     @property
     def port(self) -> int:
         """The federation (mTLS, CarrierService) port."""
@@ -334,6 +402,9 @@ class CarrierHandle:
     async def stop(self, grace: float = 2.0) -> None:
         if self.web is not None:
             await self.web.stop(grace)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.holder_server.stop(grace)
         await self.server.stop(grace)
         await self.adapter.close()
@@ -390,6 +461,7 @@ async def start_carrier(
                 bind=config.listen,
                 members=SoleGateway(pki.GATEWAY),
                 revocations=pki.RevocationList(config.pki_dir),
+                limits=config.limits,
             )
         )
         started.append(
@@ -399,6 +471,7 @@ async def start_carrier(
                 policy=None,
                 bind=config.holder_listen,
                 admission=holder_admission(config.limits),
+                limits=config.limits,
             )
         )
         web = await _start_web(adapter, started[1].port) if config.holder_web_listen else None
@@ -407,7 +480,10 @@ async def start_carrier(
             await s.stop(0)
         await adapter.close()
         raise
-    return CarrierHandle(adapter, started[0], started[1], web)
+    handle = CarrierHandle(adapter, started[0], started[1], web)
+    if adapter.checkpoints is not None:
+        handle.tasks.append(asyncio.create_task(adapter.keep_checkpoints()))
+    return handle
 
 
 async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:
@@ -432,14 +508,16 @@ async def _start_web(adapter: CarrierAdapter, holder_port: int) -> WebHandle:
 
 async def serve(config_path: Path) -> None:
     """Run the adapter of ``config_path`` until SIGTERM or SIGINT, then stop gracefully."""
-    handle = await start_carrier(load_carrier_config(config_path))
-    log.info(
-        "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
-        handle.adapter.carrier_id,
-        handle.adapter.display_name,
-        handle.port,
-        handle.holder_port,
-    )
-    if handle.web is not None:
-        log.info("the holder's page is on port %d", handle.web.port)
-    await run_until_signalled(handle.stop)
+    config = load_carrier_config(config_path)
+    async with process_telemetry(f"carrier-{config.carrier_id}", config.telemetry):
+        handle = await start_carrier(config)
+        log.info(
+            "carrier %s (%s) serving the federation on port %d and the holder app on port %d",
+            handle.adapter.carrier_id,
+            handle.adapter.display_name,
+            handle.port,
+            handle.holder_port,
+        )
+        if handle.web is not None:
+            log.info("the holder's page is on port %d", handle.web.port)
+        await run_until_signalled(handle.stop)

@@ -8,6 +8,7 @@ platforms to ask; the gateway's answer comes back unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.longrunning import operations_pb2
 
-from carrier_adapters.verification import SESSION_TTL
 from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
 from numfed.envelope import Envelope
@@ -225,15 +225,38 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         request: holder_pb2.WatchHolderReleaseRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[operations_pb2.Operation]:
+        """Relay the gateway's WatchOperation for at most ``limits.watch_max_age`` (or the
+        holder's deadline, if sooner), then end with OK: the holder's app watches again. A
+        gateway stream that ends at the gateway's own maximum age is watched again meanwhile.
+        When the holder goes away (or stops answering pings), the gateway's stream is
+        cancelled at once, so it holds none of this carrier's watch slots at the gateway."""
         session = self._a.verifier.session(request.session_token)
         if request.name not in session.operations:
             raise NotFound("OPERATION_NOT_FOUND", "not an operation of this session")
-        timeout = _timeout(context, self._a.config.limits, SESSION_TTL.total_seconds())
-        call = self._a.gateway.WatchOperation(
-            gateway_pb2.WatchOperationRequest(name=request.name), timeout=timeout
-        )
-        try:
-            async for op in call:
-                yield op
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from exc
+        limits = self._a.config.limits
+        lifetime = min(limits.watch_max_age, _timeout(context, limits, limits.watch_max_age))
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + lifetime
+        watch = gateway_pb2.WatchOperationRequest(name=request.name)
+        last = b""
+        while (left := ends - loop.time()) > 0:
+            # Its deadline comes after ours, so this stream ends by our own timer below.
+            call = self._a.gateway.WatchOperation(watch, timeout=left + 1.0)
+            try:
+                while True:
+                    op = await asyncio.wait_for(call.read(), ends - loop.time())
+                    if op is grpc.aio.EOF:
+                        break  # the gateway's stream reached its maximum age: watch again
+                    assert isinstance(op, operations_pb2.Operation)
+                    body = op.SerializeToString(deterministic=True)
+                    if body != last:  # a new stream starts with the state already sent
+                        yield op
+                        last = body
+                    if op.done:
+                        return
+            except TimeoutError:
+                return  # this stream's maximum age
+            except grpc.aio.AioRpcError as exc:
+                raise error_from_rpc(exc) from exc
+            finally:
+                call.cancel()

@@ -6,6 +6,12 @@ next batch, which leaves when a call returns (or as soon as it is full, while fe
 request alone fails, and the batch carries on for the others. The batch call's own deadline is
 the latest of its requests'. When every caller waiting on a batch in flight has been cancelled
 (gone away), the batch call itself is cancelled: no orphan call is left running downstream.
+
+Batches are cut by size as well as by count (``max_bytes``), so a call's request stays under
+the message cap however large its items are (:func:`split` does the same for batches formed
+elsewhere). When a call still fails in a way one item may cause, :func:`bisect` sends each half
+again on its own, down to single items: the item at fault fails alone, and its batch-mates get
+their answers.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchTimeout", "Batcher", "Ticket"]
+__all__ = ["BatchTimeout", "Batcher", "ItemTooLarge", "Ticket", "bisect", "split"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+T = TypeVar("T")
 
 SendFn = Callable[[Sequence[Item], float], Awaitable[Sequence[Result]]]
 """Send one batch with a timeout in seconds; return one result per item, in order."""
@@ -28,6 +35,76 @@ class BatchTimeout(Exception):
     """The request's own deadline passed before its batch answered."""
 
 
+class ItemTooLarge(Exception):
+    """One item alone is larger than a call may carry: it is never sent."""
+
+
+def split(
+    items: Sequence[T], *, size: Callable[[T], int], max_items: int, max_bytes: int
+) -> list[list[T]]:
+    """Cut ``items`` in order into batches of at most ``max_items`` items and ``max_bytes``
+    bytes (an item larger than that alone is a batch of its own)."""
+    batches: list[list[T]] = []
+    batch: list[T] = []
+    used = 0
+    for item in items:
+        n = size(item)
+        if batch and (len(batch) == max_items or used + n > max_bytes):
+            batches.append(batch)
+            batch, used = [], 0
+        batch.append(item)
+        used += n
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+async def bisect(
+    items: Sequence[Item],
+    send: SendFn[Item, Result],
+    timeout: float,
+    *,
+    splits: Callable[[Exception], bool],
+    failed: Callable[[Item, Exception], Result],
+    size: Callable[[Item], int],
+    max_bytes: int,
+) -> list[Result]:
+    """Send ``items`` in one call; if it fails in a way one item may cause (``splits``), send
+    each half on its own, and so on down to single items, each of which then gets
+    ``failed(item, error)`` as its result: an item at fault fails alone.
+
+    Halves go one after the other within the first call's deadline (``timeout`` seconds), so
+    bisection never has more calls out than the one it replaces. Any other failure of the
+    first call is raised as before; of a later call, it becomes each of its items' result. An
+    item larger than ``max_bytes`` is never sent (``failed(item, ItemTooLarge(...))``), and a
+    batch larger than that is split before it is sent.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    async def attempt(part: Sequence[Item], first: bool) -> list[Result]:
+        total = sum(size(i) for i in part)
+        if len(part) == 1 and total > max_bytes:
+            return [failed(part[0], ItemTooLarge(f"{total} bytes; at most {max_bytes}"))]
+        if total <= max_bytes:
+            try:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BatchTimeout("the deadline passed while the batch was bisected")
+                results = list(await send(part, left))
+            except Exception as exc:
+                if first and not splits(exc):
+                    raise
+                if len(part) == 1 or not splits(exc):
+                    return [failed(i, exc) for i in part]
+            else:
+                return results
+        mid = len(part) // 2
+        return [*await attempt(part[:mid], False), *await attempt(part[mid:], False)]
+
+    return await attempt(items, True)
+
+
 @dataclass
 class Ticket(Generic[Item, Result]):
     """One request in a batcher: its item, its future and, once sent, its batch."""
@@ -35,17 +112,34 @@ class Ticket(Generic[Item, Result]):
     item: Item
     future: asyncio.Future[Result]
     deadline: float
+    size: int = 0
+    """The item's bytes on the wire (0 when the batcher is not cut by size)."""
     batch: list[Ticket[Item, Result]] | None = None
     task: asyncio.Task[None] | None = None
 
 
 class Batcher(Generic[Item, Result]):
-    def __init__(self, send: SendFn[Item, Result], *, max_items: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        send: SendFn[Item, Result],
+        *,
+        max_items: int,
+        max_in_flight: int,
+        max_bytes: int | None = None,
+        size: Callable[[Item], int] | None = None,
+    ) -> None:
+        """``size`` gives an item's bytes; with it, a batch carries at most ``max_bytes``
+        (one item larger than that goes alone, and ``send`` decides what becomes of it)."""
         if max_items < 1 or max_in_flight < 1:
             raise ValueError("max_items and max_in_flight must be at least 1")
+        if (max_bytes is None) != (size is None):
+            raise ValueError("max_bytes and size go together")
         self._send = send
         self._max_items = max_items
         self._max_in_flight = max_in_flight
+        self._max_bytes = max_bytes
+        self._size = size
+        self._queued_bytes = 0
         self._queue: list[Ticket[Item, Result]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -67,8 +161,10 @@ class Batcher(Generic[Item, Result]):
         at once, for a fan-out) and must :meth:`abandon` the ticket if it stops waiting.
         """
         loop = asyncio.get_running_loop()
-        ticket: Ticket[Item, Result] = Ticket(item, loop.create_future(), deadline)
+        size = self._size(item) if self._size is not None else 0
+        ticket: Ticket[Item, Result] = Ticket(item, loop.create_future(), deadline, size)
         self._queue.append(ticket)
+        self._queued_bytes += size
         self._pump()
         return ticket
 
@@ -99,12 +195,34 @@ class Batcher(Generic[Item, Result]):
             self.abandon(ticket, cancel_call=True)
             raise
 
+    def _full(self) -> bool:
+        """Whether the queue holds a whole batch, by count or by size."""
+        if len(self._queue) >= self._max_items:
+            return True
+        return self._max_bytes is not None and self._queued_bytes >= self._max_bytes
+
+    def _take(self) -> list[Ticket[Item, Result]]:
+        """Take the next batch off the queue (and drop the abandoned requests before it)."""
+        batch: list[Ticket[Item, Result]] = []
+        used = taken = 0
+        for p in self._queue:
+            if len(batch) == self._max_items:
+                break
+            if not p.future.done():
+                if batch and self._max_bytes is not None and used + p.size > self._max_bytes:
+                    break
+                batch.append(p)
+                used += p.size
+            taken += 1
+        self._queued_bytes -= sum(p.size for p in self._queue[:taken])
+        del self._queue[:taken]
+        return batch
+
     def _pump(self) -> None:
         while self._queue and self._in_flight < self._max_in_flight:
-            if self._in_flight > 0 and len(self._queue) < self._max_items:
+            if self._in_flight > 0 and not self._full():
                 return  # wait: the next batch leaves when a call returns
-            batch = [p for p in self._queue[: self._max_items] if not p.future.done()]
-            del self._queue[: self._max_items]
+            batch = self._take()
             if not batch:
                 continue
             self._in_flight += 1

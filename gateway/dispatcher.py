@@ -1,14 +1,17 @@
 """Release dispatch: lease due tasks, send each platform its part in batches, record outcomes.
 
 A task is one platform's part of one release job. The dispatcher leases due tasks from the
-store, groups them by platform, sends batches of at most ``max_batch_items`` claims, and records
-each answer in one transaction per batch. A platform that does not answer is retried with
-exponential backoff and jitter until the job's deadline passes, and so is a platform that
-refuses a claim for a reason that may be its own staleness (:mod:`numfed.staleness`: a key from
-a trust bundle newer than its own, a port it has not applied yet); meanwhile the job shows it
-UNAVAILABLE with the platform's reason, and each try counts in its ``attempts``. Platforms
-apply each claim once (its claim_id is the idempotency key), so a retry after a lost answer or
-a gateway crash releases nothing twice.
+store, groups them by platform, sends batches of at most ``max_batch_items`` claims (and at most
+``MAX_REQUEST_BYTES``), and records each answer in one transaction per batch. A batch whose
+whole call fails in a way one claim may cause is bisected by the platform's link, so only that
+claim's task is retried and its batch-mates are recorded as answered. A platform that does
+not answer is retried with exponential backoff and jitter until the job's deadline passes, and
+so is a platform that refuses a claim for a reason that may be its own staleness
+(:mod:`numfed.staleness`: a key from a trust bundle newer than its own, a port it has not
+applied yet); meanwhile the job shows it UNAVAILABLE with the platform's reason, and each try
+counts in its ``attempts``.
+Platforms apply each claim once (its claim_id is the idempotency key), so a retry after a lost
+answer or a gateway crash releases nothing twice.
 
 While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
 the lease), so a slow platform never lets another replica take a task that is still in flight,
@@ -18,7 +21,9 @@ per platform are out at once. A platform whose circuit breaker is open, or whose
 report it SERVING (``PLATFORM_NOT_SERVING``), is not called at all; its tasks are retried later.
 
 On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
-period), records their outcomes and gives back its leases.
+period), records their outcomes and gives back its leases. A batch the platform has answered is
+recorded and audited even when the stop comes meanwhile: only the wait for a platform is cut
+short.
 """
 
 from __future__ import annotations
@@ -28,18 +33,22 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from google.rpc import status_pb2
 
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
-from gateway.platforms import PlatformLink, PlatformNotServing
+from gateway.batcher import split
+from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink, PlatformNotServing
 from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
+from numfed.db import run_to_end
 from numfed.errors import Unavailable
+from numfed.observability import metrics, tracing
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.rpc import error_status
 from numfed.v1 import claim_pb2, gateway_pb2, platform_pb2
 
@@ -47,6 +56,15 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 Outcome = gateway_pb2.PlatformOutcome
+
+
+async def _no_wait() -> None:
+    return None
+
+
+def _work_size(work: tuple[TaskRow, JobRow]) -> int:
+    """A task's bytes in a release request: its claim, job id and framing."""
+    return len(work[1].claim or b"") + 48
 
 
 class Dispatcher:
@@ -59,9 +77,11 @@ class Dispatcher:
         owner: str,
         on_change: Callable[[set[str]], None],
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] = _no_wait,
         rng: random.Random | None = None,
     ) -> None:
         self._audit = audit
+        self._audit_room = audit_room
         self._store = store
         self._links = links
         self._limits = limits
@@ -74,6 +94,14 @@ class Dispatcher:
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._unreachable: dict[str, RetrySummary] = {}
+        """Per platform: its failed release batches, logged as a summary, not one per retry."""
+        self._database = {
+            what: RetrySummary(log, f"{what} failing", f"{what} working again")
+            for what in ("leasing release tasks", "renewing leases", "recording release outcomes")
+        }
+        """The database away: one line, a summary a minute, one line when it is back (with
+        ``--log-level DEBUG`` each failure's traceback)."""
 
     @property
     def owner(self) -> str:
@@ -105,6 +133,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             limit = self._capacity()
             claimed: list[tuple[TaskRow, JobRow]] = []
@@ -117,8 +146,9 @@ class Dispatcher:
                         int(self._limits.lease_seconds * 1e6),
                         limit,
                     )
-                except Exception:
-                    log.exception("leasing release tasks failed; retrying")
+                    self._database["leasing release tasks"].succeeded()
+                except Exception as exc:
+                    self._failed("leasing release tasks", exc)
             if claimed and not self._stopping:
                 self._dispatch(claimed)
                 continue
@@ -135,19 +165,22 @@ class Dispatcher:
                 continue
             keys = list(self._held)
             try:
-                kept = await self._store.run(
+                renewal = await self._store.run(
                     self._store.renew, self._owner, keys, now_us(), lease_us
                 )
-            except Exception:
-                log.exception("renewing leases failed; will try again")
+                self._database["renewing leases"].succeeded()
+            except Exception as exc:
+                self._failed("renewing leases", exc)
                 continue
-            if kept < len(keys):
-                log.warning(
-                    "%d of %d leases were lost to other replicas", len(keys) - kept, len(keys)
-                )
+            if renewal.lost:  # tasks that finished since ``keys`` was read are not lost
+                log.warning("%d of %d leases were lost to other replicas", renewal.lost, len(keys))
 
     async def _idle(self) -> None:
-        due = await self._store.run(self._store.next_due_us)
+        try:
+            due = await self._store.run(self._store.next_due_us)
+        except Exception as exc:  # the database away: look again in a second
+            self._failed("leasing release tasks", exc)
+            due = None
         wait = 1.0 if due is None else min(max((due - now_us()) / 1e6, 0.01), 1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wait)
@@ -157,10 +190,14 @@ class Dispatcher:
         for task, job in claimed:
             by_platform[task.platform_id].append((task, job))
             self._held.add((job.job_id, task.platform_id))
-        size = self._limits.max_batch_items
         for platform_id, work in by_platform.items():
-            for i in range(0, len(work), size):
-                t = asyncio.create_task(self._send(platform_id, work[i : i + size]))
+            for batch in split(
+                work,
+                size=_work_size,
+                max_items=self._limits.max_batch_items,
+                max_bytes=MAX_REQUEST_BYTES,
+            ):
+                t = asyncio.create_task(self._send(platform_id, batch))
                 self._sends.add(t)
                 t.add_done_callback(self._sends.discard)
 
@@ -175,7 +212,31 @@ class Dispatcher:
                 self._held.discard((job.job_id, platform_id))
             self.wake()  # room for another batch
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.debug("%s failed", what, exc_info=exc)
+        self._database[what].failed(failure_reason(exc))
+
+    def _retries(self, platform_id: str) -> RetrySummary:
+        summary = self._unreachable.get(platform_id)
+        if summary is None:
+            summary = self._unreachable[platform_id] = RetrySummary(
+                log,
+                f"platform {platform_id} unreachable for releases",
+                f"platform {platform_id} reachable again for releases",
+            )
+        return summary
+
     async def _send_batch(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
+        # One span per batch: it continues the trace of the first job's ReleaseBindings call
+        # and links the others', so each holder's release is one trace up to the platform.
+        with tracing.continued_span(
+            "numfed.release.dispatch",
+            [job.trace_context for _task, job in work],
+            {"numfed.platform": platform_id, "numfed.release.jobs": len(work)},
+        ):
+            await self._send_traced(platform_id, work)
+
+    async def _send_traced(self, platform_id: str, work: list[tuple[TaskRow, JobRow]]) -> None:
         link = self._links.get(platform_id)
         items = [
             platform_pb2.ReleaseItem(
@@ -192,14 +253,15 @@ class Dispatcher:
             reason = (
                 exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             )
-            log.info("release batch to %s failed (%s); will retry", platform_id, reason)
-            err = (
-                exc  # the platform says it cannot serve now: the job shows its own reason
-                if isinstance(exc, PlatformNotServing)
-                else Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
-            )
+            err: Unavailable
+            if isinstance(exc, PlatformNotServing):
+                err = exc  # it says it cannot serve now (logged once by its link): its own reason
+            else:
+                self._retries(platform_id).failed(failure_reason(exc))
+                err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
             updates = [self._retry_or_expire(task, job, error_status(err)) for task, job in work]
         else:
+            self._retries(platform_id).succeeded()
             at = now_us()
             updates = []
             for (task, job), r in zip(work, results, strict=True):
@@ -209,27 +271,48 @@ class Dispatcher:
                     updates.append(self._retry_or_expire(task, job, r.status))
                     continue
                 res = result_from_item(
-                    platform_id, r.status, r.released, attempts=task.attempts + 1, at_us=at
+                    platform_id,
+                    r.status,
+                    r.released,
+                    attempts=task.attempts + 1,
+                    at_us=at,
+                    omitted=r.omitted_bindings,
                 )
                 updates.append(
                     TaskUpdate(
                         job.job_id, platform_id, True, res.outcome, res.SerializeToString(), at
                     )
                 )
+        # Once the platform has answered, a stop waits for the outcomes to be stored and
+        # audited instead of cutting that in two.
+        await run_to_end(self._record(platform_id, work, updates))
+
+    async def _record(
+        self, platform_id: str, work: list[tuple[TaskRow, JobRow]], updates: list[TaskUpdate]
+    ) -> None:
+        """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
             changed = await self._store.run(self._store.record, self._owner, updates, now_us())
-        except Exception:
-            log.exception("recording release outcomes failed; the leases will expire and retry")
+            self._database["recording release outcomes"].succeeded()
+        except Exception as exc:  # the leases will expire and the tasks be sent again
+            self._failed("recording release outcomes", exc)
             return
         for u in updates:
-            if u.done and u.job_id in changed:
+            if u.job_id not in changed:
+                continue
+            if not u.done:
+                metrics.RELEASE_RETRIES.labels(platform_id).inc()
+            else:
+                outcome: str = Outcome.Name(u.outcome)  # type: ignore[arg-type]
+                done = outcome.removeprefix("PLATFORM_OUTCOME_")
+                metrics.RELEASE_TASKS_DONE.labels(platform_id, done).inc()
                 self._audit(
                     AuditRecord(
                         now_us(),
                         "RELEASE_DELIVERY",
                         f"platform:{platform_id}",
                         next(j.number_key for _t, j in work if j.job_id == u.job_id),
-                        Outcome.Name(u.outcome),  # type: ignore[arg-type]
+                        outcome,
                         {"job": u.job_id},
                     )
                 )
@@ -264,9 +347,12 @@ class Dispatcher:
     async def stop(self, grace: float = 0.0) -> None:
         """Take no new tasks; let the batches out finish for up to ``grace`` seconds.
 
-        Batches still out after that are cancelled: their tasks keep their leases, which
-        :meth:`Store.release_leases` gives back (or which expire if the process dies first),
-        and the platforms' idempotency makes the retry harmless.
+        Batches still waiting for their platform after that are cancelled: their tasks keep
+        their leases, which :meth:`Store.release_leases` gives back (or which expire if the
+        process dies first), and the platforms' idempotency makes the retry harmless. Outcomes
+        being recorded are waited for, so when this returns no batch has database work left;
+        the caller then cancels :meth:`run`, which ends once its own has (numfed.db.DbThread).
+        Giving back the leases after that cannot race (on PostgreSQL: deadlock with) a record.
         """
         self._stopping = True
         self._wake.set()

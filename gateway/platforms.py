@@ -12,25 +12,47 @@ else (NOT_SERVING, SERVICE_UNKNOWN, or no health service at all), queries for it
 ``PLATFORM_NOT_SERVING`` and release batches and event pushes wait; none of this counts against its
 breaker. Before the first answer, or while the watch cannot reach the platform, calls go ahead
 (the breaker judges a platform that is down).
+
+One claim never takes its batch-mates down. Batches are cut so that each request stays under
+:data:`MAX_REQUEST_BYTES`; a claim larger than that alone is never sent (``CLAIM_TOO_LARGE``).
+When a whole call fails in a way one claim may cause — RESOURCE_EXHAUSTED without a numfed
+reason (a message over the cap, most likely the answer to one claim), INTERNAL or UNKNOWN (the
+platform broke on something it was sent) — the batch is bisected (:func:`gateway.batcher.bisect`)
+and only the claim at fault fails, ``PLATFORM_ANSWER_TOO_LARGE`` or ``PLATFORM_ITEM_FAILED``
+(UNAVAILABLE: a release is retried). Being overloaded or down is the platform's state, not a
+claim's, and fails the batch as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gateway.batcher import Batcher
+from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect
 from gateway.breaker import Breaker, BreakerState
 from numfed.config import Limits
-from numfed.errors import Unavailable
+from numfed.errors import InvalidArgument, NumfedError, Unavailable
+from numfed.observability import metrics
+from numfed.observability.logs import failure_reason
+from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
 from numfed.v1 import platform_pb2, platform_pb2_grpc
 
-__all__ = ["PLATFORM_SERVICE", "CircuitOpen", "NotCalled", "PlatformLink", "PlatformNotServing"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "PLATFORM_SERVICE",
+    "CircuitOpen",
+    "NotCalled",
+    "PlatformLink",
+    "PlatformNotServing",
+    "item_size",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +63,32 @@ WATCH_BACKOFF = (0.2, 5.0)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _UNKNOWN_SERVICE = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+"""Most bytes of items in one call to a platform: the message cap, less room for framing."""
+_SPLIT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def item_size(item: platform_pb2.QueryItem | platform_pb2.ReleaseItem) -> int:
+    """An item's bytes in its request: body, plus tag and length (at most 6 bytes)."""
+    return item.ByteSize() + 6
+
+
+def _too_large(exc: BaseException) -> bool:
+    """A call that failed because a message was over the cap (grpc's own RESOURCE_EXHAUSTED,
+    with no numfed reason), rather than a platform turning calls away."""
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and rpc_error_info(exc) is None
+    )
+
+
+def _splits(exc: Exception) -> bool:
+    """Whether one item may be the cause of a whole call's failure."""
+    if _too_large(exc):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _SPLIT_CODES
 
 
 class NotCalled(Unavailable):
@@ -55,7 +103,17 @@ class PlatformNotServing(NotCalled):
     """The platform's health does not report it SERVING: the call was not made."""
 
 
+QUERY = "BatchQueryBindings"
+RELEASE = "BatchReleaseBindings"
+
+
 class PlatformLink:
+    """One platform as the gateway calls it. Each call is timed into
+    ``numfed_platform_call_duration_seconds`` with its batch size (each call of a bisected
+    batch too), and each claim that fails on its own is counted in
+    ``numfed_platform_items_failed_total``; calls in flight, the breaker's state and the last
+    error are read when scraped (:meth:`collect_metrics`) and by ``numfed status``."""
+
     def __init__(
         self,
         platform_id: str,
@@ -65,6 +123,14 @@ class PlatformLink:
         metadata: Callable[[], Sequence[tuple[str, str]]] = tuple,
     ) -> None:
         self.platform_id = platform_id
+        self.in_flight = {QUERY: 0, RELEASE: 0}
+        """Calls out to the platform now, by method."""
+        self.last_error: tuple[float, str] | None = None
+        """(wall-clock time, reason) of the last call that failed."""
+        self._durations = metrics.Children(metrics.PLATFORM_CALL_DURATION, platform_id)
+        self._sizes = metrics.Children(metrics.PLATFORM_BATCH_ITEMS, platform_id)
+        self._skipped = metrics.Children(metrics.PLATFORM_CALLS_SKIPPED, platform_id)
+        self._items_failed = metrics.Children(metrics.PLATFORM_ITEMS_FAILED, platform_id)
         self.channel = channel
         self.stub = platform_pb2_grpc.PlatformServiceStub(channel)
         self.metadata = metadata
@@ -74,6 +140,8 @@ class PlatformLink:
             self._send_queries,
             max_items=limits.max_batch_items,
             max_in_flight=limits.max_in_flight_per_platform,
+            max_bytes=MAX_REQUEST_BYTES,
+            size=item_size,
         )
         self.release_slots = asyncio.Semaphore(limits.max_in_flight_per_platform)
         self.breaker = Breaker(
@@ -90,6 +158,7 @@ class PlatformLink:
         """Set (and replaced) at each change of health: what :meth:`until_health` waits on."""
         self._closed = False
         self._watch = asyncio.get_running_loop().create_task(self._watch_health())
+        metrics.add_source(self)
 
     @property
     def health(self) -> str:
@@ -164,54 +233,173 @@ class PlatformLink:
                 await self._changed.wait()
 
     def _breaker_changed(self, state: BreakerState) -> None:
-        log.warning("circuit to platform %s is now %s", self.platform_id, state.value)
+        metrics.PLATFORM_BREAKER_TRANSITIONS.labels(self.platform_id, state.value).inc()
+        if state is BreakerState.HALF_OPEN:
+            log.info("circuit to platform %s is now half_open (one probe call)", self.platform_id)
+        else:
+            log.warning("circuit to platform %s is now %s", self.platform_id, state.value)
 
-    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guarded(self, method: str, size: int, call: Callable[[], Awaitable[T]]) -> T:
         """Make one call through the breaker, if the platform's health lets it be called; a
         failed or timed-out call counts against the breaker, a platform not serving does not."""
         self.check_serving()
         if not self.breaker.allow():
+            self._skipped.inc(method)
             raise CircuitOpen(
                 "PLATFORM_CIRCUIT_OPEN",
                 f"{self.platform_id} failed repeatedly; not calling it for now",
                 retry_after=self.breaker.retry_after(),
             )
+        self._sizes.observe(size, method)
+        self.in_flight[method] += 1
+        start = time.perf_counter()
+        code = "OK"
         try:
             result = await call()
-        except (grpc.aio.AioRpcError, TimeoutError):
-            self.breaker.failure()
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "DEADLINE_EXCEEDED"
+            self.last_error = (time.time(), failure_reason(exc))
+            if _too_large(exc):
+                self.breaker.abandon()  # it answered, too much: no verdict on the platform
+            else:
+                self.breaker.failure()
             raise
         except asyncio.CancelledError:
+            code = "CANCELLED"
             self.breaker.abandon()  # the caller gave up: no verdict on the platform
             raise
+        finally:
+            self.in_flight[method] -= 1
+            self._durations.observe(time.perf_counter() - start, method, code)
         self.breaker.success()
         return result
+
+    def note_error(self, reason: str) -> None:
+        """A failure outside the link's own calls (an event push, a SET delivery): the
+        platform's last error from now."""
+        self.last_error = (time.time(), reason)
+
+    def collect_metrics(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "numfed_platform_breaker_state",
+            "1 for the state the platform's circuit breaker is in (closed, open, half_open).",
+            labels=["platform", "state"],
+        )
+        now = self.breaker.state
+        for s in BreakerState:
+            state.add_metric([self.platform_id, s.value], 1 if s is now else 0)
+        flying = GaugeMetricFamily(
+            "numfed_platform_calls_in_flight",
+            "Calls out to the platform now, by method.",
+            labels=["platform", "rpc_method"],
+        )
+        for method, n in self.in_flight.items():
+            flying.add_metric([self.platform_id, method], n)
+        return [state, flying]
+
+    def _item_failed(self, method: str, exc: Exception) -> NumfedError:
+        """:meth:`_item_error`, counted by its reason."""
+        err = self._item_error(exc)
+        self._items_failed.inc(method, err.reason)
+        return err
+
+    def _item_error(self, exc: Exception) -> NumfedError:
+        """Why one claim failed on its own (after bisection, or never sent)."""
+        name = self.platform_id
+        if isinstance(exc, ItemTooLarge):
+            return InvalidArgument(
+                "CLAIM_TOO_LARGE", f"the claim alone is too large to send to {name}: {exc}"
+            )
+        if isinstance(exc, NumfedError):
+            return exc  # the breaker opened meanwhile
+        if isinstance(exc, BatchTimeout | TimeoutError):
+            return Unavailable("PLATFORM_TIMEOUT", f"{name} did not answer in time")
+        if isinstance(exc, grpc.aio.AioRpcError):
+            code = exc.code().name
+            if _too_large(exc):
+                return Unavailable(
+                    "PLATFORM_ANSWER_TOO_LARGE",
+                    f"{name}'s answer to this claim is over the {MAX_MESSAGE_BYTES}-byte message "
+                    f"cap: {exc.details()}",
+                    metadata={"code": code},
+                )
+            if exc.code() in _SPLIT_CODES:
+                return Unavailable(
+                    "PLATFORM_ITEM_FAILED",
+                    f"{name} failed every call that carried this claim ({code}: "
+                    f"{exc.details()}) and answered the others",
+                    metadata={"code": code},
+                )
+            return Unavailable(
+                "PLATFORM_UNAVAILABLE", f"{name} did not answer: {code}", metadata={"code": code}
+            )
+        return Unavailable("PLATFORM_BAD_ANSWER", f"{name}: {exc}")
 
     async def _send_queries(
         self, items: Sequence[platform_pb2.QueryItem], timeout: float
     ) -> Sequence[platform_pb2.QueryItemResult]:
+        """One result per item; an item at fault gets its error as its result (bisection)."""
+        return await bisect(
+            items,
+            self._query_call,
+            timeout,
+            splits=_splits,
+            failed=lambda item, exc: platform_pb2.QueryItemResult(
+                item_id=item.item_id, status=error_status(self._item_failed(QUERY, exc))
+            ),
+            size=item_size,
+            max_bytes=MAX_REQUEST_BYTES,
+        )
+
+    async def _query_call(
+        self, items: Sequence[platform_pb2.QueryItem], timeout: float
+    ) -> Sequence[platform_pb2.QueryItemResult]:
         request = platform_pb2.BatchQueryBindingsRequest(items=items)
         response = await self._guarded(
-            lambda: self.stub.BatchQueryBindings(request, timeout=timeout, metadata=self.metadata())
+            QUERY,
+            len(items),
+            lambda: self.stub.BatchQueryBindings(
+                request, timeout=timeout, metadata=self.metadata()
+            ),
         )
         return _in_order([i.item_id for i in items], response.results)
 
     async def release(
         self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
     ) -> Sequence[platform_pb2.ReleaseItemResult]:
-        request = platform_pb2.BatchReleaseBindingsRequest(items=items)
+        """One result per item, as :meth:`_send_queries`; the batch holds one of the link's
+        release slots while it is out, bisected or not."""
         async with self.release_slots:
-            response = await self._guarded(
-                lambda: self.stub.BatchReleaseBindings(
-                    request, timeout=timeout, metadata=self.metadata()
-                )
+            return await bisect(
+                items,
+                self._release_call,
+                timeout,
+                splits=_splits,
+                failed=lambda item, exc: platform_pb2.ReleaseItemResult(
+                    item_id=item.item_id, status=error_status(self._item_failed(RELEASE, exc))
+                ),
+                size=item_size,
+                max_bytes=MAX_REQUEST_BYTES,
             )
+
+    async def _release_call(
+        self, items: Sequence[platform_pb2.ReleaseItem], timeout: float
+    ) -> Sequence[platform_pb2.ReleaseItemResult]:
+        request = platform_pb2.BatchReleaseBindingsRequest(items=items)
+        response = await self._guarded(
+            RELEASE,
+            len(items),
+            lambda: self.stub.BatchReleaseBindings(
+                request, timeout=timeout, metadata=self.metadata()
+            ),
+        )
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:
         self._closed = True
         self._watch.cancel()
         await asyncio.gather(self._watch, return_exceptions=True)
+        metrics.remove_source(self)
         await self.queries.close()
         await self.channel.close()
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["Pseudonymizer", "load_or_create_key"]
@@ -23,8 +24,11 @@ class Pseudonymizer:
         return hmac.new(self._key, number.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """Read the pseudonym key, creating a random one (mode 0600) on first start.
+def load_or_create_key(
+    path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)
+) -> bytes:
+    """Read a secret key file, creating it (mode 0600) with ``make()`` on first start: the
+    pseudonym key (32 random bytes), or the SSF SET signing key (a PEM).
 
     Replicas starting together may race to create it: one wins, the others read its key.
     """
@@ -33,7 +37,7 @@ def load_or_create_key(path: Path) -> bytes:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+            f.write(make())
             f.flush()
             os.fsync(f.fileno())
         try:

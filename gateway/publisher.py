@@ -3,7 +3,9 @@
 ``PublishEvents`` and the gateway's sync with each carrier (its signed port halves) both come
 through :class:`EventPublisher`, so both are held to the same authority rules
 (docs/authority.md): a batch is judged against the port state of the log before it, inside
-the append transaction, and refused whole when any event breaks a rule.
+the append transaction, and refused whole when any event breaks a rule. Its audit entries
+(``EVENTS_PUBLISHED``, and ``PORT_COMPLETED`` for each port it completes) are chained in that
+same transaction.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class EventPublisher:
         ports: PortStore,
         portability: Portability,
         pseudonym: Callable[[str], str],
-        audit: Callable[[AuditRecord], None],
         on_events: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
@@ -41,7 +42,6 @@ class EventPublisher:
         self._ports = ports
         self._portability = portability
         self._pseudonym = pseudonym
-        self._audit = audit
         self._on_events = on_events
 
     async def publish(
@@ -68,34 +68,44 @@ class EventPublisher:
             judged.append(judgement)
             return lambda seq: self._ports.save(conn, judgement, seq, at)
 
-        seq = await self._store.run(
-            self._events.append, batch.carrier_id, raw, len(batch.events), at, authorize
-        )
-        if seq is None:
-            return None
-        completed = judged[0].completed
-        for number, port in completed:
-            self._portability.record(self._pseudonym(number), port.to_carrier, seq)
-        for number, port in completed:
-            self._audit(
+        def audit(seq: int) -> list[AuditRecord]:
+            """The batch's entries, chained in its append transaction."""
+            completed = judged[0].completed if judged else []
+            records = [
                 AuditRecord(
-                    now_us(),
+                    at,
                     "PORT_COMPLETED",
                     actor,
                     self._pseudonym(number),
                     "COMPLETED",
                     {"from": port.from_carrier, "to": port.to_carrier, "seq": str(seq)},
                 )
-            )
-        self._audit(
-            AuditRecord(
-                now_us(),
-                "EVENTS_PUBLISHED",
-                actor,
-                "",
-                "ACCEPTED",
-                {"seq": str(seq), "events": str(len(batch.events))},
-            )
+                for number, port in completed
+            ]
+            return [
+                *records,
+                AuditRecord(
+                    at,
+                    "EVENTS_PUBLISHED",
+                    actor,
+                    "",
+                    "ACCEPTED",
+                    {"seq": str(seq), "events": str(len(batch.events))},
+                ),
+            ]
+
+        seq = await self._store.run(
+            self._events.append,
+            batch.carrier_id,
+            raw,
+            len(batch.events),
+            at,
+            authorize,
+            audit=audit,
         )
+        if seq is None:
+            return None
+        for number, port in judged[0].completed:
+            self._portability.record(self._pseudonym(number), port.to_carrier, seq)
         self._on_events()
         return seq

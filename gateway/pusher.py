@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -36,6 +36,8 @@ from gateway.platforms import PlatformLink, PlatformNotServing
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
+from numfed.db import run_to_end
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.v1 import claim_pb2, events_pb2, platform_pb2
 
 __all__ = ["EventPusher"]
@@ -54,34 +56,100 @@ class EventPusher:
         limits: Limits,
         owner: str,
         audit: Callable[[AuditRecord], None] = lambda _record: None,
+        audit_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._owner = owner
         self._audit = audit
+        self._audit_room = audit_room
         self._link = link
         self._events = events
         self._store = store
         self._limits = limits
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        self._failing = RetrySummary(
+            log,
+            f"event delivery to platform {link.platform_id} failing",
+            f"event delivery to platform {link.platform_id} working again",
+        )
+        self._paused = RetrySummary(
+            log,
+            f"event delivery to {link.platform_id} paused",
+            f"event delivery to {link.platform_id} going again",
+        )
+        """The push loop starting over (the database refusing, say): its first line at once."""
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def _record_answer(self, platform: str, cursor: int, ack: int, sent: int) -> int:
+        """Store what a platform acknowledged of the batches through ``sent`` and audit it;
+        return the seq its cursor moves to (``cursor`` if it does not move)."""
+        if ack > sent:
+            # Acknowledging batches this call did not carry is a broken answer: what was sent
+            # counts as delivered, the cursor stays, and the batches go again.
+            await self._store.run(self._events.ack, platform, cursor, now_us(), delivered=sent)
+            self._audit(
+                AuditRecord(
+                    now_us(),
+                    "EVENT_DELIVERY",
+                    f"platform:{platform}",
+                    outcome="ACK_BEYOND_DELIVERED",
+                    detail={"ack_through_seq": str(ack), "sent_through_seq": str(sent)},
+                )
+            )
+            log.warning(
+                "%s acknowledged through %d, but was sent batches through %d only",
+                platform,
+                ack,
+                sent,
+            )
+            return cursor
+        await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
+        if ack < sent:
+            log.info(
+                "%s acknowledged through %d of %d sent (holding the next batch); will resend",
+                platform,
+                max(ack, cursor),
+                sent,
+            )
+        if ack > cursor:
+            self._audit(
+                AuditRecord(
+                    now_us(),
+                    "EVENT_DELIVERY",
+                    f"platform:{platform}",
+                    outcome="ACKNOWLEDGED",
+                    detail={"through_seq": str(ack), "mode": "push"},
+                )
+            )
+        return ack
+
     async def run(self) -> None:
-        """Push until cancelled. A database error or anything else unexpected is logged and the
-        push starts over (the lease and cursor are read again): one failure never ends delivery
-        to a platform for the life of the process."""
+        """Push until cancelled. When the database refuses (UNAVAILABLE), or anything else
+        unexpected fails, start over after a backoff: the lease is taken anew and the cursor read
+        again, so nothing is skipped, and one failure never ends delivery to a platform. The
+        pauses are logged as a summary (:class:`RetrySummary`), not one line per restart."""
+        failures = 0
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self._push()
             except Exception as exc:
-                log.warning(
-                    "pushing events to %s failed (%s: %s); starting over",
-                    self._link.platform_id,
-                    type(exc).__name__,
-                    exc,
+                if loop.time() - started > self._limits.lease_seconds:
+                    failures = 0  # it had been pushing for a while: a new outage
+                log.debug("pushing events failed; starting over", exc_info=exc)
+                self._paused.failed(failure_reason(exc))
+                delay = backoff_seconds(
+                    failures,
+                    initial=self._limits.retry_initial_backoff,
+                    maximum=self._limits.retry_max_backoff,
+                    multiplier=self._limits.retry_multiplier,
+                    rng=self._rng,
                 )
-                await asyncio.sleep(1.0)
+                failures += 1
+                await asyncio.sleep(delay)
 
     async def _push(self) -> None:
         failures = 0
@@ -91,6 +159,8 @@ class EventPusher:
         renewed_us = 0  # when the lease was last taken or renewed (0: not held)
         cursor = 0
         while True:
+            if self._audit_room is not None:
+                await self._audit_room()  # no deliveries the audit log cannot take
             self._wake.clear()
             if now_us() - renewed_us >= renew_us:
                 held = await self._store.run(
@@ -107,6 +177,7 @@ class EventPusher:
                 continue  # it reports it cannot serve (no verified bundle): events wait too
             # While we hold the lease nobody else moves this cursor, so ours is current.
             rows = await self._store.run(self._events.after, cursor, BATCHES_PER_CALL)
+            self._paused.succeeded()  # the database answers again
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -128,54 +199,18 @@ class EventPusher:
                     timeout=self._limits.platform_call_timeout,
                     metadata=self._link.metadata(),
                 )
-                ack = answer.ack_through_seq
-                if ack > sent:
-                    # Acknowledging batches this call did not carry is a broken answer: what
-                    # was sent counts as delivered, the cursor stays, and the batches go again.
-                    await self._store.run(
-                        self._events.ack, platform, cursor, now_us(), delivered=sent
-                    )
-                    self._audit(
-                        AuditRecord(
-                            now_us(),
-                            "EVENT_DELIVERY",
-                            f"platform:{platform}",
-                            outcome="ACK_BEYOND_DELIVERED",
-                            detail={"ack_through_seq": str(ack), "sent_through_seq": str(sent)},
-                        )
-                    )
-                    log.warning(
-                        "%s acknowledged through %d, but was sent batches through %d only",
-                        platform,
-                        ack,
-                        sent,
-                    )
-                    ack = cursor
-                else:
-                    await self._store.run(self._events.ack, platform, ack, now_us(), delivered=sent)
-                    if ack < sent:
-                        log.info(
-                            "%s acknowledged through %d of %d sent (holding the next batch); "
-                            "will resend",
-                            platform,
-                            max(ack, cursor),
-                            sent,
-                        )
+                # Stored and audited as one piece: a stop waits for it, never cuts it in two.
+                ack = await run_to_end(
+                    self._record_answer(platform, cursor, answer.ack_through_seq, sent)
+                )
                 before, cursor = cursor, max(cursor, ack)
-                if ack > before:
-                    self._audit(
-                        AuditRecord(
-                            now_us(),
-                            "EVENT_DELIVERY",
-                            f"platform:{platform}",
-                            outcome="ACKNOWLEDGED",
-                            detail={"through_seq": str(ack), "mode": "push"},
-                        )
-                    )
                 failures = 0 if ack > before else failures + 1
             except grpc.aio.AioRpcError as exc:
                 failures += 1
-                log.info("event delivery to %s failed (%s); will resend", platform, exc.code().name)
+                self._link.note_error(failure_reason(exc))
+                self._failing.failed(failure_reason(exc))
+            else:
+                self._failing.succeeded()
             if failures:
                 delay = backoff_seconds(
                     failures - 1,

@@ -14,6 +14,7 @@ from gateway.store import TASK_DONE, JobRow, TaskRow
 from numfed.errors import NumfedError
 from numfed.rpc import error_info, error_status
 from numfed.staleness import STALE_VERIFIER_REASONS
+from numfed.summaries import bound
 from numfed.timeutil import to_us
 from numfed.v1 import binding_pb2, gateway_pb2
 
@@ -76,14 +77,19 @@ def result_from_item(
     *,
     attempts: int,
     at_us: int,
+    omitted: int = 0,
 ) -> gateway_pb2.PlatformResult:
-    """A platform's per-claim answer as a PlatformResult."""
+    """A platform's per-claim answer as a PlatformResult, its summaries merged and capped
+    (:func:`numfed.summaries.bound`) whatever the platform sent; ``omitted`` is the
+    platform's own ``omitted_bindings``."""
     if status.code == 0:
-        outcome = Outcome.PLATFORM_OUTCOME_FOUND if bindings else Outcome.PLATFORM_OUTCOME_NONE
+        listed, omitted = bound(bindings, omitted)
+        found = listed or omitted
         return gateway_pb2.PlatformResult(
             platform_id=platform_id,
-            outcome=outcome,
-            bindings=bindings,
+            outcome=Outcome.PLATFORM_OUTCOME_FOUND if found else Outcome.PLATFORM_OUTCOME_NONE,
+            bindings=listed,
+            omitted_bindings=omitted,
             attempts=attempts,
             answered_at=_ts(at_us),
         )

@@ -41,6 +41,8 @@ release_jobs = Table(
     Column("deadline_us", BigInteger, nullable=False),
     Column("done_us", BigInteger, nullable=True),
     Column("claim_digest", LargeBinary(32), nullable=True),
+    # The W3C traceparent of the call that made the job, so its dispatch continues the trace.
+    Column("trace_context", String(64), nullable=True),
     UniqueConstraint("carrier_id", "request_id", name="uq_release_jobs_request"),
     # One release claim, one job: SHA-256 of (carrier, claim_id), unique (NULL for jobs made
     # before revision 0006 whose claim was already dropped).
@@ -108,6 +110,18 @@ audit_log = Table(
     Column("hash", String(64), nullable=False),
 )
 
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("head", String(64), nullable=False),
+    Column("issued_us", BigInteger, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+)
+"""The checkpoints the gateway signed of its own audit log (``gateway/checkpoints.py``): one per
+size, so no replica ever signs a second head for a size; ``head`` is the hex hash of entry
+``size`` and ``envelope`` the signed ``numfed.v1.Checkpoint`` as handed to members."""
+
 event_batches = Table(
     "event_batches",
     metadata,
@@ -133,3 +147,35 @@ event_cursors = Table(
 """``acked_seq``: what the platform acknowledged; ``delivered_seq``: the highest seq the gateway
 delivered to it (returned by PullEvents, or sent in a DeliverEvents call that was answered). A
 platform can acknowledge only what it was delivered: ``acked_seq <= delivered_seq``."""
+
+ssf_streams = Table(
+    "ssf_streams",
+    metadata,
+    Column("platform_id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(200), nullable=True),
+    Column("events_requested", String, nullable=True),
+    Column("endpoint_url", String(2048), nullable=True),
+    Column("authorization_header", String(4096), nullable=True),
+    Column("description", String(400), nullable=True),
+    Column("verification_jti", String(64), nullable=True),
+    Column("verification_state", String(600), nullable=True),
+    Column("verification_us", BigInteger, nullable=True),
+    Column("updated_us", BigInteger, nullable=False),
+)
+"""One OpenID Shared Signals stream per platform whose events go by SSF (``events =
+"ssf-push"`` or ``"ssf-poll"``): what the receiver configured (events requested, as a JSON
+array, None for all; its push endpoint; a description), the status it set (enabled or paused),
+and the verification event it asked for and has not acknowledged yet. Delivery itself uses the
+platform's row in ``event_cursors`` like every other method (gateway/facades/ssf)."""
+
+ssf_acks = Table(
+    "ssf_acks",
+    metadata,
+    Column("platform_id", String(32), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("event_index", Integer, primary_key=True),
+)
+"""SETs a polling receiver acknowledged (by ``jti``) in batches its cursor has not passed yet:
+the cursor moves past a batch once every SET of it is acknowledged, and the rows of the
+batches it passed are deleted, so a platform keeps at most the SETs it holds unacknowledged."""

@@ -15,20 +15,30 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from gateway.admission import admission
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import Portability
+from gateway.checkpoints import Checkpointer
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
+from gateway.facades.camara.app import CamaraFacade
+from gateway.facades.edge import Edge
+from gateway.facades.server import FacadeHandle, bound_url, start_facades
+from gateway.facades.ssf.app import SsfTransmitter
+from gateway.facades.ssf.pusher import SetPusher, receiver_tls
+from gateway.facades.ssf.sets import SetSigner
+from gateway.facades.ssf.store import StreamStore
 from gateway.membership import ConfigWatcher, Membership, MembershipChange
+from gateway.observability import CarrierHealth, GatewayObserver
 from gateway.platforms import PlatformLink
 from gateway.policy import POLICY
 from gateway.pseudonym import Pseudonymizer, load_or_create_key
@@ -41,15 +51,18 @@ from gateway.store import Store
 from gateway.trustview import TrustView, TrustWatcher, load_view
 from gateway.watchers import JobWatchers
 from numfed import pki
+from numfed.checkpoint import audit_origin
 from numfed.config import GatewayConfig, Member, load_gateway_config
-from numfed.envelope import Envelope
+from numfed.envelope import Envelope, SigningKey
 from numfed.errors import NumfedError, PermissionDenied
 from numfed.events import EventKind, verify_event_batch
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.portstate import PortStore
-from numfed.rpc import MAX_MESSAGE_BYTES, ServerHandle, start_server
-from numfed.serving import run_until_signalled
+from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import VERSION_METADATA_KEY, TrustedState
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
@@ -62,15 +75,39 @@ SERVICE = "numfed.v1.GatewayService"
 
 
 def channel_options() -> list[tuple[str, int]]:
+    """Options of the gateway's channels to members: a member that comes back after an outage
+    or a restart is reconnected within 2 s (gRPC's default backoff grows to two minutes)."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
-def wake_all(pushers: Iterable[EventPusher]) -> None:
+def wake_all(pushers: Iterable[EventPusher | SetPusher]) -> None:
     for p in pushers:
         p.wake()
+
+
+def _audit_signer(layout: pki.PkiLayout, gateway_id: str) -> SigningKey | None:
+    """The gateway's audit key, if its PKI has one (older PKIs do not: nothing is signed)."""
+    if not layout.audit_key_path(gateway_id).exists():
+        return None
+    return pki.load_audit_signer(layout, gateway_id)
+
+
+def _log_trust_in_force(trust_dir: Path, view: TrustView) -> None:
+    """The trust the gateway starts with, in one line (later changes: gateway.trustview)."""
+    bundle = view.state.bundle
+    assert bundle is not None  # load_view raises unless a bundle is held
+    log.info(
+        "trust files in %s in force: root v%d, bundle v%d (expires %s)",
+        trust_dir,
+        view.state.root.version,
+        bundle.version,
+        bundle.expires_at.isoformat(timespec="seconds"),
+    )
 
 
 def _platform_link(
@@ -85,6 +122,7 @@ def _platform_link(
         GATEWAY_PEER,
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
     return PlatformLink(
         member.id,
@@ -101,6 +139,7 @@ def _carrier_channel(config: GatewayConfig, member: Member) -> grpc.aio.Channel:
         GATEWAY_PEER,
         server=PeerId(Role.CARRIER, member.id),
         options=channel_options(),
+        limits=config.limits,
     )
 
 
@@ -117,6 +156,7 @@ class Gateway:
     portability: Portability
     pseudonym: Pseudonymizer
     audit: AuditWriter
+    checkpointer: Checkpointer
     events: EventLog
     publisher: EventPublisher
     ports: PortStore
@@ -135,6 +175,23 @@ class Gateway:
     _all_halves: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once every carrier has told the gateway which numbers it serves."""
+    _stopped: bool = False
+    admission: Admission | None = None
+    """The RPC classes' bounds, shared by the gRPC edge and the facades."""
+    facades: FacadeHandle | None = None
+    """The CAMARA and SSF facades over HTTPS, when ``facade_listen`` is set."""
+    ssf: SsfTransmitter | None = None
+    set_pushers: dict[str, SetPusher] = field(default_factory=dict)
+    """Per platform whose events go by ``ssf-push``: its SET pusher."""
+    carrier_health: dict[str, CarrierHealth] = field(default_factory=dict)
+    """Per carrier: its last sync and its last failure (``numfed status``)."""
+    observer: GatewayObserver | None = None
+    """What a scrape and ``/status`` read (``gateway/observability.py``)."""
+
+    @property
+    def serving(self) -> bool:
+        """Health says SERVING: every carrier synced (or the wait ran out), not stopping."""
+        return self.ready.is_set() and not self._stopped
 
     @property
     def port(self) -> int:
@@ -159,8 +216,18 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> Gateway:
+        """Start serving ``config``. If a step fails (the port is taken, say), what the steps
+        before it opened (store, channels, server) is closed again before the error is raised."""
+        async with contextlib.AsyncExitStack() as undo:
+            gw = await cls._start(config, undo)
+            undo.pop_all()  # the gateway owns all of it now: Gateway.stop closes it
+        return gw
+
+    @classmethod
+    async def _start(cls, config: GatewayConfig, undo: contextlib.AsyncExitStack) -> Gateway:
         layout = pki.PkiLayout(config.pki_dir)
         store = Store(config.database_url)
+        undo.callback(store.close)
         store.lock_single_replica()
         await store.run(store.migrate)
         # SQLite serves one replica: leases left by a killed process are ours to take back.
@@ -170,12 +237,17 @@ class Gateway:
             load_or_create_key(config.pseudonym_key_file or config.state_dir / "pseudonym.key")
         )
         view, _ = load_view(config.trust_dir, now=datetime.now(UTC))
+        _log_trust_in_force(config.trust_dir, view)
 
         def versions() -> str:
             return servicer.trust_view.versions  # the view in force at the time of each call
 
         links = {m.id: _platform_link(config, m, versions) for m in config.platforms}
         carrier_channels = {m.id: _carrier_channel(config, m) for m in config.carriers}
+        for link in links.values():
+            undo.push_async_callback(link.close)
+        for channel in carrier_channels.values():
+            undo.push_async_callback(channel.close)
         carrier_stubs = {
             c: carrier_pb2_grpc.CarrierServiceStub(ch) for c, ch in carrier_channels.items()
         }
@@ -188,11 +260,27 @@ class Gateway:
         portability.apply(await store.run(ports.read_completed, store.engine, 0))
         watchers = JobWatchers()
         owner = f"gw-{secrets.token_hex(6)}"  # this replica's name on its leases
-        audit = AuditWriter(store.engine, store.run)
+        audit = AuditWriter(store.engine, store.run, max_backlog=config.limits.audit_max_backlog)
+        checkpointer = Checkpointer(
+            store.engine,
+            store.run,
+            signer=_audit_signer(layout, config.gateway_id),
+            origin=audit_origin(Envelope.from_proto(view.roots[0])),
+            interval=config.limits.audit_checkpoint_interval,
+        )
         events = EventLog(store.engine)
         pushers: dict[str, EventPusher] = {}
+        set_pushers: dict[str, SetPusher] = {}
+
+        def on_events() -> None:
+            """New batches in the log: every pusher and every long poll looks again."""
+            wake_all([*pushers.values(), *set_pushers.values()])
+            if gw.ssf is not None:
+                gw.ssf.wake()
+
         dispatcher = Dispatcher(
             audit=audit.record,
+            audit_room=audit.room,
             store=store,
             links=links,
             limits=config.limits,
@@ -205,8 +293,7 @@ class Gateway:
             ports=ports,
             portability=portability,
             pseudonym=pseudonym,
-            audit=audit.record,
-            on_events=lambda: wake_all(pushers.values()),
+            on_events=on_events,
         )
 
         async def refresh_ports() -> None:
@@ -226,7 +313,10 @@ class Gateway:
             events=events,
             publisher=publisher,
             refresh_ports=refresh_ports,
+            checkpoint=lambda: checkpointer.latest,
         )
+
+        bounds = admission(config.limits)
 
         def register(server: grpc.aio.Server) -> str:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
@@ -237,11 +327,14 @@ class Gateway:
             credentials=pki.server_credentials(layout, GATEWAY_PEER),
             policy=POLICY,
             bind=config.listen,
-            admission=admission(config.limits),
+            admission=bounds,
             members=membership,
             revocations=revocations,
+            not_serving=[SERVICE] if config.carriers else [],
             initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+            limits=config.limits,
         )
+        undo.push_async_callback(handle.stop, 0)
         gw = cls(
             config=config,
             store=store,
@@ -252,6 +345,7 @@ class Gateway:
             portability=portability,
             pseudonym=pseudonym,
             audit=audit,
+            checkpointer=checkpointer,
             events=events,
             membership=membership,
             revocations=revocations,
@@ -260,12 +354,21 @@ class Gateway:
             publisher=publisher,
             ports=ports,
             servicer=servicer,
+            admission=bounds,
+            set_pushers=set_pushers,
         )
         audit.start()
+        checkpointer.start()
+        gw.observer = GatewayObserver(gw)
+        metrics.add_source(gw.observer)
+        if config.facade_listen is not None:
+            try:
+                await gw._start_facades(config.facade_listen)
+            except BaseException:
+                await gw.stop(0)  # nothing half started stays behind
+                raise
         # Ready once every carrier has told us which numbers it serves.
-        if config.carriers:
-            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        else:
+        if not config.carriers:
             gw.ready.set()
         gw.tasks.append(asyncio.create_task(dispatcher.run()))
         for platform in config.platforms:
@@ -283,9 +386,40 @@ class Gateway:
 
     # -- members -------------------------------------------------------------------------------
 
+    async def _start_facades(self, listen: str) -> None:
+        """Serve the CAMARA and SSF facades on ``listen`` (docs/standards.md)."""
+        config = self.config
+        assert self.admission is not None
+        key_file = config.ssf_key_file or config.state_dir / "ssf-set.key.pem"
+        edge = Edge(self.membership, self.revocations, self.admission)
+        camara = CamaraFacade(edge=edge, recycled=self.servicer.recycled, limits=config.limits)
+        self.ssf = ssf = SsfTransmitter(
+            edge=edge,
+            streams=StreamStore(self.store.engine, self.events),
+            store=self.store,
+            signer=SetSigner.load_or_create(key_file),
+            platforms=lambda: {m.id: m for m in self.config.platforms},
+            audit=self.audit.record,
+            on_stream_change=self._wake_set_pusher,
+        )
+
+        def routes(port: int) -> list[Any]:
+            base = config.facade_url or bound_url(listen, port)
+            return camara.routes(base) + ssf.routes(base)
+
+        self.facades = await start_facades(listen, config.pki_dir, GATEWAY_PEER, routes)
+
+    def _wake_set_pusher(self, platform_id: str) -> None:
+        pusher = self.set_pushers.get(platform_id)
+        if pusher is not None:
+            pusher.wake()
+
     def _start_pusher(self, member: Member) -> None:
+        if member.events == "ssf-push":
+            self._start_set_pusher(member)
+            return
         if member.events != "push":
-            return  # a polling platform calls PullEvents itself
+            return  # a polling platform polls itself (PullEvents, or SSF's poll endpoint)
         pusher = EventPusher(
             link=self.links[member.id],
             events=self.events,
@@ -293,8 +427,30 @@ class Gateway:
             limits=self.config.limits,
             owner=self.dispatcher.owner,
             audit=self.audit.record,
+            audit_room=self.audit.room,
         )
         self.pushers[member.id] = pusher
+        self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
+
+    def _start_set_pusher(self, member: Member) -> None:
+        ssf = self.ssf
+        if ssf is None:
+            log.error("%s takes events by SSF push, but no facade_listen is set", member.id)
+            return
+        pusher = SetPusher(
+            platform_id=member.id,
+            streams=StreamStore(self.store.engine, self.events),
+            events=self.events,
+            store=self.store,
+            signer=ssf.signer,
+            issuer=lambda: ssf.issuer,
+            tls=receiver_tls(self.config.pki_dir, GATEWAY_PEER),
+            limits=self.config.limits,
+            owner=self.dispatcher.owner,
+            audit=self.audit.record,
+            on_error=self.links[member.id].note_error,
+        )
+        self.set_pushers[member.id] = pusher
         self.member_tasks[PeerId(Role.PLATFORM, member.id)] = asyncio.create_task(pusher.run())
 
     def _start_sync(self, member: Member) -> None:
@@ -316,6 +472,7 @@ class Gateway:
         """No more queries, releases or event pushes to it; calls out to it are cancelled."""
         link = self.links.pop(platform_id, None)
         self.pushers.pop(platform_id, None)
+        self.set_pushers.pop(platform_id, None)
         await self._stop_task(PeerId(Role.PLATFORM, platform_id))
         if link is not None:
             await link.close()
@@ -372,8 +529,8 @@ class Gateway:
             self.trust_watcher.reload()
 
     async def _mark_ready_if_synced(self) -> None:
-        if self.synced >= {m.id for m in self.config.carriers}:
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.synced >= {m.id for m in self.config.carriers} and not self._stopped:
+            await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def sync_carrier(self, member: Member) -> int:
@@ -459,19 +616,31 @@ class Gateway:
 
     async def _sync_carrier_forever(self, member: Member) -> None:
         """Sync with a carrier; retry until it answers, then every minute. Nothing a carrier
-        answers ends this loop: a bad answer is logged and tried again later."""
+        answers ends this loop: a bad answer is logged and tried again later. The log says
+        when a carrier is first synced or its disputes change, and summarises failures."""
         delay = 0.2
+        health = self.carrier_health.setdefault(member.id, CarrierHealth())
+        unreachable = RetrySummary(
+            log, f"carrier {member.id} not reachable", f"carrier {member.id} reachable again"
+        )
+        reported: int | None = None
         while True:
             try:
                 disputed = await self.sync_carrier(member)
-                log.info("carrier %s synced (%d disputed numbers)", member.id, disputed)
+                unreachable.succeeded()
+                level = logging.INFO if disputed != reported else logging.DEBUG
+                log.log(level, "carrier %s synced (%d disputed numbers)", member.id, disputed)
+                reported = disputed
+                health.synced_at = time.time()
                 self.synced.add(member.id)
                 await self._mark_ready_if_synced()
                 delay = 60.0
             except grpc.aio.AioRpcError as exc:
-                log.info("carrier %s not reachable (%s); retrying", member.id, exc.code().name)
+                health.failed(exc)
+                unreachable.failed(failure_reason(exc))
                 delay = min(delay * 2, 5.0) if delay < 60 else 0.2
             except Exception as exc:  # a carrier's bad answer or a database error: retry
+                health.failed(exc)
                 log.warning(
                     "sync with carrier %s failed (%s: %s); retrying",
                     member.id,
@@ -489,7 +658,8 @@ class Gateway:
         if not self.ready.is_set():
             missing = sorted({m.id for m in self.config.carriers} - self.synced)
             log.warning("serving without a sync from %s (not reachable yet)", ", ".join(missing))
-            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            if not self._stopped:
+                await self.server.set_serving(SERVICE, True)
             self.ready.set()
 
     async def _refresh_ports(self) -> None:
@@ -500,38 +670,72 @@ class Gateway:
         self.portability.apply(fresh)
 
     async def _follow_ports(self) -> None:
+        failing = RetrySummary(
+            log, "reading completed ports failing", "reading completed ports working again"
+        )
         while True:
             await asyncio.sleep(self.config.limits.portability_refresh)
             try:
                 await self._refresh_ports()
+                failing.succeeded()
             except Exception as exc:  # the database may be away for a while: try again
-                log.info("reading completed ports failed (%s); retrying", exc)
+                failing.failed(failure_reason(exc))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop gracefully: health NOT_SERVING and no new calls at once; calls and release
-        batches in flight get up to ``grace`` seconds to finish; then the leases this replica
-        holds are given back, so another replica (or the next start) takes over at once."""
-        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
+        batches in flight get up to ``grace`` seconds to finish; then, once nothing of this
+        replica works on the database any more, the leases it holds are given back, so another
+        replica (or the next start) takes over at once. Each step runs even if one before it
+        failed, so the tasks, channels and store always end. A second call does nothing.
+        Scrapes stop reading it at once; the process logs ``stopping`` and ``stopped`` around
+        this (``numfed.serving``), the server its services going NOT_SERVING.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
+        async with contextlib.AsyncExitStack() as after:  # runs these last to first
+            after.callback(self.store.close)
+            for ch in self.carrier_channels.values():
+                after.push_async_callback(ch.close)
+            for link in self.links.values():
+                after.push_async_callback(link.close)
+            after.push_async_callback(self.checkpointer.stop)  # anchors the last flush
+            after.push_async_callback(self.audit.stop, self.config.limits.shutdown_grace)
+            after.push_async_callback(self._give_back_leases)
+            after.push_async_callback(self._cancel_tasks)
+            stopping = [self.server.stop(grace), self.dispatcher.stop(grace)]
+            if self.facades is not None:
+                stopping.append(self.facades.stop(grace))
+            stopped = await asyncio.gather(*stopping, return_exceptions=True)
+            for outcome in stopped:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _cancel_tasks(self) -> None:
         tasks = self.tasks + list(self.member_tasks.values())
         for t in tasks:
             t.cancel()
+        # A cancelled task is done only once its database work is (see numfed.db.DbThread).
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.audit.stop()
-        for link in self.links.values():
-            await link.close()
-        for ch in self.carrier_channels.values():
-            await ch.close()
+
+    async def _give_back_leases(self) -> None:
         owner = self.dispatcher.owner
         try:
             await self.store.run(self.store.release_leases, owner, now_us())
-            await self.store.run(self.events.unlease, owner)
         finally:
-            self.store.close()
+            await self.store.run(self.events.unlease, owner)
 
 
 async def serve(config_path: Path) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (see :meth:`Gateway.stop`)."""
     config = load_gateway_config(config_path)
-    gw = await Gateway.start(config)
-    print(f"gateway listening on port {gw.port}", flush=True)
-    await run_until_signalled(lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload)
+    async with process_telemetry("gateway", config.telemetry, routes=("/status",)) as telemetry:
+        gw = await Gateway.start(config)
+        assert gw.observer is not None
+        telemetry.routes["/status"] = gw.observer.status_json
+        print(f"gateway listening on port {gw.port}", flush=True)  # for scripts: it is up
+        await run_until_signalled(
+            lambda: gw.stop(config.limits.shutdown_grace), on_hangup=gw.reload
+        )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -22,13 +23,13 @@ from gateway.batcher import Batcher, BatchTimeout, Ticket
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.platforms import NotCalled, PlatformLink
-from gateway.probing import PROBE_BUDGET_REASON, ProbeBudget, candidate_days, refused_day
 from gateway.publisher import EventPublisher
+from gateway.recycled import RecycledCheck
 from gateway.results import now_us, operation, result_from_error, result_from_item
 from gateway.store import JobRow, Store, TaskRow, claim_digest
 from gateway.trustview import TrustView
 from gateway.watchers import JobWatchers
-from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion, normalize_number
+from numfed.claims import RELEASE_GRACE, Purpose, RecycledQuestion
 from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import (
@@ -42,11 +43,10 @@ from numfed.errors import (
 )
 from numfed.events import verify_event_batch
 from numfed.identity import PeerId, Role
-from numfed.ratelimit import RateLimiter
-from numfed.rpc import current_peer, error_from_rpc
-from numfed.timeutil import from_date, to_us
+from numfed.observability import metrics, tracing
+from numfed.rpc import current_peer
+from numfed.timeutil import to_us
 from numfed.v1 import (
-    carrier_pb2,
     carrier_pb2_grpc,
     claim_pb2,
     events_pb2,
@@ -97,6 +97,18 @@ async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> N
         timer.cancel()
 
 
+def _job_committed(job: JobRow, platform_ids: Sequence[str]) -> AuditRecord:
+    """The audit entry of a release job, committed in the job's own transaction."""
+    return AuditRecord(
+        job.created_us,
+        "RELEASE_JOB",
+        PeerId(Role.CARRIER, job.carrier_id).uri,
+        job.number_key,
+        "COMMITTED",
+        {"job": job.job_id, "platforms": str(len(platform_ids))},
+    )
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
@@ -114,14 +126,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         events: EventLog,
         publisher: EventPublisher,
         refresh_ports: Callable[[], Awaitable[None]] | None = None,
+        checkpoint: Callable[[], claim_pb2.Envelope | None] = lambda: None,
     ) -> None:
         self._refresh_ports = refresh_ports
+        self._checkpoint = checkpoint
         self._events = events
         self._publisher = publisher
         self._audit = audit
-        self._carrier_stubs = carrier_stubs
-        self._recycled_limit = RateLimiter(limits.recycled_rate, limits.recycled_burst)
-        self._probes = ProbeBudget.from_limits(limits)
+        self.recycled = RecycledCheck(
+            store=store,
+            portability=portability,
+            pseudonym=pseudonym,
+            limits=limits,
+            audit=audit,
+            carrier_stubs=carrier_stubs,
+        )
+        """The recycled check, shared with the CAMARA facade (gateway/facades/camara)."""
         self._store = store
         self.trust_view = trust
         """The trust in force: replaced whole (one assignment) when new trust files verify,
@@ -153,7 +173,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "UNKNOWN_ROOT_VERSION", f"root version {known} is newer than the federation's"
             )
-        return gateway_pb2.GetTrustBundleResponse(roots=view.roots[known:], bundle=view.bundle)
+        return gateway_pb2.GetTrustBundleResponse(
+            roots=view.roots[known:], bundle=view.bundle, checkpoint=self._checkpoint()
+        )
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -221,6 +243,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def QueryBindings(
         self, request: gateway_pb2.QueryBindingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.QueryBindingsResponse:
+        self._audit.admit()
         await self._check(request.claim, QUERY_PURPOSES, "QUERY")
         platform_ids = select_platforms(request.platform_ids, self._links)
         budget = self._budget(context)
@@ -235,9 +258,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             for _p, t in tickets:
                 Batcher.abandon(t, cancel_call=True)
             raise
-        return gateway_pb2.QueryBindingsResponse(
-            results=[self._query_result(p, t) for p, t in tickets]
-        )
+        results = [self._query_result(p, t) for p, t in tickets]
+        if log.isEnabledFor(logging.DEBUG):
+            outcomes = collections.Counter(
+                gateway_pb2.PlatformOutcome.Name(r.outcome).removeprefix("PLATFORM_OUTCOME_")
+                for r in results
+            )
+            log.debug(
+                "query from %s answered for %d platforms (%s)",
+                current_peer().id,
+                len(results),
+                ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())),
+            )
+        return gateway_pb2.QueryBindingsResponse(results=results)
 
     def _query_result(
         self,
@@ -267,7 +300,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return result_from_error(platform_id, err, attempts=1)
         answer = future.result()
         return result_from_item(
-            platform_id, answer.status, answer.bindings, attempts=1, at_us=now_us()
+            platform_id,
+            answer.status,
+            answer.bindings,
+            attempts=1,
+            at_us=now_us(),
+            omitted=answer.omitted_bindings,
         )
 
     # -- release ------------------------------------------------------------------------------
@@ -282,6 +320,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 "BAD_REQUEST_ID", "request_id must be 1 to 64 characters [A-Za-z0-9_-]"
             )
+        self._audit.admit()  # never a job that cannot be audited
         platform_ids = sorted(select_platforms(request.platform_ids, self._links))
         digest = hashlib.sha256(
             request.claim.SerializeToString(deterministic=True)
@@ -314,6 +353,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             done_us=None,
             claim_digest=claim_digest(caller.id, checked.verified.claim.claim_id),
+            trace_context=tracing.current_traceparent(),
         )
         try:
             # Committed (with the jobs of other calls arriving meanwhile) before we answer.
@@ -332,15 +372,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     )
                 return await self._operation(stored.job_id)  # a retry of an accepted request
             raise self._claim_used(caller.uri, checked.number_key, stored, caller.id)
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RELEASE_JOB",
-                caller.uri,
-                checked.number_key,
-                "COMMITTED",
-                {"job": job.job_id, "platforms": str(len(platform_ids))},
-            )
+        # Its RELEASE_JOB audit entry committed with it (_job_committed).
+        metrics.RELEASE_JOBS_ACCEPTED.labels(caller.id).inc()
+        log.info(
+            "release job %s accepted from carrier %s for %d platforms",
+            job.job_id,
+            caller.id,
+            len(platform_ids),
         )
         self._dispatcher.wake()
         return operation(
@@ -368,7 +406,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _commit_jobs(
         self, work: Sequence[tuple[JobRow, tuple[str, ...]]], _timeout: float
     ) -> list[JobRow]:
-        return await self._store.run(self._store.create_jobs, list(work))
+        return await self._store.run(self._store.create_jobs, list(work), audit=_job_committed)
 
     async def _operation(self, job_id: str) -> operations_pb2.Operation:
         found = await self._store.run(self._store.get_job, job_id)
@@ -390,114 +428,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CheckRecycled(
         self, request: gateway_pb2.CheckRecycledRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CheckRecycledResponse:
-        caller = current_peer()
-        number_key = ""
-        day: date | None = None
-        try:
-            self._recycled_limit.take(caller.id)
-            number = normalize_number(request.number)
-            question = RecycledQuestion.from_request(request)
-            day = question.specified_date
-            number_key = self._pseudonym(number)
-            carrier = self._portability.carrier_for(number)
-            if carrier is None or carrier not in self._carrier_stubs:
-                raise NotFound("UNKNOWN_NUMBER", "no carrier of the federation serves the number")
-            # Past the budget nothing goes to the carrier; the binding count is after its answer.
-            asked = await self._store.run(self._store.asked_dates, caller.id, number_key)
-            self._probes.check(asked, candidate_days(question), now_us())
-            answer, day = await self._answer_recycled(
-                carrier, number, number_key, question, caller.id, self._budget(context)
-            )
-        except NumfedError as err:
-            probing = err.reason == PROBE_BUDGET_REASON
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    caller.uri,
-                    number_key,
-                    "PROBING_REFUSED" if probing else err.reason,
-                    {"specified_date": day.isoformat()} if probing and day else {},
-                )
-            )
-            raise
-        self._audit.record(
-            AuditRecord(
-                now_us(),
-                "RECYCLED_CHECK",
-                caller.uri,
-                number_key,
-                "ANSWERED",
-                {"carrier": carrier, "specified_date": day.isoformat()},
-            )
+        answer = await self.recycled.check(
+            current_peer(),
+            request.number,
+            lambda: RecycledQuestion.from_request(request),
+            self._budget(context),
         )
         return gateway_pb2.CheckRecycledResponse(answer=answer)
-
-    async def _answer_recycled(
-        self,
-        carrier: str,
-        number: str,
-        number_key: str,
-        question: RecycledQuestion,
-        platform_id: str,
-        timeout: float,
-    ) -> tuple[claim_pb2.Envelope, date]:
-        """Ask the carrier; count the day it answered for against the platform's probe budget
-        (atomically, so concurrent calls on any replica never exceed it); withhold the answer
-        if the budget is spent. A date before the carrier's history costs its day too: the
-        refusal tells that the history began after it."""
-        relayed = carrier_pb2.AnswerRecycledCheckRequest(number=number, platform_id=platform_id)
-        question.fill(relayed)
-        try:
-            answer = await self._carrier_stubs[carrier].AnswerRecycledCheck(
-                relayed, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            err = error_from_rpc(exc)
-            if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
-                # The carrier's own failure is not the platform's fault, nor the gateway's.
-                raise Unavailable(
-                    "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"
-                ) from exc
-            if err.code == "OUT_OF_RANGE" and err.reason.endswith("_BEFORE_HISTORY"):
-                day = refused_day(question, err.metadata)
-                await self._spend(platform_id, number_key, day)
-            raise err from exc
-        try:
-            payload = claim_pb2.RecycledClaim.FromString(answer.answer.payload)
-            day = from_date(payload.specified_date)
-        except (DecodeError, InvalidArgument) as exc:
-            raise Unavailable(
-                "CARRIER_FAILED", f"carrier {carrier} answered without a date"
-            ) from exc
-        if question.specified_date not in (None, day):
-            raise Unavailable("CARRIER_FAILED", f"carrier {carrier} answered about another date")
-        await self._spend(platform_id, number_key, day)
-        return answer.answer, day
-
-    async def _spend(self, platform_id: str, number_key: str, day: date) -> None:
-        pooled = await self._store.run(
-            self._store.spend_asked_date, platform_id, number_key, day, now_us(), self._probes
-        )
-        if pooled is not None and pooled[0] > self._limits.recycled_probing_alert:
-            # Each platform is within its own budget; together they could pool their bits.
-            days, platforms = pooled
-            self._audit.record(
-                AuditRecord(
-                    now_us(),
-                    "RECYCLED_CHECK",
-                    PeerId(Role.PLATFORM, platform_id).uri,
-                    number_key,
-                    "PROBING_SUSPECTED",
-                    {"distinct_days": str(days), "platforms": str(platforms)},
-                )
-            )
-            log.warning(
-                "recycled check: %d platforms asked about one number on %d distinct days "
-                "(possible pooled probing; audited)",
-                platforms,
-                days,
-            )
 
     # -- lifecycle events ----------------------------------------------------------------------
 
@@ -521,6 +458,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         limit = request.max_batches or 20
         if limit > 100:
             raise InvalidArgument("BAD_MAX_BATCHES", "max_batches is at most 100")
+        self._audit.admit()
         # One transaction: an acknowledgement beyond what was delivered to this platform is
         # ACK_BEYOND_DELIVERED and changes nothing; what is returned is recorded as delivered.
         before, cursor, rows = await self._store.run(
@@ -554,6 +492,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[operations_pb2.Operation]:
         job_id = await self._own_job(request.name)
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self._limits.watch_max_age
         last = b""
         with self._watchers.watching(job_id) as changed:
             while True:
@@ -565,6 +505,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     last = body
                 if op.done:
                     return
+                left = ends - loop.time()
+                if left <= 0:
+                    return  # the stream's maximum age: it ends with OK, the client watches again
                 # Other replicas' changes are not announced here: look again within a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                    await asyncio.wait_for(changed.wait(), min(left, 1.0))

@@ -12,6 +12,11 @@ rows without waiting) and as one atomic conditional UPDATE on SQLite. A lease la
 ``lease_us``; its holder renews it while the task is in flight (a heartbeat), and any replica
 takes over a lease that expired. Every grant is recorded in ``task_leases``, the database's
 own record that no task was ever held by two replicas at once.
+
+Lock order (PostgreSQL): a transaction that changes leases locks the task rows first, in
+(job_id, platform_id) order, and their lease records after; leasing skips locked rows and never
+waits. So recording outcomes, renewing and giving back leases at the same moment wait for one
+another and never deadlock.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.audit import AuditRecord
+from gateway.audit import append as append_audit
 from gateway.probing import ProbeBudget
 from gateway.schema import recycled_asked_dates, release_jobs, release_tasks, task_leases
 from numfed.db import DbThread, serialize, sqlite_engine
 from numfed.errors import FailedPrecondition, Unavailable
 
-__all__ = ["JobRow", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
+__all__ = ["JobAudit", "JobRow", "Renewal", "Store", "TaskRow", "TaskUpdate", "claim_digest"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +88,13 @@ class JobRow:
     done_us: int | None
     claim_digest: bytes | None = None
     """:func:`claim_digest` of the job's claim: one release claim makes at most one job."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` of the ReleaseBindings call that made the job (tracing on):
+    its dispatch continues that trace (``numfed.observability.tracing``)."""
+
+
+JobAudit = Callable[[JobRow, Sequence[str]], AuditRecord]
+"""The audit record of a job created for (job, platform ids), committed with the job."""
 
 
 def claim_digest(carrier_id: str, claim_id: bytes) -> bytes:
@@ -125,6 +139,17 @@ def _lease_record(owner: str) -> sa.Update:
         tl.c.owner == owner,
         tl.c.from_us == sa.bindparam("f"),
     )
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What one heartbeat found of the leases it renewed."""
+
+    held: int
+    """Tasks still leased to the owner, now renewed."""
+    lost: int
+    """Tasks still pending that another owner leases now (it took them over once the lease ran
+    out). A task finished since the heartbeat looked (its outcome recorded) is neither."""
 
 
 class Store:
@@ -238,8 +263,13 @@ class Store:
         """
         return self.create_jobs([(job, platform_ids)])[0]
 
-    def create_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+    def create_jobs(
+        self, work: Sequence[tuple[JobRow, Sequence[str]]], *, audit: JobAudit | None = None
+    ) -> list[JobRow]:
         """Create many jobs in one transaction (a group commit); return each one's job.
+
+        ``audit`` gives the audit record of each job created; the records are chained in the
+        same transaction, so a job is committed if and only if its audit entry is.
 
         Each entry returns the job stored for its (carrier, request_id) or else for its
         ``claim_digest``: the new one, or the one that existed already (also when an earlier
@@ -249,7 +279,7 @@ class Store:
         returning the winner's job: a conflict costs its own entry, never the group.
         """
         try:
-            return self._insert_jobs(work)
+            return self._insert_jobs(work, audit)
         except sa.exc.IntegrityError:
             if len(work) == 1:
                 job = work[0][0]
@@ -259,9 +289,11 @@ class Store:
                 if found is None:
                     raise
                 return [found]
-            return [self.create_jobs([w])[0] for w in work]
+            return [self.create_jobs([w], audit=audit)[0] for w in work]
 
-    def _insert_jobs(self, work: Sequence[tuple[JobRow, Sequence[str]]]) -> list[JobRow]:
+    def _insert_jobs(
+        self, work: Sequence[tuple[JobRow, Sequence[str]]], audit: JobAudit | None
+    ) -> list[JobRow]:
         j = release_jobs
         keys = {(job.carrier_id, job.request_id) for job, _p in work}
         digests = {job.claim_digest for job, _p in work if job.claim_digest is not None}
@@ -282,6 +314,7 @@ class Store:
                     for r in conn.execute(sa.select(j).where(j.c.claim_digest.in_(sorted(digests))))
                 }
             jobs, tasks = [], []
+            records: list[AuditRecord] = []
             out: list[JobRow] = []
             for job, platform_ids in work:
                 key = (job.carrier_id, job.request_id)
@@ -293,6 +326,8 @@ class Store:
                     if job.claim_digest is not None:
                         by_claim[job.claim_digest] = job
                     jobs.append(job.__dict__)
+                    if audit is not None:
+                        records.append(audit(job, platform_ids))
                     tasks += [
                         {
                             "job_id": job.job_id,
@@ -314,6 +349,7 @@ class Store:
                 conn.execute(sa.insert(j), jobs)
             if tasks:
                 conn.execute(sa.insert(release_tasks), tasks)
+            append_audit(conn, records)  # last: the chain's lock is held only to the commit
         return out
 
     def claim_due(
@@ -399,10 +435,14 @@ class Store:
         t = release_tasks
         wanted = set(keys)
         # job_id IN (...) walks the primary key; a row-value IN would scan the table on SQLite.
-        stmt = sa.select(t.c.job_id, t.c.platform_id, t.c.lease_from_us).where(
-            t.c.job_id.in_(sorted({j for j, _p in wanted})),
-            t.c.lease_owner == owner,
-            t.c.state == TASK_PENDING,
+        stmt = (
+            sa.select(t.c.job_id, t.c.platform_id, t.c.lease_from_us)
+            .where(
+                t.c.job_id.in_(sorted({j for j, _p in wanted})),
+                t.c.lease_owner == owner,
+                t.c.state == TASK_PENDING,
+            )
+            .order_by(t.c.job_id, t.c.platform_id)  # the lock order (see the module's doc)
         )
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update()
@@ -412,26 +452,40 @@ class Store:
             if (r.job_id, r.platform_id) in wanted
         }
 
-    def renew(self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int) -> int:
-        """Extend ``owner``'s leases on these tasks (a heartbeat); return how many it still held.
+    def renew(
+        self, owner: str, keys: Iterable[tuple[str, str]], now_us: int, lease_us: int
+    ) -> Renewal:
+        """Extend ``owner``'s leases on these tasks (a heartbeat); say how many it still held and
+        how many another owner took over.
 
         A lease that already expired is renewed only if nobody took it over meanwhile.
         """
         t = release_tasks
         until = now_us + lease_us
+        wanted = list(keys)
         with self.engine.begin() as conn:
-            held = self._held(conn, owner, list(keys))
-            if not held:
-                return 0
-            params = [{"j": j, "p": p, "f": f, "until": until} for (j, p), f in held.items()]
-            conn.execute(
-                sa.update(t)
-                .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
-                .values(lease_until_us=sa.bindparam("until")),
-                params,
-            )
-            conn.execute(_lease_record(owner).values(until_us=sa.bindparam("until")), params)
-        return len(held)
+            held = self._held(conn, owner, wanted)
+            others = set(wanted) - set(held)
+            lost = 0
+            if others:
+                rows = conn.execute(
+                    sa.select(t.c.job_id, t.c.platform_id).where(
+                        t.c.job_id.in_(sorted({j for j, _p in others})),
+                        t.c.state == TASK_PENDING,
+                        t.c.lease_owner != owner,
+                    )
+                )
+                lost = sum(1 for r in rows if (r.job_id, r.platform_id) in others)
+            if held:
+                params = [{"j": j, "p": p, "f": f, "until": until} for (j, p), f in held.items()]
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.job_id == sa.bindparam("j"), t.c.platform_id == sa.bindparam("p"))
+                    .values(lease_until_us=sa.bindparam("until")),
+                    params,
+                )
+                conn.execute(_lease_record(owner).values(until_us=sa.bindparam("until")), params)
+        return Renewal(held=len(held), lost=lost)
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
         """Store dispatch outcomes (only for tasks ``owner`` still leases) in one transaction.
@@ -507,6 +561,16 @@ class Store:
         if owner is not None:
             held = sa.and_(held, t.c.lease_owner == owner)
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # The tasks first, in key order, then their lease records, as recording outcomes
+                # does: the other way round, a batch recorded while its replica stopped
+                # deadlocked with this.
+                conn.execute(
+                    sa.select(t.c.job_id)
+                    .where(held)
+                    .order_by(t.c.job_id, t.c.platform_id)
+                    .with_for_update()
+                )
             conn.execute(
                 sa.update(task_leases)
                 .where(

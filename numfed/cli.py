@@ -4,8 +4,9 @@ Each subcommand is a :class:`Command` — a name, a one-line help, ``configure(p
 its arguments, and ``run(args) -> exit code`` — living in its own module as a module-level
 constant. To add one, write the module and append ``"package.module:CONSTANT"`` to
 :data:`COMMANDS`; the core package never imports a role's package except through this list.
-Errors a command raises on purpose (:class:`numfed.errors.NumfedError`) print as one line and
-exit with status 2.
+Errors a command raises on purpose (:class:`numfed.errors.NumfedError`), and a file or address
+the operating system refuses (:class:`OSError`), print as one ``numfed: error: REASON: …`` line
+and exit with status 2, never with a traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from numfed.errors import NumfedError
+from numfed.errors import FailedPrecondition, NumfedError
 
-__all__ = ["COMMANDS", "Command", "main"]
+__all__ = ["COMMANDS", "Command", "main", "os_error"]
 
 EXIT_ERROR = 2
 
@@ -35,6 +36,20 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+def os_error(exc: OSError) -> NumfedError:
+    """An operating system's refusal (a file missing or unreadable, a directory not writable)
+    as one precise error naming the file."""
+    if isinstance(exc, FileNotFoundError):
+        reason = "FILE_NOT_FOUND"
+    elif isinstance(exc, PermissionError):
+        reason = "FILE_NOT_PERMITTED"
+    else:
+        reason = "OS_ERROR"
+    what = exc.strerror or str(exc)
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return FailedPrecondition(reason, f"{where}{what}")
+
+
 def _ids(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -45,10 +60,11 @@ def _configure_pki(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = actions.add_parser(
         "init",
-        help="create a CA, member certificates, root keys and carrier signing keys",
+        help="create a CA, member certificates, root keys, carrier signing keys, an audit key",
         description="Create a federation PKI in DIR (which must be absent or empty): a CA, "
-        "an mTLS certificate for the gateway and each member, three federation root keys and "
-        "one claim-signing key per carrier.",
+        "an mTLS certificate for the gateway and each member, three federation root keys, "
+        "one claim-signing key per carrier and the gateway's audit key (it signs checkpoints "
+        "of the audit log).",
     )
     init.add_argument("directory", metavar="DIR", type=Path)
     init.add_argument(
@@ -136,7 +152,9 @@ def _run_pki_init(args: argparse.Namespace) -> int:
     table.add_row("federation CA (P-256)", "ca.pem ca.key.pem")
     table.add_row("root keys (Ed25519)", f"root/root-{{{numbers}}}.key.pem")
     for peer in layout.members():
-        names = "cert,key,signing.key" if peer.role is Role.CARRIER else "cert,key"
+        names = {Role.CARRIER: "cert,key,signing.key", Role.GATEWAY: "cert,key,audit.key"}.get(
+            peer.role, "cert,key"
+        )
         table.add_row(peer.uri, f"{peer.role.value}/{peer.id}/{{{names}}}.pem")
     console = Console()
     console.print(table)
@@ -150,11 +168,13 @@ PKI = Command(
 
 COMMANDS: tuple[str, ...] = (
     "numfed.cli:PKI",
+    "numfed.federation_cli:FEDERATION",
     "numfed.trust_cli:TRUST",
     "gateway.cli:GATEWAY",
     "carrier_adapters.cli:CARRIER",
     "platform_stubs.cli:PLATFORM",
     "gateway.audit_cli:AUDIT",
+    "gateway.status_cli:STATUS",
     "numfed.verify_cli:VERIFY",
     "carrier_adapters.holder_cli:HOLDER",
     "numfed.demo:DEMO",
@@ -185,6 +205,11 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(err: NumfedError) -> None:
+    message = " ".join(err.message.split())  # one line, whatever the message held
+    print(f"numfed: error: {err.reason}: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``numfed`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     parser = build_parser([_load(spec) for spec in COMMANDS])
@@ -194,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
         code: int = args._run(args)
+    except OSError as exc:
+        _print_error(os_error(exc))
+        return EXIT_ERROR
     except NumfedError as err:
-        print(f"numfed: error: {err.reason}: {err.message}", file=sys.stderr)
+        _print_error(err)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ server applies lives in :class:`Limits`, so deadlines and caps come from one pla
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -15,18 +16,35 @@ from typing import Any
 from numfed.errors import InvalidArgument
 
 __all__ = [
+    "EVENT_MODES",
+    "MAX_BATCH_ITEMS",
+    "MIN_KEEPALIVE_TIME",
     "CarrierConfig",
     "GatewayConfig",
     "Limits",
     "Member",
     "PlatformConfig",
+    "Telemetry",
     "load_carrier_config",
     "load_gateway_config",
     "load_platform_config",
 ]
 
+MAX_BATCH_ITEMS = 500
+"""Most claims in one call to a platform (PlatformService's contract: 1 to 500 items)."""
+MIN_KEEPALIVE_TIME = 1.0
+"""Shortest ``Limits.keepalive_time``: servers accept pings twice as often (numfed/rpc.py), so
+any valid client setting is accepted by any server, whatever its own limits."""
+
 _ID = re.compile(r"[a-z0-9_-]{1,32}")
+_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
+EVENT_MODES = ("push", "poll", "ssf-push", "ssf-poll")
+"""How lifecycle events reach a platform: gRPC DeliverEvents ("push"), gRPC PullEvents
+("poll"), or OpenID Shared Signals SETs pushed to its receiver (RFC 8935, "ssf-push") or polled
+by it (RFC 8936, "ssf-poll"); see docs/standards.md."""
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
+_DATABASE_URL = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*")
+_OTLP_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}/?")
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,30 @@ class Limits:
     served numbers) before it serves anyway; a carrier that never answers holds nobody up."""
     portability_refresh: float = 1.0
     """How often a gateway reads ports completed through other replicas (docs/authority.md)."""
+    audit_checkpoint_interval: float = 10.0
+    """How often, at most, the gateway signs a checkpoint of its audit log (when it grew): the
+    longest the newest entries stay unanchored by a checkpoint that members hold."""
+    audit_max_backlog: int = 10_000
+    """Audit records the gateway may hold in memory, waiting for the database, before it refuses
+    new audited calls with UNAVAILABLE ``AUDIT_BACKLOG`` (and pauses deliveries) until they are
+    written."""
+    keepalive_time: float = 10.0
+    """How long a connection may be quiet before its end (server or client) pings the other;
+    at least 1 (every server accepts pings twice that often). A peer that is dead, cut off or
+    frozen (SIGSTOP) answers no ping: after ``keepalive_timeout`` its connection is closed and
+    its calls and streams end, so they hold no admission slot or call slot past
+    ``keepalive_time + keepalive_timeout`` of its last word."""
+    keepalive_timeout: float = 5.0
+    """How long a ping may go unanswered before the connection is closed."""
+    watch_max_age: float = 300.0
+    """Longest one WatchOperation (gateway) or WatchHolderRelease (carrier) stream lasts: then
+    it ends with OK although the operation is not done, and the client watches again."""
+    max_connection_age: float = 1800.0
+    """Servers ask a client to reconnect (HTTP/2 GOAWAY) after a connection has lasted this
+    long (give or take 10%), so no call or stream lives on one connection forever."""
+    max_connection_age_grace: float = 330.0
+    """How long the calls and streams of such a connection may still run before it is closed;
+    at least ``watch_max_age``, so a watch ends cleanly before its connection does."""
 
     def __post_init__(self) -> None:
         if self.max_watches_per_caller == 0:
@@ -154,7 +196,69 @@ class Limits:
             raise InvalidArgument(
                 "BAD_CONFIG", "limits.max_watches_per_caller is at most limits.max_watches"
             )
+        if limits.max_batch_items > MAX_BATCH_ITEMS:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"limits.max_batch_items is at most {MAX_BATCH_ITEMS} (platforms "
+                "refuse larger batches)",
+            )
+        if limits.keepalive_time < MIN_KEEPALIVE_TIME:
+            raise InvalidArgument(
+                "BAD_CONFIG", f"limits.keepalive_time is at least {MIN_KEEPALIVE_TIME:g} s"
+            )
+        if limits.max_connection_age_grace < limits.watch_max_age:
+            raise InvalidArgument(
+                "BAD_CONFIG", "limits.max_connection_age_grace is at least limits.watch_max_age"
+            )
         return limits
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """The operator's view of one process: the ``[telemetry]`` section of any config."""
+
+    metrics_listen: str | None = None
+    """Loopback HOST:PORT of the process's HTTP endpoint (``/metrics``; the gateway also
+    ``/status``). Absent: no endpoint. Port 0: any free port (the log names it)."""
+    otlp_endpoint: str | None = None
+    """Where spans go, OTLP over gRPC (``http://HOST:PORT`` plaintext, ``https://`` TLS).
+    Absent: the ``OTEL_EXPORTER_OTLP_ENDPOINT`` environment variable, else no tracing."""
+    trace_sample_ratio: float = 1.0
+    """Share of new traces recorded (calls that arrive traced follow their caller)."""
+
+
+def _telemetry(raw: dict[str, Any]) -> Telemetry:
+    sec = raw.get("telemetry", {})
+    if not isinstance(sec, dict):
+        raise InvalidArgument("BAD_CONFIG", "[telemetry] must be a section")
+    unknown = set(sec) - {f.name for f in fields(Telemetry)}
+    if unknown:
+        raise InvalidArgument("BAD_CONFIG", f"unknown telemetry settings: {sorted(unknown)}")
+    listen = None
+    if "metrics_listen" in sec:
+        listen = _endpoint(sec, "metrics_listen", "telemetry")
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidArgument(
+                "BAD_CONFIG",
+                f"telemetry.metrics_listen={listen!r}: the metrics endpoint listens on "
+                "loopback only",
+            )
+    otlp = None
+    if "otlp_endpoint" in sec:
+        otlp = _str(sec, "otlp_endpoint", "telemetry")
+        if not _OTLP_ENDPOINT.fullmatch(otlp):
+            raise InvalidArgument(
+                "BAD_CONFIG", f"telemetry.otlp_endpoint={otlp!r} is not http(s)://HOST:PORT"
+            )
+    ratio = _number(sec, "trace_sample_ratio", "telemetry", 1.0)
+    if not 0.0 <= ratio <= 1.0:
+        raise InvalidArgument("BAD_CONFIG", "telemetry.trace_sample_ratio must be within [0, 1]")
+    return Telemetry(metrics_listen=listen, otlp_endpoint=otlp, trace_sample_ratio=ratio)
 
 
 @dataclass(frozen=True)
@@ -164,7 +268,7 @@ class Member:
     id: str
     endpoint: str
     events: str = "push"
-    """Platforms: how lifecycle events reach them, "push" (DeliverEvents) or "poll"."""
+    """Platforms: how lifecycle events reach them, one of :data:`EVENT_MODES`."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +287,17 @@ class GatewayConfig:
     key. Default: ``pseudonym.key`` in the state directory, created on first start."""
     source: Path | None = None
     """The file this config was read from; the gateway re-reads it when it changes."""
+    facade_listen: str | None = None
+    """Where the standards facades (CAMARA Number Recycling, OpenID Shared Signals) are served
+    over HTTPS with mTLS (docs/standards.md); None: not served."""
+    facade_url: str | None = None
+    """The facades' public base URL (``https://host[:port][/path]``): the SSF issuer and the
+    base of every endpoint the SSF configuration names. Default: ``https://`` + the address
+    ``facade_listen`` bound."""
+    ssf_key_file: Path | None = None
+    """The Ed25519 key that signs Security Event Tokens (PEM); every replica needs the same key.
+    Default: ``ssf-set.key.pem`` in the state directory, created on first start."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -197,7 +312,9 @@ class PlatformConfig:
     error_rate: float = 0.0
     seed_scenario: bool = True
     events: str = "push"
-    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"."""
+    """How lifecycle events arrive: "push" (the gateway calls DeliverEvents) or "poll"; with
+    "ssf-push" or "ssf-poll" they arrive at the platform's SSF receiver instead, and this
+    process takes none itself."""
     conformance: bool = False
     """Test only: also serve PlatformConformanceService for the conformance kit."""
     trust_refresh: float = 60.0
@@ -218,6 +335,9 @@ class PlatformConfig:
     state directory in ``numfed-<uid>/`` under ``$XDG_RUNTIME_DIR`` or the system's temporary
     directory (``platform_stubs.admin.socket_path``): a socket path has at most 107 bytes,
     which a state directory's path may not leave."""
+    limits: Limits = field(default_factory=Limits)
+    """Of these, a platform applies the connection settings (keepalive, connection age)."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 @dataclass(frozen=True)
@@ -245,6 +365,11 @@ class CarrierConfig:
     time_zone: str | None = None
     """The IANA zone whose calendar days its recycled checks answer about (generic adapter;
     default: UTC)."""
+    trust_dir: Path | None = None
+    """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
+    trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
+    (numfed/checkpoint.py)."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -305,8 +430,8 @@ def _members(raw: dict[str, Any], name: str) -> tuple[Member, ...]:
     out = []
     for entry in raw.get(name, []):
         mode = entry.get("events", "push")
-        if mode not in ("push", "poll"):
-            raise InvalidArgument("BAD_CONFIG", f'{name}.events must be "push" or "poll"')
+        if mode not in EVENT_MODES:
+            raise InvalidArgument("BAD_CONFIG", f"{name}.events must be one of {EVENT_MODES}")
         out.append(Member(_ident(entry, "id", name), _endpoint(entry, "endpoint", name), mode))
     ids = [m.id for m in out]
     if len(set(ids)) != len(ids):
@@ -320,11 +445,22 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     sec = _section(raw, "gateway")
     state_dir = base / _str(sec, "state_dir", "gateway")
     url = sec.get("database_url") or f"sqlite:///{state_dir / 'gateway.db'}"
+    if not isinstance(url, str) or not _DATABASE_URL.fullmatch(url):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "gateway.database_url must be sqlite:///PATH or postgresql+psycopg://…",
+        )
     if "portability" in raw:
         raise InvalidArgument(
             "BAD_CONFIG",
             "[portability] is gone: who serves a number comes from the numbering plan in the "
             "trust bundle and from ports both carriers signed (docs/authority.md)",
+        )
+    platforms = _members(raw, "platform")
+    if "facade_listen" not in sec and any(m.events.startswith("ssf-") for m in platforms):
+        raise InvalidArgument(
+            "BAD_CONFIG",
+            "platforms whose events go by SSF need the facades: set gateway.facade_listen",
         )
     return GatewayConfig(
         listen=_endpoint(sec, "listen", "gateway"),
@@ -333,7 +469,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         state_dir=state_dir,
         database_url=str(url),
         carriers=_members(raw, "carrier"),
-        platforms=_members(raw, "platform"),
+        platforms=platforms,
         limits=Limits.from_mapping(raw.get("limits", {})),
         pseudonym_key_file=(
             base / _str(sec, "pseudonym_key_file", "gateway")
@@ -341,7 +477,26 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             else state_dir / "pseudonym.key"
         ),
         source=path,
+        facade_listen=(
+            _endpoint(sec, "facade_listen", "gateway") if "facade_listen" in sec else None
+        ),
+        facade_url=_url(sec, "facade_url", "gateway") if "facade_url" in sec else None,
+        ssf_key_file=(
+            base / _str(sec, "ssf_key_file", "gateway")
+            if "ssf_key_file" in sec
+            else state_dir / "ssf-set.key.pem"
+        ),
+        telemetry=_telemetry(raw),
     )
+
+
+def _url(sec: dict[str, Any], key: str, where: str) -> str:
+    value = _str(sec, key, where)
+    if not _URL.fullmatch(value):
+        raise InvalidArgument(
+            "BAD_CONFIG", f"{where}.{key}={value!r} is not https://HOST[:PORT][/PATH]"
+        )
+    return value.rstrip("/")
 
 
 def load_platform_config(path: Path) -> PlatformConfig:
@@ -381,13 +536,15 @@ def load_platform_config(path: Path) -> PlatformConfig:
         event_retry_limit=retry_limit,
         event_retry_window=retry_window,
         admin_socket=admin_socket,
+        limits=Limits.from_mapping(raw.get("limits", {})),
+        telemetry=_telemetry(raw),
     )
 
 
 def _events_mode(sec: dict[str, Any]) -> str:
     mode = sec.get("events", "push")
-    if mode not in ("push", "poll"):
-        raise InvalidArgument("BAD_CONFIG", 'events must be "push" or "poll"')
+    if mode not in EVENT_MODES:
+        raise InvalidArgument("BAD_CONFIG", f"events must be one of {EVENT_MODES}")
     return str(mode)
 
 
@@ -412,6 +569,8 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         display_name_zh=_optional(sec, "display_name_zh", "carrier"),
         sms_signature=_optional(sec, "sms_signature", "carrier"),
         time_zone=_time_zone(sec),
+        trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
+        telemetry=_telemetry(raw),
     )
 
 

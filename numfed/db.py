@@ -1,21 +1,25 @@
 """Database plumbing shared by every role: SQLite engines in WAL mode, and one DB thread.
 
 Servers run on asyncio; SQLAlchemy is synchronous. Each store runs its work on one worker
-thread of its own, so the event loop never blocks and SQLite sees a single writer.
+thread of its own, so the event loop never blocks and SQLite sees a single writer. Work handed to
+a thread always runs to its end (a thread cannot be interrupted); cancelling the task that waits
+for it takes effect only then, so a component stopped by cancelling its tasks has no database
+work left running once they are done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-__all__ = ["DbThread", "serialize", "sqlite_engine"]
+__all__ = ["DbThread", "run_to_end", "serialize", "sqlite_engine"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +56,20 @@ def serialize(conn: sa.Connection, key: int) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+async def run_to_end(work: Awaitable[R]) -> R:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then raise the
+    cancellation. For work that must not be cut in two, such as a commit and its audit entry,
+    and for work on a thread, which no cancellation stops anyway."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
+
+
 class DbThread:
     """Worker threads that run a store's synchronous database work.
 
@@ -64,8 +82,17 @@ class DbThread:
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn`` on a worker thread and return what it returns.
+
+        If the caller is cancelled meanwhile, the cancellation is raised once ``fn`` has
+        finished (committed or rolled back), never while it still runs: otherwise a stop that
+        cancels a task and then gives back its leases or closes the store would race work that
+        is still going on, or commits after the stop (on PostgreSQL the two deadlocked).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await run_to_end(
+            loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

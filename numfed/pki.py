@@ -6,6 +6,7 @@
     DIR/<role>/<id>/cert.pem, key.pem      one TLS server+client certificate per member
     DIR/root/root-<n>.key.pem              federation root keys (Ed25519) that sign trust files
     DIR/carrier/<id>/signing.key.pem       each carrier's claim-signing key (Ed25519)
+    DIR/gateway/<id>/audit.key.pem         the gateway's audit key (Ed25519), signs checkpoints
     DIR/ca-crl.pem                         the CA's revocation list, once a certificate is revoked
 
 Each TLS certificate names its member by one URI SAN, ``spiffe://numfed/<role>/<id>``, and can
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from numfed.config import Limits
 from numfed.envelope import KeyAlgorithm, SigningKey
 from numfed.errors import FailedPrecondition, InvalidArgument, NumfedError, Unauthenticated
 from numfed.identity import PeerId, Role
@@ -52,8 +54,11 @@ __all__ = [
     "Revocation",
     "RevocationList",
     "channel_credentials",
+    "client_options",
     "init_pki",
     "issue_cert",
+    "issue_member",
+    "load_audit_signer",
     "load_carrier_signer",
     "load_crl",
     "load_root_signers",
@@ -117,6 +122,10 @@ class PkiLayout:
 
     def signing_key_path(self, carrier_id: str) -> Path:
         return self.member_dir(PeerId(Role.CARRIER, carrier_id)) / "signing.key.pem"
+
+    def audit_key_path(self, gateway_id: str = GATEWAY.id) -> Path:
+        """The gateway's audit key: it signs checkpoints of the audit log, nothing else."""
+        return self.member_dir(PeerId(Role.GATEWAY, gateway_id)) / "audit.key.pem"
 
     def root_key_path(self, n: int) -> Path:
         return self.root / "root" / f"root-{n}.key.pem"
@@ -311,8 +320,9 @@ def init_pki(
     now: datetime | None = None,
     validity: timedelta = timedelta(days=365),
 ) -> PkiLayout:
-    """Create a federation CA, TLS certificates for the gateway and every member, the root keys
-    and each carrier's claim-signing key in ``directory``, which must be absent or empty.
+    """Create a federation CA, TLS certificates for the gateway and every member, the root keys,
+    each carrier's claim-signing key and the gateway's audit key in ``directory``, which must be
+    absent or empty.
 
     Everything is written to a temporary sibling first and moved into place at the end, so a
     failure leaves no half-made PKI behind.
@@ -348,6 +358,7 @@ def init_pki(
             _write(layout.root_key_path(n), SigningKey.generate().to_pem(), secret=True)
         for carrier in carriers:
             _write(layout.signing_key_path(carrier), SigningKey.generate().to_pem(), secret=True)
+        _write(layout.audit_key_path(), SigningKey.generate().to_pem(), secret=True)
         try:
             if directory.exists():
                 directory.rmdir()  # empty, checked above; rename cannot replace it portably
@@ -362,8 +373,36 @@ def init_pki(
     return PkiLayout(directory)
 
 
+def issue_member(
+    where: PkiLayout | Path,
+    peer: PeerId,
+    *,
+    now: datetime | None = None,
+    validity: timedelta = timedelta(days=365),
+) -> PkiLayout:
+    """Add one member to an existing PKI: a certificate from its CA (which needs the CA key)
+    and, for a carrier, a claim-signing key. A member that has a certificate already is
+    FAILED_PRECONDITION ``MEMBER_EXISTS`` and nothing is written."""
+    layout = _layout(where)
+    if layout.cert_path(peer).exists() or layout.key_path(peer).exists():
+        raise FailedPrecondition("MEMBER_EXISTS", f"{peer.uri} has a certificate already")
+    if validity <= timedelta(0):
+        raise InvalidArgument("BAD_VALIDITY", "validity must be positive")
+    ca = CertificateAuthority.load(layout)
+    now = now or datetime.now(UTC)
+    cert, key = issue_cert(ca, peer, not_before=now - CLOCK_SKEW, not_after=now + validity)
+    _write(layout.key_path(peer), _private_pem(key), secret=True)
+    _write(layout.cert_path(peer), cert.public_bytes(serialization.Encoding.PEM))
+    if peer.role is Role.CARRIER:
+        _write(layout.signing_key_path(peer.id), SigningKey.generate().to_pem(), secret=True)
+    return layout
+
+
 def _load_signer(path: Path) -> SigningKey:
-    key = SigningKey.from_pem(_read(path))
+    try:
+        key = SigningKey.from_pem(_read(path))
+    except (ValueError, TypeError) as exc:  # not PEM, or encrypted
+        raise InvalidArgument("BAD_PRIVATE_KEY", f"{path} holds no usable private key") from exc
     if key.algorithm is not KeyAlgorithm.ED25519:
         raise InvalidArgument("BAD_PRIVATE_KEY", f"{path} is not an Ed25519 key")
     return key
@@ -385,6 +424,11 @@ def load_root_signers(where: PkiLayout | Path) -> list[SigningKey]:
 def load_carrier_signer(where: PkiLayout | Path, carrier_id: str) -> SigningKey:
     """The claim-signing key of ``carrier_id``."""
     return _load_signer(_layout(where).signing_key_path(carrier_id))
+
+
+def load_audit_signer(where: PkiLayout | Path, gateway_id: str = GATEWAY.id) -> SigningKey:
+    """The gateway's audit key, which signs checkpoints of its audit log."""
+    return _load_signer(_layout(where).audit_key_path(gateway_id))
 
 
 # --- revocation -------------------------------------------------------------------------------
@@ -579,26 +623,47 @@ class RevocationList:
 # --- gRPC -------------------------------------------------------------------------------------
 
 
+def _tls_files(where: PkiLayout | Path, peer: PeerId) -> tuple[bytes, bytes, bytes]:
+    """The CA, ``peer``'s certificate and its key as PEM, checked to parse and to belong
+    together, so that a garbled or mismatched file is one precise error (``BAD_PKI_FILE``)
+    rather than gRPC refusing to listen or to connect."""
+    layout = _layout(where)
+    ca, cert, key = layout.ca_path, layout.cert_path(peer), layout.key_path(peer)
+    ca_pem, cert_pem, key_pem = _read(ca), _read(cert), _read(key)
+    try:
+        x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{ca} is not a PEM certificate") from exc
+    try:
+        public = x509.load_pem_x509_certificate(cert_pem).public_key()
+    except ValueError as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{cert} is not a PEM certificate") from exc
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("BAD_PKI_FILE", f"{key} holds no usable private key") from exc
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != public.public_bytes(*spki):
+        raise InvalidArgument("BAD_PKI_FILE", f"{key} is not the key of {cert}")
+    return ca_pem, cert_pem, key_pem
+
+
 def server_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ServerCredentials:
     """TLS credentials for serving as ``peer``; every client must present a cert from the CA.
 
     Rules: PLAT-OPS-3, PLAT-OPS-4, CARR-OPS-1, CARR-OPS-2.
     """
-    layout = _layout(where)
+    ca, cert, key = _tls_files(where, peer)
     return grpc.ssl_server_credentials(
-        [(_read(layout.key_path(peer)), _read(layout.cert_path(peer)))],
-        root_certificates=_read(layout.ca_path),
-        require_client_auth=True,
+        [(key, cert)], root_certificates=ca, require_client_auth=True
     )
 
 
 def channel_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ChannelCredentials:
     """TLS credentials for calling as ``peer``: its cert and key, and the CA to check servers."""
-    layout = _layout(where)
+    ca, cert, key = _tls_files(where, peer)
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(layout.ca_path),
-        private_key=_read(layout.key_path(peer)),
-        certificate_chain=_read(layout.cert_path(peer)),
+        root_certificates=ca, private_key=key, certificate_chain=cert
     )
 
 
@@ -610,8 +675,14 @@ def secure_channel(
     server: PeerId | None = None,
     options: Iterable[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    limits: Limits | None = None,
 ) -> grpc.aio.Channel:
     """An mTLS ``grpc.aio`` channel to ``target``, calling as ``peer``.
+
+    Every channel keeps its connections alive by the caller's ``limits`` (default: the
+    :class:`Limits` defaults; see :func:`client_options`), so a server that dies or freezes
+    is noticed within ``keepalive_time + keepalive_timeout`` and the channel's calls and
+    streams on it end then, not at their deadlines.
 
     Any member's certificate is valid for loopback addresses, so with ``server`` given the TLS
     target name is set to that member's own DNS name and the handshake fails unless the server
@@ -621,9 +692,10 @@ def secure_channel(
     name one DNS name that resolves to several; calls are spread over them round-robin, and
     calls to the gateway that are safe to repeat are retried on another replica when one is
     UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`). ``interceptors`` wrap every call (a
-    member's reader of the gateway's trust version hints, say).
+    member's reader of the gateway's trust version hints, say); with tracing on, the W3C
+    trace context's interceptor comes first (:mod:`numfed.observability.tracing`).
     """
-    opts = list(options)
+    opts = [*client_options(limits or Limits()), *options]
     if server is not None:
         opts.append(("grpc.ssl_target_name_override", _dns_name(server)))
     parts = [p.strip() for p in target.split(",") if p.strip()]
@@ -631,9 +703,32 @@ def secure_channel(
         target = "ipv4:" + ",".join(parts)
     config = GATEWAY_SERVICE_CONFIG if server == GATEWAY else {"loadBalancingConfig": _RR}
     opts.append(("grpc.service_config", json.dumps(config)))
+    from numfed.observability import tracing
+
     return grpc.aio.secure_channel(
-        target, channel_credentials(where, peer), options=opts, interceptors=list(interceptors)
+        target,
+        channel_credentials(where, peer),
+        options=opts,
+        interceptors=[*tracing.client_interceptors(), *interceptors] or None,
     )
+
+
+def client_options(limits: Limits) -> list[tuple[str, int]]:
+    """Keepalive options of every numfed client channel (:func:`secure_channel`).
+
+    The channel pings a connection quiet for ``keepalive_time``, with or without calls open,
+    and closes it when a ping goes unanswered for ``keepalive_timeout`` (grpc waits for a
+    keepalive ping's ack ``grpc.http2.ping_timeout_ms``, so both are set). Servers accept
+    pings this often (``numfed.rpc.server_options``).
+    """
+    timeout_ms = max(int(limits.keepalive_timeout * 1000), 1)
+    return [
+        ("grpc.keepalive_time_ms", max(int(limits.keepalive_time * 1000), 1)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 _RR: list[dict[str, object]] = [{"round_robin": {}}]

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import inspect
 import logging
+import socket
+import time
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -36,9 +39,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from numfed.config import MIN_KEEPALIVE_TIME, Limits
 from numfed.errors import (
     ERROR_DOMAIN,
+    FailedPrecondition,
     InvalidArgument,
     NumfedError,
     PermissionDenied,
@@ -46,6 +52,7 @@ from numfed.errors import (
     Unauthenticated,
 )
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics, tracing
 from numfed.pki import RevocationList, peer_certificate, peer_from_pem
 
 __all__ = [
@@ -60,9 +67,12 @@ __all__ = [
     "error_from_status",
     "error_info",
     "error_status",
+    "identify",
     "ok_status",
+    "require_role",
     "retry_delay",
     "rpc_error_info",
+    "server_options",
     "start_server",
 ]
 
@@ -204,12 +214,20 @@ class _Gate:
         self.cls = cls
         self.active = 0
         self.rejected = 0
+        self.rejections: dict[str, int] = {}
+        """reason -> calls turned away for it (OVERLOADED, OVERLOADED_QUEUE_TIMEOUT,
+        CALLER_OVERLOADED), read when metrics are scraped."""
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._held: dict[str, int] = {}
         """caller -> calls of this class it has running or queued (no entry at zero)."""
 
     def held_by(self, caller: str) -> int:
         return self._held.get(caller, 0)
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
 
     @property
     def callers(self) -> int:
@@ -220,6 +238,7 @@ class _Gate:
         self, reason: str, message: str, metadata: dict[str, str] | None = None
     ) -> ResourceExhausted:
         self.rejected += 1
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
         return ResourceExhausted(
             reason,
             message,
@@ -331,6 +350,43 @@ class Admission:
         name = self._methods.get(method)
         return self.gates[name] if name is not None else None
 
+    def collect_metrics(self) -> Iterable[Metric]:
+        """Per RPC class: calls running and queued now, the bounds, and the calls turned away
+        by reason (read when scraped; admission itself keeps plain counters)."""
+        active = GaugeMetricFamily(
+            "numfed_admission_calls_active",
+            "Calls running now, by RPC class.",
+            labels=["rpc_class"],
+        )
+        queued = GaugeMetricFamily(
+            "numfed_admission_queue_depth",
+            "Calls waiting for a slot now, by RPC class.",
+            labels=["rpc_class"],
+        )
+        limit = GaugeMetricFamily(
+            "numfed_admission_limit",
+            "Admission bounds by RPC class: kind=concurrency (calls at once) or queue (calls "
+            "that may wait).",
+            labels=["rpc_class", "kind"],
+        )
+        rejected = CounterMetricFamily(
+            "numfed_admission_rejections",
+            "Calls turned away with RESOURCE_EXHAUSTED, by RPC class and reason (OVERLOADED, "
+            "OVERLOADED_QUEUE_TIMEOUT, CALLER_OVERLOADED).",
+            labels=["rpc_class", "reason"],
+        )
+        for name, gate in self.gates.items():
+            active.add_metric([name], gate.active)
+            queued.add_metric([name], gate.queued)
+            limit.add_metric([name, "concurrency"], gate.cls.concurrency)
+            limit.add_metric([name, "queue"], gate.cls.queue)
+            for reason in _REJECTION_REASONS:
+                rejected.add_metric([name, reason], gate.rejections.get(reason, 0))
+        return [active, queued, limit, rejected]
+
+
+_REJECTION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADED")
+
 
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
@@ -355,6 +411,33 @@ class SoleGateway:
 
     def __contains__(self, peer: object) -> bool:
         return isinstance(peer, PeerId) and (peer.role is not Role.GATEWAY or peer == self.gateway)
+
+
+def identify(pem: bytes, members: Members | None, revocations: RevocationList | None) -> PeerId:
+    """The peer a verified client certificate (PEM) names, if it may be served at all: the
+    certificate is not on the CA's revocation list (UNAUTHENTICATED ``CERTIFICATE_REVOKED``) and
+    names a member (PERMISSION_DENIED ``UNKNOWN_MEMBER``). Every edge of a numfed server asks
+    this first: the gRPC interceptor and the gateway's HTTPS facades (gateway/facades)."""
+    if revocations is not None:
+        revocations.check(pem)
+    peer = peer_from_pem(pem)
+    if members is not None and peer not in members:
+        raise PermissionDenied(
+            "UNKNOWN_MEMBER",
+            f"{peer.uri} is not a member of this federation",
+            metadata={"peer": peer.uri},
+        )
+    return peer
+
+
+def require_role(peer: PeerId, allowed: Container[Role], method: str) -> None:
+    """PERMISSION_DENIED ``ROLE_NOT_ALLOWED`` unless ``peer``'s role may call ``method``."""
+    if peer.role not in allowed:
+        raise PermissionDenied(
+            "ROLE_NOT_ALLOWED",
+            f"{peer.uri} may not call {method}",
+            metadata={"method": method, "role": peer.role.value},
+        )
 
 
 class _Unparsed:
@@ -427,17 +510,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     def _identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerId:
         """The caller, if it may be served at all: a certificate not revoked, naming a member."""
-        pem = peer_certificate(context)
-        if self._revocations is not None:
-            self._revocations.check(pem)
-        peer = peer_from_pem(pem)
-        if self._members is not None and peer not in self._members:
-            raise PermissionDenied(
-                "UNKNOWN_MEMBER",
-                f"{peer.uri} is not a member of this federation",
-                metadata={"peer": peer.uri},
-            )
-        return peer
+        return identify(peer_certificate(context), self._members, self._revocations)
 
     async def _still_served(
         self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -517,17 +590,17 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         gate = self._admission.gate(method) if self._admission is not None else None
         initial_metadata = self._initial_metadata
         on_metadata = self._on_metadata
+        service, _, name = method.strip("/").partition("/")
+        durations = metrics.Children(metrics.RPC_SERVER_DURATION, service, name)
+
+        def observe(seconds: float, code: str) -> None:
+            durations.observe(seconds, code)
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             if policy is None:
                 return  # a server without mTLS (a carrier's own app channel)
             peer = self._identify(context)
-            if peer.role not in allowed:
-                raise PermissionDenied(
-                    "ROLE_NOT_ALLOWED",
-                    f"{peer.uri} may not call {method}",
-                    metadata={"method": method, "role": peer.role.value},
-                )
+            require_role(peer, allowed, method)
             _current_peer.set(peer)
             if on_metadata is not None:
                 on_metadata(context.invocation_metadata())
@@ -544,6 +617,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 return response
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                start = time.perf_counter()
+                code = "OK"
                 try:
                     await admit(context)
                     request = _parsed(request, method)
@@ -555,7 +630,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     finally:
                         gate.exit(charged)
                 except NumfedError as err:
+                    code = err.code
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = "UNKNOWN"
+                    raise
+                finally:
+                    observe(time.perf_counter() - start, code)
 
             return grpc.unary_unary_rpc_method_handler(
                 cast(Any, unary),
@@ -568,6 +652,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                code = "OK"
                 try:
                     await admit(context)
                     request = _parsed(request, method)
@@ -585,7 +671,16 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                         if gate is not None:
                             gate.exit(charged)
                 except NumfedError as err:
+                    code = err.code
                     await context.abort_with_status(rpc_status.to_status(error_status(err)))
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    code = "UNKNOWN"
+                    raise
+                finally:
+                    observe(time.perf_counter() - start, code)
 
             return grpc.unary_stream_rpc_method_handler(
                 cast(Any, stream),
@@ -603,6 +698,7 @@ messages are the same on the wire; numfed serves both names with one servicer.""
 def _message_files() -> list[str]:
     """Every file of numfed's contracts, imported so that the descriptor pool holds it."""
     from numfed.v1 import (
+        audit_pb2,
         binding_pb2,
         carrier_pb2,
         claim_pb2,
@@ -616,6 +712,7 @@ def _message_files() -> list[str]:
     )
 
     modules = (
+        audit_pb2,
         binding_pb2,
         carrier_pb2,
         claim_pb2,
@@ -711,19 +808,117 @@ def _add_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
         )
 
 
+def server_options(
+    limits: Limits, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[str, int]]:
+    """The options of every numfed server: message size, keepalive and connection age.
+
+    The server pings a connection that has been quiet for ``keepalive_time`` and closes it when
+    the ping goes unanswered for ``keepalive_timeout``: the calls and streams of a dead or
+    frozen client are cancelled, and the handlers' ``finally`` blocks give back what they
+    held (an admission slot, a watch). grpc waits ``grpc.http2.ping_timeout_ms`` for a
+    keepalive ping's ack (60 s by default) whatever ``grpc.keepalive_timeout_ms`` says, so both
+    are set. Pings are sent on quiet streams too (``max_pings_without_data`` 0), and clients may
+    ping as often as every ``MIN_KEEPALIVE_TIME / 2`` with no call open, so that a client
+    keeping its own connection alive is never told to go away for pinging too much. A
+    connection is asked to go away after ``max_connection_age`` and closed
+    ``max_connection_age_grace`` later, so nothing lives on one connection forever (health
+    Watch and reflection streams included).
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", _ms(limits.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS (grpc ignores unknown names).
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE_TIME / 2)),
+        ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
+    ]
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
 class ServerHandle:
     """A started server: its port, health servicer and a graceful stop."""
 
     def __init__(
-        self, server: grpc.aio.Server, port: int, health: health.aio.HealthServicer
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health: health.aio.HealthServicer,
+        *,
+        address: str = "",
+        serving: Mapping[str, bool] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health
+        self.address = address
+        self._serving: dict[str, bool] = dict(serving or {})
+        """service -> SERVING?, as last set (transitions are logged)."""
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Report ``service`` SERVING or NOT_SERVING in the health service; a change is logged."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await self.health.set(service, status)
+        if self._serving.get(service) != serving:
+            self._serving[service] = serving
+            log.info("%s is %s", service, "SERVING" if serving else "NOT_SERVING")
 
     async def stop(self, grace: float | None = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        serving = sorted(s for s, on in self._serving.items() if on)
+        if serving:
+            log.info("%s NOT_SERVING: stopping", ", ".join(serving))
+        self._serving = dict.fromkeys(self._serving, False)
         await self.server.stop(grace)
+
+
+_UNIX_SCHEMES = ("unix:", "unix-abstract:")
+
+
+def _check_bind(bind: str) -> None:
+    """Refuse an address the server could not listen on, with the operating system's reason
+    (CANNOT_LISTEN), before gRPC tries and fails with a bare RuntimeError. A Unix domain
+    socket (``unix:PATH``, a platform's admin socket) is left to gRPC: its failure to bind is
+    CANNOT_LISTEN too (:func:`start_server`)."""
+    if bind.startswith(_UNIX_SCHEMES):
+        return
+    host, _, port_text = bind.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except (ValueError, OSError) as exc:
+        raise FailedPrecondition(
+            "CANNOT_LISTEN", f"cannot listen on {bind}: not HOST:PORT ({exc})"
+        ) from exc
+    if port == 0:
+        return
+    failures: list[OSError] = []
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return  # gRPC can listen on at least this one
+            except OSError as exc:
+                failures.append(exc)
+    if failures:
+        first = failures[0]
+        what = "address already in use" if first.errno == errno.EADDRINUSE else first.strerror
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}: {what}") from first
 
 
 async def start_server(
@@ -738,7 +933,8 @@ async def start_server(
     revocations: RevocationList | None = None,
     initial_metadata: InitialMetadata | None = None,
     on_metadata: OnMetadata | None = None,
-    not_serving: Container[str] = (),
+    limits: Limits | None = None,
+    not_serving: Iterable[str] = (),
 ) -> ServerHandle:
     """Start a grpc.aio server with mTLS, the policy interceptor, health and reflection.
 
@@ -753,21 +949,28 @@ async def start_server(
     ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
     carrier's own app channel only.
 
-    Health reports every registered service SERVING from the start, except those named in
-    ``not_serving`` (a platform's, until it holds a trust bundle). Reflection is served under
-    ``grpc.reflection.v1`` and ``v1alpha``, and its file answers carry every file of numfed's
-    contracts (:class:`_Reflection`).
+    ``limits`` (default: :class:`Limits` defaults) give the connection settings of
+    :func:`server_options`. Services named in ``not_serving`` start NOT_SERVING in the health
+    service (until :meth:`ServerHandle.set_serving`; a platform's, until it holds a trust
+    bundle); the others start SERVING. An address the server cannot listen on is
+    FAILED_PRECONDITION ``CANNOT_LISTEN``. Reflection is served under ``grpc.reflection.v1`` and
+    ``v1alpha``, and its file answers carry every file of numfed's contracts (:class:`_Reflection`).
 
     A client without a certificate (with ``credentials``) is refused in the TLS handshake, so it
     sees UNAVAILABLE: the server requires one (:func:`numfed.pki.server_credentials`) rather
     than admitting anonymous connections to refuse them UNAUTHENTICATED in every handler.
+
+    Every call is timed into ``rpc_server_duration_seconds``; with tracing on
+    (:mod:`numfed.observability.tracing`) OpenTelemetry's interceptor runs first.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
     if credentials is None and (members is not None or revocations is not None):
         raise ValueError("a server without mTLS has no peers to check")
+    _check_bind(bind)
     server = grpc.aio.server(
         interceptors=[
+            *tracing.server_interceptors(),
             _Interceptor(
                 policy,
                 admission,
@@ -775,29 +978,45 @@ async def start_server(
                 revocations=revocations,
                 initial_metadata=initial_metadata,
                 on_metadata=on_metadata,
-            )
+            ),
         ],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(limits or Limits(), max_message_bytes),
     )
     names = [reg(server) for reg in register]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names += [health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
     _add_reflection(server, names)
-    if credentials is None:
-        port = server.add_insecure_port(bind)
-    else:
-        port = server.add_secure_port(bind, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(bind)
+        else:
+            port = server.add_secure_port(bind, credentials)
+    except RuntimeError as exc:  # taken between the check above and now
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}") from exc
     if port == 0:
-        raise RuntimeError(f"could not bind {bind}")
+        raise FailedPrecondition("CANNOT_LISTEN", f"cannot listen on {bind}")
     await server.start()
+    held = set(not_serving)
+    serving = {name: name not in held for name in names if not name.startswith("grpc.")}
     for name in ["", *names]:
-        status = health_pb2.HealthCheckResponse
-        await health_servicer.set(
-            name, status.NOT_SERVING if name in not_serving else status.SERVING
+        on = serving.get(name, True)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if on
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
         )
-    return ServerHandle(server, port, health_servicer)
+        await health_servicer.set(name, status)
+    address = bind if bind.startswith(_UNIX_SCHEMES) else f"{bind.rpartition(':')[0]}:{port}"
+    log.info(
+        "listening on %s (%s%s)",
+        address,
+        ", ".join(n for n in names if not n.startswith("grpc.")),
+        "" if credentials is not None else ", plaintext",
+    )
+    if admission is not None:
+        metrics.add_source(admission)
+    for name, on in serving.items():
+        if on:
+            log.info("%s is SERVING", name)
+    return ServerHandle(server, port, health_servicer, address=address, serving=serving)

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_ROOT_ROTATIONS",
     "ROOT_PAYLOAD_TYPE",
     "VERSION_METADATA_KEY",
+    "AuditKey",
     "BundleChange",
     "CarrierKey",
     "Root",
@@ -246,6 +247,42 @@ class CarrierKey:
 
 
 @dataclass(frozen=True)
+class AuditKey:
+    """One gateway audit key: it signs audit checkpoints issued within its window."""
+
+    key: VerifyKey
+    not_before: datetime
+    not_after: datetime
+
+    def __post_init__(self) -> None:
+        _freeze(self, "not_before", require_utc(self.not_before, "not_before"))
+        _freeze(self, "not_after", require_utc(self.not_after, "not_after"))
+        if self.not_after <= self.not_before:
+            raise _bad(
+                TrustReason.MALFORMED_BUNDLE, "an audit key's not_after must follow not_before"
+            )
+
+    def valid_at(self, t: datetime) -> bool:
+        """True when ``t`` lies in the key's window [not_before, not_after], both inclusive."""
+        return self.not_before <= require_utc(t, "t") <= self.not_after
+
+    @classmethod
+    def from_proto(cls, pb: trust_pb2.AuditKey) -> AuditKey:
+        return cls(
+            VerifyKey.from_proto(pb.key),
+            from_timestamp(pb.not_before),
+            from_timestamp(pb.not_after),
+        )
+
+    def to_proto(self) -> trust_pb2.AuditKey:
+        return trust_pb2.AuditKey(
+            key=self.key.to_proto(),
+            not_before=to_timestamp(self.not_before),
+            not_after=to_timestamp(self.not_after),
+        )
+
+
+@dataclass(frozen=True)
 class TrustBundle:
     """The carrier keys of the federation at one version, and its numbering plan.
 
@@ -263,8 +300,15 @@ class TrustBundle:
     number_ranges: Mapping[str, str] = field(default_factory=dict)
     max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
     max_claim_lifetime: timedelta = DEFAULT_MAX_CLAIM_LIFETIME
+    audit_keys: Mapping[str, AuditKey] = field(default_factory=dict)
+    """The gateway's audit keys by key id: they sign audit checkpoints (numfed/checkpoint.py)."""
 
     def __post_init__(self) -> None:
+        _freeze(self, "audit_keys", MappingProxyType(dict(self.audit_keys)))
+        if any(k != v.key.key_id for k, v in self.audit_keys.items()):
+            raise _bad(
+                TrustReason.MALFORMED_BUNDLE, "audit keys must be indexed by their own key id"
+            )
         _freeze(self, "issued_at", require_utc(self.issued_at, "bundle issued_at"))
         _freeze(self, "expires_at", require_utc(self.expires_at, "bundle expires_at"))
         _freeze(self, "carrier_keys", MappingProxyType(dict(self.carrier_keys)))
@@ -307,6 +351,9 @@ class TrustBundle:
         ranges = {r.prefix: r.carrier_id for r in pb.number_ranges}
         if len(ranges) != len(pb.number_ranges):
             raise _bad(TrustReason.MALFORMED_BUNDLE, "a number range is listed twice")
+        audit = {k.key.key_id: k for k in (AuditKey.from_proto(a) for a in pb.audit_keys)}
+        if len(audit) != len(pb.audit_keys):
+            raise _bad(TrustReason.MALFORMED_BUNDLE, "an audit key is listed twice")
         return cls(
             pb.version,
             from_timestamp(pb.issued_at),
@@ -320,6 +367,7 @@ class TrustBundle:
             _duration(pb.max_claim_lifetime, "max_claim_lifetime", MAX_CLAIM_LIFETIME_CEILING)
             if pb.HasField("max_claim_lifetime")
             else DEFAULT_MAX_CLAIM_LIFETIME,
+            audit_keys=audit,
         )
 
     def to_proto(self) -> trust_pb2.TrustBundle:
@@ -335,6 +383,7 @@ class TrustBundle:
             ],
             max_clock_skew=_to_duration(self.max_clock_skew),
             max_claim_lifetime=_to_duration(self.max_claim_lifetime),
+            audit_keys=[self.audit_keys[k].to_proto() for k in sorted(self.audit_keys)],
         )
 
 

@@ -1,8 +1,9 @@
 """An operator's changes to the trust directory: the next bundle, the next root.
 
 :func:`publish_bundle` signs the next trust bundle (version + 1) with the root keys of a PKI
-directory: the same carrier keys, plus or minus what it is asked (a carrier key added, a carrier
-key rotated, a key revoked, a carrier's number ranges set), with a fresh expiry.
+directory: the current bundle, changed only as it is asked (a carrier key added, a carrier key
+rotated, a key revoked, a carrier's number ranges set), with a fresh expiry; all else it holds
+(the gateway's audit keys, the federation's clock skew and maximum claim lifetime) stays.
 :func:`rotate_root` signs root version n+1 with a threshold of the old keys and of the new ones,
 writes the new root keys into the PKI directory, and re-signs the bundle under both roots, so
 that no verifier is left without a bundle at any moment.
@@ -226,7 +227,17 @@ def publish_bundle(
         plan = {p: c for p, c in plan.items() if c != carrier}
         plan.update(dict.fromkeys(prefixes, carrier))
 
-    bundle = TrustBundle(previous.version + 1, now, now + expires, keys, frozenset(revoked), plan)
+    # The next bundle is the current one with what the options change: whatever else it holds
+    # (the gateway's audit keys, the federation's clock skew and claim lifetime) stays.
+    bundle = dataclasses.replace(
+        previous,
+        version=previous.version + 1,
+        issued_at=now,
+        expires_at=now + expires,
+        carrier_keys=keys,
+        revoked_key_ids=frozenset(revoked),
+        number_ranges=plan,
+    )
     envelope = sign_bundle(bundle, signers)
     state.copy().update_bundle(envelope, now=now)  # as every member will verify it
 
@@ -311,7 +322,9 @@ def rotate_root(
     want = old_root.threshold if threshold is None else threshold
     if not 1 <= want <= len(keys):
         raise InvalidArgument("BAD_THRESHOLD", f"the threshold is 1 to {len(keys)} keys")
-    root = Root(old_root.version + 1, now + expires, keys, want)
+    root = dataclasses.replace(
+        old_root, version=old_root.version + 1, expires_at=now + expires, keys=keys, threshold=want
+    )
     both = list({k.key_id: k for k in [*old_signers, *new_signers]}.values())
     root_envelope = sign_root(root, both)
     expiry = previous.expires_at if previous.expires_at > now else now + RESIGNED_BUNDLE_LIFETIME

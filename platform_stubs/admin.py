@@ -138,10 +138,15 @@ async def start_admin_server(path: Path, events: EventApplier) -> ServerHandle:
     return handle
 
 
-def remove_socket(path: Path) -> None:
-    """Remove the socket file once its server has stopped."""
+def remove_socket(path: Path, *, private_folder: bool = False) -> None:
+    """Remove the socket file once its server has stopped, and (``private_folder``: the
+    default folder, made for sockets) that folder too when no other platform's socket is left
+    in it, so a platform leaves nothing behind in the system's temporary directory."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    if private_folder:
+        with contextlib.suppress(OSError):  # not empty, or gone: both fine
+            path.parent.rmdir()
 
 
 def admin_channel(path: Path) -> grpc.aio.Channel:

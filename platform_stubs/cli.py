@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from numfed.cli import Command
-from numfed.serving import serve_command
+from numfed.serving import serve_arguments, serve_command
 
 __all__ = ["PLATFORM"]
 
@@ -27,8 +27,7 @@ CALL_TIMEOUT = 60.0
 def _configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     serve = actions.add_parser("serve", help="run a reference platform until SIGTERM or Ctrl-C")
-    serve.add_argument("--config", type=Path, required=True, help="platform TOML config")
-    serve.add_argument("--log-level", default="INFO")
+    serve_arguments(serve, "platform")
     dead = actions.add_parser(
         "dead-letters",
         help="list the event batches the platform set aside",

@@ -31,10 +31,12 @@ from pathlib import Path
 import grpc
 
 from numfed import pki
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NotFound, NumfedError
 from numfed.events import VerifiedBatch, verify_event_batch
 from numfed.identity import PeerId
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.portability import NumberPlan
 from numfed.staleness import may_be_stale
 from numfed.trust import TrustedState
@@ -255,6 +257,7 @@ class EventPuller:
         peer: PeerId,
         max_backoff: float = 30.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        limits: Limits | None = None,
     ) -> None:
         self._applier = applier
         self._channel = pki.secure_channel(
@@ -264,10 +267,14 @@ class EventPuller:
             server=pki.GATEWAY,
             options=RECONNECT,
             interceptors=interceptors,
+            limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._max_backoff = max_backoff
         self.acked = 0
+        self._failing = RetrySummary(
+            log, "pulling events from the gateway failing", "pulling events from the gateway again"
+        )
 
     async def run(self, idle: float = 0.2) -> None:
         backoff = idle
@@ -278,6 +285,7 @@ class EventPuller:
                     gateway_pb2.PullEventsRequest(ack_through_seq=self.acked, max_batches=20),
                     timeout=5,
                 )
+                self._failing.succeeded()
                 if answer.batches:
                     through = await self._applier.apply(answer.batches)
                     if through > self.acked:
@@ -287,9 +295,9 @@ class EventPuller:
                     delay = backoff  # the first batch is held: ask again later
                     backoff = min(backoff * 2, self._max_backoff)
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("pulling events failed (%s); retrying", exc)
+                self._failing.failed(failure_reason(exc))
             except Exception as exc:  # e.g. the platform's database: log, and try again
-                log.warning("pulling events failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._failing.failed(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
 
     async def close(self) -> None:

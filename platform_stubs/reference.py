@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from numfed import pki
+from numfed.checkpoint import CHECKPOINT_FILE
 from numfed.config import PlatformConfig, load_platform_config
 from numfed.identity import PeerId, Role
+from numfed.observability import metrics
 from numfed.rpc import ServerHandle, SoleGateway, start_server
 from numfed.scenario import PLATFORMS, demo_scenario
-from numfed.serving import run_until_signalled
+from numfed.serving import process_telemetry, run_until_signalled
 from numfed.v1 import conformance_pb2_grpc, platform_pb2_grpc
 from platform_stubs.admin import remove_socket, socket_path, start_admin_server
 from platform_stubs.conformance import (
@@ -26,6 +27,7 @@ from platform_stubs.conformance import (
     PlatformConformanceServicer,
 )
 from platform_stubs.events import EventApplier, EventPuller
+from platform_stubs.observability import PlatformObserver
 from platform_stubs.rules import Masker
 from platform_stubs.sdk import Knobs, PlatformServicer
 from platform_stubs.store import PlatformStore
@@ -80,16 +82,19 @@ class PlatformHandle:
     puller: EventPuller | None = None
     admin: ServerHandle | None = None
     """PlatformAdminService on its Unix socket (``platform_stubs.admin.socket_path``)."""
+    observer: PlatformObserver | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.observer is not None:
+            metrics.remove_source(self.observer)
         await self.server.stop(grace)
         if self.admin is not None:
             await self.admin.stop(grace)
-            remove_socket(socket_path(self.config))
+            remove_socket(socket_path(self.config), private_folder=self.config.admin_socket is None)
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -122,6 +127,8 @@ async def start_platform(
         gateway=config.gateway,
         state_dir=config.state_dir / "trust",
         min_refresh_interval=config.trust_refresh_min_interval,
+        checkpoint_file=config.state_dir / CHECKPOINT_FILE,
+        limits=config.limits,
     )
     servicer = servicer_class(
         platform_id=config.platform_id,
@@ -148,29 +155,37 @@ async def start_platform(
         )
         return CONFORMANCE_SERVICE
 
-    handle = await start_server(
-        register=[register, register_conformance] if config.conformance else [register],
-        credentials=pki.server_credentials(config.pki_dir, peer),
-        policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
-        bind=config.listen,
-        members=SoleGateway(pki.GATEWAY),
-        revocations=pki.RevocationList(config.pki_dir),
-        on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
-        not_serving={SERVICE},  # until it holds a verified bundle (PLAT-OPS-1)
-    )
+    try:
+        handle = await start_server(
+            register=[register, register_conformance] if config.conformance else [register],
+            credentials=pki.server_credentials(config.pki_dir, peer),
+            policy={**POLICY, **CONFORMANCE_POLICY} if config.conformance else POLICY,
+            bind=config.listen,
+            members=SoleGateway(pki.GATEWAY),
+            revocations=pki.RevocationList(config.pki_dir),
+            not_serving=[SERVICE],  # until it holds a verified bundle (PLAT-OPS-1)
+            on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
+            limits=config.limits,
+        )
+    except BaseException:  # an address in use, say: close what was opened, then say so
+        await trust.close()
+        store.close()
+        raise
     try:
         admin = await start_admin_server(socket_path(config), servicer.events)
     except BaseException:
         await handle.stop(0)
+        await trust.close()
+        store.close()
         raise
 
     async def health_follows_trust() -> None:
         """PLAT-OPS-1: SERVING exactly while a verified bundle is held."""
         while True:
             await trust.ready.wait()
-            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            await handle.set_serving(SERVICE, True)
             await trust.wait_until(lambda _state: not trust.ready.is_set())
-            await handle.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await handle.set_serving(SERVICE, False)
 
     tasks = [
         asyncio.create_task(trust.run(config.trust_refresh)),
@@ -184,6 +199,7 @@ async def start_platform(
             pki_dir=config.pki_dir,
             peer=peer,
             interceptors=[trust.hints],
+            limits=config.limits,
         )
 
         async def pull_when_trusted() -> None:
@@ -191,10 +207,14 @@ async def start_platform(
             await puller.run()
 
         tasks.append(asyncio.create_task(pull_when_trusted()))
-    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin)
+    observer = PlatformObserver(store, trust)
+    metrics.add_source(observer)
+    return PlatformHandle(config, handle, servicer, store, trust, tasks, puller, admin, observer)
 
 
 async def serve(config_path: Path) -> None:
-    handle = await start_platform(load_platform_config(config_path))
-    print(f"platform {handle.config.platform_id} listening on port {handle.port}", flush=True)
-    await run_until_signalled(handle.stop)
+    config = load_platform_config(config_path)
+    async with process_telemetry(f"platform-{config.platform_id}", config.telemetry):
+        handle = await start_platform(config)
+        print(f"platform {config.platform_id} listening on port {handle.port}", flush=True)
+        await run_until_signalled(handle.stop)

@@ -4,6 +4,9 @@ The rule that protects the current holder: a prior-holder claim touches only bin
 strictly before X (``bound_at < tenure_start``). A binding made at X or later belongs to the
 current holder and is released only when that holder selects it by its ref (RELEASE_OWN).
 Releasing removes the number from the account; the account itself is never deleted.
+
+What may be said of the bindings found: masked summaries only, identical ones counted once
+(:func:`summarize`), so that a number marked by 90,000 users is a handful of summaries.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import datetime
 
 from numfed.errors import FailedPrecondition
 
-__all__ = ["Binding", "Masker", "own", "prior", "select_own"]
+__all__ = ["Binding", "Masker", "Summary", "own", "prior", "select_own", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,43 @@ class Masker:
         return "b_" + self._digest(b"ref:", str(b.binding_id))[:24]
 
     def label(self, b: Binding) -> str:
-        """E.g. ``account ***3f9 · since 2019``: no account id, nickname or number."""
-        tag = self._digest(b"label:", b.account_id)[:3]
+        """E.g. ``account ***3f9 · since 2019``: no account id, nickname or number.
+
+        A caller-ID label's tag comes from its text (kept as the binding's nickname), not from
+        the user who set it: every label with the same text set in the same year has the same
+        masked label, ``caller-ID label ***a41 · set 2021``, and the text itself never leaves.
+        """
         if b.kind == "LABEL":
+            tag = self._digest(b"label-text:", b.nickname)[:3]
             return f"caller-ID label ***{tag} · set {b.bound_at.year}"
+        tag = self._digest(b"label:", b.account_id)[:3]
         return f"account ***{tag} · since {b.bound_at.year}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Masked bindings of one kind and label, counted; or one binding with its ref."""
+
+    kind: str
+    masked_label: str
+    count: int
+    binding_ref: str = ""
+
+
+def summarize(bindings: Iterable[Binding], masker: Masker, *, with_refs: bool) -> list[Summary]:
+    """The bindings as masked summaries, in the order first met.
+
+    Without refs (answers about prior holders), bindings of the same kind and masked label are
+    one summary with their count. With refs (the holder's own bindings, to pick from), each
+    binding is its own summary, as each is picked on its own.
+    """
+    if with_refs:
+        return [Summary(b.kind, masker.label(b), 1, masker.ref(b)) for b in bindings]
+    counts: dict[tuple[str, str], int] = {}
+    for b in bindings:
+        key = (b.kind, masker.label(b))
+        counts[key] = counts.get(key, 0) + 1
+    return [Summary(kind, label, n) for (kind, label), n in counts.items()]
 
 
 def select_own(

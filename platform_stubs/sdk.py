@@ -28,22 +28,23 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from numfed.claims import RELEASE_GRACE, ClaimPolicy, Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.config import MAX_BATCH_ITEMS
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument, NumfedError, PermissionDenied, Unavailable
 from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
 from numfed.staleness import may_be_stale
+from numfed.summaries import bound
 from numfed.timeutil import from_timestamp
 from numfed.trust import TrustedState
 from numfed.v1 import binding_pb2, claim_pb2, platform_pb2, platform_pb2_grpc
 from platform_stubs.events import EventApplier
-from platform_stubs.rules import Binding, Masker, own, prior, select_own
+from platform_stubs.rules import Binding, Masker, own, prior, select_own, summarize
 from platform_stubs.store import PlatformStore, Selector
 from platform_stubs.trustclient import TrustClient
 
 __all__ = ["MAX_BATCH_ITEMS", "Knobs", "PlatformServicer", "platform_policy"]
 
-MAX_BATCH_ITEMS = 500
 QUERY = (Purpose.QUERY_PRIOR, Purpose.QUERY_OWN)
 RELEASE = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 KINDS = {k.removeprefix("BINDING_KIND_"): v for k, v in binding_pb2.BindingKind.items()}
@@ -116,19 +117,21 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
 
     def _summaries(
         self, found: Sequence[Binding], *, with_refs: bool
-    ) -> list[binding_pb2.BindingSummary]:
-        """Masked summaries (rule PLAT-ANS-5), one per binding, so each count is 1
-        (PLAT-REL-8)."""
-        return [
+    ) -> tuple[list[binding_pb2.BindingSummary], int]:
+        """What may be said of ``found``: masked summaries (rule PLAT-ANS-5), identical ones
+        merged, capped (at most MAX_SUMMARIES_PER_CLAIM, largest counts first), each count at
+        least 1 (PLAT-REL-8); and how many bindings the summaries left out stand for (the
+        answer's ``omitted_bindings``)."""
+        return bound(
             binding_pb2.BindingSummary(
                 platform_id=self.platform_id,
-                kind=KINDS.get(b.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
-                masked_label=self.masker.label(b),
-                count=1,
-                binding_ref=self.masker.ref(b) if with_refs else "",
+                kind=KINDS.get(s.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
+                masked_label=s.masked_label,
+                count=s.count,
+                binding_ref=s.binding_ref,
             )
-            for b in found
-        ]
+            for s in summarize(found, self.masker, with_refs=with_refs)
+        )
 
     def _verify(
         self, items: Sequence[Any], purposes: Sequence[Purpose]
@@ -211,10 +214,13 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                     platform_pb2.QueryItemResult(item_id=item.item_id, status=error_status(v))
                 )
                 continue
-            found = self._listed(v, by_number[v.claim.number])
+            found, omitted = self._listed(v, by_number[v.claim.number])
             results.append(
                 platform_pb2.QueryItemResult(
-                    item_id=item.item_id, status=ok_status(), bindings=found
+                    item_id=item.item_id,
+                    status=ok_status(),
+                    bindings=found,
+                    omitted_bindings=omitted,
                 )
             )
         await self.knobs.delay()
@@ -222,10 +228,10 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
 
     def _listed(
         self, v: VerifiedClaim, bindings: list[Binding]
-    ) -> list[binding_pb2.BindingSummary]:
-        """What a query claim lists (rule PLAT-REL-7): QUERY_PRIOR the active bindings made
-        before X, stale ones included, without refs; QUERY_OWN those made at or after X, each
-        with its ref."""
+    ) -> tuple[list[binding_pb2.BindingSummary], int]:
+        """What a query claim lists (rule PLAT-REL-7), as :meth:`_summaries`: QUERY_PRIOR the
+        active bindings made before X, stale ones included, without refs; QUERY_OWN those made
+        at or after X, each with its ref."""
         x = v.claim.tenure_start
         if v.claim.purpose is Purpose.QUERY_PRIOR:
             return self._summaries(prior(bindings, x), with_refs=False)
@@ -251,16 +257,19 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         x = v.claim.tenure_start
 
         def select(bindings: list[Binding]) -> tuple[list[int], bytes]:
+            # Every binding chosen is released; the stored (and replayed) result is bounded.
             if v.claim.purpose is Purpose.RELEASE_PRIOR:
                 chosen = prior(bindings, x)
+                released, omitted = self._summaries(chosen, with_refs=False)
                 result = platform_pb2.ReleaseItemResult(
-                    status=ok_status(), released=self._summaries(chosen, with_refs=False)
+                    status=ok_status(), released=released, omitted_bindings=omitted
                 )
             else:
                 try:
                     chosen = select_own(bindings, v.claim.binding_refs, x, self.masker)
+                    released, omitted = self._summaries(chosen, with_refs=True)
                     result = platform_pb2.ReleaseItemResult(
-                        status=ok_status(), released=self._summaries(chosen, with_refs=True)
+                        status=ok_status(), released=released, omitted_bindings=omitted
                     )
                 except NumfedError as err:
                     chosen = []
@@ -301,16 +310,26 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                         platform_pb2.ReleaseItemResult(item_id=item.item_id, status=error_status(v))
                     )
                     continue
-                r = platform_pb2.ReleaseItemResult.FromString(stored)
+                r = _stored_result(stored)
                 r.replayed = True
             else:
                 done = next(applied)
-                r = platform_pb2.ReleaseItemResult.FromString(done.result)
+                r = _stored_result(done.result)
                 r.replayed = done.replayed
             r.item_id = item.item_id
             results.append(r)
         await self.knobs.delay()
         return platform_pb2.BatchReleaseBindingsResponse(results=results)
+
+
+def _stored_result(raw: bytes) -> platform_pb2.ReleaseItemResult:
+    """A stored first result, bounded as answers are now (one stored before the caps were
+    applied may list every binding it released)."""
+    r = platform_pb2.ReleaseItemResult.FromString(raw)
+    released, r.omitted_bindings = bound(r.released, r.omitted_bindings)
+    del r.released[:]
+    r.released.extend(released)
+    return r
 
 
 def _expired_release(

@@ -23,9 +23,12 @@ from typing import ClassVar
 import grpc
 
 from numfed import pki
+from numfed.checkpoint import CheckpointKeeper, audit_origin
+from numfed.config import Limits
 from numfed.envelope import Envelope
 from numfed.errors import NumfedError, Unavailable
 from numfed.identity import PeerId
+from numfed.observability.logs import RetrySummary, failure_reason
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
 from numfed.trusthints import VersionHintReader, versions_in
@@ -69,6 +72,8 @@ class TrustClient:
         gateway: str,
         state_dir: Path | None = None,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        checkpoint_file: Path | None = None,
+        limits: Limits | None = None,
     ) -> None:
         roots = read_roots(trust_dir)
         if not roots:
@@ -76,6 +81,11 @@ class TrustClient:
         self._store = TrustStore(state_dir) if state_dir is not None else None
         self._pin = Envelope.from_proto(roots[0])
         self.state = self._restore(self._pin)
+        self.checkpoints: CheckpointKeeper | None = None
+        """The gateway's audit checkpoints this platform keeps (with ``checkpoint_file``)."""
+        if checkpoint_file is not None:
+            origin = audit_origin(self._pin)
+            self.checkpoints = CheckpointKeeper(checkpoint_file, origin=origin, holder=peer.uri)
         self.ready = asyncio.Event()
         """Set while the platform holds a verified bundle it fetched (PLAT-OPS-1: its health
         is SERVING exactly then); cleared when it holds none."""
@@ -88,8 +98,15 @@ class TrustClient:
             server=pki.GATEWAY,
             options=RECONNECT,
             interceptors=[self.hints],
+            limits=limits,
         )
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._unreachable = RetrySummary(
+            log,
+            "gateway not reachable for the trust bundle",
+            "gateway reachable again for the trust bundle",
+            level=logging.INFO,
+        )
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._min_interval = min_refresh_interval
@@ -170,6 +187,7 @@ class TrustClient:
             if result.changed:
                 log.info("trust updated: %s", result.describe())
             self.ready.set()
+            self._keep_checkpoint(answer)
             await self._notify()
             return result.changed
 
@@ -195,6 +213,18 @@ class TrustClient:
             self.state = self._restore(self._pin)
             self.ready.clear()
             await self._notify()
+
+    def _keep_checkpoint(self, answer: gateway_pb2.GetTrustBundleResponse) -> None:
+        """Keep the gateway's audit checkpoint from a GetTrustBundle answer (a bad one, or proof
+        of a fork kept as evidence, never blocks trust)."""
+        bundle = self.state.bundle
+        if self.checkpoints is None or bundle is None or not answer.HasField("checkpoint"):
+            return
+        try:
+            now = datetime.now(UTC)
+            self.checkpoints.offer(Envelope.from_proto(answer.checkpoint), bundle, now=now)
+        except NumfedError as err:
+            log.warning("audit checkpoint not kept: %s %s", err.reason, err.message)
 
     def behind(self, versions: tuple[int, int]) -> bool:
         return self.state.behind(versions)
@@ -268,9 +298,10 @@ class TrustClient:
         while True:
             try:
                 await self.refresh()
+                self._unreachable.succeeded()
                 delay = every
             except (grpc.aio.AioRpcError, NumfedError) as exc:
-                log.info("trust bundle fetch failed (%s); retrying", _why(exc))
+                self._unreachable.failed(failure_reason(exc))
                 delay = min(max(delay * 2, 0.1), 5.0) if not self.ready.is_set() else every
             await asyncio.sleep(delay)
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import settings
 
 from numfed.pgtemp import PostgresUnavailable, TempPostgres
+from numfed.testing import leaks
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -35,6 +36,26 @@ def pytest_configure(config: pytest.Config) -> None:
     the shutdown never runs mid-run; the process exit ends it.
     """
     grpc.aio.init_grpc_aio()
+    leaks.install()
+
+
+@pytest.fixture(autouse=True)
+def _grpc_closed_by_each_test() -> Iterator[None]:
+    """Fail a test (at teardown) that leaves a grpc.aio channel open or a server running.
+
+    Autouse, so it is set up before the test's other fixtures and torn down after them: what
+    it finds was left open by the test or one of its fixtures, and is closed by nobody. Left to
+    garbage collection, grpc closes it in ``__del__``, on an event loop that may be gone.
+    """
+    point = leaks.mark()
+    yield
+    left = leaks.open_since(point)
+    if left:
+        pytest.fail(
+            f"{len(left)} grpc.aio channel(s)/server(s) left open:\n"
+            + "\n".join(f"  {o}" for o in left),
+            pytrace=False,
+        )
 
 
 BACKENDS = ["sqlite", "postgresql"]

@@ -26,6 +26,12 @@ def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path:
     for row in summary:
         assert set(row) == {"name", "value", "reference", "ratio", "target", "met"}
         assert isinstance(row["met"], bool) and row["reference"] > 0
+    observed = json.loads((tmp_path / "observability.json").read_text())
+    assert [m["mode"] for m in observed["modes"]] == ["off", "metrics", "traced", "sampled"]
+    assert all(m["queries"] > 0 for m in observed["modes"])
+    assert observed["modes"][1]["scrapes"] > 0  # the metrics endpoint was read meanwhile
+    assert observed["modes"][2]["spans_received"] > 0  # every query traced
+    assert observed["modes"][0]["spans_received"] == 0
     fanout = json.loads((tmp_path / "fanout.json").read_text())
     assert {r["impl"] for r in fanout} == {"gateway", "bare proxy"}
     assert all(r["queries"] > 0 and r["cpu_ms_per_query"] > 0 for r in fanout)

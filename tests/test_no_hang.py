@@ -1,7 +1,9 @@
-"""No test may hang: every test runs under a timeout, and a stuck one fails with a traceback."""
+"""No test may hang: every test runs under a timeout, and a stuck one fails with a traceback;
+nor leave a grpc channel open or a server running (see tests/conftest.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +44,79 @@ def test_a_stuck_test_fails_within_its_timeout(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stdout + run.stderr
     assert "2 failed" in run.stdout, run.stdout
     assert run.stdout.count("Timeout (>2.0s)") >= 2, run.stdout
+
+
+STUCK_WHERE_NO_SIGNAL_GETS_THROUGH = """
+import signal, time
+
+def test_blocks_the_timeout_signal():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        time.sleep(4)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+"""
+
+
+def test_a_test_past_its_ceiling_dumps_every_stack_even_if_the_signal_cannot_stop_it(
+    pytestconfig: pytest.Config, tmp_path: Path
+) -> None:
+    """faulthandler dumps from a C thread a little after the ceiling, so even a test stuck
+    where pytest-timeout's signal is never handled says where it stands."""
+    ceiling = float(pytestconfig.getini("timeout"))
+    assert ceiling < float(pytestconfig.getini("faulthandler_timeout")) <= ceiling * 1.5
+    (tmp_path / "test_stuck.py").write_text(STUCK_WHERE_NO_SIGNAL_GETS_THROUGH)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\ntimeout = 1\ntimeout_method = signal\nfaulthandler_timeout = 2\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Timeout (0:00:02)!" in run.stderr, run.stderr
+    assert "in test_blocks_the_timeout_signal" in run.stderr, run.stderr
+
+
+LEAKS = """
+import grpc
+
+async def test_leaves_a_channel_open():
+    grpc.aio.insecure_channel("127.0.0.1:1")
+
+async def test_leaves_a_server_running():
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+async def test_closes_what_it_opens():
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel("127.0.0.1:1"):
+        pass
+    await server.stop(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_test_that_leaves_a_channel_open_or_a_server_running_fails(tmp_path: Path) -> None:
+    (tmp_path / "test_leaks.py").write_text(LEAKS)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    # Each test's call passes; the two that leak fail at teardown.
+    assert "3 passed, 2 errors" in run.stdout, run.stdout + run.stderr
+    assert "channel opened at test_leaks.py:5 (test_leaves_a_channel_open)" in run.stdout
+    assert "server opened at test_leaks.py:10 (test_leaves_a_server_running)" in run.stdout

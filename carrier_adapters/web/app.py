@@ -52,6 +52,8 @@ from carrier_adapters.web.state import PageState, PageStore, Release
 from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
 from numfed.errors import InvalidArgument, NumfedError, Unauthenticated
+from numfed.observability import metrics
+from numfed.observability.asgi import TimedRequests
 from numfed.ratelimit import RateLimiter
 from numfed.timeutil import from_timestamp
 from numfed.v1 import binding_pb2, claim_pb2, gateway_pb2, holder_pb2
@@ -708,6 +710,7 @@ def create_app(
 
     app = Starlette(routes=routes, exception_handlers={Exception: server_error})
     admission = web_admission(limits)
+    metrics.add_source(admission)  # numfed_admission_* {rpc_class="page"|"stream"}
     shed = ShedLoad(
         app,
         admission,
@@ -715,4 +718,5 @@ def create_app(
         retry_after=limits.holder_web_retry_after,
         busy=page.busy,
     )
-    return SecurityHeaders(shed, SECURITY_HEADERS), page
+    # Timed outside the shedding, so a request turned away counts as a 503.
+    return TimedRequests(SecurityHeaders(shed, SECURITY_HEADERS), routes), page

@@ -131,6 +131,10 @@ class CarrierKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the kit's channels."""
         for channel in self._channels:
             await channel.close()
 

@@ -10,6 +10,7 @@ tests that kill or restart members). Both lay the federation out with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,12 +47,22 @@ class Federation:
     gateway: Gateway
     carriers: dict[str, CarrierHandle] = field(default_factory=dict)
     platforms: dict[str, PlatformHandle] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    """Channels opened through :meth:`holder_channel`; :meth:`stop` closes them."""
+
+    def holder_channel(self, carrier_id: str) -> grpc.aio.Channel:
+        """A channel to the carrier's HolderService (plaintext, loopback: the carrier's app),
+        closed when the federation stops."""
+        port = self.carriers[carrier_id].holder_port
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(channel)
+        return channel
 
     async def restart_platform(self, platform_id: str) -> PlatformHandle:
         config = load_platform_config(self.layout.platform_configs[platform_id])
         handle = await start_platform(config)
+        self.platforms[platform_id] = handle  # stop() stops it, even if it never gets ready
         await asyncio.wait_for(handle.trust.ready.wait(), 10)
-        self.platforms[platform_id] = handle
         link = self.gateway.links.get(platform_id)
         if link is not None:  # the gateway sends it traffic once it has seen it SERVING
             await link.until_serving(10)
@@ -59,22 +70,43 @@ class Federation:
 
     async def events_settled(self, timeout: float = 20.0) -> None:
         """Wait until every platform has acknowledged the whole event log so far (the port
-        halves the gateway took from the carriers at start, say)."""
+        halves the gateway took from the carriers at start, say). Platforms whose events go by
+        SSF are left out: their receivers are the tests' own."""
         gw = self.gateway
+        grpc_delivery = {m.id for m in gw.config.platforms if not m.events.startswith("ssf-")}
         async with asyncio.timeout(timeout):
             while True:
                 head = await gw.store.run(gw.events.head)
-                acked = [await gw.store.run(gw.events.cursor, p) for p in self.platforms]
+                acked = [
+                    await gw.store.run(gw.events.cursor, p)
+                    for p in self.platforms
+                    if p in grpc_delivery
+                ]
                 if all(a >= head for a in acked):
                     return
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        await self.gateway.stop(0)
-        for c in self.carriers.values():
-            await c.stop(0)
-        for p in self.platforms.values():
-            await p.stop(0)
+        """Close the holder channels, then stop the gateway, the carriers and the platforms;
+        each of them even if stopping one before it failed."""
+        await _stop_all(self.gateway, self.carriers, self.platforms, self.channels)
+
+
+async def _stop_all(
+    gateway: Gateway | None,
+    carriers: Mapping[str, CarrierHandle],
+    platforms: Mapping[str, PlatformHandle],
+    channels: Sequence[grpc.aio.Channel] = (),
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:  # runs the callbacks last to first
+        for platform in platforms.values():
+            stack.push_async_callback(platform.stop, 0)
+        for carrier in carriers.values():
+            stack.push_async_callback(carrier.stop, 0)
+        if gateway is not None:
+            stack.push_async_callback(gateway.stop, 0)
+        for channel in channels:
+            stack.push_async_callback(channel.close)
 
 
 async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> Federation:
@@ -102,12 +134,7 @@ async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> 
                 await gw.links[p].until_serving(20)  # and the gateway has seen it SERVING
     except BaseException:
         # Stop whatever started, so no server is left to grpc's garbage-collection shutdown.
-        if gw is not None:
-            await gw.stop(0)
-        for carrier in carriers.values():
-            await carrier.stop(0)
-        for platform in platforms.values():
-            await platform.stop(0)
+        await _stop_all(gw, carriers, platforms)
         raise
     fed = Federation(layout, gw, carriers, platforms)
     try:
@@ -133,6 +160,18 @@ class FederationProcesses:
         if proc.poll() is None:
             proc.send_signal(sig)
         return proc.wait(timeout)
+
+    def restart(self, name: str, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+        """Stop one member (SIGTERM) and start it again from its config, its output appended to
+        its log; returns the new process (also in ``processes``). A member already stopped is
+        just started."""
+        self.stop(name, timeout=timeout)
+        role, _, member = name.partition("-")
+        configs = {"carrier": self.layout.carrier_configs, "platform": self.layout.platform_configs}
+        config = self.layout.gateway_config if role == "gateway" else configs[role][member]
+        log = self.layout.root / "logs" / f"{name}.log"
+        self.processes[name] = _spawn(role, config, log, append=True)
+        return self.processes[name]
 
     def stop_all(self) -> None:
         for name in list(self.processes):
@@ -162,8 +201,8 @@ async def wait_serving(
             await asyncio.sleep(0.1)
 
 
-def _spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
+def _spawn(role: str, config: Path, log: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "numfed", role, "serve", "--config", str(config)],
             stdout=out,
@@ -177,12 +216,15 @@ async def spawn_federation(
     *,
     carriers: Sequence[str] | None = None,
     platforms: Sequence[str] | None = None,
+    ready_timeout: float = 20.0,
     **kw: object,
 ) -> FederationProcesses:
     """Lay out a federation in ``root`` and start each member as its own process.
 
-    Returns once every platform and the gateway answer health checks as SERVING; each
-    process's output goes to ``root/logs/<name>.log``. Call ``stop_all()`` when done.
+    Returns once every platform and the gateway answer health checks as SERVING (each within
+    ``ready_timeout`` seconds: a dozen processes starting at once on a busy machine need more
+    than the default); each process's output goes to ``root/logs/<name>.log``. Call
+    ``stop_all()`` when done.
     """
     if carriers is not None:
         kw["carriers"] = tuple(carriers)
@@ -199,12 +241,20 @@ async def spawn_federation(
             fed.processes[f"platform-{p}"] = _spawn("platform", cfg, logs / f"platform-{p}.log")
         fed.processes["gateway"] = _spawn("gateway", layout.gateway_config, logs / "gateway.log")
         await wait_serving(
-            layout.gateway_endpoint, layout.pki_dir, pki.GATEWAY, "numfed.v1.GatewayService"
+            layout.gateway_endpoint,
+            layout.pki_dir,
+            pki.GATEWAY,
+            "numfed.v1.GatewayService",
+            timeout=ready_timeout,
         )
         waits: Mapping[str, str] = layout.platform_endpoints
         for p, endpoint in waits.items():
             await wait_serving(
-                endpoint, layout.pki_dir, PeerId(Role.PLATFORM, p), "numfed.v1.PlatformService"
+                endpoint,
+                layout.pki_dir,
+                PeerId(Role.PLATFORM, p),
+                "numfed.v1.PlatformService",
+                timeout=ready_timeout,
             )
     except BaseException:
         fed.stop_all()

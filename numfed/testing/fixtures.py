@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -56,35 +57,35 @@ Factory = Callable[..., Awaitable[tuple[Any, Any]]]
 
 @pytest_asyncio.fixture
 async def numfed_conformance_platform(tmp_path: Path) -> AsyncIterator[Factory]:
-    handles: list[Any] = []
+    started = 0
 
-    async def start(platform_id: str, **kw: Any) -> tuple[Any, Any]:
-        handle, target = await start_conformance_platform(
-            tmp_path / f"conformance-platform-{platform_id}-{len(handles)}", platform_id, **kw
-        )
-        handles.append(handle)
-        return handle, target
+    async with contextlib.AsyncExitStack() as stack:  # stops each one, even if another fails
 
-    try:
+        async def start(platform_id: str, **kw: Any) -> tuple[Any, Any]:
+            nonlocal started
+            started += 1
+            handle, target = await start_conformance_platform(
+                tmp_path / f"conformance-platform-{platform_id}-{started - 1}", platform_id, **kw
+            )
+            stack.push_async_callback(handle.stop, 0)
+            return handle, target
+
         yield start
-    finally:
-        for h in handles:
-            await h.stop(0)
 
 
 @pytest_asyncio.fixture
 async def numfed_conformance_carrier(tmp_path: Path) -> AsyncIterator[Factory]:
-    handles: list[Any] = []
+    started = 0
 
-    async def start(carrier_id: str, **kw: Any) -> tuple[Any, Any]:
-        handle, target = await start_conformance_carrier(
-            tmp_path / f"conformance-carrier-{carrier_id}-{len(handles)}", carrier_id, **kw
-        )
-        handles.append(handle)
-        return handle, target
+    async with contextlib.AsyncExitStack() as stack:  # stops each one, even if another fails
 
-    try:
+        async def start(carrier_id: str, **kw: Any) -> tuple[Any, Any]:
+            nonlocal started
+            started += 1
+            handle, target = await start_conformance_carrier(
+                tmp_path / f"conformance-carrier-{carrier_id}-{started - 1}", carrier_id, **kw
+            )
+            stack.push_async_callback(handle.stop, 0)
+            return handle, target
+
         yield start
-    finally:
-        for h in handles:
-            await h.stop(0)

@@ -52,7 +52,9 @@ Global___BindingKind: _TypeAlias = BindingKind  # noqa: Y015
 @_typing.final
 class BindingSummary(_message.Message):
     """BindingSummary is all a platform ever tells the gateway about bindings: masked, counted,
-    never a raw account id, nickname or number.
+    never a raw account id, nickname or number. One claim's answer lists at most 100 summaries
+    taking at most 8,000 bytes in all, largest counts first; the bindings of the summaries left
+    out are counted in the answer's omitted_bindings (numfed/summaries.py).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -67,9 +69,16 @@ class BindingSummary(_message.Message):
     kind: Global___BindingKind.ValueType
     """What the number is bound to."""
     masked_label: _builtins.str
-    """A masked label such as "account ***7f2 (2019)"; never a raw account id or nickname."""
+    """A masked label such as "account ***7f2 · since 2019", or for caller-ID labels
+    "caller-ID label ***a41 · set 2021" (the tag is a keyed hash of the label's text, so every
+    label with the same text set in the same year has the same masked label); never a raw
+    account id, nickname, label text or number.
+    """
     count: _builtins.int
-    """How many bindings this summary stands for; at least 1."""
+    """How many bindings this summary stands for; at least 1. Summaries without a binding_ref
+    that have the same platform_id, kind and masked_label are one summary with this count (90,000
+    users' identical labels are one summary), never several.
+    """
     binding_ref: _builtins.str
     """Own-tenure answers only: an opaque ref the holder may select in a RELEASE_OWN claim. Empty in
     answers about prior holders.

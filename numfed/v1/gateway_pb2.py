@@ -31,15 +31,15 @@ from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 from numfed.v1 import events_pb2 as numfed_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17numfed/v1/gateway.proto\x12\tnumfed.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16google/type/date.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\":\n\x14PublishEventsRequest\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"$\n\x15PublishEventsResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"A\n\x11PullEventsRequest\x12\x17\n\x0f\x61\x63k_through_seq\x18\x01 \x01(\x04\x12\x13\n\x0bmax_batches\x18\x02 \x01(\r\"@\n\x12PullEventsResponse\x12*\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x19.numfed.v1.SequencedBatch\"|\n\x14\x43heckRecycledRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0especified_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\"<\n\x15\x43heckRecycledResponse\x12#\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"3\n\x15GetTrustBundleRequest\x12\x1a\n\x12known_root_version\x18\x01 \x01(\x04\"a\n\x16GetTrustBundleResponse\x12\"\n\x05roots\x18\x01 \x03(\x0b\x32\x13.numfed.v1.Envelope\x12#\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\"P\n\x14QueryBindingsRequest\x12\"\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x14\n\x0cplatform_ids\x18\x02 \x03(\t\"\xe6\x01\n\x0ePlatformResult\x12\x13\n\x0bplatform_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.numfed.v1.PlatformOutcome\x12+\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\x12\"\n\x06status\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12/\n\x0b\x61nswered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x15QueryBindingsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"f\n\x16ReleaseBindingsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x14\n\x0cplatform_ids\x18\x03 \x03(\t\"\xcd\x01\n\x0fReleaseMetadata\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eplatforms_done\x18\x03 \x01(\r\x12\x17\n\x0fplatforms_total\x18\x04 \x01(\r\x12*\n\x07results\x18\x05 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"l\n\x0fReleaseResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\x12-\n\tdone_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xc8\x01\n\x0fPlatformOutcome\x12 \n\x1cPLATFORM_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLATFORM_OUTCOME_FOUND\x10\x01\x12\x19\n\x15PLATFORM_OUTCOME_NONE\x10\x02\x12 \n\x1cPLATFORM_OUTCOME_UNAVAILABLE\x10\x03\x12\x1c\n\x18PLATFORM_OUTCOME_REFUSED\x10\x04\x12\x1c\n\x18PLATFORM_OUTCOME_EXPIRED\x10\x05\x32\xa7\x05\n\x0eGatewayService\x12U\n\x0eGetTrustBundle\x12 .numfed.v1.GetTrustBundleRequest\x1a!.numfed.v1.GetTrustBundleResponse\x12R\n\rQueryBindings\x12\x1f.numfed.v1.QueryBindingsRequest\x1a .numfed.v1.QueryBindingsResponse\x12S\n\x0fReleaseBindings\x12!.numfed.v1.ReleaseBindingsRequest\x1a\x1d.google.longrunning.Operation\x12M\n\x0cGetOperation\x12\x1e.numfed.v1.GetOperationRequest\x1a\x1d.google.longrunning.Operation\x12S\n\x0eWatchOperation\x12 .numfed.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x12R\n\rCheckRecycled\x12\x1f.numfed.v1.CheckRecycledRequest\x1a .numfed.v1.CheckRecycledResponse\x12R\n\rPublishEvents\x12\x1f.numfed.v1.PublishEventsRequest\x1a .numfed.v1.PublishEventsResponse\x12I\n\nPullEvents\x12\x1c.numfed.v1.PullEventsRequest\x1a\x1d.numfed.v1.PullEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17numfed/v1/gateway.proto\x12\tnumfed.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16google/type/date.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\":\n\x14PublishEventsRequest\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"$\n\x15PublishEventsResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"A\n\x11PullEventsRequest\x12\x17\n\x0f\x61\x63k_through_seq\x18\x01 \x01(\x04\x12\x13\n\x0bmax_batches\x18\x02 \x01(\r\"@\n\x12PullEventsResponse\x12*\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x19.numfed.v1.SequencedBatch\"|\n\x14\x43heckRecycledRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0especified_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\"<\n\x15\x43heckRecycledResponse\x12#\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"3\n\x15GetTrustBundleRequest\x12\x1a\n\x12known_root_version\x18\x01 \x01(\x04\"\x8a\x01\n\x16GetTrustBundleResponse\x12\"\n\x05roots\x18\x01 \x03(\x0b\x32\x13.numfed.v1.Envelope\x12#\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\'\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x13.numfed.v1.Envelope\"P\n\x14QueryBindingsRequest\x12\"\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x14\n\x0cplatform_ids\x18\x02 \x03(\t\"\x80\x02\n\x0ePlatformResult\x12\x13\n\x0bplatform_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.numfed.v1.PlatformOutcome\x12+\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\x12\"\n\x06status\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12/\n\x0b\x61nswered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10omitted_bindings\x18\x07 \x01(\r\"C\n\x15QueryBindingsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"f\n\x16ReleaseBindingsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\x12\x14\n\x0cplatform_ids\x18\x03 \x03(\t\"\xcd\x01\n\x0fReleaseMetadata\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eplatforms_done\x18\x03 \x01(\r\x12\x17\n\x0fplatforms_total\x18\x04 \x01(\r\x12*\n\x07results\x18\x05 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\"l\n\x0fReleaseResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.numfed.v1.PlatformResult\x12-\n\tdone_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xc8\x01\n\x0fPlatformOutcome\x12 \n\x1cPLATFORM_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLATFORM_OUTCOME_FOUND\x10\x01\x12\x19\n\x15PLATFORM_OUTCOME_NONE\x10\x02\x12 \n\x1cPLATFORM_OUTCOME_UNAVAILABLE\x10\x03\x12\x1c\n\x18PLATFORM_OUTCOME_REFUSED\x10\x04\x12\x1c\n\x18PLATFORM_OUTCOME_EXPIRED\x10\x05\x32\xa7\x05\n\x0eGatewayService\x12U\n\x0eGetTrustBundle\x12 .numfed.v1.GetTrustBundleRequest\x1a!.numfed.v1.GetTrustBundleResponse\x12R\n\rQueryBindings\x12\x1f.numfed.v1.QueryBindingsRequest\x1a .numfed.v1.QueryBindingsResponse\x12S\n\x0fReleaseBindings\x12!.numfed.v1.ReleaseBindingsRequest\x1a\x1d.google.longrunning.Operation\x12M\n\x0cGetOperation\x12\x1e.numfed.v1.GetOperationRequest\x1a\x1d.google.longrunning.Operation\x12S\n\x0eWatchOperation\x12 .numfed.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x12R\n\rCheckRecycled\x12\x1f.numfed.v1.CheckRecycledRequest\x1a .numfed.v1.CheckRecycledResponse\x12R\n\rPublishEvents\x12\x1f.numfed.v1.PublishEventsRequest\x1a .numfed.v1.PublishEventsResponse\x12I\n\nPullEvents\x12\x1c.numfed.v1.PullEventsRequest\x1a\x1d.numfed.v1.PullEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLATFORMOUTCOME']._serialized_start=1683
-  _globals['_PLATFORMOUTCOME']._serialized_end=1883
+  _globals['_PLATFORMOUTCOME']._serialized_start=1751
+  _globals['_PLATFORMOUTCOME']._serialized_end=1951
   _globals['_PUBLISHEVENTSREQUEST']._serialized_start=229
   _globals['_PUBLISHEVENTSREQUEST']._serialized_end=287
   _globals['_PUBLISHEVENTSRESPONSE']._serialized_start=289
@@ -54,24 +54,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKRECYCLEDRESPONSE']._serialized_end=646
   _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=648
   _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=699
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=701
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=798
-  _globals['_QUERYBINDINGSREQUEST']._serialized_start=800
-  _globals['_QUERYBINDINGSREQUEST']._serialized_end=880
-  _globals['_PLATFORMRESULT']._serialized_start=883
-  _globals['_PLATFORMRESULT']._serialized_end=1113
-  _globals['_QUERYBINDINGSRESPONSE']._serialized_start=1115
-  _globals['_QUERYBINDINGSRESPONSE']._serialized_end=1182
-  _globals['_RELEASEBINDINGSREQUEST']._serialized_start=1184
-  _globals['_RELEASEBINDINGSREQUEST']._serialized_end=1286
-  _globals['_RELEASEMETADATA']._serialized_start=1289
-  _globals['_RELEASEMETADATA']._serialized_end=1494
-  _globals['_RELEASERESPONSE']._serialized_start=1496
-  _globals['_RELEASERESPONSE']._serialized_end=1604
-  _globals['_GETOPERATIONREQUEST']._serialized_start=1606
-  _globals['_GETOPERATIONREQUEST']._serialized_end=1641
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=1643
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=1680
-  _globals['_GATEWAYSERVICE']._serialized_start=1886
-  _globals['_GATEWAYSERVICE']._serialized_end=2565
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=702
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=840
+  _globals['_QUERYBINDINGSREQUEST']._serialized_start=842
+  _globals['_QUERYBINDINGSREQUEST']._serialized_end=922
+  _globals['_PLATFORMRESULT']._serialized_start=925
+  _globals['_PLATFORMRESULT']._serialized_end=1181
+  _globals['_QUERYBINDINGSRESPONSE']._serialized_start=1183
+  _globals['_QUERYBINDINGSRESPONSE']._serialized_end=1250
+  _globals['_RELEASEBINDINGSREQUEST']._serialized_start=1252
+  _globals['_RELEASEBINDINGSREQUEST']._serialized_end=1354
+  _globals['_RELEASEMETADATA']._serialized_start=1357
+  _globals['_RELEASEMETADATA']._serialized_end=1562
+  _globals['_RELEASERESPONSE']._serialized_start=1564
+  _globals['_RELEASERESPONSE']._serialized_end=1672
+  _globals['_GETOPERATIONREQUEST']._serialized_start=1674
+  _globals['_GETOPERATIONREQUEST']._serialized_end=1709
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=1711
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=1748
+  _globals['_GATEWAYSERVICE']._serialized_start=1954
+  _globals['_GATEWAYSERVICE']._serialized_end=2633
 # @@protoc_insertion_point(module_scope)

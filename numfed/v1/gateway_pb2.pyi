@@ -136,7 +136,9 @@ class PullEventsRequest(_message.Message):
     INVALID_ARGUMENT ACK_BEYOND_DELIVERED and changes nothing.
     """
     max_batches: _builtins.int
-    """1 to 100 batches; 0 means 20."""
+    """1 to 100 batches; 0 means 20. An answer also carries at most 3 MiB of batches (at least
+    one): a signed batch may be 64 KiB, so fewer may come; the rest come with the next pull.
+    """
     def __init__(
         self,
         *,
@@ -272,6 +274,7 @@ class GetTrustBundleResponse(_message.Message):
 
     ROOTS_FIELD_NUMBER: _builtins.int
     BUNDLE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def roots(self) -> _containers.RepeatedCompositeFieldContainer[_claim_pb2.Envelope]:
         """Envelopes of RootMetadata (trust.proto; payload_type "application/vnd.numfed.root+proto"),
@@ -285,15 +288,24 @@ class GetTrustBundleResponse(_message.Message):
         "application/vnd.numfed.trust-bundle+proto"), signed by the newest root's threshold.
         """
 
+    @_builtins.property
+    def checkpoint(self) -> _claim_pb2.Envelope:
+        """Envelope of the gateway's latest signed audit Checkpoint (numfed.v1.Checkpoint, payload_type
+        "application/vnd.numfed.audit-checkpoint+proto"); unset until the gateway has signed one.
+        Members verify it against the bundle's audit_keys and keep the largest they were given, so
+        that a later cut of the audit log is detectable (docs/operations.md, "Audit").
+        """
+
     def __init__(
         self,
         *,
         roots: _abc.Iterable[_claim_pb2.Envelope] | None = ...,
         bundle: _claim_pb2.Envelope | None = ...,
+        checkpoint: _claim_pb2.Envelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "roots", b"roots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "checkpoint", b"checkpoint", "roots", b"roots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,15 +353,22 @@ class PlatformResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    OMITTED_BINDINGS_FIELD_NUMBER: _builtins.int
     platform_id: _builtins.str
     """The platform, e.g. "weibo"."""
     outcome: Global___PlatformOutcome.ValueType
     """What the answer came to."""
     attempts: _builtins.int
     """How many calls were made to this platform (releases retry)."""
+    omitted_bindings: _builtins.int
+    """How many bindings were found or released beyond those the listed summaries count; for a
+    release, every one of them was released all the same. 0 when every one is listed.
+    """
     @_builtins.property
     def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
-        """Masked bindings found or released."""
+        """Masked bindings found or released: merged, at most 100 summaries and 8,000 bytes, largest
+        counts first (see BindingSummary), whatever the platform sent.
+        """
 
     @_builtins.property
     def status(self) -> _status_pb2.Status:
@@ -368,10 +387,11 @@ class PlatformResult(_message.Message):
         status: _status_pb2.Status | None = ...,
         attempts: _builtins.int = ...,
         answered_at: _timestamp_pb2.Timestamp | None = ...,
+        omitted_bindings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "attempts", b"attempts", "bindings", b"bindings", "outcome", b"outcome", "platform_id", b"platform_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "attempts", b"attempts", "bindings", b"bindings", "omitted_bindings", b"omitted_bindings", "outcome", b"outcome", "platform_id", b"platform_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,7 +37,10 @@ class GatewayServiceStub:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -106,7 +109,10 @@ class GatewayServiceServicer:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
@@ -117,7 +123,8 @@ class GatewayServiceServicer:
     """
 
     def GetTrustBundle(self, request, context):
-        """GetTrustBundle returns the signed root chain and the newest trust bundle. The gateway takes
+        """GetTrustBundle returns the signed root chain, the newest trust bundle and the gateway's
+        latest signed audit checkpoint. The gateway takes
         new trust files without a restart (within a second, or at once on SIGHUP) once they verify
         on top of the trust it holds, so roots and bundle only move forward; both come from the same
         load. Any member may call it. Errors: INVALID_ARGUMENT UNKNOWN_ROOT_VERSION
@@ -138,6 +145,10 @@ class GatewayServiceServicer:
         carrier's key), UNAUTHENTICATED (bad signature, expired claim, ISSUED_IN_FUTURE, unknown or
         revoked key, KEY_OUT_OF_WINDOW), INVALID_ARGUMENT (malformed claim or number, wrong purpose,
         unknown platform), RESOURCE_EXHAUSTED (overloaded, see above), DEADLINE_EXCEEDED.
+        Each platform's answer is bounded (PlatformResult.bindings, omitted_bindings). Claims going to
+        one platform at the same moment share a call; one claim whose answer breaks that call fails
+        alone (PLATFORM_OUTCOME_UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or PLATFORM_ITEM_FAILED)
+        and the others are answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +163,9 @@ class GatewayServiceServicer:
         ALREADY_EXISTS REQUEST_ID_REUSED (request_id used before with a different body) or
         CLAIM_ALREADY_USED (the claim made a job already under another request_id; ErrorInfo
         metadata "operation" names that job, which is the caller's own).
+        Releases going to one platform at the same moment share a call; a claim whose answer breaks
+        that call is retried alone (UNAVAILABLE, reason PLATFORM_ANSWER_TOO_LARGE or
+        PLATFORM_ITEM_FAILED, until the job's deadline) and the others are recorded as answered.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -173,10 +187,14 @@ class GatewayServiceServicer:
 
     def WatchOperation(self, request, context):
         """WatchOperation streams the operation each time its progress changes, ending after the
-        operation is done. A stream holds its admission slot while open: a caller may hold a share
-        of them (the gateway's limits.max_watches_per_caller, default a quarter of
-        limits.max_watches). Errors: as GetOperation, and RESOURCE_EXHAUSTED CALLER_OVERLOADED past
-        that share.
+        operation is done, or with OK after at most the gateway's limits.watch_max_age (default 300
+        s) while it is not: the last message then has done = false, and the caller watches again
+        (a new stream starts with the current state). A stream holds its admission slot while open:
+        a caller may hold a share of them (the gateway's limits.max_watches_per_caller, default a
+        quarter of limits.max_watches). A caller that stops answering HTTP/2 pings (dead, cut off,
+        frozen) has its connection closed, and its streams with their slots, after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s). Errors: as GetOperation,
+        and RESOURCE_EXHAUSTED CALLER_OVERLOADED past that share.
         AIP-151: long-running methods return google.longrunning.Operation itself.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -208,11 +226,17 @@ class GatewayServiceServicer:
         audited as PROBING_SUSPECTED.
 
         Errors: INVALID_ARGUMENT (malformed number; neither or both of specified_date and since;
-        BAD_DATE for a date that is not a calendar date), NOT_FOUND (no carrier serves the number),
-        OUT_OF_RANGE (the date is after the carrier's today, or before the carrier's history of the
-        number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate; RECYCLED_PROBE_BUDGET: the
-        platform asked about this number on too many distinct dates in the period; both with a
-        google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the carrier did not answer).
+        BAD_DATE for a date that is not a calendar date), NOT_FOUND (UNKNOWN_NUMBER: no carrier of
+        the numbering plan serves the number, or its carrier has no record of it),
+        FAILED_PRECONDITION (CARRIER_NOT_MEMBER: the carrier that serves the number is not a member
+        of this gateway), OUT_OF_RANGE (the date is after the carrier's today, or before the
+        carrier's history of the number), RESOURCE_EXHAUSTED (RATE_LIMITED: the per-second rate;
+        RECYCLED_PROBE_BUDGET: the platform asked about this number on too many distinct dates in
+        the period; both with a google.rpc.RetryInfo saying when to retry), UNAVAILABLE (the
+        carrier did not answer).
+
+        The same check is served over HTTPS as CAMARA Number Recycling's POST
+        /number-recycling/v0.2/check (docs/standards.md): same rate, budget and audit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -240,7 +264,8 @@ class GatewayServiceServicer:
     def PullEvents(self, request, context):
         """PullEvents is delivery for platforms that accept no inbound calls: it first acknowledges
         every batch up to ack_through_seq, then returns the next batches. At-least-once, in order.
-        Platforms only. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
+        Platforms only. A platform has one position in the log, whichever way it takes events:
+        SSF delivery (docs/standards.md) moves the same cursor, one SET at a time. Errors: INVALID_ARGUMENT BAD_MAX_BATCHES (max_batches out of range) or
         ACK_BEYOND_DELIVERED (ack_through_seq beyond the highest seq delivered to this platform;
         nothing is acknowledged), RESOURCE_EXHAUSTED (overloaded, see above).
         """
@@ -310,7 +335,10 @@ class GatewayService:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class.
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
+    UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
+    up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,

@@ -131,7 +131,11 @@ class HolderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchHolderRelease(self, request, context):
-        """WatchHolderRelease streams a release started in this session until it is done.
+        """WatchHolderRelease streams a release started in this session until it is done, or ends with
+        OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+        if sooner) while it is not: the last message then has done = false, and the app watches
+        again. An app that stops answering HTTP/2 pings has its stream ended after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s).
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME

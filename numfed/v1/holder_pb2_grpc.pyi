@@ -67,7 +67,11 @@ class HolderServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     WatchHolderRelease: _grpc.UnaryStreamMultiCallable[_holder_pb2.WatchHolderReleaseRequest, _operations_pb2.Operation]
-    """WatchHolderRelease streams a release started in this session until it is done.
+    """WatchHolderRelease streams a release started in this session until it is done, or ends with
+    OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+    if sooner) while it is not: the last message then has done = false, and the app watches
+    again. An app that stops answering HTTP/2 pings has its stream ended after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s).
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -125,7 +129,11 @@ class HolderServiceAsyncStub(HolderServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     WatchHolderRelease: _aio.UnaryStreamMultiCallable[_holder_pb2.WatchHolderReleaseRequest, _operations_pb2.Operation]  # type: ignore[assignment]
-    """WatchHolderRelease streams a release started in this session until it is done.
+    """WatchHolderRelease streams a release started in this session until it is done, or ends with
+    OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+    if sooner) while it is not: the last message then has done = false, and the app watches
+    again. An app that stops answering HTTP/2 pings has its stream ended after
+    limits.keepalive_time + limits.keepalive_timeout (default 15 s).
     Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -210,7 +218,11 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _holder_pb2.WatchHolderReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operations_pb2.Operation], _abc.AsyncIterator[_operations_pb2.Operation]]:
-        """WatchHolderRelease streams a release started in this session until it is done.
+        """WatchHolderRelease streams a release started in this session until it is done, or ends with
+        OK after at most the carrier's limits.watch_max_age (default 300 s, or the call's deadline
+        if sooner) while it is not: the last message then has done = false, and the app watches
+        again. An app that stops answering HTTP/2 pings has its stream ended after
+        limits.keepalive_time + limits.keepalive_timeout (default 15 s).
         Errors: UNAUTHENTICATED (no valid session), NOT_FOUND (not this session's operation).
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME

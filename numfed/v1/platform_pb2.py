@@ -28,7 +28,7 @@ from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 from numfed.v1 import events_pb2 as numfed_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18numfed/v1/platform.proto\x12\tnumfed.v1\x1a\x17google/rpc/status.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\"B\n\x14\x44\x65liverEventsRequest\x12*\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x19.numfed.v1.SequencedBatch\"0\n\x15\x44\x65liverEventsResponse\x12\x17\n\x0f\x61\x63k_through_seq\x18\x01 \x01(\x04\"@\n\tQueryItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\"@\n\x19\x42\x61tchQueryBindingsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.numfed.v1.QueryItem\"s\n\x0fQueryItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\"I\n\x1a\x42\x61tchQueryBindingsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.numfed.v1.QueryItemResult\"B\n\x0bReleaseItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\"D\n\x1b\x42\x61tchReleaseBindingsRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.numfed.v1.ReleaseItem\"\x87\x01\n\x11ReleaseItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08released\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"M\n\x1c\x42\x61tchReleaseBindingsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.numfed.v1.ReleaseItemResult2\xb1\x02\n\x0fPlatformService\x12\x61\n\x12\x42\x61tchQueryBindings\x12$.numfed.v1.BatchQueryBindingsRequest\x1a%.numfed.v1.BatchQueryBindingsResponse\x12g\n\x14\x42\x61tchReleaseBindings\x12&.numfed.v1.BatchReleaseBindingsRequest\x1a\'.numfed.v1.BatchReleaseBindingsResponse\x12R\n\rDeliverEvents\x12\x1f.numfed.v1.DeliverEventsRequest\x1a .numfed.v1.DeliverEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18numfed/v1/platform.proto\x12\tnumfed.v1\x1a\x17google/rpc/status.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\"B\n\x14\x44\x65liverEventsRequest\x12*\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x19.numfed.v1.SequencedBatch\"0\n\x15\x44\x65liverEventsResponse\x12\x17\n\x0f\x61\x63k_through_seq\x18\x01 \x01(\x04\"@\n\tQueryItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\"@\n\x19\x42\x61tchQueryBindingsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.numfed.v1.QueryItem\"\x8d\x01\n\x0fQueryItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\x12\x18\n\x10omitted_bindings\x18\x04 \x01(\r\"I\n\x1a\x42\x61tchQueryBindingsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.numfed.v1.QueryItemResult\"B\n\x0bReleaseItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x05\x63laim\x18\x02 \x01(\x0b\x32\x13.numfed.v1.Envelope\"D\n\x1b\x42\x61tchReleaseBindingsRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.numfed.v1.ReleaseItem\"\xa1\x01\n\x11ReleaseItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08released\x18\x03 \x03(\x0b\x32\x19.numfed.v1.BindingSummary\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x18\n\x10omitted_bindings\x18\x05 \x01(\r\"M\n\x1c\x42\x61tchReleaseBindingsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.numfed.v1.ReleaseItemResult2\xb1\x02\n\x0fPlatformService\x12\x61\n\x12\x42\x61tchQueryBindings\x12$.numfed.v1.BatchQueryBindingsRequest\x1a%.numfed.v1.BatchQueryBindingsResponse\x12g\n\x14\x42\x61tchReleaseBindings\x12&.numfed.v1.BatchReleaseBindingsRequest\x1a\'.numfed.v1.BatchReleaseBindingsResponse\x12R\n\rDeliverEvents\x12\x1f.numfed.v1.DeliverEventsRequest\x1a .numfed.v1.DeliverEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,18 +43,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYITEM']._serialized_end=318
   _globals['_BATCHQUERYBINDINGSREQUEST']._serialized_start=320
   _globals['_BATCHQUERYBINDINGSREQUEST']._serialized_end=384
-  _globals['_QUERYITEMRESULT']._serialized_start=386
-  _globals['_QUERYITEMRESULT']._serialized_end=501
-  _globals['_BATCHQUERYBINDINGSRESPONSE']._serialized_start=503
-  _globals['_BATCHQUERYBINDINGSRESPONSE']._serialized_end=576
-  _globals['_RELEASEITEM']._serialized_start=578
-  _globals['_RELEASEITEM']._serialized_end=644
-  _globals['_BATCHRELEASEBINDINGSREQUEST']._serialized_start=646
-  _globals['_BATCHRELEASEBINDINGSREQUEST']._serialized_end=714
-  _globals['_RELEASEITEMRESULT']._serialized_start=717
-  _globals['_RELEASEITEMRESULT']._serialized_end=852
-  _globals['_BATCHRELEASEBINDINGSRESPONSE']._serialized_start=854
-  _globals['_BATCHRELEASEBINDINGSRESPONSE']._serialized_end=931
-  _globals['_PLATFORMSERVICE']._serialized_start=934
-  _globals['_PLATFORMSERVICE']._serialized_end=1239
+  _globals['_QUERYITEMRESULT']._serialized_start=387
+  _globals['_QUERYITEMRESULT']._serialized_end=528
+  _globals['_BATCHQUERYBINDINGSRESPONSE']._serialized_start=530
+  _globals['_BATCHQUERYBINDINGSRESPONSE']._serialized_end=603
+  _globals['_RELEASEITEM']._serialized_start=605
+  _globals['_RELEASEITEM']._serialized_end=671
+  _globals['_BATCHRELEASEBINDINGSREQUEST']._serialized_start=673
+  _globals['_BATCHRELEASEBINDINGSREQUEST']._serialized_end=741
+  _globals['_RELEASEITEMRESULT']._serialized_start=744
+  _globals['_RELEASEITEMRESULT']._serialized_end=905
+  _globals['_BATCHRELEASEBINDINGSRESPONSE']._serialized_start=907
+  _globals['_BATCHRELEASEBINDINGSRESPONSE']._serialized_end=984
+  _globals['_PLATFORMSERVICE']._serialized_start=987
+  _globals['_PLATFORMSERVICE']._serialized_end=1292
 # @@protoc_insertion_point(module_scope)

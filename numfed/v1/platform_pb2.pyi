@@ -137,8 +137,13 @@ class QueryItemResult(_message.Message):
     ITEM_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     BINDINGS_FIELD_NUMBER: _builtins.int
+    OMITTED_BINDINGS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item_id of the item answered."""
+    omitted_bindings: _builtins.int
+    """How many bindings were found beyond those the listed summaries count (past the cap of 100
+    summaries or 8,000 bytes); 0 when every one is listed.
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
@@ -147,7 +152,9 @@ class QueryItemResult(_message.Message):
 
     @_builtins.property
     def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
-        """The masked bindings found; empty when none or when refused."""
+        """The masked bindings found, merged and capped (see BindingSummary); empty when none or when
+        refused.
+        """
 
     def __init__(
         self,
@@ -155,10 +162,11 @@ class QueryItemResult(_message.Message):
         item_id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
         bindings: _abc.Iterable[_binding_pb2.BindingSummary] | None = ...,
+        omitted_bindings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "item_id", b"item_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "item_id", b"item_id", "omitted_bindings", b"omitted_bindings", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,10 +260,15 @@ class ReleaseItemResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     RELEASED_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    OMITTED_BINDINGS_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item_id of the item answered."""
     replayed: _builtins.bool
     """True when this claim had been applied before and this is the stored first result."""
+    omitted_bindings: _builtins.int
+    """How many bindings were released beyond those the listed summaries count; every one of them
+    was released all the same.
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """OK, or why this claim was refused (with one google.rpc.ErrorInfo in details). A reason that
@@ -265,7 +278,9 @@ class ReleaseItemResult(_message.Message):
 
     @_builtins.property
     def released(self) -> _containers.RepeatedCompositeFieldContainer[_binding_pb2.BindingSummary]:
-        """Masked summaries of what was released (empty when nothing was bound)."""
+        """Masked summaries of what was released, merged and capped (see BindingSummary); empty when
+        nothing was bound.
+        """
 
     def __init__(
         self,
@@ -274,10 +289,11 @@ class ReleaseItemResult(_message.Message):
         status: _status_pb2.Status | None = ...,
         released: _abc.Iterable[_binding_pb2.BindingSummary] | None = ...,
         replayed: _builtins.bool = ...,
+        omitted_bindings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "released", b"released", "replayed", b"replayed", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "omitted_bindings", b"omitted_bindings", "released", b"released", "replayed", b"replayed", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,7 +59,12 @@ class PlatformServiceStub:
     BatchQueryBindings: _grpc.UnaryUnaryMultiCallable[_platform_pb2.BatchQueryBindingsRequest, _platform_pb2.BatchQueryBindingsResponse]
     """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
     PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-    bindings with bound_at >= tenure_start, each with a binding_ref.
+    bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+    (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+    omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+    batches of at most 500 items and under 4 MiB; when a whole call fails with
+    RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+    batch again on its own, down to single claims, so a claim that breaks the call fails alone.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
@@ -80,7 +85,9 @@ class PlatformServiceStub:
     touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
     A release claim is still applied up to one hour after it expired (the gateway retries until
     the platform answers); a claim applied before is answered from its stored first result, and
-    so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+    so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+    stored answer is bounded like a query's (every binding chosen is released, the summaries are
+    capped), so a replay is as small as the first answer.
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
     """
@@ -131,7 +138,12 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     BatchQueryBindings: _aio.UnaryUnaryMultiCallable[_platform_pb2.BatchQueryBindingsRequest, _platform_pb2.BatchQueryBindingsResponse]  # type: ignore[assignment]
     """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
     PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-    bindings with bound_at >= tenure_start, each with a binding_ref.
+    bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+    (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+    omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+    batches of at most 500 items and under 4 MiB; when a whole call fails with
+    RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+    batch again on its own, down to single claims, so a claim that breaks the call fails alone.
     Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
     (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
     Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
@@ -152,7 +164,9 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
     A release claim is still applied up to one hour after it expired (the gateway retries until
     the platform answers); a claim applied before is answered from its stored first result, and
-    so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+    so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+    stored answer is bounded like a query's (every binding chosen is released, the summaries are
+    capped), so a replay is as small as the first answer.
     Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
     unknown or not of the holder's own tenure).
     """
@@ -206,7 +220,12 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_platform_pb2.BatchQueryBindingsResponse, _abc.Awaitable[_platform_pb2.BatchQueryBindingsResponse]]:
         """BatchQueryBindings answers each claim of the batch on its own. A claim of purpose
         PURPOSE_QUERY_PRIOR lists bindings with bound_at < tenure_start; PURPOSE_QUERY_OWN lists
-        bindings with bound_at >= tenure_start, each with a binding_ref.
+        bindings with bound_at >= tenure_start, each with a binding_ref. Each answer is bounded
+        (BindingSummary: merged, at most 100 summaries and 8,000 bytes, the rest counted in
+        omitted_bindings), so the answer to a full batch fits one 4 MiB message. The gateway sends
+        batches of at most 500 items and under 4 MiB; when a whole call fails with
+        RESOURCE_EXHAUSTED (a message over the cap), INTERNAL or UNKNOWN, it sends each half of the
+        batch again on its own, down to single claims, so a claim that breaks the call fails alone.
         Errors for the whole call: PERMISSION_DENIED (caller is not the gateway), INVALID_ARGUMENT
         (empty batch, duplicate item_id, more than 500 items), RESOURCE_EXHAUSTED (overloaded).
         Errors per item (in QueryItemResult.status): UNAUTHENTICATED (bad or unknown signature, key
@@ -233,7 +252,9 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         touches a binding with bound_at >= tenure_start unless the holder selected it (RELEASE_OWN).
         A release claim is still applied up to one hour after it expired (the gateway retries until
         the platform answers); a claim applied before is answered from its stored first result, and
-        so is a refused RELEASE_OWN selection: the same claim always gets the same answer.
+        so is a refused RELEASE_OWN selection: the same claim always gets the same answer. That
+        stored answer is bounded like a query's (every binding chosen is released, the summaries are
+        capped), so a replay is as small as the first answer.
         Errors: as BatchQueryBindings; per item also FAILED_PRECONDITION (a selected binding_ref is
         unknown or not of the holder's own tenure).
         """

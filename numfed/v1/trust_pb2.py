@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15numfed/v1/trust.proto\x12\tnumfed.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\talgorithm\x18\x02 \x01(\x0e\x32\x17.numfed.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x03 \x01(\x0c\"\x86\x01\n\x0cRootMetadata\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.numfed.v1.PublicKey\x12\x11\n\tthreshold\x18\x04 \x01(\r\"\xbb\x01\n\nCarrierKey\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.numfed.v1.PublicKey\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fnumber_prefixes\x18\x05 \x03(\t\"\xdc\x02\n\x0bTrustBundle\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x0c\x63\x61rrier_keys\x18\x04 \x03(\x0b\x32\x15.numfed.v1.CarrierKey\x12\x17\n\x0frevoked_key_ids\x18\x05 \x03(\t\x12-\n\rnumber_ranges\x18\x06 \x03(\x0b\x32\x16.numfed.v1.NumberRange\x12\x31\n\x0emax_clock_skew\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12max_claim_lifetime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x0bNumberRange\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t*m\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x01\x12#\n\x1fKEY_ALGORITHM_ECDSA_P256_SHA256\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15numfed/v1/trust.proto\x12\tnumfed.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\talgorithm\x18\x02 \x01(\x0e\x32\x17.numfed.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x03 \x01(\x0c\"\x86\x01\n\x0cRootMetadata\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.numfed.v1.PublicKey\x12\x11\n\tthreshold\x18\x04 \x01(\r\"\xbb\x01\n\nCarrierKey\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.numfed.v1.PublicKey\x12\x12\n\ncarrier_id\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fnumber_prefixes\x18\x05 \x03(\t\"\x85\x03\n\x0bTrustBundle\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x0c\x63\x61rrier_keys\x18\x04 \x03(\x0b\x32\x15.numfed.v1.CarrierKey\x12\x17\n\x0frevoked_key_ids\x18\x05 \x03(\t\x12-\n\rnumber_ranges\x18\x06 \x03(\x0b\x32\x16.numfed.v1.NumberRange\x12\x31\n\x0emax_clock_skew\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12max_claim_lifetime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\naudit_keys\x18\t \x03(\x0b\x32\x13.numfed.v1.AuditKey\"\x8c\x01\n\x08\x41uditKey\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.numfed.v1.PublicKey\x12.\n\nnot_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x0bNumberRange\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\ncarrier_id\x18\x02 \x01(\t*m\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x01\x12#\n\x1fKEY_ALGORITHM_ECDSA_P256_SHA256\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.trust_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYALGORITHM']._serialized_start=928
-  _globals['_KEYALGORITHM']._serialized_end=1037
+  _globals['_KEYALGORITHM']._serialized_start=1112
+  _globals['_KEYALGORITHM']._serialized_end=1221
   _globals['_PUBLICKEY']._serialized_start=101
   _globals['_PUBLICKEY']._serialized_end=197
   _globals['_ROOTMETADATA']._serialized_start=200
@@ -42,7 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CARRIERKEY']._serialized_start=337
   _globals['_CARRIERKEY']._serialized_end=524
   _globals['_TRUSTBUNDLE']._serialized_start=527
-  _globals['_TRUSTBUNDLE']._serialized_end=875
-  _globals['_NUMBERRANGE']._serialized_start=877
-  _globals['_NUMBERRANGE']._serialized_end=926
+  _globals['_TRUSTBUNDLE']._serialized_end=916
+  _globals['_AUDITKEY']._serialized_start=919
+  _globals['_AUDITKEY']._serialized_end=1059
+  _globals['_NUMBERRANGE']._serialized_start=1061
+  _globals['_NUMBERRANGE']._serialized_end=1110
 # @@protoc_insertion_point(module_scope)

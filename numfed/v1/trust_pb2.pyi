@@ -207,6 +207,7 @@ class TrustBundle(_message.Message):
     NUMBER_RANGES_FIELD_NUMBER: _builtins.int
     MAX_CLOCK_SKEW_FIELD_NUMBER: _builtins.int
     MAX_CLAIM_LIFETIME_FIELD_NUMBER: _builtins.int
+    AUDIT_KEYS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Grows with each published bundle. A verifier accepts any higher version than the one it holds
     (versions may be skipped: a verifier that missed some is not under attack, as for TUF's
@@ -264,6 +265,12 @@ class TrustBundle(_message.Message):
         30 min. Above 0 and at most 1 day; otherwise MALFORMED_BUNDLE.
         """
 
+    @_builtins.property
+    def audit_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditKey]:
+        """The gateway's audit keys: each signs audit Checkpoints (numfed.v1.Checkpoint) while valid.
+        Kept in the bundle after they stop signing, so older checkpoints stay verifiable.
+        """
+
     def __init__(
         self,
         *,
@@ -275,14 +282,53 @@ class TrustBundle(_message.Message):
         number_ranges: _abc.Iterable[Global___NumberRange] | None = ...,
         max_clock_skew: _duration_pb2.Duration | None = ...,
         max_claim_lifetime: _duration_pb2.Duration | None = ...,
+        audit_keys: _abc.Iterable[Global___AuditKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_keys", b"audit_keys", "carrier_keys", b"carrier_keys", "expires_at", b"expires_at", "issued_at", b"issued_at", "max_claim_lifetime", b"max_claim_lifetime", "max_clock_skew", b"max_clock_skew", "number_ranges", b"number_ranges", "revoked_key_ids", b"revoked_key_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
+
+@_typing.final
+class AuditKey(_message.Message):
+    """AuditKey is one gateway audit key with its validity window. A checkpoint counts only when it
+    is signed by an audit key valid at the checkpoint's issued_at and not revoked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___PublicKey:
+        """The key (Ed25519)."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued before this moment (UTC)."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """The key signs no checkpoint issued after this moment (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___PublicKey | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditKey: _TypeAlias = AuditKey  # noqa: Y015
 
 @_typing.final
 class NumberRange(_message.Message):

@@ -51,6 +51,8 @@ def test_serve_runs_until_sigterm(layout: FederationLayout) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0, out.decode()
     assert b"China Unicom" in out
 

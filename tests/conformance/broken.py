@@ -907,11 +907,11 @@ class LeaksAccountId(BrokenPlatform):
 
     breaks = "PLAT-ANS-5"
 
-    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> list[Any]:
-        summaries = super()._summaries(found, with_refs=with_refs)
-        for s, b in zip(summaries, found, strict=True):
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> tuple[list[Any], int]:
+        summaries, omitted = super()._summaries(found, with_refs=with_refs)
+        for s, b in zip(summaries, found, strict=False):  # fewer summaries: merged, capped
             s.masked_label = f"account {b.account_id}"
-        return summaries
+        return summaries, omitted
 
 
 # --- platforms: releases and queries (PLAT-REL) -----------------------------------------------
@@ -932,8 +932,9 @@ class _Selecting(BrokenPlatform):
             if chosen is None:
                 return reference_select(found)
             own_tenure = v.claim.purpose is Purpose.RELEASE_OWN
+            released, omitted = self._summaries(chosen, with_refs=own_tenure)
             result = platform_pb2.ReleaseItemResult(
-                status=ok_status(), released=self._summaries(chosen, with_refs=own_tenure)
+                status=ok_status(), released=released, omitted_bindings=omitted
             )
             return [b.binding_id for b in chosen], result.SerializeToString()
 
@@ -1047,7 +1048,7 @@ class ListsReleasedBindings(BrokenPlatform):
 
     breaks = "PLAT-REL-7"
 
-    def _listed(self, v: VerifiedClaim, bindings: list[Binding]) -> list[Any]:
+    def _listed(self, v: VerifiedClaim, bindings: list[Binding]) -> tuple[list[Any], int]:
         if v.claim.purpose is not Purpose.QUERY_PRIOR:
             return super()._listed(v, bindings)
         found = [b for b in bindings if b.bound_at < v.claim.tenure_start]
@@ -1059,11 +1060,11 @@ class CountsUnset(BrokenPlatform):
 
     breaks = "PLAT-REL-8"
 
-    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> list[Any]:
-        summaries = super()._summaries(found, with_refs=with_refs)
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> tuple[list[Any], int]:
+        summaries, omitted = super()._summaries(found, with_refs=with_refs)
         for s in summaries:
             s.ClearField("count")
-        return summaries
+        return summaries, omitted
 
 
 # --- platforms: events (PLAT-EVT) -------------------------------------------------------------

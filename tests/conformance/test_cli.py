@@ -28,7 +28,12 @@ async def _numfed(*args: str) -> tuple[int, str]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "200"},
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: it must not outlive the test
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 
@@ -39,6 +44,17 @@ def _serve(role: str, config: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM and wait for the exit code; a process still running after 10 s is killed."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def _failures(junit: Path) -> list[str]:
@@ -96,8 +112,7 @@ async def test_platform_init_serve_and_kit_as_processes(tmp_path: Path) -> None:
             ("refreshes_when_told_behind", "XPASS"),
         ]
     finally:
-        platform.send_signal(signal.SIGTERM)
-        assert platform.wait(10) == 0
+        assert _stop(platform) == 0
 
 
 async def test_carrier_init_serve_and_kit_as_processes(tmp_path: Path) -> None:
@@ -119,8 +134,7 @@ async def test_carrier_init_serve_and_kit_as_processes(tmp_path: Path) -> None:
         assert f"{len(CARRIER_SUITE.names)} of {len(CARRIER_SUITE.names)} checks passed" in out
         assert _failures(junit) == []
     finally:
-        carrier.send_signal(signal.SIGTERM)
-        assert carrier.wait(10) == 0
+        assert _stop(carrier) == 0
 
 
 async def test_unknown_check_is_a_usage_error(tmp_path: Path) -> None:

@@ -8,11 +8,9 @@ serializer is the identity), so a client-side check can never hide a malformed r
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
-import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +53,7 @@ from numfed.v1 import (
 )
 from platform_stubs.reference import POLICY as PLATFORM_POLICY
 from platform_stubs.store import applied_events, applied_releases, bindings
+from tests.helpers.loopthread import LoopThread
 from tests.integration.conftest import Federation, start_federation
 from tests.integration.holder import sms_code
 
@@ -166,14 +165,18 @@ class LiveFederation:
     """A running federation in a background thread, and synchronous clients to it."""
 
     def __init__(self, root: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-fed", daemon=True)
-        self._thread.start()
-        self.fed: Federation = self.run(
-            start_federation(root, limits={"recycled_rate": 10_000.0, "recycled_burst": 10_000.0}),
-            60,
-        )
+        self._loop = LoopThread("fuzz-fed")
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        try:
+            self.fed: Federation = self.run(
+                start_federation(
+                    root, limits={"recycled_rate": 10_000.0, "recycled_burst": 10_000.0}
+                ),
+                60,
+            )
+        except BaseException:
+            self._loop.close()
+            raise
         self._seeds: dict[str, tuple[float, list[Message]]] = {}
         self._session: tuple[float, str, str] | None = None
         self.operation = ""
@@ -181,12 +184,16 @@ class LiveFederation:
         self.holder_operation = ""
         self.calls: dict[str, int] = {}
         self.codes: dict[str, dict[str, int]] = {}
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()  # the fixture gets no federation to close
+            raise
 
     # -- plumbing -------------------------------------------------------------------------
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self._loop.run(coro, timeout)
 
     def close(self) -> None:
         for ch in self._channels.values():
@@ -194,9 +201,7 @@ class LiveFederation:
         try:
             self.run(self.fed.stop(), 60)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(30)
-            self.loop.close()
+            self._loop.close()
 
     @property
     def pki_dir(self) -> Path:

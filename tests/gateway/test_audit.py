@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import sqlalchemy as sa
 from gateway.audit import AuditRecord, append, read_chain
 from gateway.schema import audit_log
 from gateway.store import Store
+from numfed import pki
 from numfed.cli import main
+from numfed.federation import write_trust
 
 RECORDS = [
     AuditRecord(
@@ -50,7 +53,8 @@ def test_removed_entry_detected(engine: sa.Engine) -> None:
 
 
 def test_removed_last_entry_changes_nothing_before_it(engine: sa.Engine) -> None:
-    # Truncation at the end leaves a valid shorter chain; the count shows it.
+    # Truncation at the end leaves a valid shorter chain: only a signed checkpoint of the head
+    # that someone else holds shows it (tests/integration/test_audit_checkpoints.py).
     with engine.begin() as c:
         c.execute(sa.delete(audit_log).where(audit_log.c.seq == 6))
     assert read_chain(engine).entries == 5
@@ -83,6 +87,8 @@ def test_rewritten_hash_is_still_detected_by_the_next_link(engine: sa.Engine) ->
 
 
 def test_cli_verify(tmp_path: Path, engine: sa.Engine) -> None:
+    layout = pki.init_pki(tmp_path / "pki", carriers=("cmcc",), platforms=())
+    write_trust(layout.root, tmp_path / "trust", now=datetime.now(UTC), carriers=("cmcc",))
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(
         '[gateway]\nlisten = "127.0.0.1:1"\npki_dir = "pki"\ntrust_dir = "trust"\n'

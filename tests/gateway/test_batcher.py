@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.batcher import Batcher, BatchTimeout
+from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect, split
 
 
 async def settle() -> None:
@@ -130,3 +130,121 @@ async def test_a_shared_batch_call_survives_while_one_caller_still_waits() -> No
     x.cancel()
     await settle()
     assert await y == "r2"
+
+
+async def test_a_batch_is_cut_by_size_as_well_as_by_count() -> None:
+    """Items' sizes count against ``max_bytes``: a batch never carries more (one item larger
+    than that goes alone), and a queue holding that many bytes is a full batch."""
+    p = Platform()
+    b: Batcher[int, str] = Batcher(
+        p.send, max_items=100, max_in_flight=3, max_bytes=10, size=lambda i: i
+    )
+    tasks = [asyncio.create_task(b.submit(i, 5.0)) for i in (1, 4, 5, 3, 12, 2)]
+    await settle()
+    # 1 alone (idle); then full batches while calls may go out: 4+5 (3 more would be 12 bytes),
+    # then 3 (12 more would be 15); 12 and 2 wait for a call to return.
+    assert p.batches == [[1], [4, 5], [3]]
+    p.gate.set()
+    assert [await t for t in tasks] == [f"r{i}" for i in (1, 4, 5, 3, 12, 2)]
+    assert p.batches[3:] == [[12], [2]]
+
+
+def test_split_keeps_order_and_bounds_each_batch() -> None:
+    sizes = [3, 3, 3, 11, 1, 1, 1, 1]
+    batches = split(sizes, size=lambda n: n, max_items=3, max_bytes=7)
+    assert batches == [[3, 3], [3], [11], [1, 1, 1], [1]]
+    assert split([], size=lambda n: n, max_items=3, max_bytes=7) == []
+
+
+class Poisoned:
+    """A fake platform whose calls fail whenever they carry a bad item."""
+
+    def __init__(self, bad: set[int], error: Exception) -> None:
+        self.bad = bad
+        self.error = error
+        self.calls: list[list[int]] = []
+
+    async def send(self, items: Sequence[int], timeout: float) -> list[str]:
+        self.calls.append(list(items))
+        if self.bad & set(items):
+            raise self.error
+        return [f"r{i}" for i in items]
+
+
+def failed(item: int, exc: Exception) -> str:
+    return f"failed {item}: {type(exc).__name__}"
+
+
+class Splittable(Exception):
+    pass
+
+
+async def test_bisection_fails_the_bad_item_alone() -> None:
+    p = Poisoned({5}, Splittable())
+    results = await bisect(
+        list(range(8)),
+        p.send,
+        5.0,
+        splits=lambda e: isinstance(e, Splittable),
+        failed=failed,
+        size=lambda _i: 1,
+        max_bytes=100,
+    )
+    assert results == [*(f"r{i}" for i in range(5)), "failed 5: Splittable", "r6", "r7"]
+    # One call per level down to the bad item, each half on its own, one after the other.
+    assert p.calls == [list(range(8)), [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [4], [5], [6, 7]]
+
+
+async def test_a_failure_no_item_causes_fails_the_batch_as_before() -> None:
+    p = Poisoned({5}, ConnectionError("down"))
+    with pytest.raises(ConnectionError):
+        await bisect(
+            list(range(8)),
+            p.send,
+            5.0,
+            splits=lambda e: isinstance(e, Splittable),
+            failed=failed,
+            size=lambda _i: 1,
+            max_bytes=100,
+        )
+    assert p.calls == [list(range(8))]  # no bisection: the platform is down, not an item
+
+
+async def test_bisection_stays_within_the_first_calls_deadline() -> None:
+    class Slow(Poisoned):
+        async def send(self, items: Sequence[int], timeout: float) -> list[str]:
+            self.calls.append(list(items))
+            await asyncio.sleep(min(timeout, 0.2))
+            if timeout <= 0.2:
+                raise TimeoutError
+            raise Splittable()
+
+    p = Slow(set(), Splittable())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await bisect(
+        list(range(4)),
+        p.send,
+        0.5,
+        splits=lambda e: isinstance(e, Splittable),
+        failed=failed,
+        size=lambda _i: 1,
+        max_bytes=100,
+    )
+    assert loop.time() - started < 0.9
+    assert len(results) == 4 and all(r.startswith("failed") for r in results)
+
+
+async def test_an_item_too_large_alone_is_never_sent_and_a_batch_too_large_is_split_first() -> None:
+    p = Poisoned(set(), Splittable())
+    results = await bisect(
+        [1, 2, 30, 3],
+        p.send,
+        5.0,
+        splits=lambda e: isinstance(e, Splittable),
+        failed=failed,
+        size=lambda i: i,
+        max_bytes=10,
+    )
+    assert results == ["r1", "r2", f"failed 30: {ItemTooLarge.__name__}", "r3"]
+    assert [30] not in p.calls and all(sum(c) <= 10 for c in p.calls)

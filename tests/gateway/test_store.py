@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from gateway.schema import release_jobs, release_tasks, task_leases
-from gateway.store import TASK_DONE, JobRow, Store, TaskUpdate
+from gateway.store import TASK_DONE, TASK_PENDING, JobRow, Renewal, Store, TaskUpdate
 from numfed.errors import FailedPrecondition
+from numfed.pgtemp import TempPostgres
 
 T0 = 1_800_000_000_000_000
 SECOND = 1_000_000
@@ -141,12 +146,12 @@ def test_lease_record_shows_takeover_after_expiry_and_heartbeat(store: Store) ->
     store.create_job(job(), ["weibo"])
     store.claim_due("A", T0, 10 * SECOND, 10)
     # A's heartbeat keeps the task: B cannot take it at T0+15s.
-    assert store.renew("A", [("a" * 32, "weibo")], T0 + 8 * SECOND, 10 * SECOND) == 1
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 8 * SECOND, 10 * SECOND) == Renewal(1, 0)
     assert store.claim_due("B", T0 + 15 * SECOND, 10 * SECOND, 10) == []
     # A falls silent; after its lease runs out, B takes over and A's late outcome is refused.
     taken = store.claim_due("B", T0 + 19 * SECOND, 10 * SECOND, 10)
     assert len(taken) == 1
-    assert store.renew("A", [("a" * 32, "weibo")], T0 + 20 * SECOND, 10 * SECOND) == 0
+    assert store.renew("A", [("a" * 32, "weibo")], T0 + 20 * SECOND, 10 * SECOND) == Renewal(0, 1)
     late = TaskUpdate("a" * 32, "weibo", True, 1, b"late", T0)
     assert store.record("A", [late], T0 + 21 * SECOND) == set()
     assert store.record("B", [late], T0 + 22 * SECOND) == {"a" * 32}
@@ -156,6 +161,24 @@ def test_lease_record_shows_takeover_after_expiry_and_heartbeat(store: Store) ->
         ("A", T0, T0 + 18 * SECOND, False),
         ("B", T0 + 19 * SECOND, T0 + 22 * SECOND, True),
     ]
+
+
+def test_a_task_finished_between_heartbeats_is_not_a_lost_lease(store: Store) -> None:
+    """The dispatcher's heartbeat reads the tasks it holds, then renews them; a batch answered
+    in between records its tasks done. Those were finished, not lost: only a task another owner
+    took over is (with one replica, every heartbeat after a batch came back warned "N of N
+    leases were lost to other replicas")."""
+    store.create_job(job(), ["weibo", "taobao", "douyin"])
+    store.claim_due("A", T0, 10 * SECOND, 10)
+    done = TaskUpdate("a" * 32, "weibo", True, 1, b"found", T0)
+    store.record("A", [done], T0 + SECOND)
+    # taobao's lease runs out and B takes it over; douyin's is still A's.
+    store.renew("A", [("a" * 32, "douyin")], T0 + 8 * SECOND, 10 * SECOND)
+    assert [t.platform_id for t, _j in store.claim_due("B", T0 + 11 * SECOND, 10 * SECOND, 10)] == [
+        "taobao"
+    ]
+    keys = [("a" * 32, p) for p in ("weibo", "taobao", "douyin")]
+    assert store.renew("A", keys, T0 + 12 * SECOND, 10 * SECOND) == Renewal(held=1, lost=1)
 
 
 def test_releasing_own_leases_leaves_other_replicas_alone(store: Store) -> None:
@@ -168,6 +191,74 @@ def test_releasing_own_leases_leaves_other_replicas_alone(store: Store) -> None:
     with store.engine.connect() as c:
         a = c.execute(sa.select(task_leases).where(task_leases.c.owner == "A")).one()
     assert a.until_us == T0 + SECOND and a.finished
+
+
+def _wait_for_lock_waiters(engine: sa.Engine, n: int, timeout: float = 10.0) -> None:
+    """Until ``n`` sessions of this database wait for a lock (PostgreSQL)."""
+    deadline = time.monotonic() + timeout
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while conn.execute(query).scalar_one() < n:
+            assert time.monotonic() < deadline, f"fewer than {n} sessions came to wait for a lock"
+            time.sleep(0.01)
+
+
+def test_recording_while_giving_back_leases_waits_and_never_deadlocks(
+    postgres: TempPostgres,
+) -> None:
+    """A batch's outcome is recorded while its replica gives back its leases (a stop).
+
+    A third session holds one task row, so both queue behind it and then meet head on; the
+    record gets the row first. Both lock the task rows before the lease records, in key order,
+    so the lease release waits for the record. (It used to take the lease records first:
+    PostgreSQL found a deadlock and aborted one, and the gateway's stop failed with it.)
+    """
+    url = postgres.create_database(f"lockorder_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+    store = Store(url)
+    try:
+        store.migrate()
+        store.create_job(job(), ["taobao", "weibo"])
+        store.claim_due("A", T0, 30 * SECOND, 10)
+        outcomes: dict[str, object] = {}
+
+        def run(name: str, work: Callable[[], object]) -> threading.Thread:
+            def target() -> None:
+                try:
+                    outcomes[name] = work()
+                except Exception as exc:
+                    outcomes[name] = exc
+
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            return thread
+
+        outcome = TaskUpdate("a" * 32, "weibo", True, 1, b"r", T0)
+        with store.engine.connect() as gate:
+            gate.execute(
+                sa.select(release_tasks.c.job_id)
+                .where(release_tasks.c.platform_id == "weibo")
+                .with_for_update()
+            )
+            threads = [run("record", lambda: store.record("A", [outcome], T0 + SECOND))]
+            _wait_for_lock_waiters(store.engine, 1)
+            threads.append(run("release", lambda: store.release_leases("A", T0 + 2 * SECOND)))
+            _wait_for_lock_waiters(store.engine, 2)
+            gate.rollback()
+        for thread in threads:
+            thread.join(30)
+        assert outcomes == {"record": {"a" * 32}, "release": 1}
+        found = store.get_job("a" * 32)
+        assert found is not None
+        assert [(t.platform_id, t.state) for t in found[1]] == [
+            ("taobao", TASK_PENDING),
+            ("weibo", TASK_DONE),
+        ]
+        assert store.claim_due("B", T0 + 3 * SECOND, 30 * SECOND, 10)[0][0].platform_id == "taobao"
+    finally:
+        store.close()
 
 
 def test_concurrent_create_job_across_replicas_makes_one_job(db_url: str) -> None:

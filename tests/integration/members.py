@@ -61,7 +61,7 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float 
 def without_member(text: str, role: str, member_id: str) -> str:
     """A gateway config's text without the ``[[role]]`` entry of ``member_id``."""
     entry = re.compile(
-        rf'\n\[\[{role}\]\]\nid = "{member_id}"\nendpoint = "[^"]*"\n(?:events = "[a-z]+"\n)?'
+        rf'\n\[\[{role}\]\]\nid = "{member_id}"\nendpoint = "[^"]*"\n(?:events = "[a-z-]+"\n)?'
     )
     new, found = entry.subn("\n", text)
     assert found == 1, f"no [[{role}]] {member_id} in the config"

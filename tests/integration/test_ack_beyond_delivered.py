@@ -8,6 +8,7 @@ platform whose DeliverEvents answer can be made to claim more than the call carr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -48,7 +49,14 @@ class Gateways:
     async def restart(self) -> None:
         for gw in self.gateways:
             await gw.stop(5.0)
-        self.gateways = [await Gateway.start(c) for c in self.configs]
+        self.gateways = []
+        for c in self.configs:  # one by one, so that a failed start leaves the others to stop
+            self.gateways.append(await Gateway.start(c))
+
+    async def stop(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:  # each one, even if another fails
+            for gw in self.gateways:
+                stack.push_async_callback(gw.stop, 5.0)
 
     def cursor(self, platform: str) -> tuple[int, int] | None:
         """(acked_seq, delivered_seq) of a platform, None before its first delivery."""
@@ -81,8 +89,12 @@ async def start_gateways(layout: FederationLayout) -> Gateways:
     ]
     configs[0] = dataclasses.replace(configs[0], listen=layout.replica_endpoints[0])
     g = Gateways(layout, configs, [])
-    for c in configs:
-        g.gateways.append(await Gateway.start(c))
+    try:
+        for c in configs:
+            g.gateways.append(await Gateway.start(c))
+    except BaseException:
+        await g.stop()
+        raise
     return g
 
 
@@ -101,8 +113,7 @@ async def poll(tmp_path: Path, db_url: str) -> AsyncIterator[Gateways]:
     try:
         yield g
     finally:
-        for gw in g.gateways:
-            await gw.stop(5.0)
+        await g.stop()
 
 
 async def publish(g: Gateways, count: int) -> None:
@@ -193,17 +204,15 @@ async def push(tmp_path: Path, db_url: str) -> AsyncIterator[tuple[Gateways, Pla
     OverclaimingPlatform.calls = []
     OverclaimingPlatform.called = asyncio.Event()
     OverclaimingPlatform.overclaim = True
-    platform = await start_platform(
-        load_platform_config(layout.platform_configs["weibo"]),
-        servicer_class=OverclaimingPlatform,
-    )
-    g = await start_gateways(layout)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops what started, last first
+        platform = await start_platform(
+            load_platform_config(layout.platform_configs["weibo"]),
+            servicer_class=OverclaimingPlatform,
+        )
+        stack.push_async_callback(platform.stop, 0)
+        g = await start_gateways(layout)
+        stack.push_async_callback(g.stop)
         yield g, platform
-    finally:
-        for gw in g.gateways:
-            await gw.stop(5.0)
-        await platform.stop(0)
 
 
 async def calls_at_least(n: int, within: float = 20.0) -> list[list[int]]:

@@ -9,6 +9,7 @@ admitted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -107,18 +108,17 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     )
     HeldPlatform.arrived = asyncio.Queue()
     HeldPlatform.go = asyncio.Event()
-    platform = await start_platform(
-        load_platform_config(layout.platform_configs["weibo"]), servicer_class=HeldPlatform
-    )
-    config = load_gateway_config(layout.gateway_config)
-    assert config.limits.max_watches_per_caller == 2  # a quarter of max_watches
-    gw = await Gateway.start(dataclasses.replace(config, listen=layout.gateway_endpoint))
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops what started, last first
+        platform = await start_platform(
+            load_platform_config(layout.platform_configs["weibo"]), servicer_class=HeldPlatform
+        )
+        stack.push_async_callback(platform.stop, 0)
+        config = load_gateway_config(layout.gateway_config)
+        assert config.limits.max_watches_per_caller == 2  # a quarter of max_watches
+        gw = await Gateway.start(dataclasses.replace(config, listen=layout.gateway_endpoint))
+        stack.push_async_callback(gw.stop, 0)
+        stack.callback(HeldPlatform.go.set)  # held calls go on, so the gateway can stop
         yield Running(layout, gw, platform)
-    finally:
-        HeldPlatform.go.set()
-        await gw.stop(0)
-        await platform.stop(0)
 
 
 async def first(stream: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from google.longrunning import operations_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from carrier_adapters.base import start_carrier
+from carrier_adapters.base import CarrierHandle, start_carrier
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.config import load_carrier_config, load_platform_config
@@ -115,20 +116,21 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
     layout = create_federation(
         tmp_path / "fed", platform_knobs=knobs, limits={"max_in_flight_per_platform": 1}
     )
-    platforms: dict[str, PlatformHandle] = {
-        p: await start_platform(load_platform_config(c)) for p, c in layout.platform_configs.items()
-    }
-    carriers = {
-        c: await start_carrier(load_carrier_config(cfg))
-        for c, cfg in layout.carrier_configs.items()
-    }
+    platforms: dict[str, PlatformHandle] = {}
+    carriers: dict[str, CarrierHandle] = {}
 
     def spawn() -> subprocess.Popen[bytes]:
         p = spawn_gateway(layout.gateway_config, tmp_path / f"gateway-{len(gateway_process)}.log")
         gateway_process.append(p)
         return p
 
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops the members that started
+        for platform_id, cfg in layout.platform_configs.items():
+            platforms[platform_id] = await start_platform(load_platform_config(cfg))
+            stack.push_async_callback(platforms[platform_id].stop, 0)
+        for carrier_id, cfg in layout.carrier_configs.items():
+            carriers[carrier_id] = await start_carrier(load_carrier_config(cfg))
+            stack.push_async_callback(carriers[carrier_id].stop, 0)
         first = spawn()
         await asyncio.to_thread(_wait_serving, layout.gateway_endpoint, layout.pki_dir, first)
         now = datetime.now(UTC)
@@ -198,8 +200,3 @@ async def test_gateway_killed_mid_release_resumes_and_applies_each_release_once(
         # The platforms answered the first gateway after it died; the second one's retries were
         # answered from the stored first result instead of being applied again.
         assert sum(p.store.counts()["replays"] for p in platforms.values()) > 0
-    finally:
-        for platform in platforms.values():
-            await platform.stop(0)
-        for carrier in carriers.values():
-            await carrier.stop(0)

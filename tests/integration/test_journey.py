@@ -37,7 +37,7 @@ async def holder_app(fed: Federation, number: str) -> HolderApp:
     carrier = history.carrier_at(now)
     tenure = history.current_tenure(now)
     assert carrier is not None and tenure is not None
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{fed.carriers[carrier].holder_port}")
+    channel = fed.holder_channel(carrier)
     state = fed.layout.root / "state" / f"carrier-{carrier}"
     return await HolderApp.verified(channel, state, number, WORLD.holders[tenure.holder_id])
 

@@ -148,16 +148,17 @@ async def test_a_number_in_no_range_of_the_plan_is_refused_by_the_gateway_and_ea
     deliver = platform_pb2.DeliverEventsRequest(
         batches=[events_pb2.SequencedBatch(seq=head + 1, batch=batch(fed, "cmcc", event))]
     )
-    caplog.set_level(logging.WARNING, logger="platform_stubs.events")
+    caplog.set_level(logging.INFO, logger="platform_stubs.events")
     for p, handle in fed.platforms.items():
         answer = await platform_call(fed, p, "BatchQueryBindings", query)
         (result,) = answer.results  # type: ignore[attr-defined]
         info = error_info(result.status)
         assert result.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0], p
         assert info is not None and info.reason == "NUMBER_NOT_IN_PLAN", p
-        await platform_call(fed, p, "DeliverEvents", deliver)
-        assert handle.servicer.events.refused[-1:] == [head + 1], p
+        # A number in no range may be the platform's staleness (a range added in a newer
+        # bundle, numfed/staleness.py): the batch is held, never applied nor acknowledged.
+        delivered = await platform_call(fed, p, "DeliverEvents", deliver)
+        assert delivered.ack_through_seq < head + 1, p  # type: ignore[attr-defined]
         assert event.event_id not in handle.store.applied_event_ids()
-    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == len(fed.platforms)
-    assert all("NUMBER_NOT_IN_PLAN" in m for m in refusals), refusals
+    held = [r.getMessage() for r in caplog.records if "NUMBER_NOT_IN_PLAN" in r.getMessage()]
+    assert len(held) >= len(fed.platforms), held

@@ -64,11 +64,8 @@ async def replicas(tmp_path: Path, db_url: str) -> AsyncIterator[Replicas]:
             gateways.append(await Gateway.start(config))
         yield Replicas(layout, gateways)
     finally:
-        # With a grace period: a batch cancelled mid-flight would leave its outcome being
-        # written on a database thread while stop() gives the leases back (a deadlock on
-        # PostgreSQL that has nothing to do with what is tested here).
         for gw in gateways:
-            await gw.stop(5.0)
+            await gw.stop(0)
 
 
 def release_claim(

@@ -35,6 +35,7 @@ from numfed.timeutil import to_date, to_timestamp
 from numfed.trustfiles import load_trusted_state
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.conftest import Federation, start_federation
+from tests.integration.members import without_member
 
 WORLD = demo_scenario()
 WEIBO = PeerId(Role.PLATFORM, "weibo")
@@ -240,6 +241,25 @@ async def test_ported_number_is_answered_by_its_current_carrier(fed: Federation)
     )
     assert claim_carrier.carrier_id == "cmcc"
     assert claim_carrier.claim.changed is False  # the port did not change the holder
+
+
+async def test_a_number_nobody_here_can_answer_for_is_told_apart_from_an_unknown_one(
+    fed: Federation,
+) -> None:
+    # ctcc leaves the gateway's config but stays in the signed numbering plan: its numbers are
+    # the federation's, yet no member can answer for them (CAMARA: SERVICE_NOT_APPLICABLE). A
+    # number in no range of the plan is unknown (CAMARA: IDENTIFIER_NOT_FOUND).
+    ctcc_number = WORLD.histories_served_by("ctcc", datetime.now(UTC))[0].number
+    config = fed.layout.gateway_config
+    config.write_text(without_member(config.read_text(), "carrier", "ctcc"))
+    assert fed.gateway.watcher is not None
+    await fed.gateway.watcher.reload_now("test")
+    day = date(2023, 1, 1)
+    assert await refused(fed, ctcc_number, day) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CARRIER_NOT_MEMBER",
+    )
+    assert await refused(fed, "+442079460000", day) == (grpc.StatusCode.NOT_FOUND, "UNKNOWN_NUMBER")
 
 
 async def test_only_platforms_ask_and_the_answer_is_theirs_alone(fed: Federation) -> None:

@@ -8,13 +8,10 @@ are released at each platform and every account remains.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -26,47 +23,33 @@ from numfed.history import NumberEvent, NumberHistory
 from numfed.pgtemp import TempPostgres
 from numfed.scenario import Holder
 from tests.conftest import BACKENDS
+from tests.helpers.loopthread import LoopThread
 from tests.helpers.strategies import binding_times, histories
 from tests.integration.conftest import Federation, start_federation
 from tests.integration.holder import PRIOR, HolderApp
 
-T = TypeVar("T")
 PLATFORMS = ("weibo", "taobao")
 START = datetime(2000, 1, 1, tzinfo=UTC)
 _numbers = itertools.count(10_000_000)
 
 
-class Loop:
-    """A federation living on its own event loop thread, driven from sync hypothesis tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def running(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Loop, Federation]]:
-    loop = Loop()
+) -> Iterator[tuple[LoopThread, Federation]]:
     root = tmp_path_factory.mktemp("prop")
     url = f"sqlite:///{root / 'gateway.db'}"
     if request.param == "postgresql":
         server: TempPostgres = request.getfixturevalue("postgres")
         url = server.create_database(f"prop_{os.getpid()}")
-    fed = loop.run(start_federation(root / "fed", database_url=url))
+    loop = LoopThread("prop-fed")
     try:
-        yield loop, fed
+        fed = loop.run(start_federation(root / "fed", database_url=url))
+        try:
+            yield loop, fed
+        finally:
+            loop.run(fed.stop())
     finally:
-        loop.run(fed.stop())
         loop.close()
 
 
@@ -134,7 +117,7 @@ def examples(draw: st.DrawFn) -> tuple[NumberHistory, list[datetime]]:
 )
 @given(examples())
 def test_release_through_servers_touches_only_bindings_before_x(
-    running: tuple[Loop, Federation], example: tuple[NumberHistory, list[datetime]]
+    running: tuple[LoopThread, Federation], example: tuple[NumberHistory, list[datetime]]
 ) -> None:
     loop, fed = running
     history, times = example

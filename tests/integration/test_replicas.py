@@ -87,14 +87,11 @@ async def cluster(tmp_path: Path, postgres: TempPostgres) -> AsyncIterator[Clust
     )
     c = Cluster(layout, url, tmp_path)
     try:
-        c.platforms = {
-            p: await start_platform(load_platform_config(cfg))
-            for p, cfg in layout.platform_configs.items()
-        }
-        c.carriers = {
-            k: await start_carrier(load_carrier_config(cfg))
-            for k, cfg in layout.carrier_configs.items()
-        }
+        # One by one into the cluster, so that the finally below stops whatever started.
+        for platform_id, cfg in layout.platform_configs.items():
+            c.platforms[platform_id] = await start_platform(load_platform_config(cfg))
+        for carrier_id, cfg in layout.carrier_configs.items():
+            c.carriers[carrier_id] = await start_carrier(load_carrier_config(cfg))
         for i in range(2):
             c.spawn(i)
         for i in range(2):
@@ -213,6 +210,7 @@ def _overlapping_leases(url: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # ~30 s alone on two cores, ~55 s while they were shared
 async def test_sigkill_one_of_two_replicas_loses_nothing_and_applies_nothing_twice(
     cluster: Cluster,
 ) -> None:

@@ -444,3 +444,5 @@ def test_a_second_gateway_on_the_same_sqlite_file_refuses_to_start(tmp_path: Pat
     finally:
         first.kill()
         first.wait()
+        if first.stdout is not None:
+            first.stdout.close()

@@ -26,6 +26,7 @@ from numfed.rpc import error_info, rpc_error_info
 from numfed.trust import TrustBundle, TrustedState, sign_bundle, sign_root
 from numfed.trustfiles import read_bundle, read_roots, write_envelope
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc, platform_pb2, platform_pb2_grpc, trust_pb2
+from tests.helpers.metrics import figure
 from tests.integration.conftest import Federation, start_federation
 
 CMCC = PeerId(Role.CARRIER, "cmcc")
@@ -227,3 +228,32 @@ async def test_a_chain_with_an_expired_intermediate_root_loads_and_rotates_every
     fed.gateway = await Gateway.start(load_gateway_config(fed.layout.gateway_config))
     assert fed.gateway.trust_view.state.versions == (3, 2)
     assert len(fed.gateway.trust_view.roots) == 3
+
+
+async def test_new_trust_files_show_in_the_gateways_metrics_without_a_restart(
+    fed: Federation,
+) -> None:
+    """What a scrape reads follows the trust in force: the gateway's bundle version and expiry
+    step up as soon as it takes new files, a platform's once it has refreshed; files that do not
+    verify change nothing."""
+    observer = fed.gateway.observer
+    assert observer is not None
+    assert await figure(observer, "numfed_trust_bundle_version") == 1
+    base = held_bundle(fed)
+    now = datetime.now(UTC)
+    v2 = dataclasses.replace(base, version=2, issued_at=now, expires_at=now + timedelta(days=90))
+    await changed_files(fed, lambda: write_bundle(fed, v2, root_keys(fed)[:2]))
+    assert await figure(observer, "numfed_trust_bundle_version") == 2
+    left = await figure(observer, "numfed_trust_bundle_expires_in_seconds")
+    assert left is not None and left > 89 * 86400
+    short = dataclasses.replace(v2, version=3)  # one root key of the two it needs
+    await changed_files(fed, lambda: write_bundle(fed, short, root_keys(fed)[:1]))
+    assert await figure(observer, "numfed_trust_bundle_version") == 2
+    assert await figure(observer, "numfed_trust_root_version") == 1
+
+    weibo = fed.platforms["weibo"]
+    assert weibo.observer is not None
+    await query(fed, claim(fed, "cmcc", CMCC_NUMBER))  # its call carries the version hint
+    async with asyncio.timeout(3):
+        await weibo.trust.wait_until(lambda s: s.versions == (1, 2))
+    assert await figure(weibo.observer, "numfed_trust_bundle_version") == 2

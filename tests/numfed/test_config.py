@@ -36,6 +36,8 @@ def test_federation_configs_load(tmp_path: Path) -> None:
     assert gw.pki_dir == lay.pki_dir  # relative to the config file
     assert load_carrier_config(lay.carrier_configs["cucc"]).carrier_id == "cucc"
     assert load_platform_config(lay.platform_configs["xiaomi"]).platform_id == "xiaomi"
+    # Every member applies the same connection settings (keepalive, connection age).
+    assert load_platform_config(lay.platform_configs["xiaomi"]).limits.platform_call_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,12 @@ def test_federation_configs_load(tmp_path: Path) -> None:
         '[[platform]]\nid = "Weibo!"\nendpoint = "127.0.0.1:1"\n',
         '[[platform]]\nid = "weibo"\nendpoint = "nowhere"\n',
         '[[carrier]]\nid = "cmcc\\n"\nendpoint = "127.0.0.1:1"\n',
+        # Servers accept pings every half second: a client may not ask for more.
+        "[limits]\nkeepalive_time = 0.5\n",
+        # A watch must end cleanly before its connection is closed under it.
+        "[limits]\nwatch_max_age = 600\nmax_connection_age_grace = 300\n",
+        # Platforms refuse batches of more than 500 claims.
+        "[limits]\nmax_batch_items = 501\n",
     ],
 )
 def test_bad_gateway_config_is_refused(tmp_path: Path, extra: str) -> None:

@@ -70,3 +70,6 @@ def test_server_stops_when_the_starting_process_is_killed(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -50,6 +50,7 @@ def test_init_writes_every_file(layout: pki.PkiLayout) -> None:
             f"{peer.role.value}/{peer.id}/key.pem",
         }
     expected |= {f"carrier/{c}/signing.key.pem" for c in CARRIERS}
+    expected |= {"gateway/main/audit.key.pem"}
     assert files_under(layout.root) == expected
     assert layout.members() == PEERS[:1] + sorted(PEERS[1:4], key=lambda p: p.id) + sorted(
         PEERS[4:], key=lambda p: p.id
@@ -61,7 +62,7 @@ def test_init_writes_every_file(layout: pki.PkiLayout) -> None:
 
 def test_private_keys_are_readable_by_owner_only(layout: pki.PkiLayout) -> None:
     keys = sorted(layout.root.rglob("*key.pem"))
-    assert len(keys) == 1 + len(PEERS) + 3 + len(CARRIERS)
+    assert len(keys) == 1 + len(PEERS) + 3 + len(CARRIERS) + 1  # ... and the audit key
     for path in keys:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(layout.ca_path.stat().st_mode) == 0o644

@@ -93,6 +93,9 @@ async def test_trust_messages_come_with_the_services_files(
     trust = files["numfed/v1/trust.proto"]
     assert {"RootMetadata", "TrustBundle"} <= {m.name for m in trust.message_type}
     assert "numfed/v1/events.proto" in files and "numfed/v1/claim.proto" in files
+    contracts = Path(__file__).parents[2] / "protos" / "numfed" / "v1"
+    every = {f"numfed/v1/{p.name}" for p in contracts.glob("*.proto")}
+    assert every and every <= set(files), sorted(every - set(files))
 
 
 async def test_the_v1_service_itself_can_be_described(server: tuple[ServerHandle, Path]) -> None:

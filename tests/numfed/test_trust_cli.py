@@ -3,6 +3,7 @@ each a process of its own on a real trust directory and PKI."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim, verify_tenure_claim
 from numfed.envelope import Envelope, SigningKey
-from numfed.federation import FederationLayout, create_federation
+from numfed.federation import FederationLayout, create_federation, write_trust
 from numfed.proof import encode_proof
 from numfed.trust import Root, TrustedState, sign_root
 from numfed.trustfiles import load_trusted_state, read_bundle, read_roots, write_envelope
@@ -152,6 +153,60 @@ def test_rotate_root_signs_with_the_old_and_the_new_keys(layout: FederationLayou
     again = numfed("trust", "publish", layout.trust_dir, "--pki", layout.pki_dir)
     assert again.returncode == 0, again.stderr
     assert load_trusted_state(layout.trust_dir, now=now).versions == (2, 3)
+
+
+def test_publish_and_rotate_root_keep_what_they_are_not_told_to_change(
+    layout: FederationLayout, tmp_path: Path
+) -> None:
+    """Each command writes the next bundle from the current one: the gateway's audit keys and
+    the federation's clock skew and maximum claim lifetime stay, whatever the options (publish
+    dropped the audit keys, so no member could verify a checkpoint after a routine renewal, and
+    reset the skew and lifetime to their defaults)."""
+    now = datetime.now(UTC)
+    write_trust(
+        layout.pki_dir,
+        layout.trust_dir,
+        now=now,
+        carriers=("cmcc", "cucc"),
+        max_clock_skew=timedelta(seconds=20),
+        max_claim_lifetime=timedelta(minutes=7),
+    )
+    first = load_trusted_state(layout.trust_dir, now=now).bundle
+    assert first is not None and first.audit_keys
+    pem = tmp_path / "ctcc.pub.pem"
+    pem.write_bytes(
+        SigningKey.generate()
+        ._key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    cucc = pki.load_carrier_signer(layout.pki_dir, "cucc").key_id
+    commands = [
+        ("publish",),
+        ("publish", "--rotate", "cmcc"),
+        ("publish", "--revoke", cucc),
+        ("publish", "--ranges", "cucc=+86130"),
+        ("publish", "--add-carrier-key", "ctcc", "--key", pem),
+        ("rotate-root",),
+        ("rotate-root", "--new-keys", "0"),
+    ]
+    for command in commands:
+        before = load_trusted_state(layout.trust_dir, now=datetime.now(UTC)).bundle
+        done = numfed("trust", *command, layout.trust_dir, "--pki", layout.pki_dir)
+        assert done.returncode == 0, (command, done.stderr)
+        after = load_trusted_state(layout.trust_dir, now=datetime.now(UTC)).bundle
+        assert before is not None and after is not None
+        assert after.version == before.version + 1
+        # Everything but what a command may change is as it was in the first bundle.
+        told = dataclasses.replace(
+            first,
+            version=after.version,
+            issued_at=after.issued_at,
+            expires_at=after.expires_at,
+            carrier_keys=after.carrier_keys,
+            revoked_key_ids=after.revoked_key_ids,
+            number_ranges=after.number_ranges,
+        )
+        assert after == told, command
 
 
 def test_refused_operations_change_nothing_and_rotate_root_recovers_an_expired_root(

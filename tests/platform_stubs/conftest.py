@@ -4,6 +4,7 @@ gateway that only answers GetTrustBundle, and a client that calls the platform a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -112,14 +113,13 @@ class Running:
 
 @pytest.fixture
 async def running(layout: FederationLayout) -> AsyncIterator[Running]:
-    fake, gw = await start_trust_gateway(layout)
-    platform = await start_weibo(layout, gw.port)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops what started, last first
+        fake, gw = await start_trust_gateway(layout)
+        stack.push_async_callback(gw.stop, 0)
+        platform = await start_weibo(layout, gw.port)
+        stack.push_async_callback(platform.stop, 0)
         await asyncio.wait_for(platform.trust.ready.wait(), 10)
         yield Running(layout, platform, fake)
-    finally:
-        await platform.stop(0)
-        await gw.stop(0)
 
 
 def signed(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numfed.errors import FailedPrecondition
-from platform_stubs.rules import Binding, Masker, own, prior, select_own
+from platform_stubs.rules import Binding, Masker, Summary, own, prior, select_own, summarize
 
 X = datetime(2021, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -121,3 +121,31 @@ def test_a_masked_label_depends_only_on_a_keyed_hash_of_the_account_and_the_year
     assert MASKER.label(replace(twin, bound_at=same_year)) == label
     assert label.endswith(f"since {bound_at.year}")
     assert label.startswith("account ***") and len(label.split()[1]) == 6
+
+
+def label(i: int, text: str, at: datetime) -> Binding:
+    return Binding(i, f"user{i:06d}", text, "+8613812345678", "LABEL", at)
+
+
+def test_identical_caller_id_labels_are_one_summary_whoever_set_them() -> None:
+    """A caller-ID label is masked by its text, not its author: 1,000 users' "harassment"
+    labels of one year are one summary with count 1,000, and the text never leaves."""
+    y2020, y2021 = datetime(2020, 5, 1, tzinfo=UTC), datetime(2021, 5, 1, tzinfo=UTC)
+    found = [label(i, "骚扰电话 (harassment)", y2020 + i * S) for i in range(1000)]
+    found += [label(1000 + i, "快递 (courier)", y2020) for i in range(3)]
+    found += [label(2000, "骚扰电话 (harassment)", y2021)]
+    summaries = summarize(found, MASKER, with_refs=False)
+    assert [s.count for s in summaries] == [1000, 3, 1]
+    assert len({s.masked_label for s in summaries}) == 3
+    assert all(s.masked_label.startswith("caller-ID label ***") for s in summaries)
+    assert not any("harassment" in s.masked_label or "courier" in s.masked_label for s in summaries)
+    assert all(s.binding_ref == "" for s in summaries)
+
+
+def test_accounts_are_summarized_each_on_its_own_and_own_bindings_keep_their_refs() -> None:
+    found = [binding(i, X - S) for i in range(5)]
+    prior_summaries = summarize(found, MASKER, with_refs=False)
+    assert sum(s.count for s in prior_summaries) == 5
+    assert {s.masked_label for s in prior_summaries} == {MASKER.label(b) for b in found}
+    mine = summarize(found, MASKER, with_refs=True)
+    assert mine == [Summary("ACCOUNT_LOGIN", MASKER.label(b), 1, MASKER.ref(b)) for b in found]

@@ -15,13 +15,16 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc import status_pb2
 
 from numfed.claims import ClaimPolicy, Purpose, TenureClaim, sign_claim
 from numfed.envelope import Envelope, SigningKey
 from numfed.identity import PeerId, Role
-from numfed.rpc import error_info, rpc_error_info
+from numfed.rpc import error_info, ok_status, rpc_error_info
+from numfed.summaries import MAX_SUMMARIES_PER_CLAIM
 from numfed.v1 import binding_pb2, claim_pb2, platform_pb2
+from platform_stubs.store import applied_releases
 from tests.platform_stubs.conftest import Running, platform_stub, signed
 
 N1, N2 = "+8613812345678", "+8618611112222"
@@ -406,3 +409,36 @@ async def test_a_replay_after_the_claim_expired_still_returns_the_first_result(
     assert list(got["a"].released) == list(first.results[0].released)
     assert outcome(got["n"].status) == OK and not got["n"].replayed  # late, within the grace
     assert await active(running, N2) == {"wb2000000002"}  # only the binding after X stays
+
+
+async def test_a_result_stored_before_answers_were_capped_is_replayed_capped(
+    running: Running,
+) -> None:
+    """A release stored with every binding it released listed (as before answers were bounded)
+    is replayed merged and capped: however many it released, its replay fits one message."""
+    await running.seed(ROWS)
+    good = signed(running.signer("cmcc"), number=N1, tenure_start=X1, purpose=Purpose.RELEASE_PRIOR)
+    async with running.channel() as ch:
+        stub = platform_stub(ch)
+        await stub.BatchReleaseBindings(release([("r", good)]), timeout=TIMEOUT)
+        legacy = platform_pb2.ReleaseItemResult(
+            status=ok_status(),
+            released=[
+                binding_pb2.BindingSummary(
+                    platform_id="weibo",
+                    kind=binding_pb2.BINDING_KIND_LABEL,
+                    masked_label=f"caller-ID label ***{i:06d} · set 2019",
+                    count=1,
+                )
+                for i in range(200_000)
+            ],
+        )
+        store = running.platform.store
+        with store.engine.begin() as c:
+            c.execute(sa.update(applied_releases).values(result=legacy.SerializeToString()))
+        again = await stub.BatchReleaseBindings(release([("r", good)]), timeout=TIMEOUT)
+    [r] = again.results
+    assert outcome(r.status) == OK and r.replayed
+    assert len(r.released) == MAX_SUMMARIES_PER_CLAIM
+    assert sum(s.count for s in r.released) + r.omitted_bindings == 200_000
+    assert again.ByteSize() < 16 * 1024

@@ -110,11 +110,12 @@ async def test_no_claim_is_answered_before_a_bundle_and_start_up_waits_for_the_g
 
 async def test_a_bundle_not_signed_by_the_pinned_root_is_refused(layout: FederationLayout) -> None:
     fake, gateway = await start_trust_gateway(layout)
-    real = read_bundle(layout.trust_dir)
-    strangers = [SigningKey.generate(), SigningKey.generate()]
-    fake.bundle = sign(real.payload_type, real.payload, strangers).to_proto()
-    platform = await start_weibo(layout, gateway.port)
+    platform = None
     try:
+        real = read_bundle(layout.trust_dir)
+        strangers = [SigningKey.generate(), SigningKey.generate()]
+        fake.bundle = sign(real.payload_type, real.payload, strangers).to_proto()
+        platform = await start_weibo(layout, gateway.port)
         with pytest.raises(Unauthenticated) as e:
             await platform.trust.refresh()
         assert e.value.reason == "BUNDLE_THRESHOLD_NOT_MET"
@@ -124,7 +125,8 @@ async def test_a_bundle_not_signed_by_the_pinned_root_is_refused(layout: Federat
                 await platform_stub(ch).BatchQueryBindings(request(layout), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
-        await platform.stop(0)
+        if platform is not None:
+            await platform.stop(0)
         await gateway.stop(0)
 
 

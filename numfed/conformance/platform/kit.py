@@ -151,9 +151,10 @@ def expect(status: object, code: str, what: str, *, reason_: str | None = None) 
 
 
 def count(result: platform_pb2.QueryItemResult | platform_pb2.ReleaseItemResult) -> int:
-    """How many bindings an answer lists (a summary with no count stands for one)."""
+    """How many bindings an answer counts: its summaries' counts (a summary with no count stands
+    for one) and those it left out (``omitted_bindings``)."""
     found = result.bindings if isinstance(result, platform_pb2.QueryItemResult) else result.released
-    return sum(max(b.count, 1) for b in found)
+    return sum(max(b.count, 1) for b in found) + result.omitted_bindings
 
 
 def _same_items(sent: list[str], got: list[str]) -> None:

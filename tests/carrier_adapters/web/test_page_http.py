@@ -18,6 +18,7 @@ from carrier_adapters.web.guard import CONTENT_SECURITY_POLICY
 from numfed.scenario import Holder, demo_scenario
 from tests.carrier_adapters.conftest import Running
 from tests.carrier_adapters.web.conftest import Visitor, error_of, start_web_carrier
+from tests.helpers.metrics import total
 from tests.integration.holder import sms_code
 
 WORLD = demo_scenario()
@@ -222,6 +223,45 @@ async def test_a_crowd_is_turned_away_with_retry_after_while_admitted_requests_f
     finally:
         running.gateway.hold = None
         await handle.stop(0)
+
+
+async def test_a_crowd_on_the_holder_page_shows_in_the_carriers_metrics(
+    running: Running,
+) -> None:
+    """The operator sees a crowd turned away: the page's admission classes and every request's
+    status are in the carrier process's metrics, as the gRPC edges' are."""
+    limits = dataclasses.replace(
+        running.carriers["cmcc"].adapter.config.limits,
+        holder_web_concurrency=1,
+        holder_web_queue=0,
+    )
+    handle = await start_web_carrier(running, limits)
+    base = f"http://127.0.0.1:{handle.web_port}"
+    refused = "numfed_admission_rejections_total"
+    shed = "http_server_request_duration_seconds_count"
+    before = total(refused, rpc_class="page", reason="OVERLOADED")
+    shed_before = total(shed, http_route="/", http_response_status_code="503")
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            visitor = Visitor(c)
+            await verify(visitor, handle)
+            running.gateway.hold = asyncio.Event()
+            slow = asyncio.create_task(visitor.post("/query"))
+            async with asyncio.timeout(10):
+                await running.gateway.held.get()  # the one slot is taken
+            assert total("numfed_admission_calls_active", rpc_class="page") >= 1
+            assert total("numfed_admission_limit", rpc_class="page", kind="concurrency") >= 1
+            for _ in range(3):
+                async with httpx.AsyncClient(base_url=base, timeout=10) as other:
+                    assert (await other.get("/")).status_code == 503
+            running.gateway.hold.set()
+            assert (await slow).status_code == 200
+    finally:
+        running.gateway.hold = None
+        await handle.stop(0)
+    assert total(refused, rpc_class="page", reason="OVERLOADED") - before == 3
+    assert total(shed, http_route="/", http_response_status_code="503") - shed_before == 3
+    assert total(shed, http_route="/{action:path}", http_response_status_code="200") >= 1
 
 
 async def test_closing_the_page_signs_the_holder_out(

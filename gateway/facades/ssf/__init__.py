@@ -1,0 +1,1 @@
+"""An OpenID Shared Signals transmitter over the gateway's event log (docs/standards.md)."""

@@ -1,0 +1,160 @@
+"""OpenTelemetry traces: off by default, one trace per holder's request across every process.
+
+Tracing is on in a process once :func:`setup_tracing` has been given somewhere to send spans:
+``otlp_endpoint`` in its config's ``[telemetry]`` section, or the standard
+``OTEL_EXPORTER_OTLP_ENDPOINT`` environment variable (OTLP over gRPC; ``http://`` for plaintext,
+``https://`` for TLS). Otherwise nothing is installed and tracing costs nothing.
+
+When on, every numfed gRPC server gets OpenTelemetry's ``grpc.aio`` server interceptor and
+every channel made by :func:`numfed.pki.secure_channel` its client interceptors, so the W3C
+``traceparent`` travels carrier → gateway → platforms in the call metadata. A release is
+dispatched later, from a stored job: the gateway stores the ``traceparent`` of the
+``ReleaseBindings`` call with the job (:func:`current_traceparent`) and each dispatch span
+continues that trace (:func:`continued_span`), so one holder's release is one trace from the
+holder's app to every platform. Health checks are not traced.
+
+Sampling is parent-based: a call that arrives with a sampled parent is traced; a new trace is
+sampled with ``trace_sample_ratio`` (default 1.0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = [
+    "client_interceptors",
+    "continued_span",
+    "current_traceparent",
+    "enabled",
+    "server_interceptors",
+    "setup_tracing",
+    "shutdown_tracing",
+]
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+_provider: TracerProvider | None = None
+_server: list[Any] = []
+_client: list[Any] = []
+_propagator = TraceContextTextMapPropagator()
+
+
+def enabled() -> bool:
+    return _provider is not None
+
+
+def _traced(details: Any) -> bool:
+    method = details.method
+    if isinstance(method, bytes):
+        method = method.decode()
+    return not any(str(method).startswith(f"/{s}/") for s in UNTRACED_SERVICES)
+
+
+def setup_tracing(
+    service_name: str,
+    *,
+    endpoint: str | None = None,
+    sample_ratio: float = 1.0,
+    exporter: SpanExporter | None = None,
+) -> bool:
+    """Turn tracing on for this process if there is somewhere to send spans; return whether.
+
+    ``service_name`` names the process in every span (``numfed-gateway``, ``numfed-carrier-
+    cmcc``, …). ``exporter`` replaces OTLP (tests). Call once, before servers and channels
+    are made; :func:`shutdown_tracing` flushes what is left.
+    """
+    global _provider, _server, _client
+    endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
+    if exporter is None and endpoint is None:
+        return False
+    if _provider is not None:
+        raise RuntimeError("tracing is already set up in this process")
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}),
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    _server = [aio_server_interceptor(tracer_provider=provider, filter_=_traced)]  # type: ignore[no-untyped-call]
+    _client = list(aio_client_interceptors(tracer_provider=provider, filter_=_traced))  # type: ignore[no-untyped-call]
+    log.info(
+        "tracing on: spans of %s to %s, new traces sampled at %g",
+        service_name,
+        endpoint or type(exporter).__name__,
+        sample_ratio,
+    )
+    return True
+
+
+def shutdown_tracing() -> None:
+    """Flush the spans not yet exported and stop (at the end of the process)."""
+    global _provider, _server, _client
+    if _provider is not None:
+        _provider.shutdown()
+    _provider, _server, _client = None, [], []
+
+
+def server_interceptors() -> list[Any]:
+    """Interceptors every numfed gRPC server puts first (none while tracing is off)."""
+    return list(_server)
+
+
+def client_interceptors() -> list[Any]:
+    """Interceptors of every numfed channel (none while tracing is off)."""
+    return list(_client)
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the span being handled, to store with work done later."""
+    if _provider is None:
+        return None
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextlib.contextmanager
+def continued_span(
+    name: str,
+    traceparents: Sequence[str | None],
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[None]:
+    """A span that continues the trace of the first stored ``traceparent`` and links the
+    others (a release batch carries the jobs of several holders); calls made inside it carry
+    its context. Does nothing while tracing is off."""
+    if _provider is None:
+        yield
+        return
+    contexts = [
+        _propagator.extract({"traceparent": tp}) for tp in dict.fromkeys(traceparents) if tp
+    ]
+    spans = [trace.get_current_span(c).get_span_context() for c in contexts]
+    valid = [(c, s) for c, s in zip(contexts, spans, strict=True) if s.is_valid]
+    parent = valid[0][0] if valid else None
+    links = [trace.Link(s) for _c, s in valid[1:]]
+    tracer = trace.get_tracer("numfed")
+    with tracer.start_as_current_span(
+        name, context=parent, links=links, attributes=dict(attributes or {})
+    ):
+        yield
