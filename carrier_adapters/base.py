@@ -93,7 +93,8 @@ POLICY = {
     f"/{CARRIER_SERVICE}/{method}": frozenset({Role.GATEWAY})
     for method in ("ListServedNumbers", "ListPortHalves", "AnswerRecycledCheck")
 }
-"""Who may call what on the federation listener: the gateway, and only the gateway."""
+"""Who may call what on the federation listener: the gateway, and only the gateway (rule
+CARR-OPS-3)."""
 
 Clock = Callable[[], datetime]
 
@@ -213,7 +214,10 @@ class CarrierAdapter:
         lifetime: timedelta | None = None,
     ) -> TenureClaim:
         """The claim for the session's holder, who must still hold the number since the same X:
-        what :meth:`sign` signs, and what the holder is shown before anything is sent."""
+        what :meth:`sign` signs, and what the holder is shown before anything is sent.
+
+        Rule CARR-CLAIM-1.
+        """
         now = self.clock()
         current = self.registry.current_holder(session.number, now)
         if (current.holder.holder_id, current.tenure_start) != (
@@ -257,7 +261,10 @@ class CarrierAdapter:
         self, number: str, question: RecycledQuestion, platform_id: str
     ) -> claim_pb2.Envelope:
         """Has ``number`` changed holder after the end of the day asked about (in the carrier's
-        time zone)? One signed bit for ``platform_id``, stating the day; never a time of day."""
+        time zone)? One signed bit for ``platform_id``, stating the day; never a time of day.
+
+        Rule CARR-REC-1.
+        """
         now = self.clock()
         history = self.registry.history(number)
         if history.carrier_at(now) != self.carrier_id:
@@ -303,6 +310,8 @@ class CarrierAdapter:
         the same half always carries the same id (platforms apply an event once by its id). The
         number moves for the federation only once the other carrier's half is in too
         (docs/authority.md).
+
+        Rule CARR-NUM-2.
         """
         now = self.clock()
         halves = []
@@ -325,7 +334,10 @@ class CarrierAdapter:
         return halves
 
     def sign_events(self, events: Sequence[LifecycleEvent]) -> claim_pb2.Envelope:
-        """A batch of lifecycle events signed as the carrier publishes it."""
+        """A batch of lifecycle events signed as the carrier publishes it.
+
+        Rule CARR-EVT-1.
+        """
         return sign_event_batch(self.carrier_id, events, self.signer, now=self.clock()).to_proto()
 
     @property
@@ -403,7 +415,7 @@ async def start_carrier(
     ``adapter_class`` lets tests start a deliberately broken carrier. With
     ``config.conformance`` the federation listener also serves CarrierConformanceService.
     """
-    from carrier_adapters import ADAPTERS
+    from carrier_adapters import adapter_for
     from carrier_adapters.conformance import (
         CONFORMANCE_POLICY,
         CONFORMANCE_SERVICE,
@@ -413,9 +425,7 @@ async def start_carrier(
     require_loopback(config.holder_listen, "holder_listen", _PLAINTEXT_HOLDER)
     if config.holder_web_listen is not None:
         require_loopback(config.holder_web_listen, "holder_web_listen", _PLAINTEXT_HOLDER)
-    kind = adapter_class or ADAPTERS.get(config.carrier_id)
-    if kind is None:
-        raise InvalidArgument("BAD_CONFIG", f"no adapter for carrier {config.carrier_id!r}")
+    kind = adapter_class or adapter_for(config)
     adapter = kind(config, clock=clock)
 
     def register_carrier(server: grpc.aio.Server) -> str:

@@ -178,7 +178,10 @@ class SubscriberRegistry:
         return h
 
     def current_holder(self, number: str, now: datetime) -> CurrentHolder:
-        """The subscriber holding ``number`` at ``now`` if this carrier serves it, and X."""
+        """The subscriber holding ``number`` at ``now`` if this carrier serves it, and X.
+
+        Rules: CARR-CLAIM-2, CARR-CLAIM-4.
+        """
         history = self.history(number)
         if history.carrier_at(now) != self.carrier_id:
             raise NotFound("NUMBER_NOT_SERVED", "this carrier does not serve the number")
@@ -192,6 +195,8 @@ class SubscriberRegistry:
         holders (in the quiet period). The gateway's portability registry records who serves a
         number, which a carrier's lifecycle events need for numbers without a holder too; a
         claim needs a current holder anyway, and only a verified one gets one.
+
+        Rule CARR-NUM-1.
         """
         return sorted(n for n, h in self._histories.items() if h.carrier_at(now) == self.carrier_id)
 

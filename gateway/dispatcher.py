@@ -17,8 +17,8 @@ While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat
 the lease), so a slow platform never lets another replica take a task that is still in flight,
 and a replica that dies stops renewing, so its tasks are taken over once the lease runs out.
 It leases no more than its platforms can take: at most ``max_in_flight_per_platform`` batches
-per platform are out at once. A platform whose circuit breaker is open is not called at all;
-its tasks are retried later.
+per platform are out at once. A platform whose circuit breaker is open, or whose health does not
+report it SERVING (``PLATFORM_NOT_SERVING``), is not called at all; its tasks are retried later.
 
 On a graceful stop it takes no new tasks, lets the batches out finish (up to the grace
 period), records their outcomes and gives back its leases. A batch the platform has answered is
@@ -42,7 +42,7 @@ from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.batcher import split
 from gateway.fanout import Piece, release_piece
-from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink
+from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink, PlatformNotServing
 from gateway.results import now_us, result_from_item, retryable
 from gateway.store import JobRow, Store, TaskRow, TaskUpdate
 from numfed.config import Limits
@@ -258,8 +258,12 @@ class Dispatcher:
             reason = (
                 exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             )
-            self._retries(platform_id).failed(failure_reason(exc))
-            err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
+            err: Unavailable
+            if isinstance(exc, PlatformNotServing):
+                err = exc  # it says it cannot serve now (logged once by its link): its own reason
+            else:
+                self._retries(platform_id).failed(failure_reason(exc))
+                err = Unavailable("PLATFORM_UNAVAILABLE", f"{platform_id} did not answer: {reason}")
             updates = [self._retry_or_expire(task, job, error_status(err)) for task, job in work]
         else:
             self._retries(platform_id).succeeded()

@@ -1,8 +1,17 @@
-"""The gateway's links to platforms: one channel, one query batcher, a call cap and a breaker each.
+"""The gateway's links to platforms: one channel, one query batcher, a call cap, a breaker and a
+health watch each.
 
 Every call to a platform goes through the link's circuit breaker: while it is open, queries
 for that platform fail at once with ``PLATFORM_CIRCUIT_OPEN`` and release batches are put off,
 so a platform that hangs or fails holds no capacity that other platforms' traffic needs.
+
+Each link also watches the platform's own word on whether it can serve: the gRPC health service
+(``grpc.health.v1.Health/Watch``) for ``numfed.v1.PlatformService``, which a platform reports
+SERVING only while it holds a verified trust bundle (rule PLAT-OPS-1). While it reports anything
+else (NOT_SERVING, SERVICE_UNKNOWN, or no health service at all), queries for it fail at once with
+``PLATFORM_NOT_SERVING`` and release batches and event pushes wait; none of this counts against its
+breaker. Before the first answer, or while the watch cannot reach the platform, calls go ahead
+(the breaker judges a platform that is down).
 
 One claim never takes its batch-mates down. Batches are cut so that each request stays under
 :data:`MAX_REQUEST_BYTES`; a claim larger than that alone is never sent (``CLAIM_TOO_LARGE``).
@@ -23,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect
@@ -35,10 +45,25 @@ from numfed.observability.logs import failure_reason
 from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
 from numfed.v1 import platform_pb2, platform_pb2_grpc
 
-__all__ = ["MAX_REQUEST_BYTES", "CircuitOpen", "PlatformLink", "item_size"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "PLATFORM_SERVICE",
+    "CircuitOpen",
+    "NotCalled",
+    "PlatformLink",
+    "PlatformNotServing",
+    "item_size",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PLATFORM_SERVICE = "numfed.v1.PlatformService"
+"""The health service name a platform reports its readiness under."""
+WATCH_BACKOFF = (0.2, 5.0)
+"""Seconds before watching a platform's health again after the watch ended: first, at most."""
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_UNKNOWN_SERVICE = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """Most bytes of items in one call to a platform: the message cap, less room for framing."""
@@ -67,8 +92,16 @@ def _splits(exc: Exception) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _SPLIT_CODES
 
 
-class CircuitOpen(Unavailable):
+class NotCalled(Unavailable):
+    """The gateway did not call the platform (it would not have been served)."""
+
+
+class CircuitOpen(NotCalled):
     """The platform's breaker is open: the call was not made."""
+
+
+class PlatformNotServing(NotCalled):
+    """The platform's health does not report it SERVING: the call was not made."""
 
 
 QUERY = "BatchQueryBindings"
@@ -131,7 +164,88 @@ class PlatformLink:
             cooldown=limits.breaker_cooldown,
             on_change=self._breaker_changed,
         )
+        self._health: int | None = None
+        """The platform's last health status for PLATFORM_SERVICE; None: no word (yet)."""
+        self._may_call = asyncio.Event()
+        self._may_call.set()
+        self._serving = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set (and replaced) at each change of health: what :meth:`until_health` waits on."""
+        self._closed = False
+        self._watch = asyncio.get_running_loop().create_task(self._watch_health())
         metrics.add_source(self)
+
+    @property
+    def health(self) -> str:
+        """The platform's health as last reported (UNKNOWN before any word)."""
+        if self._health is None:
+            return "UNKNOWN"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(self._health))
+
+    def _heard(self, status: int | None) -> None:
+        changed, self._health = status != self._health, status
+        if changed:
+            log.info("platform %s reports %s", self.platform_id, _name(status))
+            self._changed.set()
+            self._changed = asyncio.Event()
+        for event, on in (
+            (self._may_call, status in (None, _SERVING)),
+            (self._serving, status == _SERVING),
+        ):
+            if on:
+                event.set()
+            else:
+                event.clear()
+
+    async def _watch_health(self) -> None:
+        """Follow the platform's health for as long as the link lives."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        delay = WATCH_BACKOFF[0]
+        # Not "while True": grpc may turn the cancellation of a stream it is setting up into an
+        # AioRpcError (CANCELLED), which would swallow close()'s cancel.
+        while not self._closed:
+            try:
+                call = stub.Watch(health_pb2.HealthCheckRequest(service=PLATFORM_SERVICE))
+                async for answer in call:
+                    self._heard(answer.status)
+                    delay = WATCH_BACKOFF[0]
+                self._heard(None)  # the stream ended: no word until the next one
+            except grpc.aio.AioRpcError as exc:
+                # No health service at all is a platform that never says it can serve.
+                self._heard(
+                    _UNKNOWN_SERVICE if exc.code() is grpc.StatusCode.UNIMPLEMENTED else None
+                )
+            if self._closed:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_BACKOFF[1])
+
+    def check_serving(self) -> None:
+        """Raise PlatformNotServing unless the platform may be called now."""
+        if not self._may_call.is_set():
+            raise PlatformNotServing(
+                "PLATFORM_NOT_SERVING",
+                f"{self.platform_id} reports {self.health} for {PLATFORM_SERVICE}; not calling it",
+                metadata={"health": self.health},
+            )
+
+    async def until_callable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the platform may be called; whether it may."""
+        try:
+            await asyncio.wait_for(self._may_call.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def until_serving(self, timeout: float) -> None:
+        """Wait until the platform has reported SERVING (TimeoutError after ``timeout``)."""
+        await asyncio.wait_for(self._serving.wait(), timeout)
+
+    async def until_health(self, status: str, timeout: float) -> None:
+        """Wait until :attr:`health` is ``status`` (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while self.health != status:
+                await self._changed.wait()
 
     def _breaker_changed(self, state: BreakerState) -> None:
         metrics.PLATFORM_BREAKER_TRANSITIONS.labels(self.platform_id, state.value).inc()
@@ -141,7 +255,9 @@ class PlatformLink:
             log.warning("circuit to platform %s is now %s", self.platform_id, state.value)
 
     async def _guarded(self, method: str, size: int, call: Callable[[], Awaitable[T]]) -> T:
-        """Make one call through the breaker; a failed or timed-out call counts against it."""
+        """Make one call through the breaker, if the platform's health lets it be called; a
+        failed or timed-out call counts against the breaker, a platform not serving does not."""
+        self.check_serving()
         if not self.breaker.allow():
             self._skipped.inc(method)
             raise CircuitOpen(
@@ -295,9 +411,18 @@ class PlatformLink:
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:
+        self._closed = True
+        self._watch.cancel()
+        await asyncio.gather(self._watch, return_exceptions=True)
         metrics.remove_source(self)
         await self.queries.close()
         await self.channel.close()
+
+
+def _name(status: int | None) -> str:
+    if status is None:
+        return "nothing (no health answer)"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
 
 class _HasItemId(Protocol):

@@ -11,7 +11,8 @@ judge yet (a key from a trust bundle newer than its own, say; numfed/staleness.p
 aside itself after its bounded retries. The position moves to what was acknowledged and the rest
 goes again after the same backoff. Such an answer is the platform's word, not a failure of the
 call: pushes never pass through the platform's circuit breaker, so a held batch never opens it
-and never slows the platform's queries and releases.
+and never slows the platform's queries and releases. Pushes do wait while the platform's health
+reports it cannot serve (``PlatformLink``), as its queries and releases do.
 
 With several replicas, each loop first leases the platform's cursor (renewing it every round):
 one replica pushes to a platform at a time, and when it dies another takes over once the lease
@@ -35,7 +36,7 @@ import grpc
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
 from gateway.eventlog import EventLog
-from gateway.platforms import PlatformLink
+from gateway.platforms import PlatformLink, PlatformNotServing
 from gateway.results import now_us
 from gateway.store import Store
 from numfed.config import Limits
@@ -219,6 +220,8 @@ class EventPusher:
                 if renewed_us == 0:  # newly ours: the cursor may have moved meanwhile
                     cursor = await self._store.run(self._events.cursor, platform)
                 renewed_us = now_us()
+            if not await self._link.until_callable(1.0):
+                continue  # it reports it cannot serve (no verified bundle): events wait too
             # While we hold the lease nobody else moves this cursor, so ours is current.
             if self._head is not None and await self._head.seq() <= cursor:
                 rows = []  # nothing new in the log (as of a read at most a second old)
@@ -228,6 +231,10 @@ class EventPusher:
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            try:
+                self._link.check_serving()  # its health may have changed during the read
+            except PlatformNotServing:
                 continue
             request = platform_pb2.DeliverEventsRequest(
                 batches=[

@@ -23,7 +23,7 @@ from gateway.batcher import Batcher, BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.fanout import Fan, found_nothing, query_piece
-from gateway.platforms import CircuitOpen, PlatformLink
+from gateway.platforms import NotCalled, PlatformLink
 from gateway.publisher import EventPublisher
 from gateway.recycled import RecycledCheck
 from gateway.results import now_us, operation, result_from_error, result_from_item
@@ -68,7 +68,7 @@ RELEASE_PURPOSES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
 
 def _failed_query(platform_id: str, exc: BaseException) -> gateway_pb2.PlatformResult:
     """A platform's part of a query that has no answer, as UNAVAILABLE with the reason."""
-    if isinstance(exc, CircuitOpen):
+    if isinstance(exc, NotCalled):  # breaker open, or the platform reports not serving
         return result_from_error(platform_id, exc, attempts=1)
     if isinstance(exc, grpc.aio.AioRpcError):
         err = Unavailable(

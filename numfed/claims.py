@@ -99,6 +99,8 @@ class ClaimPolicy:
         """The bundle's clock skew and maximum claim lifetime (the defaults without a bundle).
 
         ``max_lifetime`` replaces the bundle's for claims meant to live longer (holder proofs).
+
+        Rule PLAT-CLAIM-9.
         """
         skew = bundle.max_clock_skew if bundle is not None else DEFAULT_MAX_CLOCK_SKEW
         lifetime = bundle.max_claim_lifetime if bundle is not None else DEFAULT_MAX_CLAIM_LIFETIME
@@ -158,7 +160,10 @@ _POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
 def require_in_plan(bundle: TrustBundle, number: str) -> None:
     """``number`` lies in a range of the federation's numbering plan (the trust bundle's
     ``number_ranges``); else PERMISSION_DENIED ``NUMBER_NOT_IN_PLAN``: no carrier serves it, so
-    no carrier may attest it, whatever its signing key covers."""
+    no carrier may attest it, whatever its signing key covers.
+
+    Rule PLAT-CLAIM-11.
+    """
     if not any(number.startswith(prefix) for prefix in bundle.number_ranges):
         raise PermissionDenied(
             "NUMBER_NOT_IN_PLAN", "the number lies in no range of the federation's numbering plan"
@@ -247,6 +252,7 @@ class TenureClaim:
 
     @classmethod
     def from_proto(cls, pb: claim_pb2.TenureClaim) -> TenureClaim:
+        """Rule PLAT-CLAIM-10."""
         if pb.purpose == claim_pb2.PURPOSE_UNSPECIFIED:
             raise InvalidArgument("PURPOSE_UNSPECIFIED", "a claim states its purpose")
         try:
@@ -419,6 +425,8 @@ def signed_by_carrier(
     Claims and event batches alike carry exactly one signature, by a key of the trust bundle.
     The caller then parses the payload and calls :func:`require_key_of` with the carrier it
     names before believing anything in it.
+
+    Rules: PLAT-CLAIM-1, PLAT-CLAIM-2, PLAT-CLAIM-3.
     """
     if envelope.payload_type != payload_type:
         raise Unauthenticated(
@@ -462,6 +470,7 @@ def require_key_of(key: CarrierKey, carrier_id: str) -> None:
 
 
 def _check_issuer(key: CarrierKey, bundle: TrustBundle, carrier_id: str, number: str) -> None:
+    """Rules: PLAT-CLAIM-5, PLAT-CLAIM-KEY-CARRIER."""
     require_key_of(key, carrier_id)
     require_in_plan(bundle, number)
     if not key.covers(number):
@@ -499,6 +508,8 @@ def verify_tenure_claim(
     """Verify signature, issuer, scope, time and purpose; raise the precise error otherwise.
 
     ``policy`` defaults to the one the trust bundle publishes (:meth:`ClaimPolicy.from_bundle`).
+
+    Rules: PLAT-CLAIM-13, PLAT-ANS-3.
     """
     key_id, key = signed_by_carrier(envelope, trust, TENURE_CLAIM_PAYLOAD_TYPE, now)
     bundle = trusted_bundle(trust)

@@ -322,6 +322,9 @@ class PlatformConfig:
     trust_refresh: float = 60.0
     """Seconds between two routine fetches of the trust bundle. A verification that may have
     failed for want of a newer bundle fetches one at once, whatever this says."""
+    trust_refresh_min_interval: float = 1.0
+    """Fewest seconds between two fetches that a version hint or a refusal starts (a test
+    platform under the conformance kit sets it lower: the kit makes it refresh often)."""
     event_retry_limit: int = 8
     """Attempts at an event batch this platform cannot judge yet (a key from a newer bundle,
     say) before it may be set aside as a dead letter."""
@@ -354,6 +357,16 @@ class CarrierConfig:
     holder_web_listen: str | None = None
     """Where the holder's page is served over HTTP (loopback only, like ``holder_listen``);
     None: no page."""
+    display_name: str | None = None
+    """The carrier's name, for a carrier the reference adapters do not know (the generic
+    adapter, ``carrier_adapters/generic.py``); the reference adapters state their own."""
+    display_name_zh: str | None = None
+    """Its name in Chinese, as holders know it (generic adapter; default: ``display_name``)."""
+    sms_signature: str | None = None
+    """The sender text its SMS start with (generic adapter; default: the name in 【】)."""
+    time_zone: str | None = None
+    """The IANA zone whose calendar days its recycled checks answer about (generic adapter;
+    default: UTC)."""
     trust_dir: Path | None = None
     """The trust files whose ``root-1.pb`` the carrier pins. With it, the adapter fetches the
     trust bundle and the gateway's audit checkpoint, and keeps the checkpoint
@@ -500,10 +513,12 @@ def load_platform_config(path: Path) -> PlatformConfig:
         raise InvalidArgument("BAD_CONFIG", "platform.event_retry_limit must be an integer >= 1")
     retry_window = _number(sec, "event_retry_window", "platform", 300.0)
     trust_refresh = _number(sec, "trust_refresh", "platform", 60.0)
-    if retry_window < 0 or trust_refresh <= 0:
+    min_interval = _number(sec, "trust_refresh_min_interval", "platform", 1.0)
+    if retry_window < 0 or trust_refresh <= 0 or min_interval < 0:
         raise InvalidArgument(
             "BAD_CONFIG",
-            "platform.event_retry_window must be >= 0 and platform.trust_refresh positive",
+            "platform.event_retry_window and trust_refresh_min_interval must be >= 0 and "
+            "platform.trust_refresh positive",
         )
     admin_socket = base / _str(sec, "admin_socket", "platform") if "admin_socket" in sec else None
     return PlatformConfig(
@@ -519,6 +534,7 @@ def load_platform_config(path: Path) -> PlatformConfig:
         events=_events_mode(sec),
         conformance=bool(sec.get("conformance", False)),
         trust_refresh=trust_refresh,
+        trust_refresh_min_interval=min_interval,
         event_retry_limit=retry_limit,
         event_retry_window=retry_window,
         admin_socket=admin_socket,
@@ -551,6 +567,28 @@ def load_carrier_config(path: Path) -> CarrierConfig:
         holder_web_listen=(
             _endpoint(sec, "holder_web_listen", "carrier") if "holder_web_listen" in sec else None
         ),
+        display_name=_optional(sec, "display_name", "carrier"),
+        display_name_zh=_optional(sec, "display_name_zh", "carrier"),
+        sms_signature=_optional(sec, "sms_signature", "carrier"),
+        time_zone=_time_zone(sec),
         trust_dir=base / _str(sec, "trust_dir", "carrier") if "trust_dir" in sec else None,
         telemetry=_telemetry(raw),
     )
+
+
+def _optional(sec: dict[str, Any], key: str, where: str) -> str | None:
+    return _str(sec, key, where) if key in sec else None
+
+
+def _time_zone(sec: dict[str, Any]) -> str | None:
+    """An IANA time zone name the machine (or tzdata) knows; else BAD_CONFIG."""
+    name = _optional(sec, "time_zone", "carrier")
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidArgument("BAD_CONFIG", f"carrier.time_zone={name!r} is no known zone") from exc
+    return name

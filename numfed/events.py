@@ -159,6 +159,8 @@ def verify_event_batch(
     gateway's log (``from_log``: platforms, pushed or pulled) may have waited there for a
     platform that was away, so it may be of any age, and its key's window may have closed up to
     :data:`~numfed.timecheck.LOG_KEY_GRACE` before now (``KEY_OUT_OF_WINDOW`` beyond).
+
+    Rules: PLAT-EVT-1, PLAT-EVT-2, PLAT-EVT-3.
     """
     _keyid, key = signed_by_carrier(envelope, trust, EVENT_BATCH_PAYLOAD_TYPE, now)
     bundle = trusted_bundle(trust)

@@ -133,7 +133,10 @@ class NumberHistory:
         return out
 
     def current_tenure(self, now: datetime) -> Tenure | None:
-        """The tenure running at ``now``, or None when the number has no holder."""
+        """The tenure running at ``now``, or None when the number has no holder.
+
+        Rule CARR-CLAIM-3.
+        """
         for t in self.tenures():
             if t.covers(now):
                 return t
@@ -180,6 +183,8 @@ class NumberHistory:
         answer as of ``now``. A day after today, or one that ended before the carrier's history
         of the number begins, cannot be answered truthfully: OUT_OF_RANGE, with reasons named
         after the field the platform ``asked`` with, and the day in the error's metadata.
+
+        Rules: CARR-REC-1, CARR-REC-2.
         """
         metadata = {"specified_date": day.isoformat()}
         if day > now.astimezone(zone).date():

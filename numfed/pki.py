@@ -649,7 +649,10 @@ def _tls_files(where: PkiLayout | Path, peer: PeerId) -> tuple[bytes, bytes, byt
 
 
 def server_credentials(where: PkiLayout | Path, peer: PeerId) -> grpc.ServerCredentials:
-    """TLS credentials for serving as ``peer``; every client must present a cert from the CA."""
+    """TLS credentials for serving as ``peer``; every client must present a cert from the CA.
+
+    Rules: PLAT-OPS-3, PLAT-OPS-4, CARR-OPS-1, CARR-OPS-2.
+    """
     ca, cert, key = _tls_files(where, peer)
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True

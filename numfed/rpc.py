@@ -6,6 +6,7 @@ serves members only (PERMISSION_DENIED ``UNKNOWN_MEMBER``), allows each RPC only
 need it, and maps numfed's domain exceptions to a ``google.rpc.Status`` carrying one
 ``ErrorInfo`` (AIP-193). Handlers raise :class:`numfed.errors.NumfedError` and never build
 statuses themselves. Health and reflection get the first two checks too, but no role policy.
+Reflection is served as ``grpc.reflection.v1`` and ``v1alpha`` alike.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -689,6 +690,124 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""The stable name of gRPC server reflection. grpcio-reflection serves only v1alpha, whose
+messages are the same on the wire; numfed serves both names with one servicer."""
+
+
+def _message_files() -> list[str]:
+    """Every file of numfed's contracts, imported so that the descriptor pool holds it."""
+    from numfed.v1 import (
+        audit_pb2,
+        binding_pb2,
+        carrier_pb2,
+        claim_pb2,
+        conformance_pb2,
+        events_pb2,
+        gateway_pb2,
+        holder_pb2,
+        platform_admin_pb2,
+        platform_pb2,
+        trust_pb2,
+    )
+
+    modules = (
+        audit_pb2,
+        binding_pb2,
+        carrier_pb2,
+        claim_pb2,
+        conformance_pb2,
+        events_pb2,
+        gateway_pb2,
+        holder_pb2,
+        platform_admin_pb2,
+        platform_pb2,
+        trust_pb2,
+    )
+    return [m.DESCRIPTOR.name for m in modules]
+
+
+def _reflection_v1_file() -> None:
+    """Put grpc/reflection/v1/reflection.proto in the default pool (v1alpha's, renamed), so
+    that a client can describe the v1 service too."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName("grpc/reflection/v1/reflection.proto")
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.ClearField("options")
+
+    def renamed(type_name: str) -> str:
+        return type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.")
+
+    messages = list(proto.message_type)
+    while messages:
+        message = messages.pop()
+        messages += message.nested_type
+        for f in message.field:
+            if f.type_name:
+                f.type_name = renamed(f.type_name)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = renamed(method.input_type)
+            method.output_type = renamed(method.output_type)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+class _Reflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """Server reflection whose every file answer also carries every file of numfed's contracts:
+    the messages carried inside envelopes' payloads (``trust.proto``'s RootMetadata and
+    TrustBundle, a TenureClaim, an EventBatch) are imported by no service's file, so a client
+    that knows only reflection would otherwise never see them."""
+
+    def __init__(self, service_names: Sequence[str], files: Sequence[str]) -> None:
+        super().__init__(service_names)
+        self._extra = [
+            _file_proto(descriptor_pool.Default().FindFileByName(name)) for name in files
+        ]
+
+    def _with_contracts(self, response: Any) -> Any:
+        if response.HasField("file_descriptor_response"):
+            listed = response.file_descriptor_response.file_descriptor_proto
+            names = {descriptor_pb2.FileDescriptorProto.FromString(raw).name for raw in listed}
+            for name, raw in self._extra:
+                if name not in names:
+                    listed.append(raw)
+        return response
+
+    def _file_by_filename(self, request: Any, filename: str) -> Any:
+        return self._with_contracts(super()._file_by_filename(request, filename))
+
+    def _file_containing_symbol(self, request: Any, name: str) -> Any:
+        return self._with_contracts(super()._file_containing_symbol(request, name))
+
+
+def _file_proto(descriptor: Any) -> tuple[str, bytes]:
+    proto = descriptor_pb2.FileDescriptorProto()
+    descriptor.CopyToProto(proto)
+    return proto.name, proto.SerializeToString()
+
+
+def _add_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
+    """Serve reflection under v1alpha and v1, answering with numfed's contracts as well."""
+    _reflection_v1_file()
+    servicer = _Reflection(names, _message_files())
+    serdes = {
+        "request_deserializer": reflection_pb2.ServerReflectionRequest.FromString,
+        "response_serializer": reflection_pb2.ServerReflectionResponse.SerializeToString,
+    }
+    for name in (reflection.SERVICE_NAME, REFLECTION_V1):
+        handler = grpc.stream_stream_rpc_method_handler(servicer.ServerReflectionInfo, **serdes)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler}),)
+        )
+
+
 def server_options(
     limits: Limits, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> list[tuple[str, int]]:
@@ -829,10 +948,17 @@ async def start_server(
     request metadata (both: the trust version hints, :mod:`numfed.trusthints`).
     ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
     carrier's own app channel only.
+
     ``limits`` (default: :class:`Limits` defaults) give the connection settings of
     :func:`server_options`. Services named in ``not_serving`` start NOT_SERVING in the health
-    service (until :meth:`ServerHandle.set_serving`); the others start SERVING. An address the
-    server cannot listen on is FAILED_PRECONDITION ``CANNOT_LISTEN``.
+    service (until :meth:`ServerHandle.set_serving`; a platform's, until it holds a trust
+    bundle); the others start SERVING. An address the server cannot listen on is
+    FAILED_PRECONDITION ``CANNOT_LISTEN``. Reflection is served under ``grpc.reflection.v1`` and
+    ``v1alpha``, and its file answers carry every file of numfed's contracts (:class:`_Reflection`).
+
+    A client without a certificate (with ``credentials``) is refused in the TLS handshake, so it
+    sees UNAVAILABLE: the server requires one (:func:`numfed.pki.server_credentials`) rather
+    than admitting anonymous connections to refuse them UNAUTHENTICATED in every handler.
 
     Every call is timed into ``rpc_server_duration_seconds``; with tracing on
     (:mod:`numfed.observability.tracing`) OpenTelemetry's interceptor runs first.
@@ -859,8 +985,8 @@ async def start_server(
     names = [reg(server) for reg in register]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names += [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
+    names += [health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
+    _add_reflection(server, names)
     try:
         if credentials is None:
             port = server.add_insecure_port(bind)

@@ -69,7 +69,10 @@ def check_issued_at(
     what: str = "the signed object",
 ) -> None:
     """``issued_at`` is not after ``now`` beyond ``skew`` (``ISSUED_IN_FUTURE``) and, with
-    ``max_age``, not older than that plus ``skew`` (``TOO_OLD``)."""
+    ``max_age``, not older than that plus ``skew`` (``TOO_OLD``).
+
+    Rules: PLAT-CLAIM-8, PLAT-EVT-3.
+    """
     now = require_utc(now, "now")
     if issued_at - now > skew:
         raise Unauthenticated("ISSUED_IN_FUTURE", f"{what} is issued in the future")
@@ -83,7 +86,10 @@ def check_happened(
     t: datetime, issued_at: datetime, now: datetime, *, skew: timedelta, field: str
 ) -> None:
     """``t`` records something that has happened: not after the object was signed, nor after
-    ``now``, beyond ``skew``; else INVALID_ARGUMENT ``TIME_IN_FUTURE`` naming ``field``."""
+    ``now``, beyond ``skew``; else INVALID_ARGUMENT ``TIME_IN_FUTURE`` naming ``field``.
+
+    Rule PLAT-EVT-3.
+    """
     if t - min(issued_at, require_utc(now, "now")) > skew:
         raise InvalidArgument(
             "TIME_IN_FUTURE",
@@ -106,6 +112,8 @@ def check_key_window(
     ``issued_at`` is the signer's word: checked alone, a key whose window has closed could sign
     anything dated inside it. (Its window's start needs no check against now: issued_at is not
     after now beyond the skew, and not before the start.)
+
+    Rule PLAT-CLAIM-6.
     """
     if not key.valid_at(issued_at):
         raise Unauthenticated(
@@ -130,7 +138,10 @@ def check_lifetime(
 ) -> None:
     """A claim's own window: not expired before ``now`` beyond ``skew`` plus ``grace``
     (``CLAIM_EXPIRED``), issued_at not in the future (:func:`check_issued_at`), and living no
-    longer than ``max_lifetime`` (INVALID_ARGUMENT ``CLAIM_LIFETIME_TOO_LONG``)."""
+    longer than ``max_lifetime`` (INVALID_ARGUMENT ``CLAIM_LIFETIME_TOO_LONG``).
+
+    Rule PLAT-CLAIM-7.
+    """
     now = require_utc(now, "now")
     if now - expires_at > skew + grace:
         raise Unauthenticated("CLAIM_EXPIRED", "the claim has expired")

@@ -544,7 +544,7 @@ class TrustedState:
                 )
             state._root, state._root_envelope = newest, root
         if bundle is not None:
-            _threshold(
+            state._signed(
                 bundle, state._root, BUNDLE_PAYLOAD_TYPE, TrustReason.BUNDLE_THRESHOLD_NOT_MET
             )
             state._bundle, state._bundle_envelope = _parse_bundle(bundle), bundle
@@ -582,29 +582,44 @@ class TrustedState:
         return versions[0] > root or versions[1] > bundle
 
     def update_root(self, envelope: Envelope) -> None:
-        """Accept root version current+1, signed by both the current and its own threshold.
+        """Accept root version current+1, signed by both the current and its own threshold
+        (rules PLAT-TRUST-11, PLAT-TRUST-12).
 
-        Its expiry is not checked: an expired root still vouches for its successor (TUF 5.3.6);
-        only the final one counts (:meth:`check_final_root`).
+        Its expiry is not checked (PLAT-TRUST-14): an expired root still vouches for its
+        successor (TUF 5.3.6); only the final one counts (:meth:`check_final_root`).
         """
         # Parse only to learn the new keys; nothing is trusted until both thresholds verify.
         if envelope.payload_type != ROOT_PAYLOAD_TYPE:
             raise Unauthenticated(TrustReason.WRONG_PAYLOAD_TYPE, f"expected {ROOT_PAYLOAD_TYPE}")
-        _threshold(envelope, self._root, ROOT_PAYLOAD_TYPE, TrustReason.ROOT_THRESHOLD_NOT_MET)
+        self._signed(envelope, self._root, ROOT_PAYLOAD_TYPE, TrustReason.ROOT_THRESHOLD_NOT_MET)
         new = Root.from_proto(_root_metadata(envelope))
-        _threshold(envelope, new, ROOT_PAYLOAD_TYPE, TrustReason.ROOT_THRESHOLD_NOT_MET)
-        if new.version != self._root.version + 1:
-            raise Unauthenticated(
-                TrustReason.ROOT_VERSION_NOT_NEXT,
-                f"root version {new.version} does not follow {self._root.version}",
-            )
+        self._signed(envelope, new, ROOT_PAYLOAD_TYPE, TrustReason.ROOT_THRESHOLD_NOT_MET)
+        self._check_next(new)
         self._root, self._root_envelope = new, envelope
-        # Fast-forward recovery (TUF 5.3.11): the bundle was signed under the old root; keep it,
+        # Fast-forward recovery (TUF 5.3.11, PLAT-TRUST-16): the bundle was signed under the
+        # old root; keep it,
         # and the floor its version sets, only if the new root still signs it.
         old = self._bundle_envelope
         if old is not None and not _signed_by(old, new, BUNDLE_PAYLOAD_TYPE):
             self._bundle = None
             self._bundle_envelope = None
+
+    def _signed(
+        self, envelope: Envelope, root: Root, payload_type: str, reason: TrustReason
+    ) -> None:
+        """``envelope`` is of ``payload_type`` (PLAT-TRUST-4) and signed by a threshold of
+        distinct keys of ``root`` (PLAT-TRUST-1, PLAT-TRUST-2): signatures under other key ids
+        are ignored, and a key counts once however often it signs (PLAT-TRUST-3); else
+        UNAUTHENTICATED ``reason``."""
+        _threshold(envelope, root, payload_type, reason)
+
+    def _check_next(self, new: Root) -> None:
+        """Rule PLAT-TRUST-13: a new root's version is the held one's plus one."""
+        if new.version != self._root.version + 1:
+            raise Unauthenticated(
+                TrustReason.ROOT_VERSION_NOT_NEXT,
+                f"root version {new.version} does not follow {self._root.version}",
+            )
 
     def update_roots(
         self, roots: Sequence[Envelope], *, on_root: Callable[[Envelope], None] | None = None
@@ -632,14 +647,16 @@ class TrustedState:
                 on_root(envelope)
 
     def check_final_root(self, now: datetime) -> None:
-        """Raise ``ROOT_EXPIRED`` when the newest root held has expired (TUF 5.3.10)."""
+        """Raise ``ROOT_EXPIRED`` when the newest root held has expired (TUF 5.3.10; rule
+        PLAT-TRUST-15)."""
         if self._root.expires_at <= require_utc(now, "now"):
             raise Unauthenticated(
                 TrustReason.ROOT_EXPIRED, f"the trusted root v{self._root.version} has expired"
             )
 
     def update_bundle(self, envelope: Envelope, *, now: datetime) -> BundleChange:
-        """Accept a newer bundle; keep the held one at the same version; refuse an older one.
+        """Accept a newer bundle; keep the held one at the same version; refuse an older one
+        (rules PLAT-TRUST-5, PLAT-TRUST-7, PLAT-TRUST-8, PLAT-TRUST-9).
 
         A higher version is accepted whatever the gap (TUF 5.4.3: skipping is allowed). The
         held version again, byte for byte, is a refresh; with other bytes it is logged as
@@ -649,7 +666,9 @@ class TrustedState:
         """
         now = require_utc(now, "now")
         self.check_final_root(now)
-        _threshold(envelope, self._root, BUNDLE_PAYLOAD_TYPE, TrustReason.BUNDLE_THRESHOLD_NOT_MET)
+        self._signed(
+            envelope, self._root, BUNDLE_PAYLOAD_TYPE, TrustReason.BUNDLE_THRESHOLD_NOT_MET
+        )
         bundle = _parse_bundle(envelope)
         held, held_envelope = self._bundle, self._bundle_envelope
         change = BundleChange.ACCEPTED
@@ -697,7 +716,8 @@ class TrustedState:
         return UpdateResult(root_from, root_to, bundle_from, bundle_to)
 
     def carrier_key(self, key_id: str, *, now: datetime) -> CarrierKey:
-        """The carrier key named ``key_id``, if the final root and the bundle trust it now."""
+        """The carrier key named ``key_id``, if the final root and the bundle trust it now: not
+        under an expired bundle (PLAT-TRUST-10), not revoked (PLAT-CLAIM-4)."""
         self.check_final_root(now)
         bundle = self._bundle
         if bundle is None:

@@ -72,17 +72,20 @@ class TrustStore:
         except Exception as exc:
             raise Unavailable("TRUST_STORE_UNREADABLE", f"{path} is not an envelope") from exc
 
-    def restore(self, pin: Envelope, *, now: datetime) -> TrustedState:
+    def restore(
+        self, pin: Envelope, *, now: datetime, kind: type[TrustedState] = TrustedState
+    ) -> TrustedState:
         """The persisted trust on top of ``pin``, else the pin alone. A persisted root that
         does not verify raises (the verifier must not trust less than it did); a persisted
         bundle the root does not sign is dropped, as a root rotation drops it (TUF's
-        fast-forward recovery)."""
+        fast-forward recovery). ``kind``: the state class to make (the conformance kit's broken
+        members substitute their own)."""
         stored = self.load()
-        state = TrustedState.restore(pin, root=stored.root, now=now)
+        state = kind.restore(pin, root=stored.root, now=now)
         if stored.bundle is None:
             return state
         try:
-            return TrustedState.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
+            return kind.restore(pin, root=stored.root, bundle=stored.bundle, now=now)
         except NumfedError as err:
             log.warning(
                 "persisted trust bundle dropped (%s: %s); root v%d kept",
@@ -111,6 +114,14 @@ class TrustStore:
     def save_bundle(self, envelope: Envelope) -> None:
         """Persist a bundle just accepted."""
         self._save(self.bundle_path, envelope)
+
+    def clear(self) -> None:
+        """Forget what was persisted (a verifier taken back to its pin, as in a first start)."""
+        for path in (self.bundle_path, self.root_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise Unavailable("TRUST_STORE_UNWRITABLE", f"cannot remove {path}: {exc}") from exc
 
     def _save(self, path: Path, envelope: Envelope) -> None:
         try:

@@ -7,17 +7,22 @@ refresh its trust bundle now. Only the gateway's identity may call it, like Plat
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
 
-from numfed.claims import normalize_number
+from numfed.claims import VerifiedRecycledClaim, normalize_number
 from numfed.errors import AlreadyExists, InvalidArgument, NumfedError, Unavailable
 from numfed.identity import Role
 from numfed.rpc import error_status, ok_status
-from numfed.timeutil import from_timestamp, to_timestamp
-from numfed.v1 import binding_pb2, conformance_pb2, conformance_pb2_grpc
+from numfed.staleness import may_be_stale
+from numfed.timeutil import from_date, from_timestamp, to_date, to_timestamp
+from numfed.trust import TrustedState
+from numfed.v1 import binding_pb2, claim_pb2, conformance_pb2, conformance_pb2_grpc, gateway_pb2
+from platform_stubs.recycled import check_recycled_answer
 from platform_stubs.store import PlatformStore
 from platform_stubs.trustclient import TrustClient
 
@@ -33,9 +38,15 @@ CONFORMANCE_POLICY = {
         "CheckSmsLogin",
         "ListAppliedEvents",
         "RefreshTrustBundle",
+        "ResetTrust",
+        "GetTrustState",
+        "ReloadTrust",
+        "AskRecycledCheck",
     )
 }
 MAX_READ = 1000
+ASK_TIMEOUT = 5.0
+"""Seconds the platform waits for the gateway's CheckRecycled answer."""
 _KIND_NAMES: dict[int, str] = {
     int(v): str(k).removeprefix("BINDING_KIND_") for k, v in binding_pb2.BindingKind.items()
 }
@@ -58,7 +69,8 @@ def _text(value: str, what: str, limit: int) -> str:
 
 
 class PlatformConformanceServicer(conformance_pb2_grpc.PlatformConformanceServiceServicer):
-    def __init__(self, *, store: PlatformStore, trust: TrustClient) -> None:
+    def __init__(self, *, platform_id: str, store: PlatformStore, trust: TrustClient) -> None:
+        self._platform_id = platform_id
         self._store = store
         self._trust = trust
 
@@ -177,3 +189,96 @@ class PlatformConformanceServicer(conformance_pb2_grpc.PlatformConformanceServic
         return conformance_pb2.RefreshTrustBundleResponse(
             status=status, bundle_version=bundle.version if bundle is not None else 0
         )
+
+    async def ResetTrust(
+        self,
+        request: conformance_pb2.ResetTrustRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.ResetTrustResponse:
+        await self._trust.reset()
+        return conformance_pb2.ResetTrustResponse(state=trust_state(self._trust.state))
+
+    async def GetTrustState(
+        self,
+        request: conformance_pb2.GetTrustStateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.GetTrustStateResponse:
+        return conformance_pb2.GetTrustStateResponse(state=trust_state(self._trust.state))
+
+    async def ReloadTrust(
+        self,
+        request: conformance_pb2.ReloadTrustRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.ReloadTrustResponse:
+        await self._trust.reload()
+        return conformance_pb2.ReloadTrustResponse(state=trust_state(self._trust.state))
+
+    def check_answer(
+        self,
+        answer: claim_pb2.Envelope,
+        trust: TrustedState,
+        number: str,
+        specified_date: date,
+        now: datetime,
+    ) -> VerifiedRecycledClaim:
+        """Judge the gateway's answer to the platform's question as the platform does before it
+        acts on one (rule PLAT-REC-1). Blocking: one read of the store."""
+        return check_recycled_answer(
+            answer,
+            trust=trust,
+            store=self._store,
+            platform_id=self._platform_id,
+            number=number,
+            specified_date=specified_date,
+            now=now,
+        )
+
+    async def AskRecycledCheck(
+        self,
+        request: conformance_pb2.AskRecycledCheckRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> conformance_pb2.AskRecycledCheckResponse:
+        number = normalize_number(request.number)
+        day = from_date(request.specified_date)
+        try:
+            got = await self._trust.gateway.CheckRecycled(
+                gateway_pb2.CheckRecycledRequest(number=number, specified_date=to_date(day)),
+                timeout=ASK_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                "GATEWAY_UNAVAILABLE", f"no answer from the gateway: {exc.code().name}"
+            ) from exc
+
+        async def judge() -> conformance_pb2.AskRecycledCheckResponse:
+            trust = self._trust.trusted()
+            verified = await self._store.run(
+                self.check_answer, got.answer, trust, number, day, datetime.now(UTC)
+            )
+            return conformance_pb2.AskRecycledCheckResponse(
+                status=ok_status(), changed=verified.claim.changed
+            )
+
+        try:
+            try:
+                return await judge()
+            except NumfedError as err:
+                if not may_be_stale(err):
+                    raise
+                await self._trust.refresh_if_behind()  # refresh before refusing (PLAT-TRUST-18)
+                return await judge()
+        except NumfedError as err:
+            if isinstance(err, Unavailable):
+                raise
+            return conformance_pb2.AskRecycledCheckResponse(status=error_status(err))
+
+
+def trust_state(state: TrustedState) -> conformance_pb2.TrustState:
+    """The versions held and the SHA-256 of each held envelope's signed payload."""
+    bundle = state.bundle_envelope
+    return conformance_pb2.TrustState(
+        root_version=state.root.version,
+        bundle_version=state.bundle.version if state.bundle is not None else 0,
+        root_digest=hashlib.sha256(state.root_envelope.payload).digest(),
+        bundle_digest=hashlib.sha256(bundle.payload).digest() if bundle is not None else b"",
+    )

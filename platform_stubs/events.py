@@ -99,7 +99,10 @@ class EventApplier:
     async def apply(self, batches: Sequence[events_pb2.SequencedBatch]) -> int:
         """Handle batches in order; return the highest seq that may be acknowledged (0: none
         of these). Handling stops at the first batch held: it and every batch after it stay
-        unacknowledged."""
+        unacknowledged.
+
+        Rule PLAT-EVT-5.
+        """
         seqs = [b.seq for b in batches]
         if seqs != sorted(set(seqs)):
             raise InvalidArgument("BATCHES_OUT_OF_ORDER", "batches must come in increasing seq")
@@ -152,7 +155,10 @@ class EventApplier:
 
     async def _handle(self, seq: int, batch: claim_pb2.Envelope, *, listed: bool) -> bool:
         """Try one batch (again, after a refresh, when the refusal may be staleness); return
-        whether the platform may acknowledge it."""
+        whether the platform may acknowledge it.
+
+        Rule PLAT-EVT-6.
+        """
         err = await self._try(seq, batch)
         if may_be_stale(err):
             await self._trust.refresh_if_behind()

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 REFERENCE_PLATFORMS = PLATFORMS
 SERVICE = "numfed.v1.PlatformService"
 _GATEWAY_ONLY = frozenset({Role.GATEWAY})
+# Rule PLAT-OPS-2: PlatformService answers the federation's gateway only.
 POLICY = {
     f"/{SERVICE}/BatchQueryBindings": _GATEWAY_ONLY,
     f"/{SERVICE}/BatchReleaseBindings": _GATEWAY_ONLY,
@@ -126,6 +127,7 @@ async def start_platform(
         peer=peer,
         gateway=config.gateway,
         state_dir=config.state_dir / TRUST_STORE_DIR,
+        min_refresh_interval=config.trust_refresh_min_interval,
         checkpoint_file=config.state_dir / CHECKPOINT_FILE,
         limits=config.limits,
     )
@@ -149,7 +151,8 @@ async def start_platform(
 
     def register_conformance(server: grpc.aio.Server) -> str:
         conformance_pb2_grpc.add_PlatformConformanceServiceServicer_to_server(
-            PlatformConformanceServicer(store=store, trust=trust), server
+            PlatformConformanceServicer(platform_id=config.platform_id, store=store, trust=trust),
+            server,
         )
         return CONFORMANCE_SERVICE
 
@@ -161,7 +164,7 @@ async def start_platform(
             bind=config.listen,
             members=SoleGateway(pki.GATEWAY),
             revocations=pki.RevocationList(config.pki_dir),
-            not_serving=[SERVICE],
+            not_serving=[SERVICE],  # until it holds a verified bundle (PLAT-OPS-1)
             on_metadata=trust.notice_metadata,  # the gateway's trust versions: refresh if behind
             limits=config.limits,
         )
@@ -177,13 +180,17 @@ async def start_platform(
         store.close()
         raise
 
-    async def ready_when_trusted() -> None:
-        await trust.ready.wait()
-        await handle.set_serving(SERVICE, True)
+    async def health_follows_trust() -> None:
+        """PLAT-OPS-1: SERVING exactly while a verified bundle is held."""
+        while True:
+            await trust.ready.wait()
+            await handle.set_serving(SERVICE, True)
+            await trust.wait_until(lambda _state: not trust.ready.is_set())
+            await handle.set_serving(SERVICE, False)
 
     tasks = [
         asyncio.create_task(trust.run(config.trust_refresh)),
-        asyncio.create_task(ready_when_trusted()),
+        asyncio.create_task(health_follows_trust()),
     ]
     puller = None
     if config.events == "poll":

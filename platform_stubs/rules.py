@@ -41,7 +41,10 @@ class Binding:
 
 
 def prior(bindings: Iterable[Binding], tenure_start: datetime) -> list[Binding]:
-    """Active bindings made before the current holder's tenure began (bound_at < X, strictly)."""
+    """Active bindings made before the current holder's tenure began (bound_at < X, strictly).
+
+    Rule PLAT-REL-1.
+    """
     return [b for b in bindings if b.active and b.bound_at < tenure_start]
 
 
@@ -108,7 +111,10 @@ def summarize(bindings: Iterable[Binding], masker: Masker, *, with_refs: bool) -
 def select_own(
     bindings: Sequence[Binding], refs: Iterable[str], tenure_start: datetime, masker: Masker
 ) -> list[Binding]:
-    """The own-tenure bindings the holder picked; any other ref is refused, nothing applied."""
+    """The own-tenure bindings the holder picked; any other ref is refused, nothing applied.
+
+    Rules: PLAT-REL-5, PLAT-REL-6.
+    """
     mine = {masker.ref(b): b for b in own(bindings, tenure_start)}
     chosen: list[Binding] = []
     for ref in refs:

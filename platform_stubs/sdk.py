@@ -76,11 +76,16 @@ class Knobs:
 
 def platform_policy(trust: TrustedState) -> ClaimPolicy:
     """The clock skew and claim lifetime of the bundle the platform holds, with the release
-    grace: platforms apply a release the gateway retries after its claim expired, within it."""
+    grace: platforms apply a release the gateway retries after its claim expired, within it.
+
+    Rules: PLAT-CLAIM-9, PLAT-REL-4.
+    """
     return ClaimPolicy.from_bundle(trust.bundle, release_grace=RELEASE_GRACE)
 
 
 def _check_batch(item_ids: Sequence[str]) -> None:
+    """Rule PLAT-ANS-2: a batch is refused whole when it is empty, too large, or its item ids
+    are empty or repeat."""
     if not item_ids:
         raise InvalidArgument("EMPTY_BATCH", "a batch carries at least one item")
     if len(item_ids) > MAX_BATCH_ITEMS:
@@ -113,9 +118,10 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     def _summaries(
         self, found: Sequence[Binding], *, with_refs: bool
     ) -> tuple[list[binding_pb2.BindingSummary], int]:
-        """What may be said of ``found``: masked summaries, identical ones merged, capped (at
-        most MAX_SUMMARIES_PER_CLAIM, largest counts first); and how many bindings the
-        summaries left out stand for (the answer's ``omitted_bindings``)."""
+        """What may be said of ``found``: masked summaries (rule PLAT-ANS-5), identical ones
+        merged, capped (at most MAX_SUMMARIES_PER_CLAIM, largest counts first), each count at
+        least 1 (PLAT-REL-8); and how many bindings the summaries left out stand for (the
+        answer's ``omitted_bindings``)."""
         return bound(
             binding_pb2.BindingSummary(
                 platform_id=self.platform_id,
@@ -147,7 +153,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     async def _served(
         self, verified: list[VerifiedClaim | NumfedError]
     ) -> list[VerifiedClaim | NumfedError]:
-        """Refuse, per item, a claim whose carrier does not serve its number (as far as this
+        """Rule PLAT-CLAIM-12: refuse, per item, a claim whose carrier does not serve its
+        number (as far as this
         platform has seen the event log). The gateway checks the same, but is not trusted; a
         platform that is behind on events answers NUMBER_NOT_SERVED, which the gateway's
         dispatcher retries."""
@@ -172,7 +179,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     ) -> list[VerifiedClaim | NumfedError]:
         """Verify each item's claim and that its carrier serves the number. Items refused for
         a reason that may be this platform's staleness are judged once more after a refresh
-        of the trust bundle (if behind); so is the whole call when no bundle is held yet."""
+        of the trust bundle (if behind); so is the whole call when no bundle is held yet, which
+        is then UNAVAILABLE, never a final answer (rules PLAT-TRUST-18, PLAT-ANS-4)."""
         try:
             verdicts = await self._served(self._verify(items, purposes))
         except Unavailable as err:
@@ -193,6 +201,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         request: platform_pb2.BatchQueryBindingsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> platform_pb2.BatchQueryBindingsResponse:
+        """Rule PLAT-ANS-1."""
         _check_batch([i.item_id for i in request.items])
         self.knobs.fail(self._rng)
         verified = await self._judge(request.items, QUERY)
@@ -207,12 +216,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
                     platform_pb2.QueryItemResult(item_id=item.item_id, status=error_status(v))
                 )
                 continue
-            mine = by_number[v.claim.number]
-            x = v.claim.tenure_start
-            if v.claim.purpose is Purpose.QUERY_PRIOR:
-                found, omitted = self._summaries(prior(mine, x), with_refs=False)
-            else:
-                found, omitted = self._summaries(own(mine, x), with_refs=True)
+            found, omitted = self._listed(v, by_number[v.claim.number])
             if sparse and not found and not omitted:
                 continue  # accepted, nothing bound: silence says so
             results.append(
@@ -225,6 +229,17 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
             )
         await self.knobs.delay()
         return platform_pb2.BatchQueryBindingsResponse(results=results, sparse=sparse)
+
+    def _listed(
+        self, v: VerifiedClaim, bindings: list[Binding]
+    ) -> tuple[list[binding_pb2.BindingSummary], int]:
+        """What a query claim lists (rule PLAT-REL-7), as :meth:`_summaries`: QUERY_PRIOR the
+        active bindings made before X, stale ones included, without refs; QUERY_OWN those made
+        at or after X, each with its ref."""
+        x = v.claim.tenure_start
+        if v.claim.purpose is Purpose.QUERY_PRIOR:
+            return self._summaries(prior(bindings, x), with_refs=False)
+        return self._summaries(own(bindings, x), with_refs=True)
 
     async def DeliverEvents(
         self,
@@ -331,6 +346,8 @@ def _expired_release(
     CLAIM_EXPIRED comes after the signature, key and issuer checks passed at the current time;
     verifying again as of the claim's own expiry adds the purpose and lifetime checks. Such a
     claim is answered from the stored result only, never applied.
+
+    Rule PLAT-REL-4.
     """
     if not isinstance(outcome, NumfedError) or outcome.reason != "CLAIM_EXPIRED":
         return None

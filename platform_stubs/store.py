@@ -291,10 +291,13 @@ class PlatformStore:
 
         A claim applied before is answered from its stored result (``replayed``) and changes
         nothing; otherwise the selected bindings get ``released_at`` (the account remains).
+
         The stored result is the selector's, which the SDK bounds (merged, capped summaries),
         so however many bindings one claim released, every replay of it is small; the
         bindings are updated in slices, so no number of them exceeds SQLite's limit on bound
         parameters.
+
+        Rules: PLAT-REL-2, PLAT-REL-3.
         """
         out: list[AppliedRelease] = []
         with self.engine.begin() as c:
@@ -354,6 +357,8 @@ class PlatformStore:
         A batch whose every event was applied before is a repeat (a lost acknowledgement, a
         replay): it changes nothing and is not judged again, since the log has moved on since
         it was judged the first time.
+
+        Rules: PLAT-EVT-4, PLAT-EVT-7, PLAT-EVT-8, PLAT-EVT-9, PLAT-EVT-10.
         """
         with self.engine.begin() as c:
             ids = [e.event_id for e in events]

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 
@@ -58,6 +59,10 @@ class TrustClient:
     tests of a platform's first start only).
     """
 
+    state_class: ClassVar[type[TrustedState]] = TrustedState
+    """The trust state machine kept (the conformance kit's broken members swap in one with a
+    rule broken)."""
+
     def __init__(
         self,
         *,
@@ -74,13 +79,16 @@ class TrustClient:
         if not roots:
             raise Unavailable("NO_PINNED_ROOT", f"{trust_dir} has no root-1.pb to pin")
         self._store = TrustStore(state_dir) if state_dir is not None else None
-        self.state = self._restore(Envelope.from_proto(roots[0]))
+        self._pin = Envelope.from_proto(roots[0])
+        self.state = self._restore(self._pin)
         self.checkpoints: CheckpointKeeper | None = None
         """The gateway's audit checkpoints this platform keeps (with ``checkpoint_file``)."""
         if checkpoint_file is not None:
-            origin = audit_origin(Envelope.from_proto(roots[0]))
+            origin = audit_origin(self._pin)
             self.checkpoints = CheckpointKeeper(checkpoint_file, origin=origin, holder=peer.uri)
         self.ready = asyncio.Event()
+        """Set while the platform holds a verified bundle it fetched (PLAT-OPS-1: its health
+        is SERVING exactly then); cleared when it holds none."""
         self.hints = VersionHintReader(self.notice)
         """Add to every channel to the gateway, so that its answers' version hints count."""
         self._channel = pki.secure_channel(
@@ -109,12 +117,17 @@ class TrustClient:
         """The newest hint noticed that the hint follower has not acted on yet."""
         self._hints_task: asyncio.Task[bool] | None = None
 
+    @property
+    def gateway(self) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
+        """The gateway, on the channel trust is fetched on (its answers' version hints count)."""
+        return self._stub
+
     def _restore(self, pin: Envelope) -> TrustedState:
-        """The persisted trust, else the pin (:meth:`TrustStore.restore`)."""
+        """The persisted trust, else the pin (rule PLAT-TRUST-6, :meth:`TrustStore.restore`)."""
         now = datetime.now(UTC)
         if self._store is None:
-            return TrustedState(pin, now=now)
-        return self._store.restore(pin, now=now)
+            return self.state_class(pin, now=now)
+        return self._store.restore(pin, now=now, kind=self.state_class)
 
     def trusted(self) -> TrustedState:
         """The state to verify with; UNAVAILABLE until a bundle has been accepted."""
@@ -123,7 +136,8 @@ class TrustClient:
         return self.state
 
     async def refresh(self, *, wait_for_ready: bool = False) -> bool:
-        """Fetch and verify the roots and bundle now; True when the held state changed.
+        """Fetch and verify the roots and bundle now; True when the held state changed (rules
+        PLAT-TRUST-11, sending the root version held).
 
         One refresh runs at a time. ``wait_for_ready``: wait up to the call's 5 s for the
         gateway to come up instead of failing at once. Each root accepted is persisted at once;
@@ -147,13 +161,38 @@ class TrustClient:
                 else:
                     result = state.update(roots, bundle, now=now)
             finally:
-                async with self._changed:
-                    self._changed.notify_all()
+                if state.bundle is None:  # a new root dropped the bundle it does not sign
+                    self.ready.clear()
+                await self._notify()
             if result.changed:
                 log.info("trust updated: %s", result.describe())
             self.ready.set()
             self._keep_checkpoint(answer)
+            await self._notify()
             return result.changed
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def reset(self) -> None:
+        """Back to the pin, as at a first start: forget every root and bundle accepted, in
+        memory and on disk; no bundle is held until the next refresh (conformance mode's
+        ResetTrust)."""
+        async with self._lock:
+            if self._store is not None:
+                self._store.clear()
+            self.state = self.state_class(self._pin, now=datetime.now(UTC))
+            self.ready.clear()
+            await self._notify()
+
+    async def reload(self) -> None:
+        """Rebuild the trust from what was persisted, as a restart does; nothing is fetched, so
+        the platform is not ready until the next refresh (conformance mode's ReloadTrust)."""
+        async with self._lock:
+            self.state = self._restore(self._pin)
+            self.ready.clear()
+            await self._notify()
 
     def _keep_checkpoint(self, answer: gateway_pb2.GetTrustBundleResponse) -> None:
         """Keep the gateway's audit checkpoint from a GetTrustBundle answer (a bad one, or proof
@@ -209,7 +248,8 @@ class TrustClient:
             log.info("trust refresh failed (%s)", _why(exc))
 
     def notice(self, versions: tuple[int, int]) -> None:
-        """A peer holds ``versions``: refresh in the background if they are newer.
+        """A peer holds ``versions``: refresh in the background if they are newer (rule
+        PLAT-TRUST-17).
 
         One background task follows the hints: a hint that comes while it runs replaces the one
         waiting (the newest counts), so however many answers and calls carry a hint, and however

@@ -63,6 +63,9 @@ class Federation:
         handle = await start_platform(config)
         self.platforms[platform_id] = handle  # stop() stops it, even if it never gets ready
         await asyncio.wait_for(handle.trust.ready.wait(), 10)
+        link = self.gateway.links.get(platform_id)
+        if link is not None:  # the gateway sends it traffic once it has seen it SERVING
+            await link.until_serving(10)
         return handle
 
     async def events_settled(self, timeout: float = 20.0) -> None:
@@ -109,7 +112,8 @@ async def _stop_all(
 async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> Federation:
     """Lay out a federation in ``root`` (``kw`` go to ``create_federation``) and start it here.
 
-    Returns once the gateway is ready, every platform holds a verified trust bundle, and (with
+    Returns once the gateway is ready, every platform holds a verified trust bundle and the
+    gateway has seen its health report SERVING, and (with
     ``settle``; pass False when a platform is made to fail) every platform has acknowledged
     the event log so far (the carriers' port halves).
     """
@@ -125,8 +129,9 @@ async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> 
         gw = await Gateway.start(load_gateway_config(layout.gateway_config))
         async with asyncio.timeout(20):
             await gw.ready.wait()
-            for handle in platforms.values():
+            for p, handle in platforms.items():
                 await handle.trust.ready.wait()
+                await gw.links[p].until_serving(20)  # and the gateway has seen it SERVING
     except BaseException:
         # Stop whatever started, so no server is left to grpc's garbage-collection shutdown.
         await _stop_all(gw, carriers, platforms)

@@ -29,7 +29,8 @@ class CarrierServiceStub:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     def __init__(self, channel):
@@ -59,7 +60,8 @@ class CarrierServiceServicer:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     def ListServedNumbers(self, request, context):
@@ -130,7 +132,8 @@ class CarrierService:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     @staticmethod

@@ -30,7 +30,8 @@ class CarrierServiceStub:
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     @_typing.overload
@@ -69,7 +70,8 @@ class CarrierServiceAsyncStub(CarrierServiceStub):
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,7 +106,8 @@ class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
     """CarrierService is served by every carrier adapter and called only by the gateway (mTLS identity
     spiffe://numfed/gateway/main; another gateway id gets PERMISSION_DENIED with reason
     UNKNOWN_MEMBER, a carrier or platform ROLE_NOT_ALLOWED, a revoked certificate UNAUTHENTICATED
-    with reason CERTIFICATE_REVOKED).
+    with reason CERTIFICATE_REVOKED). The rules a carrier keeps are normative in
+    docs/spec/carrier.md, each with its id.
     """
 
     @_abc_1.abstractmethod

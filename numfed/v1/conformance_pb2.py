@@ -24,72 +24,91 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from numfed.v1 import binding_pb2 as numfed_dot_v1_dot_binding__pb2
 from numfed.v1 import claim_pb2 as numfed_dot_v1_dot_claim__pb2
 from numfed.v1 import events_pb2 as numfed_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnumfed/v1/conformance.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\"\x1a\n\x18ResetPlatformDataRequest\"5\n\x19ResetPlatformDataResponse\x12\x18\n\x10\x61\x63\x63ounts_removed\x18\x01 \x01(\r\"c\n\x0bSeedAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x0bSeedBinding\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x13SeedAccountsRequest\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.numfed.v1.SeedAccount\x12(\n\x08\x62indings\x18\x02 \x03(\x0b\x32\x16.numfed.v1.SeedBinding\"0\n\x14SeedAccountsResponse\x12\x18\n\x10\x62indings_created\x18\x01 \x01(\r\"*\n\x13ReadAccountsRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\"\x93\x01\n\x0c\x42indingState\x12\x0e\n\x06number\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08released\x18\x04 \x01(\x08\x12\r\n\x05stale\x18\x05 \x01(\x08\"]\n\x0c\x41\x63\x63ountState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12)\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x17.numfed.v1.BindingState\"A\n\x14ReadAccountsResponse\x12)\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x17.numfed.v1.AccountState\":\n\x14\x43heckSmsLoginRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"&\n\x15\x43heckSmsLoginResponse\x12\r\n\x05opens\x18\x01 \x01(\x08\"\x1a\n\x18ListAppliedEventsRequest\".\n\x19ListAppliedEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\x0c\"\x1b\n\x19RefreshTrustBundleRequest\"X\n\x1aRefreshTrustBundleResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x04\"\x88\x01\n\x0cHistoryEvent\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.numfed.v1.HistoryEventKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncarrier_id\x18\x03 \x01(\t\x12\x11\n\tholder_id\x18\x04 \x01(\t\"D\n\x0eTestSubscriber\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tid_number\x18\x03 \x01(\t\"H\n\rNumberHistory\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.numfed.v1.HistoryEvent\"w\n\x18SeedNumberHistoryRequest\x12.\n\x0bsubscribers\x18\x01 \x03(\x0b\x32\x19.numfed.v1.TestSubscriber\x12+\n\thistories\x18\x02 \x03(\x0b\x32\x18.numfed.v1.NumberHistory\"5\n\x19SeedNumberHistoryResponse\x12\x18\n\x10numbers_recorded\x18\x01 \x01(\r\"d\n\x17IssueTenureClaimRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.numfed.v1.Purpose\x12\x14\n\x0c\x62inding_refs\x18\x03 \x03(\t\">\n\x18IssueTenureClaimResponse\x12\"\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"C\n\x16IssueEventBatchRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.numfed.v1.LifecycleEvent\"=\n\x17IssueEventBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope*\x9a\x01\n\x10HistoryEventKind\x12\"\n\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bHISTORY_EVENT_KIND_ASSIGNED\x10\x01\x12\"\n\x1eHISTORY_EVENT_KIND_DEACTIVATED\x10\x02\x12\x1d\n\x19HISTORY_EVENT_KIND_PORTED\x10\x03\x32\xb5\x04\n\x1aPlatformConformanceService\x12^\n\x11ResetPlatformData\x12#.numfed.v1.ResetPlatformDataRequest\x1a$.numfed.v1.ResetPlatformDataResponse\x12O\n\x0cSeedAccounts\x12\x1e.numfed.v1.SeedAccountsRequest\x1a\x1f.numfed.v1.SeedAccountsResponse\x12O\n\x0cReadAccounts\x12\x1e.numfed.v1.ReadAccountsRequest\x1a\x1f.numfed.v1.ReadAccountsResponse\x12R\n\rCheckSmsLogin\x12\x1f.numfed.v1.CheckSmsLoginRequest\x1a .numfed.v1.CheckSmsLoginResponse\x12^\n\x11ListAppliedEvents\x12#.numfed.v1.ListAppliedEventsRequest\x1a$.numfed.v1.ListAppliedEventsResponse\x12\x61\n\x12RefreshTrustBundle\x12$.numfed.v1.RefreshTrustBundleRequest\x1a%.numfed.v1.RefreshTrustBundleResponse2\xb2\x02\n\x19\x43\x61rrierConformanceService\x12^\n\x11SeedNumberHistory\x12#.numfed.v1.SeedNumberHistoryRequest\x1a$.numfed.v1.SeedNumberHistoryResponse\x12[\n\x10IssueTenureClaim\x12\".numfed.v1.IssueTenureClaimRequest\x1a#.numfed.v1.IssueTenureClaimResponse\x12X\n\x0fIssueEventBatch\x12!.numfed.v1.IssueEventBatchRequest\x1a\".numfed.v1.IssueEventBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnumfed/v1/conformance.proto\x12\tnumfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16google/type/date.proto\x1a\x17numfed/v1/binding.proto\x1a\x15numfed/v1/claim.proto\x1a\x16numfed/v1/events.proto\"\x1a\n\x18ResetPlatformDataRequest\"5\n\x19ResetPlatformDataResponse\x12\x18\n\x10\x61\x63\x63ounts_removed\x18\x01 \x01(\r\"c\n\x0bSeedAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x0bSeedBinding\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x13SeedAccountsRequest\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.numfed.v1.SeedAccount\x12(\n\x08\x62indings\x18\x02 \x03(\x0b\x32\x16.numfed.v1.SeedBinding\"0\n\x14SeedAccountsResponse\x12\x18\n\x10\x62indings_created\x18\x01 \x01(\r\"*\n\x13ReadAccountsRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\"\x93\x01\n\x0c\x42indingState\x12\x0e\n\x06number\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.numfed.v1.BindingKind\x12,\n\x08\x62ound_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08released\x18\x04 \x01(\x08\x12\r\n\x05stale\x18\x05 \x01(\x08\"]\n\x0c\x41\x63\x63ountState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12)\n\x08\x62indings\x18\x03 \x03(\x0b\x32\x17.numfed.v1.BindingState\"A\n\x14ReadAccountsResponse\x12)\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x17.numfed.v1.AccountState\":\n\x14\x43heckSmsLoginRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"&\n\x15\x43heckSmsLoginResponse\x12\r\n\x05opens\x18\x01 \x01(\x08\"\x1a\n\x18ListAppliedEventsRequest\".\n\x19ListAppliedEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\x0c\"\x1b\n\x19RefreshTrustBundleRequest\"X\n\x1aRefreshTrustBundleResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x04\"\x13\n\x11ResetTrustRequest\":\n\x12ResetTrustResponse\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x15.numfed.v1.TrustState\"\x16\n\x14GetTrustStateRequest\"=\n\x15GetTrustStateResponse\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x15.numfed.v1.TrustState\"\x14\n\x12ReloadTrustRequest\";\n\x13ReloadTrustResponse\x12$\n\x05state\x18\x01 \x01(\x0b\x32\x15.numfed.v1.TrustState\"T\n\x17\x41skRecycledCheckRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12)\n\x0especified_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\"O\n\x18\x41skRecycledCheckResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"f\n\nTrustState\x12\x14\n\x0croot_version\x18\x01 \x01(\x04\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x04\x12\x13\n\x0broot_digest\x18\x03 \x01(\x0c\x12\x15\n\rbundle_digest\x18\x04 \x01(\x0c\"\x88\x01\n\x0cHistoryEvent\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.numfed.v1.HistoryEventKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncarrier_id\x18\x03 \x01(\t\x12\x11\n\tholder_id\x18\x04 \x01(\t\"D\n\x0eTestSubscriber\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tid_number\x18\x03 \x01(\t\"H\n\rNumberHistory\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.numfed.v1.HistoryEvent\"w\n\x18SeedNumberHistoryRequest\x12.\n\x0bsubscribers\x18\x01 \x03(\x0b\x32\x19.numfed.v1.TestSubscriber\x12+\n\thistories\x18\x02 \x03(\x0b\x32\x18.numfed.v1.NumberHistory\"5\n\x19SeedNumberHistoryResponse\x12\x18\n\x10numbers_recorded\x18\x01 \x01(\r\"d\n\x17IssueTenureClaimRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.numfed.v1.Purpose\x12\x14\n\x0c\x62inding_refs\x18\x03 \x03(\t\">\n\x18IssueTenureClaimResponse\x12\"\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope\"C\n\x16IssueEventBatchRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.numfed.v1.LifecycleEvent\"=\n\x17IssueEventBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.numfed.v1.Envelope*\x9a\x01\n\x10HistoryEventKind\x12\"\n\x1eHISTORY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bHISTORY_EVENT_KIND_ASSIGNED\x10\x01\x12\"\n\x1eHISTORY_EVENT_KIND_DEACTIVATED\x10\x02\x12\x1d\n\x19HISTORY_EVENT_KIND_PORTED\x10\x03\x32\xff\x06\n\x1aPlatformConformanceService\x12^\n\x11ResetPlatformData\x12#.numfed.v1.ResetPlatformDataRequest\x1a$.numfed.v1.ResetPlatformDataResponse\x12O\n\x0cSeedAccounts\x12\x1e.numfed.v1.SeedAccountsRequest\x1a\x1f.numfed.v1.SeedAccountsResponse\x12O\n\x0cReadAccounts\x12\x1e.numfed.v1.ReadAccountsRequest\x1a\x1f.numfed.v1.ReadAccountsResponse\x12R\n\rCheckSmsLogin\x12\x1f.numfed.v1.CheckSmsLoginRequest\x1a .numfed.v1.CheckSmsLoginResponse\x12^\n\x11ListAppliedEvents\x12#.numfed.v1.ListAppliedEventsRequest\x1a$.numfed.v1.ListAppliedEventsResponse\x12\x61\n\x12RefreshTrustBundle\x12$.numfed.v1.RefreshTrustBundleRequest\x1a%.numfed.v1.RefreshTrustBundleResponse\x12I\n\nResetTrust\x12\x1c.numfed.v1.ResetTrustRequest\x1a\x1d.numfed.v1.ResetTrustResponse\x12R\n\rGetTrustState\x12\x1f.numfed.v1.GetTrustStateRequest\x1a .numfed.v1.GetTrustStateResponse\x12L\n\x0bReloadTrust\x12\x1d.numfed.v1.ReloadTrustRequest\x1a\x1e.numfed.v1.ReloadTrustResponse\x12[\n\x10\x41skRecycledCheck\x12\".numfed.v1.AskRecycledCheckRequest\x1a#.numfed.v1.AskRecycledCheckResponse2\xb2\x02\n\x19\x43\x61rrierConformanceService\x12^\n\x11SeedNumberHistory\x12#.numfed.v1.SeedNumberHistoryRequest\x1a$.numfed.v1.SeedNumberHistoryResponse\x12[\n\x10IssueTenureClaim\x12\".numfed.v1.IssueTenureClaimRequest\x1a#.numfed.v1.IssueTenureClaimResponse\x12X\n\x0fIssueEventBatch\x12!.numfed.v1.IssueEventBatchRequest\x1a\".numfed.v1.IssueEventBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'numfed.v1.conformance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HISTORYEVENTKIND']._serialized_start=2058
-  _globals['_HISTORYEVENTKIND']._serialized_end=2212
-  _globals['_RESETPLATFORMDATAREQUEST']._serialized_start=172
-  _globals['_RESETPLATFORMDATAREQUEST']._serialized_end=198
-  _globals['_RESETPLATFORMDATARESPONSE']._serialized_start=200
-  _globals['_RESETPLATFORMDATARESPONSE']._serialized_end=253
-  _globals['_SEEDACCOUNT']._serialized_start=255
-  _globals['_SEEDACCOUNT']._serialized_end=354
-  _globals['_SEEDBINDING']._serialized_start=357
-  _globals['_SEEDBINDING']._serialized_end=490
-  _globals['_SEEDACCOUNTSREQUEST']._serialized_start=492
-  _globals['_SEEDACCOUNTSREQUEST']._serialized_end=597
-  _globals['_SEEDACCOUNTSRESPONSE']._serialized_start=599
-  _globals['_SEEDACCOUNTSRESPONSE']._serialized_end=647
-  _globals['_READACCOUNTSREQUEST']._serialized_start=649
-  _globals['_READACCOUNTSREQUEST']._serialized_end=691
-  _globals['_BINDINGSTATE']._serialized_start=694
-  _globals['_BINDINGSTATE']._serialized_end=841
-  _globals['_ACCOUNTSTATE']._serialized_start=843
-  _globals['_ACCOUNTSTATE']._serialized_end=936
-  _globals['_READACCOUNTSRESPONSE']._serialized_start=938
-  _globals['_READACCOUNTSRESPONSE']._serialized_end=1003
-  _globals['_CHECKSMSLOGINREQUEST']._serialized_start=1005
-  _globals['_CHECKSMSLOGINREQUEST']._serialized_end=1063
-  _globals['_CHECKSMSLOGINRESPONSE']._serialized_start=1065
-  _globals['_CHECKSMSLOGINRESPONSE']._serialized_end=1103
-  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_start=1105
-  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_end=1131
-  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_start=1133
-  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_end=1179
-  _globals['_REFRESHTRUSTBUNDLEREQUEST']._serialized_start=1181
-  _globals['_REFRESHTRUSTBUNDLEREQUEST']._serialized_end=1208
-  _globals['_REFRESHTRUSTBUNDLERESPONSE']._serialized_start=1210
-  _globals['_REFRESHTRUSTBUNDLERESPONSE']._serialized_end=1298
-  _globals['_HISTORYEVENT']._serialized_start=1301
-  _globals['_HISTORYEVENT']._serialized_end=1437
-  _globals['_TESTSUBSCRIBER']._serialized_start=1439
-  _globals['_TESTSUBSCRIBER']._serialized_end=1507
-  _globals['_NUMBERHISTORY']._serialized_start=1509
-  _globals['_NUMBERHISTORY']._serialized_end=1581
-  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_start=1583
-  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_end=1702
-  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_start=1704
-  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_end=1757
-  _globals['_ISSUETENURECLAIMREQUEST']._serialized_start=1759
-  _globals['_ISSUETENURECLAIMREQUEST']._serialized_end=1859
-  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_start=1861
-  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_end=1923
-  _globals['_ISSUEEVENTBATCHREQUEST']._serialized_start=1925
-  _globals['_ISSUEEVENTBATCHREQUEST']._serialized_end=1992
-  _globals['_ISSUEEVENTBATCHRESPONSE']._serialized_start=1994
-  _globals['_ISSUEEVENTBATCHRESPONSE']._serialized_end=2055
-  _globals['_PLATFORMCONFORMANCESERVICE']._serialized_start=2215
-  _globals['_PLATFORMCONFORMANCESERVICE']._serialized_end=2780
-  _globals['_CARRIERCONFORMANCESERVICE']._serialized_start=2783
-  _globals['_CARRIERCONFORMANCESERVICE']._serialized_end=3089
+  _globals['_HISTORYEVENTKIND']._serialized_start=2604
+  _globals['_HISTORYEVENTKIND']._serialized_end=2758
+  _globals['_RESETPLATFORMDATAREQUEST']._serialized_start=196
+  _globals['_RESETPLATFORMDATAREQUEST']._serialized_end=222
+  _globals['_RESETPLATFORMDATARESPONSE']._serialized_start=224
+  _globals['_RESETPLATFORMDATARESPONSE']._serialized_end=277
+  _globals['_SEEDACCOUNT']._serialized_start=279
+  _globals['_SEEDACCOUNT']._serialized_end=378
+  _globals['_SEEDBINDING']._serialized_start=381
+  _globals['_SEEDBINDING']._serialized_end=514
+  _globals['_SEEDACCOUNTSREQUEST']._serialized_start=516
+  _globals['_SEEDACCOUNTSREQUEST']._serialized_end=621
+  _globals['_SEEDACCOUNTSRESPONSE']._serialized_start=623
+  _globals['_SEEDACCOUNTSRESPONSE']._serialized_end=671
+  _globals['_READACCOUNTSREQUEST']._serialized_start=673
+  _globals['_READACCOUNTSREQUEST']._serialized_end=715
+  _globals['_BINDINGSTATE']._serialized_start=718
+  _globals['_BINDINGSTATE']._serialized_end=865
+  _globals['_ACCOUNTSTATE']._serialized_start=867
+  _globals['_ACCOUNTSTATE']._serialized_end=960
+  _globals['_READACCOUNTSRESPONSE']._serialized_start=962
+  _globals['_READACCOUNTSRESPONSE']._serialized_end=1027
+  _globals['_CHECKSMSLOGINREQUEST']._serialized_start=1029
+  _globals['_CHECKSMSLOGINREQUEST']._serialized_end=1087
+  _globals['_CHECKSMSLOGINRESPONSE']._serialized_start=1089
+  _globals['_CHECKSMSLOGINRESPONSE']._serialized_end=1127
+  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_start=1129
+  _globals['_LISTAPPLIEDEVENTSREQUEST']._serialized_end=1155
+  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_start=1157
+  _globals['_LISTAPPLIEDEVENTSRESPONSE']._serialized_end=1203
+  _globals['_REFRESHTRUSTBUNDLEREQUEST']._serialized_start=1205
+  _globals['_REFRESHTRUSTBUNDLEREQUEST']._serialized_end=1232
+  _globals['_REFRESHTRUSTBUNDLERESPONSE']._serialized_start=1234
+  _globals['_REFRESHTRUSTBUNDLERESPONSE']._serialized_end=1322
+  _globals['_RESETTRUSTREQUEST']._serialized_start=1324
+  _globals['_RESETTRUSTREQUEST']._serialized_end=1343
+  _globals['_RESETTRUSTRESPONSE']._serialized_start=1345
+  _globals['_RESETTRUSTRESPONSE']._serialized_end=1403
+  _globals['_GETTRUSTSTATEREQUEST']._serialized_start=1405
+  _globals['_GETTRUSTSTATEREQUEST']._serialized_end=1427
+  _globals['_GETTRUSTSTATERESPONSE']._serialized_start=1429
+  _globals['_GETTRUSTSTATERESPONSE']._serialized_end=1490
+  _globals['_RELOADTRUSTREQUEST']._serialized_start=1492
+  _globals['_RELOADTRUSTREQUEST']._serialized_end=1512
+  _globals['_RELOADTRUSTRESPONSE']._serialized_start=1514
+  _globals['_RELOADTRUSTRESPONSE']._serialized_end=1573
+  _globals['_ASKRECYCLEDCHECKREQUEST']._serialized_start=1575
+  _globals['_ASKRECYCLEDCHECKREQUEST']._serialized_end=1659
+  _globals['_ASKRECYCLEDCHECKRESPONSE']._serialized_start=1661
+  _globals['_ASKRECYCLEDCHECKRESPONSE']._serialized_end=1740
+  _globals['_TRUSTSTATE']._serialized_start=1742
+  _globals['_TRUSTSTATE']._serialized_end=1844
+  _globals['_HISTORYEVENT']._serialized_start=1847
+  _globals['_HISTORYEVENT']._serialized_end=1983
+  _globals['_TESTSUBSCRIBER']._serialized_start=1985
+  _globals['_TESTSUBSCRIBER']._serialized_end=2053
+  _globals['_NUMBERHISTORY']._serialized_start=2055
+  _globals['_NUMBERHISTORY']._serialized_end=2127
+  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_start=2129
+  _globals['_SEEDNUMBERHISTORYREQUEST']._serialized_end=2248
+  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_start=2250
+  _globals['_SEEDNUMBERHISTORYRESPONSE']._serialized_end=2303
+  _globals['_ISSUETENURECLAIMREQUEST']._serialized_start=2305
+  _globals['_ISSUETENURECLAIMREQUEST']._serialized_end=2405
+  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_start=2407
+  _globals['_ISSUETENURECLAIMRESPONSE']._serialized_end=2469
+  _globals['_ISSUEEVENTBATCHREQUEST']._serialized_start=2471
+  _globals['_ISSUEEVENTBATCHREQUEST']._serialized_end=2538
+  _globals['_ISSUEEVENTBATCHRESPONSE']._serialized_start=2540
+  _globals['_ISSUEEVENTBATCHRESPONSE']._serialized_end=2601
+  _globals['_PLATFORMCONFORMANCESERVICE']._serialized_start=2761
+  _globals['_PLATFORMCONFORMANCESERVICE']._serialized_end=3656
+  _globals['_CARRIERCONFORMANCESERVICE']._serialized_start=3659
+  _globals['_CARRIERCONFORMANCESERVICE']._serialized_end=3965
 # @@protoc_insertion_point(module_scope)

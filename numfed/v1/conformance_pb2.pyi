@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
+from google.type import date_pb2 as _date_pb2
 from numfed.v1 import binding_pb2 as _binding_pb2
 from numfed.v1 import claim_pb2 as _claim_pb2
 from numfed.v1 import events_pb2 as _events_pb2
@@ -464,6 +465,221 @@ class RefreshTrustBundleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefreshTrustBundleResponse: _TypeAlias = RefreshTrustBundleResponse  # noqa: Y015
+
+@_typing.final
+class ResetTrustRequest(_message.Message):
+    """ResetTrustRequest asks for the platform's pin and nothing else."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetTrustRequest: _TypeAlias = ResetTrustRequest  # noqa: Y015
+
+@_typing.final
+class ResetTrustResponse(_message.Message):
+    """ResetTrustResponse reports the trust held after the reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___TrustState:
+        """The pin's root version and digest; no bundle."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TrustState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetTrustResponse: _TypeAlias = ResetTrustResponse  # noqa: Y015
+
+@_typing.final
+class GetTrustStateRequest(_message.Message):
+    """GetTrustStateRequest asks for the trust held now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustStateRequest: _TypeAlias = GetTrustStateRequest  # noqa: Y015
+
+@_typing.final
+class GetTrustStateResponse(_message.Message):
+    """GetTrustStateResponse reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___TrustState:
+        """The trust held now."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TrustState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustStateResponse: _TypeAlias = GetTrustStateResponse  # noqa: Y015
+
+@_typing.final
+class ReloadTrustRequest(_message.Message):
+    """ReloadTrustRequest asks for a rebuild from what the platform persisted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadTrustRequest: _TypeAlias = ReloadTrustRequest  # noqa: Y015
+
+@_typing.final
+class ReloadTrustResponse(_message.Message):
+    """ReloadTrustResponse reports the trust held after the rebuild."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___TrustState:
+        """What the platform holds after reading back what it persisted."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TrustState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadTrustResponse: _TypeAlias = ReloadTrustResponse  # noqa: Y015
+
+@_typing.final
+class AskRecycledCheckRequest(_message.Message):
+    """AskRecycledCheckRequest names the question the platform is to ask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SPECIFIED_DATE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The number in E.164 form."""
+    @_builtins.property
+    def specified_date(self) -> _date_pb2.Date:
+        """The calendar day asked about (CheckRecycledRequest.specified_date)."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        specified_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["specified_date", b"specified_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "specified_date", b"specified_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskRecycledCheckRequest: _TypeAlias = AskRecycledCheckRequest  # noqa: Y015
+
+@_typing.final
+class AskRecycledCheckResponse(_message.Message):
+    """AskRecycledCheckResponse is what the platform concluded from the answer it got."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """The answer's bit, when believed: the number changed holder after that day."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the platform believes the answer, else why it does not (with one ErrorInfo)."""
+
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskRecycledCheckResponse: _TypeAlias = AskRecycledCheckResponse  # noqa: Y015
+
+@_typing.final
+class TrustState(_message.Message):
+    """TrustState is the trust a platform holds: the final root of its chain and its bundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_VERSION_FIELD_NUMBER: _builtins.int
+    BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
+    ROOT_DIGEST_FIELD_NUMBER: _builtins.int
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    root_version: _builtins.int
+    """Version of the newest root the platform verified (1: its pin)."""
+    bundle_version: _builtins.int
+    """Version of the bundle it holds; 0 when it holds none."""
+    root_digest: _builtins.bytes
+    """SHA-256 of the held root envelope's payload (the signed RootMetadata bytes)."""
+    bundle_digest: _builtins.bytes
+    """SHA-256 of the held bundle envelope's payload (the signed TrustBundle bytes); empty when it
+    holds none.
+    """
+    def __init__(
+        self,
+        *,
+        root_version: _builtins.int = ...,
+        bundle_version: _builtins.int = ...,
+        root_digest: _builtins.bytes = ...,
+        bundle_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "bundle_version", b"bundle_version", "root_digest", b"root_digest", "root_version", b"root_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustState: _TypeAlias = TrustState  # noqa: Y015
 
 @_typing.final
 class HistoryEvent(_message.Message):

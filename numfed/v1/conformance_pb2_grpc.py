@@ -72,6 +72,26 @@ class PlatformConformanceServiceStub:
                 request_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.SerializeToString,
                 response_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.FromString,
                 _registered_method=True)
+        self.ResetTrust = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/ResetTrust',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.ResetTrustRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetTrustResponse.FromString,
+                _registered_method=True)
+        self.GetTrustState = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/GetTrustState',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.GetTrustStateRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.GetTrustStateResponse.FromString,
+                _registered_method=True)
+        self.ReloadTrust = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/ReloadTrust',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.FromString,
+                _registered_method=True)
+        self.AskRecycledCheck = channel.unary_unary(
+                '/numfed.v1.PlatformConformanceService/AskRecycledCheck',
+                request_serializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.SerializeToString,
+                response_deserializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformConformanceServiceServicer:
@@ -138,6 +158,46 @@ class PlatformConformanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetTrust(self, request, context):
+        """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+        forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+        bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+        of the kit starts from here. Errors: PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrustState(self, request, context):
+        """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+        refused update changed nothing. Errors: PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadTrust(self, request, context):
+        """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+        (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+        next), and reports the state it holds then. A platform that keeps trust only in memory is back
+        at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AskRecycledCheck(self, request, context):
+        """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+        `specified_date`, as it would before acting on the answer, and verify the answer it gets
+        (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+        platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+        (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+        answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformConformanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +230,26 @@ def add_PlatformConformanceServiceServicer_to_server(servicer, server):
                     servicer.RefreshTrustBundle,
                     request_deserializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.FromString,
                     response_serializer=numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.SerializeToString,
+            ),
+            'ResetTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetTrust,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ResetTrustRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ResetTrustResponse.SerializeToString,
+            ),
+            'GetTrustState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustState,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.GetTrustStateRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.GetTrustStateResponse.SerializeToString,
+            ),
+            'ReloadTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadTrust,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.SerializeToString,
+            ),
+            'AskRecycledCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskRecycledCheck,
+                    request_deserializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.FromString,
+                    response_serializer=numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -342,6 +422,114 @@ class PlatformConformanceService:
             '/numfed.v1.PlatformConformanceService/RefreshTrustBundle',
             numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleRequest.SerializeToString,
             numfed_dot_v1_dot_conformance__pb2.RefreshTrustBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/ResetTrust',
+            numfed_dot_v1_dot_conformance__pb2.ResetTrustRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.ResetTrustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/GetTrustState',
+            numfed_dot_v1_dot_conformance__pb2.GetTrustStateRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.GetTrustStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/ReloadTrust',
+            numfed_dot_v1_dot_conformance__pb2.ReloadTrustRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.ReloadTrustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskRecycledCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/numfed.v1.PlatformConformanceService/AskRecycledCheck',
+            numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckRequest.SerializeToString,
+            numfed_dot_v1_dot_conformance__pb2.AskRecycledCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

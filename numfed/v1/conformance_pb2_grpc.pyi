@@ -70,6 +70,30 @@ class PlatformConformanceServiceStub:
     Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
     kit asks again for a while, since a platform may have started before the kit's gateway).
     """
+    ResetTrust: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ResetTrustRequest, _conformance_pb2.ResetTrustResponse]
+    """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+    forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+    bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+    of the kit starts from here. Errors: PERMISSION_DENIED.
+    """
+    GetTrustState: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.GetTrustStateRequest, _conformance_pb2.GetTrustStateResponse]
+    """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+    refused update changed nothing. Errors: PERMISSION_DENIED.
+    """
+    ReloadTrust: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.ReloadTrustRequest, _conformance_pb2.ReloadTrustResponse]
+    """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+    (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+    next), and reports the state it holds then. A platform that keeps trust only in memory is back
+    at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+    """
+    AskRecycledCheck: _grpc.UnaryUnaryMultiCallable[_conformance_pb2.AskRecycledCheckRequest, _conformance_pb2.AskRecycledCheckResponse]
+    """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+    `specified_date`, as it would before acting on the answer, and verify the answer it gets
+    (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+    platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+    (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+    answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
+    """
 
 @_typing.type_check_only
 class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
@@ -112,6 +136,30 @@ class PlatformConformanceServiceAsyncStub(PlatformConformanceServiceStub):
     (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
     Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
     kit asks again for a while, since a platform may have started before the kit's gateway).
+    """
+    ResetTrust: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ResetTrustRequest, _conformance_pb2.ResetTrustResponse]  # type: ignore[assignment]
+    """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+    forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+    bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+    of the kit starts from here. Errors: PERMISSION_DENIED.
+    """
+    GetTrustState: _aio.UnaryUnaryMultiCallable[_conformance_pb2.GetTrustStateRequest, _conformance_pb2.GetTrustStateResponse]  # type: ignore[assignment]
+    """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+    refused update changed nothing. Errors: PERMISSION_DENIED.
+    """
+    ReloadTrust: _aio.UnaryUnaryMultiCallable[_conformance_pb2.ReloadTrustRequest, _conformance_pb2.ReloadTrustResponse]  # type: ignore[assignment]
+    """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+    (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+    next), and reports the state it holds then. A platform that keeps trust only in memory is back
+    at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+    """
+    AskRecycledCheck: _aio.UnaryUnaryMultiCallable[_conformance_pb2.AskRecycledCheckRequest, _conformance_pb2.AskRecycledCheckResponse]  # type: ignore[assignment]
+    """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+    `specified_date`, as it would before acting on the answer, and verify the answer it gets
+    (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+    platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+    (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+    answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
     """
 
 class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +236,54 @@ class PlatformConformanceServiceServicer(metaclass=_abc_1.ABCMeta):
         (e.g. UNAUTHENTICATED for a rollback) and the bundle version it holds afterwards.
         Errors: PERMISSION_DENIED, UNAVAILABLE with an ErrorInfo (the gateway did not answer; the
         kit asks again for a while, since a platform may have started before the kit's gateway).
+        """
+
+    @_abc_1.abstractmethod
+    def ResetTrust(
+        self,
+        request: _conformance_pb2.ResetTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.ResetTrustResponse, _abc.Awaitable[_conformance_pb2.ResetTrustResponse]]:
+        """ResetTrust takes the platform back to its pin (trust/root-1.pb), as a first start would: it
+        forgets every root and bundle it accepted, in memory and in what it persisted, holds no
+        bundle, and so reports NOT_SERVING on its health until it accepts one again. Each trust check
+        of the kit starts from here. Errors: PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrustState(
+        self,
+        request: _conformance_pb2.GetTrustStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.GetTrustStateResponse, _abc.Awaitable[_conformance_pb2.GetTrustStateResponse]]:
+        """GetTrustState reports the trust the platform holds now, so that the kit can tell whether a
+        refused update changed nothing. Errors: PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadTrust(
+        self,
+        request: _conformance_pb2.ReloadTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.ReloadTrustResponse, _abc.Awaitable[_conformance_pb2.ReloadTrustResponse]]:
+        """ReloadTrust rebuilds the platform's trust from what it persisted, exactly as a restart would
+        (the newest root and bundle it kept; nothing fetched yet: the kit asks RefreshTrustBundle
+        next), and reports the state it holds then. A platform that keeps trust only in memory is back
+        at its pin. Errors: PERMISSION_DENIED, UNAVAILABLE (what it persisted cannot be read).
+        """
+
+    @_abc_1.abstractmethod
+    def AskRecycledCheck(
+        self,
+        request: _conformance_pb2.AskRecycledCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conformance_pb2.AskRecycledCheckResponse, _abc.Awaitable[_conformance_pb2.AskRecycledCheckResponse]]:
+        """AskRecycledCheck makes the platform ask the gateway's CheckRecycled about `number` and
+        `specified_date`, as it would before acting on the answer, and verify the answer it gets
+        (docs/spec/platform.md, PLAT-REC-1): `status` is OK with the verified bit in `changed`, or the
+        platform's reason for not believing the answer. Errors: PERMISSION_DENIED, INVALID_ARGUMENT
+        (malformed number or date), UNAVAILABLE with an ErrorInfo (no trust bundle held, or no
+        answer from the gateway, whatever its code: GATEWAY_UNAVAILABLE).
         """
 
 def add_PlatformConformanceServiceServicer_to_server(servicer: PlatformConformanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

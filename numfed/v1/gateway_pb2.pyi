@@ -40,8 +40,11 @@ class _PlatformOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Platf
     PLATFORM_OUTCOME_UNAVAILABLE: _PlatformOutcome.ValueType  # 3
     """The platform did not answer in time or was down, or refused the claim for a reason that may
     be its own staleness (status says which, e.g. UNKNOWN_KEY: a key from a trust bundle newer
-    than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet); for a release, it
-    will be retried until the job's deadline.
+    than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet), or was not called
+    because its health does not report numfed.v1.PlatformService SERVING (PLATFORM_NOT_SERVING,
+    ErrorInfo metadata "health": what it reports; a platform is SERVING only while it holds a
+    verified trust bundle) or its circuit breaker is open (PLATFORM_CIRCUIT_OPEN); for a release,
+    it will be retried until the job's deadline.
     """
     PLATFORM_OUTCOME_REFUSED: _PlatformOutcome.ValueType  # 4
     """The platform refused the claim for a final reason (status says why)."""
@@ -60,8 +63,11 @@ PLATFORM_OUTCOME_NONE: PlatformOutcome.ValueType  # 2
 PLATFORM_OUTCOME_UNAVAILABLE: PlatformOutcome.ValueType  # 3
 """The platform did not answer in time or was down, or refused the claim for a reason that may
 be its own staleness (status says which, e.g. UNKNOWN_KEY: a key from a trust bundle newer
-than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet); for a release, it
-will be retried until the job's deadline.
+than the platform's; NUMBER_NOT_SERVED: a port it has not applied yet), or was not called
+because its health does not report numfed.v1.PlatformService SERVING (PLATFORM_NOT_SERVING,
+ErrorInfo metadata "health": what it reports; a platform is SERVING only while it holds a
+verified trust bundle) or its circuit breaker is open (PLATFORM_CIRCUIT_OPEN); for a release,
+it will be retried until the job's deadline.
 """
 PLATFORM_OUTCOME_REFUSED: PlatformOutcome.ValueType  # 4
 """The platform refused the claim for a final reason (status says why)."""
@@ -271,11 +277,16 @@ class GetTrustBundleResponse(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def roots(self) -> _containers.RepeatedCompositeFieldContainer[_claim_pb2.Envelope]:
-        """Envelopes of RootMetadata, versions known_root_version+1 .. newest, in order."""
+        """Envelopes of RootMetadata (trust.proto; payload_type "application/vnd.numfed.root+proto"),
+        versions known_root_version+1 .. newest, in order. Server reflection answers carry trust.proto
+        with every file, though no RPC names its messages.
+        """
 
     @_builtins.property
     def bundle(self) -> _claim_pb2.Envelope:
-        """Envelope of the newest TrustBundle, signed by the newest root's threshold."""
+        """Envelope of the newest TrustBundle (trust.proto; payload_type
+        "application/vnd.numfed.trust-bundle+proto"), signed by the newest root's threshold.
+        """
 
     @_builtins.property
     def checkpoint(self) -> _claim_pb2.Envelope:

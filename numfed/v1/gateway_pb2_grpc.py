@@ -129,8 +129,10 @@ class GatewayServiceServicer:
         latest signed audit checkpoint. The gateway takes
         new trust files without a restart (within a second, or at once on SIGHUP) once they verify
         on top of the trust it holds, so roots and bundle only move forward; both come from the same
-        load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
-        INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
+        load. Any member may call it. Errors: INVALID_ARGUMENT UNKNOWN_ROOT_VERSION
+        (known_root_version newer than the gateway's). A caller without a client certificate is
+        refused in the TLS handshake, before any RPC, and sees UNAVAILABLE (as on every numfed
+        server; docs/spec/platform.md says why).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

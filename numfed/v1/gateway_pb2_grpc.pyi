@@ -61,8 +61,10 @@ class GatewayServiceStub:
     latest signed audit checkpoint. The gateway takes
     new trust files without a restart (within a second, or at once on SIGHUP) once they verify
     on top of the trust it holds, so roots and bundle only move forward; both come from the same
-    load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
-    INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
+    load. Any member may call it. Errors: INVALID_ARGUMENT UNKNOWN_ROOT_VERSION
+    (known_root_version newer than the gateway's). A caller without a client certificate is
+    refused in the TLS handshake, before any RPC, and sees UNAVAILABLE (as on every numfed
+    server; docs/spec/platform.md says why).
     """
     QueryBindings: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
@@ -209,8 +211,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     latest signed audit checkpoint. The gateway takes
     new trust files without a restart (within a second, or at once on SIGHUP) once they verify
     on top of the trust it holds, so roots and bundle only move forward; both come from the same
-    load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
-    INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
+    load. Any member may call it. Errors: INVALID_ARGUMENT UNKNOWN_ROOT_VERSION
+    (known_root_version newer than the gateway's). A caller without a client certificate is
+    refused in the TLS handshake, before any RPC, and sees UNAVAILABLE (as on every numfed
+    server; docs/spec/platform.md says why).
     """
     QueryBindings: _aio.UnaryUnaryMultiCallable[_gateway_pb2.QueryBindingsRequest, _gateway_pb2.QueryBindingsResponse]  # type: ignore[assignment]
     """QueryBindings fans a holder's claim out to every platform (or those named) concurrently, each
@@ -360,8 +364,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         latest signed audit checkpoint. The gateway takes
         new trust files without a restart (within a second, or at once on SIGHUP) once they verify
         on top of the trust it holds, so roots and bundle only move forward; both come from the same
-        load. Any member may call it. Errors: UNAUTHENTICATED (no client certificate),
-        INVALID_ARGUMENT UNKNOWN_ROOT_VERSION (known_root_version newer than the gateway's).
+        load. Any member may call it. Errors: INVALID_ARGUMENT UNKNOWN_ROOT_VERSION
+        (known_root_version newer than the gateway's). A caller without a client certificate is
+        refused in the TLS handshake, before any RPC, and sees UNAVAILABLE (as on every numfed
+        server; docs/spec/platform.md says why).
         """
 
     @_abc_1.abstractmethod

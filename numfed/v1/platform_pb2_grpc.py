@@ -45,6 +45,10 @@ class PlatformServiceStub:
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     def __init__(self, channel):
@@ -90,6 +94,10 @@ class PlatformServiceServicer:
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     def BatchQueryBindings(self, request, context):
@@ -205,6 +213,10 @@ class PlatformService:
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     @staticmethod

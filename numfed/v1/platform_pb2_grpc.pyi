@@ -46,6 +46,10 @@ class PlatformServiceStub:
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     @_typing.overload
@@ -129,6 +133,10 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -208,6 +216,10 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     Each call's request metadata carries "numfed-trust-version: <root>/<bundle>", the trust
     versions the gateway holds (see GatewayService): a platform that holds older ones refreshes
     its trust bundle at once. It only triggers a fetch; it never changes what the platform trusts.
+    A platform serves grpc.health.v1.Health and reports this service (numfed.v1.PlatformService)
+    SERVING only while it holds a verified trust bundle, NOT_SERVING otherwise (rule PLAT-OPS-1);
+    the gateway watches it and calls the platform only while it is SERVING. The rules a platform
+    keeps are normative in docs/spec/platform.md, each with its id.
     """
 
     @_abc_1.abstractmethod

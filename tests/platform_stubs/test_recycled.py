@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,9 @@ def covering_all_of_86(fed: Federation) -> TrustedState:
     return s
 
 
-def answer(fed: Federation, carrier: str) -> object:
+def answer(fed: Federation, carrier: str, *, number: str = N, day: date | None = None) -> object:
     claim = RecycledClaim(
-        N, carrier, NOW, True, "weibo", NOW, NOW + timedelta(minutes=5), NOW.date()
+        number, carrier, NOW, True, "weibo", NOW, NOW + timedelta(minutes=5), day or NOW.date()
     )
     return sign_claim(claim, fed.carrier_keys[carrier]).to_proto()
 
@@ -47,6 +47,8 @@ def test_only_the_serving_carriers_answer_is_believed(tmp_path: Path) -> None:
                 trust=trust,
                 store=store,
                 platform_id="weibo",
+                number=N,
+                specified_date=NOW.date(),
                 now=NOW,
             ).carrier_id
 
@@ -64,5 +66,37 @@ def test_only_the_serving_carriers_answer_is_believed(tmp_path: Path) -> None:
         assert check("ctcc") == "ctcc"
         with pytest.raises(PermissionDenied):
             check("cmcc")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("number", "day"),
+    [
+        ("+8613812345679", NOW.date()),  # another number's answer, signed well
+        (N, NOW.date() - timedelta(days=30)),  # an older answer about another day
+    ],
+    ids=["another_number", "another_day"],
+)
+def test_an_answer_to_another_question_is_not_believed(
+    tmp_path: Path, number: str, day: date
+) -> None:
+    """The gateway relays the answer; a signed answer to some other question (another number,
+    or the same number on another day, replayed) must not stand in for the one asked."""
+    fed = make_federation()
+    trust = covering_all_of_86(fed)
+    store = PlatformStore(tmp_path / "platform.db")
+    try:
+        with pytest.raises(PermissionDenied) as e:
+            check_recycled_answer(
+                answer(fed, "cmcc", number=number, day=day),  # type: ignore[arg-type]
+                trust=trust,
+                store=store,
+                platform_id="weibo",
+                number=N,
+                specified_date=NOW.date(),
+                now=NOW,
+            )
+        assert e.value.reason == "WRONG_QUESTION"
     finally:
         store.close()

@@ -1,0 +1,319 @@
+"""Platform checks: the shape of answers and which refusal wins (``PLAT-ANS``)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import grpc
+from google.protobuf.message import Message
+
+from numfed.claims import Purpose
+from numfed.conformance.gateway import OTHER_CARRIER
+from numfed.conformance.platform.kit import (
+    CALL_TIMEOUT,
+    OK,
+    PLATFORM_SUITE,
+    PlatformKit,
+    _same_items,
+    count,
+    expect,
+    reason,
+    status_code,
+)
+from numfed.conformance.report import CheckFailed
+from numfed.rpc import rpc_error_info
+from numfed.staleness import STALE_VERIFIER_REASONS
+from numfed.v1 import binding_pb2, claim_pb2, conformance_pb2, platform_pb2
+
+check = PLATFORM_SUITE.check
+
+
+@check(
+    "batch_answered_claim_by_claim",
+    "A batch mixing valid and invalid claims is answered item by item, in order, each with its "
+    "own status and, when refused, one ErrorInfo of domain numfed.dev; the invalid ones change "
+    "nothing.",
+    "One holder's bad claim must not fail or leak into the other holders' answers in its batch.",
+    rules=("PLAT-ANS-1",),
+)
+async def batch_answered_claim_by_claim(kit: PlatformKit) -> str:
+    a = await kit.seed()
+    b = await kit.seed(at=False, after=False)
+    # Each refused item breaks a rule that no other check's mistake lets through.
+    two_hours = timedelta(hours=2)
+    bad_number = kit.claim(a.number, Purpose.QUERY_PRIOR, a.x)
+    pb = claim_pb2.TenureClaim.FromString(bad_number.payload)
+    pb.number = a.number.removeprefix("+")
+    plan: list[tuple[claim_pb2.Envelope, str, int | None]] = [
+        (kit.claim(a.number, Purpose.QUERY_PRIOR, a.x), OK, 1),
+        (
+            kit.claim(a.number, Purpose.QUERY_PRIOR, a.x, lifetime=two_hours),
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        (kit.claim(b.number, Purpose.QUERY_PRIOR, b.x), OK, 1),
+        (
+            kit.claim(b.number, Purpose.QUERY_PRIOR, b.x, key=kit.keys.stranger),
+            "UNAUTHENTICATED",
+            None,
+        ),
+        (kit.signed(pb), "INVALID_ARGUMENT", None),
+        (kit.claim(a.number, Purpose.QUERY_OWN, a.x), OK, 2),
+        (kit.malformed(), "INVALID_ARGUMENT", None),
+    ]
+    results = await kit.query(*(c for c, _, _ in plan), together=True)
+    for i, ((_, code, n), r) in enumerate(zip(plan, results, strict=True)):
+        expect(r.status, code, f"query item {i}")
+        if n is not None and count(r) != n:
+            raise CheckFailed(f"query item {i}: {count(r)} bindings listed, {n} expected")
+        if n is None and r.bindings:
+            raise CheckFailed(f"query item {i} was refused yet lists bindings")
+    rel = await kit.release(
+        kit.claim(b.number, Purpose.RELEASE_PRIOR, b.x),
+        kit.claim(a.number, Purpose.RELEASE_PRIOR, a.x, key=kit.keys.stranger),
+        kit.claim(a.number, Purpose.RELEASE_PRIOR, a.x, lifetime=two_hours),
+        together=True,
+    )
+    expect(rel[0].status, OK, "release item 0")
+    expect(rel[1].status, "UNAUTHENTICATED", "release item 1 (a key outside the bundle)")
+    expect(rel[2].status, "INVALID_ARGUMENT", "release item 2 (living two hours)")
+    if await kit.released(b.accounts["before"], b.number) is False:
+        raise CheckFailed("the valid release in the batch was not applied")
+    await kit.unchanged(a, "a refused release in the batch")
+    return f"{len(plan)} queries and 3 releases answered one by one"
+
+
+@check(
+    "sparse_answers_honoured",
+    "Asked for sparse answers (BatchQueryBindingsRequest.sparse_answers), a platform either "
+    "answers every item as before, or sets sparse and answers every claim it found bindings "
+    "for or refused, in the request's order, leaving out only claims it accepted and found "
+    "nothing for. Not asked, it answers every item and never sets sparse.",
+    "Silence means 'nothing bound': a found or refused claim left out would hide a previous "
+    "holder's bindings, or a refusal, from the holder; an unasked-for sparse answer would "
+    "leave a gateway that does not know the shape without an answer.",
+    rules=("PLAT-ANS-8",),
+)
+async def sparse_answers_honoured(kit: PlatformKit) -> str:
+    found = await kit.seed()
+    nothing = await kit.seed(before=0)
+    # claim, expected code, bindings expected (None: refused), whether it may be left out
+    plan: list[tuple[claim_pb2.Envelope, str, int | None, bool]] = [
+        (kit.claim(nothing.number, Purpose.QUERY_PRIOR, nothing.x), OK, 0, True),
+        (kit.claim(found.number, Purpose.QUERY_PRIOR, found.x), OK, 1, False),
+        (kit.claim(found.number, Purpose.RELEASE_PRIOR, found.x), "INVALID_ARGUMENT", None, False),
+        (kit.claim(nothing.number, Purpose.QUERY_PRIOR, nothing.x), OK, 0, True),
+        (kit.claim(found.number, Purpose.QUERY_OWN, found.x), OK, 2, False),
+    ]
+    ids = [f"s{i}-{secrets.token_hex(3)}" for i in range(len(plan))]
+    items = [platform_pb2.QueryItem(item_id=i, claim=p[0]) for i, p in zip(ids, plan, strict=True)]
+    whole = await kit.platform.BatchQueryBindings(
+        platform_pb2.BatchQueryBindingsRequest(items=items), timeout=CALL_TIMEOUT
+    )
+    if whole.sparse:
+        raise CheckFailed("answered sparsely although the request did not ask for it")
+    _same_items(ids, [r.item_id for r in whole.results])
+    asked = await kit.platform.BatchQueryBindings(
+        platform_pb2.BatchQueryBindingsRequest(items=items, sparse_answers=True),
+        timeout=CALL_TIMEOUT,
+    )
+    got = [r.item_id for r in asked.results]
+    if not asked.sparse:
+        _same_items(ids, got)
+    elif got != [i for i in ids if i in got]:
+        raise CheckFailed(f"a sparse answer is not the request's items in order, once each: {got}")
+    left_out = [i for i, item_id in enumerate(ids) if item_id not in got]
+    wrongly = [i for i in left_out if not plan[i][3]]
+    if wrongly:
+        raise CheckFailed(f"a sparse answer left out items found or refused: {wrongly}")
+    for what, results in (("not sparse", whole.results), ("sparse", asked.results)):
+        for r in results:
+            i = ids.index(r.item_id)
+            _, code, n, _ = plan[i]
+            expect(r.status, code, f"item {i} ({what})")
+            if n is not None and count(r) != n:
+                raise CheckFailed(f"item {i} ({what}): {count(r)} bindings listed, {n} bound")
+            if n is None and r.bindings:
+                raise CheckFailed(f"item {i} ({what}) was refused yet lists bindings")
+    if not asked.sparse:
+        return "answers every item (does not answer sparsely)"
+    return f"answered sparsely: {len(got)} of {len(plan)} items ({len(left_out)} found nothing)"
+
+
+@check(
+    "malformed_batch_refused",
+    "An empty batch, or one with an empty or repeated item_id, is refused as a whole with "
+    "INVALID_ARGUMENT.",
+    "Results are matched to holders by item_id; an ambiguous batch would mix them up.",
+    rules=("PLAT-ANS-2",),
+)
+async def malformed_batch_refused(kit: PlatformKit) -> str:
+    s = await kit.seed()
+    claim = kit.claim(s.number, Purpose.QUERY_PRIOR, s.x)
+    requests: list[tuple[str, Message]] = [
+        ("an empty batch", platform_pb2.BatchQueryBindingsRequest()),
+        (
+            "repeated item_ids",
+            platform_pb2.BatchQueryBindingsRequest(
+                items=[platform_pb2.QueryItem(item_id="same", claim=claim)] * 2
+            ),
+        ),
+        (
+            "an empty item_id",
+            platform_pb2.BatchQueryBindingsRequest(
+                items=[platform_pb2.QueryItem(item_id="", claim=claim)]
+            ),
+        ),
+    ]
+    for what, request in requests:
+        try:
+            await kit.platform.BatchQueryBindings(request, timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+                raise CheckFailed(f"{what}: {exc.code().name}, not INVALID_ARGUMENT") from None
+            if rpc_error_info(exc) is None:
+                raise CheckFailed(f"{what}: refused without a google.rpc.ErrorInfo") from None
+        else:
+            raise CheckFailed(f"{what} was answered")
+    return f"{len(requests)} refused"
+
+
+@check(
+    "refusal_precedence",
+    "A claim that breaks several rules gets the first refusal in the spec's order: signature, "
+    "form, issuer, time, purpose, serving carrier (a forged claim is UNAUTHENTICATED whatever "
+    "else is wrong with it).",
+    "The gateway decides whether to retry from the reason; every platform must give the same one.",
+    rules=("PLAT-ANS-3",),
+)
+async def refusal_precedence(kit: PlatformKit) -> str:
+    s = await kit.seed()
+    two_hours = timedelta(hours=2)
+    malformed = claim_pb2.TenureClaim.FromString(
+        kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x).payload
+    )
+    malformed.number = s.number.removeprefix("+")
+    # Each pairs an earlier rule that every platform keeps (the kit's broken members included)
+    # with a later one, so only the order decides the answer.
+    cases = [
+        (
+            "a release claim by a key outside the bundle, sent to query",
+            kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x, key=kit.keys.stranger),
+            "UNAUTHENTICATED",
+            "UNKNOWN_KEY",
+        ),
+        (
+            "a release claim with a malformed number, sent to query",
+            kit.signed(malformed),
+            "INVALID_ARGUMENT",
+            "MALFORMED_NUMBER",
+        ),
+        (
+            "a malformed number signed by an out-of-scope key",
+            kit.signed(malformed, key=kit.keys.narrow),
+            "INVALID_ARGUMENT",
+            "MALFORMED_NUMBER",
+        ),
+        (
+            "a release claim living two hours, sent to query",
+            kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x, lifetime=two_hours),
+            "INVALID_ARGUMENT",
+            "CLAIM_LIFETIME_TOO_LONG",
+        ),
+        (
+            f"a claim living two hours by {OTHER_CARRIER}, which does not serve the number",
+            kit.claim(
+                s.number,
+                Purpose.QUERY_PRIOR,
+                s.x,
+                key=kit.keys.other,
+                carrier_id=OTHER_CARRIER,
+                lifetime=two_hours,
+            ),
+            "INVALID_ARGUMENT",
+            "CLAIM_LIFETIME_TOO_LONG",
+        ),
+    ]
+    for what, claim, code, why in cases:
+        (r,) = await kit.query(claim)
+        expect(r.status, code, what, reason_=why)
+    return f"{len(cases)} claims, each refused for its first broken rule"
+
+
+@check(
+    "no_bundle_answer_not_final",
+    "A platform that holds no bundle (and cannot fetch one) gives no final answer: the whole "
+    "call is UNAVAILABLE, or each item carries a staleness reason such as NO_TRUST_BUNDLE.",
+    "The gateway retries a platform that is not ready; a final refusal would lose the "
+    "holder's release for good.",
+    rules=("PLAT-ANS-4",),
+)
+async def no_bundle_answer_not_final(kit: PlatformKit) -> str:
+    s = await kit.seed()
+    async with kit.fresh_trust():
+        await kit.conformance.ResetTrust(conformance_pb2.ResetTrustRequest(), timeout=CALL_TIMEOUT)
+        kit.sim.serve_raw(roots=[], bundle=None)  # the gateway has nothing to give either
+        answers = []
+        sends = (
+            ("a query", lambda: kit.query(kit.claim(s.number, Purpose.QUERY_PRIOR, s.x))),
+            ("a release", lambda: kit.release(kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x))),
+        )
+        for what, send in sends:
+            try:
+                (r,) = await send()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise CheckFailed(
+                        f"{what} without a bundle: the call failed {exc.code().name}, "
+                        "not UNAVAILABLE"
+                    ) from None
+                answers.append(f"{what}: UNAVAILABLE")
+                continue
+            if status_code(r.status) == OK or reason(r.status) not in STALE_VERIFIER_REASONS:
+                raise CheckFailed(
+                    f"{what} without a bundle was answered {status_code(r.status)} "
+                    f"{reason(r.status)}: a final answer"
+                )
+            answers.append(f"{what}: {reason(r.status)}")
+        await kit.unchanged(s, "a release without a bundle")
+    return "; ".join(answers)
+
+
+@check(
+    "summaries_masked",
+    "Answers carry masked summaries only: no account id, nickname or number appears anywhere "
+    "in them, and each names this platform.",
+    "Minimal disclosure: the gateway and the carrier must learn nothing about anyone's accounts.",
+    rules=("PLAT-ANS-5",),
+)
+async def summaries_masked(kit: PlatformKit) -> str:
+    s = await kit.seed(before=2)
+    answers: list[Message] = list(
+        await kit.query(
+            kit.claim(s.number, Purpose.QUERY_PRIOR, s.x),
+            kit.claim(s.number, Purpose.QUERY_OWN, s.x),
+        )
+    )
+    answers += await kit.release(kit.claim(s.number, Purpose.RELEASE_PRIOR, s.x))
+    secrets_ = [*s.accounts.values(), *s.nicknames, s.number, s.number.removeprefix("+86")]
+    summaries = 0
+    for answer in answers:
+        expect(answer.status, OK, "a valid claim")  # type: ignore[attr-defined]
+        raw = answer.SerializeToString()
+        text = str(answer)
+        for secret in secrets_:
+            if secret.encode() in raw or secret in text:
+                raise CheckFailed(f"an answer contains the raw value {secret!r}")
+        found: list[binding_pb2.BindingSummary] = list(
+            getattr(answer, "bindings", None) or getattr(answer, "released", None) or []
+        )
+        for b in found:
+            summaries += 1
+            if b.platform_id != kit.t.platform_id:
+                raise CheckFailed(f"a summary names platform {b.platform_id!r}")
+            if not b.masked_label:
+                raise CheckFailed("a summary has no masked label")
+    if summaries < 3:
+        raise CheckFailed(f"only {summaries} summaries came back; at least 3 were expected")
+    return f"{summaries} summaries, none with a raw value"
