@@ -207,7 +207,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         verified = await self._judge(request.items, QUERY)
         numbers = sorted({v.claim.number for v in verified if isinstance(v, VerifiedClaim)})
         by_number = await self.store.run(self.store.bindings_for, numbers)
-        # Answers shaped for the common case: asked to, answer only the claims found or refused.
+        # Answers shaped for the common case (rule PLAT-ANS-8): asked to, answer only the claims
+        # found or refused.
         sparse = request.sparse_answers
         results = []
         for item, v in zip(request.items, verified, strict=True):
