@@ -14,7 +14,8 @@ sumdb client and the transparency-dev witness):
   that it extends the one held (that needs the entries between); ``numfed audit verify`` does,
   with the checkpoints members export.
 
-Plain Python: no grpc, no SQL. The gateway's signing side is ``gateway/checkpoints.py``.
+Rules: PLAT-AUD-1, PLAT-AUD-2, CARR-AUD-1 (docs/spec/). Plain Python: no grpc, no SQL. The
+gateway's signing side is ``gateway/checkpoints.py``.
 """
 
 from __future__ import annotations

@@ -824,6 +824,8 @@ def server_options(
     connection is asked to go away after ``max_connection_age`` and closed
     ``max_connection_age_grace`` later, so nothing lives on one connection forever (health
     Watch and reflection streams included).
+
+    Rules: PLAT-OPS-7, CARR-OPS-7 (pings every 0.5 s on a quiet connection are accepted).
     """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),

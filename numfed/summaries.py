@@ -44,6 +44,9 @@ def bound(summaries: Iterable[Summary], omitted: int = 0) -> tuple[list[Summary]
     with a ``binding_ref`` stands for one selectable binding and is never merged. Listed
     summaries keep their first order among equal counts; applying :func:`bound` again to its
     own result changes nothing.
+
+    Rules: PLAT-ANS-6 (identical summaries merged), PLAT-ANS-7 (at most 100 and 8,000 bytes, the
+    rest counted in ``omitted_bindings``).
     """
     merged: dict[tuple[str, int, str], Summary] = {}
     alone: list[Summary] = []

@@ -119,9 +119,9 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         self, found: Sequence[Binding], *, with_refs: bool
     ) -> tuple[list[binding_pb2.BindingSummary], int]:
         """What may be said of ``found``: masked summaries (rule PLAT-ANS-5), identical ones
-        merged, capped (at most MAX_SUMMARIES_PER_CLAIM, largest counts first), each count at
-        least 1 (PLAT-REL-8); and how many bindings the summaries left out stand for (the
-        answer's ``omitted_bindings``)."""
+        merged (PLAT-ANS-6), capped (at most MAX_SUMMARIES_PER_CLAIM, largest counts first;
+        PLAT-ANS-7), each count at least 1 (PLAT-REL-8); and how many bindings the summaries
+        left out stand for (the answer's ``omitted_bindings``)."""
         return bound(
             binding_pb2.BindingSummary(
                 platform_id=self.platform_id,

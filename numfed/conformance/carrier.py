@@ -19,7 +19,7 @@ import grpc
 
 from numfed import pki
 from numfed.claims import ClaimPolicy, Purpose, verify_recycled_claim, verify_tenure_claim
-from numfed.conformance.reach import probe_target
+from numfed.conformance.reach import probe_keepalive, probe_target
 from numfed.conformance.report import Check, CheckFailed, Report, Suite, Xfails
 from numfed.envelope import Envelope
 from numfed.errors import InvalidArgument
@@ -584,6 +584,19 @@ async def gateway_only(kit: CarrierKit) -> str:
         "conformance service",
     )
     return f"{me.uri} refused on both services"
+
+
+@check(
+    "keepalive_pings_accepted",
+    "Keepalive pings every 0.5 s are accepted on a connection with no call open and on one "
+    "whose only call is a quiet health Watch: the connection stays up, the stream open.",
+    "The gateway pings quiet connections to notice a frozen carrier; a carrier that answers "
+    "GOAWAY too_many_pings ends the gateway's calls to it.",
+    rules=("CARR-OPS-7",),
+)
+async def keepalive_pings_accepted(kit: CarrierKit) -> str:
+    member = PeerId(Role.CARRIER, kit.t.carrier_id)
+    return await probe_keepalive(kit.t.target, kit.t.pki_dir, member)
 
 
 async def run_carrier_kit(

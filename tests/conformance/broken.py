@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 
 import carrier_adapters.base as carrier_base
+import numfed.rpc as numfed_rpc
 import platform_stubs.conformance as platform_conformance
 import platform_stubs.reference as reference
 from carrier_adapters.cmcc import CmccAdapter
@@ -69,6 +70,7 @@ from numfed.identity import PeerId, Role
 from numfed.portability import NumberPlan
 from numfed.rpc import error_status, ok_status
 from numfed.staleness import may_be_stale
+from numfed.summaries import MAX_SUMMARIES_PER_CLAIM
 from numfed.timecheck import check_happened, check_issued_at, check_key_window
 from numfed.timeutil import from_date, from_timestamp
 from numfed.trust import (
@@ -80,10 +82,10 @@ from numfed.trust import (
     TrustedState,
     TrustReason,
 )
-from numfed.v1 import claim_pb2, events_pb2, platform_pb2
+from numfed.v1 import binding_pb2, claim_pb2, events_pb2, platform_pb2
 from platform_stubs import sdk
 from platform_stubs.events import EventApplier
-from platform_stubs.rules import Binding, own, prior
+from platform_stubs.rules import Binding, own, prior, summarize
 from platform_stubs.sdk import PlatformServicer
 from platform_stubs.store import Selector, _us, applied_releases, bindings
 from platform_stubs.trustclient import TrustClient
@@ -297,6 +299,32 @@ class AnswersAnyMember(BrokenPlatform):
     def patches(cls) -> contextlib.AbstractContextManager[object]:
         anyone = frozenset({Role.GATEWAY, Role.CARRIER, Role.PLATFORM})
         return mock.patch.dict(reference.POLICY, {m: anyone for m in reference.POLICY})
+
+
+def _strict_pings() -> contextlib.AbstractContextManager[object]:
+    """Servers on grpc's default ping policy: pings more often than every 5 minutes on a
+    quiet connection count as abuse (GOAWAY too_many_pings at the third)."""
+    real = numfed_rpc.server_options
+
+    def strict(limits: Any, max_message_bytes: int = numfed_rpc.MAX_MESSAGE_BYTES) -> Any:
+        return [
+            (name, value)
+            for name, value in real(limits, max_message_bytes)
+            if name != "grpc.http2.min_ping_interval_without_data_ms"
+        ]
+
+    return mock.patch.object(numfed_rpc, "server_options", strict)
+
+
+class TurnsAwayFrequentPings(BrokenPlatform):
+    """Keeps grpc's default ping policy, so the gateway's keepalive pings on a quiet connection
+    are answered with GOAWAY too_many_pings."""
+
+    breaks = "PLAT-OPS-7"
+
+    @classmethod
+    def patches(cls) -> contextlib.AbstractContextManager[object]:
+        return _strict_pings()
 
 
 class _AlwaysReady(TrustClient):
@@ -914,6 +942,47 @@ class LeaksAccountId(BrokenPlatform):
         return summaries, omitted
 
 
+def _one_summary(p: PlatformServicer, b: Binding, *, with_refs: bool) -> Any:
+    """The binding as a summary of its own (count 1), as the SDK masks it."""
+    return binding_pb2.BindingSummary(
+        platform_id=p.platform_id,
+        kind=sdk.KINDS.get(b.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
+        masked_label=p.masker.label(b),
+        count=1,
+        binding_ref=p.masker.ref(b) if with_refs else "",
+    )
+
+
+class ListsIdenticalSummariesApart(BrokenPlatform):
+    """Lists one summary per binding, identical ones too (capped all the same)."""
+
+    breaks = "PLAT-ANS-6"
+
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> tuple[list[Any], int]:
+        summaries = [_one_summary(self, b, with_refs=with_refs) for b in found]
+        listed = summaries[:MAX_SUMMARIES_PER_CLAIM]
+        return listed, len(summaries) - len(listed)
+
+
+class ListsEverySummary(BrokenPlatform):
+    """Merges identical summaries but lists them all, however many: nothing is omitted."""
+
+    breaks = "PLAT-ANS-7"
+
+    def _summaries(self, found: Sequence[Binding], *, with_refs: bool) -> tuple[list[Any], int]:
+        merged = summarize(found, self.masker, with_refs=with_refs)
+        return [
+            binding_pb2.BindingSummary(
+                platform_id=self.platform_id,
+                kind=sdk.KINDS.get(s.kind, binding_pb2.BINDING_KIND_ACCOUNT_LOGIN),
+                masked_label=s.masked_label,
+                count=s.count,
+                binding_ref=s.binding_ref,
+            )
+            for s in merged
+        ], 0
+
+
 # --- platforms: releases and queries (PLAT-REL) -----------------------------------------------
 
 
@@ -1350,6 +1419,7 @@ BROKEN_PLATFORMS: dict[str, type[BrokenPlatform]] = {
         PresentsAnotherIdentity,
         RequestsNoClientCertificate,
         AnswersAnyMember,
+        TurnsAwayFrequentPings,
         ServingWithoutBundle,
         RequiresEverySignatureKnown,
         SkipsBundleSignature,
@@ -1389,6 +1459,8 @@ BROKEN_PLATFORMS: dict[str, type[BrokenPlatform]] = {
         ChecksPurposeFirst,
         RefusesFinallyWithoutBundle,
         LeaksAccountId,
+        ListsIdenticalSummariesApart,
+        ListsEverySummary,
         ReleasesAtX,
         ReleasesOnlyNewestBeforeX,
         AppliesReplayTwice,
@@ -1638,12 +1710,23 @@ class SignsEventsWithStaleKey(BrokenCarrier):
         return sign_event_batch(self.carrier_id, events, self._old_key, now=self.clock()).to_proto()
 
 
+class CarrierTurnsAwayFrequentPings(BrokenCarrier):
+    """Keeps grpc's default ping policy (as :class:`TurnsAwayFrequentPings`)."""
+
+    breaks = "CARR-OPS-7"
+
+    @classmethod
+    def patches(cls) -> contextlib.AbstractContextManager[object]:
+        return _strict_pings()
+
+
 BROKEN_CARRIERS: dict[str, type[BrokenCarrier]] = {
     c.__name__: c
     for c in (
         CarrierPresentsAnotherIdentity,
         CarrierRequestsNoClientCertificate,
         CarrierAnswersAnyMember,
+        CarrierTurnsAwayFrequentPings,
         ClaimsOutliveBundleLifetime,
         XFromFirstAssignment,
         PortMovesX,

@@ -6,7 +6,7 @@ import grpc
 
 from numfed.claims import Purpose
 from numfed.conformance.platform.kit import CALL_TIMEOUT, PLATFORM_SUITE, PlatformKit
-from numfed.conformance.reach import probe_target
+from numfed.conformance.reach import probe_keepalive, probe_target
 from numfed.conformance.report import CheckFailed
 from numfed.identity import PeerId, Role
 from numfed.v1 import conformance_pb2, conformance_pb2_grpc, platform_pb2, platform_pb2_grpc
@@ -67,6 +67,18 @@ async def gateway_only(kit: PlatformKit) -> str:
     else:
         raise CheckFailed(f"{me.uri} was answered by the conformance service")
     return f"{me.uri} refused on both services"
+
+
+@check(
+    "keepalive_pings_accepted",
+    "Keepalive pings every 0.5 s are accepted on a connection with no call open and on one "
+    "whose only call is a quiet health Watch: the connection stays up, the stream open.",
+    "The gateway pings quiet connections to notice a frozen platform; a platform that answers "
+    "GOAWAY too_many_pings ends the gateway's calls to it and its health watch.",
+    rules=("PLAT-OPS-7",),
+)
+async def keepalive_pings_accepted(kit: PlatformKit) -> str:
+    return await probe_keepalive(kit.t.target, kit.t.pki_dir, kit.server)
 
 
 @check(
