@@ -18,7 +18,6 @@ import pytest
 from numfed.conformance import CARRIER_SUITE, PLATFORM_SUITE, run_carrier_kit, run_platform_kit
 from tests.conformance.broken import BROKEN_CARRIERS, BROKEN_PLATFORMS
 
-
 SLOW = frozenset({"keepalive_pings_accepted"})
 
 
