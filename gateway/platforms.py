@@ -64,6 +64,8 @@ WATCH_BACKOFF = (0.2, 5.0)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _UNKNOWN_SERVICE = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+_HEALTH_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+"""The values of ``numfed_platform_health``'s ``status`` label."""
 
 MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """Most bytes of items in one call to a platform: the message cap, less room for framing."""
@@ -310,7 +312,15 @@ class PlatformLink:
         )
         for method, n in self.in_flight.items():
             flying.add_metric([self.platform_id, method], n)
-        return [state, flying]
+        health = GaugeMetricFamily(
+            "numfed_platform_health",
+            "1 for the health the platform last reported for numfed.v1.PlatformService (UNKNOWN:"
+            " no word yet, or the watch cannot reach it); queries are sent only while SERVING.",
+            labels=["platform", "status"],
+        )
+        for status in _HEALTH_STATUSES:
+            health.add_metric([self.platform_id, status], 1 if status == self.health else 0)
+        return [state, flying, health]
 
     def _item_failed(self, method: str, exc: Exception) -> NumfedError:
         """:meth:`_item_error`, counted by its reason."""

@@ -84,12 +84,15 @@ class PlatformHandle:
     admin: ServerHandle | None = None
     """PlatformAdminService on its Unix socket (``platform_stubs.admin.socket_path``)."""
     observer: PlatformObserver | None = None
+    stopped: bool = False
+    """Whether :meth:`stop` was called."""
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 2.0) -> None:
+        self.stopped = True
         if self.observer is not None:
             metrics.remove_source(self.observer)
         await self.server.stop(grace)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import pytest_timeout  # type: ignore[import-untyped]
 from hypothesis import settings
 
 from numfed.pgtemp import PostgresUnavailable, TempPostgres
@@ -37,6 +39,57 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     grpc.aio.init_grpc_aio()
     leaks.install()
+
+
+BACKSTOP = (2.0, 10.0)
+"""A test still running ``factor * its timeout + margin`` seconds after it started ends the run."""
+
+
+def _ceiling(item: pytest.Item) -> float:
+    """The test's timeout in seconds, as pytest-timeout reads it (marker, else ini); 0: none."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and (marker.args or "timeout" in marker.kwargs):
+        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
+    return float(item.config.getini("timeout") or 0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """The ceiling under the ceiling: no test may hang, even when its timeout is swallowed.
+
+    pytest-timeout's signal method raises its failure from the SIGALRM handler, in whatever
+    the main thread runs. Inside an event loop that is usually an asyncio callback or a task,
+    and asyncio catches it there (a task takes it as its result; ``Handle._run`` passes it to
+    the loop's exception handler): the test goes on, and the one-shot alarm never fires again
+    (a fixture teardown stuck after a failed test was seen to wait for good). So a thread
+    watches each test too, setup, call and teardown, and past ``BACKSTOP`` it says which test,
+    dumps every thread's stack and ends the run with exit code 1 (pytest-timeout's thread
+    method), rather than leave it to CI's own ceiling."""
+    ceiling = _ceiling(item)
+    if ceiling <= 0:
+        yield
+        return
+    factor, margin = BACKSTOP
+    limit = ceiling * factor + margin
+    timer = threading.Timer(limit, _give_up, (item, limit))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _give_up(item: pytest.Item, limit: float) -> None:
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.suspend_global_capture(item)
+    item.config.get_terminal_writer().line(
+        f"\n{item.nodeid} is still running {limit:g} s after it started, past its timeout "
+        "(the timeout failure was swallowed); ending the run"
+    )
+    settings = pytest_timeout.Settings(limit, "thread", False, False)
+    pytest_timeout.timeout_timer(item, settings)
 
 
 @pytest.fixture(autouse=True)

@@ -81,6 +81,60 @@ def test_a_test_past_its_ceiling_dumps_every_stack_even_if_the_signal_cannot_sto
     assert "in test_blocks_the_timeout_signal" in run.stderr, run.stderr
 
 
+SWALLOWS_ITS_TIMEOUT = """
+import asyncio
+
+import pytest
+
+
+@pytest.fixture
+async def stuck_at_teardown():
+    yield
+    await asyncio.Event().wait()  # a teardown that never ends, after the test failed
+
+
+async def _swallows():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except BaseException:  # what a task does with what the alarm's handler raised in it
+            pass
+
+
+async def test_swallows_the_timeout(stuck_at_teardown):
+    await asyncio.get_running_loop().create_task(_swallows())
+
+
+def test_after_it():
+    pass
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_test_whose_timeout_is_swallowed_ends_the_run(tmp_path: Path) -> None:
+    """The signal's failure lands in an asyncio task that catches it: the test would wait for
+    good. The backstop (tests/conftest.py) names it, dumps the stacks and ends the run."""
+    (tmp_path / "test_swallows.py").write_text(SWALLOWS_ITS_TIMEOUT)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "timeout = 1\ntimeout_method = signal\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "test_swallows_the_timeout is still running 12 s after it started" in run.stdout, (
+        run.stdout + run.stderr
+    )
+    assert "in pytest_runtest_teardown" in run.stdout  # the stacks say where it stood
+    assert "test_after_it" not in run.stdout
+
+
 LEAKS = """
 import grpc
 

@@ -11,6 +11,7 @@ from numfed.testing.federation import (
     FederationProcesses,
     spawn_federation,
     start_federation,
+    until_serving,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "start_conformance_carrier",
     "start_conformance_platform",
     "start_federation",
+    "until_serving",
 ]

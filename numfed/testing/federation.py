@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,14 +58,17 @@ class Federation:
         self.channels.append(channel)
         return channel
 
+    def running_platforms(self) -> list[str]:
+        """The platforms started here and not stopped since."""
+        return [p for p, handle in self.platforms.items() if not handle.stopped]
+
     async def restart_platform(self, platform_id: str) -> PlatformHandle:
         config = load_platform_config(self.layout.platform_configs[platform_id])
         handle = await start_platform(config)
         self.platforms[platform_id] = handle  # stop() stops it, even if it never gets ready
         await asyncio.wait_for(handle.trust.ready.wait(), 10)
-        link = self.gateway.links.get(platform_id)
-        if link is not None:  # the gateway sends it traffic once it has seen it SERVING
-            await link.until_serving(10)
+        if platform_id in self.gateway.links:  # it is sent traffic once the gateway sees SERVING
+            await until_serving(self.gateway, [platform_id], timeout=10)
         return handle
 
     async def events_settled(self, timeout: float = 20.0) -> None:
@@ -129,9 +132,9 @@ async def start_federation(root: Path, *, settle: bool = True, **kw: object) -> 
         gw = await Gateway.start(load_gateway_config(layout.gateway_config))
         async with asyncio.timeout(20):
             await gw.ready.wait()
-            for p, handle in platforms.items():
+            for handle in platforms.values():
                 await handle.trust.ready.wait()
-                await gw.links[p].until_serving(20)  # and the gateway has seen it SERVING
+        await until_serving(gw, platforms)  # and the gateway has seen each report SERVING
     except BaseException:
         # Stop whatever started, so no server is left to grpc's garbage-collection shutdown.
         await _stop_all(gw, carriers, platforms)
@@ -179,6 +182,24 @@ class FederationProcesses:
                 self.stop(name)
             except subprocess.TimeoutExpired:
                 self.stop(name, signal.SIGKILL)
+
+
+async def until_serving(
+    gateway: Gateway, platform_ids: Iterable[str] | None = None, timeout: float = 20.0
+) -> None:
+    """Wait until ``gateway`` has heard each platform (default: each it links to) report
+    SERVING on its health watch: only then does it send the platform queries (rule
+    PLAT-OPS-1). A gateway started by hand meets platforms that are still fetching their first
+    trust bundle, or a channel still in reconnect backoff; a test that queries at once waits
+    here first. TimeoutError after ``timeout`` seconds, naming what each platform reports."""
+    ids = list(gateway.links if platform_ids is None else platform_ids)
+    try:
+        async with asyncio.timeout(timeout):
+            for p in ids:
+                await gateway.links[p].until_serving(timeout)
+    except TimeoutError:
+        heard = {p: gateway.links[p].health for p in ids}
+        raise TimeoutError(f"not all platforms SERVING after {timeout} s: {heard}") from None
 
 
 async def wait_serving(

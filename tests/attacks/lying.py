@@ -21,7 +21,7 @@ from numfed.federation import CARRIER_PREFIXES
 from numfed.identity import PeerId, Role
 from numfed.portability import NumberPlan
 from numfed.rpc import rpc_error_info
-from numfed.testing import Federation
+from numfed.testing import Federation, until_serving
 from numfed.trust import CarrierKey, TrustBundle, TrustedState, sign_bundle
 from numfed.trustfiles import load_trusted_state, write_envelope
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc
@@ -181,4 +181,5 @@ async def restart_gateway(fed: Federation) -> Gateway:
     fed.gateway = gw
     async with asyncio.timeout(20):
         await gw.ready.wait()
+    await until_serving(gw, fed.running_platforms())
     return gw

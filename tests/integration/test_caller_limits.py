@@ -29,6 +29,7 @@ from numfed.config import load_gateway_config, load_platform_config
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.rpc import ok_status, rpc_error_info
+from numfed.testing.federation import until_serving
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc, platform_pb2
 from platform_stubs.reference import PlatformHandle, start_platform
 from platform_stubs.sdk import PlatformServicer
@@ -117,6 +118,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         assert config.limits.max_watches_per_caller == 2  # a quarter of max_watches
         gw = await Gateway.start(dataclasses.replace(config, listen=layout.gateway_endpoint))
         stack.push_async_callback(gw.stop, 0)
+        await until_serving(gw)
         stack.callback(HeldPlatform.go.set)  # held calls go on, so the gateway can stop
         yield Running(layout, gw, platform)
 

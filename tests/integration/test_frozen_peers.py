@@ -44,7 +44,7 @@ from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.rpc import rpc_error_info
 from numfed.scenario import demo_scenario
-from numfed.testing.federation import wait_serving
+from numfed.testing.federation import until_serving
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 from platform_stubs.reference import PlatformHandle, start_platform
 from tests.helpers.watcher import spawn_watcher
@@ -377,12 +377,7 @@ async def test_a_frozen_platform_holds_none_of_the_gateways_calls(
     processes.append(weibo)
     link = gw.links["weibo"]
     try:
-        await wait_serving(
-            layout.platform_endpoints["weibo"],
-            layout.pki_dir,
-            PeerId(Role.PLATFORM, "weibo"),
-            "numfed.v1.PlatformService",
-        )
+        await until_serving(gw)  # the gateway has heard both report SERVING
         async with Running(layout, gw).channel(CMCC) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 

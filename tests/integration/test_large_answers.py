@@ -36,6 +36,7 @@ from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.rpc import MAX_MESSAGE_BYTES, error_info
 from numfed.summaries import MAX_SUMMARIES_PER_CLAIM
+from numfed.testing.federation import until_serving
 from numfed.v1 import binding_pb2, claim_pb2, gateway_pb2, gateway_pb2_grpc, platform_pb2
 from platform_stubs.reference import PlatformHandle, start_platform
 from platform_stubs.sdk import PlatformServicer
@@ -166,6 +167,7 @@ async def federation(
     gw = await Gateway.start(load_gateway_config(layout.gateway_config))
     try:
         await asyncio.wait_for(platform.trust.ready.wait(), 10)
+        await until_serving(gw)
         yield Running(layout, gw, platform)
     finally:
         Recording.go.set()

@@ -16,6 +16,7 @@ from typing import Any
 from numfed.events import EventKind, LifecycleEvent
 from numfed.rpc import error_info
 from numfed.scenario import demo_scenario
+from numfed.testing import until_serving
 from numfed.v1 import gateway_pb2, holder_pb2
 from tests.integration.conftest import Federation
 from tests.integration.holder import PRIOR, metadata, response
@@ -51,6 +52,14 @@ async def _serving_again(fed: Federation, platform_id: str) -> None:
     await handle.trust.refresh()  # it takes its bundle again, and reports SERVING
 
 
+def health_gauge(fed: Federation, platform_id: str) -> set[str]:
+    """The statuses ``numfed_platform_health`` shows as 1 for the platform, from its link (the
+    process-wide registry may still hold links of gateways that other tests stopped)."""
+    families = fed.gateway.links[platform_id].collect_metrics()
+    family = next(f for f in families if f.name == "numfed_platform_health")
+    return {s.labels["status"] for s in family.samples if s.value == 1}
+
+
 async def test_a_platform_not_serving_is_not_sent_queries(sqlite_federation: Federation) -> None:
     fed = sqlite_federation
     await _not_serving(fed, "weibo")
@@ -63,9 +72,11 @@ async def test_a_platform_not_serving_is_not_sent_queries(sqlite_federation: Fed
     assert info.metadata["health"] == "NOT_SERVING"
     assert all(r.outcome != Outcome.PLATFORM_OUTCOME_UNAVAILABLE for r in results.values())
     assert fed.gateway.links["weibo"].breaker.state.value == "closed"  # not a failure of it
+    assert health_gauge(fed, "weibo") == {"NOT_SERVING"}  # what an operator sees
 
     await _serving_again(fed, "weibo")
-    await fed.gateway.links["weibo"].until_serving(10)
+    await until_serving(fed.gateway, ["weibo"], timeout=10)
+    assert health_gauge(fed, "weibo") == {"SERVING"}
     again = {r.platform_id: r for r in await app.query(PRIOR)}
     assert again["weibo"].outcome == Outcome.PLATFORM_OUTCOME_FOUND
 

@@ -30,6 +30,7 @@ from numfed.events import EventKind, LifecycleEvent
 from numfed.identity import PeerId, Role
 from numfed.rpc import error_info
 from numfed.scenario import demo_scenario
+from numfed.testing import until_serving
 from numfed.trustfiles import write_envelope
 from numfed.v1 import claim_pb2, gateway_pb2, gateway_pb2_grpc, holder_pb2
 from tests.helpers.rotation import dead_letters, numfed, rotated, signed_bundle, write_signing_key
@@ -81,6 +82,7 @@ async def restart_gateway(fed: Federation) -> None:
         await fed.gateway.ready.wait()
         for c in fed.carriers.values():
             await c.adapter.channel.channel_ready()
+    await until_serving(fed.gateway, fed.running_platforms())
 
 
 async def rotate_cmcc(fed: Federation, *, gateway_files: bool = True) -> Envelope:
