@@ -175,6 +175,7 @@ class GatewayObserver:
                     "endpoint": member.endpoint,
                     "events": member.events,
                     "breaker": link.breaker.state.value if link is not None else None,
+                    "health_seen": link.health if link is not None else None,
                     "calls_in_flight": dict(link.in_flight) if link is not None else {},
                     "last_error": _when(link.last_error) if link is not None else None,
                 }

@@ -62,6 +62,8 @@ PLATFORM_SERVICE = "numfed.v1.PlatformService"
 WATCH_BACKOFF = (0.2, 5.0)
 """Seconds before watching a platform's health again after the watch ended: first, at most."""
 
+CLOSE_WAIT = 5.0
+"""Seconds :meth:`PlatformLink.close` waits for the health watch to end once cancelled."""
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _UNKNOWN_SERVICE = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _HEALTH_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
@@ -421,12 +423,31 @@ class PlatformLink:
         return _in_order([i.item_id for i in items], response.results)
 
     async def close(self) -> None:
+        """End the health watch and the batcher, then close the channel; never waits for good.
+
+        The channel is closed before the watch is waited for: closing it cancels the watch's
+        call inside grpc, wherever that call stands (a task cancel alone may reach a call still
+        being set up, which grpc can turn into an error the watch handles, or not end it at
+        all). The watch is then given :data:`CLOSE_WAIT` seconds, and left behind, logged, if
+        it has not ended: a gateway's stop must not hang on one platform's link."""
         self._closed = True
         self._watch.cancel()
-        await asyncio.gather(self._watch, return_exceptions=True)
         metrics.remove_source(self)
         await self.queries.close()
         await self.channel.close()
+        done, _ = await asyncio.wait([self._watch], timeout=CLOSE_WAIT)
+        if not done:
+            log.warning(
+                "health watch of platform %s still running %s s after its link closed",
+                self.platform_id,
+                CLOSE_WAIT,
+            )
+        elif not self._watch.cancelled() and self._watch.exception() is not None:
+            log.warning(
+                "health watch of platform %s ended with %r",
+                self.platform_id,
+                self._watch.exception(),
+            )
 
 
 def _name(status: int | None) -> str:

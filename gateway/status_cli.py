@@ -195,9 +195,10 @@ def render(document: dict[str, Any]) -> None:
         flying = p.get("calls_in_flight")
         in_flight = "?" if flying is None else str(sum(flying.values()))
         behind = lag.get(p["id"], 0)
+        health, seen = p.get("health", "?"), p.get("health_seen")
         members.add_row(
             f"platform {p['id']}",
-            p.get("health", "?"),
+            health if seen in (None, health) else f"{health} (gateway heard {seen})",
             p.get("breaker") or "?",
             in_flight,
             _error(p.get("last_error")),

@@ -10,11 +10,14 @@ PostgreSQL server that the session starts itself from the machine's PostgreSQL b
 
 from __future__ import annotations
 
+import asyncio
+import io
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -39,6 +42,26 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     grpc.aio.init_grpc_aio()
     leaks.install()
+    pytest_timeout.dump_stacks = _stacks_and_tasks(pytest_timeout.dump_stacks)
+
+
+def _stacks_and_tasks(dump_stacks: Callable[[Any], None]) -> Callable[[Any], None]:
+    """pytest-timeout's stack dump, and then every asyncio task of the loop the test runs on:
+    a test stuck in an event loop shows only the loop's ``select`` in its thread stacks."""
+
+    def dump(terminal: Any) -> None:
+        dump_stacks(terminal)
+        try:
+            loop = asyncio.get_running_loop()  # the timeout signal lands on the loop's thread
+        except RuntimeError:
+            return
+        for task in asyncio.all_tasks(loop):
+            terminal.sep("~", title=f"asyncio task {task.get_name()}")
+            out = io.StringIO()
+            task.print_stack(file=out)
+            terminal.write(out.getvalue())
+
+    return dump
 
 
 BACKSTOP = (2.0, 10.0)

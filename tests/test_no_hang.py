@@ -174,3 +174,25 @@ def test_a_test_that_leaves_a_channel_open_or_a_server_running_fails(tmp_path: P
     assert "3 passed, 2 errors" in run.stdout, run.stdout + run.stderr
     assert "channel opened at test_leaks.py:5 (test_leaves_a_channel_open)" in run.stdout
     assert "server opened at test_leaks.py:10 (test_leaves_a_server_running)" in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_out_async_test_shows_its_tasks(tmp_path: Path) -> None:
+    """A test stuck in an event loop shows only the loop's select in its thread stacks; the
+    timeout's dump names every task and where it waits."""
+    (tmp_path / "test_hangs.py").write_text(HANGS)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "timeout = 2\ntimeout_method = signal\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "asyncio task" in run.stdout, run.stdout
+    assert "in test_awaits_forever" in run.stdout, run.stdout

@@ -124,6 +124,20 @@ async def journey(root: Path, carrier: str, platforms: set[str]) -> None:
         assert counts(await app.query(PRIOR)) == {}
 
 
+async def gateway_sees_serving(root: Path, platform_id: str) -> bool:
+    """Whether the gateway's ``/status`` says it has heard ``platform_id`` report SERVING (it
+    sends a platform queries only then; a platform added live is linked within a second, and
+    its link may first meet it not yet up)."""
+    url = f"http://{setting(root, 'gateway.toml', 'telemetry', 'metrics_listen')}/status"
+
+    def read() -> object:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            platforms = json.loads(answer.read())["platforms"]
+        return next((p["health_seen"] for p in platforms if p["id"] == platform_id), None)
+
+    return await asyncio.to_thread(read) == "SERVING"
+
+
 async def gateway_holds_bundle(root: Path, version: int) -> bool:
     """Whether the gateway's ``/status`` says it holds trust bundle ``version``."""
     url = f"http://{setting(root, 'gateway.toml', 'telemetry', 'metrics_listen')}/status"
@@ -185,6 +199,7 @@ async def test_a_federation_set_up_by_hand_serves_a_holder_and_takes_new_members
         assert added.returncode == 0, added.stdout + added.stderr
         procs.start("platform-taobao.toml")
         await serving(root, "platform-taobao.toml")
+        await eventually(lambda: gateway_sees_serving(root, "taobao"), within=30)
         await journey(root, "cmcc", {"weibo", "taobao"})
 
         # One more carrier: a certificate, a signing key, and trust bundle v2 with its key
@@ -225,9 +240,11 @@ async def test_a_federation_set_up_by_hand_serves_a_holder_and_takes_new_members
             "cmcc": "SERVING",
             "cucc": "SERVING",
         }
-        assert {p["id"]: (p["health"], p["breaker"]) for p in status["platforms"]} == {
-            "weibo": ("SERVING", "closed"),
-            "taobao": ("SERVING", "closed"),
+        assert {
+            p["id"]: (p["health"], p["health_seen"], p["breaker"]) for p in status["platforms"]
+        } == {
+            "weibo": ("SERVING", "SERVING", "closed"),
+            "taobao": ("SERVING", "SERVING", "closed"),
         }
         assert status["trust"]["bundle_version"] == 2
         assert status["release_jobs"]["open"] == 0
