@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -16,12 +15,27 @@ class Pseudonymizer:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("pseudonym key must have at least 32 bytes")
-        self._key = key
+        # HMAC (RFC 2104) with each padded key hashed once, here: every claim checked costs a
+        # pseudonym, and hmac.new's per-call key setup and wrapper cost as much as the rest.
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def __call__(self, number: str) -> str:
-        """The pseudonym of ``number``; of any string at all, since a refused claim's
-        unverified number is audited by its pseudonym too (UTF-8: the same bytes as ASCII)."""
-        return hmac.new(self._key, number.encode("utf-8"), hashlib.sha256).hexdigest()
+        """The pseudonym of ``number``, ``HMAC-SHA256(key, number)`` in hex; of any string at
+        all, since a refused claim's unverified number is audited by its pseudonym too (UTF-8:
+        the same bytes as ASCII)."""
+        inner = self._inner.copy()
+        inner.update(number.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+_BLOCK = 64
+"""SHA-256's block size in bytes: HMAC pads its key to it."""
 
 
 def load_or_create_key(
