@@ -62,9 +62,14 @@ class Portability:
         if held is None or held[1] <= seq:
             self._ported[key] = (carrier, seq)
 
-    def carrier_for(self, number: str) -> str | None:
-        """The carrier serving ``number`` now, or None when no carrier does."""
-        ported = self._ported.get(self._pseudonym(number)) if self._ported else None
+    def carrier_for(self, number: str, number_key: str | None = None) -> str | None:
+        """The carrier serving ``number`` now, or None when no carrier does.
+
+        ``number_key`` is the number's pseudonym, when the caller has it already."""
+        if not self._ported:
+            return self.plan.range_holder(number)
+        key = self._pseudonym(number) if number_key is None else number_key
+        ported = self._ported.get(key)
         return ported[0] if ported is not None else self.plan.range_holder(number)
 
     def __len__(self) -> int:
@@ -101,7 +106,7 @@ def check_claim(
             f"claim signed for carrier {verified.carrier_id!r}, presented by {caller.id!r}",
         )
     key = pseudonym(verified.claim.number)
-    serving = portability.carrier_for(verified.claim.number)
+    serving = portability.carrier_for(verified.claim.number, key)
     if serving != caller.id:
         raise PermissionDenied(
             "NUMBER_NOT_SERVED",

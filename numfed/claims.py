@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import phonenumbers
 from google.protobuf.message import DecodeError
@@ -104,11 +104,17 @@ class ClaimPolicy:
         """
         skew = bundle.max_clock_skew if bundle is not None else DEFAULT_MAX_CLOCK_SKEW
         lifetime = bundle.max_claim_lifetime if bundle is not None else DEFAULT_MAX_CLAIM_LIFETIME
-        return cls(
-            max_lifetime=lifetime if max_lifetime is None else max_lifetime,
-            max_skew=skew,
-            release_grace=release_grace,
-        )
+        return _policy(lifetime if max_lifetime is None else max_lifetime, skew, release_grace)
+
+
+@functools.lru_cache(maxsize=64)
+def _policy(max_lifetime: timedelta, max_skew: timedelta, release_grace: timedelta) -> ClaimPolicy:
+    """One policy per set of values (it is frozen): every claim verified asks for one."""
+    return ClaimPolicy(max_lifetime=max_lifetime, max_skew=max_skew, release_grace=release_grace)
+
+
+_PURPOSES = {p.value: p for p in Purpose}
+"""Purpose by its wire value (a dict lookup costs less than calling the enum)."""
 
 
 RELEASE_GRACE = timedelta(hours=1)
@@ -125,11 +131,9 @@ def normalize_number(number: str) -> str:
     numbers exist is the carriers' word, the numbering plan in the signed trust bundle
     (:func:`require_in_plan`), never the library's snapshot of allocated blocks, which lags
     behind the carriers (it refused all of +86 149 while ctcc used it). The verdict on each of
-    the last 64k well-formed numbers is remembered: a number is parsed once however many claims,
-    events and platforms name it.
+    the last 64k well-formed numbers is remembered: a number is checked once however many
+    claims, events and platforms name it (a refusal is not remembered: it is checked again).
     """
-    if len(number) > 32 or not _E164_SHAPE.fullmatch(number):
-        raise InvalidArgument("MALFORMED_NUMBER", f"{number[:40]!r} is not an E.164 number")
     return _valid_e164(number)
 
 
@@ -138,6 +142,8 @@ _E164_SHAPE = re.compile(r"\+[1-9][0-9]{1,14}")
 
 @functools.lru_cache(maxsize=65536)
 def _valid_e164(number: str) -> str:
+    if len(number) > 32 or not _E164_SHAPE.fullmatch(number):
+        raise InvalidArgument("MALFORMED_NUMBER", f"{number[:40]!r} is not an E.164 number")
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException as exc:
@@ -164,7 +170,7 @@ def require_in_plan(bundle: TrustBundle, number: str) -> None:
 
     Rule PLAT-CLAIM-11.
     """
-    if not any(number.startswith(prefix) for prefix in bundle.number_ranges):
+    if not number.startswith(bundle.range_prefixes):
         raise PermissionDenied(
             "NUMBER_NOT_IN_PLAN", "the number lies in no range of the federation's numbering plan"
         )
@@ -179,7 +185,10 @@ def _member_id(value: str, what: str) -> str:
 def _utc(obj: object, *names: str) -> None:
     """Check that a frozen claim's timestamps are aware and store them in UTC."""
     for name in names:
-        object.__setattr__(obj, name, require_utc(getattr(obj, name), name))
+        t = getattr(obj, name)
+        utc = require_utc(t, name)
+        if utc is not t:
+            object.__setattr__(obj, name, utc)
 
 
 def _window(issued_at: datetime, expires_at: datetime) -> None:
@@ -207,8 +216,11 @@ class TenureClaim:
     def __post_init__(self) -> None:
         normalize_number(self.number)
         _member_id(self.carrier_id, "carrier_id")
-        _utc(self, "tenure_start", "issued_at", "expires_at")
-        object.__setattr__(self, "binding_refs", tuple(self.binding_refs))
+        # Times read from the wire are in UTC already; others are checked and converted.
+        if not (self.tenure_start.tzinfo is self.issued_at.tzinfo is self.expires_at.tzinfo is UTC):
+            _utc(self, "tenure_start", "issued_at", "expires_at")
+        if type(self.binding_refs) is not tuple:
+            object.__setattr__(self, "binding_refs", tuple(self.binding_refs))
         _window(self.issued_at, self.expires_at)
         if self.tenure_start > self.issued_at:
             raise InvalidArgument("MALFORMED_CLAIM", "tenure_start is after the claim was issued")
@@ -255,22 +267,21 @@ class TenureClaim:
         """Rule PLAT-CLAIM-10."""
         if pb.purpose == claim_pb2.PURPOSE_UNSPECIFIED:
             raise InvalidArgument("PURPOSE_UNSPECIFIED", "a claim states its purpose")
-        try:
-            purpose = Purpose(pb.purpose)
-        except ValueError as exc:
-            raise InvalidArgument("MALFORMED_CLAIM", "unknown purpose") from exc
+        purpose = _PURPOSES.get(pb.purpose)
+        if purpose is None:
+            raise InvalidArgument("MALFORMED_CLAIM", "unknown purpose")
         for name in ("tenure_start", "issued_at", "expires_at"):
             if not pb.HasField(name):
                 raise InvalidArgument("MALFORMED_CLAIM", f"claim has no {name}")
-        return cls(
-            number=pb.number,
-            carrier_id=pb.carrier_id,
-            tenure_start=from_timestamp(pb.tenure_start),
-            purpose=purpose,
-            issued_at=from_timestamp(pb.issued_at),
-            expires_at=from_timestamp(pb.expires_at),
-            claim_id=pb.claim_id,
-            binding_refs=tuple(pb.binding_refs),
+        return cls(  # positional (keywords cost more on the claim path), in field order
+            pb.number,
+            pb.carrier_id,
+            from_timestamp(pb.tenure_start),
+            purpose,
+            from_timestamp(pb.issued_at),
+            from_timestamp(pb.expires_at),
+            pb.claim_id,
+            tuple(pb.binding_refs) if pb.binding_refs else (),  # iterating an empty one costs
         )
 
     def to_proto(self) -> claim_pb2.TenureClaim:
@@ -497,6 +508,10 @@ def _check_time(
     check_key_window(key, issued_at, now, skew=policy.max_skew, grace=grace)
 
 
+_RELEASES = (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
+_NO_GRACE = timedelta(0)
+
+
 def verify_tenure_claim(
     envelope: Envelope,
     trust: TrustedState,
@@ -525,8 +540,7 @@ def verify_tenure_claim(
             raise
         raise InvalidArgument("MALFORMED_CLAIM", exc.message) from exc
     _check_issuer(key, bundle, claim.carrier_id, claim.number)
-    releases = claim.purpose in (Purpose.RELEASE_PRIOR, Purpose.RELEASE_OWN)
-    grace = policy.release_grace if releases else timedelta(0)
+    grace = policy.release_grace if claim.purpose in _RELEASES else _NO_GRACE
     _check_time(key, claim.issued_at, claim.expires_at, now, policy, grace)
     if claim.purpose not in purposes:
         raise InvalidArgument(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -120,6 +120,18 @@ def check_public_key(algorithm: KeyAlgorithm, spki: bytes) -> None:
     VerifyKey.from_spki(spki, algorithm)
 
 
+def _verifier(key: _PublicKey) -> Callable[[bytes, bytes], None]:
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key.verify
+
+    def verify_p256(sig: bytes, message: bytes) -> None:
+        r = int.from_bytes(sig[:_P256_HALF], "big")
+        s = int.from_bytes(sig[_P256_HALF:], "big")
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+
+    return verify_p256
+
+
 @dataclass(frozen=True)
 class VerifyKey:
     """A public key that verifies signatures of one algorithm; checked when built."""
@@ -128,12 +140,16 @@ class VerifyKey:
     algorithm: KeyAlgorithm
     spki: bytes
     _key: _PublicKey = field(repr=False, compare=False)
+    _verify: Callable[[bytes, bytes], None] = field(init=False, repr=False, compare=False)
+    """Raises InvalidSignature unless a 64-byte signature is good; chosen for the algorithm
+    once, so that verifying costs no type test."""
 
     def __post_init__(self) -> None:
         # Every way of building a key passes here, so no key escapes the check.
-        _check_loaded(self._key, self.algorithm)
+        key = _check_loaded(self._key, self.algorithm)
         if self.spki != _spki_of(self._key) or self.key_id != key_id_for(self.spki):
             raise _bad_key("spki and key_id must be the key's own")
+        object.__setattr__(self, "_verify", _verifier(key))
 
     @classmethod
     def from_spki(cls, spki: bytes, algorithm: KeyAlgorithm) -> VerifyKey:
@@ -205,12 +221,7 @@ class VerifyKey:
         if len(sig) != SIGNATURE_BYTES:
             return False
         try:
-            if isinstance(self._key, ed25519.Ed25519PublicKey):
-                self._key.verify(sig, message)
-            else:
-                r = int.from_bytes(sig[:_P256_HALF], "big")
-                s = int.from_bytes(sig[_P256_HALF:], "big")
-                self._key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+            self._verify(sig, message)
         except (InvalidSignature, ValueError):
             return False
         return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from numfed.errors import PermissionDenied
 from numfed.events import EventKind, LifecycleEvent
@@ -47,6 +48,12 @@ class NumberPlan:
     """The numbering plan from the trust bundle: E.164 prefix -> the block's range holder."""
 
     ranges: Mapping[str, str] = field(default_factory=dict)
+    _lengths: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The lengths of the plan's prefixes, longest first: the only ones worth looking up."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ranges", MappingProxyType(dict(self.ranges)))
+        object.__setattr__(self, "_lengths", tuple(sorted({len(p) for p in self.ranges}))[::-1])
 
     @classmethod
     def from_bundle(cls, bundle: TrustBundle | None) -> NumberPlan:
@@ -54,10 +61,11 @@ class NumberPlan:
 
     def range_holder(self, number: str) -> str | None:
         """The carrier holding the longest range that matches ``number``, if any."""
-        for end in range(len(number), 0, -1):
-            holder = self.ranges.get(number[:end])
-            if holder is not None:
-                return holder
+        for end in self._lengths:
+            if end <= len(number):
+                holder = self.ranges.get(number[:end])
+                if holder is not None:
+                    return holder
         return None
 
 

@@ -22,6 +22,9 @@ __all__ = [
 
 
 def require_utc(t: datetime, what: str) -> datetime:
+    """``t`` in UTC; INVALID_ARGUMENT ``NAIVE_TIMESTAMP`` when it names no offset."""
+    if t.tzinfo is UTC:
+        return t  # what astimezone(UTC) returns for it, at a fraction of the cost
     if t.tzinfo is None or t.utcoffset() is None:
         raise InvalidArgument("NAIVE_TIMESTAMP", f"{what} must be timezone-aware")
     return t.astimezone(UTC)
@@ -44,7 +47,7 @@ def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
             "BAD_TIMESTAMP", f"not a valid timestamp: seconds={seconds} nanos={nanos}"
         )
     # The same as Timestamp.ToDatetime, at a fraction of its cost (it is on the claim path).
-    return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return EPOCH + timedelta(0, seconds, nanos // 1000)  # positional: keywords cost more
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -220,7 +220,7 @@ class CarrierKey:
 
     def covers(self, number: str) -> bool:
         """True when ``number`` (E.164) starts with one of the key's prefixes."""
-        return any(number.startswith(p) for p in self.number_prefixes)
+        return number.startswith(self.number_prefixes)
 
     def valid_at(self, t: datetime) -> bool:
         """True when ``t`` lies in the key's window [not_before, not_after], both inclusive."""
@@ -302,6 +302,8 @@ class TrustBundle:
     max_claim_lifetime: timedelta = DEFAULT_MAX_CLAIM_LIFETIME
     audit_keys: Mapping[str, AuditKey] = field(default_factory=dict)
     """The gateway's audit keys by key id: they sign audit checkpoints (numfed/checkpoint.py)."""
+    range_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """The prefixes of ``number_ranges``, as one tuple: :meth:`str.startswith` tries them all."""
 
     def __post_init__(self) -> None:
         _freeze(self, "audit_keys", MappingProxyType(dict(self.audit_keys)))
@@ -314,6 +316,7 @@ class TrustBundle:
         _freeze(self, "carrier_keys", MappingProxyType(dict(self.carrier_keys)))
         _freeze(self, "revoked_key_ids", frozenset(self.revoked_key_ids))
         _freeze(self, "number_ranges", MappingProxyType(dict(self.number_ranges)))
+        _freeze(self, "range_prefixes", tuple(self.number_ranges))
         for prefix, carrier in self.number_ranges.items():
             if not _PREFIX.fullmatch(prefix) or not _CARRIER.fullmatch(carrier):
                 raise _bad(

@@ -268,6 +268,36 @@ def test_signed_garbage_is_malformed_not_a_crash(fed: Federation) -> None:
     refused(fed, env, InvalidArgument, "PURPOSE_UNSPECIFIED")
 
 
+def _drop(field: str) -> Any:
+    return lambda pb: pb.ClearField(field)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "why"),
+    [
+        (lambda pb: setattr(pb, "purpose", 99), "MALFORMED_CLAIM"),  # no such purpose
+        (_drop("tenure_start"), "MALFORMED_CLAIM"),
+        (_drop("issued_at"), "MALFORMED_CLAIM"),
+        (_drop("expires_at"), "MALFORMED_CLAIM"),
+        (lambda pb: setattr(pb.issued_at, "nanos", -1), "MALFORMED_CLAIM"),
+        (lambda pb: setattr(pb.expires_at, "seconds", 253_402_300_800), "MALFORMED_CLAIM"),
+        (lambda pb: setattr(pb, "carrier_id", "CMCC"), "MALFORMED_CLAIM"),
+        (lambda pb: setattr(pb, "claim_id", b"short"), "MALFORMED_CLAIM"),
+        (lambda pb: pb.binding_refs.append("r1"), "MALFORMED_CLAIM"),
+        (lambda pb: setattr(pb, "number", "+86 139 1234 5678"), "MALFORMED_NUMBER"),
+    ],
+)
+def test_a_signed_payload_of_the_wrong_form_is_refused(
+    fed: Federation, mangle: Any, why: str
+) -> None:
+    """Each rule of the payload's form (PLAT-CLAIM-10) still refuses a claim whose signature
+    is good, however the payload is parsed."""
+    pb = tenure().to_proto()
+    mangle(pb)
+    env = sign(TENURE_CLAIM_PAYLOAD_TYPE, pb.SerializeToString(), [fed.carrier_keys["cmcc"]])
+    refused(fed, env, InvalidArgument, why)
+
+
 @pytest.mark.parametrize("number", ["+8613912345678", "+8618612345678", "+8615312345678"])
 def test_realistic_numbers_are_e164(number: str) -> None:
     assert normalize_number(number) == number
@@ -277,9 +307,10 @@ def test_realistic_numbers_are_e164(number: str) -> None:
     "number", ["13912345678", "+86 139 1234 5678", "+86139", "+861391234567890", "", "+0000"]
 )
 def test_malformed_numbers_refused(number: str) -> None:
-    with pytest.raises(InvalidArgument) as e:
-        normalize_number(number)
-    assert e.value.reason == "MALFORMED_NUMBER"
+    for _ in range(2):  # a refusal is not remembered as a verdict
+        with pytest.raises(InvalidArgument) as e:
+            normalize_number(number)
+        assert e.value.reason == "MALFORMED_NUMBER"
 
 
 @pytest.mark.parametrize(
@@ -310,6 +341,18 @@ def test_timestamps_are_stored_in_utc() -> None:
     beijing = timezone(timedelta(hours=8))
     c = tenure(now=NOW.astimezone(beijing))
     assert c.issued_at.tzinfo is UTC and c.issued_at == NOW
+    # One of them in another zone is enough for it to be converted.
+    mixed = replace(tenure(), tenure_start=X.astimezone(beijing))
+    assert mixed.tenure_start.tzinfo is UTC and mixed.tenure_start == X
+    assert mixed.issued_at.tzinfo is UTC and mixed.issued_at == NOW
+
+
+def test_binding_refs_are_stored_as_a_tuple() -> None:
+    refs: Any = ["r1", "r2"]
+    c = replace(tenure(), purpose=Purpose.RELEASE_OWN, binding_refs=refs)
+    assert c.binding_refs == ("r1", "r2")
+    refs.append("r3")  # the caller's list is not the claim's
+    assert c.binding_refs == ("r1", "r2")
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -56,6 +56,15 @@ def test_the_range_holder_serves_a_number_by_the_longest_prefix() -> None:
     assert PLAN.range_holder("+8613819999999") == "ctcc"  # +8613819 is longer than +86138
     assert PLAN.range_holder("+8613712345678") is None  # in no range: nobody serves it
     assert NumberPlan.from_bundle(None).range_holder(N) is None
+    assert PLAN.range_holder("+86") is None  # shorter than every prefix
+    assert PLAN.range_holder("+86138") == "cmcc"  # the prefix itself
+
+
+def test_the_plan_does_not_follow_the_mapping_it_was_built_from() -> None:
+    ranges = {"+86138": "cmcc"}
+    plan = NumberPlan(ranges)
+    ranges["+8613819"] = "ctcc"
+    assert plan.range_holder("+8613819999999") == "cmcc"
 
 
 def test_the_recipients_word_alone_moves_nothing() -> None:
