@@ -250,7 +250,8 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
             call = self._a.gateway.WatchOperation(watch, timeout=left + 1.0)
             try:
                 while True:
-                    op = await asyncio.wait_for(call.read(), ends - loop.time())
+                    async with asyncio.timeout(ends - loop.time()):
+                        op = await call.read()
                     if op is grpc.aio.EOF:
                         break  # the gateway's stream reached its maximum age: watch again
                     assert isinstance(op, operations_pb2.Operation)

@@ -295,7 +295,8 @@ class AuditWriter:
                     self.failures - 1, initial=RETRY_INITIAL, maximum=RETRY_MAX, multiplier=2.0
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 self._wake.clear()
                 if self._stopping:
                     return
@@ -323,7 +324,8 @@ class AuditWriter:
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 log.error(
                     "stopping while a flush of the audit log still waits for the database; "

@@ -209,7 +209,8 @@ class Batcher(Generic[Item, Result]):
         future: asyncio.Future[Result] = loop.create_future()
         ticket = self.enqueue(item, loop.time() + timeout, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
         except TimeoutError as exc:
             self.abandon(ticket, cancel_call=False)
             raise BatchTimeout("deadline passed before the platform answered") from exc

@@ -184,7 +184,8 @@ class Dispatcher:
             due = None
         wait = 1.0 if due is None else min(max((due - now_us()) / 1e6, 0.01), 1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     def _dispatch(self, claimed: list[tuple[TaskRow, JobRow]]) -> None:
         by_platform: dict[str, list[tuple[TaskRow, JobRow]]] = defaultdict(list)

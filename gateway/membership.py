@@ -154,7 +154,8 @@ class ConfigWatcher:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._asked.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._asked.wait()
             asked = self._asked.is_set()
             self._asked.clear()
             seen = _looked_at(self.path)

@@ -236,14 +236,16 @@ class PlatformLink:
     async def until_callable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until the platform may be called; whether it may."""
         try:
-            await asyncio.wait_for(self._may_call.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._may_call.wait()
         except TimeoutError:
             return False
         return True
 
     async def until_serving(self, timeout: float) -> None:
         """Wait until the platform has reported SERVING (TimeoutError after ``timeout``)."""
-        await asyncio.wait_for(self._serving.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._serving.wait()
 
     async def until_health(self, status: str, timeout: float) -> None:
         """Wait until :attr:`health` is ``status`` (TimeoutError after ``timeout``)."""

@@ -230,7 +230,8 @@ class EventPusher:
             self._paused.succeeded()  # the database answers again
             if not rows:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 continue
             try:
                 self._link.check_serving()  # its health may have changed during the read

@@ -560,7 +560,8 @@ class Gateway:
         # A port's other half may come from a later carrier; one that never answers holds
         # nobody up for longer than carrier_sync_wait.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_halves.wait(), self.config.limits.carrier_sync_wait)
+            async with asyncio.timeout(self.config.limits.carrier_sync_wait):
+                await self._all_halves.wait()
         await self._refresh_ports()  # another replica may have completed ports meanwhile
         return await self._count_disputes(member)
 

@@ -492,4 +492,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     return  # the stream's maximum age: it ends with OK, the client watches again
                 # Other replicas' changes are not announced here: look again within a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(left, 1.0))
+                    async with asyncio.timeout(min(left, 1.0)):
+                        await changed.wait()

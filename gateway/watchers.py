@@ -35,4 +35,5 @@ class JobWatchers:
     async def wait(self, job_id: str, timeout: float) -> None:
         """Return when the job changes, or after ``timeout`` (other replicas may change it)."""
         with self.watching(job_id) as ev, contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await ev.wait()

@@ -300,7 +300,8 @@ class _Gate:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(granted)
         try:
-            await asyncio.wait_for(asyncio.shield(granted), self.cls.wait)
+            async with asyncio.timeout(self.cls.wait):
+                await asyncio.shield(granted)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if granted.done() and not granted.cancelled():
                 self._pass_slot()  # the slot came just as we gave up: pass it on

@@ -11,7 +11,6 @@ PostgreSQL server that the session starts itself from the machine's PostgreSQL b
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import os
 import threading
@@ -57,15 +56,43 @@ def _stacks_and_tasks(dump_stacks: Callable[[Any], None]) -> Callable[[Any], Non
             return
         for task in asyncio.all_tasks(loop):
             terminal.sep("~", title=f"asyncio task {task.get_name()}")
-            out = io.StringIO()
-            task.print_stack(file=out)
-            terminal.write(out.getvalue())
+            # Down the chain of awaits, frame by frame (Task.print_stack shows only the task's
+            # own coroutine, and fails on grpc's cython frames, which have no line number).
+            coro: Any = task.get_coro()
+            for _ in range(200):
+                if coro is None:
+                    break
+                if type(coro).__name__ == "async_generator_asend":  # no frame: its generator's
+                    coro = getattr(coro, "ag", None) or _asend_generator(coro)
+                frame = (
+                    getattr(coro, "cr_frame", None)
+                    or getattr(coro, "gi_frame", None)
+                    or getattr(coro, "ag_frame", None)
+                )
+                if frame is not None:
+                    code = frame.f_code
+                    terminal.write(
+                        f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}\n'
+                    )
+                coro = (
+                    getattr(coro, "cr_await", None)
+                    or getattr(coro, "gi_yieldfrom", None)
+                    or getattr(coro, "ag_await", None)
+                )
 
     return dump
 
 
+def _asend_generator(asend: Any) -> Any:
+    """The async generator an ``__anext__()`` awaitable steps (found through the GC)."""
+    import gc
+
+    return next((r for r in gc.get_referents(asend) if hasattr(r, "ag_frame")), None)
+
+
 BACKSTOP = (2.0, 10.0)
-"""A test still running ``factor * its timeout + margin`` seconds after it started ends the run."""
+"""A test still running ``factor * its timeout + min(its timeout, margin)`` seconds after it
+started ends the run."""
 
 
 def _ceiling(item: pytest.Item) -> float:
@@ -85,7 +112,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     and asyncio catches it there (a task takes it as its result; ``Handle._run`` passes it to
     the loop's exception handler): the test goes on, and the one-shot alarm never fires again
     (a fixture teardown stuck after a failed test was seen to wait for good). So a thread
-    watches each test too, setup, call and teardown, and past ``BACKSTOP`` it says which test,
+    watches each test too, setup, call and teardown, and past :data:`BACKSTOP` it says which test,
     dumps every thread's stack and ends the run with exit code 1 (pytest-timeout's thread
     method), rather than leave it to CI's own ceiling."""
     ceiling = _ceiling(item)
@@ -93,7 +120,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         yield
         return
     factor, margin = BACKSTOP
-    limit = ceiling * factor + margin
+    limit = ceiling * factor + min(ceiling, margin)
     timer = threading.Timer(limit, _give_up, (item, limit))
     timer.daemon = True
     timer.start()

@@ -427,7 +427,8 @@ class HolderPage:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(updates.get(), KEEPALIVE)
+                    async with asyncio.timeout(KEEPALIVE):
+                        item = await updates.get()
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue

@@ -106,7 +106,8 @@ class FacadeHandle:
         self.server.config.timeout_graceful_shutdown = max(int(grace), 1)
         self.server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), grace + 1)
+            async with asyncio.timeout(grace + 1):
+                await asyncio.shield(self.task)
         except TimeoutError:
             self.server.force_exit = True
             self.task.cancel()

@@ -127,7 +127,8 @@ async def _pinged(target: str, pki_dir: Path, member: PeerId, every: str, *, wat
         if not watch:
             before = channel.get_state()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.wait_for_state_change(before), QUIET)
+                async with asyncio.timeout(QUIET):
+                    await channel.wait_for_state_change(before)
                 raise CheckFailed(
                     f"with no call open and {every}, the connection went from {before.name} "
                     f"to {channel.get_state().name} (GOAWAY too_many_pings?)"

@@ -43,7 +43,8 @@ class MetricsEndpoint:
     async def close(self) -> None:
         self.server.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.server.wait_closed()
 
 
 async def _metrics() -> tuple[str, bytes]:
@@ -61,7 +62,8 @@ async def start_endpoint(
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
             method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             handler = table.get(path)

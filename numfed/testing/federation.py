@@ -66,7 +66,8 @@ class Federation:
         config = load_platform_config(self.layout.platform_configs[platform_id])
         handle = await start_platform(config)
         self.platforms[platform_id] = handle  # stop() stops it, even if it never gets ready
-        await asyncio.wait_for(handle.trust.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await handle.trust.ready.wait()
         if platform_id in self.gateway.links:  # it is sent traffic once the gateway sees SERVING
             await until_serving(self.gateway, [platform_id], timeout=10)
         return handle

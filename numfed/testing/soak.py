@@ -216,7 +216,8 @@ class Load:
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     def _numbers(self, carrier: str) -> tuple[list[str], list[str]]:
         """(numbers the carrier serves with a holder, numbers it serves without one)."""
@@ -398,7 +399,8 @@ async def numfed_command(*args: str) -> tuple[int, str]:
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "200"},
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    async with asyncio.timeout(120):
+        out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 

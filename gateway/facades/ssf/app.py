@@ -340,7 +340,8 @@ class SsfTransmitter:
         polled = await self._poll_once(peer, acks | set(errors), max_events)
         if not polled.sets and not immediately and max_events > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(news.wait(), LONG_POLL_SECONDS)
+                async with asyncio.timeout(LONG_POLL_SECONDS):
+                    await news.wait()
             polled = await self._poll_once(peer, set(), max_events)
         return _json({"sets": self._sets(polled, peer), "moreAvailable": polled.more})
 

@@ -146,7 +146,8 @@ class SetPusher:
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
+            async with asyncio.timeout(IDLE_SECONDS):
+                await self._wake.wait()
 
     async def _push(self) -> None:
         lease_us = int(self._limits.lease_seconds * 1e6)
