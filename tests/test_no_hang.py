@@ -23,6 +23,18 @@ async def test_awaits_forever():
 """
 
 
+def with_our_conftest(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run pytest on the tests in ``tmp_path`` with this suite's conftest as a plugin."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+
+
 def test_every_test_has_a_ceiling(pytestconfig: pytest.Config) -> None:
     assert float(pytestconfig.getini("timeout")) > 0
     assert pytestconfig.getini("timeout_method") == "signal"
@@ -119,14 +131,7 @@ def test_a_test_whose_timeout_is_swallowed_ends_the_run(tmp_path: Path) -> None:
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "timeout = 1\ntimeout_method = signal\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
+    run = with_our_conftest(tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "test_swallows_the_timeout is still running 3 s after it started" in run.stdout, (
         run.stdout + run.stderr
@@ -162,14 +167,7 @@ def test_a_test_that_leaves_a_channel_open_or_a_server_running_fails(tmp_path: P
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
+    run = with_our_conftest(tmp_path)
     # Each test's call passes; the two that leak fail at teardown.
     assert "3 passed, 2 errors" in run.stdout, run.stdout + run.stderr
     assert "channel opened at test_leaks.py:5 (test_leaves_a_channel_open)" in run.stdout
@@ -185,14 +183,7 @@ def test_a_timed_out_async_test_shows_its_tasks(tmp_path: Path) -> None:
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "timeout = 2\ntimeout_method = signal\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
+    run = with_our_conftest(tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "asyncio task" in run.stdout, run.stdout
     assert "in test_awaits_forever" in run.stdout, run.stdout
