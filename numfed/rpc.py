@@ -166,7 +166,9 @@ def retry_delay(status: status_pb2.Status) -> float | None:
 def error_from_status(status: status_pb2.Status) -> NumfedError:
     """Rebuild a domain exception from a status a peer returned: the same code, reason and
     metadata, and its RetryInfo delay as ``retry_after`` (so a relayed refusal still tells the
-    caller when to come back). gRPC's own refusal at a server's cap, which names no reason, is
+    caller when to come back). A code with no class of its own (CANCELLED, UNKNOWN, ABORTED,
+    DATA_LOSS) stays that code, so a relayed call that was dropped is not mistaken for the relay's
+    own failure. gRPC's own refusal at a server's cap, which names no reason, is
     RESOURCE_EXHAUSTED :data:`SERVER_OVERLOADED`."""
     from numfed import errors
 
@@ -186,12 +188,14 @@ def error_from_status(status: status_pb2.Status) -> NumfedError:
         ),
         NumfedError,
     )
-    return cls(
+    err = cls(
         info.reason if info else code.name,
         status.message,
         metadata=info.metadata if info else None,
         retry_after=retry_delay(status),
     )
+    err.code = code.name
+    return err
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError) -> NumfedError:

@@ -10,11 +10,13 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
 from carrier_adapters.base import CarrierHandle
 from carrier_adapters.web.guard import CONTENT_SECURITY_POLICY
+from numfed.rpc import SERVER_CAP_DETAILS
 from numfed.scenario import Holder, demo_scenario
 from tests.carrier_adapters.conftest import Running
 from tests.carrier_adapters.web.conftest import Visitor, error_of, start_web_carrier
@@ -223,6 +225,36 @@ async def test_a_crowd_is_turned_away_with_retry_after_while_admitted_requests_f
     finally:
         running.gateway.hold = None
         await handle.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        # The gateway at its cap (numfed.rpc.call_cap): gRPC refuses before any handler.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, SERVER_CAP_DETAILS),
+        # A call the overloaded gateway dropped on the way (launch day's 502s).
+        (grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8"),
+    ],
+)
+async def test_an_overloaded_gateway_is_a_503_with_retry_after_never_a_502(
+    running: Running,
+    web: CarrierHandle,
+    visitor: Visitor,
+    code: grpc.StatusCode,
+    details: str,
+) -> None:
+    await verify(visitor, web)
+    running.gateway.bare = (code, details)
+    try:
+        answer = await visitor.post("/query")
+    finally:
+        running.gateway.bare = None
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "60"  # it said no delay: the page's default wait
+    assert "try again in 60 s" in error_of(answer)
+    assert len(running.gateway.of("QueryBindings")) == 1
+    answer = await visitor.post("/query")  # the gateway has room again: the same page works
+    assert answer.status_code == 200, error_of(answer)
 
 
 async def test_a_crowd_on_the_holder_page_shows_in_the_carriers_metrics(
