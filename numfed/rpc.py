@@ -901,7 +901,9 @@ def call_cap(admission: Admission, limits: Limits) -> int:
     them). Streams already open keep their place and go on; a call opened while the server is
     at its cap, a stream included, is refused like any other and retried with backoff. The
     headroom keeps the cap above what admission holds, so while the loop keeps up every
-    refusal is admission's own, with its ErrorInfo.
+    refusal is admission's own, with its ErrorInfo. The cap makes a refusal cheap, not early:
+    grpc.aio checks it when its serving loop, on the same event loop, takes the call from
+    gRPC's core, and until then the call waits in the core's pending queue.
     """
     return admission.capacity + limits.server_call_headroom
 
