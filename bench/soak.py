@@ -16,8 +16,10 @@ facade (HTTPS) 15 %, releases 15 % (``ReleaseBindings``, each then watched with
 ``WatchOperation`` until it is done). What must hold, and is written to
 ``bench/results/soak.json`` and plotted in ``bench/results/soak.png``: no process exits; memory
 stays bounded (RSS in the last minute within 1.5x the first); every refusal is a fast
-RESOURCE_EXHAUSTED (gRPC) or an HTTP 503 (the page) or 429 (CAMARA's TOO_MANY_REQUESTS) with
-Retry-After; nothing else fails; and every release accepted is done by the end.
+RESOURCE_EXHAUSTED (gRPC: admission's, with ErrorInfo and RetryInfo, or gRPC's own at the
+gateway's cap, with neither, as gateway.proto documents; :func:`signalled_refusal`) or an HTTP
+503 (the page) or 429 (CAMARA's TOO_MANY_REQUESTS) with Retry-After; nothing else fails; and
+every release accepted is done by the end.
 
     python -m bench.soak --seconds 300
 """
@@ -39,10 +41,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx
+from grpc_status import rpc_status
 
 from bench.facades import CHECK, WEIBO
 from bench.fanout import spawn, stop_processes, wait_serving
@@ -50,8 +53,10 @@ from bench.portal import Page, RawHttp, held_numbers, pct, rss_mb
 from bench.suite import claim_for, served_now
 from numfed import pki
 from numfed.claims import Purpose
+from numfed.errors import ERROR_DOMAIN
 from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
+from numfed.rpc import ADMISSION_REASONS, error_info, retry_delay, server_cap_refusal
 from numfed.scenario import APP_PLATFORMS
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -76,6 +81,27 @@ FAST_MS = 1000.0
 
 Outcome = tuple[str, float]
 """("ok" | "shed" | "error:<what>", milliseconds)."""
+
+
+def signalled_refusal(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed gRPC call is a refusal as the contract (gateway.proto) documents it:
+    admission's RESOURCE_EXHAUSTED with one numfed ErrorInfo (OVERLOADED,
+    OVERLOADED_QUEUE_TIMEOUT, CALLER_OVERLOADED) and a RetryInfo, or gRPC's own refusal at the
+    gateway's cap (``numfed.rpc.server_cap_refusal``), which carries neither."""
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    if server_cap_refusal(exc):
+        return True
+    status = rpc_status.from_call(cast(grpc.Call, exc))
+    if status is None:
+        return False
+    info = error_info(status)
+    return (
+        info is not None
+        and info.domain == ERROR_DOMAIN
+        and info.reason in ADMISSION_REASONS
+        and retry_delay(status) is not None
+    )
 
 
 class Load:
@@ -121,8 +147,10 @@ class Load:
             await call()
         except grpc.aio.AioRpcError as exc:
             ms = (time.monotonic() - t0) * 1000
-            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if signalled_refusal(exc):
                 return "shed", ms
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return "error:RESOURCE_EXHAUSTED without its signal", ms
             return f"error:{exc.code().name}", ms
         return "ok", (time.monotonic() - t0) * 1000
 
@@ -184,7 +212,7 @@ class Load:
         ms = (time.monotonic() - t0) * 1000
         if status == 200:
             return "ok", ms
-        if status in (429, 503) and retry:
+        if status == 429 and retry:  # CAMARA's TOO_MANY_REQUESTS
             return "shed", ms
         return f"error:HTTP {status}", ms
 

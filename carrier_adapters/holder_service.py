@@ -37,7 +37,9 @@ PROOF_LIFETIME = timedelta(days=30)
 """How long a holder proof stays valid; it is carried around, unlike a one-use claim."""
 _ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]")
 """A resident ID number: 17 ASCII digits and a check character (no other script's digits)."""
-_MAYBE_COMMITTED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
+_MAYBE_COMMITTED = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL", "UNKNOWN"}
+)
 """Codes of a gateway call whose outcome is unknown: the release job may exist."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SCOPES = {

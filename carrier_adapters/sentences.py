@@ -150,6 +150,7 @@ BUSY_REASONS = frozenset(
         "TOO_MANY_SESSIONS",
         "TOO_MANY_CLIENTS",
         "BUSY",
+        "SERVER_OVERLOADED",
     }
 )
 """RESOURCE_EXHAUSTED reasons that mean "the service is full", not "you asked too often"."""
@@ -184,6 +185,11 @@ BY_CODE: Mapping[str, Sentence] = {
     "DEADLINE_EXCEEDED": Sentence(
         "处理时间太长了。请在{wait}后再试；如果是解除绑定，重试不会重复办理。",
         "That took too long. Please try again in {wait}; a release tried again is not done twice.",
+    ),
+    "CANCELLED": Sentence(
+        "服务繁忙，这次没有办完。请在{wait}后再试；如果是解除绑定，重试不会重复办理。",
+        "The service is busy and did not finish this. Please try again in {wait}; a release "
+        "tried again is not done twice.",
     ),
 }
 

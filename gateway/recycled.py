@@ -153,7 +153,7 @@ class RecycledCheck:
             )
         except grpc.aio.AioRpcError as exc:
             err = error_from_rpc(exc)
-            if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
+            if err.code in ("INTERNAL", "UNKNOWN", "DATA_LOSS", "CANCELLED"):
                 # The carrier's own failure is not the platform's fault, nor the gateway's.
                 raise Unavailable(
                     "CARRIER_FAILED", f"carrier {carrier} failed: {exc.code().name}"

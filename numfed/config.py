@@ -129,6 +129,12 @@ class Limits:
     """Seconds the holder's page asks a turned-away visitor to wait (Retry-After)."""
     admission_queue_wait: float = 1.0
     """Longest a call waits in its class's queue before it gets RESOURCE_EXHAUSTED."""
+    server_call_headroom: int = 128
+    """Calls a server with admission classes (the gateway, a carrier's holder channel) holds at
+    once beyond the sum of its classes' bounds (running plus queued, watches included): room
+    for health checks and health Watch streams, reflection, and the calls admission is still
+    turning away. Past that sum plus this headroom, gRPC itself refuses each new call with
+    RESOURCE_EXHAUSTED before it costs the event loop a handler (``numfed.rpc.call_cap``)."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
     carrier_sync_wait: float = 30.0

@@ -56,12 +56,16 @@ from numfed.observability import metrics, tracing
 from numfed.pki import RevocationList, peer_certificate, peer_from_pem
 
 __all__ = [
+    "ADMISSION_REASONS",
     "MAX_MESSAGE_BYTES",
+    "SERVER_CAP_DETAILS",
+    "SERVER_OVERLOADED",
     "Admission",
     "Members",
     "RpcClass",
     "ServerHandle",
     "SoleGateway",
+    "call_cap",
     "current_peer",
     "error_from_rpc",
     "error_from_status",
@@ -72,6 +76,7 @@ __all__ = [
     "require_role",
     "retry_delay",
     "rpc_error_info",
+    "server_cap_refusal",
     "server_options",
     "start_server",
 ]
@@ -88,6 +93,16 @@ STREAM_RECHECK = 1.0
 MAX_ERROR_TEXT = 400
 """Longest error message or ErrorInfo metadata value sent: messages may quote the input, and
 gRPC clients refuse trailing metadata past 8-16 KiB (RESOURCE_EXHAUSTED, the answer lost)."""
+
+SERVER_CAP_DETAILS = "Concurrent RPC limit exceeded!"
+"""The details of gRPC's own refusal of a call past a server's ``maximum_concurrent_rpcs``
+(:func:`call_cap`; grpc.aio's ``_handle_rpc``, ``_cygrpc/aio/server.pyx.pxi``): the status is
+RESOURCE_EXHAUSTED and its trailing metadata is empty, so it carries no ErrorInfo and no
+RetryInfo."""
+
+SERVER_OVERLOADED = "SERVER_OVERLOADED"
+"""The reason :func:`error_from_status` gives gRPC's own refusal (:data:`SERVER_CAP_DETAILS`),
+which names none: the server held as many calls as it may, a caller retries with backoff."""
 
 _CODES = {c.name: c for c in grpc.StatusCode}
 _current_peer: contextvars.ContextVar[PeerId] = contextvars.ContextVar("numfed_peer")
@@ -151,11 +166,20 @@ def retry_delay(status: status_pb2.Status) -> float | None:
 def error_from_status(status: status_pb2.Status) -> NumfedError:
     """Rebuild a domain exception from a status a peer returned: the same code, reason and
     metadata, and its RetryInfo delay as ``retry_after`` (so a relayed refusal still tells the
-    caller when to come back)."""
+    caller when to come back). A code with no class of its own (CANCELLED, UNKNOWN, ABORTED,
+    DATA_LOSS) stays that code, so a relayed call that was dropped is not mistaken for the relay's
+    own failure. gRPC's own refusal at a server's cap, which names no reason, is
+    RESOURCE_EXHAUSTED :data:`SERVER_OVERLOADED`."""
     from numfed import errors
 
     info = error_info(status)
     code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    if (
+        info is None
+        and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        and status.message == SERVER_CAP_DETAILS
+    ):
+        return ResourceExhausted(SERVER_OVERLOADED, status.message)
     cls = next(
         (
             c
@@ -164,12 +188,14 @@ def error_from_status(status: status_pb2.Status) -> NumfedError:
         ),
         NumfedError,
     )
-    return cls(
+    err = cls(
         info.reason if info else code.name,
         status.message,
         metadata=info.metadata if info else None,
         retry_after=retry_delay(status),
     )
+    err.code = code.name
+    return err
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError) -> NumfedError:
@@ -184,6 +210,16 @@ def rpc_error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | N
     """The ErrorInfo a failed call carried in its trailing metadata, if any."""
     status = rpc_status.from_call(cast(grpc.Call, err))
     return error_info(status) if status is not None else None
+
+
+def server_cap_refusal(err: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call is gRPC's own refusal at a numfed server's cap (:func:`call_cap`):
+    RESOURCE_EXHAUSTED, :data:`SERVER_CAP_DETAILS` and no ``google.rpc.Status`` at all."""
+    return (
+        err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        and err.details() == SERVER_CAP_DETAILS
+        and rpc_status.from_call(cast(grpc.Call, err)) is None
+    )
 
 
 @dataclass(frozen=True)
@@ -351,6 +387,11 @@ class Admission:
         name = self._methods.get(method)
         return self.gates[name] if name is not None else None
 
+    @property
+    def capacity(self) -> int:
+        """Most calls the classes hold at once: every class's slots plus its queue."""
+        return sum(g.cls.concurrency + g.cls.queue for g in self.gates.values())
+
     def collect_metrics(self) -> Iterable[Metric]:
         """Per RPC class: calls running and queued now, the bounds, and the calls turned away
         by reason (read when scraped; admission itself keeps plain counters)."""
@@ -381,12 +422,13 @@ class Admission:
             queued.add_metric([name], gate.queued)
             limit.add_metric([name, "concurrency"], gate.cls.concurrency)
             limit.add_metric([name, "queue"], gate.cls.queue)
-            for reason in _REJECTION_REASONS:
+            for reason in ADMISSION_REASONS:
                 rejected.add_metric([name, reason], gate.rejections.get(reason, 0))
         return [active, queued, limit, rejected]
 
 
-_REJECTION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADED")
+ADMISSION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADED")
+"""The ErrorInfo reasons of admission's RESOURCE_EXHAUSTED refusals (each with RetryInfo)."""
 
 
 Policy = Mapping[str, frozenset[Role]]
@@ -848,6 +890,25 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+def call_cap(admission: Admission, limits: Limits) -> int:
+    """The most calls a server with ``admission`` holds at once, health, reflection and calls on
+    their way to a refusal included: every class's slots and queue, plus
+    ``limits.server_call_headroom``.
+
+    Admission refuses on the event loop; when the loop itself is saturated, each excess call
+    would wait for it before being refused. Past this cap gRPC refuses a new call at once
+    (``maximum_concurrent_rpcs``): no request read, no handler, no status built, RESOURCE_EXHAUSTED
+    with :data:`SERVER_CAP_DETAILS` and no ErrorInfo or RetryInfo (it has no trailers to carry
+    them). Streams already open keep their place and go on; a call opened while the server is
+    at its cap, a stream included, is refused like any other and retried with backoff. The
+    headroom keeps the cap above what admission holds, so while the loop keeps up every
+    refusal is admission's own, with its ErrorInfo. The cap makes a refusal cheap, not early:
+    grpc.aio checks it when its serving loop, on the same event loop, takes the call from
+    gRPC's core, and until then the call waits in the core's pending queue.
+    """
+    return admission.capacity + limits.server_call_headroom
+
+
 class ServerHandle:
     """A started server: its port, health servicer and a graceful stop."""
 
@@ -953,11 +1014,13 @@ async def start_server(
     carrier's own app channel only.
 
     ``limits`` (default: :class:`Limits` defaults) give the connection settings of
-    :func:`server_options`. Services named in ``not_serving`` start NOT_SERVING in the health
-    service (until :meth:`ServerHandle.set_serving`; a platform's, until it holds a trust
-    bundle); the others start SERVING. An address the server cannot listen on is
-    FAILED_PRECONDITION ``CANNOT_LISTEN``. Reflection is served under ``grpc.reflection.v1`` and
-    ``v1alpha``, and its file answers carry every file of numfed's contracts (:class:`_Reflection`).
+    :func:`server_options`; with ``admission``, they also cap the calls the server holds at
+    once, below the event loop (:func:`call_cap`). Services named in ``not_serving`` start
+    NOT_SERVING in the health service (until :meth:`ServerHandle.set_serving`; a platform's,
+    until it holds a trust bundle); the others start SERVING. An address the server cannot
+    listen on is FAILED_PRECONDITION ``CANNOT_LISTEN``. Reflection is served under
+    ``grpc.reflection.v1`` and ``v1alpha``, and its file answers carry every file of numfed's
+    contracts (:class:`_Reflection`).
 
     A client without a certificate (with ``credentials``) is refused in the TLS handshake, so it
     sees UNAVAILABLE: the server requires one (:func:`numfed.pki.server_credentials`) rather
@@ -971,6 +1034,7 @@ async def start_server(
     if credentials is None and (members is not None or revocations is not None):
         raise ValueError("a server without mTLS has no peers to check")
     _check_bind(bind)
+    limits = limits or Limits()
     server = grpc.aio.server(
         interceptors=[
             *tracing.server_interceptors(),
@@ -983,7 +1047,8 @@ async def start_server(
                 on_metadata=on_metadata,
             ),
         ],
-        options=server_options(limits or Limits(), max_message_bytes),
+        options=server_options(limits, max_message_bytes),
+        maximum_concurrent_rpcs=call_cap(admission, limits) if admission is not None else None,
     )
     names = [reg(server) for reg in register]
     health_servicer = health.aio.HealthServicer()

@@ -70,3 +70,33 @@ def test_the_launch_day_soak_runs_and_writes_its_results_and_plot(tmp_path: Path
     assert row["held"]["nothing crashed"] and row["held"]["every accepted release done"], row
     assert row["load_processes"] == 2 and row["offered_per_s"] > 0 and row["timeline"]
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_soak_counts_as_shed_only_the_refusals_the_contract_documents() -> None:
+    """Launch day's judge: admission's RESOURCE_EXHAUSTED with its ErrorInfo and RetryInfo, or
+    gRPC's own refusal at the gateway's cap with neither (gateway.proto); any other
+    RESOURCE_EXHAUSTED is a fault, not a refusal."""
+    import grpc
+    from grpc_status import rpc_status
+
+    from bench.soak import signalled_refusal
+    from numfed.errors import NumfedError, ResourceExhausted
+    from numfed.rpc import SERVER_CAP_DETAILS, error_status
+
+    def failed(err: NumfedError | None, details: str = "") -> grpc.aio.AioRpcError:
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = grpc.aio.Metadata()
+        if err is not None:
+            status = rpc_status.to_status(error_status(err))
+            code, details = status.code, status.details
+            trailers = grpc.aio.Metadata(*status.trailing_metadata)
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details)
+
+    for reason in ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADED"):
+        assert signalled_refusal(failed(ResourceExhausted(reason, "full", retry_after=0.25)))
+    assert signalled_refusal(failed(None, SERVER_CAP_DETAILS))
+    # Without its RetryInfo, another reason, no status at all, another code: not a refusal.
+    assert not signalled_refusal(failed(ResourceExhausted("OVERLOADED", "full")))
+    assert not signalled_refusal(failed(ResourceExhausted("RATE_LIMITED", "x", retry_after=1)))
+    assert not signalled_refusal(failed(None, "Received message larger than max"))
+    assert not signalled_refusal(failed(NumfedError("OVERLOADED", "x", retry_after=1)))

@@ -87,15 +87,18 @@ _HTTP = {
     "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 409,
     "RESOURCE_EXHAUSTED": 429,
+    # The federation could not take or finish the call now (overload, a call dropped on the
+    # way): come back later, never a 502.
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 503,
+    "CANCELLED": 503,
 }
 _BACK_TO_NUMBER = frozenset(
     {"MALFORMED_NUMBER", "NUMBER_NOT_SERVED", "UNKNOWN_NUMBER", "NO_CURRENT_HOLDER"}
 )
 """Refusals of the number itself: the page goes back to step 1."""
 _SIGNED_OUT = frozenset({"NO_SESSION", "NOT_THE_HOLDER"})
-_MAYBE_DONE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"})
+_MAYBE_DONE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL", "UNKNOWN"})
 """Codes of a release call whose outcome is unknown: a retry reuses the request_id."""
 
 

@@ -38,7 +38,13 @@ class GatewayServiceStub:
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. Below those classes the
+    gateway holds at most a fixed number of calls at once (every class's slots and queue plus
+    limits.server_call_headroom; health and reflection count too): past it, gRPC itself refuses
+    each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
+    "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
+    RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
+    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -191,7 +197,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. Below those classes the
+    gateway holds at most a fixed number of calls at once (every class's slots and queue plus
+    limits.server_call_headroom; health and reflection count too): past it, gRPC itself refuses
+    each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
+    "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
+    RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
+    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -340,7 +352,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     RESOURCE_EXHAUSTED with google.rpc.RetryInfo when its class of calls is full: OVERLOADED
     (the queue is full), OVERLOADED_QUEUE_TIMEOUT (no slot came free in time) or
     CALLER_OVERLOADED (the caller already holds its share of the class: limits hold per caller
-    as well as in total); ErrorInfo metadata "rpc_class" names the class. QueryBindings,
+    as well as in total); ErrorInfo metadata "rpc_class" names the class. Below those classes the
+    gateway holds at most a fixed number of calls at once (every class's slots and queue plus
+    limits.server_call_headroom; health and reflection count too): past it, gRPC itself refuses
+    each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
+    "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
+    RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
+    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.

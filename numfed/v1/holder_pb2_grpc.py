@@ -32,8 +32,11 @@ class HolderServiceStub:
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
     the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
-    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
-    and RetryInfo.
+    adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
+    GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
+    backoff. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
+    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
 
     def __init__(self, channel):
@@ -85,8 +88,11 @@ class HolderServiceServicer:
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
     the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
-    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
-    and RetryInfo.
+    adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
+    GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
+    backoff. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
+    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
 
     def StartVerification(self, request, context):
@@ -218,8 +224,11 @@ class HolderService:
     through it and stop there. The adapter verifies the holder, signs claims for them and calls
     the gateway on their behalf. Every method may also answer RESOURCE_EXHAUSTED (OVERLOADED or
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
-    adapter's limits admit; a gateway refusal reaches the holder with the gateway's code, reason
-    and RetryInfo.
+    adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
+    GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
+    backoff. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
+    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
 
     @staticmethod

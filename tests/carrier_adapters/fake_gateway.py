@@ -41,6 +41,10 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
     """While set to an unset event, QueryBindings waits for it (a slow federation)."""
     held: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
     """One item per QueryBindings call that began waiting on ``hold``."""
+    bare: tuple[grpc.StatusCode, str] | None = None
+    """While set, QueryBindings ends with this code and details and nothing else: no
+    google.rpc.Status, as gRPC's own refusals and dropped calls reach a client (the cap's
+    RESOURCE_EXHAUSTED, a CANCELLED stream)."""
 
     def _record(
         self, method: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]
@@ -58,6 +62,8 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> gateway_pb2.QueryBindingsResponse:
         self._record("QueryBindings", request, context)
+        if self.bare is not None:
+            await context.abort(*self.bare)
         if self.hold is not None:
             self.held.put_nowait(None)
             await self.hold.wait()

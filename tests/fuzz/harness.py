@@ -40,7 +40,7 @@ from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.history import EventKind as HistoryKind
 from numfed.identity import PeerId, Role
-from numfed.rpc import MAX_MESSAGE_BYTES
+from numfed.rpc import MAX_MESSAGE_BYTES, SERVER_CAP_DETAILS
 from numfed.scenario import demo_scenario
 from numfed.timeutil import to_date, to_timestamp
 from numfed.v1 import (
@@ -656,6 +656,12 @@ def check_outcome(rpc: Rpc, peer: PeerId | None, out: Outcome, size: int) -> Non
         # gRPC refuses an oversized message before any numfed code runs: no ErrorInfo.
         assert out.code == grpc.StatusCode.RESOURCE_EXHAUSTED, f"{where}: {out.code.name}"
         return
+    if (out.code, out.details, out.status) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        SERVER_CAP_DETAILS,
+        None,
+    ):
+        return  # gRPC's own refusal at the server's cap, as gateway.proto documents: no ErrorInfo
     assert out.status is not None, f"{where}: {out.code.name} without google.rpc.Status"
     assert out.status.code == out.code.value[0], f"{where}: status code differs"
     infos = []

@@ -9,12 +9,16 @@ import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carrier_adapters.base import CarrierHandle
 from carrier_adapters.web.guard import CONTENT_SECURITY_POLICY
+from numfed.rpc import SERVER_CAP_DETAILS, server_cap_refusal
 from numfed.scenario import Holder, demo_scenario
 from tests.carrier_adapters.conftest import Running
 from tests.carrier_adapters.web.conftest import Visitor, error_of, start_web_carrier
@@ -220,6 +224,96 @@ async def test_a_crowd_is_turned_away_with_retry_after_while_admitted_requests_f
             running.gateway.hold.set()
             assert (await slow).status_code == 200
             assert (await c.get("/")).status_code == 200  # room again
+    finally:
+        running.gateway.hold = None
+        await handle.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        # The gateway at its cap (numfed.rpc.call_cap): gRPC refuses before any handler.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, SERVER_CAP_DETAILS),
+        # A call the overloaded gateway dropped on the way (launch day's 502s).
+        (grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8"),
+    ],
+)
+async def test_an_overloaded_gateway_is_a_503_with_retry_after_never_a_502(
+    running: Running,
+    web: CarrierHandle,
+    visitor: Visitor,
+    code: grpc.StatusCode,
+    details: str,
+) -> None:
+    await verify(visitor, web)
+    running.gateway.bare = (code, details)
+    try:
+        answer = await visitor.post("/query")
+    finally:
+        running.gateway.bare = None
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "60"  # it said no delay: the page's default wait
+    assert "try again in 60 s" in error_of(answer)
+    assert len(running.gateway.of("QueryBindings")) == 1
+    answer = await visitor.post("/query")  # the gateway has room again: the same page works
+    assert answer.status_code == 200, error_of(answer)
+
+
+async def test_the_holder_channel_at_its_cap_is_a_503_on_the_page(running: Running) -> None:
+    """The holder channel (the page's way into the carrier) has the gateway's cap too: past its
+    classes' bounds plus the headroom, gRPC refuses, and the page says 503 with Retry-After."""
+    limits = dataclasses.replace(
+        running.carriers["cmcc"].adapter.config.limits,
+        max_concurrent_holder_calls=1,
+        max_queued_holder_calls=4,
+        max_holder_watches=1,
+        admission_queue_wait=30.0,
+        server_call_headroom=1,
+    )  # cap: 1 + 4 + 1 + 0 + 1 = 7
+    handle = await start_web_carrier(running, limits)
+    base = f"http://127.0.0.1:{handle.web_port}"
+    try:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=30) as a,
+            httpx.AsyncClient(base_url=base, timeout=30) as b,
+            httpx.AsyncClient(base_url=base, timeout=30) as c,
+            grpc.aio.insecure_channel(f"127.0.0.1:{handle.holder_port}") as ch,
+        ):
+            visitors = [Visitor(a), Visitor(b), Visitor(c)]
+            for v in visitors:
+                await verify(v, handle)
+            running.gateway.hold = asyncio.Event()
+            held = asyncio.create_task(visitors[0].post("/query"))  # running, at the gateway
+            async with asyncio.timeout(10):
+                await running.gateway.held.get()
+            queued = asyncio.create_task(visitors[1].post("/query"))  # waits for the slot
+            async with asyncio.timeout(10):
+                while total("numfed_admission_queue_depth", rpc_class="holder") < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            # Health Watches on the holder channel until gRPC refuses one: the cap is reached.
+            health = health_pb2_grpc.HealthStub(ch)
+            watches: list[Any] = []
+            refused: grpc.aio.AioRpcError | None = None
+            for _ in range(10):
+                call = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+                try:
+                    await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    refused = exc
+                    break
+                watches.append(call)
+            assert refused is not None and server_cap_refusal(refused), refused
+            assert len(watches) <= 5
+            answer = await visitors[2].post("/query")
+            assert answer.status_code == 503
+            assert answer.headers["retry-after"] == "60"
+            assert error_of(answer).startswith("Many people are using this service")
+            # What was admitted finishes.
+            running.gateway.hold.set()
+            assert (await held).status_code == 200
+            assert (await queued).status_code == 200
+            for call in watches:
+                call.cancel()
     finally:
         running.gateway.hold = None
         await handle.stop(0)

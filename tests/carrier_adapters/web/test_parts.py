@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import string
 
+import grpc
 import pytest
+from google.rpc import status_pb2
 
 from carrier_adapters import sentences
 from carrier_adapters.web import i18n
@@ -20,6 +22,7 @@ from numfed.errors import (
     Unauthenticated,
     Unavailable,
 )
+from numfed.rpc import SERVER_CAP_DETAILS, error_from_status
 
 NAMES = {"carrier_zh": "中国移动", "carrier_en": "China Mobile"}
 
@@ -76,6 +79,27 @@ def test_http_statuses() -> None:
     assert http_status(ResourceExhausted("OVERLOADED", "x", retry_after=0.5)) == (503, 1)
     assert http_status(Unavailable("UNAVAILABLE", "x")) == (503, 60)
     assert http_status(NumfedError("X", "relayed without a known code")) == (502, None)
+
+
+def test_grpcs_own_refusals_read_as_busy_on_the_page_and_in_the_cli() -> None:
+    """What reaches a front end with no ErrorInfo at all: gRPC's refusal at a server's cap, and
+    a call the overloaded server dropped. Both say "busy, come back" (the page's 503 with
+    Retry-After, the words ``numfed holder`` prints), never "too many tries" or a 502."""
+
+    def bare(code: grpc.StatusCode, details: str) -> NumfedError:
+        return error_from_status(status_pb2.Status(code=code.value[0], message=details))
+
+    capped = bare(grpc.StatusCode.RESOURCE_EXHAUSTED, SERVER_CAP_DETAILS)
+    dropped = bare(grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8")
+    assert (capped.code, capped.reason) == ("RESOURCE_EXHAUSTED", "SERVER_OVERLOADED")
+    assert (dropped.code, dropped.reason) == ("CANCELLED", "CANCELLED")
+    assert http_status(capped) == (503, 60)
+    assert http_status(dropped) == (503, 60)
+    assert sentences.explain(capped, "en", **NAMES).startswith("Many people are using this")
+    assert sentences.explain(dropped, "en", **NAMES).startswith("The service is busy")
+    # A client's own RESOURCE_EXHAUSTED (a message too large, say) is not the server's cap.
+    large = bare(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max")
+    assert large.reason == "RESOURCE_EXHAUSTED" and http_status(large)[0] == 429
 
 
 def test_numbers_as_people_type_them() -> None:
