@@ -65,9 +65,13 @@ browser:
 # No run hangs for good: each test has a ceiling (pytest-timeout, pyproject.toml), and the run
 # as a whole gets PYTEST_CEILING; then SIGINT (pytest stops and reports, with the stuck test's
 # traceback), and SIGKILL a minute later if even that does not end it. Exit status 124 then.
+# The tests run in PYTEST_WORKERS processes (pytest-xdist), a test file to one worker, each
+# worker with its own PostgreSQL server; PYTEST_WORKERS=0 runs them in this process.
 PYTEST_CEILING ?= 45m
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP) browser
-	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q
+	timeout --signal=INT --kill-after=60 $(PYTEST_CEILING) $(VENV)/bin/pytest -q \
+	  -n $(PYTEST_WORKERS) --dist loadfile
 
 # The screenshots docs/portal.md shows: the browser tests' steps, copied to docs/img/portal/.
 portal-shots: $(STAMP) browser

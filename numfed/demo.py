@@ -553,12 +553,13 @@ def run_web(workdir: Path | None = None, console: Console | None = None) -> int:
                 f"{holder.name} --id-number {holder.id_number} --target "
                 f"{layout.holder_endpoints[carrier]}   (docs/holders.md)"
             )
-            console.print("\nPress Ctrl-C to stop.", highlight=False)
-            sys.stdout.flush()
+            # Ready for Ctrl-C before saying so: a signal right after the line stops cleanly.
             previous = {
                 sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
             }
             try:
+                console.print("\nPress Ctrl-C to stop.", highlight=False)
+                sys.stdout.flush()
                 while not stop["now"]:
                     for proc in procs:
                         if proc.popen.poll() is not None:
