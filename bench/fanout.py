@@ -30,13 +30,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
-from numfed.federation import create_federation
+from numfed.federation import FederationLayout, create_federation
 from numfed.identity import PeerId, Role
 from numfed.scenario import demo_scenario
+from numfed.trustfiles import load_trusted_state
+from numfed.trusthints import VersionStatement
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
 
 CMCC = PeerId(Role.CARRIER, "cmcc")
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def carrier_channel(layout: FederationLayout, target: str | None = None) -> grpc.aio.Channel:
+    """cmcc's channel to the gateway (or to ``target``) as its reference adapter opens one:
+    mTLS, each call stating the trust versions it holds (those of the federation's trust
+    files), so that answers leave out a version hint with no news (numfed.trusthints)."""
+    held = load_trusted_state(layout.trust_dir, now=datetime.now(UTC)).versions
+    return pki.secure_channel(
+        target or layout.gateway_endpoint,
+        layout.pki_dir,
+        CMCC,
+        server=pki.GATEWAY,
+        interceptors=[VersionStatement(lambda: held)],
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -188,7 +204,7 @@ async def gateway_run(
         )
         envelope = sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
         request = gateway_pb2.QueryBindingsRequest(claim=envelope, compact_none=True)
-        async with pki.secure_channel(layout.gateway_endpoint, layout.pki_dir, CMCC) as ch:
+        async with carrier_channel(layout) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:
@@ -251,9 +267,7 @@ async def replicas_run(
         )
         envelope = sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
         request = gateway_pb2.QueryBindingsRequest(claim=envelope, compact_none=True)
-        async with pki.secure_channel(
-            layout.gateway_target, layout.pki_dir, CMCC, server=pki.GATEWAY
-        ) as ch:
+        async with carrier_channel(layout, layout.gateway_target) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:

@@ -33,7 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.fanout import CMCC, closed_loop, cpu_seconds, spawn, summary, wait_serving
+from bench.fanout import (
+    carrier_channel,
+    closed_loop,
+    cpu_seconds,
+    spawn,
+    summary,
+    wait_serving,
+)
 from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.federation import create_federation
@@ -125,7 +132,7 @@ async def _run_mode(
         envelope = sign_claim(claim, pki.load_carrier_signer(layout.pki_dir, "cmcc")).to_proto()
         request = gateway_pb2.QueryBindingsRequest(claim=envelope)
         endpoint = layout.metrics_endpoints.get("gateway")
-        async with pki.secure_channel(layout.gateway_endpoint, layout.pki_dir, CMCC) as ch:
+        async with carrier_channel(layout) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
 
             async def one() -> None:

@@ -48,14 +48,13 @@ import httpx
 from grpc_status import rpc_status
 
 from bench.facades import CHECK, WEIBO
-from bench.fanout import spawn, stop_processes, wait_serving
+from bench.fanout import carrier_channel, spawn, stop_processes, wait_serving
 from bench.portal import Page, RawHttp, held_numbers, pct, rss_mb
 from bench.suite import claim_for, served_now
 from numfed import pki
 from numfed.claims import Purpose
 from numfed.errors import ERROR_DOMAIN
 from numfed.federation import FederationLayout, create_federation
-from numfed.identity import PeerId, Role
 from numfed.rpc import ADMISSION_REASONS, error_info, retry_delay, server_cap_refusal
 from numfed.scenario import APP_PLATFORMS
 from numfed.v1 import gateway_pb2, gateway_pb2_grpc
@@ -116,12 +115,7 @@ class Load:
         host, _, port = layout.holder_web_endpoints["cmcc"].rpartition(":")
         self.raw = [RawHttp(host, int(port)) for _ in forms]
         self.forms = forms
-        self.channel = pki.secure_channel(
-            layout.gateway_endpoint,
-            layout.pki_dir,
-            PeerId(Role.CARRIER, "cmcc"),
-            server=pki.GATEWAY,
-        )
+        self.channel = carrier_channel(layout)
         self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         self.query_request = gateway_pb2.QueryBindingsRequest(
             claim=claim_for(layout, Purpose.QUERY_PRIOR), compact_none=True

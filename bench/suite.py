@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from bench import facades, portal
 from bench.fanout import (
-    CMCC,
+    carrier_channel,
     gateway_run,
     proxy_run,
     replicas_run,
@@ -169,9 +169,7 @@ async def federation(
                 raise
     assert gateway is not None
     try:
-        async with pki.secure_channel(
-            layout.gateway_endpoint, layout.pki_dir, CMCC, server=pki.GATEWAY
-        ) as ch:
+        async with carrier_channel(layout) as ch:
             yield Running(layout, gateway.pid, ch, gateway_pb2_grpc.GatewayServiceStub(ch))
     finally:
         stop_processes((gateway, *hosts), timeout=15)
@@ -427,9 +425,7 @@ async def commit_server_rate(layout: FederationLayout, url: str, n: int) -> floa
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        async with pki.secure_channel(
-            f"127.0.0.1:{port}", layout.pki_dir, CMCC, server=pki.GATEWAY
-        ) as ch:
+        async with carrier_channel(layout, f"127.0.0.1:{port}") as ch:
             return await accept_rate(layout, gateway_pb2_grpc.GatewayServiceStub(ch), n)
     finally:
         stop_processes((server,))

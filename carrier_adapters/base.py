@@ -58,6 +58,7 @@ from numfed.scenario import demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
+from numfed.trusthints import VersionStatement
 from numfed.truststore import TRUST_STORE_DIR, TrustStore
 from numfed.v1 import (
     carrier_pb2_grpc,
@@ -139,6 +140,17 @@ class CarrierAdapter:
             b"numfed request ids\0" + self.signer.to_pem()
         ).digest()
         self.peer = PeerId(Role.CARRIER, self.carrier_id)
+        self.trust: TrustedState | None = None
+        self.trust_store: TrustStore = TrustStore(config.state_dir / TRUST_STORE_DIR)
+        self.checkpoints: CheckpointKeeper | None = None
+        if config.trust_dir is not None:
+            pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
+            self.trust = self.trust_store.restore(pinned, now=datetime.now(UTC))
+            path = config.state_dir / CHECKPOINT_FILE
+            self.checkpoints = CheckpointKeeper(
+                path, origin=audit_origin(pinned), holder=self.peer.uri
+            )
+        trust = self.trust
         self.channel = pki.secure_channel(
             config.gateway,
             config.pki_dir,
@@ -151,19 +163,12 @@ class CarrierAdapter:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
+            # Holding trust, it says which versions in each call: the gateway's answers then
+            # leave out a version hint that would tell it nothing (numfed.trusthints).
+            interceptors=[VersionStatement(lambda: trust.versions)] if trust else [],
             limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.trust: TrustedState | None = None
-        self.trust_store: TrustStore = TrustStore(config.state_dir / TRUST_STORE_DIR)
-        self.checkpoints: CheckpointKeeper | None = None
-        if config.trust_dir is not None:
-            pinned = Envelope.from_proto(read_roots(config.trust_dir)[0])
-            self.trust = self.trust_store.restore(pinned, now=datetime.now(UTC))
-            path = config.state_dir / CHECKPOINT_FILE
-            self.checkpoints = CheckpointKeeper(
-                path, origin=audit_origin(pinned), holder=self.peer.uri
-            )
 
     async def keep_checkpoint(self) -> Checkpoint | None:
         """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and

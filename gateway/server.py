@@ -64,6 +64,7 @@ from numfed.portstate import PortStore
 from numfed.rpc import MAX_MESSAGE_BYTES, Admission, ServerHandle, start_server
 from numfed.serving import process_telemetry, run_until_signalled
 from numfed.trust import VERSION_METADATA_KEY, TrustedState
+from numfed.trusthints import hint_for
 from numfed.truststore import TrustStore
 from numfed.v1 import carrier_pb2, carrier_pb2_grpc, gateway_pb2_grpc
 
@@ -345,7 +346,9 @@ class Gateway:
             members=membership,
             revocations=revocations,
             not_serving=[SERVICE] if config.carriers else [],
-            initial_metadata=lambda: ((VERSION_METADATA_KEY, versions()),),
+            initial_metadata=lambda metadata: hint_for(
+                servicer.trust_view.state.versions, metadata
+            ),
             limits=config.limits,
         )
         undo.push_async_callback(handle.stop, 0)

@@ -434,8 +434,10 @@ ADMISSION_REASONS = ("OVERLOADED", "OVERLOADED_QUEUE_TIMEOUT", "CALLER_OVERLOADE
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ("/numfed.v1.GatewayService/QueryBindings") -> roles allowed to call it."""
 
-InitialMetadata = Callable[[], Sequence[tuple[str, str]]]
-"""Metadata to send with each answer, asked for at the time of the answer."""
+InitialMetadata = Callable[[Iterable[tuple[str, str | bytes]] | None], Sequence[tuple[str, str]]]
+"""Metadata to send with each answer, asked for at the time of the answer and given the call's
+request metadata; empty: nothing to send (the answer then goes without initial metadata of its
+own, which saves grpc a separate operation per call)."""
 OnMetadata = Callable[[Iterable[tuple[str, str | bytes]] | None], None]
 """Shown the request metadata of each admitted call; must not block."""
 
@@ -656,7 +658,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 if initial_metadata is not None:
                     # Only with an answer: an error's status goes alone (Trailers-Only), so that
                     # a channel may still retry it on another replica.
-                    await context.send_initial_metadata(initial_metadata())
+                    sent = initial_metadata(context.invocation_metadata())
+                    if sent:
+                        await context.send_initial_metadata(sent)
                 return response
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -707,7 +711,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                             inner_stream(request, context), context
                         ):
                             if first and initial_metadata is not None:
-                                await context.send_initial_metadata(initial_metadata())
+                                sent = initial_metadata(context.invocation_metadata())
+                                if sent:
+                                    await context.send_initial_metadata(sent)
                             first = False
                             yield item
                     finally:
@@ -1007,9 +1013,10 @@ async def start_server(
     class (see :class:`Admission`). ``members`` are the peers served at all (every other
     caller: PERMISSION_DENIED ``UNKNOWN_MEMBER``), ``revocations`` the CA's revocation list
     (a revoked certificate: UNAUTHENTICATED ``CERTIFICATE_REVOKED``); both apply to every
-    method, health and reflection included. ``initial_metadata`` gives metadata sent with
-    every answer of the registered services, ``on_metadata`` is shown every admitted call's
-    request metadata (both: the trust version hints, :mod:`numfed.trusthints`).
+    method, health and reflection included. ``initial_metadata`` gives the metadata sent with
+    each answer of the registered services (given the call's own request metadata),
+    ``on_metadata`` is shown every admitted call's request metadata (both: the trust version
+    hints, :mod:`numfed.trusthints`).
     ``credentials=None, policy=None`` starts a plaintext server without peer identities, for a
     carrier's own app channel only.
 

@@ -89,8 +89,9 @@ class TrustClient:
         self.ready = asyncio.Event()
         """Set while the platform holds a verified bundle it fetched (PLAT-OPS-1: its health
         is SERVING exactly then); cleared when it holds none."""
-        self.hints = VersionHintReader(self.notice)
-        """Add to every channel to the gateway, so that its answers' version hints count."""
+        self.hints = VersionHintReader(self.notice, self._held)
+        """Add to every channel to the gateway, so that its answers' version hints count (each
+        call states the versions held, and only an answer with news carries one)."""
         self._channel = pki.secure_channel(
             gateway,
             pki_dir,

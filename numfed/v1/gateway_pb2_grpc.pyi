@@ -56,6 +56,10 @@ class GatewayServiceStub:
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however
     many calls carry a hint it cannot reach, a member fetches at most once a second for them.
+    A caller may state the versions it holds under the same key in its request metadata; an
+    answer to a call that states a root and a bundle at least as new as the gateway's leaves the
+    hint out (it would tell the caller nothing, and an answer without initial metadata of its own
+    costs the gateway less). A call that states nothing, or a value not of that form, gets it.
     """
 
     @_typing.overload
@@ -215,6 +219,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however
     many calls carry a hint it cannot reach, a member fetches at most once a second for them.
+    A caller may state the versions it holds under the same key in its request metadata; an
+    answer to a call that states a root and a bundle at least as new as the gateway's leaves the
+    hint out (it would tell the caller nothing, and an answer without initial metadata of its own
+    costs the gateway less). A call that states nothing, or a value not of that form, gets it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -370,6 +378,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however
     many calls carry a hint it cannot reach, a member fetches at most once a second for them.
+    A caller may state the versions it holds under the same key in its request metadata; an
+    answer to a call that states a root and a bundle at least as new as the gateway's leaves the
+    hint out (it would tell the caller nothing, and an answer without initial metadata of its own
+    costs the gateway less). A call that states nothing, or a value not of that form, gets it.
     """
 
     @_abc_1.abstractmethod

@@ -143,6 +143,54 @@ async def test_a_new_bundle_reaches_every_platform_without_a_restart(fed: Federa
         assert status_info is not None and status_info.reason == "KEY_REVOKED", platform_id
 
 
+async def test_an_answer_carries_the_hint_unless_the_caller_said_it_holds_as_much(
+    fed: Federation,
+) -> None:
+    """A call may state the versions it holds (numfed-trust-version in its request metadata):
+    its answer then carries the gateway's hint only when the caller holds an older root or
+    bundle. A call that states nothing, or nothing that parses, gets it on every answer, as
+    before. The carrier adapter states what it holds, so its answers carry no hint once it
+    holds the gateway's trust; a platform's trust client does the same."""
+    key = "numfed-trust-version"
+    root, bundle = fed.gateway.trust_view.state.versions
+    now = f"{root}/{bundle}"
+
+    async def hint(stub: gateway_pb2_grpc.GatewayServiceStub, stated: str | None) -> list[str]:
+        call = stub.GetTrustBundle(
+            gateway_pb2.GetTrustBundleRequest(),
+            timeout=5,
+            metadata=((key, stated),) if stated is not None else None,
+        )
+        await call
+        return [v for k, v in await call.initial_metadata() or () if k == key]
+
+    async with pki.secure_channel(fed.layout.gateway_endpoint, fed.layout.pki_dir, CMCC) as ch:
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        assert await hint(stub, None) == [now]
+        assert await hint(stub, "not-a-version") == [now]
+        assert await hint(stub, f"{root}/{bundle - 1}") == [now]
+        assert await hint(stub, f"{root + 1}/{bundle - 1}") == [now]  # its bundle is older
+        assert await hint(stub, f"{root - 1}/{bundle}") == [now]
+        assert await hint(stub, now) == []
+        assert await hint(stub, f"{root}/{bundle + 1}") == []
+        # A query's answer (the fan-out path) follows the same rule.
+        call = stub.QueryBindings(
+            gateway_pb2.QueryBindingsRequest(claim=claim(fed, "cmcc", CMCC_NUMBER).to_proto()),
+            timeout=10,
+            metadata=((key, now),),
+        )
+        assert len((await call).results) == len(fed.platforms)
+        assert [v for k, v in await call.initial_metadata() or () if k == key] == []
+
+    adapter = fed.carriers["cmcc"].adapter
+    await adapter.keep_checkpoint()
+    assert adapter.trust is not None and adapter.trust.versions == (root, bundle)
+    assert await hint(adapter.gateway, None) == []  # the adapter's channel stated (1, n)
+    for handle in fed.platforms.values():
+        assert handle.trust.state.versions == (root, bundle)
+        assert await hint(handle.trust.gateway, None) == []
+
+
 async def test_the_gateway_refuses_older_or_changed_trust_files_and_keeps_serving(
     fed: Federation, caplog: pytest.LogCaptureFixture
 ) -> None:
