@@ -155,7 +155,9 @@ async def test_an_answer_carries_the_hint_unless_the_caller_said_it_holds_as_muc
     root, bundle = fed.gateway.trust_view.state.versions
     now = f"{root}/{bundle}"
 
-    async def hint(stub: gateway_pb2_grpc.GatewayServiceStub, stated: str | None) -> list[str]:
+    async def hint(
+        stub: gateway_pb2_grpc.GatewayServiceAsyncStub, stated: str | None
+    ) -> list[str | bytes]:
         call = stub.GetTrustBundle(
             gateway_pb2.GetTrustBundleRequest(),
             timeout=5,
