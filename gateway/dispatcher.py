@@ -13,6 +13,10 @@ counts in its ``attempts``.
 Platforms apply each claim once (its claim_id is the idempotency key), so a retry after a lost
 answer or a gateway crash releases nothing twice.
 
+The outcomes of batches answered while another batch's are being stored are stored together,
+in the next transaction (a group commit, as for accepting releases): a dispatch round's batches
+to seven platforms answer at about the same time, and cost one or two transactions, not seven.
+
 While a batch is out, the dispatcher renews the leases of its tasks (a heartbeat every third of
 the lease), so a slow platform never lets another replica take a task that is still in flight,
 and a replica that dies stops renewing, so its tasks are taken over once the lease runs out.
@@ -33,14 +37,14 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 from google.rpc import status_pb2
 
 from gateway.audit import AuditRecord
 from gateway.backoff import backoff_seconds
-from gateway.batcher import split
+from gateway.batcher import Batcher, split
 from gateway.fanout import Piece, release_piece
 from gateway.platforms import MAX_REQUEST_BYTES, PlatformLink, PlatformNotServing
 from gateway.results import now_us, result_from_item, retryable
@@ -61,6 +65,12 @@ Outcome = gateway_pb2.PlatformOutcome
 
 async def _no_wait() -> None:
     return None
+
+
+RECORD_WAIT = 3600.0
+"""Seconds a batch's outcomes wait to be stored before the dispatcher gives up on them (its
+tasks' leases then expire and they are sent again; the platforms' idempotency makes that
+harmless)."""
 
 
 def _work_size(work: tuple[TaskRow, JobRow]) -> int:
@@ -95,6 +105,12 @@ class Dispatcher:
         self._held: set[tuple[str, str]] = set()
         """(job_id, platform_id) of the tasks out right now, whose leases the heartbeat renews."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._records: Batcher[list[TaskUpdate], set[tuple[str, str]]] = Batcher(
+            self._record_together,
+            max_items=64,
+            max_in_flight=1 if store.dialect == "sqlite" else 2,
+        )
+        """Batches' outcomes answered meanwhile, stored in one transaction (a group commit)."""
         self._unreachable: dict[str, RetrySummary] = {}
         """Per platform: its failed release batches, logged as a summary, not one per retry."""
         self._database = {
@@ -113,6 +129,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         """Release batches out to platforms right now."""
         return len(self._sends)
+
+    @property
+    def outcomes_waiting(self) -> int:
+        """Batches whose outcomes wait for the transaction in progress, to share the next."""
+        return self._records.queued
 
     def wake(self) -> None:
         """New work was committed: look for due tasks now."""
@@ -298,14 +319,17 @@ class Dispatcher:
     ) -> None:
         """Store one batch's outcomes and audit the deliveries (one piece, never cancelled)."""
         try:
-            changed = await self._store.run(self._store.record, self._owner, updates, now_us())
+            recorded = await self._records.submit(updates, RECORD_WAIT)
             self._database["recording release outcomes"].succeeded()
         except Exception as exc:  # the leases will expire and the tasks be sent again
             self._failed("recording release outcomes", exc)
             return
+        changed: set[str] = set()
+        number_keys = {job.job_id: job.number_key for _task, job in work}
         for u in updates:
-            if u.job_id not in changed:
+            if (u.job_id, u.platform_id) not in recorded:
                 continue
+            changed.add(u.job_id)
             if not u.done:
                 metrics.RELEASE_RETRIES.labels(platform_id).inc()
             else:
@@ -317,13 +341,22 @@ class Dispatcher:
                         now_us(),
                         "RELEASE_DELIVERY",
                         f"platform:{platform_id}",
-                        next(j.number_key for _t, j in work if j.job_id == u.job_id),
+                        number_keys[u.job_id],
                         outcome,
                         {"job": u.job_id},
                     )
                 )
         if changed:
             self._on_change(changed)
+
+    async def _record_together(
+        self, parts: Sequence[list[TaskUpdate]], _timeout: float
+    ) -> list[set[tuple[str, str]]]:
+        """Store the outcomes of several batches in one transaction; each learns the tasks
+        recorded (those this replica still leased)."""
+        updates = [u for part in parts for u in part]
+        recorded = await self._store.run(self._store.record_tasks, self._owner, updates, now_us())
+        return [recorded] * len(parts)
 
     def _retry_or_expire(self, task: TaskRow, job: JobRow, status: status_pb2.Status) -> TaskUpdate:
         """Try the task again after a backoff (UNAVAILABLE, with ``status`` saying why), or,

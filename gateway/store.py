@@ -498,11 +498,18 @@ class Store:
         return Renewal(held=len(held), lost=lost)
 
     def record(self, owner: str, updates: Iterable[TaskUpdate], now_us: int) -> set[str]:
+        """:meth:`record_tasks`, returning the ids of the jobs that changed."""
+        return {job_id for job_id, _platform_id in self.record_tasks(owner, updates, now_us)}
+
+    def record_tasks(
+        self, owner: str, updates: Iterable[TaskUpdate], now_us: int
+    ) -> set[tuple[str, str]]:
         """Store dispatch outcomes (only for tasks ``owner`` still leases) in one transaction.
 
         Jobs whose tasks are now all done are marked done and their claim is dropped. Returns
-        the ids of the jobs that changed. Statements are built once and run for all the rows
-        (executemany), so a batch of hundreds of outcomes costs a handful of round trips.
+        the (job id, platform id) of the tasks recorded. Statements are built once and run for
+        all the rows (executemany), so hundreds of outcomes, of one platform's batch or of
+        several, cost a handful of round trips.
         """
         t = release_tasks
         todo = list(updates)
@@ -559,7 +566,7 @@ class Store:
                     .where(release_jobs.c.job_id.in_(finished), release_jobs.c.done_us.is_(None))
                     .values(done_us=now_us, claim=None)
                 )
-        return changed
+        return {(u.job_id, u.platform_id) for u in mine}
 
     def release_leases(self, owner: str | None, now_us: int) -> int:
         """Drop leases (of ``owner``, or every lease when None: a lone SQLite replica starting).

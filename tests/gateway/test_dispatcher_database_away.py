@@ -18,6 +18,8 @@ from numfed.errors import Unavailable
 class FlakyStore:
     """A store whose database is away until ``back`` is set."""
 
+    dialect = "sqlite"
+
     def __init__(self) -> None:
         self.back = asyncio.Event()
         self.leased = asyncio.Event()
