@@ -3,7 +3,8 @@
 ``python -m bench.bare_proxy backends N`` serves N echo backends on one process;
 ``python -m bench.bare_proxy proxy PORT BACKEND_PORTS...`` serves the proxy, which for each
 request makes one plain unary call to every backend concurrently and answers when all have.
-Both print their ports on the first line of stdout.
+Both print their ports on the first line of stdout. Both collect garbage as numfed's serving
+processes do (``numfed.serving.tune_gc``), so that the gateway's ratio owes nothing to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from typing import Any
 
 import grpc
+
+from numfed.serving import tune_gc
 
 METHOD = "/bench.Echo/Call"
 
@@ -61,6 +64,7 @@ async def proxy(backend_ports: list[int]) -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()
     if sys.argv[1] == "backends":
         asyncio.run(backends(int(sys.argv[2])))
     else:

@@ -29,6 +29,7 @@ from gateway.batcher import Batcher
 from gateway.store import DB_WORKERS
 from numfed import pki
 from numfed.db import DbThread, sqlite_engine
+from numfed.serving import tune_gc
 
 METHOD = "ReleaseBindings"
 SERVICE = "numfed.v1.GatewayService"
@@ -89,4 +90,5 @@ async def serve(pki_dir: Path, url: str) -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()  # as the gateway's process (numfed.serving)
     asyncio.run(serve(Path(sys.argv[1]), sys.argv[2]))

@@ -1,7 +1,8 @@
 """Runs a federation's carriers and platforms in one process, so that a benchmark can measure
 the gateway's own process alone. ``python -m bench.members_host FEDERATION_DIR [PLATFORM ...]``:
 with platform ids given, it hosts only those platforms (``carriers`` stands for the carriers), so
-that a benchmark can give each platform a process of its own."""
+that a benchmark can give each platform a process of its own. It collects garbage as a serve
+command does (``numfed.serving.tune_gc``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from carrier_adapters.base import start_carrier
 from numfed.config import load_carrier_config, load_platform_config
+from numfed.serving import tune_gc
 from platform_stubs.reference import start_platform
 
 
@@ -25,6 +27,7 @@ async def main(carriers: list[Path], platforms: list[Path]) -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()
     root, only = Path(sys.argv[1]), sys.argv[2:]
     if only:
         carriers = sorted(root.glob("carrier-*.toml")) if "carriers" in only else []

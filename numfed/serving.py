@@ -5,6 +5,7 @@ Every serve command logs its lifecycle (listening, SERVING, stopping, stopped; s
 a loopback metrics endpoint, traces over OTLP) and ends an operator's mistake — a bad config, an
 address in use, a file it cannot read — with one ``numfed: error:`` line and exit status 2,
 never a traceback (``--log-level DEBUG`` logs the traceback of an unexpected start failure).
+Each collects cyclic garbage less often than Python's default (:func:`tune_gc`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import signal
@@ -32,9 +34,31 @@ __all__ = [
     "run_until_signalled",
     "serve_arguments",
     "serve_command",
+    "tune_gc",
 ]
 
 log = logging.getLogger("numfed.serving")
+
+GC_THRESHOLDS = (50_000, 50, 100)
+"""Allocations (less deallocations) of container objects before the youngest generation is
+collected, and collections of each generation before the next older one is: Python's default
+is (700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often in a serving process (:data:`GC_THRESHOLDS`), and
+    leave the objects alive at start (modules, protobuf descriptors) out of every collection
+    (``gc.freeze``).
+
+    A busy gateway allocates a few objects per platform per query (its place in a batch, its
+    slot in the query's wait); with the default thresholds the collector ran every few queries
+    and, every hundred of those, walked every long-lived object again. Measured with
+    ``bench.fanout`` (64 queries in flight, reference platforms): gateway CPU per query 1.78 ->
+    1.50 ms at 50 platforms and 9.4 -> 6.0 ms at 200, 0.74 -> 0.71 ms at 7. Garbage in cycles
+    lives a little longer; reference counting frees everything else at once, as before.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def run_until_signalled(
@@ -143,6 +167,7 @@ def serve_command(name: str, help: str, serve: str) -> Command:
         module, _, function = serve.partition(":")
         setup_logging(name, level=args.log_level, fmt=args.log_format)
         main: Callable[[Path], Awaitable[None]] = getattr(importlib.import_module(module), function)
+        tune_gc()
         try:
             asyncio.run(main(args.config))  # type: ignore[arg-type]
         except (NumfedError, KeyboardInterrupt):
