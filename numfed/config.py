@@ -135,6 +135,12 @@ class Limits:
     for health checks and health Watch streams, reflection, and the calls admission is still
     turning away. Past that sum plus this headroom, gRPC itself refuses each new call with
     RESOURCE_EXHAUSTED before it costs the event loop a handler (``numfed.rpc.call_cap``)."""
+    server_pending_calls: int = 128
+    """Calls gRPC's core holds for a server with admission classes before its event loop has
+    taken them (``grpc.server.max_pending_requests``; gRPC's default is 1,000). Past it gRPC
+    turns more and more new calls away at once, and past twice it every one, before the loop
+    sees them: the caller gets CANCELLED, to be retried with backoff. Without this bound a
+    crowd that outruns the loop waits in that backlog, unseen by admission, for seconds."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
     carrier_sync_wait: float = 30.0

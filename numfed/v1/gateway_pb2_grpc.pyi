@@ -44,7 +44,10 @@ class GatewayServiceStub:
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
+    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
+    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
+    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -207,7 +210,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
+    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
+    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
+    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -366,7 +372,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
+    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
+    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
+    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.

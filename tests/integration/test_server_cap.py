@@ -258,3 +258,89 @@ async def test_past_the_cap_every_call_is_refused_by_grpc_and_what_was_in_goes_o
                 except grpc.aio.AioRpcError as exc:
                     assert refused_by_the_cap(exc), exc
                     await asyncio.sleep(0.05)
+
+
+CROWD = """
+import asyncio, json, sys, time
+from pathlib import Path
+import grpc
+from numfed import pki
+from numfed.identity import PeerId, Role
+from numfed.v1 import gateway_pb2, gateway_pb2_grpc
+
+async def main(endpoint: str, pki_dir: str, n: int) -> None:
+    async with pki.secure_channel(endpoint, Path(pki_dir), PeerId(Role.CARRIER, "cmcc")) as ch:
+        await ch.channel_ready()
+        stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        async def one() -> list[object]:
+            t = time.monotonic()
+            try:
+                await stub.GetTrustBundle(gateway_pb2.GetTrustBundleRequest(), timeout=30)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            return [code, time.monotonic() - t]
+
+        print(json.dumps(await asyncio.gather(*(one() for _ in range(n)))), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_path: Path) -> None:
+    """While the gateway's event loop is stuck (here: the test blocks it for 3 s), gRPC's core
+    holds at most twice ``server_pending_calls`` new calls for it and cancels the rest at once,
+    before the loop sees them; the calls it held are answered once the loop is back. (With
+    gRPC's default backlog, all 60 would have waited for the loop.)"""
+    import json
+    import sys
+    import time
+
+    layout = create_federation(
+        tmp_path / "fed",
+        carriers=("cmcc",),
+        platforms=("weibo",),
+        limits={"server_pending_calls": 4},
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        platform = await start_platform(load_platform_config(layout.platform_configs["weibo"]))
+        stack.push_async_callback(platform.stop, 0)
+        config = load_gateway_config(layout.gateway_config)
+        gw = await Gateway.start(dataclasses.replace(config, listen=layout.gateway_endpoint))
+        stack.push_async_callback(gw.stop, 0)
+        await until_serving(gw)
+        crowd = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CROWD,
+            f"127.0.0.1:{gw.port}",
+            str(layout.pki_dir),
+            "60",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+
+        def kill_crowd() -> None:
+            if crowd.returncode is None:
+                crowd.kill()
+
+        stack.callback(kill_crowd)
+        assert crowd.stdin is not None and crowd.stdout is not None
+        async with asyncio.timeout(30):
+            assert (await crowd.stdout.readline()).strip() == b"ready"
+        crowd.stdin.write(b"go\n")
+        await crowd.stdin.drain()
+        time.sleep(3)  # noqa: ASYNC251 (the point: the gateway's loop, this one, is stuck)
+        async with asyncio.timeout(60):
+            outcomes = json.loads(await crowd.stdout.readline())
+            await crowd.wait()
+    turned_away = [s for code, s in outcomes if code == "CANCELLED"]
+    answered = [s for code, s in outcomes if code == "OK"]
+    assert len(turned_away) + len(answered) == 60, outcomes
+    assert 0 < len(answered) <= 2 * 4 + 1  # held for the loop (the +1: one the loop was taking)
+    assert max(turned_away) < 2.5  # at once, while the loop was still stuck
+    assert min(answered) >= 2.5  # after it came back

@@ -407,10 +407,12 @@ async def test_ten_times_the_sustainable_rate_sheds_fast_with_bounded_memory(
         f"RSS max {max(rss):.0f} MB"
     )
     assert offered >= 3 * SUSTAINABLE, "the client could not drive the surge"
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
-    # Every admitted query finished (no code but OK and RESOURCE_EXHAUSTED), most calls were
-    # shed, and admitted work went on throughout the surge, to its last third.
-    assert codes["RESOURCE_EXHAUSTED"] > codes["OK"] > 0
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"}, codes
+    # Every admitted query finished (no code but OK, RESOURCE_EXHAUSTED and, when the loop fell
+    # so far behind that more than limits.server_pending_calls calls waited for it, gRPC's own
+    # CANCELLED on arrival: gateway.proto), most calls were shed, and admitted work went on
+    # throughout the surge, to its last third.
+    assert codes["RESOURCE_EXHAUSTED"] + codes["CANCELLED"] > codes["OK"] > 0
     assert max(admitted_at) > OVERLOAD_SECONDS * 2 / 3
     assert set(reasons) <= {
         "OVERLOADED",
@@ -421,10 +423,12 @@ async def test_ten_times_the_sustainable_rate_sheds_fast_with_bounded_memory(
     # Turned away quickly, told without a clock: almost every excess call was refused on
     # arrival (OVERLOADED: the queue was full; CALLER_OVERLOADED: the one carrier driving the
     # surge held its share of the class; SERVER_OVERLOADED: gRPC's own refusal at the gateway's
-    # cap, when the loop fell behind), not after waiting in the queue. The latencies printed
-    # above are measured properly by the overload benchmark (docs/benchmarks.md).
+    # cap, when the loop fell behind; CANCELLED: gRPC's own, past its pending bound), not after
+    # waiting in the queue. The latencies printed above are measured properly by the overload
+    # benchmark (docs/benchmarks.md).
     on_arrival = reasons["OVERLOADED"] + reasons["CALLER_OVERLOADED"] + reasons[SERVER_OVERLOADED]
-    assert on_arrival >= 0.9 * codes["RESOURCE_EXHAUSTED"]
+    on_arrival += codes["CANCELLED"]
+    assert on_arrival >= 0.9 * (codes["RESOURCE_EXHAUSTED"] + codes["CANCELLED"])
     assert max(rss) < RSS_BOUND_MB
 
 
