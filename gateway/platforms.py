@@ -26,6 +26,7 @@ claim's, and fails the batch as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from gateway.breaker import Breaker, BreakerState
 from gateway.fanout import NOTHING, SPARSE_ANSWERS, Piece, batch_request
 from numfed.config import Limits
 from numfed.errors import InvalidArgument, NumfedError, Unavailable
-from numfed.observability import metrics
+from numfed.observability import metrics, tracing
 from numfed.observability.logs import failure_reason
 from numfed.rpc import MAX_MESSAGE_BYTES, error_status, rpc_error_info
 from numfed.v1 import platform_pb2, platform_pb2_grpc
@@ -388,7 +389,7 @@ class PlatformLink:
         response: platform_pb2.BatchQueryBindingsResponse = await self._guarded(
             QUERY,
             len(items),
-            lambda: self._query_raw(request, timeout=timeout, metadata=self.metadata()),
+            lambda: self.call(QUERY, functools.partial(self._query_raw, request, timeout=timeout)),
         )
         ids = [i.item_id for i in items]
         if response.sparse:
@@ -420,9 +421,19 @@ class PlatformLink:
         response: platform_pb2.BatchReleaseBindingsResponse = await self._guarded(
             RELEASE,
             len(items),
-            lambda: self._release_raw(request, timeout=timeout, metadata=self.metadata()),
+            lambda: self.call(
+                RELEASE, functools.partial(self._release_raw, request, timeout=timeout)
+            ),
         )
         return _in_order([i.item_id for i in items], response.results)
+
+    async def call(self, method: str, send: Callable[..., Awaitable[T]]) -> T:
+        """Make one call of PlatformService's ``method`` (``"DeliverEvents"``, say): ``send`` gets
+        the call's request metadata as ``metadata=``: the gateway's trust versions and, with
+        tracing on, the context of the call's own client span (the channel has no tracing
+        interceptor, :func:`numfed.observability.tracing.client_call`)."""
+        with tracing.client_call(f"/{PLATFORM_SERVICE}/{method}") as traced:
+            return await send(metadata=(*self.metadata(), *traced))
 
     async def close(self) -> None:
         """End the health watch and the batcher, then close the channel; never waits for good.

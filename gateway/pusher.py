@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -245,10 +246,13 @@ class EventPusher:
             )
             sent = rows[-1][0]
             try:
-                answer = await self._link.stub.DeliverEvents(
-                    request,
-                    timeout=self._limits.platform_call_timeout,
-                    metadata=self._link.metadata(),
+                answer = await self._link.call(
+                    "DeliverEvents",
+                    functools.partial(
+                        self._link.stub.DeliverEvents,
+                        request,
+                        timeout=self._limits.platform_call_timeout,
+                    ),
                 )
                 # Stored and audited as one piece: a stop waits for it, never cuts it in two.
                 ack = await run_to_end(

@@ -121,8 +121,9 @@ def _platform_link(
     config: GatewayConfig, member: Member, versions: Callable[[], str]
 ) -> PlatformLink:
     # Each channel checks that the server is the member it names (not just any member); each
-    # call tells it the trust versions the gateway holds (request metadata set per call, which
-    # costs less on the fan-out path than a client interceptor's task per call).
+    # call tells it the trust versions the gateway holds and carries its trace context (request
+    # metadata set per call, PlatformLink.call: on the fan-out path that costs less than a
+    # client interceptor's task per call).
     channel = pki.secure_channel(
         member.endpoint,
         config.pki_dir,
@@ -130,6 +131,7 @@ def _platform_link(
         server=PeerId(Role.PLATFORM, member.id),
         options=channel_options(),
         limits=config.limits,
+        traced=False,
     )
     return PlatformLink(
         member.id,

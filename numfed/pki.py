@@ -676,6 +676,7 @@ def secure_channel(
     options: Iterable[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     limits: Limits | None = None,
+    traced: bool = True,
 ) -> grpc.aio.Channel:
     """An mTLS ``grpc.aio`` channel to ``target``, calling as ``peer``.
 
@@ -693,7 +694,8 @@ def secure_channel(
     calls to the gateway that are safe to repeat are retried on another replica when one is
     UNAVAILABLE (see :data:`GATEWAY_SERVICE_CONFIG`). ``interceptors`` wrap every call (a
     member's reader of the gateway's trust version hints, say); with tracing on, the W3C
-    trace context's interceptor comes first (:mod:`numfed.observability.tracing`).
+    trace context's interceptor comes first (:mod:`numfed.observability.tracing`), unless
+    ``traced`` is False: the caller then traces each call itself (``tracing.client_call``).
     """
     opts = [*client_options(limits or Limits()), *options]
     if server is not None:
@@ -709,7 +711,7 @@ def secure_channel(
         target,
         channel_credentials(where, peer),
         options=opts,
-        interceptors=[*tracing.client_interceptors(), *interceptors] or None,
+        interceptors=[*(tracing.client_interceptors() if traced else ()), *interceptors] or None,
     )
 
 

@@ -7,8 +7,11 @@ Tracing is on in a process once :func:`setup_tracing` has been given somewhere t
 
 When on, every numfed gRPC server gets OpenTelemetry's ``grpc.aio`` server interceptor and
 every channel made by :func:`numfed.pki.secure_channel` its client interceptors, so the W3C
-``traceparent`` travels carrier → gateway → platforms in the call metadata. A release is
-dispatched later, from a stored job: the gateway stores the ``traceparent`` of the
+``traceparent`` travels carrier → gateway → platforms in the call metadata. The gateway's
+channels to platforms are the exception: a client interceptor turns every call into grpc.aio's
+intercepted call (a task of its own per call), which on the fan-out path cost more than the
+spans themselves, so those calls are traced by hand (:func:`client_call`), with the same spans.
+A release is dispatched later, from a stored job: the gateway stores the ``traceparent`` of the
 ``ReleaseBindings`` call with the job (:func:`current_traceparent`) and each dispatch span
 continues that trace (:func:`continued_span`), so one holder's release is one trace from the
 holder's app to every platform. Health checks are not traced.
@@ -33,6 +36,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
+    "client_call",
     "client_interceptors",
     "continued_span",
     "current_traceparent",
@@ -123,6 +127,29 @@ def server_interceptors() -> list[Any]:
 def client_interceptors() -> list[Any]:
     """Interceptors of every numfed channel (none while tracing is off)."""
     return list(_client)
+
+
+@contextlib.contextmanager
+def client_call(method: str) -> Iterator[tuple[tuple[str, str], ...]]:
+    """Trace one call made on a channel without tracing interceptors
+    (``secure_channel(traced=False)``): a CLIENT span named, as OpenTelemetry's gRPC interceptor
+    names it, by the full method (``/numfed.v1.PlatformService/BatchQueryBindings``), current
+    while the call runs; yields the request metadata that carries its context (``traceparent``)
+    for the call to send. An exception from the call ends the span with its status and the
+    exception recorded. While tracing is off: no span, no metadata."""
+    if _provider is None:
+        yield ()
+        return
+    service, _, name = method.strip("/").rpartition("/")
+    tracer = trace.get_tracer("numfed")
+    with tracer.start_as_current_span(
+        method,
+        kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    ):
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        yield tuple(carrier.items())
 
 
 def current_traceparent() -> str | None:

@@ -1,4 +1,5 @@
-"""One holder's release is one trace across the carrier, the gateway and every platform.
+"""One holder's release, and one query, is each one trace across the carrier, the gateway and
+every platform.
 
 The federation runs as processes with ``otlp_endpoint`` pointing at a small OTLP/gRPC receiver
 this test starts; the trace context crosses each gRPC hop in the call metadata, and crosses the
@@ -48,6 +49,7 @@ async def test_one_release_is_one_trace_across_carrier_gateway_and_every_platfor
         app = await HolderApp.verified(channel, state, number, WORLD.holders[holder_id])
         op = await app.release(PRIOR)
         assert (await app.watch(op.name))[-1].done
+        await app.query(PRIOR)  # its trace too: the gateway traces platform calls by hand
         await channel.close()
     finally:
         # Each process exports what it still holds as it stops; the receiver answers meanwhile.
@@ -89,3 +91,23 @@ async def test_one_release_is_one_trace_across_carrier_gateway_and_every_platfor
         "numfed-gateway",
         *(f"numfed-platform-{p}" for p in PLATFORMS),
     }
+
+    asked = [s for s in receiver.spans if s.name.endswith("/QueryHolderBindings")]
+    assert len(asked) == 1
+    trace = receiver.traces()[asked[0].trace_id]
+    by_id = {s.span_id: s for s in trace}
+    for platform in PLATFORMS:
+        found = [
+            s
+            for s in trace
+            if s.service == f"numfed-platform-{platform}"
+            and s.name == "/numfed.v1.PlatformService/BatchQueryBindings"
+        ]
+        assert found, f"no query span from {platform} in the holder's trace"
+        assert path(found[0]) == [
+            f"numfed-platform-{platform}:/numfed.v1.PlatformService/BatchQueryBindings",
+            "numfed-gateway:/numfed.v1.PlatformService/BatchQueryBindings",
+            "numfed-gateway:/numfed.v1.GatewayService/QueryBindings",
+            f"numfed-carrier-{carrier}:/numfed.v1.GatewayService/QueryBindings",
+            f"numfed-carrier-{carrier}:/numfed.v1.HolderService/QueryHolderBindings",
+        ]
