@@ -690,7 +690,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     observe(time.perf_counter() - start, code)
 
             return grpc.unary_unary_rpc_method_handler(
-                cast(Any, unary),
+                cast(Any, _traced_unary(method, unary) if tracing.traced_method(method) else unary),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -733,11 +733,40 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                     observe(time.perf_counter() - start, code)
 
             return grpc.unary_stream_rpc_method_handler(
-                cast(Any, stream),
+                cast(
+                    Any, _traced_stream(method, stream) if tracing.traced_method(method) else stream
+                ),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
+
+
+def _traced_unary(
+    method: str, serve: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    """``serve`` inside the call's SERVER span (tracing on; :func:`tracing.server_call`)."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with tracing.server_call(method, context):
+            return await serve(request, context)
+
+    return call
+
+
+def _traced_stream(
+    method: str, serve: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    """``serve``'s messages inside the stream's SERVER span (tracing on)."""
+
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        with tracing.server_call(method, context):
+            async for item in serve(request, context):
+                yield item
+
+    return stream
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -1051,7 +1080,7 @@ async def start_server(
     than admitting anonymous connections to refuse them UNAUTHENTICATED in every handler.
 
     Every call is timed into ``rpc_server_duration_seconds``; with tracing on
-    (:mod:`numfed.observability.tracing`) OpenTelemetry's interceptor runs first.
+    (:mod:`numfed.observability.tracing`) each call of a registered service is a SERVER span.
     """
     if (credentials is None) != (policy is None):
         raise ValueError("a server without mTLS has no role policy, and one with mTLS needs one")
@@ -1061,7 +1090,6 @@ async def start_server(
     limits = limits or Limits()
     server = grpc.aio.server(
         interceptors=[
-            *tracing.server_interceptors(),
             _Interceptor(
                 policy,
                 admission,

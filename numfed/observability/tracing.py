@@ -5,12 +5,15 @@ Tracing is on in a process once :func:`setup_tracing` has been given somewhere t
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` environment variable (OTLP over gRPC; ``http://`` for plaintext,
 ``https://`` for TLS). Otherwise nothing is installed and tracing costs nothing.
 
-When on, every numfed gRPC server gets OpenTelemetry's ``grpc.aio`` server interceptor and
-every channel made by :func:`numfed.pki.secure_channel` its client interceptors, so the W3C
-``traceparent`` travels carrier → gateway → platforms in the call metadata. The gateway's
+When on, every call a numfed gRPC server serves gets a SERVER span (:func:`server_call`, from
+the server's own interceptor in :mod:`numfed.rpc`, which wraps each method once) and every
+channel made by :func:`numfed.pki.secure_channel` OpenTelemetry's client interceptors, so the
+W3C ``traceparent`` travels carrier → gateway → platforms in the call metadata. The gateway's
 channels to platforms are the exception: a client interceptor turns every call into grpc.aio's
 intercepted call (a task of its own per call), which on the fan-out path cost more than the
-spans themselves, so those calls are traced by hand (:func:`client_call`), with the same spans.
+spans themselves, so those calls are traced by hand (:func:`client_call`). Spans are named and
+nested as OpenTelemetry's gRPC instrumentation names them (the full method), whose server
+interceptor numfed used before: it rebuilt each method's handler for every call, sampled or not.
 A release is dispatched later, from a stored job: the gateway stores the ``traceparent`` of the
 ``ReleaseBindings`` call with the job (:func:`current_traceparent`) and each dispatch span
 continues that trace (:func:`continued_span`), so one holder's release is one trace from the
@@ -41,7 +44,7 @@ __all__ = [
     "continued_span",
     "current_traceparent",
     "enabled",
-    "server_interceptors",
+    "server_call",
     "setup_tracing",
     "shutdown_tracing",
 ]
@@ -52,7 +55,6 @@ ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 
 _provider: TracerProvider | None = None
-_server: list[Any] = []
 _client: list[Any] = []
 _propagator = TraceContextTextMapPropagator()
 
@@ -81,13 +83,13 @@ def setup_tracing(
     cmcc``, …). ``exporter`` replaces OTLP (tests). Call once, before servers and channels
     are made; :func:`shutdown_tracing` flushes what is left.
     """
-    global _provider, _server, _client
+    global _provider, _client
     endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
     if exporter is None and endpoint is None:
         return False
     if _provider is not None:
         raise RuntimeError("tracing is already set up in this process")
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -100,7 +102,6 @@ def setup_tracing(
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
-    _server = [aio_server_interceptor(tracer_provider=provider, filter_=_traced)]  # type: ignore[no-untyped-call]
     _client = list(aio_client_interceptors(tracer_provider=provider, filter_=_traced))  # type: ignore[no-untyped-call]
     log.info(
         "tracing on: spans of %s to %s, new traces sampled at %g",
@@ -113,15 +114,53 @@ def setup_tracing(
 
 def shutdown_tracing() -> None:
     """Flush the spans not yet exported and stop (at the end of the process)."""
-    global _provider, _server, _client
+    global _provider, _client
     if _provider is not None:
         _provider.shutdown()
-    _provider, _server, _client = None, [], []
+    _provider, _client = None, []
 
 
-def server_interceptors() -> list[Any]:
-    """Interceptors every numfed gRPC server puts first (none while tracing is off)."""
-    return list(_server)
+def traced_method(method: str) -> bool:
+    """Whether calls of ``method`` (``/package.Service/Method``) are traced: tracing is on and
+    the method is not health or reflection."""
+    return _provider is not None and not any(
+        method.startswith(f"/{s}/") for s in (*UNTRACED_SERVICES, "grpc.reflection.v1.")
+    )
+
+
+@contextlib.contextmanager
+def server_call(method: str, context: Any) -> Iterator[None]:
+    """The SERVER span of one call a server serves (``context``: its grpc.aio servicer
+    context), continuing the trace its request metadata carries and current while the handler
+    runs. It ends with the call's gRPC status code (``rpc.grpc.status_code``; ERROR for any but
+    OK), and records an exception other than grpc's own abort."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    service, _, name = method.strip("/").rpartition("/")
+    tracer = trace.get_tracer("numfed")
+    with tracer.start_as_current_span(
+        method,
+        context=_propagator.extract(carrier),
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        failed: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            code = context.code()
+            value = getattr(code, "value", (code,))[0] if code is not None else None
+            if value is None:
+                value = 0 if failed is None else 2  # an exception grpc will answer UNKNOWN
+            span.set_attribute("rpc.grpc.status_code", value)
+            if value != 0:
+                span.set_status(trace.StatusCode.ERROR)
+            if failed is not None and type(failed).__name__ != "AbortError":
+                span.record_exception(failed)
 
 
 def client_interceptors() -> list[Any]:

@@ -104,6 +104,9 @@ async def test_one_release_is_one_trace_across_carrier_gateway_and_every_platfor
             and s.name == "/numfed.v1.PlatformService/BatchQueryBindings"
         ]
         assert found, f"no query span from {platform} in the holder's trace"
+        served = by_id[found[0].parent_span_id]  # the gateway's call, traced by hand
+        assert served.kind == 3 and served.attributes["rpc.method"] == "BatchQueryBindings"
+        assert found[0].kind == 2 and found[0].attributes["rpc.grpc.status_code"] == 0
         assert path(found[0]) == [
             f"numfed-platform-{platform}:/numfed.v1.PlatformService/BatchQueryBindings",
             "numfed-gateway:/numfed.v1.PlatformService/BatchQueryBindings",
