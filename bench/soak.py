@@ -82,6 +82,10 @@ Outcome = tuple[str, float]
 """("ok" | "shed" | "error:<what>", milliseconds)."""
 
 
+COME_BACK = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED)
+"""A watch refused with one of these is opened again after a pause (gateway.proto)."""
+
+
 def signalled_refusal(exc: grpc.aio.AioRpcError) -> bool:
     """Whether a failed gRPC call is a refusal as the contract (gateway.proto) documents it:
     admission's RESOURCE_EXHAUSTED with one numfed ErrorInfo (OVERLOADED,
@@ -178,7 +182,9 @@ class Load:
                     if update.done:
                         return "done"
             except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # Refused (admission, the cap) or turned away by gRPC's backlog bound
+                # (CANCELLED): both mean come back later (gateway.proto).
+                if exc.code() not in COME_BACK:
                     return f"watch failed: {exc.code().name}"
             await asyncio.sleep(0.5 + random.random())
         return "not done"

@@ -63,25 +63,7 @@ class VersionStatement(grpc.aio.UnaryUnaryClientInterceptor):
     request metadata, so that the gateway's answers leave out a hint it does not need (a
     member that does not act on hints, such as a carrier adapter keeping checkpoints)."""
 
-    def __init__(self, held: Held) -> None:
-        self._held = held
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        return await continuation(_stating(client_call_details, self._held), request)
-
-
-class VersionHintReader(grpc.aio.UnaryUnaryClientInterceptor):
-    """A client interceptor that hands the versions in each answer's initial metadata to
-    ``notice`` (a member's channel to the gateway); with ``held``, each call also states the
-    versions the member holds, so that only an answer with news carries the hint."""
-
-    def __init__(self, notice: Notice, held: Held | None = None) -> None:
-        self._notice = notice
+    def __init__(self, held: Held | None) -> None:
         self._held = held
 
     async def intercept_unary_unary(
@@ -93,7 +75,23 @@ class VersionHintReader(grpc.aio.UnaryUnaryClientInterceptor):
         if self._held is not None:
             client_call_details = _stating(client_call_details, self._held)
         call = await continuation(client_call_details, request)
+        await self._answered(call)
+        return call
+
+    async def _answered(self, call: Any) -> None:
+        """Shown each call once it is made (its answer may still be on its way)."""
+
+
+class VersionHintReader(VersionStatement):
+    """A client interceptor that hands the versions in each answer's initial metadata to
+    ``notice`` (a member's channel to the gateway); with ``held``, each call also states the
+    versions the member holds, so that only an answer with news carries the hint."""
+
+    def __init__(self, notice: Notice, held: Held | None = None) -> None:
+        super().__init__(held)
+        self._notice = notice
+
+    async def _answered(self, call: Any) -> None:
         hint = versions_in(await call.initial_metadata())
         if hint is not None:
             self._notice(hint)
-        return call

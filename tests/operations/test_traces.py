@@ -17,7 +17,7 @@ import pytest
 
 from numfed.scenario import demo_scenario
 from numfed.testing.federation import spawn_federation
-from numfed.testing.otlp import ReceivedSpan, start_otlp_receiver
+from numfed.testing.otlp import start_otlp_receiver
 from tests.integration.holder import PRIOR, HolderApp
 
 WORLD = demo_scenario()
@@ -56,29 +56,40 @@ async def test_one_release_is_one_trace_across_carrier_gateway_and_every_platfor
         await asyncio.to_thread(fed.stop_all)
     await receiver.stop()
 
-    started = [s for s in receiver.spans if s.name.endswith("/ReleaseHolderBindings")]
-    assert len(started) == 1, [s.name for s in receiver.spans]
-    trace = receiver.traces()[started[0].trace_id]
-    by_id = {s.span_id: s for s in trace}
+    def platform_spans(holder_method: str, platform_method: str) -> dict[str, list[str]]:
+        """The one trace the holder's ``holder_method`` call started: for each platform, the
+        path from its ``platform_method`` span up to the root (checked to be that call)."""
+        started = [s for s in receiver.spans if s.name.endswith(f"/{holder_method}")]
+        assert len(started) == 1, [s.name for s in receiver.spans]
+        trace = receiver.traces()[started[0].trace_id]
+        by_id = {s.span_id: s for s in trace}
+        roots = [s for s in trace if s.parent_span_id not in by_id]
+        assert roots == started, "one root: the holder's call to the carrier"
+        assert {s.service for s in trace} == {
+            f"numfed-carrier-{carrier}",
+            "numfed-gateway",
+            *(f"numfed-platform-{p}" for p in PLATFORMS),
+        }
+        paths = {}
+        for platform in PLATFORMS:
+            name = f"/numfed.v1.PlatformService/{platform_method}"
+            found = [
+                s for s in trace if s.service == f"numfed-platform-{platform}" and s.name == name
+            ]
+            assert found, f"no {platform_method} span from {platform} in the holder's trace"
+            span = found[0]
+            assert span.kind == 2 and span.attributes["rpc.grpc.status_code"] == 0  # SERVER, OK
+            client = by_id[span.parent_span_id]  # the gateway's call (traced by hand)
+            assert client.kind == 3 and client.attributes["rpc.method"] == platform_method
+            out = [f"{span.service}:{span.name}"]
+            while span.parent_span_id in by_id:
+                span = by_id[span.parent_span_id]
+                out.append(f"{span.service}:{span.name}")
+            paths[platform] = out
+        return paths
 
-    def path(span: ReceivedSpan) -> list[str]:
-        out = [f"{span.service}:{span.name}"]
-        while span.parent_span_id in by_id:
-            span = by_id[span.parent_span_id]
-            out.append(f"{span.service}:{span.name}")
-        return out
-
-    roots = [s for s in trace if s.parent_span_id not in by_id]
-    assert roots == started, "one root: the holder's call to the carrier"
-    for platform in PLATFORMS:
-        applied = [
-            s
-            for s in trace
-            if s.service == f"numfed-platform-{platform}"
-            and s.name == "/numfed.v1.PlatformService/BatchReleaseBindings"
-        ]
-        assert applied, f"no release span from {platform} in the holder's trace"
-        assert path(applied[0]) == [
+    for platform, path in platform_spans("ReleaseHolderBindings", "BatchReleaseBindings").items():
+        assert path == [
             f"numfed-platform-{platform}:/numfed.v1.PlatformService/BatchReleaseBindings",
             "numfed-gateway:/numfed.v1.PlatformService/BatchReleaseBindings",
             "numfed-gateway:numfed.release.dispatch",
@@ -86,28 +97,8 @@ async def test_one_release_is_one_trace_across_carrier_gateway_and_every_platfor
             f"numfed-carrier-{carrier}:/numfed.v1.GatewayService/ReleaseBindings",
             f"numfed-carrier-{carrier}:/numfed.v1.HolderService/ReleaseHolderBindings",
         ]
-    assert {s.service for s in trace} == {
-        f"numfed-carrier-{carrier}",
-        "numfed-gateway",
-        *(f"numfed-platform-{p}" for p in PLATFORMS),
-    }
-
-    asked = [s for s in receiver.spans if s.name.endswith("/QueryHolderBindings")]
-    assert len(asked) == 1
-    trace = receiver.traces()[asked[0].trace_id]
-    by_id = {s.span_id: s for s in trace}
-    for platform in PLATFORMS:
-        found = [
-            s
-            for s in trace
-            if s.service == f"numfed-platform-{platform}"
-            and s.name == "/numfed.v1.PlatformService/BatchQueryBindings"
-        ]
-        assert found, f"no query span from {platform} in the holder's trace"
-        served = by_id[found[0].parent_span_id]  # the gateway's call, traced by hand
-        assert served.kind == 3 and served.attributes["rpc.method"] == "BatchQueryBindings"
-        assert found[0].kind == 2 and found[0].attributes["rpc.grpc.status_code"] == 0
-        assert path(found[0]) == [
+    for platform, path in platform_spans("QueryHolderBindings", "BatchQueryBindings").items():
+        assert path == [
             f"numfed-platform-{platform}:/numfed.v1.PlatformService/BatchQueryBindings",
             "numfed-gateway:/numfed.v1.PlatformService/BatchQueryBindings",
             "numfed-gateway:/numfed.v1.GatewayService/QueryBindings",
