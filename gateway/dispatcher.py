@@ -67,6 +67,8 @@ async def _no_wait() -> None:
     return None
 
 
+RECORD_MAX_TASKS = 4000
+"""Most task outcomes stored in one transaction (SQLite binds at most 32,766 parameters)."""
 RECORD_WAIT = 3600.0
 """Seconds a batch's outcomes wait to be stored before the dispatcher gives up on them (its
 tasks' leases then expire and they are sent again; the platforms' idempotency makes that
@@ -109,6 +111,8 @@ class Dispatcher:
             self._record_together,
             max_items=64,
             max_in_flight=1 if store.dialect == "sqlite" else 2,
+            max_bytes=RECORD_MAX_TASKS,  # counted in tasks: a transaction's IN lists stay short
+            size=len,
         )
         """Batches' outcomes answered meanwhile, stored in one transaction (a group commit)."""
         self._unreachable: dict[str, RetrySummary] = {}
@@ -353,10 +357,19 @@ class Dispatcher:
         self, parts: Sequence[list[TaskUpdate]], _timeout: float
     ) -> list[set[tuple[str, str]]]:
         """Store the outcomes of several batches in one transaction; each learns the tasks
-        recorded (those this replica still leased)."""
-        updates = [u for part in parts for u in part]
+        recorded (those this replica still leased). A task in two of them (its lease ran out
+        while its batch was out, and it went out again) is recorded, and audited, once: for
+        the first."""
+        updates: list[TaskUpdate] = []
+        keys: list[set[tuple[str, str]]] = []
+        taken: set[tuple[str, str]] = set()
+        for part in parts:
+            mine = {(u.job_id, u.platform_id) for u in part} - taken
+            taken |= mine
+            updates += [u for u in part if (u.job_id, u.platform_id) in mine]
+            keys.append(mine)
         recorded = await self._store.run(self._store.record_tasks, self._owner, updates, now_us())
-        return [recorded] * len(parts)
+        return [recorded & mine for mine in keys]
 
     def _retry_or_expire(self, task: TaskRow, job: JobRow, status: status_pb2.Status) -> TaskUpdate:
         """Try the task again after a backoff (UNAVAILABLE, with ``status`` saying why), or,

@@ -25,12 +25,14 @@ sampled with ``trace_sample_ratio`` (default 1.0).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -52,7 +54,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
-UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+UNTRACED_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 _provider: TracerProvider | None = None
 _client: list[Any] = []
@@ -123,9 +129,7 @@ def shutdown_tracing() -> None:
 def traced_method(method: str) -> bool:
     """Whether calls of ``method`` (``/package.Service/Method``) are traced: tracing is on and
     the method is not health or reflection."""
-    return _provider is not None and not any(
-        method.startswith(f"/{s}/") for s in (*UNTRACED_SERVICES, "grpc.reflection.v1.")
-    )
+    return _provider is not None and not any(method.startswith(f"/{s}/") for s in UNTRACED_SERVICES)
 
 
 @contextlib.contextmanager
@@ -154,13 +158,20 @@ def server_call(method: str, context: Any) -> Iterator[None]:
         finally:
             code = context.code()
             value = getattr(code, "value", (code,))[0] if code is not None else None
-            if value is None:
-                value = 0 if failed is None else 2  # an exception grpc will answer UNKNOWN
-            span.set_attribute("rpc.grpc.status_code", value)
-            if value != 0:
-                span.set_status(trace.StatusCode.ERROR)
-            if failed is not None and type(failed).__name__ != "AbortError":
-                span.record_exception(failed)
+            ended = isinstance(failed, asyncio.CancelledError | GeneratorExit)
+            if value is None:  # no status set: OK, the caller gone (CANCELLED), or UNKNOWN
+                value = 0 if failed is None else 1 if ended else 2
+            _end(span, value, None if ended or type(failed).__name__ == "AbortError" else failed)
+
+
+def _end(span: trace.Span, code: int, failed: BaseException | None) -> None:
+    """Give ``span`` the call's gRPC status code (ERROR for any but OK, as OpenTelemetry's gRPC
+    instrumentation does) and record ``failed``, an exception other than the call's own end."""
+    span.set_attribute("rpc.grpc.status_code", code)
+    if code != 0:
+        span.set_status(trace.StatusCode.ERROR)
+    if failed is not None:
+        span.record_exception(failed)
 
 
 def client_interceptors() -> list[Any]:
@@ -174,8 +185,10 @@ def client_call(method: str) -> Iterator[tuple[tuple[str, str], ...]]:
     (``secure_channel(traced=False)``): a CLIENT span named, as OpenTelemetry's gRPC interceptor
     names it, by the full method (``/numfed.v1.PlatformService/BatchQueryBindings``), current
     while the call runs; yields the request metadata that carries its context (``traceparent``)
-    for the call to send. An exception from the call ends the span with its status and the
-    exception recorded. While tracing is off: no span, no metadata."""
+    for the call to send. The span ends with the call's gRPC status code
+    (``rpc.grpc.status_code``: 0 once it returned, the code of its ``AioRpcError``, CANCELLED
+    or DEADLINE_EXCEEDED when the caller gave up or its time ran out; ERROR for any but OK), an
+    unexpected exception recorded. While tracing is off: no span, no metadata."""
     if _provider is None:
         yield ()
         return
@@ -185,10 +198,26 @@ def client_call(method: str) -> Iterator[tuple[tuple[str, str], ...]]:
         method,
         kind=trace.SpanKind.CLIENT,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    ):
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)
-        yield tuple(carrier.items())
+        try:
+            yield tuple(carrier.items())
+        except grpc.aio.AioRpcError as exc:
+            _end(span, exc.code().value[0], None)
+            raise
+        except asyncio.CancelledError:  # the caller gave up on it
+            _end(span, 1, None)
+            raise
+        except TimeoutError:  # its deadline passed
+            _end(span, 4, None)
+            raise
+        except BaseException as exc:
+            _end(span, 2, exc)
+            raise
+        _end(span, 0, None)
 
 
 def current_traceparent() -> str | None:

@@ -453,7 +453,8 @@ class Soak:
     # What each member holds -------------------------------------------------------------
 
     async def gateway_versions(self) -> tuple[int, int] | None:
-        """The versions the gateway says it serves (its hint on every answer)."""
+        """The versions the gateway says it serves (its hint, on every answer to a call that
+        states no versions of its own, as this one)."""
         carrier = PeerId(Role.CARRIER, self.settings.carriers[-1])
         async with pki.secure_channel(
             self.layout.gateway_target, self.layout.pki_dir, carrier

@@ -44,17 +44,19 @@ class GatewayServiceStub:
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
-    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
-    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
-    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. When more than
+    limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
+    turns a growing share of new calls away at once (every one past twice that), before the
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
+    retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
-    without it, so that a channel may still retry it on another replica). The gateway sends the
+    without it, so that a channel may still retry it on another replica; and an answer to a
+    caller that stated versions at least as new leaves it out, see below). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however
@@ -210,17 +212,19 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
-    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
-    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
-    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. When more than
+    limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
+    turns a growing share of new calls away at once (every one past twice that), before the
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
+    retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
-    without it, so that a channel may still retry it on another replica). The gateway sends the
+    without it, so that a channel may still retry it on another replica; and an answer to a
+    caller that stated versions at least as new leaves it out, see below). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however
@@ -372,17 +376,19 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     each new call, of any method, before any handler runs, with RESOURCE_EXHAUSTED, the details
     "Concurrent RPC limit exceeded!" and no google.rpc.Status at all (no ErrorInfo, no
     RetryInfo). A client retries it with exponential backoff and jitter, as it would a refusal
-    with RetryInfo; calls and streams already open are not touched by it. While the gateway's
-    event loop has not yet taken more than limits.server_pending_calls new calls, gRPC turns
-    further ones away at once, before the gateway sees them, with CANCELLED (gRPC's own
-    backlog bound; no google.rpc.Status): a client retries that with backoff too. QueryBindings,
+    with RetryInfo; calls and streams already open are not touched by it. When more than
+    limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
+    turns a growing share of new calls away at once (every one past twice that), before the
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
+    retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
 
     Every answer carries, in its initial metadata, the trust versions the gateway holds:
     "numfed-trust-version: <root version>/<bundle version>" (an error's status travels alone,
-    without it, so that a channel may still retry it on another replica). The gateway sends the
+    without it, so that a channel may still retry it on another replica; and an answer to a
+    caller that stated versions at least as new leaves it out, see below). The gateway sends the
     same key in the request metadata of its calls to PlatformService. A member that holds an older
     root or bundle calls GetTrustBundle at once (at most once a second) instead of at its next
     poll. The value is not signed: it only triggers a fetch and never changes trust, and however

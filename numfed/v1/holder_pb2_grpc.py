@@ -34,8 +34,8 @@ class HolderServiceStub:
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -91,8 +91,8 @@ class HolderServiceServicer:
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -228,8 +228,8 @@ class HolderService:
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """

@@ -35,8 +35,8 @@ class HolderServiceStub:
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -104,8 +104,8 @@ class HolderServiceAsyncStub(HolderServiceStub):
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -169,8 +169,8 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     OVERLOADED_QUEUE_TIMEOUT, with google.rpc.RetryInfo) when more holders call at once than the
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
-    backoff, and past its bound on calls not yet taken (limits.server_pending_calls), gRPC's own
-    CANCELLED at once, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
+    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """

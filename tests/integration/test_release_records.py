@@ -93,3 +93,47 @@ async def test_outcomes_answered_during_a_transaction_share_the_next_one(
     finally:
         go_on.set()
         await fed.stop()
+
+
+async def test_a_task_in_two_batches_of_one_transaction_is_recorded_and_audited_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A task whose lease ran out while its batch was out, and which went out again, can come
+    back in two batches that share one transaction: it is recorded once (one attempt more),
+    and only the first batch is told it was, so its delivery is audited once."""
+    from gateway.dispatcher import Dispatcher
+    from gateway.store import JobRow, Store
+    from numfed.config import Limits
+
+    store = Store(db_url)
+    store.migrate()
+    try:
+        t0 = 1_800_000_000_000_000
+        job = JobRow(
+            job_id="a" * 32,
+            carrier_id="cmcc",
+            request_id="req-1",
+            request_digest=b"d" * 32,
+            number_key="k" * 64,
+            purpose=2,
+            claim=b"claim-bytes",
+            created_us=t0,
+            deadline_us=t0 + 3600 * 1_000_000,
+            done_us=None,
+        )
+        store.create_job(job, ["weibo", "taobao"])
+        dispatcher = Dispatcher(
+            store=store, links={}, limits=Limits(), owner="gw", on_change=lambda _jobs: None
+        )
+        assert len(await store.run(store.claim_due, "gw", t0, 30_000_000, 10)) == 2
+        weibo = TaskUpdate(job.job_id, "weibo", True, 1, b"r", t0)
+        taobao = TaskUpdate(job.job_id, "taobao", True, 1, b"r", t0)
+        told = await dispatcher._record_together([[weibo], [weibo, taobao]], 10.0)
+        assert told == [{(job.job_id, "weibo")}, {(job.job_id, "taobao")}]
+        with store.engine.connect() as c:
+            attempts = dict(
+                c.execute(sa.select(release_tasks.c.platform_id, release_tasks.c.attempts)).all()
+            )
+        assert attempts == {"weibo": 1, "taobao": 1}
+    finally:
+        store.close()
