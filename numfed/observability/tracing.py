@@ -60,6 +60,17 @@ UNTRACED_SERVICES = (
     "grpc.reflection.v1.ServerReflection",
 )
 
+_OK, _CANCELLED, _UNKNOWN, _DEADLINE_EXCEEDED = (
+    c.value[0]
+    for c in (
+        grpc.StatusCode.OK,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+)
+"""The gRPC status codes a span gets when its call's own code is not at hand."""
+
 _provider: TracerProvider | None = None
 _client: list[Any] = []
 _propagator = TraceContextTextMapPropagator()
@@ -69,11 +80,15 @@ def enabled() -> bool:
     return _provider is not None
 
 
+def _untraced(method: str) -> bool:
+    """Whether ``method`` (``/package.Service/Method``) is health or reflection: never traced."""
+    return any(method.startswith(f"/{s}/") for s in UNTRACED_SERVICES)
+
+
 def _traced(details: Any) -> bool:
+    """The client interceptors' filter: a call of any method but :func:`_untraced` ones."""
     method = details.method
-    if isinstance(method, bytes):
-        method = method.decode()
-    return not any(str(method).startswith(f"/{s}/") for s in UNTRACED_SERVICES)
+    return not _untraced(method.decode() if isinstance(method, bytes) else str(method))
 
 
 def setup_tracing(
@@ -129,7 +144,7 @@ def shutdown_tracing() -> None:
 def traced_method(method: str) -> bool:
     """Whether calls of ``method`` (``/package.Service/Method``) are traced: tracing is on and
     the method is not health or reflection."""
-    return _provider is not None and not any(method.startswith(f"/{s}/") for s in UNTRACED_SERVICES)
+    return _provider is not None and not _untraced(method)
 
 
 @contextlib.contextmanager
@@ -160,7 +175,7 @@ def server_call(method: str, context: Any) -> Iterator[None]:
             value = getattr(code, "value", (code,))[0] if code is not None else None
             ended = isinstance(failed, asyncio.CancelledError | GeneratorExit)
             if value is None:  # no status set: OK, the caller gone (CANCELLED), or UNKNOWN
-                value = 0 if failed is None else 1 if ended else 2
+                value = _OK if failed is None else _CANCELLED if ended else _UNKNOWN
             _end(span, value, None if ended or type(failed).__name__ == "AbortError" else failed)
 
 
@@ -168,7 +183,7 @@ def _end(span: trace.Span, code: int, failed: BaseException | None) -> None:
     """Give ``span`` the call's gRPC status code (ERROR for any but OK, as OpenTelemetry's gRPC
     instrumentation does) and record ``failed``, an exception other than the call's own end."""
     span.set_attribute("rpc.grpc.status_code", code)
-    if code != 0:
+    if code != _OK:
         span.set_status(trace.StatusCode.ERROR)
     if failed is not None:
         span.record_exception(failed)
@@ -209,15 +224,15 @@ def client_call(method: str) -> Iterator[tuple[tuple[str, str], ...]]:
             _end(span, exc.code().value[0], None)
             raise
         except asyncio.CancelledError:  # the caller gave up on it
-            _end(span, 1, None)
+            _end(span, _CANCELLED, None)
             raise
         except TimeoutError:  # its deadline passed
-            _end(span, 4, None)
+            _end(span, _DEADLINE_EXCEEDED, None)
             raise
         except BaseException as exc:
-            _end(span, 2, exc)
+            _end(span, _UNKNOWN, exc)
             raise
-        _end(span, 0, None)
+        _end(span, _OK, None)
 
 
 def current_traceparent() -> str | None:
