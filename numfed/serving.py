@@ -5,7 +5,8 @@ Every serve command logs its lifecycle (listening, SERVING, stopping, stopped; s
 a loopback metrics endpoint, traces over OTLP) and ends an operator's mistake — a bad config, an
 address in use, a file it cannot read — with one ``numfed: error:`` line and exit status 2,
 never a traceback (``--log-level DEBUG`` logs the traceback of an unexpected start failure).
-Each collects cyclic garbage less often than Python's default (:func:`tune_gc`).
+Each collects cyclic garbage less often than Python's default (:func:`tune_gc`) and, with a
+metrics endpoint, samples how late its event loop runs (``numfed_event_loop_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from numfed.errors import FailedPrecondition, NumfedError
 from numfed.observability import tracing
 from numfed.observability.http import Handler, MetricsEndpoint, start_endpoint
 from numfed.observability.logs import LOG_FORMATS, LOG_LEVELS, name_process, setup_logging
+from numfed.observability.metrics import sample_event_loop_lag
 
 __all__ = [
     "ProcessTelemetry",
@@ -117,6 +119,7 @@ async def process_telemetry(
         sample_ratio=settings.trace_sample_ratio,
     )
     telemetry = ProcessTelemetry(settings)
+    lag: asyncio.Task[None] | None = None
     try:
         if settings.metrics_listen is not None:
 
@@ -128,8 +131,11 @@ async def process_telemetry(
 
             extra: Mapping[str, Handler] = {path: late(path) for path in routes}
             telemetry.endpoint = await start_endpoint(settings.metrics_listen, extra)
+            lag = asyncio.get_running_loop().create_task(sample_event_loop_lag())
         yield telemetry
     finally:
+        if lag is not None:
+            lag.cancel()
         if telemetry.endpoint is not None:
             await telemetry.endpoint.close()
         tracing.shutdown_tracing()

@@ -42,6 +42,8 @@ from prometheus_client.registry import Collector
 
 __all__ = [
     "CONTENT_TYPE",
+    "EVENT_LOOP_LAG",
+    "LAG_INTERVAL",
     "LATENCY_BUCKETS",
     "PLATFORM_BATCH_ITEMS",
     "PLATFORM_BREAKER_TRANSITIONS",
@@ -59,6 +61,7 @@ __all__ = [
     "add_source",
     "exposition",
     "remove_source",
+    "sample_event_loop_lag",
 ]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the exposition for nothing here
@@ -164,6 +167,29 @@ RELEASE_TASKS_DONE = Counter(
     ["platform", "outcome"],
     registry=REGISTRY,
 )
+
+EVENT_LOOP_LAG = Histogram(
+    "numfed_event_loop_lag_seconds",
+    "How late a timer on the process's event loop ran, set every LAG_INTERVAL (0.25 s): how "
+    "long anything ready to run waits for its turn, a new call gRPC's core holds for the loop "
+    "included (each call grpc.aio takes costs a few turns).",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+LAG_INTERVAL = 0.25
+"""Seconds between two samples of :data:`EVENT_LOOP_LAG`."""
+
+
+async def sample_event_loop_lag(interval: float = LAG_INTERVAL) -> None:
+    """Observe :data:`EVENT_LOOP_LAG` every ``interval`` seconds until cancelled: the time
+    between when a ``sleep(interval)`` was due and when the loop ran it (>= 0 s). Like Node's
+    event-loop delay monitor; about four wake-ups a second."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - due))
 
 
 class Children:
