@@ -1,8 +1,8 @@
 """Launch day: a separate load process offers 10x the sustainable rate of a realistic mix.
 
-``make soak`` (``python -m bench.soak``; not part of ``make test`` or ``make bench``) starts a
-gateway (gRPC and the CAMARA facade over HTTPS), a carrier with the holder's page and seven
-platforms each answering in 200 ms, all as real processes, then drives them from this process:
+``make soak`` (``python -m bench.soak``; ``make bench`` runs the same for 90 s) starts a gateway
+(gRPC and the CAMARA facade over HTTPS), a carrier with the holder's page and seven platforms
+each answering in 200 ms, all as real processes, then drives them from this process:
 
 1. **Sustainable rate**: the mix below from 32 workers at once, each sending its next call when
    the last is answered, for ``--warmup`` seconds: the calls answered per second.
@@ -15,11 +15,13 @@ The mix, by share of calls: carriers' queries (``QueryBindings``) 50 %, the hold
 facade (HTTPS) 15 %, releases 15 % (``ReleaseBindings``, each then watched with
 ``WatchOperation`` until it is done). What must hold, and is written to
 ``bench/results/soak.json`` and plotted in ``bench/results/soak.png``: no process exits; memory
-stays bounded (RSS in the last minute within 1.5x the first); every refusal is a fast
-RESOURCE_EXHAUSTED (gRPC: admission's, with ErrorInfo and RetryInfo, or gRPC's own at the
-gateway's cap, with neither, as gateway.proto documents; :func:`signalled_refusal`) or an HTTP
-503 (the page) or 429 (CAMARA's TOO_MANY_REQUESTS) with Retry-After; nothing else fails; and
-every release accepted is done by the end.
+stays bounded (RSS in the last minute within 1.5x the first; a third of a shorter run); every
+refusal is a fast RESOURCE_EXHAUSTED (gRPC: admission's, with ErrorInfo and RetryInfo, or
+gRPC's own at the gateway's cap, with neither, as gateway.proto documents;
+:func:`signalled_refusal`) or an HTTP 503 (the page) or 429 (CAMARA's TOO_MANY_REQUESTS) with
+Retry-After; nothing else fails; and every release accepted is done by the end. The gateway's
+event-loop lag (``numfed_event_loop_lag_seconds``, read every 5 s) is plotted beside the
+latencies: how long a new call waits for each turn of the loop before admission answers it.
 
     python -m bench.soak --seconds 300
 """
@@ -39,6 +41,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, cast
@@ -46,6 +49,7 @@ from typing import Any, cast
 import grpc
 import httpx
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.facades import CHECK, WEIBO
 from bench.fanout import carrier_channel, spawn, stop_processes, wait_serving
@@ -271,6 +275,7 @@ async def run(seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
         limits=LIMITS,
         holder_web=True,
         facades=True,
+        metrics=True,
     )
     platforms = spawn("bench.members_host", str(layout.root), *APP_PLATFORMS)
     carrier = spawn("numfed", "carrier", "serve", "--config", str(layout.carrier_configs["cmcc"]))
@@ -319,10 +324,11 @@ async def run(seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
         rate = 10 * sustainable
         start = time.time() + 2.0
         workers = spawn_workers(plan, rate, seconds, start)
-        rss, crashed = await watch_processes(procs, gateway.pid, carrier.pid, start, seconds)
+        metrics = f"http://{layout.metrics_endpoints['gateway']}/metrics"
+        seen = await watch_processes(procs, gateway.pid, carrier.pid, start, seconds, metrics)
         outputs = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
-        crashed += [name for name, p in procs.items() if p.poll() is not None]
-        return summarize(outputs, rss, sustainable, seconds, sorted(set(crashed)))
+        crashed = seen.crashed + [name for name, p in procs.items() if p.poll() is not None]
+        return summarize(outputs, seen, sustainable, seconds, sorted(set(crashed)))
     finally:
         stop_processes((gateway, carrier, platforms), timeout=15)
 
@@ -373,27 +379,103 @@ async def closed_loop(load: Load, seconds: float) -> float:
     return answered / seconds
 
 
+LAG_EVERY = 5
+"""Seconds between two reads of the gateway's ``numfed_event_loop_lag_seconds``."""
+
+
+@dataclass
+class Watched:
+    """What :func:`watch_processes` saw during the surge."""
+
+    rss: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Second -> (gateway, carrier) RSS in MB."""
+    lag: list[tuple[int, LagReading]] = field(default_factory=list)
+    """(second, the gateway's loop-lag histogram then), every :data:`LAG_EVERY` seconds."""
+    crashed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LagReading:
+    """``numfed_event_loop_lag_seconds`` as read from an exposition: sum, count, buckets."""
+
+    total: float
+    count: float
+    buckets: tuple[tuple[float, float], ...]
+    """(upper bound in seconds, cumulative count), in order."""
+
+    @classmethod
+    def parse(cls, exposition: str) -> LagReading | None:
+        for family in text_string_to_metric_families(exposition):
+            if family.name != "numfed_event_loop_lag_seconds":
+                continue
+            values = {s.name: s.value for s in family.samples if not s.labels}
+            buckets = sorted(
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket")
+            )
+            return cls(
+                values["numfed_event_loop_lag_seconds_sum"],
+                values["numfed_event_loop_lag_seconds_count"],
+                tuple(buckets),
+            )
+        return None
+
+    def since(self, before: LagReading) -> tuple[float, float]:
+        """(mean, p99) lag in ms of the samples between ``before`` and this reading; the p99
+        is the upper bound of its histogram bucket (the last finite bound when above it)."""
+        n = self.count - before.count
+        if n <= 0:
+            return 0.0, 0.0
+        mean = (self.total - before.total) / n * 1000
+        finite = [b for b in self.buckets if b[0] != float("inf")]
+        p99 = finite[-1][0] if finite else 0.0
+        for (bound, c), (_, c0) in zip(self.buckets, before.buckets, strict=True):
+            if c - c0 >= 0.99 * n:
+                p99 = bound if bound != float("inf") else p99
+                break
+        return mean, p99 * 1000
+
+
 async def watch_processes(
     procs: dict[str, subprocess.Popen[str]],
     gw_pid: int,
     carrier_pid: int,
     start: float,
     seconds: float,
-) -> tuple[dict[int, tuple[float, float]], list[str]]:
-    """RSS of the gateway and the carrier every second of the surge; who exited."""
-    rss: dict[int, tuple[float, float]] = {}
-    crashed: list[str] = []
-    while (now := time.time()) < start + seconds + 1:
-        sec = int(now - start)
-        if sec >= 0 and sec not in rss:
-            crashed = [name for name, p in procs.items() if p.poll() is not None]
-            if crashed:
-                break
-            rss[sec] = (rss_mb(gw_pid), rss_mb(carrier_pid))
-            if sec % 30 == 0:
-                print(f"  {sec:>4} s: gateway RSS {rss[sec][0]:.0f} MB", flush=True)
-        await asyncio.sleep(0.2)
-    return rss, crashed
+    metrics_url: str,
+) -> Watched:
+    """RSS of the gateway and the carrier every second of the surge, the gateway's event-loop
+    lag every :data:`LAG_EVERY` seconds (and just before and after); who exited."""
+    seen = Watched()
+
+    async def read_lag(sec: int) -> None:
+        try:
+            reading = LagReading.parse((await http.get(metrics_url)).text)
+        except httpx.HTTPError:
+            return  # the gateway too busy to answer in time: no reading this time
+        if reading is not None:
+            seen.lag.append((sec, reading))
+
+    async with httpx.AsyncClient(timeout=LAG_EVERY) as http:
+        await read_lag(-1)
+        reads = []  # in the background: a slow answer must not hold up the RSS samples
+        while (now := time.time()) < start + seconds + 1:
+            sec = int(now - start)
+            if sec >= 0 and sec not in seen.rss:
+                seen.crashed = [name for name, p in procs.items() if p.poll() is not None]
+                if seen.crashed:
+                    break
+                seen.rss[sec] = (rss_mb(gw_pid), rss_mb(carrier_pid))
+                if sec % LAG_EVERY == 0:
+                    reads.append(asyncio.create_task(read_lag(sec)))
+                if sec % 30 == 0:
+                    print(f"  {sec:>4} s: gateway RSS {seen.rss[sec][0]:.0f} MB", flush=True)
+            await asyncio.sleep(0.2)
+        await asyncio.gather(*reads)
+        await read_lag(int(time.time() - start))
+    seen.lag.sort(key=lambda x: x[0])
+    return seen
 
 
 async def worker(
@@ -471,13 +553,24 @@ async def surge(
     }
 
 
+def memory_window(seconds: float) -> int:
+    """Seconds at each end of the surge whose RSS are compared: a minute, or a third of a
+    shorter run."""
+    return int(max(1, min(60, seconds // 3)))
+
+
 def summarize(
     outputs: list[dict[str, Any]],
-    rss: dict[int, tuple[float, float]],
+    seen: Watched,
     sustainable: float,
     seconds: float,
     crashed: list[str],
 ) -> dict[str, Any]:
+    rss = seen.rss
+    lag_at: dict[int, float] = {}
+    for (_, before), (sec, after) in zip(seen.lag, seen.lag[1:], strict=False):
+        lag_at[sec] = after.since(before)[0]
+    lag_all = seen.lag[-1][1].since(seen.lag[0][1]) if len(seen.lag) > 1 else (0.0, 0.0)
     per_second: dict[int, Counter[str]] = {}
     shed_ms: dict[int, list[float]] = {}
     ok_ms: dict[int, list[float]] = {}
@@ -499,9 +592,11 @@ def summarize(
         watched.update(o["watched"])
     releases = sum(o["releases"] for o in outputs)
     timeline = []
+    lag_ms = 0.0
     for sec in sorted(per_second):
         c = per_second[sec]
         gw, car = rss.get(sec, (0.0, 0.0))
+        lag_ms = lag_at.get(sec + LAG_EVERY - sec % LAG_EVERY, lag_ms)
         timeline.append(
             {
                 "second": sec,
@@ -512,12 +607,14 @@ def summarize(
                 "shed_p99_ms": round(pct(shed_ms.get(sec, []), 0.99), 1),
                 "gateway_rss_mb": round(gw, 1),
                 "carrier_rss_mb": round(car, 1),
+                "gateway_loop_lag_ms": round(lag_ms, 1),
             }
         )
     all_shed = [x for v in shed_ms.values() for x in v]
     all_ok = [x for v in ok_ms.values() for x in v]
     gw_rss = [rss[s][0] for s in sorted(rss)]
-    first, last = gw_rss[:60], gw_rss[-60:]
+    window = memory_window(seconds)
+    first, last = gw_rss[:window], gw_rss[-window:]
     row: dict[str, Any] = {
         "seconds": seconds,
         "mix": dict(MIX),
@@ -536,14 +633,18 @@ def summarize(
         "releases_accepted": releases,
         "releases_watched": dict(watched),
         "crashed": crashed,
-        "gateway_rss_first_minute_mb": round(max(first, default=0.0), 1),
-        "gateway_rss_last_minute_mb": round(max(last, default=0.0), 1),
+        "memory_window_s": window,
+        "gateway_rss_first_mb": round(max(first, default=0.0), 1),
+        "gateway_rss_last_mb": round(max(last, default=0.0), 1),
+        "gateway_loop_lag_mean_ms": round(lag_all[0], 1),
+        "gateway_loop_lag_p99_ms": round(lag_all[1], 1),
+        "gateway_loop_lag_readings": len(seen.lag),
         "carrier_rss_max_mb": round(max((r[1] for r in rss.values()), default=0.0), 1),
         "timeline": timeline,
     }
     row["held"] = {
         "nothing crashed": not crashed,
-        "memory bounded (last minute <= 1.5x first)": bool(
+        "memory bounded (RSS at the end <= 1.5x at the start)": bool(
             first and last and max(last) <= 1.5 * max(first)
         ),
         "every refusal fast (< 1 s) and with its signal": row["shed_slow"] == 0,
@@ -553,7 +654,7 @@ def summarize(
     return row
 
 
-def plot(row: dict[str, Any], out: Path) -> None:
+def plot(row: dict[str, Any], out: Path, name: str = "soak.png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -568,6 +669,9 @@ def plot(row: dict[str, Any], out: Path) -> None:
     axes[0].legend()
     axes[1].plot(secs, [x["ok_p99_ms"] for x in tl], label="admitted p99")
     axes[1].plot(secs, [x["shed_p99_ms"] for x in tl], label="refused p99")
+    axes[1].plot(
+        secs, [x["gateway_loop_lag_ms"] for x in tl], label="gateway's event-loop lag (mean)"
+    )
     axes[1].set_ylabel("ms")
     axes[1].legend()
     axes[2].plot(secs, [x["ok"] for x in tl], label="answered / s")
@@ -581,7 +685,7 @@ def plot(row: dict[str, Any], out: Path) -> None:
         f"(10x the sustainable {row['sustainable_per_s']:.0f}/s of the mix)"
     )
     fig.tight_layout()
-    fig.savefig(out / "soak.png", dpi=110)
+    fig.savefig(out / name, dpi=110)
     plt.close(fig)
 
 
@@ -612,8 +716,10 @@ def document(row: dict[str, Any], day: str) -> str:
             f"| anything else | {sum(row['errors'].values())} {row['errors'] or ''} |",
             f"| releases accepted / done by the end | {row['releases_accepted']} / "
             f"{row['releases_watched'].get('done', 0)} |",
-            f"| gateway RSS, first minute / last minute | {row['gateway_rss_first_minute_mb']} / "
-            f"{row['gateway_rss_last_minute_mb']} MB |",
+            f"| gateway RSS, first / last {row['memory_window_s']} s | "
+            f"{row['gateway_rss_first_mb']} / {row['gateway_rss_last_mb']} MB |",
+            f"| gateway's event-loop lag, mean / p99 | {row['gateway_loop_lag_mean_ms']} / "
+            f"{row['gateway_loop_lag_p99_ms']} ms |",
             f"| carrier (with the page) RSS at most | {row['carrier_rss_max_mb']} MB |",
             f"| processes that exited | {', '.join(row['crashed']) or 'none'} |",
             "",

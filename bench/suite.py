@@ -79,10 +79,12 @@ class Size:
     scale_seconds: float = 6.0
     scale_in_flight: int = 16
     replicas_n: int = 200
+    launch_seconds: float = 90.0
+    launch_warmup: float = 10.0
 
 
 FULL = Size((1, 7, 50, 200), 4.0, 64, 200, 200, 1000, 1000, 3000, 20000, 20.0)
-QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100, (7, 20), 0.5, 4, 7)
+QUICK = Size((1, 7), 0.5, 4, 5, 5, 20, 50, 50, 200, 2.0, 10, 100, (7, 20), 0.5, 4, 7, 3.0, 2.0)
 
 
 def p(values: list[float], q: float) -> float:
@@ -916,7 +918,48 @@ def summarize(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=False,
         )
     )
+    out.extend(launch_day_targets(r["launch_day"]))
     return out
+
+
+def launch_day_targets(day: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 17's launch day as ratios: what must hold (``bench.soak``) over the run."""
+    refused = day["shed"] + sum(day["errors"].values())
+    return [
+        target(
+            "launch day at 10x: refusals fast (< 1 s) and with their signal (RESOURCE_EXHAUSTED, "
+            "503 or 429 with Retry-After), share of the calls not answered (reference: every one)",
+            (day["shed"] - day["shed_slow"]) / refused if refused else 1.0,
+            1.0,
+            1.0,
+            higher_is_better=True,
+        ),
+        target(
+            "launch day at 10x: accepted releases done by the end, share (reference: every one)",
+            day["releases_watched"].get("done", 0) / day["releases_accepted"]
+            if day["releases_accepted"]
+            else 0.0,
+            1.0,
+            1.0,
+            higher_is_better=True,
+        ),
+        target(
+            f"launch day at 10x: gateway RSS MB, last {day['memory_window_s']} s (reference: "
+            f"first {day['memory_window_s']} s)",
+            day["gateway_rss_last_mb"],
+            day["gateway_rss_first_mb"],
+            1.5,
+            higher_is_better=False,
+        ),
+        target(
+            "launch day at 10x: processes still running at the end, share of gateway, carrier "
+            "and platforms (reference: all)",
+            1.0 - len(day["crashed"]) / 3,
+            1.0,
+            1.0,
+            higher_is_better=True,
+        ),
+    ]
 
 
 def plots(r: dict[str, Any], out: Path) -> list[str]:
@@ -1014,6 +1057,11 @@ def plots(r: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "overload.png", dpi=110)
     plt.close(fig)
     made.append("overload.png")
+
+    from bench import soak
+
+    soak.plot(r["launch_day"], out, "launch_day.png")
+    made.append("launch_day.png")
     return made
 
 
@@ -1174,10 +1222,34 @@ def document(r: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "",
         "![overload](../bench/results/overload.png)",
         "",
+        *launch_day_document(r["launch_day"]),
         *facades.document(r["facades"]),
         MARK_END,
     ]
     return "\n".join(parts)
+
+
+def launch_day_document(day: dict[str, Any]) -> list[str]:
+    """The launch-day run's figures (the 5-minute run of ``make soak`` has its own section)."""
+    errors = sum(day["errors"].values())
+    return [
+        f"### Launch day ({day['seconds']:.0f} s; `make soak` runs it for 5 minutes)",
+        "",
+        f"The mix sustains {day['sustainable_per_s']} calls/s; {day['offered_per_s']} calls/s "
+        f"offered from {day['load_processes']} load processes (each call sent within "
+        f"{day['client_lag_p99_ms']} ms of its time, p99): {day['ok']} answered (p99 "
+        f"{day['ok_p99_ms']} ms), {day['shed']} refused with their signal (p99 "
+        f"{day['shed_p99_ms']} ms, {day['shed_slow']} slower than 1 s), {errors} otherwise "
+        f"{day['errors'] or ''}; releases accepted / done "
+        f"{day['releases_accepted']} / {day['releases_watched'].get('done', 0)}; gateway RSS "
+        f"{day['gateway_rss_first_mb']} -> {day['gateway_rss_last_mb']} MB; the gateway's "
+        f"event-loop lag mean {day['gateway_loop_lag_mean_ms']} ms, p99 "
+        f"{day['gateway_loop_lag_p99_ms']} ms; processes that exited: "
+        f"{', '.join(day['crashed']) or 'none'}.",
+        "",
+        "![launch day](../bench/results/launch_day.png)",
+        "",
+    ]
 
 
 def write_doc(text: str) -> None:
@@ -1218,6 +1290,10 @@ async def run_all(size: Size, workdir: Path) -> dict[str, Any]:
     r["facades"] = await facades.bench_facades(size.facade_calls, size.facade_events, workdir)
     print("the holder's page at 10x its sustainable rate", flush=True)
     r["portal"] = await portal.bench_portal(portal.QUICK if size is QUICK else portal.FULL, workdir)
+    print(f"launch day: 10x the mix's sustainable rate for {size.launch_seconds:g} s", flush=True)
+    from bench import soak  # it imports this module
+
+    r["launch_day"] = await soak.run(size.launch_seconds, size.launch_warmup, workdir)
     return r
 
 
@@ -1245,6 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
         "observability",
         "facades",
         "portal",
+        "launch_day",
     ):
         (out / f"{name}.json").write_text(json.dumps(r[name], indent=2) + "\n")
     (out / "machine.json").write_text(json.dumps(r["machine"], indent=2) + "\n")

@@ -39,8 +39,11 @@ def test_the_benchmark_suite_runs_and_writes_results_summary_and_plots(tmp_path:
     assert page["served"] > 0 and page["sustainable_rps"] > 0
     scale = json.loads((tmp_path / "scale.json").read_text())
     assert {r["platforms"] for r in scale} == {7, 20} and all(r["rss_mb"] > 0 for r in scale)
-    for png in ("scale_curve.png", "scale_1000.png", "overload.png"):
+    for png in ("scale_curve.png", "scale_1000.png", "overload.png", "launch_day.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    day = json.loads((tmp_path / "launch_day.json").read_text())
+    assert day["offered_per_s"] > 0 and day["timeline"] and not day["crashed"]
+    assert sum(1 for row in summary if row["name"].startswith("launch day at 10x")) == 4
 
 
 def test_summary_met_is_computed_from_the_figures() -> None:
@@ -69,6 +72,8 @@ def test_the_launch_day_soak_runs_and_writes_its_results_and_plot(tmp_path: Path
     row = json.loads((tmp_path / "soak.json").read_text())
     assert row["held"]["nothing crashed"] and row["held"]["every accepted release done"], row
     assert row["load_processes"] == 2 and row["offered_per_s"] > 0 and row["timeline"]
+    assert row["gateway_loop_lag_readings"] >= 2  # the gateway's metrics: before and after
+    assert "gateway_loop_lag_ms" in row["timeline"][0]
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
