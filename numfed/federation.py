@@ -6,9 +6,14 @@ loopback; ports are chosen up front so that each config can name its peers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import random
 import socket
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,28 +72,64 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+PORT_HOLD = 300.0
+"""Seconds a port handed out by :func:`free_ports` stays out of every other call's choice on
+this machine: time enough for the member it was meant for to bind it."""
+
+
+def port_ledger() -> Path:
+    """The file where this machine's user records the ports :func:`free_ports` handed out."""
+    return Path(tempfile.gettempdir()) / f"numfed-ports-{os.getuid()}.ledger"
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports free at this moment, chosen below the ephemeral range.
+    """``n`` distinct loopback ports free at this moment, chosen below the ephemeral range,
+    and none handed out by another call (in any process of this user) in the last
+    :data:`PORT_HOLD` seconds.
 
     A port picked by binding port 0 comes from the kernel's ephemeral range, which is also where
     every outgoing connection (gRPC clients, database connections) takes its local port, so one
     can take it between this call and the member's own bind. Ports below that range are handed
-    out by no one; picking them at random keeps concurrent federations on one machine apart.
+    out by no one; picking them at random keeps concurrent federations on one machine apart,
+    and the ledger (:func:`port_ledger`, under an exclusive ``flock``) keeps two of them from
+    being handed the same port before either member has bound it.
+
+    Raises ``OSError`` when fewer than ``n`` ports are left to hand out.
     """
     high = max(_ephemeral_low() - 1, 2048)
-    low = max(high - 12000, 1025)
-    rng = random.SystemRandom()
-    chosen: list[int] = []
-    while len(chosen) < n:
-        port = rng.randint(low, high)
-        if port in chosen:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
+    return pick_ports(n, max(high - 12000, 1025), high, port_ledger())
+
+
+def pick_ports(n: int, low: int, high: int, ledger: Path, *, now: float | None = None) -> list[int]:
+    """:func:`free_ports` over ``low``..``high`` (inclusive) with the ledger at ``ledger``."""
+    now = time.time() if now is None else now
+    with open(ledger, "a+") as book:
+        fcntl.flock(book, fcntl.LOCK_EX)  # released when the file closes
+        book.seek(0)
+        held: dict[int, float] = {}
+        for line in book.read().split("\n"):
+            number, _, until = line.partition(" ")
+            with contextlib.suppress(ValueError):  # a line cut short by a crash: ignored
+                if float(until) > now:
+                    held[int(number)] = float(until)
+        candidates = [p for p in range(low, high + 1) if p not in held]
+        random.SystemRandom().shuffle(candidates)
+        chosen: list[int] = []
+        for port in candidates:
+            if len(chosen) == n:
+                break
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            chosen.append(port)
+        if len(chosen) < n:
+            raise OSError(f"no {n} free ports left in {low}-{high} (the rest are in use or held)")
+        held.update((port, now + PORT_HOLD) for port in chosen)
+        book.seek(0)
+        book.truncate()
+        book.write("".join(f"{port} {until}\n" for port, until in held.items()))
     return chosen
 
 
