@@ -47,8 +47,9 @@ class GatewayServiceStub:
     with RetryInfo; calls and streams already open are not touched by it. When more than
     limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
     turns a growing share of new calls away at once (every one past twice that), before the
-    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
-    retries that with backoff too. QueryBindings,
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status), and a
+    call that waited there longer than limits.server_pending_seconds is turned away the same
+    way: a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -215,8 +216,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     with RetryInfo; calls and streams already open are not touched by it. When more than
     limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
     turns a growing share of new calls away at once (every one past twice that), before the
-    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
-    retries that with backoff too. QueryBindings,
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status), and a
+    call that waited there longer than limits.server_pending_seconds is turned away the same
+    way: a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.
@@ -379,8 +381,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     with RetryInfo; calls and streams already open are not touched by it. When more than
     limits.server_pending_calls new calls wait for the gateway's event loop to take them, gRPC
     turns a growing share of new calls away at once (every one past twice that), before the
-    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status): a client
-    retries that with backoff too. QueryBindings,
+    gateway sees them, with CANCELLED (gRPC's own backlog bound; no google.rpc.Status), and a
+    call that waited there longer than limits.server_pending_seconds is turned away the same
+    way: a client retries that with backoff too. QueryBindings,
     ReleaseBindings, CheckRecycled and PullEvents, whose outcomes the gateway audits, are refused
     UNAVAILABLE with reason AUDIT_BACKLOG and google.rpc.RetryInfo while the audit log cannot keep
     up (its database refuses writes): the gateway accepts nothing it cannot audit.

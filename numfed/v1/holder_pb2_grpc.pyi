@@ -36,7 +36,8 @@ class HolderServiceStub:
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
-    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    CANCELLED at once for a growing share of new calls (and for a call that waited there longer
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -105,7 +106,8 @@ class HolderServiceAsyncStub(HolderServiceStub):
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
-    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    CANCELLED at once for a growing share of new calls (and for a call that waited there longer
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """
@@ -170,7 +172,8 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     adapter's limits admit, or, past the adapter's cap on calls at once (as the gateway's, see
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
-    CANCELLED at once for a growing share of new calls, to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
+    CANCELLED at once for a growing share of new calls (and for a call that waited there longer
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
     the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
     way (CANCELLED) as CANCELLED: both mean "busy, come back later".
     """

@@ -290,21 +290,15 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-@pytest.mark.timeout(120)
-async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_path: Path) -> None:
-    """While the gateway's event loop is stuck (here: the test blocks it for 3 s), gRPC's core
-    holds at most twice ``server_pending_calls`` new calls for it and cancels the rest at once,
-    before the loop sees them; the calls it held are answered once the loop is back. (With
-    gRPC's default backlog, all 60 would have waited for the loop.)"""
+async def crowd_while_stuck(tmp_path: Path, limits: dict[str, object], n: int) -> list[Any]:
+    """``n`` GetTrustBundle calls from another process, sent while the test blocks the gateway's
+    event loop for 3 s: [[status code name, seconds], ...]."""
     import json
     import sys
     import time
 
     layout = create_federation(
-        tmp_path / "fed",
-        carriers=("cmcc",),
-        platforms=("weibo",),
-        limits={"server_pending_calls": 4},
+        tmp_path / "fed", carriers=("cmcc",), platforms=("weibo",), limits=limits
     )
     async with contextlib.AsyncExitStack() as stack:
         platform = await start_platform(load_platform_config(layout.platform_configs["weibo"]))
@@ -319,7 +313,7 @@ async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_pat
             CROWD,
             f"127.0.0.1:{gw.port}",
             str(layout.pki_dir),
-            "60",
+            str(n),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -336,11 +330,41 @@ async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_pat
         await crowd.stdin.drain()
         time.sleep(3)  # noqa: ASYNC251 (the point: the gateway's loop, this one, is stuck)
         async with asyncio.timeout(60):
-            outcomes = json.loads(await crowd.stdout.readline())
+            outcomes: list[Any] = json.loads(await crowd.stdout.readline())
             await crowd.wait()
+    assert len(outcomes) == n
+    return outcomes
+
+
+@pytest.mark.timeout(120)
+async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_path: Path) -> None:
+    """While the gateway's event loop is stuck (here: the test blocks it for 3 s), gRPC's core
+    holds at most twice ``server_pending_calls`` new calls for it and cancels the rest at once,
+    before the loop sees them; the calls it held are answered once the loop is back (held for
+    less than ``server_pending_seconds``). With gRPC's default backlog, all 60 would have
+    waited for the loop."""
+    outcomes = await crowd_while_stuck(
+        tmp_path, {"server_pending_calls": 4, "server_pending_seconds": 30}, 60
+    )
     turned_away = [s for code, s in outcomes if code == "CANCELLED"]
     answered = [s for code, s in outcomes if code == "OK"]
     assert len(turned_away) + len(answered) == 60, outcomes
     assert 0 < len(answered) <= 2 * 4 + 1  # held for the loop (the +1: one the loop was taking)
     assert max(turned_away) < 2.5  # at once, while the loop was still stuck
     assert min(answered) >= 2.5  # after it came back
+
+
+@pytest.mark.timeout(120)
+async def test_calls_held_for_the_loop_longer_than_the_bound_are_turned_away(
+    tmp_path: Path,
+) -> None:
+    """A few calls (far below ``server_pending_calls``) wait 3 s for the stuck loop: past
+    ``server_pending_seconds`` (1 s) gRPC's core turns them away CANCELLED when the loop takes
+    its next call, rather than serving calls that waited longer than admission's own queue
+    would let them. With gRPC's default (30 s) all of them were answered, 3 s late."""
+    outcomes = await crowd_while_stuck(tmp_path, {"server_pending_seconds": 1}, 8)
+    turned_away = [s for code, s in outcomes if code == "CANCELLED"]
+    answered = [s for code, s in outcomes if code == "OK"]
+    assert len(turned_away) + len(answered) == 8, outcomes
+    assert len(answered) <= 2, outcomes  # the call(s) the loop had asked gRPC for before it stuck
+    assert len(turned_away) >= 6 and min(turned_away) >= 1.0, outcomes
