@@ -73,6 +73,7 @@ LIMITS: dict[str, object] = {
     "max_concurrent_reads": 16,
     "max_queued_reads": 16,
     "admission_queue_wait": 0.5,
+    "server_pending_seconds": 1,  # near the queue wait: a crowd is expected (operations.md)
     "holder_web_concurrency": 16,
     "holder_web_queue": 16,
     "holder_web_retry_after": 5,

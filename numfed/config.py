@@ -141,13 +141,15 @@ class Limits:
     turns more and more new calls away at once, and past twice it every one, before the loop
     sees them: the caller gets CANCELLED, to be retried with backoff. Without this bound a
     crowd that outruns the loop waits in that backlog, unseen by admission, for seconds."""
-    server_pending_seconds: int = 1
+    server_pending_seconds: int = 5
     """Whole seconds a call may wait in that backlog
     (``grpc.server_max_unrequested_time_in_server``; gRPC's default is 30): a call that waited
-    longer is turned away CANCELLED when the loop next takes a call, as admission's queue
-    refuses one that waited ``admission_queue_wait``. A saturated loop takes a call of a method
-    only every few turns (``numfed_event_loop_lag_seconds``), so a backlog costs each call that
-    many turns for every call ahead of it: a bound in time, not only in calls."""
+    longer is turned away CANCELLED when the loop next takes a call. A saturated loop takes a
+    call of a method only every few turns (``numfed_event_loop_lag_seconds``), so a backlog
+    costs each call that many turns for every call ahead of it: a bound in time, not only in
+    calls. A loop that is merely busy (1,000 platforms, a few queries in flight) keeps calls
+    there for a second or more without any crowd, so the default leaves room for that; a
+    gateway expecting a crowd sets it near ``admission_queue_wait`` (the launch-day soak: 1)."""
     shutdown_grace: float = 5.0
     """On SIGTERM: how long calls and release batches in flight may take to finish."""
     carrier_sync_wait: float = 30.0
