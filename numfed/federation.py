@@ -12,12 +12,14 @@ import fcntl
 import os
 import random
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from numfed import pki
 from numfed.scenario import CARRIERS, PLATFORMS
@@ -34,7 +36,10 @@ __all__ = [
     "free_ports",
     "gateway_member_entry",
     "number_plan",
+    "pick_ports",
     "platform_config_text",
+    "port_ledger",
+    "port_range",
     "telemetry_section",
     "toml_section",
     "write_trust",
@@ -74,18 +79,32 @@ def _ephemeral_low() -> int:
 
 PORT_HOLD = 300.0
 """Seconds a port handed out by :func:`free_ports` stays out of every other call's choice on
-this machine: time enough for the member it was meant for to bind it."""
+this machine while other ports are free: time enough for the member it was meant for to bind
+it."""
+
+
+def port_range() -> tuple[int, int]:
+    """The ports :func:`free_ports` hands out (inclusive): up to 12,000 just below the
+    ephemeral range."""
+    high = max(_ephemeral_low() - 1, 2048)
+    return max(high - 12000, 1025), high
 
 
 def port_ledger() -> Path:
-    """The file where this machine's user records the ports :func:`free_ports` handed out."""
-    return Path(tempfile.gettempdir()) / f"numfed-ports-{os.getuid()}.ledger"
+    """The file where this machine's user records the ports :func:`free_ports` handed out.
+
+    It is in the system's temporary directory whatever ``TMPDIR`` says, so that every process
+    of the user shares it: one given a ``TMPDIR`` of its own (``numfed demo`` in its test)
+    would otherwise keep a ledger of its own and could be handed a port another just took."""
+    shared = Path("/tmp")
+    base = shared if os.access(shared, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    return base / f"numfed-ports-{os.getuid()}.ledger"
 
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports free at this moment, chosen below the ephemeral range,
     and none handed out by another call (in any process of this user) in the last
-    :data:`PORT_HOLD` seconds.
+    :data:`PORT_HOLD` seconds while any other is free.
 
     A port picked by binding port 0 comes from the kernel's ephemeral range, which is also where
     every outgoing connection (gRPC clients, database connections) takes its local port, so one
@@ -94,26 +113,33 @@ def free_ports(n: int) -> list[int]:
     and the ledger (:func:`port_ledger`, under an exclusive ``flock``) keeps two of them from
     being handed the same port before either member has bound it.
 
-    Raises ``OSError`` when fewer than ``n`` ports are left to hand out.
+    Raises ``OSError`` when fewer than ``n`` ports of the range are free, or when the ledger is
+    not a regular file of this user's with one name (see :func:`pick_ports`).
     """
-    high = max(_ephemeral_low() - 1, 2048)
-    return pick_ports(n, max(high - 12000, 1025), high, port_ledger())
+    return pick_ports(n, *port_range(), port_ledger())
 
 
 def pick_ports(n: int, low: int, high: int, ledger: Path, *, now: float | None = None) -> list[int]:
-    """:func:`free_ports` over ``low``..``high`` (inclusive) with the ledger at ``ledger``."""
+    """:func:`free_ports` over ``low``..``high`` (inclusive) with the ledger at ``ledger``.
+
+    The ledger holds one ``port until`` line per port held. A line that is not that (cut short
+    by a crash, damaged) is ignored, and no hold lasts past ``now`` + :data:`PORT_HOLD` (the
+    clock may have been set back since it was written). When fewer than ``n`` free ports are
+    not held, the free ports held longest are handed out again: their members have most likely
+    come and gone, and a run that asks often (pgtemp, the fixtures, a benchmark's 1,000
+    platforms) would otherwise be refused for the next five minutes."""
     now = time.time() if now is None else now
-    with open(ledger, "a+") as book:
+    with _open_ledger(ledger) as book:
         fcntl.flock(book, fcntl.LOCK_EX)  # released when the file closes
-        book.seek(0)
         held: dict[int, float] = {}
         for line in book.read().split("\n"):
             number, _, until = line.partition(" ")
-            with contextlib.suppress(ValueError):  # a line cut short by a crash: ignored
-                if float(until) > now:
-                    held[int(number)] = float(until)
+            with contextlib.suppress(ValueError):
+                if float(until) > now:  # never for nan
+                    held[int(number)] = min(float(until), now + PORT_HOLD)
         candidates = [p for p in range(low, high + 1) if p not in held]
-        random.SystemRandom().shuffle(candidates)
+        random.Random().shuffle(candidates)  # seeded from os.urandom, 20x cheaper than SystemRandom
+        candidates += sorted((p for p in range(low, high + 1) if p in held), key=held.__getitem__)
         chosen: list[int] = []
         for port in candidates:
             if len(chosen) == n:
@@ -125,12 +151,27 @@ def pick_ports(n: int, low: int, high: int, ledger: Path, *, now: float | None =
                     continue
             chosen.append(port)
         if len(chosen) < n:
-            raise OSError(f"no {n} free ports left in {low}-{high} (the rest are in use or held)")
+            raise OSError(f"no {n} free ports left in {low}-{high}")
         held.update((port, now + PORT_HOLD) for port in chosen)
         book.seek(0)
         book.truncate()
         book.write("".join(f"{port} {until}\n" for port, until in held.items()))
     return chosen
+
+
+def _open_ledger(ledger: Path) -> TextIO:
+    """``ledger`` open for reading and writing (made, 0600, if missing), refused unless it is a
+    regular file of this user's with no other name: in the shared temporary directory another
+    user could make the name point at a file of ours, for us to overwrite."""
+    try:
+        fd = os.open(ledger, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the port ledger {ledger}: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise OSError(f"refusing the port ledger {ledger}: not a file of this user's with one name")
+    return open(fd, "r+", encoding="ascii", errors="replace")  # damaged bytes: lines ignored
 
 
 def write_trust(
