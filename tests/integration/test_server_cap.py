@@ -282,18 +282,28 @@ async def main(endpoint: str, pki_dir: str, n: int) -> None:
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
-            return [code, time.monotonic() - t]
+            return [code, time.monotonic() - t, time.time()]
 
-        print(json.dumps(await asyncio.gather(*(one() for _ in range(n)))), flush=True)
+        calls = [asyncio.ensure_future(one()) for _ in range(n)]
+        for _ in range(3):  # turns, not time: each call started, its batch in gRPC's core
+            await asyncio.sleep(0)
+        print("sent", flush=True)
+        print(json.dumps(await asyncio.gather(*calls)), flush=True)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-async def crowd_while_stuck(tmp_path: Path, limits: dict[str, object], n: int) -> list[Any]:
-    """``n`` GetTrustBundle calls from another process, sent while the test blocks the gateway's
-    event loop for 3 s: [[status code name, seconds], ...]."""
+async def crowd_while_stuck(
+    tmp_path: Path, limits: dict[str, object], n: int, stuck: float
+) -> tuple[list[Any], float]:
+    """``n`` GetTrustBundle calls from another process while the test blocks the gateway's event
+    loop, from when the process says it has sent them until ``stuck`` seconds later: the
+    outcomes, [[status code name, seconds, wall time it ended], ...], and the wall time the
+    loop came back. (The loop is blocked from the "go" on: the block ends ``stuck`` seconds after
+    the calls went out however late the other process ran, on a loaded machine too.)"""
     import json
+    import subprocess
     import sys
     import time
 
@@ -307,64 +317,64 @@ async def crowd_while_stuck(tmp_path: Path, limits: dict[str, object], n: int) -
         gw = await Gateway.start(dataclasses.replace(config, listen=layout.gateway_endpoint))
         stack.push_async_callback(gw.stop, 0)
         await until_serving(gw)
-        crowd = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CROWD,
-            f"127.0.0.1:{gw.port}",
-            str(layout.pki_dir),
-            str(n),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+        # Plain pipes: they are read blocking below, while the loop is stuck on purpose.
+        crowd = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-c", CROWD, f"127.0.0.1:{gw.port}", str(layout.pki_dir), str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
 
         def kill_crowd() -> None:
-            if crowd.returncode is None:
+            if crowd.poll() is None:
                 crowd.kill()
+            crowd.wait()
 
         stack.callback(kill_crowd)
         assert crowd.stdin is not None and crowd.stdout is not None
         async with asyncio.timeout(30):
-            assert (await crowd.stdout.readline()).strip() == b"ready"
-        crowd.stdin.write(b"go\n")
-        await crowd.stdin.drain()
-        time.sleep(3)  # noqa: ASYNC251 (the point: the gateway's loop, this one, is stuck)
+            assert (await asyncio.to_thread(crowd.stdout.readline)).strip() == "ready"
+        crowd.stdin.write("go\n")
+        crowd.stdin.flush()
+        # From here the gateway's loop, this one, is stuck (the point): blocking reads and sleep.
+        assert crowd.stdout.readline().strip() == "sent"
+        time.sleep(stuck)  # noqa: ASYNC251
+        back = time.time()
         async with asyncio.timeout(60):
-            outcomes: list[Any] = json.loads(await crowd.stdout.readline())
-            await crowd.wait()
+            outcomes: list[Any] = json.loads(await asyncio.to_thread(crowd.stdout.readline))
     assert len(outcomes) == n
-    return outcomes
+    return outcomes, back
 
 
 @pytest.mark.timeout(120)
 async def test_a_crowd_the_stuck_loop_cannot_take_is_turned_away_at_once(tmp_path: Path) -> None:
-    """While the gateway's event loop is stuck (here: the test blocks it for 3 s), gRPC's core
-    holds at most twice ``server_pending_calls`` new calls for it and cancels the rest at once,
-    before the loop sees them; the calls it held are answered once the loop is back (held for
-    less than ``server_pending_seconds``). With gRPC's default backlog, all 60 would have
-    waited for the loop."""
-    outcomes = await crowd_while_stuck(
-        tmp_path, {"server_pending_calls": 4, "server_pending_seconds": 30}, 60
+    """While the gateway's event loop is stuck (here: the test blocks it until 3 s after the
+    calls went out), gRPC's core holds at most twice ``server_pending_calls`` new calls for it
+    and cancels the rest at once, before the loop sees them; the calls it held are answered
+    once the loop is back (held for less than ``server_pending_seconds``). With gRPC's default
+    backlog, all 60 would have waited for the loop."""
+    outcomes, back = await crowd_while_stuck(
+        tmp_path, {"server_pending_calls": 4, "server_pending_seconds": 30}, 60, stuck=3.0
     )
-    turned_away = [s for code, s in outcomes if code == "CANCELLED"]
-    answered = [s for code, s in outcomes if code == "OK"]
+    turned_away = [ended for code, _, ended in outcomes if code == "CANCELLED"]
+    answered = [ended for code, _, ended in outcomes if code == "OK"]
     assert len(turned_away) + len(answered) == 60, outcomes
     assert 0 < len(answered) <= 2 * 4 + 1  # held for the loop (the +1: one the loop was taking)
-    assert max(turned_away) < 2.5  # at once, while the loop was still stuck
-    assert min(answered) >= 2.5  # after it came back
+    assert max(turned_away) < back  # at once, while the loop was still stuck
+    assert min(answered) >= back  # after it came back
 
 
 @pytest.mark.timeout(120)
 async def test_calls_held_for_the_loop_longer_than_the_bound_are_turned_away(
     tmp_path: Path,
 ) -> None:
-    """A few calls (far below ``server_pending_calls``) wait 3 s for the stuck loop: past
+    """A few calls (far below ``server_pending_calls``) wait 2.5 s for the stuck loop: past
     ``server_pending_seconds`` (1 s) gRPC's core turns them away CANCELLED when the loop takes
     its next call, rather than serving calls that waited longer than admission's own queue
-    would let them. With gRPC's default (30 s) all of them were answered, 3 s late."""
-    outcomes = await crowd_while_stuck(tmp_path, {"server_pending_seconds": 1}, 8)
-    turned_away = [s for code, s in outcomes if code == "CANCELLED"]
-    answered = [s for code, s in outcomes if code == "OK"]
+    would let them. With gRPC's default (30 s) all of them were answered, 2.5 s late."""
+    outcomes, _ = await crowd_while_stuck(tmp_path, {"server_pending_seconds": 1}, 8, stuck=2.5)
+    turned_away = [s for code, s, _ in outcomes if code == "CANCELLED"]
+    answered = [s for code, s, _ in outcomes if code == "OK"]
     assert len(turned_away) + len(answered) == 8, outcomes
     assert len(answered) <= 2, outcomes  # the call(s) the loop had asked gRPC for before it stuck
     assert len(turned_away) >= 6 and min(turned_away) >= 1.0, outcomes
