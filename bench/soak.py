@@ -568,9 +568,12 @@ def summarize(
     crashed: list[str],
 ) -> dict[str, Any]:
     rss = seen.rss
-    lag_at: dict[int, float] = {}
-    for (_, before), (sec, after) in zip(seen.lag, seen.lag[1:], strict=False):
-        lag_at[sec] = after.since(before)[0]
+    # (from, to, mean lag in ms) between each two readings: a second shows the one it is in,
+    # however many reads failed around it.
+    windows = [
+        (start, end, after.since(before)[0])
+        for (start, before), (end, after) in zip(seen.lag, seen.lag[1:], strict=False)
+    ]
     lag_all = seen.lag[-1][1].since(seen.lag[0][1]) if len(seen.lag) > 1 else (0.0, 0.0)
     per_second: dict[int, Counter[str]] = {}
     shed_ms: dict[int, list[float]] = {}
@@ -593,11 +596,10 @@ def summarize(
         watched.update(o["watched"])
     releases = sum(o["releases"] for o in outputs)
     timeline = []
-    lag_ms = 0.0
     for sec in sorted(per_second):
         c = per_second[sec]
         gw, car = rss.get(sec, (0.0, 0.0))
-        lag_ms = lag_at.get(sec + LAG_EVERY - sec % LAG_EVERY, lag_ms)
+        lag_ms = next((mean for start, end, mean in windows if start <= sec < end), 0.0)
         timeline.append(
             {
                 "second": sec,

@@ -105,3 +105,32 @@ def test_the_soak_counts_as_shed_only_the_refusals_the_contract_documents() -> N
     assert not signalled_refusal(failed(ResourceExhausted("RATE_LIMITED", "x", retry_after=1)))
     assert not signalled_refusal(failed(None, "Received message larger than max"))
     assert not signalled_refusal(failed(NumfedError("OVERLOADED", "x", retry_after=1)))
+
+
+def test_the_soak_plots_each_second_with_the_loop_lag_of_the_readings_around_it() -> None:
+    """The gateway's event-loop lag is read every 5 s, and a read may fail (the gateway too
+    busy to answer in time, when the lag is worst): each second shows the mean lag between the
+    readings around it, never 0 for the seconds whose reading failed."""
+    from bench.soak import LagReading, Watched, summarize
+
+    def reading(total: float, count: float) -> LagReading:
+        return LagReading(total, count, ((0.01, count), (float("inf"), count)))
+
+    # Read before the surge, at 0, then (the reads at 5 and 10 failed) at 15: 60 samples of
+    # 10 ms each between 0 and 15.
+    seen = Watched(lag=[(-1, reading(0.0, 0.0)), (0, reading(0.0, 0.0)), (15, reading(0.6, 60))])
+    output = {
+        "offered_per_s": 1.0,
+        "per_second": {str(s): {"ok": 1} for s in range(15)},
+        "shed_ms": {},
+        "ok_ms": {str(s): [5.0] for s in range(15)},
+        "kinds": {},
+        "shed_by_kind": {},
+        "errors": {},
+        "lag_p99_ms": 0.0,
+        "releases": 0,
+        "watched": {},
+    }
+    row = summarize([output], seen, 1.0, 15.0, [])
+    assert [s["gateway_loop_lag_ms"] for s in row["timeline"]] == [10.0] * 15
+    assert row["gateway_loop_lag_mean_ms"] == 10.0 and row["gateway_loop_lag_p99_ms"] == 10.0
