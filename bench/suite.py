@@ -938,7 +938,7 @@ def launch_day_targets(day: dict[str, Any]) -> list[dict[str, Any]]:
             "launch day at 10x: accepted releases done by the end, share (reference: every one)",
             day["releases_watched"].get("done", 0) / day["releases_accepted"]
             if day["releases_accepted"]
-            else 0.0,
+            else 1.0,  # none accepted, none undone: as the soak's "every accepted release done"
             1.0,
             1.0,
             higher_is_better=True,

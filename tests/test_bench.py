@@ -134,3 +134,35 @@ def test_the_soak_plots_each_second_with_the_loop_lag_of_the_readings_around_it(
     row = summarize([output], seen, 1.0, 15.0, [])
     assert [s["gateway_loop_lag_ms"] for s in row["timeline"]] == [10.0] * 15
     assert row["gateway_loop_lag_mean_ms"] == 10.0 and row["gateway_loop_lag_p99_ms"] == 10.0
+
+
+def test_launch_day_ratios_agree_with_what_the_soak_says_held() -> None:
+    """The summary's four launch-day ratios say met exactly where the soak says held, the
+    empty cases included: no release accepted is none left undone, no call refused is no slow
+    refusal."""
+    from bench.soak import memory_window
+    from bench.suite import launch_day_targets
+
+    quiet = {
+        "shed": 0,
+        "shed_slow": 0,
+        "errors": {},
+        "releases_accepted": 0,
+        "releases_watched": {},
+        "memory_window_s": memory_window(3.0),
+        "gateway_rss_first_mb": 100.0,
+        "gateway_rss_last_mb": 120.0,
+        "crashed": [],
+    }
+    assert [row["met"] for row in launch_day_targets(quiet)] == [True] * 4
+    busy = quiet | {
+        "shed": 10,
+        "shed_slow": 1,
+        "errors": {"query error:CANCELLED": 5},
+        "releases_accepted": 4,
+        "releases_watched": {"done": 3},
+        "gateway_rss_last_mb": 151.0,
+        "crashed": ["carrier"],
+    }
+    assert [row["met"] for row in launch_day_targets(busy)] == [False] * 4
+    assert launch_day_targets(busy)[0]["value"] == 0.6  # 9 fast of the 15 not answered
