@@ -453,8 +453,8 @@ async def watch_processes(
     async def read_lag(sec: int) -> None:
         try:
             reading = LagReading.parse((await http.get(metrics_url)).text)
-        except httpx.HTTPError:
-            return  # the gateway too busy to answer in time: no reading this time
+        except (httpx.HTTPError, ValueError, KeyError):
+            return  # too busy to answer in time, or cut short: no reading this time
         if reading is not None:
             seen.lag.append((sec, reading))
 
