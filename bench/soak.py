@@ -675,14 +675,18 @@ def plot(row: dict[str, Any], out: Path, name: str = "soak.png") -> None:
     axes[1].plot(
         secs, [x["gateway_loop_lag_ms"] for x in tl], label="gateway's event-loop lag (mean)"
     )
-    axes[1].set_ylabel("ms")
-    axes[1].legend()
+    axes[1].axhline(FAST_MS, color="grey", linestyle=":", label="1 s (a fast refusal)")
+    axes[1].set_yscale("log", nonpositive="mask")  # the loop's ms beside the calls' seconds
+    axes[1].set_ylabel("ms (log)")
+    axes[1].legend(fontsize="small", framealpha=0.8)
     axes[2].plot(secs, [x["ok"] for x in tl], label="answered / s")
     axes[2].plot(secs, [x["shed"] for x in tl], label="refused (RESOURCE_EXHAUSTED, 503, 429) / s")
-    axes[2].plot(secs, [x["errors"] for x in tl], label="anything else / s")
+    axes[2].plot(
+        secs, [x["errors"] for x in tl], label="anything else / s (gRPC's CANCELLED among them)"
+    )
     axes[2].set_ylabel("calls")
     axes[2].set_xlabel("second of launch day")
-    axes[2].legend()
+    axes[2].legend(fontsize="small", framealpha=0.8)
     fig.suptitle(
         f"Launch day: {row['offered_per_s']:.0f} calls/s offered "
         f"(10x the sustainable {row['sustainable_per_s']:.0f}/s of the mix)"
