@@ -56,6 +56,7 @@ from numfed.rpc import (
 )
 from numfed.scenario import demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
+from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
 from numfed.trusthints import VersionStatement
@@ -347,7 +348,16 @@ class CarrierAdapter:
 
     @property
     def claim_lifetime(self) -> timedelta:
-        return timedelta(seconds=self.config.limits.claim_lifetime)
+        """How long the claims this adapter signs live: ``limits.claim_lifetime``, but never
+        longer than the federation allows, the ``max_claim_lifetime`` of the trust bundle held
+        (30 minutes while none is held, as verifiers assume without one). Verifiers refuse a
+        longer claim (INVALID_ARGUMENT ``CLAIM_LIFETIME_TOO_LONG``), so a bundle that shortens
+        the lifetime takes effect here at the next bundle fetch, with no change of config.
+
+        Rule CARR-CLAIM-1."""
+        bundle = self.trust.bundle if self.trust is not None else None
+        ceiling = bundle.max_claim_lifetime if bundle is not None else DEFAULT_MAX_CLAIM_LIFETIME
+        return min(timedelta(seconds=self.config.limits.claim_lifetime), ceiling)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -71,7 +71,8 @@ class Limits:
     lease_seconds: float = 30.0
     """How long a dispatcher holds a release task before another may take it."""
     claim_lifetime: float = 600.0
-    """How long a carrier's claims stay valid."""
+    """How long a carrier's claims stay valid (seconds), at most the trust bundle's
+    ``max_claim_lifetime`` once the adapter holds a bundle (30 minutes before)."""
     recycled_rate: float = 20.0
     """Recycled checks per second each platform may make (token bucket)."""
     recycled_burst: float = 40.0

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ import pytest
 
 from gateway.server import Gateway
 from numfed import pki
-from numfed.claims import Purpose, TenureClaim, sign_claim
+from numfed.claims import Purpose, RecycledClaim, RecycledQuestion, TenureClaim, sign_claim
 from numfed.config import load_gateway_config
 from numfed.envelope import Envelope, SigningKey
 from numfed.errors import FailedPrecondition
@@ -26,7 +26,14 @@ from numfed.identity import PeerId, Role
 from numfed.rpc import error_info, rpc_error_info
 from numfed.trust import TrustBundle, TrustedState, sign_bundle, sign_root
 from numfed.trustfiles import read_bundle, read_roots, write_envelope
-from numfed.v1 import gateway_pb2, gateway_pb2_grpc, platform_pb2, platform_pb2_grpc, trust_pb2
+from numfed.v1 import (
+    claim_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    platform_pb2,
+    platform_pb2_grpc,
+    trust_pb2,
+)
 from tests.helpers.metrics import figure
 from tests.integration.conftest import Federation, start_federation
 
@@ -191,6 +198,39 @@ async def test_an_answer_carries_the_hint_unless_the_caller_said_it_holds_as_muc
     for handle in fed.platforms.values():
         assert handle.trust.state.versions == (root, bundle)
         assert await hint(handle.trust.gateway, None) == []
+
+
+async def test_a_bundle_that_shortens_the_claim_lifetime_shortens_the_carriers_claims(
+    fed: Federation,
+) -> None:
+    """Bundle v2 allows claims of 5 minutes; the carrier's config says 10 (limits.claim_lifetime,
+    600 s). Once the adapter has fetched v2 it signs claims of 5 minutes, which the gateway
+    takes; signing 10-minute claims, every holder's call would have been refused
+    CLAIM_LIFETIME_TOO_LONG (CARR-CLAIM-1: no longer than the bundle's max_claim_lifetime)."""
+    adapter = fed.carriers["cmcc"].adapter
+    assert adapter.config.limits.claim_lifetime == 600
+    v2 = dataclasses.replace(
+        held_bundle(fed),
+        version=2,
+        issued_at=datetime.now(UTC),
+        max_claim_lifetime=timedelta(minutes=5),
+    )
+    await changed_files(fed, lambda: write_bundle(fed, v2, root_keys(fed)[:2]))
+    assert fed.gateway.trust_view.state.versions == (1, 2)
+    await adapter.keep_checkpoint()
+    assert adapter.trust is not None and adapter.trust.versions == (1, 2)
+    claim = adapter.issue_claim(CMCC_NUMBER, Purpose.QUERY_PRIOR)
+    tenure = TenureClaim.from_proto(claim_pb2.TenureClaim.FromString(claim.payload))
+    assert tenure.expires_at - tenure.issued_at == timedelta(minutes=5)
+    answer = await adapter.gateway.QueryBindings(
+        gateway_pb2.QueryBindingsRequest(claim=claim), timeout=10
+    )
+    assert len(answer.results) == len(fed.platforms)
+    recycled = adapter.answer_recycled(
+        CMCC_NUMBER, RecycledQuestion(specified_date=date(2023, 1, 1)), "weibo"
+    )
+    bit = RecycledClaim.from_proto(claim_pb2.RecycledClaim.FromString(recycled.payload))
+    assert bit.expires_at - bit.issued_at == timedelta(minutes=5)
 
 
 async def test_the_gateway_refuses_older_or_changed_trust_files_and_keeps_serving(
