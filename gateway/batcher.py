@@ -21,7 +21,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["BatchTimeout", "Batcher", "ItemTooLarge", "Ticket", "Waiter", "bisect", "split"]
+__all__ = [
+    "BatchCancelled",
+    "BatchTimeout",
+    "Batcher",
+    "ItemTooLarge",
+    "Ticket",
+    "Waiter",
+    "bisect",
+    "split",
+]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -34,6 +43,11 @@ SendFn = Callable[[Sequence[Item], float], Awaitable[Sequence[Result]]]
 
 class BatchTimeout(Exception):
     """The request's own deadline passed before its batch answered."""
+
+
+class BatchCancelled(Exception):
+    """The request's batch call was cancelled before it answered: the batcher was closed (its
+    platform left the federation, or the gateway is stopping)."""
 
 
 class ItemTooLarge(Exception):
@@ -159,6 +173,7 @@ class Batcher(Generic[Item, Result]):
         self._queue: list[Ticket[Item, Result]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.calls = 0
         """Batches sent so far (for tests and metrics)."""
 
@@ -183,6 +198,9 @@ class Batcher(Generic[Item, Result]):
             waiter = asyncio.get_running_loop().create_future()
         size = self._size(item) if self._size is not None else 0
         ticket: Ticket[Item, Result] = Ticket(item, waiter, deadline, size)
+        if self._closed:
+            waiter.set_exception(BatchCancelled("the batcher is closed"))
+            return ticket
         self._queue.append(ticket)
         self._queued_bytes += size
         self._pump()
@@ -242,6 +260,8 @@ class Batcher(Generic[Item, Result]):
         return batch
 
     def _pump(self) -> None:
+        if self._closed:
+            return
         while self._queue and self._in_flight < self._max_in_flight:
             if self._in_flight > 0 and not self._full():
                 return  # wait: the next batch leaves when a call returns
@@ -272,11 +292,26 @@ class Batcher(Generic[Item, Result]):
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)
+        except asyncio.CancelledError:
+            # Closed (or nobody waited any more): a request still waiting learns so now, not
+            # when its deadline passes.
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(BatchCancelled("the batch's call was cancelled"))
+            raise
         finally:
             self._in_flight -= 1
             self._pump()
 
     async def close(self) -> None:
+        """Send nothing more: cancel the calls in flight and settle every request still waiting,
+        sent or queued (and any enqueued later), with :class:`BatchCancelled` at once."""
+        self._closed = True
+        for p in self._queue:
+            if not p.future.done():
+                p.future.set_exception(BatchCancelled("the batcher was closed"))
+        self._queue.clear()
+        self._queued_bytes = 0
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.audit import AuditRecord, AuditWriter
 from gateway.authority import CheckedClaim, Portability, check_claim, select_platforms
-from gateway.batcher import Batcher, BatchTimeout
+from gateway.batcher import BatchCancelled, Batcher, BatchTimeout
 from gateway.dispatcher import Dispatcher
 from gateway.eventlog import EventLog
 from gateway.fanout import Fan, found_nothing, query_piece
@@ -78,6 +78,13 @@ def _failed_query(platform_id: str, exc: BaseException) -> gateway_pb2.PlatformR
         )
     elif isinstance(exc, BatchTimeout | TimeoutError):
         err = Unavailable("PLATFORM_TIMEOUT", f"{platform_id} did not answer in time")
+    elif isinstance(exc, BatchCancelled):
+        err = Unavailable(
+            "PLATFORM_UNAVAILABLE",
+            f"{platform_id}'s call was cancelled: it left the federation, or the gateway is "
+            "stopping",
+            metadata={"code": "CANCELLED"},
+        )
     else:
         err = Unavailable("PLATFORM_BAD_ANSWER", f"{platform_id}: {exc}")
     return result_from_error(platform_id, err, attempts=1)

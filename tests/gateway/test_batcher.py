@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.batcher import Batcher, BatchTimeout, ItemTooLarge, bisect, split
+from gateway.batcher import BatchCancelled, Batcher, BatchTimeout, ItemTooLarge, bisect, split
 
 
 async def settle() -> None:
@@ -130,6 +130,32 @@ async def test_a_shared_batch_call_survives_while_one_caller_still_waits() -> No
     x.cancel()
     await settle()
     assert await y == "r2"
+
+
+async def test_closing_the_batcher_settles_every_request_still_waiting_at_once() -> None:
+    """Its platform left the federation (the link closed): a request waiting on a call in
+    flight, or queued behind it, by submit or in a fan-out's own waiter, learns at once that
+    its call was cancelled, not when its deadline passes; nothing is sent after the close."""
+    p = Platform()
+    b: Batcher[int, str] = Batcher(p.send, max_items=100, max_in_flight=1)
+    submitted = asyncio.create_task(b.submit(1, 60.0))
+    await settle()
+    waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    b.enqueue(2, asyncio.get_running_loop().time() + 60.0, waiter)  # queued behind the first
+    await settle()
+    assert p.batches == [[1]]
+    async with asyncio.timeout(1):
+        await b.close()
+        with pytest.raises(BatchCancelled):
+            await submitted
+        with pytest.raises(BatchCancelled):
+            await waiter  # queued, never sent
+    assert p.batches == [[1]] and b.in_flight == 0 and b.queued == 0  # nothing sent after
+    late: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    b.enqueue(3, asyncio.get_running_loop().time() + 60.0, late)
+    with pytest.raises(BatchCancelled):
+        await late
+    assert p.batches == [[1]]
 
 
 async def test_a_batch_is_cut_by_size_as_well_as_by_count() -> None:

@@ -10,6 +10,7 @@ SIGHUP, in a real ``numfed gateway serve`` process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from numfed import pki
 from numfed.claims import Purpose, TenureClaim, sign_claim
 from numfed.events import EventKind, LifecycleEvent, sign_event_batch
 from numfed.identity import PeerId, Role
+from numfed.rpc import error_info
 from numfed.scenario import demo_scenario
 from numfed.testing import spawn_federation
 from numfed.timeutil import to_timestamp
@@ -40,7 +42,7 @@ from numfed.v1 import (
     platform_pb2_grpc,
 )
 from tests.helpers.certs import issue_member
-from tests.integration.conftest import Federation
+from tests.integration.conftest import Federation, start_federation
 from tests.integration.holder import PRIOR, response
 from tests.integration.members import eventually, outcome, without_member
 from tests.integration.test_journey import holder_app
@@ -270,6 +272,43 @@ async def test_removing_members_from_the_config_takes_effect_without_a_restart(
     assert {r.platform_id for r in await app.query(PRIOR)} == set(fed.platforms)
     weibo = fed.platforms["weibo"].store
     await eventually(lambda: len(weibo.applied_event_ids()) == applied["weibo"] + 1)
+
+
+@pytest.mark.timeout(120)
+async def test_a_platform_removed_while_a_query_waits_for_it_is_answered_for_at_once(
+    tmp_path: Path,
+) -> None:
+    """weibo answers after 60 s; while a query waits for it, weibo is removed from the
+    gateway's config. The query is answered as soon as the gateway lets weibo go: weibo
+    UNAVAILABLE, its call cancelled (reason PLATFORM_UNAVAILABLE, code CANCELLED), every other
+    platform as usual. Before, the query waited out its 30 s budget and said PLATFORM_TIMEOUT
+    for weibo."""
+    fed = await start_federation(
+        tmp_path / "fed", limits={"platform_call_timeout": 30.0, "default_call_timeout": 40.0}
+    )
+    try:
+        fed.platforms["weibo"].servicer.knobs.latency_ms = 60_000
+        target, d = fed.layout.gateway_endpoint, fed.layout.pki_dir
+        request = gateway_pb2.QueryBindingsRequest(claim=cmcc_claim(fed, Purpose.QUERY_PRIOR))
+        async with pki.secure_channel(target, d, CMCC) as ch:
+            stub = gateway_pb2_grpc.GatewayServiceStub(ch)
+            query = asyncio.ensure_future(stub.QueryBindings(request, timeout=40))
+            await eventually(lambda: fed.gateway.links["weibo"].queries.in_flight == 1)
+            config = fed.layout.gateway_config
+            config.write_text(without_member(config.read_text(), "platform", "weibo"))
+            async with asyncio.timeout(20):  # the 30 s budget would fail this
+                answer = await query
+        by_id = {r.platform_id: r for r in answer.results}
+        assert set(by_id) | set(answer.none_platform_ids) == set(fed.platforms)
+        weibo = by_id["weibo"]
+        assert weibo.outcome == gateway_pb2.PLATFORM_OUTCOME_UNAVAILABLE
+        info = error_info(weibo.status)
+        assert info is not None and info.reason == "PLATFORM_UNAVAILABLE", weibo
+        assert info.metadata["code"] == "CANCELLED"
+        others = [r for p, r in by_id.items() if p != "weibo"]
+        assert all(r.outcome != gateway_pb2.PLATFORM_OUTCOME_UNAVAILABLE for r in others)
+    finally:
+        await fed.stop()
 
 
 @pytest.mark.timeout(180)
