@@ -56,6 +56,7 @@ from numfed.rpc import (
 )
 from numfed.scenario import demo_scenario
 from numfed.serving import process_telemetry, run_until_signalled
+from numfed.throttle import AdaptiveThrottle
 from numfed.timecheck import DEFAULT_MAX_CLAIM_LIFETIME
 from numfed.trust import TrustedState
 from numfed.trustfiles import read_roots
@@ -170,6 +171,8 @@ class CarrierAdapter:
             limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.gateway_throttle = AdaptiveThrottle()
+        """Holders' calls to the gateway refused here while it refuses most (numfed.throttle)."""
 
     async def keep_checkpoint(self) -> Checkpoint | None:
         """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,9 +21,17 @@ from google.longrunning import operations_pb2
 from numfed.claims import Purpose, normalize_number
 from numfed.config import Limits
 from numfed.envelope import Envelope
-from numfed.errors import DeadlineExceeded, InvalidArgument, NotFound, NumfedError
+from numfed.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    NumfedError,
+    ResourceExhausted,
+)
+from numfed.observability.metrics import CALLS_THROTTLED
 from numfed.proof import encode_proof
 from numfed.rpc import error_from_rpc
+from numfed.throttle import AdaptiveThrottle
 from numfed.timeutil import to_timestamp
 from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, holder_pb2_grpc
 
@@ -79,12 +87,36 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: Limits, defaul
     return left
 
 
-async def _gateway(call: Awaitable[T]) -> T:
-    """Await a gateway call; its failure reaches the holder with the same code and reason."""
+_OVERLOAD = frozenset({"RESOURCE_EXHAUSTED", "CANCELLED"})
+"""Codes of a gateway refusal for overload (admission, its cap, gRPC's backlog bounds)."""
+
+
+async def _gateway(throttle: AdaptiveThrottle, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Make a gateway call; its failure reaches the holder with the same code and reason.
+
+    While the gateway refuses most of this adapter's calls for overload, a share of new ones
+    is refused here at once, unsent (:mod:`numfed.throttle`): RESOURCE_EXHAUSTED ``OVERLOADED``
+    with the gateway's last RetryInfo, as the gateway's own refusal would have said, only
+    sooner; counted in ``numfed_calls_throttled_total``."""
+    if not throttle.admit():
+        CALLS_THROTTLED.labels(method).inc()
+        raise ResourceExhausted(
+            "OVERLOADED",
+            "the federation is refusing most calls for now, so this one was not sent: "
+            "come back later",
+            retry_after=throttle.retry_after,
+        )
     try:
-        return await call
+        answer = await call()
     except grpc.aio.AioRpcError as exc:
-        raise error_from_rpc(exc) from exc
+        err = error_from_rpc(exc)
+        if err.code in _OVERLOAD:
+            throttle.refused(err.retry_after)
+        else:
+            throttle.accepted()
+        raise err from exc
+    throttle.accepted()
+    return answer
 
 
 class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
@@ -134,15 +166,18 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         purpose, _ = _scope(request.scope)
         claim = self._a.sign(session, purpose)
         limits = self._a.config.limits
+        timeout = _timeout(context, limits, limits.default_call_timeout)
         answer = await _gateway(
-            self._a.gateway.QueryBindings(
+            self._a.gateway_throttle,
+            "QueryBindings",
+            lambda: self._a.gateway.QueryBindings(
                 gateway_pb2.QueryBindingsRequest(
                     claim=claim,
                     platform_ids=request.platform_ids,
                     compact_none=request.compact_none,  # the app's choice of shape, passed on
                 ),
-                timeout=_timeout(context, limits, limits.default_call_timeout),
-            )
+                timeout=timeout,
+            ),
         )
         return holder_pb2.QueryHolderBindingsResponse(
             results=answer.results, none_platform_ids=answer.none_platform_ids
@@ -177,17 +212,16 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         )
         limits = self._a.config.limits
         try:
+            release = gateway_pb2.ReleaseBindingsRequest(
+                request_id=self._a.gateway_request_id(session.holder_id, request.request_id),
+                claim=claim_pb2.Envelope.FromString(raw),
+                platform_ids=request.platform_ids,
+            )
+            timeout = _timeout(context, limits, limits.default_call_timeout)
             op: operations_pb2.Operation = await _gateway(
-                self._a.gateway.ReleaseBindings(
-                    gateway_pb2.ReleaseBindingsRequest(
-                        request_id=self._a.gateway_request_id(
-                            session.holder_id, request.request_id
-                        ),
-                        claim=claim_pb2.Envelope.FromString(raw),
-                        platform_ids=request.platform_ids,
-                    ),
-                    timeout=_timeout(context, limits, limits.default_call_timeout),
-                )
+                self._a.gateway_throttle,
+                "ReleaseBindings",
+                lambda: self._a.gateway.ReleaseBindings(release, timeout=timeout),
             )
         except NumfedError as err:
             # Keep the envelope only if the gateway may have committed the job (a retry must

@@ -41,6 +41,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "CALLS_THROTTLED",
     "CONTENT_TYPE",
     "EVENT_LOOP_LAG",
     "LAG_INTERVAL",
@@ -141,6 +142,14 @@ PLATFORM_BREAKER_TRANSITIONS = Counter(
     "numfed_platform_breaker_transitions",
     "Times a platform's circuit breaker entered a state (open, half_open, closed).",
     ["platform", "state"],
+    registry=REGISTRY,
+)
+
+CALLS_THROTTLED = Counter(
+    "numfed_calls_throttled",
+    "Calls a client refused itself, unsent, while its server refused most of its calls for "
+    "overload (adaptive throttling, numfed.throttle), by the method not called.",
+    ["rpc_method"],
     registry=REGISTRY,
 )
 

@@ -36,9 +36,13 @@ class HolderServiceStub:
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
     CANCELLED at once for a growing share of new calls (and for a call that waited there longer
-    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
-    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
-    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
+    holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
+    SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
+    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
+    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     def __init__(self, channel):
@@ -94,9 +98,13 @@ class HolderServiceServicer:
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
     CANCELLED at once for a growing share of new calls (and for a call that waited there longer
-    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
-    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
-    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
+    holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
+    SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
+    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
+    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     def StartVerification(self, request, context):
@@ -232,9 +240,13 @@ class HolderService:
     GatewayService), gRPC's own RESOURCE_EXHAUSTED with no ErrorInfo or RetryInfo, to retry with
     backoff, and when more than limits.server_pending_calls calls wait for it, gRPC's own
     CANCELLED at once for a growing share of new calls (and for a call that waited there longer
-    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the holder with the gateway's code, reason and RetryInfo;
-    the gateway's cap refusal with reason SERVER_OVERLOADED, and a gateway call dropped on the
-    way (CANCELLED) as CANCELLED: both mean "busy, come back later".
+    than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
+    holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
+    SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
+    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
+    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     @staticmethod

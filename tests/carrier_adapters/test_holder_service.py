@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, verify_proof
 from numfed.rpc import rpc_error_info
 from numfed.scenario import Holder, demo_scenario
+from numfed.throttle import AdaptiveThrottle
 from numfed.trustfiles import load_trusted_state
 from numfed.v1 import claim_pb2, gateway_pb2, holder_pb2, holder_pb2_grpc
 from tests.carrier_adapters.conftest import Running, on_port_zero
@@ -344,6 +346,33 @@ async def test_a_gateway_refusal_reaches_the_holder_with_its_retry_delay(
         await app.query(PRIOR)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert retry_delay_of(e.value) == 2.5
+
+
+async def test_while_the_gateway_refuses_most_calls_the_adapter_refuses_a_share_itself(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    """Launch day: the gateway refuses every call for overload (RESOURCE_EXHAUSTED, retry in
+    2.5 s). After the first twenty, the adapter refuses most holders' calls itself, unsent and
+    at once, with the same code, reason and RetryInfo (numfed.throttle); once the refusals are
+    out of its window it sends every call again."""
+    clock = [1000.0]
+    adapter = running.carriers["cmcc"].adapter
+    adapter.gateway_throttle = AdaptiveThrottle(clock=lambda: clock[0], rng=random.Random(1))
+    app = await verified(running, channel)
+    running.gateway.fail_with = ResourceExhausted("OVERLOADED", "busy", retry_after=2.5)
+    for _ in range(100):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await app.query(PRIOR)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert rpc_error_info(e.value).reason == "OVERLOADED"  # type: ignore[union-attr]
+        assert retry_delay_of(e.value) == 2.5
+    sent = len(running.gateway.of("QueryBindings"))
+    assert 20 <= sent < 50, sent  # the first twenty, then about one in K
+    running.gateway.fail_with = None
+    clock[0] += 61  # the refusals leave the window
+    for _ in range(20):
+        await app.query(PRIOR)
+    assert len(running.gateway.of("QueryBindings")) == sent + 20
 
 
 async def test_too_many_codes_tells_the_holder_when_to_come_back(
