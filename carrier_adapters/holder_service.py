@@ -89,6 +89,10 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: Limits, defaul
 
 _OVERLOAD = frozenset({"RESOURCE_EXHAUSTED", "CANCELLED"})
 """Codes of a gateway refusal for overload (admission, its cap, gRPC's backlog bounds)."""
+_UNJUDGED = frozenset({"RESOURCE_EXHAUSTED"})
+"""Codes of a release refused before the gateway looked for the request's job (its admission,
+its cap, this adapter's throttle): a retry refused so may still have a job from an earlier
+call."""
 
 
 async def _gateway(throttle: AdaptiveThrottle, method: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -205,6 +209,7 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
             scope=request.scope, binding_refs=refs, platform_ids=request.platform_ids
         )
         fingerprint = hashlib.sha256(body.SerializeToString(deterministic=True)).digest()
+        retry = session.has_release(request.request_id)  # an earlier call's envelope
         raw = session.release_envelope(
             request.request_id,
             fingerprint,
@@ -224,9 +229,12 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
                 lambda: self._a.gateway.ReleaseBindings(release, timeout=timeout),
             )
         except NumfedError as err:
-            # Keep the envelope only if the gateway may have committed the job (a retry must
-            # then send the same claim); a refusal leaves the session as it was.
-            if err.code not in _MAYBE_COMMITTED:
+            # Keep the envelope if the gateway may have a job made with it (a retry must then
+            # send the same claim to find it): this call's outcome is unknown, or this retry
+            # was refused before the gateway looked for the job of an earlier call whose
+            # outcome was. Any other refusal leaves the session as it was before the call.
+            maybe_job = err.code in _MAYBE_COMMITTED or (retry and err.code in _UNJUDGED)
+            if not maybe_job:
                 session.forget_release(request.request_id)
             raise
         session.operations.add(op.name)

@@ -142,6 +142,10 @@ class Session:
         self._releases[request_id] = (fingerprint, envelope)
         return envelope
 
+    def has_release(self, request_id: str) -> bool:
+        """Whether an envelope is held for ``request_id`` (an earlier call signed it)."""
+        return request_id in self._releases
+
     def forget_release(self, request_id: str) -> None:
         """Drop the envelope of a release the gateway refused: a refusal changes nothing."""
         self._releases.pop(request_id, None)

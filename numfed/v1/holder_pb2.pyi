@@ -350,7 +350,11 @@ class ReleaseHolderBindingsRequest(_message.Message):
     """PRIOR releases every binding made before the tenure began; OWN releases the selected ones."""
     request_id: _builtins.str
     """Idempotency key (AIP-155), 1 to 64 characters [A-Za-z0-9_-], the whole string (no
-    trailing newline); anything else is INVALID_ARGUMENT BAD_REQUEST_ID.
+    trailing newline); anything else is INVALID_ARGUMENT BAD_REQUEST_ID. A retry sends the
+    gateway the claim signed for the first call as long as a call of it may have made the job:
+    its outcome unknown (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, UNKNOWN), and
+    later calls refused for overload (RESOURCE_EXHAUSTED) only. After any other refusal a retry
+    is a new request, with a new claim.
     """
     @_builtins.property
     def binding_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -22,7 +22,7 @@ from carrier_adapters.base import start_carrier
 from carrier_adapters.verification import CODE_WINDOW, CODES_PER_WINDOW
 from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
-from numfed.errors import PermissionDenied, ResourceExhausted
+from numfed.errors import PermissionDenied, ResourceExhausted, Unavailable
 from numfed.history import EventKind, NumberEvent, NumberHistory
 from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, verify_proof
@@ -373,6 +373,40 @@ async def test_while_the_gateway_refuses_most_calls_the_adapter_refuses_a_share_
     for _ in range(20):
         await app.query(PRIOR)
     assert len(running.gateway.of("QueryBindings")) == sent + 20
+
+
+@pytest.mark.parametrize("where", ["adapter", "gateway"])
+async def test_a_retry_refused_for_overload_keeps_the_envelope_of_an_unknown_outcome(
+    running: Running, channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A release whose first call's outcome is unknown (UNAVAILABLE: the gateway may have made
+    the job) is retried while the federation is overloaded: the retry is refused for overload
+    by the adapter's throttle, unsent, or by the gateway's admission, before it looked for the
+    job. Neither tells whether the job exists, so the envelope is kept: the next retry sends
+    the same claim and finds the job. Dropping it signed a new claim under the same request_id,
+    which the gateway refuses REQUEST_ID_REUSED for the job it has."""
+    app = await verified(running, channel)
+    running.gateway.fail_with = Unavailable("DATABASE_UNAVAILABLE", "the commit may have run")
+    assert await refused(app.release(PRIOR, request_id="r1")) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+    )
+    running.clock.t += timedelta(minutes=1)  # a new claim would differ in time and id
+    if where == "adapter":
+        with monkeypatch.context() as m:
+            m.setattr(AdaptiveThrottle, "admit", lambda self: False)
+            code = await refused(app.release(PRIOR, request_id="r1"))
+    else:
+        running.gateway.fail_with = ResourceExhausted("OVERLOADED", "busy", retry_after=1.0)
+        code = await refused(app.release(PRIOR, request_id="r1"))
+    assert code == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
+    running.gateway.fail_with = None
+    op = await app.release(PRIOR, request_id="r1")
+    sent = running.gateway.of("ReleaseBindings")
+    assert sent[-1].claim.SerializeToString() == sent[0].claim.SerializeToString()
+    assert sent[-1].request_id == sent[0].request_id
+    seen = await app.watch(op.name)  # the session holds the operation
+    assert seen[-1].done
 
 
 async def test_too_many_codes_tells_the_holder_when_to_come_back(
