@@ -99,6 +99,9 @@ POLICY = {
 """Who may call what on the federation listener: the gateway, and only the gateway (rule
 CARR-OPS-3)."""
 
+THROTTLED_METHODS = ("QueryBindings", "ReleaseBindings")
+"""The gateway methods holders' calls go to, each throttled on its own (numfed.throttle)."""
+
 Clock = Callable[[], datetime]
 
 
@@ -171,8 +174,10 @@ class CarrierAdapter:
             limits=config.limits,
         )
         self.gateway = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.gateway_throttle = AdaptiveThrottle()
-        """Holders' calls to the gateway refused here while it refuses most (numfed.throttle)."""
+        self.gateway_throttles = {m: AdaptiveThrottle() for m in THROTTLED_METHODS}
+        """Per gateway method, holders' calls refused here while the gateway refuses most
+        (numfed.throttle). One each: the gateway bounds queries and releases apart (its
+        admission classes), so a crowd of refused queries must not hold back releases."""
 
     async def keep_checkpoint(self) -> Checkpoint | None:
         """Fetch the trust bundle and the gateway's latest audit checkpoint, verify both, and

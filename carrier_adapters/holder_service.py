@@ -98,10 +98,10 @@ call."""
 async def _gateway(throttle: AdaptiveThrottle, method: str, call: Callable[[], Awaitable[T]]) -> T:
     """Make a gateway call; its failure reaches the holder with the same code and reason.
 
-    While the gateway refuses most of this adapter's calls for overload, a share of new ones
-    is refused here at once, unsent (:mod:`numfed.throttle`): RESOURCE_EXHAUSTED ``OVERLOADED``
-    with the gateway's last RetryInfo, as the gateway's own refusal would have said, only
-    sooner; counted in ``numfed_calls_throttled_total``."""
+    While the gateway refuses most of this adapter's calls of ``method`` for overload, a share
+    of new ones is refused here at once, unsent (:mod:`numfed.throttle`): RESOURCE_EXHAUSTED
+    ``OVERLOADED`` with the gateway's last RetryInfo, as the gateway's own refusal would have
+    said, only sooner; counted in ``numfed_calls_throttled_total``."""
     if not throttle.admit():
         CALLS_THROTTLED.labels(method).inc()
         raise ResourceExhausted(
@@ -172,7 +172,7 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
         limits = self._a.config.limits
         timeout = _timeout(context, limits, limits.default_call_timeout)
         answer = await _gateway(
-            self._a.gateway_throttle,
+            self._a.gateway_throttles["QueryBindings"],
             "QueryBindings",
             lambda: self._a.gateway.QueryBindings(
                 gateway_pb2.QueryBindingsRequest(
@@ -224,7 +224,7 @@ class HolderServicer(holder_pb2_grpc.HolderServiceServicer):
             )
             timeout = _timeout(context, limits, limits.default_call_timeout)
             op: operations_pb2.Operation = await _gateway(
-                self._a.gateway_throttle,
+                self._a.gateway_throttles["ReleaseBindings"],
                 "ReleaseBindings",
                 lambda: self._a.gateway.ReleaseBindings(release, timeout=timeout),
             )

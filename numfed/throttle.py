@@ -9,9 +9,11 @@ with probability
 
     max(0, (requests - K * accepts) / (requests + 1))
 
-so nothing is refused while the server accepts more than one call in K, and a server that
-refuses everything sees only about one call in K of what it saw. Unlike a circuit breaker the
-client keeps sending some calls, so it learns at once when the server recovers.
+so nothing is refused while the server accepts more than one call in K; below that, the calls
+sent settle near K times those the server accepts, and a server that accepts none is sent a
+share ``1 / (requests + 1)`` of new calls, a probe now and then. Unlike a circuit breaker the
+client keeps sending some calls, so it learns when the server recovers. Keep one throttle per
+bound the server keeps: calls it bounds apart must not hold each other back.
 
 numfed's carrier adapters throttle their calls to the gateway this way (the holder's page and
 app channel): on launch day a crowd is told "busy, come back in N s" at once by its carrier

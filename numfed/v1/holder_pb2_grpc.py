@@ -39,10 +39,11 @@ class HolderServiceStub:
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     def __init__(self, channel):
@@ -101,10 +102,11 @@ class HolderServiceServicer:
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     def StartVerification(self, request, context):
@@ -243,10 +245,11 @@ class HolderService:
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     @staticmethod

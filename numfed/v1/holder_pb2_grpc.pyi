@@ -40,10 +40,11 @@ class HolderServiceStub:
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     @_typing.overload
@@ -114,10 +115,11 @@ class HolderServiceAsyncStub(HolderServiceStub):
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -184,10 +186,11 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     than limits.server_pending_seconds), to retry the same way. A gateway refusal reaches the
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
-    "busy, come back later". While the gateway refuses most of the adapter's calls for overload
-    (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings and ReleaseHolderBindings may be
-    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
-    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
+    "busy, come back later". While the gateway refuses most of the adapter's calls of one method
+    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
+    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
+    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
+    book ch. 21).
     """
 
     @_abc_1.abstractmethod

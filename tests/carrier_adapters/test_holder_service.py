@@ -357,7 +357,8 @@ async def test_while_the_gateway_refuses_most_calls_the_adapter_refuses_a_share_
     out of its window it sends every call again."""
     clock = [1000.0]
     adapter = running.carriers["cmcc"].adapter
-    adapter.gateway_throttle = AdaptiveThrottle(clock=lambda: clock[0], rng=random.Random(1))
+    throttle = AdaptiveThrottle(clock=lambda: clock[0], rng=random.Random(1))
+    adapter.gateway_throttles["QueryBindings"] = throttle
     app = await verified(running, channel)
     running.gateway.fail_with = ResourceExhausted("OVERLOADED", "busy", retry_after=2.5)
     for _ in range(100):
@@ -367,12 +368,38 @@ async def test_while_the_gateway_refuses_most_calls_the_adapter_refuses_a_share_
         assert rpc_error_info(e.value).reason == "OVERLOADED"  # type: ignore[union-attr]
         assert retry_delay_of(e.value) == 2.5
     sent = len(running.gateway.of("QueryBindings"))
-    assert 20 <= sent < 50, sent  # the first twenty, then about one in K
+    assert 20 <= sent < 50, sent  # the first twenty, then fewer and fewer (p = n / (n + 1))
     running.gateway.fail_with = None
     clock[0] += 61  # the refusals leave the window
     for _ in range(20):
         await app.query(PRIOR)
     assert len(running.gateway.of("QueryBindings")) == sent + 20
+
+
+async def refused_queries(app: HolderApp, n: int) -> set[tuple[grpc.StatusCode, str | None]]:
+    """Make ``n`` queries that all fail; their (code, reason)s."""
+    seen = set()
+    for _ in range(n):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await app.query(PRIOR)
+        info = rpc_error_info(e.value)
+        seen.add((e.value.code(), info.reason if info else None))
+    return seen
+
+
+async def test_refused_queries_do_not_hold_back_releases(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    """Launch day: the gateway refuses every query for overload, while its release class (a
+    bound of its own, gateway.admission) has room. Releases are throttled apart from queries,
+    so each one is sent; one throttle for both refused almost every release here."""
+    app = await verified(running, channel)
+    running.gateway.fail_with = ResourceExhausted("OVERLOADED", "busy", retry_after=2.5)
+    await refused_queries(app, 100)
+    assert len(running.gateway.of("QueryBindings")) < 50  # queries are throttled
+    running.gateway.fail_with = None  # the release class has room
+    ops = [await app.release(PRIOR, request_id=f"launch-{i}") for i in range(5)]
+    assert len(running.gateway.of("ReleaseBindings")) == 5 and all(op.name for op in ops)
 
 
 @pytest.mark.parametrize("where", ["adapter", "gateway"])
