@@ -87,8 +87,12 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: Limits, defaul
     return left
 
 
-_OVERLOAD = frozenset({"RESOURCE_EXHAUSTED", "CANCELLED"})
-"""Codes of a gateway refusal for overload (admission, its cap, gRPC's backlog bounds)."""
+_NOT_TAKEN = frozenset({"RESOURCE_EXHAUSTED", "CANCELLED", "DEADLINE_EXCEEDED"})
+"""Codes of a gateway call the gateway did not take for overload: refused (admission, its cap,
+gRPC's backlog bounds) or not answered in time. Not accepts, for the throttle (SRE: accepts are
+the calls the server took); any other answer is one, a refusal of the request itself included.
+UNAVAILABLE counts as taken: a gateway down or without its database refuses fast and does no
+work, so refusing locally would spare it nothing and only slow the recovery."""
 _UNJUDGED = frozenset({"RESOURCE_EXHAUSTED"})
 """Codes of a release refused before the gateway looked for the request's job (its admission,
 its cap, this adapter's throttle): a retry refused so may still have a job from an earlier
@@ -98,10 +102,12 @@ call."""
 async def _gateway(throttle: AdaptiveThrottle, method: str, call: Callable[[], Awaitable[T]]) -> T:
     """Make a gateway call; its failure reaches the holder with the same code and reason.
 
-    While the gateway refuses most of this adapter's calls of ``method`` for overload, a share
-    of new ones is refused here at once, unsent (:mod:`numfed.throttle`): RESOURCE_EXHAUSTED
-    ``OVERLOADED`` with the gateway's last RetryInfo, as the gateway's own refusal would have
-    said, only sooner; counted in ``numfed_calls_throttled_total``."""
+    While the gateway refuses most of this adapter's calls of ``method`` for overload, or does
+    not answer them in time, a share of new ones is refused here at once, unsent
+    (:mod:`numfed.throttle`): RESOURCE_EXHAUSTED ``OVERLOADED`` with the gateway's last
+    RetryInfo, as the gateway's own refusal would have said, only sooner; counted in
+    ``numfed_calls_throttled_total``. A call the holder gave up on (cancelled here) stays a
+    request with no accept: the gateway may have been too slow for them."""
     if not throttle.admit():
         CALLS_THROTTLED.labels(method).inc()
         raise ResourceExhausted(
@@ -114,7 +120,7 @@ async def _gateway(throttle: AdaptiveThrottle, method: str, call: Callable[[], A
         answer = await call()
     except grpc.aio.AioRpcError as exc:
         err = error_from_rpc(exc)
-        if err.code in _OVERLOAD:
+        if err.code in _NOT_TAKEN:
             throttle.refused(err.retry_after)
         else:
             throttle.accepted()

@@ -4,8 +4,8 @@ overload refuses a share of new calls itself, at once, before sending them.
 The rule is the one in Google's *Site Reliability Engineering*, chapter 21 ("Handling
 Overload", adaptive throttling). Over a trailing window the client counts ``requests`` (every
 call it was asked to make, those it refused itself included) and ``accepts`` (calls the server
-took: answered, or refused for a reason other than overload). A new call is refused locally
-with probability
+took: answered, or refused for a reason other than overload; a call it did not answer in time
+is not one). A new call is refused locally with probability
 
     max(0, (requests - K * accepts) / (requests + 1))
 

@@ -41,10 +41,10 @@ class HolderServiceStub:
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
     "busy, come back later". While the gateway refuses most of the adapter's calls of one method
-    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
-    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
-    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
-    book ch. 21).
+    for overload (RESOURCE_EXHAUSTED or CANCELLED) or does not answer them in time
+    (DEADLINE_EXCEEDED), QueryHolderBindings or ReleaseHolderBindings (each on its own) may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     @_typing.overload
@@ -116,10 +116,10 @@ class HolderServiceAsyncStub(HolderServiceStub):
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
     "busy, come back later". While the gateway refuses most of the adapter's calls of one method
-    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
-    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
-    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
-    book ch. 21).
+    for overload (RESOURCE_EXHAUSTED or CANCELLED) or does not answer them in time
+    (DEADLINE_EXCEEDED), QueryHolderBindings or ReleaseHolderBindings (each on its own) may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -187,10 +187,10 @@ class HolderServiceServicer(metaclass=_abc_1.ABCMeta):
     holder with the gateway's code, reason and RetryInfo; the gateway's cap refusal with reason
     SERVER_OVERLOADED, and a gateway call dropped on the way (CANCELLED) as CANCELLED: both mean
     "busy, come back later". While the gateway refuses most of the adapter's calls of one method
-    for overload (RESOURCE_EXHAUSTED or CANCELLED), QueryHolderBindings or ReleaseHolderBindings
-    (each on its own) may be refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED
-    OVERLOADED and the gateway's last RetryInfo delay (client-side adaptive throttling, Google SRE
-    book ch. 21).
+    for overload (RESOURCE_EXHAUSTED or CANCELLED) or does not answer them in time
+    (DEADLINE_EXCEEDED), QueryHolderBindings or ReleaseHolderBindings (each on its own) may be
+    refused by the adapter itself, unsent, with RESOURCE_EXHAUSTED OVERLOADED and the gateway's
+    last RetryInfo delay (client-side adaptive throttling, Google SRE book ch. 21).
     """
 
     @_abc_1.abstractmethod

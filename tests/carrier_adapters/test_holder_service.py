@@ -22,7 +22,7 @@ from carrier_adapters.base import start_carrier
 from carrier_adapters.verification import CODE_WINDOW, CODES_PER_WINDOW
 from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
 from numfed.envelope import Envelope
-from numfed.errors import PermissionDenied, ResourceExhausted, Unavailable
+from numfed.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from numfed.history import EventKind, NumberEvent, NumberHistory
 from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, verify_proof
@@ -385,6 +385,24 @@ async def refused_queries(app: HolderApp, n: int) -> set[tuple[grpc.StatusCode, 
         info = rpc_error_info(e.value)
         seen.add((e.value.code(), info.reason if info else None))
     return seen
+
+
+async def test_a_gateway_that_does_not_answer_in_time_is_throttled_as_one_that_refuses(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    """A gateway too busy to answer before the deadline (DEADLINE_EXCEEDED) did not take the
+    call: it is no accept (SRE: accepts are the calls the server took), so after the first
+    twenty the adapter refuses most calls itself. Counted as accepts, a gateway timing out
+    every call was sent every one of them."""
+    app = await verified(running, channel)
+    running.gateway.fail_with = DeadlineExceeded("COMMIT_TIMEOUT", "too slow")
+    seen = await refused_queries(app, 100)
+    sent = len(running.gateway.of("QueryBindings"))
+    assert 20 <= sent < 50, sent
+    assert seen == {
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "COMMIT_TIMEOUT"),  # the gateway's, passed on
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED"),  # the adapter's own
+    }
 
 
 async def test_refused_queries_do_not_hold_back_releases(
