@@ -12,8 +12,10 @@ is not one). A new call is refused locally with probability
 so nothing is refused while the server accepts more than one call in K; below that, the calls
 sent settle near K times those the server accepts, and a server that accepts none is sent a
 share ``1 / (requests + 1)`` of new calls, a probe now and then. Unlike a circuit breaker the
-client keeps sending some calls, so it learns when the server recovers. Keep one throttle per
-bound the server keeps: calls it bounds apart must not hold each other back.
+client keeps sending some calls, so it learns when the server recovers, and its accepts then
+grow with each call sent; the window (:data:`WINDOW`, shorter than the book's minutes) bounds
+how long it keeps refusing meanwhile. Keep one throttle per bound the server keeps: calls it
+bounds apart must not hold each other back.
 
 numfed's carrier adapters throttle their calls to the gateway this way (the holder's page and
 app channel): on launch day a crowd is told "busy, come back in N s" at once by its carrier
@@ -28,7 +30,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["AdaptiveThrottle"]
+__all__ = ["WINDOW", "AdaptiveThrottle"]
+
+WINDOW = 10.0
+"""Seconds of history the verdict is drawn from. It also bounds how long the client keeps
+refusing once the server recovers: its requests then still count a window of refusals, and it
+sends a share ``1 / (requests + 1)`` of calls until accepts build up. After two minutes of a
+server that took none of 10 to 1,000 calls a second, nearly all go out again within 40 to 60 s
+with this window, but only after 4 to 8 minutes with 60 s (after a server that took a tenth:
+10 s against a minute)."""
 
 
 class AdaptiveThrottle:
@@ -45,7 +55,7 @@ class AdaptiveThrottle:
         self,
         *,
         k: float = 2.0,
-        window: float = 60.0,
+        window: float = WINDOW,
         min_requests: int = 20,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,

@@ -89,6 +89,25 @@ def test_it_forgets_past_the_window_and_recovers_when_the_server_does() -> None:
 
 
 @pytest.mark.timeout(10)
+def test_after_an_outage_it_sends_nearly_every_call_again_within_a_minute() -> None:
+    """100 calls a second, every one refused for two minutes (on launch day the gateway took
+    none of the holder page's calls, benchmarks.md), then the server takes every call: within a
+    minute the client sends nearly all of them again. Its probes are a share 1 / (requests + 1)
+    of the calls, and its requests count a whole window; with a 60 s window it still refused
+    almost every call seven minutes after the server recovered."""
+    clock = Clock()
+    throttle = AdaptiveThrottle(rng=random.Random(2), clock=clock)
+    for _ in range(120):
+        sent(throttle, 100, server_accepts=False)
+        clock.t += 1
+    per_second = []
+    for _ in range(60):
+        per_second.append(sent(throttle, 100, server_accepts=True))
+        clock.t += 1
+    assert sum(per_second[-10:]) >= 950, per_second
+
+
+@pytest.mark.timeout(10)
 def test_the_settings_are_checked() -> None:
     for bad in ({"k": 0.5}, {"window": 0}, {"min_requests": 0}):
         with pytest.raises(ValueError):
