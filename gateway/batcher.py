@@ -172,7 +172,8 @@ class Batcher(Generic[Item, Result]):
         self._queued_bytes = 0
         self._queue: list[Ticket[Item, Result]] = []
         self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], list[Ticket[Item, Result]]] = {}
+        """The calls in flight and their batches; :meth:`_run` takes its own out as it ends."""
         self._closed = False
         self.calls = 0
         """Batches sent so far (for tests and metrics)."""
@@ -273,8 +274,21 @@ class Batcher(Generic[Item, Result]):
             task = asyncio.create_task(self._run(batch))
             for p in batch:
                 p.batch, p.task = batch, task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = batch
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A call's task is done. One cancelled before its first step (closed, or its callers
+        gone, in the turn of the loop that made it) ran none of :meth:`_run`: its requests
+        learn so and its place is given back here."""
+        batch = self._tasks.pop(task, None)
+        if batch is None:
+            return  # _run ran, and did both
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(BatchCancelled("the batch's call was cancelled"))
+        self._in_flight -= 1
+        self._pump()
 
     async def _run(self, batch: list[Ticket[Item, Result]]) -> None:
         loop = asyncio.get_running_loop()
@@ -300,6 +314,9 @@ class Batcher(Generic[Item, Result]):
                     p.future.set_exception(BatchCancelled("the batch's call was cancelled"))
             raise
         finally:
+            me = asyncio.current_task()
+            if me is not None:
+                self._tasks.pop(me, None)
             self._in_flight -= 1
             self._pump()
 

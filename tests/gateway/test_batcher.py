@@ -158,6 +158,40 @@ async def test_closing_the_batcher_settles_every_request_still_waiting_at_once()
     assert p.batches == [[1]]
 
 
+async def test_closing_settles_a_batch_whose_call_has_not_started_yet() -> None:
+    """The link closes in the same turn of the event loop as a request made its batch's call
+    (created, not yet run: a config reload removing the platform, due in that turn, runs after
+    the query that enqueued). The call is cancelled before its first step, so none of its own
+    code runs; the request still learns at once that it was cancelled, nothing is sent, and no
+    call stays counted in flight. It used to wait out its deadline."""
+    p = Platform()
+    b: Batcher[int, str] = Batcher(p.send, max_items=100, max_in_flight=1)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[str] = loop.create_future()
+    b.enqueue(1, loop.time() + 60.0, waiter)
+    assert b.in_flight == 1 and b.queued == 0  # its call made, not started
+    async with asyncio.timeout(1):
+        await b.close()
+        with pytest.raises(BatchCancelled):
+            await waiter
+    assert p.batches == [] and b.in_flight == 0
+
+
+async def test_a_call_cancelled_before_it_started_gives_its_place_back() -> None:
+    """Its one caller went away before the batch's call took its first step: the call is
+    cancelled unstarted, and the next request is still sent. The place it held used to stay
+    taken for good (with one call in flight at most, as the SQLite commit batcher has, nothing
+    was sent again)."""
+    p = Platform()
+    p.gate.set()
+    b: Batcher[int, str] = Batcher(p.send, max_items=100, max_in_flight=1)
+    gone = b.enqueue(1, asyncio.get_running_loop().time() + 60.0)
+    Batcher.abandon(gone, cancel_call=True)
+    async with asyncio.timeout(1):
+        assert await b.submit(2, 60.0) == "r2"
+    assert p.batches == [[2]] and b.in_flight == 0
+
+
 async def test_a_batch_is_cut_by_size_as_well_as_by_count() -> None:
     """Items' sizes count against ``max_bytes``: a batch never carries more (one item larger
     than that goes alone), and a queue holding that many bytes is a full batch."""
