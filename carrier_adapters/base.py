@@ -245,7 +245,7 @@ class CarrierAdapter:
             tenure_start=current.tenure_start,
             purpose=purpose,
             now=now,
-            lifetime=lifetime or self.claim_lifetime,
+            lifetime=self.lifetime_at(now, lifetime),
             binding_refs=refs,
         )
 
@@ -295,7 +295,7 @@ class CarrierAdapter:
             changed=answer.changed,
             platform_id=PeerId(Role.PLATFORM, platform_id).id,
             issued_at=now,
-            expires_at=now + self.claim_lifetime,
+            expires_at=now + self.lifetime_at(now),
             specified_date=answer.day,
         )
         return sign_claim(claim, self.signer).to_proto()
@@ -312,7 +312,7 @@ class CarrierAdapter:
             tenure_start=current.tenure_start,
             purpose=purpose,
             now=now,
-            lifetime=self.claim_lifetime,
+            lifetime=self.lifetime_at(now),
             binding_refs=refs,
         )
         return sign_claim(claim, self.signer).to_proto()
@@ -366,6 +366,22 @@ class CarrierAdapter:
         bundle = self.trust.bundle if self.trust is not None else None
         ceiling = bundle.max_claim_lifetime if bundle is not None else DEFAULT_MAX_CLAIM_LIFETIME
         return min(timedelta(seconds=self.config.limits.claim_lifetime), ceiling)
+
+    def lifetime_at(self, now: datetime, lifetime: timedelta | None = None) -> timedelta:
+        """How long what this adapter signs at ``now`` lives: ``lifetime`` (a holder proof's)
+        or :attr:`claim_lifetime`, but never past the end of its signing key's window in the
+        trust bundle held. Verifiers refuse whatever a key signed once its window has closed
+        (UNAUTHENTICATED ``KEY_OUT_OF_WINDOW``), so a claim, answer or proof living longer
+        would say it is valid when it is not. (A key whose window has closed already gets
+        nothing shortened: what it signs is refused whatever it says.)
+
+        Rule CARR-CLAIM-1."""
+        life = lifetime or self.claim_lifetime
+        bundle = self.trust.bundle if self.trust is not None else None
+        key = bundle.carrier_keys.get(self.signer.public.key_id) if bundle is not None else None
+        if key is not None and key.not_after > now:
+            life = min(life, key.not_after - now)
+        return life
 
     async def close(self) -> None:
         await self.channel.close()

@@ -130,7 +130,10 @@ class IssueHolderProofResponse(_message.Message):
     """"nfp1." followed by the URL-safe base64 of the signed Envelope."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When the proof stops being valid (UTC)."""
+        """When the proof stops being valid (UTC): 30 days after it was issued, or when the window of
+        the carrier's signing key in the trust bundle ends, if sooner (verifiers refuse it after
+        that, KEY_OUT_OF_WINDOW). Claims and recycled answers end so too.
+        """
 
     def __init__(
         self,

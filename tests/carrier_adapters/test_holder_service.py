@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import random
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -20,9 +20,16 @@ from grpc_status import rpc_status
 
 from carrier_adapters.base import start_carrier
 from carrier_adapters.verification import CODE_WINDOW, CODES_PER_WINDOW
-from numfed.claims import Purpose, VerifiedClaim, verify_tenure_claim
+from numfed.claims import (
+    Purpose,
+    RecycledClaim,
+    RecycledQuestion,
+    VerifiedClaim,
+    verify_tenure_claim,
+)
 from numfed.envelope import Envelope
 from numfed.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
+from numfed.federation import write_trust
 from numfed.history import EventKind, NumberEvent, NumberHistory
 from numfed.identity import PeerId, Role
 from numfed.proof import decode_proof, verify_proof
@@ -319,6 +326,47 @@ async def test_holder_proof_verifies_offline(running: Running, channel: grpc.aio
     assert await refused(
         app.stub.IssueHolderProof(holder_pb2.IssueHolderProofRequest(session_token="x"), timeout=5)
     ) == (grpc.StatusCode.UNAUTHENTICATED, "NO_SESSION")
+
+
+async def test_nothing_the_carrier_signs_outlives_its_signing_keys_window(
+    running: Running, channel: grpc.aio.Channel
+) -> None:
+    """The trust bundle held lets cmcc's key sign for 5 more minutes only (a key being
+    retired). Verifiers refuse whatever that key signed once its window has closed
+    (KEY_OUT_OF_WINDOW), so a holder proof, a query claim and a recycled answer all expire
+    with the window, and the holder is told so. The proof used to say it was valid for 30
+    days, the claim for 10 minutes."""
+    now = running.clock()
+    layout = running.layout
+    write_trust(
+        layout.pki_dir,
+        layout.trust_dir,
+        now=now,
+        carriers=("cmcc", "cucc"),
+        validity=timedelta(minutes=5),
+    )
+    adapter = running.carriers["cmcc"].adapter
+    adapter.trust = load_trusted_state(layout.trust_dir, now=now)
+    window_ends = now + timedelta(minutes=5)
+    app = await verified(running, channel)
+
+    proof = await app.stub.IssueHolderProof(
+        holder_pb2.IssueHolderProofRequest(session_token=app.token), timeout=5
+    )
+    assert proof.expire_time.ToDatetime(tzinfo=UTC) == window_ends
+    trust = load_trusted_state(layout.trust_dir, now=now)
+    last = window_ends - timedelta(seconds=1)  # the root of this bundle ends then too
+    assert verify_proof(proof.token, trust, now=last).claim.expires_at == window_ends
+
+    await app.query(PRIOR)
+    (sent,) = running.gateway.of("QueryBindings")
+    assert check(running, sent.claim, Purpose.QUERY_PRIOR).claim.expires_at == window_ends
+
+    answer = adapter.answer_recycled(
+        PORTED, RecycledQuestion(specified_date=date(2024, 1, 1)), "weibo"
+    )
+    bit = RecycledClaim.from_proto(claim_pb2.RecycledClaim.FromString(answer.payload))
+    assert bit.expires_at == window_ends
 
 
 def test_holders_request_ids_never_meet_at_the_gateway(running: Running) -> None:
