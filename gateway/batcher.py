@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "BatchCancelled",
@@ -48,6 +48,13 @@ class BatchTimeout(Exception):
 class BatchCancelled(Exception):
     """The request's batch call was cancelled before it answered: the batcher was closed (its
     platform left the federation, or the gateway is stopping)."""
+
+
+def _cancel_waiting(tickets: Sequence[Ticket[Any, Any]], why: str) -> None:
+    """Settle each of ``tickets`` still waiting with :class:`BatchCancelled` (``why``)."""
+    for p in tickets:
+        if not p.future.done():
+            p.future.set_exception(BatchCancelled(why))
 
 
 class ItemTooLarge(Exception):
@@ -284,9 +291,7 @@ class Batcher(Generic[Item, Result]):
         batch = self._tasks.pop(task, None)
         if batch is None:
             return  # _run ran, and did both
-        for p in batch:
-            if not p.future.done():
-                p.future.set_exception(BatchCancelled("the batch's call was cancelled"))
+        _cancel_waiting(batch, "the batch's call was cancelled")
         self._in_flight -= 1
         self._pump()
 
@@ -309,9 +314,7 @@ class Batcher(Generic[Item, Result]):
         except asyncio.CancelledError:
             # Closed (or nobody waited any more): a request still waiting learns so now, not
             # when its deadline passes.
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(BatchCancelled("the batch's call was cancelled"))
+            _cancel_waiting(batch, "the batch's call was cancelled")
             raise
         finally:
             me = asyncio.current_task()
@@ -324,9 +327,7 @@ class Batcher(Generic[Item, Result]):
         """Send nothing more: cancel the calls in flight and settle every request still waiting,
         sent or queued (and any enqueued later), with :class:`BatchCancelled` at once."""
         self._closed = True
-        for p in self._queue:
-            if not p.future.done():
-                p.future.set_exception(BatchCancelled("the batcher was closed"))
+        _cancel_waiting(self._queue, "the batcher was closed")
         self._queue.clear()
         self._queued_bytes = 0
         for t in list(self._tasks):
